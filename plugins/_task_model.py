@@ -1,0 +1,104 @@
+"""Run a transformers task class's own head modules on the shared backbone's outputs.
+
+A checkpoint of, say, `BertForSequenceClassification` is loaded whole, then its
+base model (`model.bert`) is swapped for `SharedOutputs`, a stand-in that returns
+the hidden states the shared backbone already computed. The task class's own
+`forward` then runs unchanged: its pooler, dropout and classifier, with exactly
+the maths of transformers, for every architecture the Auto classes know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .contract import LoadContext
+
+log = logging.getLogger(__name__)
+
+
+class SharedOutputs(nn.Module):
+    """Stands in for a task model's base model; keeps the checkpoint's own pooler."""
+
+    def __init__(self, pooler: nn.Module | None) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> BaseModelOutputWithPooling:
+        if self.hidden is None:
+            raise RuntimeError("SharedOutputs called outside feeding()")
+        pooled = self.pooler(self.hidden) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=self.hidden, pooler_output=pooled)
+
+
+@dataclass
+class TaskModel:
+    """A task model whose base is the shared backbone, and what its checkpoint lacked."""
+
+    model: nn.Module
+    base: SharedOutputs
+    missing: tuple[str, ...]  # head weights absent from the checkpoint (random)
+    backbone_matches: bool
+
+    @contextlib.contextmanager
+    def feeding(self, hidden: torch.Tensor) -> Iterator[nn.Module]:
+        self.base.hidden = hidden
+        try:
+            yield self.model
+        finally:
+            self.base.hidden = None
+
+
+def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: Any) -> TaskModel:
+    """Load `auto_class` from the head's source and put it on the shared backbone."""
+    view = context.backbone
+    model, info = auto_class.from_pretrained(
+        str(context.source), output_loading_info=True, dtype=view.dtype, **config_overrides
+    )
+    prefix = model.base_model_prefix
+    own_base = getattr(model, prefix)
+    backbone_matches = _same_weights(own_base, view.module)
+    base = SharedOutputs(getattr(own_base, "pooler", None))
+    setattr(model, prefix, base)
+    _share_tied_embeddings(model, view.module)
+    model.to(view.device).eval().requires_grad_(False)
+    kept = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    missing = tuple(sorted(k for k in info["missing_keys"] if k in kept))
+    if not backbone_matches:
+        log.warning(
+            "head %s: the backbone weights in %s differ from the served backbone; "
+            "its outputs will differ from that checkpoint's own",
+            context.spec.name,
+            context.source,
+        )
+    return TaskModel(model, base, missing, backbone_matches)
+
+
+def _same_weights(own: nn.Module, shared: nn.Module) -> bool:
+    mine = own.state_dict()
+    for name, tensor in shared.state_dict().items():
+        other = mine.get(name)
+        if other is None or other.shape != tensor.shape:
+            return False
+        if not torch.equal(other.to(tensor.device, tensor.dtype), tensor):
+            return False
+    return True
+
+
+def _share_tied_embeddings(model: nn.Module, shared: nn.Module) -> None:
+    """An output layer tied to the input embeddings points at the shared backbone's copy."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if get_output is not None else None
+    inputs = shared.get_input_embeddings()
+    if output is None or inputs is None or output.weight.shape != inputs.weight.shape:
+        return
+    if torch.equal(output.weight.to(inputs.weight.device, inputs.weight.dtype), inputs.weight):
+        output.weight = inputs.weight

@@ -1,0 +1,140 @@
+"""The head contract: what a head plugin receives, implements and returns.
+
+A head is a small module on top of the ONE shared backbone. The server owns the
+backbone, the tokenizer, batching and the transport; a head owns its weights and
+the meaning of its rows. One request item flows through a head in three steps:
+
+    prepare(item, options) -> Prepared     tokenize the item into backbone rows
+    forward(features, rows) -> outputs     run on the shared backbone's hidden
+                                           states of those rows (batched, mixed
+                                           with other heads' rows by the server)
+    finish(prepared, outputs, options)     turn the row outputs into a result
+
+Rules: a head never imports grpc or a *_pb2 module, never holds its own
+backbone, and returns plain Python / numpy values from `finish`. Bad input is
+reported by raising `InvalidInput(field, message)`; the server adds the item
+index and maps it to INVALID_ARGUMENT.
+
+A plugin is an object registered under the entry-point group `headserve.heads`
+with a `task` name, the `contract_version` it was written for, and
+`load(context) -> Head`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
+
+CONTRACT_VERSION = 1
+ENTRY_POINT_GROUP = "headserve.heads"
+
+
+class InvalidInput(ValueError):
+    """Raised by a head for bad input; `field` is relative to the item, e.g. "text"."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How the operator configured one head: `--head NAME=PLUGIN[:SOURCE][,key=value...]`."""
+
+    name: str
+    plugin: str
+    source: Path | None = None  # a checkpoint folder; None: the backbone's own folder
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackboneView:
+    """What a head may know of the shared backbone (read only)."""
+
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerFast
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+    source: Path
+    module: torch.nn.Module  # to share (tie) weights, never to run
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    spec: HeadSpec
+    backbone: BackboneView
+
+    @property
+    def source(self) -> Path:
+        return self.spec.source or self.backbone.source
+
+
+@dataclass(frozen=True)
+class Row:
+    """One backbone input row. `extra` is the head's own per-row data for `forward`."""
+
+    input_ids: tuple[int, ...]
+    token_type_ids: tuple[int, ...] | None = None
+    extra: Any = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An item made ready: its rows, and whatever `finish` needs (`state`)."""
+
+    rows: tuple[Row, ...]
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """The shared backbone's outputs for one head's rows, padded to their longest row."""
+
+    hidden: torch.Tensor  # [rows, tokens, hidden_size]
+    attention_mask: torch.Tensor  # [rows, tokens], 1 for real tokens
+    input_ids: torch.Tensor  # [rows, tokens]
+
+
+class Head(abc.ABC):
+    """A loaded head. Subclasses set the attributes and implement the three steps."""
+
+    task: ClassVar[str]
+    name: str
+    labels: tuple[str, ...] = ()
+    trained: bool = True
+    multi_label: bool = False
+    source: str = ""
+    detail: str = ""  # a note for GetModelInfo, e.g. why it is untrained
+
+    @abc.abstractmethod
+    def prepare(self, item: Any, options: Any) -> Prepared:
+        """Validate and tokenize one item; raise InvalidInput for bad input."""
+
+    @abc.abstractmethod
+    def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[Any]:
+        """Run on the shared hidden states; return one output per row (on the CPU)."""
+
+    @abc.abstractmethod
+    def finish(self, prepared: Prepared, outputs: Sequence[Any], options: Any) -> Any:
+        """Turn the outputs of an item's rows into its result (no tensors)."""
+
+
+@runtime_checkable
+class HeadPlugin(Protocol):
+    """What an entry point in `headserve.heads` resolves to."""
+
+    task: str
+    contract_version: int
+
+    def load(self, context: LoadContext) -> Head:
+        """Load the head's weights (from `context.source`) onto the backbone's device."""
+        ...

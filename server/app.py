@@ -1,0 +1,179 @@
+"""The gRPC server: services, standard health and reflection, loading, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from headserve.plugins.contract import HeadSpec
+from headserve.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    question_answerer_pb2,
+    question_answerer_pb2_grpc,
+    token_predictor_pb2,
+    token_predictor_pb2_grpc,
+)
+
+from .backbone import Backbone, default_model_dir
+from .core import Core
+from .discovery import find_plugins, load_plugins
+from .heads import load_heads
+from .runner import Runner
+from .servicers.classifier import ClassifierServicer
+from .servicers.encoder import EncoderServicer
+from .servicers.models import ModelsServicer
+from .servicers.question_answerer import QuestionAnswererServicer
+from .servicers.token_predictor import TokenPredictorServicer
+
+log = logging.getLogger(__name__)
+
+# Each service, and the task whose usable heads make it SERVING (None: the backbone alone).
+SERVICES: dict[str, str | None] = {
+    encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name: "encode",
+    token_predictor_pb2.DESCRIPTOR.services_by_name["TokenPredictor"].full_name: "mlm",
+    classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name: "classify",
+    question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"].full_name: "qa",
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name: None,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path | None = None
+    heads: tuple[HeadSpec, ...] = ()
+    device: str | None = None
+    dtype: str | None = None
+    allow_untrained: bool = False
+    max_batch_tokens: int = 16384
+    max_batch_rows: int = 64
+    threads: int | None = None
+    stream_in_flight: int = 8
+    grace_seconds: float = 10.0
+    plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
+
+
+@dataclass
+class ServerState:
+    """What the servicers share; `core` stays None until the model is loaded."""
+
+    core: Core | None = None
+
+
+def build_core(settings: Settings) -> Core:
+    """Load the backbone, discover the head plugins and load the configured heads."""
+    started = time.perf_counter()
+    backbone = Backbone.load(
+        settings.model_dir or default_model_dir(), device=settings.device, dtype=settings.dtype
+    )
+    refs = find_plugins()
+    if settings.plugins is not None:
+        refs = tuple(r for r in refs if r.name in settings.plugins)
+    plugins, failures = load_plugins(refs)
+    from .config import head_specs
+
+    specs = settings.heads or head_specs((), None)
+    registry = load_heads(
+        specs, plugins, failures, backbone.view(), allow_untrained=settings.allow_untrained
+    )
+    runner = Runner(
+        backbone,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_rows=settings.max_batch_rows,
+        threads=settings.threads,
+    )
+    log.info(
+        "ready: %d heads (%s), %d failed, in %.2fs",
+        len(registry.heads),
+        ", ".join(f"{n}:{'ok' if registry.usable(h) else 'untrained'}" for n, h in registry.heads.items()),
+        len(registry.failures),
+        time.perf_counter() - started,
+    )
+    return Core(backbone, registry, runner)
+
+
+@dataclass
+class Server:
+    grpc_server: grpc.aio.Server
+    port: int
+    state: ServerState
+    health: HealthServicer
+
+    async def mark_ready(self, core: Core) -> None:
+        self.state.core = core
+        for service, task in SERVICES.items():
+            ok = task is None or core.registry.has_usable(task)
+            await self.health.set(
+                service,
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        if self.state.core is not None:
+            self.state.core.runner.close()
+
+
+async def create_server(address: str, *, stream_in_flight: int = 8) -> Server:
+    """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready."""
+    state = ServerState()
+    server = grpc.aio.server()
+    encoder_pb2_grpc.add_EncoderServicer_to_server(
+        EncoderServicer(state, stream_in_flight=stream_in_flight), server
+    )
+    token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server(
+        TokenPredictorServicer(state, stream_in_flight=stream_in_flight), server
+    )
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(
+        ClassifierServicer(state, stream_in_flight=stream_in_flight), server
+    )
+    question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server(
+        QuestionAnswererServicer(state, stream_in_flight=stream_in_flight), server
+    )
+    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(state), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in (*SERVICES, ""):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return Server(server, port, state, health)
+
+
+async def serve(settings: Settings, address: str) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = await create_server(address, stream_in_flight=settings.stream_in_flight)
+    log.info("listening on port %d; loading the model", server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        await server.mark_ready(loading.result())  # raises if loading failed
+        log.info("serving on port %d", server.port)
+        await stopping
+    log.info("stopping (grace %.1fs)", settings.grace_seconds)
+    await server.stop(settings.grace_seconds)
+    log.info("stopped")

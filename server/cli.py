@@ -1,0 +1,108 @@
+"""`headserve serve` and `headserve info`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from .config import ConfigError, head_specs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headserve", description="One backbone, many heads, over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
+                       help="a local Hugging Face checkpoint folder (default: the packaged all-MiniLM-L6-v2)")
+        p.add_argument("--head", action="append", default=[], metavar="NAME=PLUGIN[:SOURCE][,k=v]",
+                       help="serve a head, e.g. sentiment=classify:/models/sst2 (repeatable)")
+        p.add_argument("--config", type=Path, help="TOML file with [heads.NAME] tables")
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
+        p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default float32")
+        p.add_argument("--allow-untrained", action="store_true",
+                       help="serve heads whose weights are missing from their checkpoint (random)")
+        p.add_argument("--plugins", help="comma-separated plugin names allowed to load (default: all)")
+        p.add_argument("--log-level", default="INFO")
+
+    serve = sub.add_parser("serve", help="start the server")
+    model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--max-batch-tokens", type=int, default=16384,
+                       help="padded tokens per backbone batch")
+    serve.add_argument("--max-batch-items", type=int, default=64, help="rows per backbone batch")
+    serve.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    serve.add_argument("--stream-in-flight", type=int, default=8,
+                       help="requests of one stream computed at once")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
+
+    info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
+    model_args(info)
+    return parser
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .app import Settings
+
+    extra = {}
+    if args.command == "serve":
+        extra = dict(
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_rows=args.max_batch_items,
+            threads=args.threads,
+            stream_in_flight=args.stream_in_flight,
+            grace_seconds=args.grace,
+        )
+    return Settings(
+        model_dir=args.model_dir,
+        heads=head_specs(args.head, args.config),
+        device=args.device,
+        dtype=args.dtype,
+        allow_untrained=args.allow_untrained,
+        plugins=tuple(p.strip() for p in args.plugins.split(",")) if args.plugins else None,
+        **extra,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        settings = _settings(args)
+    except (ConfigError, OSError) as exc:
+        raise SystemExit(f"headserve: {exc}") from exc
+    from .app import build_core, serve
+    from .heads import DuplicateHead
+
+    try:
+        if args.command == "info":
+            from .servicers.models import model_info
+
+            info = model_info(build_core(settings))
+            print(json.dumps(json_format.MessageToDict(info), indent=2))
+            return
+        asyncio.run(serve(settings, f"{args.host}:{args.port}"))
+    except (DuplicateHead, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"headserve: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Running a task call: pick the heads, prepare the items, run the rows, finish the results.
+
+Transport-free: takes and returns plain values (headserve.plugins.tasks), raises
+errors from errors.py. The servicers are thin wrappers around `Core.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from headserve.plugins.contract import InvalidInput, Prepared
+from headserve.plugins.tasks import TextItem
+
+from .backbone import Backbone
+from .errors import InvalidArgument
+from .heads import HeadRegistry
+from .runner import Runner, Work
+
+
+@dataclass(frozen=True)
+class Outcome:
+    results: list[list[Any]]  # [item][head]
+    input_tokens: int
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    token_type_ids: list[int]
+    sequence_ids: list[int]
+
+
+def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
+    return InvalidArgument(f"items[{index}].{exc.field}", exc.message, item=index)
+
+
+class Core:
+    def __init__(self, backbone: Backbone, registry: HeadRegistry, runner: Runner) -> None:
+        self.backbone = backbone
+        self.registry = registry
+        self.runner = runner
+
+    async def run(
+        self, task: str, head_names: Sequence[str | None], items: Sequence[Any], options: Any
+    ) -> Outcome:
+        if not items:
+            raise InvalidArgument("items", "empty batch: send at least one item")
+        seen: set[str | None] = set()
+        for name in head_names:
+            if name in seen:
+                raise InvalidArgument("options.heads", f"head {name!r} named twice")
+            seen.add(name)
+        heads = [self.registry.resolve(task, name) for name in head_names]
+        prepared: list[list[Prepared]] = []
+        for index, item in enumerate(items):
+            try:
+                prepared.append([head.prepare(item, options) for head in heads])
+            except InvalidInput as exc:
+                raise _item_error(index, exc) from exc
+        work = [
+            Work(head, row)
+            for per_item in prepared
+            for head, p in zip(heads, per_item)
+            for row in p.rows
+        ]
+        outputs, stats = await self.runner.run(work)
+        results: list[list[Any]] = []
+        position = 0
+        for per_item in prepared:
+            finished = []
+            for head, p in zip(heads, per_item):
+                rows = outputs[position : position + len(p.rows)]
+                position += len(p.rows)
+                finished.append(head.finish(p, rows, options))
+            results.append(finished)
+        # Rows shared by several heads were computed once: count each once.
+        unique_rows = {
+            (index, row.input_ids, row.token_type_ids)
+            for index, per_item in enumerate(prepared)
+            for p in per_item
+            for row in p.rows
+        }
+        tokens = sum(len(ids) for _, ids, _ in unique_rows)
+        return Outcome(results, tokens, stats.queue_ms, stats.inference_ms)
+
+    def tokenize(
+        self, items: Sequence[TextItem], *, add_special_tokens: bool, truncate: bool
+    ) -> list[Tokenized]:
+        if not items:
+            raise InvalidArgument("items", "empty batch: send at least one item")
+        tokenizer = self.backbone.tokenizer
+        out = []
+        for index, item in enumerate(items):
+            if not item.text:
+                raise InvalidArgument(f"items[{index}].text", "is empty", item=index)
+            enc = tokenizer(
+                item.text,
+                item.text_pair,
+                add_special_tokens=add_special_tokens,
+                truncation="longest_first" if truncate else False,
+                max_length=self.backbone.max_length if truncate else None,
+                return_offsets_mapping=True,
+                return_token_type_ids=True,
+            )
+            ids = list(enc["input_ids"])
+            sequence_ids = [-1 if s is None else s for s in enc.sequence_ids()]
+            out.append(
+                Tokenized(
+                    ids=ids,
+                    tokens=enc.tokens(),
+                    offsets=[(int(a), int(b)) for a, b in enc["offset_mapping"]],
+                    token_type_ids=list(enc.get("token_type_ids") or [0] * len(ids)),
+                    sequence_ids=sequence_ids,
+                )
+            )
+        return out
+

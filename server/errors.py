@@ -1,0 +1,58 @@
+"""Errors the server raises, by meaning. status.py maps them to gRPC codes, in one place."""
+
+from __future__ import annotations
+
+
+class HeadserveError(Exception):
+    reason = "ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(HeadserveError):
+    """Bad input or option. `field` is a path such as "items[3].text" or "options.top_k"."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, item: int | None = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.item = item
+
+
+class HeadNotFound(HeadserveError):
+    reason = "HEAD_NOT_FOUND"
+
+    def __init__(self, message: str, *, head: str) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+class HeadNotUsable(HeadserveError):
+    """The head exists but cannot serve, e.g. its weights are untrained."""
+
+    reason = "HEAD_NOT_USABLE"
+
+    def __init__(self, message: str, *, head: str) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+class Unavailable(HeadserveError):
+    reason = "UNAVAILABLE"
+
+
+class Overloaded(HeadserveError):
+    reason = "OVERLOADED"
+
+
+class HeadFailed(HeadserveError):
+    """A head raised while computing a batch: a bug in that head, reported as INTERNAL."""
+
+    reason = "HEAD_FAILED"
+
+    def __init__(self, message: str, *, head: str) -> None:
+        super().__init__(message)
+        self.head = head

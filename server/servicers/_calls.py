@@ -1,0 +1,115 @@
+"""How every task RPC runs: unary batches, and bidirectional streams of batches.
+
+A stream reads requests ahead (at most `in_flight` unanswered), runs them
+concurrently, and answers in request order; a request that fails gets its own
+error Status and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import numpy as np
+
+from headserve.plugins.contract import InvalidInput
+from headserve.plugins.tasks import TextItem
+from headserve.v1 import common_pb2
+
+from ..core import Core, Outcome
+from ..errors import InvalidArgument, Unavailable
+from ..status import abort, to_status
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class CoreHolder(Protocol):
+    core: Core | None
+
+
+def ready(state: CoreHolder) -> Core:
+    if state.core is None:
+        raise Unavailable("the model is still loading; retry shortly")
+    return state.core
+
+
+def options(build: Callable[[], Any]) -> Any:
+    """Build a task's options dataclass, reporting a bad option as INVALID_ARGUMENT."""
+    try:
+        return build()
+    except InvalidInput as exc:
+        raise InvalidArgument(exc.field, exc.message) from exc
+
+
+def usage_timing(outcome: Outcome) -> dict[str, Any]:
+    """Usage and Timing message fields for a response."""
+    return {
+        "usage": common_pb2.Usage(input_tokens=outcome.input_tokens),
+        "timing": common_pb2.Timing(queue_ms=outcome.queue_ms, inference_ms=outcome.inference_ms),
+    }
+
+
+def text_items(items: Any) -> list[TextItem]:
+    return [TextItem(i.text, i.text_pair if i.HasField("text_pair") else None) for i in items]
+
+
+def tensor(array: np.ndarray) -> common_pb2.Tensor:
+    """A numpy array as a Tensor message: row-major, little-endian."""
+    dtype = _DTYPES[array.dtype.name]
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return common_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=data)
+
+
+_DTYPES = {
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "float16": common_pb2.DTYPE_FLOAT16,
+    "int64": common_pb2.DTYPE_INT64,
+    "int32": common_pb2.DTYPE_INT32,
+}
+
+
+async def unary(
+    context: grpc.aio.ServicerContext, handle: Callable[[], Awaitable[Resp]]
+) -> Resp:
+    try:
+        return await handle()
+    except Exception as exc:
+        await abort(context, exc)
+        raise  # abort raises; this line is for the type checker
+
+
+async def stream(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], Awaitable[Any]],
+    reply: Callable[..., Resp],
+    *,
+    in_flight: int = 8,
+) -> AsyncIterator[Resp]:
+    """Answer every request of a stream with `reply(id=..., response=...)` or `reply(id=..., error=...)`."""
+    pending: asyncio.Queue[tuple[str, asyncio.Task[Any]] | None] = asyncio.Queue(maxsize=in_flight)
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await pending.put((request.id, asyncio.ensure_future(handle(request))))  # type: ignore[attr-defined]
+        finally:
+            await pending.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (entry := await pending.get()) is not None:
+            request_id, task = entry
+            try:
+                yield reply(id=request_id, response=await task)
+            except Exception as exc:
+                yield reply(id=request_id, error=to_status(exc))
+        await reader  # surfaces a broken request stream
+    finally:
+        reader.cancel()
+        while not pending.empty():
+            entry = pending.get_nowait()
+            if entry is not None:
+                entry[1].cancel()

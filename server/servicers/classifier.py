@@ -1,0 +1,55 @@
+"""Classifier service: protobuf in, plain values to the core, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from headserve.plugins.tasks import Classification, ClassifyOptions
+from headserve.v1 import classifier_pb2 as pb
+from headserve.v1 import classifier_pb2_grpc
+
+from ._calls import CoreHolder, options, ready, stream, text_items, unary, usage_timing
+
+
+def _classification(per_head: Sequence[Classification]) -> pb.Classification:
+    return pb.Classification(
+        heads=[
+            pb.HeadClassification(
+                head=c.head,
+                multi_label=c.multi_label,
+                labels=[pb.LabelScore(label=label, probability=p) for label, p in c.labels],
+            )
+            for c in per_head
+        ]
+    )
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+        self._state = state
+        self._in_flight = stream_in_flight
+
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        return await unary(context, lambda: self._classify(request))
+
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        async for reply in stream(
+            request_iterator, self._classify, pb.ClassifyStreamResponse, in_flight=self._in_flight
+        ):
+            yield reply
+
+    async def _classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        core = ready(self._state)
+        o = request.options
+        opts = options(lambda: ClassifyOptions(top_k=o.top_k, truncate=o.truncate))
+        heads: list[str | None] = list(o.heads) or [None]
+        outcome = await core.run("classify", heads, text_items(request.items), opts)
+        return pb.ClassifyResponse(
+            results=[_classification(r) for r in outcome.results], **usage_timing(outcome)
+        )

@@ -1,0 +1,65 @@
+"""Encoder service: protobuf in, plain values to the core, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from headserve.plugins.tasks import Embedding, EncodeOptions
+from headserve.v1 import encoder_pb2 as pb
+from headserve.v1 import encoder_pb2_grpc
+
+from ._calls import CoreHolder, options, ready, stream, tensor, text_items, unary, usage_timing
+
+_POOLING = {
+    pb.POOLING_UNSPECIFIED: "default",
+    pb.POOLING_CLS: "cls",
+    pb.POOLING_MEAN: "mean",
+    pb.POOLING_NONE: "none",
+}
+
+
+def _embedding(e: Embedding) -> pb.Embedding:
+    if e.token_states is not None:
+        return pb.Embedding(token_states=tensor(e.token_states), tokens=e.tokens)
+    assert e.vector is not None
+    return pb.Embedding(vector=e.vector.tolist())
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+        self._state = state
+        self._in_flight = stream_in_flight
+
+    async def Encode(
+        self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EncodeResponse:
+        return await unary(context, lambda: self._encode(request))
+
+    async def EncodeStream(
+        self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EncodeStreamResponse]:
+        async for reply in stream(
+            request_iterator, self._encode, pb.EncodeStreamResponse, in_flight=self._in_flight
+        ):
+            yield reply
+
+    async def _encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+        core = ready(self._state)
+        o = request.options
+        if o.pooling not in _POOLING:
+            from ..errors import InvalidArgument
+
+            raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
+        opts = options(
+            lambda: EncodeOptions(
+                pooling=_POOLING[o.pooling],  # type: ignore[arg-type]
+                normalize=o.normalize if o.HasField("normalize") else None,
+                truncate=o.truncate,
+            )
+        )
+        outcome = await core.run("encode", [o.head or None], text_items(request.items), opts)
+        return pb.EncodeResponse(
+            results=[_embedding(r[0]) for r in outcome.results], **usage_timing(outcome)
+        )

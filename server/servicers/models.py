@@ -1,0 +1,100 @@
+"""Models service: what the server holds (GetModelInfo), and its tokenizer (Tokenize)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+
+import grpc
+
+from headserve.v1 import common_pb2
+from headserve.v1 import models_pb2 as pb
+from headserve.v1 import models_pb2_grpc
+
+from ..core import Core
+from ._calls import CoreHolder, ready, text_items, unary
+
+
+def server_version() -> str:
+    try:
+        return md.version("headserve")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def model_info(core: Core) -> pb.ModelInfo:
+    backbone = core.backbone
+    config = backbone.config
+    registry = core.registry
+    heads = [
+        pb.HeadInfo(
+            name=name,
+            task=served.plugin.plugin.task,
+            labels=list(served.head.labels),
+            trained=served.head.trained,
+            usable=registry.usable(served),
+            plugin=served.plugin.ref.name,
+            distribution=served.plugin.ref.distribution,
+            version=served.plugin.ref.version,
+            source=served.head.source,
+            multi_label=served.head.multi_label,
+            is_default=served.is_default,
+            detail=served.head.detail,
+        )
+        for name, served in registry.heads.items()
+    ]
+    return pb.ModelInfo(
+        backbone=pb.BackboneInfo(
+            source=str(backbone.source),
+            model_type=config.model_type,
+            hidden_size=config.hidden_size,
+            num_layers=backbone.num_layers,
+            vocab_size=config.vocab_size,
+            max_length=backbone.max_length,
+            device=str(backbone.device),
+            dtype=str(backbone.dtype).removeprefix("torch."),
+            parameters=backbone.parameters,
+            mask_token=backbone.tokenizer.mask_token or "",
+            load_seconds=backbone.load_seconds,
+        ),
+        heads=heads,
+        failed_plugins=[pb.PluginFailure(plugin=f.label, reason=f.reason) for f in registry.failures],
+        server_version=server_version(),
+        allow_untrained=registry.allow_untrained,
+    )
+
+
+class ModelsServicer(models_pb2_grpc.ModelsServicer):
+    def __init__(self, state: CoreHolder) -> None:
+        self._state = state
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        async def handle() -> pb.ModelInfo:
+            return model_info(ready(self._state))
+
+        return await unary(context, handle)
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        async def handle() -> pb.TokenizeResponse:
+            core = ready(self._state)
+            add = request.add_special_tokens if request.HasField("add_special_tokens") else True
+            results = core.tokenize(
+                text_items(request.items), add_special_tokens=add, truncate=request.truncate
+            )
+            return pb.TokenizeResponse(
+                results=[
+                    pb.Tokenization(
+                        ids=t.ids,
+                        tokens=t.tokens,
+                        offsets=[common_pb2.Span(start=a, end=b) for a, b in t.offsets],
+                        token_type_ids=t.token_type_ids,
+                        sequence_ids=t.sequence_ids,
+                    )
+                    for t in results
+                ]
+            )
+
+        return await unary(context, handle)

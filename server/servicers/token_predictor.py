@@ -1,0 +1,65 @@
+"""TokenPredictor service: protobuf in, plain values to the core, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from headserve.plugins.tasks import PredictOptions, TokenPrediction
+from headserve.v1 import common_pb2
+from headserve.v1 import token_predictor_pb2 as pb
+from headserve.v1 import token_predictor_pb2_grpc
+
+from ._calls import CoreHolder, options, ready, stream, tensor, text_items, unary, usage_timing
+
+
+def _prediction(p: TokenPrediction) -> pb.TokenPrediction:
+    masks = [
+        pb.MaskPrediction(
+            position=m.position,
+            span=common_pb2.Span(start=m.span[0], end=m.span[1]),
+            candidates=[
+                pb.TokenCandidate(token_id=c.token_id, token=c.token, probability=c.probability)
+                for c in m.candidates
+            ],
+        )
+        for m in p.masks
+    ]
+    if p.logits is None:
+        return pb.TokenPrediction(masks=masks)
+    return pb.TokenPrediction(masks=masks, logits=tensor(p.logits))
+
+
+class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
+    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+        self._state = state
+        self._in_flight = stream_in_flight
+
+    async def PredictTokens(
+        self, request: pb.PredictTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictTokensResponse:
+        return await unary(context, lambda: self._predict(request))
+
+    async def PredictTokensStream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictTokensRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.PredictTokensStreamResponse]:
+        async for reply in stream(
+            request_iterator, self._predict, pb.PredictTokensStreamResponse, in_flight=self._in_flight
+        ):
+            yield reply
+
+    async def _predict(self, request: pb.PredictTokensRequest) -> pb.PredictTokensResponse:
+        core = ready(self._state)
+        o = request.options
+        opts = options(
+            lambda: PredictOptions(
+                top_k=o.top_k or 5, return_logits=o.return_logits, truncate=o.truncate
+            )
+        )
+        outcome = await core.run("mlm", [o.head or None], text_items(request.items), opts)
+        return pb.PredictTokensResponse(
+            results=[_prediction(r[0]) for r in outcome.results], **usage_timing(outcome)
+        )

@@ -1,0 +1,65 @@
+"""The one place where errors become gRPC statuses (google.rpc.Status with details)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from .errors import (
+    HeadFailed,
+    HeadNotFound,
+    HeadNotUsable,
+    HeadserveError,
+    InvalidArgument,
+    Overloaded,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "headserve"
+
+_CODES: tuple[tuple[type[HeadserveError], int], ...] = (
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (HeadNotFound, code_pb2.NOT_FOUND),
+    (HeadNotUsable, code_pb2.FAILED_PRECONDITION),
+    (Overloaded, code_pb2.RESOURCE_EXHAUSTED),
+    (Unavailable, code_pb2.UNAVAILABLE),
+    (HeadFailed, code_pb2.INTERNAL),
+)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(exc: BaseException) -> status_pb2.Status:
+    """A google.rpc.Status for `exc`. Anything not a HeadserveError is a bug: INTERNAL."""
+    if not isinstance(exc, HeadserveError):
+        log.error("internal error", exc_info=exc)
+        return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error: {exc!r}")
+    code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+    metadata: dict[str, str] = {}
+    details = []
+    if isinstance(exc, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        if exc.item is not None:
+            metadata["item"] = str(exc.item)
+        metadata["field"] = exc.field
+    head = getattr(exc, "head", None)
+    if head:
+        metadata["head"] = head
+    details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata)))
+    return status_pb2.Status(code=code, message=exc.message, details=details)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End a unary call with the status for `exc` (raises, as context.abort does)."""
+    await context.abort_with_status(rpc_status.to_status(to_status(exc)))
