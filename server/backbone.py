@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -111,7 +112,7 @@ class Backbone:
 
     @property
     def wants_token_types(self) -> bool:
-        return "token_type_ids" in self.tokenizer.model_input_names
+        return "token_type_ids" in inspect.signature(self.model.forward).parameters
 
     def view(self) -> BackboneView:
         return BackboneView(

@@ -1,0 +1,189 @@
+"""Every built-in head equals the transformers class on the same checkpoint (1e-5, float32),
+for BERT, RoBERTa and DistilBERT, through the shared backbone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from checkpoints import ARCHS, LABELS
+from headserve.plugins.contract import HeadSpec
+from headserve.plugins.spans import Window, best_spans
+from headserve.plugins.tasks import (
+    ClassifyOptions,
+    EncodeOptions,
+    PredictOptions,
+    QAItem,
+    QAOptions,
+    TextItem,
+)
+from headserve.server.app import Settings, build_core
+from headserve.server.runner import Work
+
+TOL = 1e-5
+TEXTS = [
+    TextItem("Alice works in Paris at the bank."),
+    TextItem("The quick brown fox", "jumps over the lazy dog."),
+    TextItem("I loved this film."),
+]
+QUESTION = "Where does Bob work?"
+LONG_CONTEXT = " ".join(
+    ["The fox jumps over the dog."] * 12 + ["Bob works in Berlin at the zoo."] + ["Alice works in Paris."] * 6
+)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def setup(request, families):  # type: ignore[no-untyped-def]
+    family = families[request.param]
+    heads = (
+        HeadSpec("encode", "encode", family.backbone, {"pooling": "cls"}),
+        HeadSpec("mlm", "mlm", family.mlm),
+        HeadSpec("classify", "classify", family.classify),
+        HeadSpec("tags", "classify", family.multilabel),
+        HeadSpec("qa", "qa", family.qa),
+    )
+    core = build_core(Settings(model_dir=family.backbone, heads=heads, device="cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(str(family.backbone))
+    return family, core, tokenizer
+
+
+def _inputs(tokenizer, item: TextItem):  # type: ignore[no-untyped-def]
+    enc = tokenizer(item.text, item.text_pair, return_tensors="pt")
+    if "token_type_ids" in enc and tokenizer.model_input_names.count("token_type_ids") == 0:
+        del enc["token_type_ids"]
+    return enc
+
+
+def _run(core, task, heads, items, options):  # type: ignore[no-untyped-def]
+    return asyncio.run(core.run(task, heads, items, options)).results
+
+
+@torch.inference_mode()
+def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def]
+    family, core, tokenizer = setup
+    reference = AutoModel.from_pretrained(str(family.backbone)).eval()
+    for pooling in ("cls", "mean", "none"):
+        results = _run(core, "encode", [None], TEXTS, EncodeOptions(pooling=pooling, normalize=False))
+        for item, (embedding,) in zip(TEXTS, results):
+            states = reference(**_inputs(tokenizer, item)).last_hidden_state[0].numpy()
+            if pooling == "none":
+                np.testing.assert_allclose(embedding.token_states, states, atol=TOL)
+                assert len(embedding.tokens) == states.shape[0]
+            elif pooling == "cls":
+                np.testing.assert_allclose(embedding.vector, states[0], atol=TOL)
+            else:
+                np.testing.assert_allclose(embedding.vector, states.mean(0), atol=TOL)
+    (normalized,), = _run(core, "encode", [None], TEXTS[:1], EncodeOptions(pooling="mean", normalize=True))
+    assert np.linalg.norm(normalized.vector) == pytest.approx(1.0, abs=1e-5)
+
+
+@torch.inference_mode()
+def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-untyped-def]
+    family, core, tokenizer = setup
+    reference = AutoModelForMaskedLM.from_pretrained(str(family.mlm)).eval()
+    mask = tokenizer.mask_token
+    items = [TextItem(f"Alice works in {mask} at the bank."), TextItem(f"The {mask} brown fox {mask} over.")]
+    full = _run(core, "mlm", [None], items, PredictOptions(top_k=3, return_logits=True))
+    picked = _run(core, "mlm", [None], items, PredictOptions(top_k=3))
+    for item, (with_logits,), (prediction,) in zip(items, full, picked):
+        enc = _inputs(tokenizer, item)
+        logits = reference(**enc).logits[0]
+        np.testing.assert_allclose(with_logits.logits, logits.numpy(), atol=TOL)
+        positions = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
+        assert [m.position for m in prediction.masks] == positions
+        for m in prediction.masks:
+            probs = logits[m.position].softmax(-1)
+            top = probs.topk(3)
+            assert [c.token_id for c in m.candidates] == top.indices.tolist()
+            np.testing.assert_allclose([c.probability for c in m.candidates], top.values.numpy(), atol=TOL)
+            assert item.text[m.span[0] : m.span[1]] == mask
+
+
+@torch.inference_mode()
+def test_classify_matches_automodel_for_sequence_classification(setup) -> None:  # type: ignore[no-untyped-def]
+    family, core, tokenizer = setup
+    single = AutoModelForSequenceClassification.from_pretrained(str(family.classify)).eval()
+    multi = AutoModelForSequenceClassification.from_pretrained(str(family.multilabel)).eval()
+    results = _run(core, "classify", ["classify", "tags"], TEXTS, ClassifyOptions())
+    for item, (one, tags) in zip(TEXTS, results):
+        enc = _inputs(tokenizer, item)
+        expected_single = single(**enc).logits[0].softmax(-1).numpy()
+        expected_multi = multi(**enc).logits[0].sigmoid().numpy()
+        assert (one.head, one.multi_label, tags.head, tags.multi_label) == ("classify", False, "tags", True)
+        got_single = dict(one.labels)
+        got_multi = dict(tags.labels)
+        np.testing.assert_allclose([got_single[l] for l in LABELS], expected_single, atol=TOL)
+        np.testing.assert_allclose([got_multi[l] for l in LABELS], expected_multi, atol=TOL)
+        assert [p for _, p in one.labels] == sorted(got_single.values(), reverse=True)
+
+
+@torch.inference_mode()
+def test_qa_matches_automodel_for_question_answering_over_windows(setup) -> None:  # type: ignore[no-untyped-def]
+    family, core, tokenizer = setup
+    reference = AutoModelForQuestionAnswering.from_pretrained(str(family.qa)).eval()
+    head = core.registry.resolve("qa", None)
+    options = QAOptions(top_k=3, doc_stride=16)
+    item = QAItem(QUESTION, LONG_CONTEXT)
+    prepared = head.prepare(item, options)
+    assert len(prepared.rows) > 2  # the context does not fit one window
+    outputs = core.runner.compute([Work(head, row) for row in prepared.rows])
+    windows = []
+    for row, (start, end), (mask, offsets) in zip(prepared.rows, outputs, prepared.state[1]):
+        ids = torch.tensor([row.input_ids])
+        kwargs = {"input_ids": ids}
+        if row.token_type_ids is not None and family.arch == "bert":
+            kwargs["token_type_ids"] = torch.tensor([row.token_type_ids])
+        ref = reference(**kwargs)
+        np.testing.assert_allclose(start, ref.start_logits[0].numpy(), atol=TOL)
+        np.testing.assert_allclose(end, ref.end_logits[0].numpy(), atol=TOL)
+        windows.append(Window(ref.start_logits[0].numpy(), ref.end_logits[0].numpy(), mask, offsets))
+    (answer,), = _run(core, "qa", [None], [item], options)
+    expected = best_spans(LONG_CONTEXT, windows, top_k=3, max_answer_length=30, allow_no_answer=False)
+    assert answer.windows == len(prepared.rows)
+    assert [(a.start, a.end, a.text) for a in answer.answers] == [(a.start, a.end, a.text) for a in expected]
+    np.testing.assert_allclose([a.score for a in answer.answers], [a.score for a in expected], atol=TOL)
+    for a in answer.answers:
+        assert LONG_CONTEXT[a.start : a.end] == a.text
+
+
+def test_mixed_batch_equals_items_run_alone(setup) -> None:  # type: ignore[no-untyped-def]
+    """Rows of every head, shuffled into one batch, give what each gives alone (no mis-routing)."""
+    family, core, tokenizer = setup
+    mask = tokenizer.mask_token
+    jobs = []
+    for name, options, items in (
+        ("encode", EncodeOptions(pooling="mean"), TEXTS),
+        ("mlm", PredictOptions(), [TextItem(f"Alice works in {mask}."), TextItem(f"A {mask} movie")]),
+        ("classify", ClassifyOptions(), TEXTS),
+        ("tags", ClassifyOptions(), TEXTS[::-1]),
+        ("qa", QAOptions(doc_stride=16), [QAItem(QUESTION, LONG_CONTEXT), QAItem("Who?", "Alice works.")]),
+    ):
+        head = core.registry.heads[name].head
+        for item in items:
+            for row in head.prepare(item, options).rows:
+                jobs.append(Work(head, row))
+    random.Random(7).shuffle(jobs)
+    before = core.runner.rows_computed
+    mixed = core.runner.compute(jobs)
+    assert core.runner.rows_computed - before < len(jobs)  # identical rows ran once
+    for job, together in zip(jobs, mixed):
+        (alone,) = core.runner.compute([job])
+        for a, b in zip(np.atleast_1d(_flat(alone)), np.atleast_1d(_flat(together))):
+            np.testing.assert_allclose(a, b, atol=TOL)
+
+
+def _flat(output):  # type: ignore[no-untyped-def]
+    if isinstance(output, tuple):
+        return np.concatenate([np.asarray(o).ravel() for o in output])
+    return np.asarray(output).ravel()
