@@ -1,0 +1,107 @@
+"""Typed Python client of a headserve server.
+
+``Client`` blocks, ``AsyncClient`` is for asyncio; both have the same methods::
+
+    from headserve.client import Client, Batch
+
+    with Client("localhost:50051") as client:
+        vectors = client.encode(["first text", "second text"], pooling="mean").vectors
+        answer = client.answer_question([("Who?", "Ada wrote it.")])[0].best
+        for outcome in client.classify_stream(Batch([t], id=str(i)) for i, t in enumerate(texts)):
+            print(outcome.id, outcome.unwrap()[0].heads[0].top)
+
+Results are frozen dataclasses with numpy arrays; failures raise a :class:`HeadserveError`
+subclass (see :mod:`headserve.client.errors`). Only grpcio, protobuf and numpy are imported:
+a service that calls the server needs neither torch nor transformers.
+"""
+
+from ._async import AsyncClient
+from ._options import NOT_GIVEN, NotGiven
+from ._sync import Client
+from .errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    HeadserveError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from .types import (
+    Answer,
+    AnswerQuestionResult,
+    BackboneInfo,
+    Batch,
+    Classification,
+    ClassifyResult,
+    Embedding,
+    EncodeResult,
+    HeadClassification,
+    HeadInfo,
+    LabelScore,
+    MaskPrediction,
+    ModelInfo,
+    PluginFailure,
+    Pooling,
+    PredictTokensResult,
+    QuestionAnswer,
+    QuestionContext,
+    QuestionItem,
+    Span,
+    StreamResult,
+    TextItem,
+    Timing,
+    TokenCandidate,
+    Tokenization,
+    TokenPrediction,
+    Usage,
+)
+
+__all__ = [
+    "NOT_GIVEN",
+    "Answer",
+    "AnswerQuestionResult",
+    "AsyncClient",
+    "BackboneInfo",
+    "Batch",
+    "Classification",
+    "ClassifyResult",
+    "Client",
+    "DeadlineExceededError",
+    "Embedding",
+    "EncodeResult",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "HeadClassification",
+    "HeadInfo",
+    "HeadserveError",
+    "InternalError",
+    "InvalidArgumentError",
+    "LabelScore",
+    "MaskPrediction",
+    "ModelInfo",
+    "NotFoundError",
+    "NotGiven",
+    "PermissionDeniedError",
+    "PluginFailure",
+    "Pooling",
+    "PredictTokensResult",
+    "QuestionAnswer",
+    "QuestionContext",
+    "QuestionItem",
+    "ResourceExhaustedError",
+    "Span",
+    "StreamResult",
+    "TextItem",
+    "Timing",
+    "TokenCandidate",
+    "TokenPrediction",
+    "Tokenization",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "Usage",
+]

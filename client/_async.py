@@ -1,0 +1,397 @@
+"""``AsyncClient``: the asyncio headserve client, over a ``grpc.aio.Channel``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from headserve.v1 import models_pb2
+
+from . import _convert, errors
+from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
+from ._retry import deadline_after, remaining, retry_delay
+from ._stubs import Stubs
+from .types import (
+    AnswerQuestionResult,
+    Batch,
+    ClassifyResult,
+    EncodeResult,
+    ModelInfo,
+    Pooling,
+    PredictTokensResult,
+    QuestionItem,
+    StreamResult,
+    TextItem,
+    Tokenization,
+)
+
+__all__ = ["AsyncClient"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+B = TypeVar("B")
+
+
+class AsyncClient:
+    """asyncio client of a headserve server: the methods of :class:`Client`, awaited.
+
+    Example::
+
+        async with AsyncClient("localhost:50051") as client:
+            result = await client.encode(["a sentence"])
+            async for outcome in client.encode_stream(batches):
+                embeddings = outcome.unwrap()
+
+    The channel is made on the first call, so the client may be built outside the event loop;
+    it then belongs to the loop of that first call. Arguments are those of :class:`Client`;
+    ``channel`` must be a ``grpc.aio.Channel``.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 30.0,
+        max_retries: int = 2,
+        channel: grpc.aio.Channel | None = None,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings = Settings.create(timeout, max_retries, metadata)
+        if channel is not None and options:
+            raise ValueError("options configure the channel the client makes: not with channel=")
+        self._channel = _LazyChannel(target, options, channel)
+
+    @property
+    def timeout(self) -> float | None:
+        """Default deadline of a unary call in seconds, retries included."""
+        return self._settings.timeout
+
+    @property
+    def max_retries(self) -> int:
+        """How often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED."""
+        return self._settings.max_retries
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Metadata sent with every call."""
+        return self._settings.metadata
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        metadata: Metadata | NotGiven = NOT_GIVEN,
+    ) -> AsyncClient:
+        """A copy with other settings, sharing this client's channel; this one is unchanged."""
+        clone = copy.copy(self)
+        clone._settings = self._settings.replace(timeout, max_retries, metadata)
+        return clone
+
+    async def close(self) -> None:
+        """Close the channel, for this client and every ``with_options`` copy of it."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- unary calls ----------------------------------------------------------------------------
+
+    async def encode(
+        self,
+        items: Sequence[TextItem],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> EncodeResult:
+        """Embed each item (a text or a ``(text, text_pair)``); see :meth:`Client.encode`."""
+        options = _convert.encode_options(pooling, normalize, truncate, head)
+        request = _convert.encode_request(items, options)
+        return await self._unary(
+            lambda stubs: stubs.encoder.Encode, request, _convert.encode_result, timeout
+        )
+
+    async def predict_tokens(
+        self,
+        items: Sequence[TextItem],
+        *,
+        top_k: int = 5,
+        return_logits: bool = False,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> PredictTokensResult:
+        """Candidates for every mask token in each item; see :meth:`Client.predict_tokens`."""
+        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
+        request = _convert.predict_tokens_request(items, options)
+        return await self._unary(
+            lambda stubs: stubs.token_predictor.PredictTokens,
+            request,
+            _convert.predict_tokens_result,
+            timeout,
+        )
+
+    async def classify(
+        self,
+        items: Sequence[TextItem],
+        *,
+        heads: str | Sequence[str] = (),
+        top_k: int = 0,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> ClassifyResult:
+        """Classify each item by one or more heads; see :meth:`Client.classify`."""
+        options = _convert.classify_options(heads, top_k, truncate)
+        request = _convert.classify_request(items, options)
+        return await self._unary(
+            lambda stubs: stubs.classifier.Classify, request, _convert.classify_result, timeout
+        )
+
+    async def answer_question(
+        self,
+        items: Sequence[QuestionItem],
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        doc_stride: int = 0,
+        allow_no_answer: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> AnswerQuestionResult:
+        """Extract answers from each question's context; see :meth:`Client.answer_question`."""
+        options = _convert.answer_question_options(
+            top_k, max_answer_length, doc_stride, allow_no_answer, head
+        )
+        request = _convert.answer_question_request(items, options)
+        return await self._unary(
+            lambda stubs: stubs.question_answerer.AnswerQuestion,
+            request,
+            _convert.answer_question_result,
+            timeout,
+        )
+
+    async def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
+        """The backbone the server holds, its heads, and the plugins that failed to load."""
+        return await self._unary(
+            lambda stubs: stubs.models.GetModelInfo,
+            models_pb2.GetModelInfoRequest(),
+            _convert.model_info,
+            timeout,
+        )
+
+    async def tokenize(
+        self,
+        items: Sequence[TextItem],
+        *,
+        add_special_tokens: bool = True,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> tuple[Tokenization, ...]:
+        """How the server's tokenizer splits each item, with code-point offsets."""
+        request = _convert.tokenize_request(items, add_special_tokens, truncate)
+        return await self._unary(
+            lambda stubs: stubs.models.Tokenize, request, _convert.tokenizations, timeout
+        )
+
+    # --- streams --------------------------------------------------------------------------------
+
+    def encode_stream(
+        self,
+        batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[EncodeResult]]:
+        """``encode`` over a stream of batches; see :meth:`Client.encode_stream`."""
+        options = _convert.encode_options(pooling, normalize, truncate, head)
+        return self._stream(
+            lambda stubs: stubs.encoder.EncodeStream,
+            batches,
+            lambda batch: _convert.encode_request(batch.items, options, batch.id),
+            _convert.encode_stream_result,
+            timeout,
+        )
+
+    def predict_tokens_stream(
+        self,
+        batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
+        *,
+        top_k: int = 5,
+        return_logits: bool = False,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[PredictTokensResult]]:
+        """``predict_tokens`` over a stream of batches; see :meth:`Client.encode_stream`."""
+        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
+        return self._stream(
+            lambda stubs: stubs.token_predictor.PredictTokensStream,
+            batches,
+            lambda batch: _convert.predict_tokens_request(batch.items, options, batch.id),
+            _convert.predict_tokens_stream_result,
+            timeout,
+        )
+
+    def classify_stream(
+        self,
+        batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
+        *,
+        heads: str | Sequence[str] = (),
+        top_k: int = 0,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[ClassifyResult]]:
+        """``classify`` over a stream of batches; see :meth:`Client.encode_stream`."""
+        options = _convert.classify_options(heads, top_k, truncate)
+        return self._stream(
+            lambda stubs: stubs.classifier.ClassifyStream,
+            batches,
+            lambda batch: _convert.classify_request(batch.items, options, batch.id),
+            _convert.classify_stream_result,
+            timeout,
+        )
+
+    def answer_question_stream(
+        self,
+        batches: Iterable[Batch[QuestionItem]] | AsyncIterable[Batch[QuestionItem]],
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        doc_stride: int = 0,
+        allow_no_answer: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[AnswerQuestionResult]]:
+        """``answer_question`` over a stream of batches; see :meth:`Client.encode_stream`."""
+        options = _convert.answer_question_options(
+            top_k, max_answer_length, doc_stride, allow_no_answer, head
+        )
+        return self._stream(
+            lambda stubs: stubs.question_answerer.AnswerQuestionStream,
+            batches,
+            lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
+            _convert.answer_question_stream_result,
+            timeout,
+        )
+
+    # --- transport ------------------------------------------------------------------------------
+
+    async def _unary(
+        self,
+        pick: Callable[[Stubs], Callable[..., Awaitable[R]]],
+        request: object,
+        convert: Callable[[R], T],
+        timeout: float | None | NotGiven,
+    ) -> T:
+        method = pick(self._channel.stubs())
+        deadline = deadline_after(given(timeout, self._settings.timeout))
+        attempt = 0
+        while True:
+            try:
+                response = await method(
+                    request, timeout=remaining(deadline), metadata=self._settings.metadata
+                )
+            except grpc.RpcError as rpc_error:
+                error = errors.from_rpc_error(rpc_error)
+                delay = retry_delay(error, attempt, self._settings.max_retries, deadline)
+                if delay is None:
+                    raise error from rpc_error
+                await asyncio.sleep(delay)
+                attempt += 1
+            else:
+                return convert(response)
+
+    async def _stream(
+        self,
+        pick: Callable[[Stubs], Callable[..., Any]],
+        batches: Iterable[B] | AsyncIterable[B],
+        to_request: Callable[[B], object],
+        convert: Callable[[R], StreamResult[T]],
+        timeout: float | None,
+    ) -> AsyncIterator[StreamResult[T]]:
+        pump = _AsyncRequestPump(batches, to_request)
+        call = pick(self._channel.stubs())(
+            pump.requests(), timeout=timeout, metadata=self._settings.metadata
+        )
+        try:
+            async for response in call:
+                yield convert(response)
+        except grpc.RpcError as rpc_error:
+            raise errors.from_rpc_error(rpc_error) from rpc_error
+        finally:
+            call.cancel()  # no-op once finished; stops the call when the caller stops early
+        if pump.error is not None:
+            raise pump.error
+
+
+class _LazyChannel:
+    """The channel of an ``AsyncClient`` and its copies, made inside the loop of the first call.
+
+    A ``grpc.aio`` channel binds to the event loop current when it is made; making it on first
+    use lets the client be built anywhere (module level, an app factory).
+    """
+
+    def __init__(
+        self, target: str, options: Sequence[tuple[str, Any]], channel: grpc.aio.Channel | None
+    ) -> None:
+        self._target = target
+        self._options = list(options)
+        self._channel = channel
+        self._stubs = Stubs.over(channel) if channel is not None else None
+        self._closed = False
+
+    def stubs(self) -> Stubs:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._stubs is None:
+            self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            self._stubs = Stubs.over(self._channel)
+        return self._stubs
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class _AsyncRequestPump(Generic[B]):
+    """Batches to requests for ``grpc.aio``; like the sync pump, it keeps a failure for the
+    caller instead of letting gRPC swallow it into a cancelled call."""
+
+    def __init__(
+        self, batches: Iterable[B] | AsyncIterable[B], to_request: Callable[[B], object]
+    ) -> None:
+        self._batches = batches
+        self._to_request = to_request
+        self.error: Exception | None = None
+
+    async def requests(self) -> AsyncIterator[object]:
+        try:
+            if isinstance(self._batches, AsyncIterable):
+                async for batch in self._batches:
+                    yield self._to_request(batch)
+            else:
+                for batch in self._batches:
+                    yield self._to_request(batch)
+        except Exception as error:  # handed to the caller by AsyncClient._stream
+            self.error = error

@@ -1,0 +1,424 @@
+"""Between the client's Python values and the ``headserve.v1`` messages, both ways.
+
+Pure functions, shared by the sync and async clients: request builders check what only the
+client can know (a ``str`` where a sequence of items was meant, a malformed item) and leave the
+rest to the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from google.rpc import status_pb2
+
+from headserve.v1 import (
+    classifier_pb2,
+    common_pb2,
+    encoder_pb2,
+    models_pb2,
+    question_answerer_pb2,
+    token_predictor_pb2,
+)
+
+from . import errors
+from ._tensor import decode_tensor
+from .types import (
+    Answer,
+    AnswerQuestionResult,
+    BackboneInfo,
+    Classification,
+    ClassifyResult,
+    Embedding,
+    EncodeResult,
+    HeadClassification,
+    HeadInfo,
+    LabelScore,
+    MaskPrediction,
+    ModelInfo,
+    PluginFailure,
+    Pooling,
+    PredictTokensResult,
+    QuestionAnswer,
+    QuestionContext,
+    QuestionItem,
+    Span,
+    StreamResult,
+    TextItem,
+    Timing,
+    TokenCandidate,
+    Tokenization,
+    TokenPrediction,
+    Usage,
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_POOLING: dict[str | None, encoder_pb2.Pooling.ValueType] = {
+    None: encoder_pb2.POOLING_UNSPECIFIED,
+    "cls": encoder_pb2.POOLING_CLS,
+    "mean": encoder_pb2.POOLING_MEAN,
+    "none": encoder_pb2.POOLING_NONE,
+}
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def text_inputs(items: Sequence[TextItem]) -> list[common_pb2.TextInput]:
+    """``str`` -> ``TextInput(text)``, ``(text, pair)`` -> ``TextInput(text, text_pair)``."""
+    _check_sequence(items)
+    inputs = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            inputs.append(common_pb2.TextInput(text=item))
+        elif _is_str_pair(item):
+            inputs.append(common_pb2.TextInput(text=item[0], text_pair=item[1]))
+        else:
+            raise TypeError(
+                f"items[{index}]: expected a str or a (text, text_pair) tuple of str, "
+                f"got {item!r}"
+            )
+    return inputs
+
+
+def question_contexts(items: Sequence[QuestionItem]) -> list[question_answerer_pb2.QuestionContext]:
+    """``(question, context)`` or :class:`QuestionContext` -> ``headserve.v1.QuestionContext``."""
+    _check_sequence(items)
+    inputs = []
+    for index, item in enumerate(items):
+        if isinstance(item, QuestionContext):
+            question, context = item.question, item.context
+        elif _is_str_pair(item):
+            question, context = item
+        else:
+            raise TypeError(
+                f"items[{index}]: expected a (question, context) tuple of str or a "
+                f"QuestionContext, got {item!r}"
+            )
+        inputs.append(question_answerer_pb2.QuestionContext(question=question, context=context))
+    return inputs
+
+
+def encode_request(
+    items: Sequence[TextItem], options: encoder_pb2.EncodeOptions, id: str = ""
+) -> encoder_pb2.EncodeRequest:
+    """An ``EncodeRequest`` (``id`` only matters in a stream)."""
+    return encoder_pb2.EncodeRequest(items=text_inputs(items), options=options, id=id)
+
+
+def encode_options(
+    pooling: Pooling | None, normalize: bool | None, truncate: bool, head: str | None
+) -> encoder_pb2.EncodeOptions:
+    """``EncodeOptions``; ``None`` leaves pooling / normalize / head to the server."""
+    if pooling not in _POOLING:
+        raise ValueError(f"pooling must be 'cls', 'mean', 'none' or None, not {pooling!r}")
+    return encoder_pb2.EncodeOptions(
+        pooling=_POOLING[pooling], normalize=normalize, truncate=truncate, head=head or ""
+    )
+
+
+def predict_tokens_request(
+    items: Sequence[TextItem], options: token_predictor_pb2.PredictTokensOptions, id: str = ""
+) -> token_predictor_pb2.PredictTokensRequest:
+    """A ``PredictTokensRequest``."""
+    return token_predictor_pb2.PredictTokensRequest(
+        items=text_inputs(items), options=options, id=id
+    )
+
+
+def predict_tokens_options(
+    top_k: int, return_logits: bool, truncate: bool, head: str | None
+) -> token_predictor_pb2.PredictTokensOptions:
+    """``PredictTokensOptions``."""
+    return token_predictor_pb2.PredictTokensOptions(
+        top_k=top_k, return_logits=return_logits, truncate=truncate, head=head or ""
+    )
+
+
+def classify_request(
+    items: Sequence[TextItem], options: classifier_pb2.ClassifyOptions, id: str = ""
+) -> classifier_pb2.ClassifyRequest:
+    """A ``ClassifyRequest``."""
+    return classifier_pb2.ClassifyRequest(items=text_inputs(items), options=options, id=id)
+
+
+def classify_options(
+    heads: str | Sequence[str], top_k: int, truncate: bool
+) -> classifier_pb2.ClassifyOptions:
+    """``ClassifyOptions``; a lone ``str`` is one head name, not a sequence of letters."""
+    names = [heads] if isinstance(heads, str) else list(heads)
+    return classifier_pb2.ClassifyOptions(heads=names, top_k=top_k, truncate=truncate)
+
+
+def answer_question_request(
+    items: Sequence[QuestionItem],
+    options: question_answerer_pb2.AnswerQuestionOptions,
+    id: str = "",
+) -> question_answerer_pb2.AnswerQuestionRequest:
+    """An ``AnswerQuestionRequest``."""
+    return question_answerer_pb2.AnswerQuestionRequest(
+        items=question_contexts(items), options=options, id=id
+    )
+
+
+def answer_question_options(
+    top_k: int, max_answer_length: int, doc_stride: int, allow_no_answer: bool, head: str | None
+) -> question_answerer_pb2.AnswerQuestionOptions:
+    """``AnswerQuestionOptions``."""
+    return question_answerer_pb2.AnswerQuestionOptions(
+        top_k=top_k,
+        max_answer_length=max_answer_length,
+        doc_stride=doc_stride,
+        allow_no_answer=allow_no_answer,
+        head=head or "",
+    )
+
+
+def tokenize_request(
+    items: Sequence[TextItem], add_special_tokens: bool, truncate: bool
+) -> models_pb2.TokenizeRequest:
+    """A ``TokenizeRequest``."""
+    return models_pb2.TokenizeRequest(
+        items=text_inputs(items), add_special_tokens=add_special_tokens, truncate=truncate
+    )
+
+
+def _check_sequence(items: object) -> None:
+    # A str is a Sequence[str] to the type checker: catch it before it becomes one item a letter.
+    if isinstance(items, (str, bytes)):
+        raise TypeError("items must be a sequence of items, not a single str; wrap it: [text]")
+
+
+def _is_str_pair(item: object) -> bool:
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+    )
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+def usage(message: common_pb2.Usage) -> Usage:
+    """:class:`Usage` from its message."""
+    return Usage(input_tokens=message.input_tokens)
+
+
+def timing(message: common_pb2.Timing) -> Timing:
+    """:class:`Timing` from its message."""
+    return Timing(queue_ms=message.queue_ms, inference_ms=message.inference_ms)
+
+
+def span(message: common_pb2.Span) -> Span:
+    """:class:`Span` from its message."""
+    return Span(message.start, message.end)
+
+
+def embedding(message: encoder_pb2.Embedding) -> Embedding:
+    """:class:`Embedding`: an empty ``vector`` or an unset ``token_states`` becomes ``None``."""
+    vector = None
+    if len(message.vector):
+        vector = np.asarray(message.vector, dtype=np.float32)
+        vector.flags.writeable = False
+    return Embedding(
+        vector=vector,
+        token_states=(
+            decode_tensor(message.token_states) if message.HasField("token_states") else None
+        ),
+        tokens=tuple(message.tokens),
+    )
+
+
+def encode_result(message: encoder_pb2.EncodeResponse) -> EncodeResult:
+    """:class:`EncodeResult` from ``EncodeResponse``."""
+    return EncodeResult(
+        embeddings=tuple(embedding(e) for e in message.results),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def token_prediction(message: token_predictor_pb2.TokenPrediction) -> TokenPrediction:
+    """:class:`TokenPrediction`; unset ``logits`` becomes ``None``."""
+    return TokenPrediction(
+        masks=tuple(
+            MaskPrediction(
+                position=mask.position,
+                span=span(mask.span),
+                candidates=tuple(
+                    TokenCandidate(token_id=c.token_id, token=c.token, probability=c.probability)
+                    for c in mask.candidates
+                ),
+            )
+            for mask in message.masks
+        ),
+        logits=decode_tensor(message.logits) if message.HasField("logits") else None,
+    )
+
+
+def predict_tokens_result(
+    message: token_predictor_pb2.PredictTokensResponse,
+) -> PredictTokensResult:
+    """:class:`PredictTokensResult` from ``PredictTokensResponse``."""
+    return PredictTokensResult(
+        predictions=tuple(token_prediction(p) for p in message.results),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def classify_result(message: classifier_pb2.ClassifyResponse) -> ClassifyResult:
+    """:class:`ClassifyResult` from ``ClassifyResponse``."""
+    return ClassifyResult(
+        classifications=tuple(
+            Classification(
+                heads=tuple(
+                    HeadClassification(
+                        head=h.head,
+                        multi_label=h.multi_label,
+                        labels=tuple(
+                            LabelScore(label=s.label, probability=s.probability) for s in h.labels
+                        ),
+                    )
+                    for h in c.heads
+                )
+            )
+            for c in message.results
+        ),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def answer_question_result(
+    message: question_answerer_pb2.AnswerQuestionResponse,
+) -> AnswerQuestionResult:
+    """:class:`AnswerQuestionResult` from ``AnswerQuestionResponse``."""
+    return AnswerQuestionResult(
+        answers=tuple(
+            QuestionAnswer(
+                answers=tuple(
+                    Answer(
+                        text=a.text, score=a.score, start=a.start, end=a.end, no_answer=a.no_answer
+                    )
+                    for a in qa.answers
+                ),
+                windows=qa.windows,
+            )
+            for qa in message.results
+        ),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
+    """:class:`ModelInfo` from its message."""
+    b = message.backbone
+    return ModelInfo(
+        backbone=BackboneInfo(
+            source=b.source,
+            model_type=b.model_type,
+            hidden_size=b.hidden_size,
+            num_layers=b.num_layers,
+            vocab_size=b.vocab_size,
+            max_length=b.max_length,
+            device=b.device,
+            dtype=b.dtype,
+            parameters=b.parameters,
+            mask_token=b.mask_token,
+            load_seconds=b.load_seconds,
+        ),
+        heads=tuple(
+            HeadInfo(
+                name=h.name,
+                task=h.task,
+                labels=tuple(h.labels),
+                trained=h.trained,
+                usable=h.usable,
+                plugin=h.plugin,
+                distribution=h.distribution,
+                version=h.version,
+                source=h.source,
+                multi_label=h.multi_label,
+                is_default=h.is_default,
+                detail=h.detail,
+            )
+            for h in message.heads
+        ),
+        failed_plugins=tuple(
+            PluginFailure(plugin=f.plugin, reason=f.reason) for f in message.failed_plugins
+        ),
+        server_version=message.server_version,
+        allow_untrained=message.allow_untrained,
+    )
+
+
+def tokenizations(message: models_pb2.TokenizeResponse) -> tuple[Tokenization, ...]:
+    """One :class:`Tokenization` per item of a ``TokenizeResponse``."""
+    return tuple(
+        Tokenization(
+            ids=tuple(t.ids),
+            tokens=tuple(t.tokens),
+            offsets=tuple(span(o) for o in t.offsets),
+            token_type_ids=tuple(t.token_type_ids),
+            sequence_ids=tuple(t.sequence_ids),
+        )
+        for t in message.results
+    )
+
+
+# --- stream responses ---------------------------------------------------------------------------
+
+
+class StreamResponse(Protocol[R_co]):
+    """What every ``*StreamResponse`` message looks like: an id and a oneof outcome."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def response(self) -> R_co: ...
+    @property
+    def error(self) -> status_pb2.Status: ...
+    def HasField(self, field_name: Any) -> bool: ...
+
+
+def stream_result(message: StreamResponse[R], convert: Callable[[R], T]) -> StreamResult[T]:
+    """A :class:`StreamResult`: the converted response, or the error its Status maps to."""
+    if message.HasField("error"):
+        return StreamResult(id=message.id, error=errors.from_status(message.error))
+    return StreamResult(id=message.id, result=convert(message.response))
+
+
+def encode_stream_result(
+    message: encoder_pb2.EncodeStreamResponse,
+) -> StreamResult[EncodeResult]:
+    """:class:`StreamResult` of an ``EncodeStreamResponse``."""
+    return stream_result(message, encode_result)
+
+
+def predict_tokens_stream_result(
+    message: token_predictor_pb2.PredictTokensStreamResponse,
+) -> StreamResult[PredictTokensResult]:
+    """:class:`StreamResult` of a ``PredictTokensStreamResponse``."""
+    return stream_result(message, predict_tokens_result)
+
+
+def classify_stream_result(
+    message: classifier_pb2.ClassifyStreamResponse,
+) -> StreamResult[ClassifyResult]:
+    """:class:`StreamResult` of a ``ClassifyStreamResponse``."""
+    return stream_result(message, classify_result)
+
+
+def answer_question_stream_result(
+    message: question_answerer_pb2.AnswerQuestionStreamResponse,
+) -> StreamResult[AnswerQuestionResult]:
+    """:class:`StreamResult` of an ``AnswerQuestionStreamResponse``."""
+    return stream_result(message, answer_question_result)

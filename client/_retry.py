@@ -1,0 +1,57 @@
+"""When a failed unary call is tried again, and after how long.
+
+Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: the call never reached a model, or the
+server refused it before queueing. Every headserve method is a read, so a retry cannot do
+anything twice. The delay doubles per attempt, is capped, and is jittered so clients that failed
+together do not come back together; a ``RetryInfo`` from the server raises it. Retries never run
+past the call's deadline. Streams are never retried: their batches may already have been
+answered.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import grpc
+
+from .errors import HeadserveError
+
+__all__ = ["RETRYABLE_CODES", "backoff", "deadline_after", "remaining", "retry_delay"]
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+INITIAL_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 4.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: 0.1 s doubling, capped, -50% jitter."""
+    ceiling = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2.0**attempt)
+    return ceiling * (0.5 + random.random() / 2)
+
+
+def retry_delay(
+    error: HeadserveError, attempt: int, max_retries: int, deadline: float | None
+) -> float | None:
+    """Seconds to wait before trying again after ``error``, or ``None`` to give up.
+
+    ``attempt`` counts the retries made so far; ``deadline`` is a ``time.monotonic()`` instant.
+    """
+    if error.code not in RETRYABLE_CODES or attempt >= max_retries:
+        return None
+    delay = backoff(attempt)
+    if error.retry_delay is not None:
+        delay = min(MAX_BACKOFF_S, max(delay, error.retry_delay))
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        return None
+    return delay
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` instant ``timeout`` seconds from now, or ``None`` for no limit."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (at least a millisecond), or ``None`` for no limit."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)

@@ -1,0 +1,42 @@
+"""The generated gRPC stubs of every headserve service, over one channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from headserve.v1 import (
+    classifier_pb2_grpc,
+    encoder_pb2_grpc,
+    models_pb2_grpc,
+    question_answerer_pb2_grpc,
+    token_predictor_pb2_grpc,
+)
+
+__all__ = ["Stubs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stubs:
+    """One stub per service; works over a ``grpc.Channel`` or a ``grpc.aio.Channel``.
+
+    Typed ``Any``: the stubs' callables are untyped without grpc type stubs, and differ between
+    sync and aio channels anyway. The types live at the edges, in ``_convert``.
+    """
+
+    encoder: Any
+    token_predictor: Any
+    classifier: Any
+    question_answerer: Any
+    models: Any
+
+    @classmethod
+    def over(cls, channel: Any) -> Stubs:
+        """Stubs for every service over ``channel``."""
+        return cls(
+            encoder=encoder_pb2_grpc.EncoderStub(channel),
+            token_predictor=token_predictor_pb2_grpc.TokenPredictorStub(channel),
+            classifier=classifier_pb2_grpc.ClassifierStub(channel),
+            question_answerer=question_answerer_pb2_grpc.QuestionAnswererStub(channel),
+            models=models_pb2_grpc.ModelsStub(channel),
+        )

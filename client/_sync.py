@@ -1,0 +1,411 @@
+"""``Client``: the blocking headserve client, over a ``grpc.Channel``."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from headserve.v1 import models_pb2
+
+from . import _convert, errors
+from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
+from ._retry import deadline_after, remaining, retry_delay
+from ._stubs import Stubs
+from .types import (
+    AnswerQuestionResult,
+    Batch,
+    ClassifyResult,
+    EncodeResult,
+    ModelInfo,
+    Pooling,
+    PredictTokensResult,
+    QuestionItem,
+    StreamResult,
+    TextItem,
+    Tokenization,
+)
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+B = TypeVar("B")
+
+
+class Client:
+    """Blocking client of a headserve server. Thread-safe; one per process is plenty.
+
+    Example::
+
+        with Client("localhost:50051") as client:
+            result = client.encode(["a sentence", ("a text", "its pair")])
+            result.vectors  # float32, shape [2, hidden_size]
+
+    Args:
+        target: ``host:port`` of the server (ignored when ``channel`` is given).
+        timeout: seconds a unary call may take, retries included; ``None``: no limit.
+            Streams take no deadline unless a call passes one.
+        max_retries: how often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED,
+            with capped exponential backoff and jitter. Streams are never retried.
+        channel: a ``grpc.Channel`` to use (e.g. a secure one); it is closed by ``close()``.
+        metadata: ``(key, value)`` pairs sent with every call (e.g. an auth header).
+        options: gRPC channel options for the channel the client makes, e.g.
+            ``[("grpc.max_receive_message_length", 64 << 20)]``.
+
+    Calls raise a :class:`~headserve.client.HeadserveError` subclass on failure.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 30.0,
+        max_retries: int = 2,
+        channel: grpc.Channel | None = None,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings = Settings.create(timeout, max_retries, metadata)
+        if channel is not None and options:
+            raise ValueError("options configure the channel the client makes: not with channel=")
+        self._channel = channel if channel is not None else grpc.insecure_channel(
+            target, options=list(options)
+        )
+        self._stubs = Stubs.over(self._channel)
+
+    @property
+    def timeout(self) -> float | None:
+        """Default deadline of a unary call in seconds, retries included."""
+        return self._settings.timeout
+
+    @property
+    def max_retries(self) -> int:
+        """How often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED."""
+        return self._settings.max_retries
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Metadata sent with every call."""
+        return self._settings.metadata
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        metadata: Metadata | NotGiven = NOT_GIVEN,
+    ) -> Client:
+        """A copy with other settings, sharing this client's channel; this one is unchanged.
+
+        Example: ``client.with_options(timeout=2.0, max_retries=0).encode(["quick"])``.
+        """
+        clone = copy.copy(self)
+        clone._settings = self._settings.replace(timeout, max_retries, metadata)
+        return clone
+
+    def close(self) -> None:
+        """Close the channel, for this client and every ``with_options`` copy of it."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- unary calls ----------------------------------------------------------------------------
+
+    def encode(
+        self,
+        items: Sequence[TextItem],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> EncodeResult:
+        """Embed each item (a text or a ``(text, text_pair)``), one result per item, in order.
+
+        Args:
+            pooling: ``"cls"``, ``"mean"``, ``"none"`` (per-token states) or ``None`` for the
+                head's default.
+            normalize: L2-normalise pooled vectors; ``None``: the head's default.
+            truncate: cut inputs longer than the model's window instead of refusing them.
+            head: encode head to use; ``None``: the server's default.
+            timeout: overrides the client's timeout for this call.
+        """
+        options = _convert.encode_options(pooling, normalize, truncate, head)
+        request = _convert.encode_request(items, options)
+        return self._unary(self._stubs.encoder.Encode, request, _convert.encode_result, timeout)
+
+    def predict_tokens(
+        self,
+        items: Sequence[TextItem],
+        *,
+        top_k: int = 5,
+        return_logits: bool = False,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> PredictTokensResult:
+        """Candidates for every mask token in each item (``ModelInfo.backbone.mask_token``).
+
+        Args:
+            top_k: candidates per mask, best first.
+            return_logits: also return each item's logits, shape ``[tokens, vocab_size]``.
+            truncate: cut inputs longer than the model's window instead of refusing them.
+            head: masked-LM head to use; ``None``: the server's default.
+            timeout: overrides the client's timeout for this call.
+        """
+        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
+        request = _convert.predict_tokens_request(items, options)
+        return self._unary(
+            self._stubs.token_predictor.PredictTokens,
+            request,
+            _convert.predict_tokens_result,
+            timeout,
+        )
+
+    def classify(
+        self,
+        items: Sequence[TextItem],
+        *,
+        heads: str | Sequence[str] = (),
+        top_k: int = 0,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> ClassifyResult:
+        """Classify each item by one or more heads (one backbone pass serves them all).
+
+        Args:
+            heads: classifier head names, applied in this order; empty: the server's default.
+            top_k: labels per head, best first; 0: all labels.
+            truncate: cut inputs longer than the model's window instead of refusing them.
+            timeout: overrides the client's timeout for this call.
+        """
+        options = _convert.classify_options(heads, top_k, truncate)
+        request = _convert.classify_request(items, options)
+        return self._unary(
+            self._stubs.classifier.Classify, request, _convert.classify_result, timeout
+        )
+
+    def answer_question(
+        self,
+        items: Sequence[QuestionItem],
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        doc_stride: int = 0,
+        allow_no_answer: bool = False,
+        head: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> AnswerQuestionResult:
+        """Extract answers from each ``(question, context)`` or ``QuestionContext``.
+
+        Args:
+            top_k: answers per item, best first.
+            max_answer_length: longest answer, in tokens.
+            doc_stride: overlap in tokens of the windows a long context is split into;
+                0: the server's choice.
+            allow_no_answer: let "no answer" win when the head scores it above every span.
+            head: QA head to use; ``None``: the server's default.
+            timeout: overrides the client's timeout for this call.
+        """
+        options = _convert.answer_question_options(
+            top_k, max_answer_length, doc_stride, allow_no_answer, head
+        )
+        request = _convert.answer_question_request(items, options)
+        return self._unary(
+            self._stubs.question_answerer.AnswerQuestion,
+            request,
+            _convert.answer_question_result,
+            timeout,
+        )
+
+    def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
+        """The backbone the server holds, its heads, and the plugins that failed to load."""
+        return self._unary(
+            self._stubs.models.GetModelInfo,
+            models_pb2.GetModelInfoRequest(),
+            _convert.model_info,
+            timeout,
+        )
+
+    def tokenize(
+        self,
+        items: Sequence[TextItem],
+        *,
+        add_special_tokens: bool = True,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> tuple[Tokenization, ...]:
+        """How the server's tokenizer splits each item, with code-point offsets."""
+        request = _convert.tokenize_request(items, add_special_tokens, truncate)
+        return self._unary(self._stubs.models.Tokenize, request, _convert.tokenizations, timeout)
+
+    # --- streams --------------------------------------------------------------------------------
+
+    def encode_stream(
+        self,
+        batches: Iterable[Batch[TextItem]],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[EncodeResult]]:
+        """``encode`` over a stream of batches: one :class:`StreamResult` per batch.
+
+        Batches are sent as the iterator is consumed; a failed batch yields a result whose
+        ``error`` is set and the stream goes on. The options apply to every batch. ``timeout``
+        bounds the whole stream (default: none). A failure of the stream itself raises.
+        """
+        options = _convert.encode_options(pooling, normalize, truncate, head)
+        return self._stream(
+            self._stubs.encoder.EncodeStream,
+            batches,
+            lambda batch: _convert.encode_request(batch.items, options, batch.id),
+            _convert.encode_stream_result,
+            timeout,
+        )
+
+    def predict_tokens_stream(
+        self,
+        batches: Iterable[Batch[TextItem]],
+        *,
+        top_k: int = 5,
+        return_logits: bool = False,
+        truncate: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[PredictTokensResult]]:
+        """``predict_tokens`` over a stream of batches (see :meth:`encode_stream`)."""
+        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
+        return self._stream(
+            self._stubs.token_predictor.PredictTokensStream,
+            batches,
+            lambda batch: _convert.predict_tokens_request(batch.items, options, batch.id),
+            _convert.predict_tokens_stream_result,
+            timeout,
+        )
+
+    def classify_stream(
+        self,
+        batches: Iterable[Batch[TextItem]],
+        *,
+        heads: str | Sequence[str] = (),
+        top_k: int = 0,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[ClassifyResult]]:
+        """``classify`` over a stream of batches (see :meth:`encode_stream`)."""
+        options = _convert.classify_options(heads, top_k, truncate)
+        return self._stream(
+            self._stubs.classifier.ClassifyStream,
+            batches,
+            lambda batch: _convert.classify_request(batch.items, options, batch.id),
+            _convert.classify_stream_result,
+            timeout,
+        )
+
+    def answer_question_stream(
+        self,
+        batches: Iterable[Batch[QuestionItem]],
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        doc_stride: int = 0,
+        allow_no_answer: bool = False,
+        head: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[AnswerQuestionResult]]:
+        """``answer_question`` over a stream of batches (see :meth:`encode_stream`)."""
+        options = _convert.answer_question_options(
+            top_k, max_answer_length, doc_stride, allow_no_answer, head
+        )
+        return self._stream(
+            self._stubs.question_answerer.AnswerQuestionStream,
+            batches,
+            lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
+            _convert.answer_question_stream_result,
+            timeout,
+        )
+
+    # --- transport ------------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: Callable[..., R],
+        request: object,
+        convert: Callable[[R], T],
+        timeout: float | None | NotGiven,
+    ) -> T:
+        deadline = deadline_after(given(timeout, self._settings.timeout))
+        attempt = 0
+        while True:
+            try:
+                response = method(
+                    request, timeout=remaining(deadline), metadata=self._settings.metadata
+                )
+            except grpc.RpcError as rpc_error:
+                error = errors.from_rpc_error(rpc_error)
+                delay = retry_delay(error, attempt, self._settings.max_retries, deadline)
+                if delay is None:
+                    raise error from rpc_error
+                time.sleep(delay)
+                attempt += 1
+            else:
+                return convert(response)
+
+    def _stream(
+        self,
+        method: Callable[..., Any],
+        batches: Iterable[B],
+        to_request: Callable[[B], object],
+        convert: Callable[[R], StreamResult[T]],
+        timeout: float | None,
+    ) -> Iterator[StreamResult[T]]:
+        pump = _RequestPump(batches, to_request)
+        call = method(iter(pump), timeout=timeout, metadata=self._settings.metadata)
+        try:
+            for response in call:
+                yield convert(response)
+        except grpc.RpcError as rpc_error:
+            raise errors.from_rpc_error(rpc_error) from rpc_error
+        finally:
+            call.cancel()  # no-op once finished; stops the call when the caller stops early
+        if pump.error is not None:
+            raise pump.error
+
+
+class _RequestPump(Generic[B]):
+    """Batches to requests, iterated by gRPC's sending thread.
+
+    A failure there (the caller's iterable raising, a malformed batch) would only cancel the
+    call with a logged traceback; instead the stream ends cleanly, every batch sent so far is
+    answered, and the caller gets the original exception.
+    """
+
+    def __init__(self, batches: Iterable[B], to_request: Callable[[B], object]) -> None:
+        self._batches = batches
+        self._to_request = to_request
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[object]:
+        try:
+            for batch in self._batches:
+                yield self._to_request(batch)
+        except Exception as error:  # handed to the caller by Client._stream
+            self.error = error

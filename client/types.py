@@ -1,0 +1,425 @@
+"""What the client takes and returns: frozen dataclasses and numpy arrays, never protobuf messages.
+
+Character offsets (``Span``, ``Answer.start``/``end``) count Unicode code points of the string
+that was sent, so ``text[span.start:span.end]`` is the right slice in Python.
+
+Dataclasses holding numpy arrays (``Embedding``, ``TokenPrediction``) compare by identity: an
+array has no single truth value. Their arrays are read-only, like the rest of a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import HeadserveError
+
+__all__ = [
+    "Answer",
+    "AnswerQuestionResult",
+    "BackboneInfo",
+    "Batch",
+    "Classification",
+    "ClassifyResult",
+    "Embedding",
+    "EncodeResult",
+    "HeadClassification",
+    "HeadInfo",
+    "LabelScore",
+    "MaskPrediction",
+    "ModelInfo",
+    "PluginFailure",
+    "Pooling",
+    "PredictTokensResult",
+    "QuestionAnswer",
+    "QuestionContext",
+    "QuestionItem",
+    "Span",
+    "StreamResult",
+    "TextItem",
+    "Timing",
+    "TokenCandidate",
+    "TokenPrediction",
+    "Tokenization",
+    "Usage",
+]
+
+T = TypeVar("T")
+ItemT_co = TypeVar("ItemT_co", covariant=True)
+
+Pooling: TypeAlias = Literal["cls", "mean", "none"]
+"""How ``encode`` pools token states: first token, mean over real tokens, or not at all."""
+
+TextItem: TypeAlias = str | tuple[str, str]
+"""One input of a text method: a text, or a ``(text, text_pair)`` pair."""
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionContext:
+    """One input of ``answer_question``: a question and the context to find its answer in."""
+
+    question: str
+    context: str
+
+
+QuestionItem: TypeAlias = tuple[str, str] | QuestionContext
+"""One input of ``answer_question``: a ``(question, context)`` tuple or a ``QuestionContext``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(Generic[ItemT_co]):
+    """One request of a stream: its items and a client-chosen id, echoed in its result."""
+
+    items: Sequence[ItemT_co]
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult(Generic[T]):
+    """The outcome of one stream batch: exactly one of ``result`` and ``error`` is set."""
+
+    id: str
+    """The id of the :class:`Batch` this answers."""
+    result: T | None = None
+    error: HeadserveError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the batch succeeded."""
+        return self.error is None
+
+    def unwrap(self) -> T:
+        """The result, or raise the batch's error."""
+        if self.error is not None:
+            raise self.error
+        if self.result is None:  # unreachable for results the client builds
+            raise ValueError(f"stream result {self.id!r} has neither result nor error")
+        return self.result
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+class Span(NamedTuple):
+    """Half-open ``[start, end)`` range of code points: ``text[start:end]``."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a call cost."""
+
+    input_tokens: int
+    """Tokens given to the backbone, special tokens and every window of a long context included."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Where a call's time went on the server, in milliseconds."""
+
+    queue_ms: float
+    inference_ms: float
+
+
+class _PerItem(Generic[T]):
+    """Lets a result be used as the sequence of its per-item results: ``len``, ``[i]``, ``for``."""
+
+    __slots__ = ()
+
+    def _per_item(self) -> tuple[T, ...]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._per_item())
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._per_item())
+
+    def __getitem__(self, index: int) -> T:
+        return self._per_item()[index]
+
+
+# --- encode -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Embedding:
+    """One item's embedding: a pooled vector, or per-token states with ``pooling="none"``."""
+
+    vector: npt.NDArray[np.float32] | None
+    """Pooled vector, shape ``[hidden_size]``; ``None`` with ``pooling="none"``."""
+    token_states: npt.NDArray[Any] | None
+    """With ``pooling="none"``: hidden states, shape ``[tokens, hidden_size]``; else ``None``."""
+    tokens: tuple[str, ...]
+    """With ``pooling="none"``: the token of each row of ``token_states``."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult(_PerItem[Embedding]):
+    """Result of ``encode``: one :class:`Embedding` per item, in order, in ``embeddings``.
+
+    The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
+    """
+
+    embeddings: tuple[Embedding, ...]
+    usage: Usage
+    timing: Timing
+
+    def _per_item(self) -> tuple[Embedding, ...]:
+        return self.embeddings
+
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        """The pooled vectors stacked, shape ``[items, hidden_size]``.
+
+        Raises ``ValueError`` for a result encoded with ``pooling="none"``.
+        """
+        vectors = [e.vector for e in self.embeddings]
+        if any(v is None for v in vectors):
+            raise ValueError("no pooled vectors: this result was encoded with pooling='none'")
+        if not vectors:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([v for v in vectors if v is not None])
+
+
+# --- predict tokens -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCandidate:
+    """A token proposed for a mask."""
+
+    token_id: int
+    token: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class MaskPrediction:
+    """The candidates for one mask of an item, best first."""
+
+    position: int
+    """Index of the mask among the item's tokens, special tokens included."""
+    span: Span
+    """Where the mask token stands in the text."""
+    candidates: tuple[TokenCandidate, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenPrediction:
+    """One item's mask predictions, in text order."""
+
+    masks: tuple[MaskPrediction, ...]
+    logits: npt.NDArray[Any] | None
+    """With ``return_logits=True``: shape ``[tokens, vocab_size]``; else ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictTokensResult(_PerItem[TokenPrediction]):
+    """Result of ``predict_tokens``: one :class:`TokenPrediction` per item, in order, in ``predictions``.
+
+    The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
+    """
+
+    predictions: tuple[TokenPrediction, ...]
+    usage: Usage
+    timing: Timing
+
+    def _per_item(self) -> tuple[TokenPrediction, ...]:
+        return self.predictions
+
+
+# --- classify -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    """A label and its probability (softmax, or a sigmoid per label for a multi-label head)."""
+
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeadClassification:
+    """What one classifier head said about an item, labels best first."""
+
+    head: str
+    multi_label: bool
+    labels: tuple[LabelScore, ...]
+
+    @property
+    def top(self) -> LabelScore | None:
+        """The best label, or ``None`` when the head returned none."""
+        return self.labels[0] if self.labels else None
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """One item's classifications, one per requested head, in the order asked."""
+
+    heads: tuple[HeadClassification, ...]
+
+    def head(self, name: str) -> HeadClassification:
+        """The classification by the head called ``name``; ``KeyError`` if it was not asked."""
+        for head in self.heads:
+            if head.head == name:
+                return head
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult(_PerItem[Classification]):
+    """Result of ``classify``: one :class:`Classification` per item, in order, in ``classifications``.
+
+    The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
+    """
+
+    classifications: tuple[Classification, ...]
+    usage: Usage
+    timing: Timing
+
+    def _per_item(self) -> tuple[Classification, ...]:
+        return self.classifications
+
+
+# --- answer question ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer span of the context: ``context[start:end] == text``."""
+
+    text: str
+    score: float
+    start: int
+    end: int
+    no_answer: bool
+    """True for the "no answer" candidate (empty text, ``start == end == 0``)."""
+
+    @property
+    def span(self) -> Span:
+        """``(start, end)`` as a :class:`Span`."""
+        return Span(self.start, self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionAnswer:
+    """One item's answers, best first."""
+
+    answers: tuple[Answer, ...]
+    windows: int
+    """How many windows the context was split into."""
+
+    @property
+    def best(self) -> Answer | None:
+        """The best answer, or ``None`` when there is none."""
+        return self.answers[0] if self.answers else None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuestionResult(_PerItem[QuestionAnswer]):
+    """Result of ``answer_question``: one :class:`QuestionAnswer` per item, in order, in ``answers``.
+
+    The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
+    """
+
+    answers: tuple[QuestionAnswer, ...]
+    usage: Usage
+    timing: Timing
+
+    def _per_item(self) -> tuple[QuestionAnswer, ...]:
+        return self.answers
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackboneInfo:
+    """The one model the server holds."""
+
+    source: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    max_length: int
+    """Longest input in tokens, special tokens included."""
+    device: str
+    dtype: str
+    parameters: int
+    mask_token: str
+    """The token ``predict_tokens`` looks for, e.g. ``"[MASK]"``."""
+    load_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeadInfo:
+    """A task head the server loaded, and whether calls may use it."""
+
+    name: str
+    task: str
+    labels: tuple[str, ...]
+    trained: bool
+    usable: bool
+    plugin: str
+    distribution: str
+    version: str
+    source: str
+    multi_label: bool
+    is_default: bool
+    detail: str
+    """Why the head is not usable, when it is not."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFailure:
+    """A head plugin that failed to load, and why."""
+
+    plugin: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Result of ``model_info``: the backbone, its heads and the plugins that failed."""
+
+    backbone: BackboneInfo
+    heads: tuple[HeadInfo, ...]
+    failed_plugins: tuple[PluginFailure, ...]
+    server_version: str
+    allow_untrained: bool
+
+    def head(self, name: str) -> HeadInfo:
+        """The head called ``name``; ``KeyError`` if the server has none."""
+        for head in self.heads:
+            if head.name == name:
+                return head
+        raise KeyError(name)
+
+    def default_head(self, task: str) -> HeadInfo | None:
+        """The default head of ``task`` (``"encode"``, ``"mlm"``, ``"classify"``, ``"qa"``...)."""
+        return next((h for h in self.heads if h.task == task and h.is_default), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenization:
+    """One item as the server's tokenizer splits it."""
+
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    offsets: tuple[Span, ...]
+    """Code-point span of each token in the text it came from; ``(0, 0)`` for special tokens."""
+    token_type_ids: tuple[int, ...]
+    sequence_ids: tuple[int, ...]
+    """Per token: 0 from ``text``, 1 from ``text_pair``, -1 for a special token."""

@@ -1,0 +1,126 @@
+"""The CLI on the packaged default model (all-MiniLM-L6-v2), as a user starts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from headserve.client import Client
+
+pytestmark = pytest.mark.e2e
+HEADSERVE = str(Path(sys.executable).parent / "headserve")
+
+
+@pytest.fixture(scope="module")
+def default_server() -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    proc = subprocess.Popen(
+        [HEADSERVE, "serve", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    port = None
+    deadline = time.monotonic() + 120
+    while port is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        found = re.search(r"listening on port (\d+)", line)
+        port = int(found.group(1)) if found else None
+    assert port is not None, "".join(log)
+    target = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    while time.monotonic() < deadline:
+        status = health.Check(health_pb2.HealthCheckRequest(service="")).status
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            break
+        time.sleep(0.2)
+    channel.close()
+    yield proc, target, log
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) -> None:  # type: ignore[no-untyped-def]
+    _, target, _ = default_server
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service, expected in (
+            ("", health_pb2.HealthCheckResponse.SERVING),
+            ("headserve.v1.Encoder", health_pb2.HealthCheckResponse.SERVING),
+            ("headserve.v1.Models", health_pb2.HealthCheckResponse.SERVING),
+            # the packaged model has no trained classification head
+            ("headserve.v1.Classifier", health_pb2.HealthCheckResponse.NOT_SERVING),
+        ):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == expected, service
+    with Client(target) as client:
+        result = client.encode(
+            [
+                "A man is playing a guitar.",
+                "Someone is playing the guitar.",
+                "The stock market fell sharply today.",
+            ]
+        )
+        vectors = np.stack([e.vector for e in result.embeddings])
+        assert vectors.shape == (3, 384)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        paraphrase = float(vectors[0] @ vectors[1])
+        unrelated = float(vectors[0] @ vectors[2])
+        assert paraphrase > unrelated + 0.3, (paraphrase, unrelated)
+        info = client.model_info()
+        assert info.backbone.hidden_size == 384 and info.backbone.model_type == "bert"
+        assert {h.name: h.trained for h in info.heads} == {
+            "encode": True, "mlm": False, "classify": False, "qa": False
+        }
+
+
+def test_sigterm_stops_gracefully_and_the_log_says_what_was_loaded(default_server) -> None:  # type: ignore[no-untyped-def]
+    proc, _, log = default_server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None
+    text = "".join(log) + proc.stderr.read()
+    assert re.search(r"backbone .* loaded on cpu as float32 in [\d.]+s", text), text
+    assert "head encode: encode" in text and "stopped" in text
+
+
+def test_info_prints_what_would_be_served() -> None:
+    run = subprocess.run(
+        [HEADSERVE, "info", "--head", "enc=encode", "--head", "bogus=no-such-plugin"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["backbone"]["hiddenSize"] == 384
+    assert [h["name"] for h in info["heads"]] == ["enc"]
+    assert info["failedPlugins"][0]["plugin"] == "bogus"
+    assert "no plugin 'no-such-plugin'" in info["failedPlugins"][0]["reason"]
+
+
+def test_duplicate_head_names_stop_the_server_naming_both() -> None:
+    run = subprocess.run(
+        [HEADSERVE, "info", "--head", "x=classify:/a", "--head", "x=classify:/b"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "/a" in run.stderr and "/b" in run.stderr

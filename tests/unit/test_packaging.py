@@ -1,0 +1,36 @@
+"""Packaging promises: a client-only install, a typed client, names under headserve.*."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_base_install_is_the_client_only() -> None:
+    base = " ".join(PYPROJECT["project"]["dependencies"]).lower()
+    for heavy in ("torch", "transformers", "tokenizers", "safetensors"):
+        assert heavy not in base
+    server = " ".join(PYPROJECT["project"]["optional-dependencies"]["server"]).lower()
+    assert "torch" in server and "transformers" in server
+
+
+def test_import_names_live_under_headserve() -> None:
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]
+    assert all(p.startswith("headserve.") for p in packages)
+    for name in ("headserve.v1", "headserve.client", "headserve.server", "headserve.plugins"):
+        assert name in packages
+
+
+def test_client_is_mypy_strict_clean() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "client/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
