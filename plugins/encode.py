@@ -50,6 +50,8 @@ class EncodeHead(Head):
             "true",
             "yes",
         }
+        if self.default_pooling not in {"cls", "mean", "none"}:
+            raise ValueError(f"pooling={self.default_pooling!r}: choose cls, mean or none")
         self.detail = f"default pooling {self.default_pooling}, normalize {self.default_normalize}"
 
     def prepare(self, item: TextItem, options: EncodeOptions) -> Prepared:
