@@ -37,6 +37,7 @@ from .types import (
     LabelScore,
     MaskPrediction,
     ModelInfo,
+    SchedulerInfo,
     PluginFailure,
     Pooling,
     PredictTokensResult,
@@ -357,6 +358,14 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
         ),
         server_version=message.server_version,
         allow_untrained=message.allow_untrained,
+        scheduler=SchedulerInfo(
+            max_batch_tokens=message.scheduler.max_batch_tokens,
+            max_batch_items=message.scheduler.max_batch_items,
+            max_wait_ms=message.scheduler.max_wait_ms,
+            max_queue_items=message.scheduler.max_queue_items,
+            stream_in_flight_items=message.scheduler.stream_in_flight_items,
+            torch_threads=message.scheduler.torch_threads,
+        ),
     )
 
 

@@ -391,6 +391,22 @@ class PluginFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerInfo:
+    """How the server batches rows from every call and head into backbone passes."""
+
+    max_batch_tokens: int
+    """Padded tokens per batch: rows x the longest row."""
+    max_batch_items: int
+    max_wait_ms: float
+    """Longest wait for a batch to fill while the model is idle."""
+    max_queue_items: int
+    """Rows waiting for the model; beyond it unary calls are refused (RESOURCE_EXHAUSTED)."""
+    stream_in_flight_items: int
+    """Items of one stream in flight; beyond it the server stops reading the stream."""
+    torch_threads: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """Result of ``model_info``: the backbone, its heads and the plugins that failed."""
 
@@ -399,6 +415,7 @@ class ModelInfo:
     failed_plugins: tuple[PluginFailure, ...]
     server_version: str
     allow_untrained: bool
+    scheduler: SchedulerInfo
 
     def head(self, name: str) -> HeadInfo:
         """The head called ``name``; ``KeyError`` if the server has none."""

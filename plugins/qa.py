@@ -77,7 +77,9 @@ class QuestionAnsweringHead(Head):
             out = model(input_ids=features.input_ids, attention_mask=features.attention_mask)
         start = out.start_logits.float().cpu().numpy()
         end = out.end_logits.float().cpu().numpy()
-        return [(start[i, : len(r.input_ids)], end[i, : len(r.input_ids)]) for i, r in enumerate(rows)]
+        return [
+            (start[i, : len(r.input_ids)], end[i, : len(r.input_ids)]) for i, r in enumerate(rows)
+        ]
 
     def finish(
         self, prepared: Prepared, outputs: Sequence[tuple[np.ndarray, ...]], options: QAOptions

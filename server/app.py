@@ -33,6 +33,7 @@ from .core import Core
 from .discovery import find_plugins, load_plugins
 from .heads import load_heads
 from .runner import Runner
+from .scheduler import Limits, Scheduler
 from .servicers.classifier import ClassifierServicer
 from .servicers.encoder import EncoderServicer
 from .servicers.models import ModelsServicer
@@ -58,10 +59,8 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     allow_untrained: bool = False
-    max_batch_tokens: int = 16384
-    max_batch_rows: int = 64
-    threads: int | None = None
-    stream_in_flight: int = 8
+    limits: Limits = Limits()
+    threads: int | None = None  # torch CPU threads; None: one per available core
     grace_seconds: float = 10.0
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
 
@@ -71,6 +70,25 @@ class ServerState:
     """What the servicers share; `core` stays None until the model is loaded."""
 
     core: Core | None = None
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """torch's intra-op threads: one per core this process may use, unless told otherwise.
+
+    The model runs one batch at a time on one worker thread, so intra-op threads are the
+    only parallelism torch needs; inter-op threads stay at one.
+    """
+    import os
+
+    import torch
+
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    return count
 
 
 def build_core(settings: Settings) -> Core:
@@ -89,20 +107,19 @@ def build_core(settings: Settings) -> Core:
     registry = load_heads(
         specs, plugins, failures, backbone.view(), allow_untrained=settings.allow_untrained
     )
-    runner = Runner(
-        backbone,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_batch_rows=settings.max_batch_rows,
-        threads=settings.threads,
-    )
+    threads = set_torch_threads(settings.threads)
+    scheduler = Scheduler(Runner(backbone), settings.limits)
+    log.info("scheduler: %s; torch threads %d", settings.limits, threads)
     log.info(
         "ready: %d heads (%s), %d failed, in %.2fs",
         len(registry.heads),
-        ", ".join(f"{n}:{'ok' if registry.usable(h) else 'untrained'}" for n, h in registry.heads.items()),
+        ", ".join(
+            f"{n}:{'ok' if registry.usable(h) else 'untrained'}" for n, h in registry.heads.items()
+        ),
         len(registry.failures),
         time.perf_counter() - started,
     )
-    return Core(backbone, registry, runner)
+    return Core(backbone, registry, scheduler, torch_threads=threads)
 
 
 @dataclass
@@ -118,7 +135,9 @@ class Server:
             ok = task is None or core.registry.has_usable(task)
             await self.health.set(
                 service,
-                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING,
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
             )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -126,31 +145,31 @@ class Server:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
         if self.state.core is not None:
-            self.state.core.runner.close()
+            self.state.core.scheduler.close()
 
 
-async def create_server(address: str, *, stream_in_flight: int = 8) -> Server:
+async def create_server(address: str) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready."""
     state = ServerState()
     server = grpc.aio.server()
-    encoder_pb2_grpc.add_EncoderServicer_to_server(
-        EncoderServicer(state, stream_in_flight=stream_in_flight), server
-    )
+    encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(state), server)
     token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server(
-        TokenPredictorServicer(state, stream_in_flight=stream_in_flight), server
+        TokenPredictorServicer(state), server
     )
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(
-        ClassifierServicer(state, stream_in_flight=stream_in_flight), server
-    )
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(state), server)
     question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server(
-        QuestionAnswererServicer(state, stream_in_flight=stream_in_flight), server
+        QuestionAnswererServicer(state), server
     )
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(state), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in (*SERVICES, ""):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    names = (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (
+        *SERVICES,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(address)
     if port == 0:
@@ -161,7 +180,7 @@ async def create_server(address: str, *, stream_in_flight: int = 8) -> Server:
 
 async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = await create_server(address, stream_in_flight=settings.stream_in_flight)
+    server = await create_server(address)
     log.info("listening on port %d; loading the model", server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,13 +56,13 @@ class Backbone:
     load_seconds: float
 
     @classmethod
-    def load(
-        cls, source: Path, *, device: str | None = None, dtype: str | None = None
-    ) -> Backbone:
+    def load(cls, source: Path, *, device: str | None = None, dtype: str | None = None) -> Backbone:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         started = time.perf_counter()
         if not (source / "config.json").is_file():
-            raise FileNotFoundError(f"{source} is not a Hugging Face checkpoint folder (no config.json)")
+            raise FileNotFoundError(
+                f"{source} is not a Hugging Face checkpoint folder (no config.json)"
+            )
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         config = AutoConfig.from_pretrained(str(source), local_files_only=True)
@@ -126,7 +126,10 @@ class Backbone:
         )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Last hidden states [rows, tokens, hidden] for a padded batch already on the device."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -14,35 +14,81 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from .config import ConfigError, head_specs
+from .scheduler import Limits
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headserve", description="One backbone, many heads, over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog="headserve", description="One backbone, many heads, over gRPC."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
-                       help="a local Hugging Face checkpoint folder (default: the packaged all-MiniLM-L6-v2)")
-        p.add_argument("--head", action="append", default=[], metavar="NAME=PLUGIN[:SOURCE][,k=v]",
-                       help="serve a head, e.g. sentiment=classify:/models/sst2 (repeatable)")
+        p.add_argument(
+            "model_dir",
+            nargs="?",
+            type=Path,
+            metavar="MODEL_DIR",
+            help="a local Hugging Face checkpoint folder (default: the packaged all-MiniLM-L6-v2)",
+        )
+        p.add_argument(
+            "--head",
+            action="append",
+            default=[],
+            metavar="NAME=PLUGIN[:SOURCE][,k=v]",
+            help="serve a head, e.g. sentiment=classify:/models/sst2 (repeatable)",
+        )
         p.add_argument("--config", type=Path, help="TOML file with [heads.NAME] tables")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
-        p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default float32")
-        p.add_argument("--allow-untrained", action="store_true",
-                       help="serve heads whose weights are missing from their checkpoint (random)")
-        p.add_argument("--plugins", help="comma-separated plugin names allowed to load (default: all)")
+        p.add_argument(
+            "--dtype", choices=["float32", "float16", "bfloat16"], help="default float32"
+        )
+        p.add_argument(
+            "--allow-untrained",
+            action="store_true",
+            help="serve heads whose weights are missing from their checkpoint (random)",
+        )
+        p.add_argument(
+            "--plugins", help="comma-separated plugin names allowed to load (default: all)"
+        )
         p.add_argument("--log-level", default="INFO")
 
     serve = sub.add_parser("serve", help="start the server")
     model_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--max-batch-tokens", type=int, default=16384,
-                       help="padded tokens per backbone batch")
-    serve.add_argument("--max-batch-items", type=int, default=64, help="rows per backbone batch")
-    serve.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    serve.add_argument("--stream-in-flight", type=int, default=8,
-                       help="requests of one stream computed at once")
+    limits = Limits()
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=limits.max_batch_tokens,
+        help="padded tokens per backbone batch (rows x longest row)",
+    )
+    serve.add_argument(
+        "--max-batch-items",
+        type=int,
+        default=limits.max_batch_items,
+        help="rows per backbone batch",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=limits.max_wait_ms,
+        help="longest wait for a batch to fill while the model is idle",
+    )
+    serve.add_argument(
+        "--max-queue-items",
+        type=int,
+        default=limits.max_queue_items,
+        help="rows waiting for the model; beyond it unary calls get RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--stream-in-flight-items",
+        type=int,
+        default=limits.stream_in_flight_items,
+        help="items of one stream in flight; the stream stops reading beyond it",
+    )
+    serve.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
 
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
@@ -56,10 +102,14 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     extra = {}
     if args.command == "serve":
         extra = dict(
-            max_batch_tokens=args.max_batch_tokens,
-            max_batch_rows=args.max_batch_items,
+            limits=Limits(
+                max_batch_tokens=args.max_batch_tokens,
+                max_batch_items=args.max_batch_items,
+                max_wait_ms=args.max_wait_ms,
+                max_queue_items=args.max_queue_items,
+                stream_in_flight_items=args.stream_in_flight_items,
+            ),
             threads=args.threads,
-            stream_in_flight=args.stream_in_flight,
             grace_seconds=args.grace,
         )
     return Settings(

@@ -53,7 +53,7 @@ def read_config(path: Path) -> tuple[HeadSpec, ...]:
     specs = []
     for name, table in data.get("heads", {}).items():
         if not isinstance(table, dict) or "plugin" not in table:
-            raise ConfigError(f"{path}: [heads.{name}] needs plugin = \"...\"")
+            raise ConfigError(f'{path}: [heads.{name}] needs plugin = "..."')
         options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in table.items()}
         plugin = options.pop("plugin")
         source = options.pop("source", None)

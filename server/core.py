@@ -17,6 +17,7 @@ from .backbone import Backbone
 from .errors import InvalidArgument
 from .heads import HeadRegistry
 from .runner import Runner, Work
+from .scheduler import Scheduler
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,30 @@ def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
 
 
 class Core:
-    def __init__(self, backbone: Backbone, registry: HeadRegistry, runner: Runner) -> None:
+    def __init__(
+        self, backbone: Backbone, registry: HeadRegistry, scheduler: Scheduler, *, torch_threads: int
+    ) -> None:
         self.backbone = backbone
         self.registry = registry
-        self.runner = runner
+        self.scheduler = scheduler
+        self.torch_threads = torch_threads
+
+    @property
+    def runner(self) -> Runner:
+        return self.scheduler.runner
 
     async def run(
-        self, task: str, head_names: Sequence[str | None], items: Sequence[Any], options: Any
+        self,
+        task: str,
+        head_names: Sequence[str | None],
+        items: Sequence[Any],
+        options: Any,
+        *,
+        deadline: float | None = None,
+        wait_for_room: bool = False,
     ) -> Outcome:
+        """Results per item and head. `deadline` is on time.monotonic(); `wait_for_room`
+        waits for queue space (streams) instead of failing with Overloaded (unary calls)."""
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
         seen: set[str | None] = set()
@@ -69,7 +86,9 @@ class Core:
             for head, p in zip(heads, per_item)
             for row in p.rows
         ]
-        outputs, stats = await self.runner.run(work)
+        outputs, stats = await self.scheduler.submit(
+            work, deadline=deadline, wait_for_room=wait_for_room
+        )
         results: list[list[Any]] = []
         position = 0
         for per_item in prepared:
@@ -120,4 +139,3 @@ class Core:
                 )
             )
         return out
-

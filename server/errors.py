@@ -56,3 +56,7 @@ class HeadFailed(HeadserveError):
     def __init__(self, message: str, *, head: str) -> None:
         super().__init__(message)
         self.head = head
+
+
+class DeadlineExceeded(HeadserveError):
+    reason = "DEADLINE_EXCEEDED"

@@ -89,7 +89,9 @@ def load_heads(
     for spec in specs:
         plugin = by_name.get(spec.plugin)
         if plugin is None:
-            reason = f"no plugin {spec.plugin!r} (installed: {', '.join(sorted(by_name)) or 'none'})"
+            reason = (
+                f"no plugin {spec.plugin!r} (installed: {', '.join(sorted(by_name)) or 'none'})"
+            )
             failed.append(FailedPlugin(spec.name, reason))
             log.error("head %s: %s", spec.name, reason)
             continue

@@ -1,17 +1,16 @@
-"""Runs rows of any heads through ONE backbone pass, off the event loop.
+"""Runs one batch of rows, of any heads, through ONE backbone pass (synchronous).
 
-A batch holds rows of several heads; identical rows (the same text asked of two
-classifiers, say) go through the backbone once. Each head then runs on its own
-rows, trimmed to their longest row, and must return one output per row.
+Identical rows (the same text asked of two classifiers, say) go through the
+backbone once. Each head then runs on its own rows, trimmed to their longest
+row, and must return one output per row. A head that raises, or returns the
+wrong number of outputs, fails only its own rows: the others keep their results.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,68 +32,88 @@ class Work:
     row: Row
 
 
-@dataclass(frozen=True)
-class RunStats:
-    queue_ms: float
-    inference_ms: float
-
-
 class Runner:
-    def __init__(
-        self,
-        backbone: Backbone,
-        *,
-        max_batch_tokens: int = 16384,
-        max_batch_rows: int = 64,
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_rows = max_batch_rows
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="headserve-model")
-        if threads:
-            torch.set_num_threads(threads)
         self.rows_computed = 0  # backbone rows run so far (tests count them)
+        self.batches = 0
+        # Fault injection for tests: fail the next batch, or hold batches until the event is set.
+        self.fail_next: BaseException | None = None
+        self.hold: threading.Event | None = None
 
-    async def run(self, work: Sequence[Work]) -> tuple[list[Any], RunStats]:
-        arrived = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        started: list[float] = []
-
-        def job() -> list[Any]:
-            started.append(time.perf_counter())
-            return self.compute(work)
-
-        outputs = await loop.run_in_executor(self._executor, job)
-        done = time.perf_counter()
-        return outputs, RunStats((started[0] - arrived) * 1e3, (done - started[0]) * 1e3)
-
-    def compute(self, work: Sequence[Work]) -> list[Any]:
-        """Outputs for every work item, in order; batches bounded in rows and padded tokens."""
+    def compute(
+        self, work: Sequence[Work], *, max_items: int = 64, max_tokens: int = 16384
+    ) -> list[Any]:
+        """Outputs for every work item, in order, in length-sorted batches; raises the first failure."""
         order = sorted(range(len(work)), key=lambda i: len(work[i].row.input_ids))
         outputs: list[Any] = [None] * len(work)
-        batch: list[int] = []
-        for i in order:
-            longest = len(work[i].row.input_ids)
-            if batch and (
-                len(batch) >= self.max_batch_rows or longest * (len(batch) + 1) > self.max_batch_tokens
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < max_items
+                and len(work[order[end]].row.input_ids) * (end - start + 1) <= max_tokens
             ):
-                self._compute_batch(work, batch, outputs)
-                batch = []
-            batch.append(i)
-        if batch:
-            self._compute_batch(work, batch, outputs)
+                end += 1
+            chunk = order[start:end]
+            for i, result in zip(chunk, self.run_batch([work[i] for i in chunk])):
+                if isinstance(result, BaseException):
+                    raise result
+                outputs[i] = result
+            start = end
         return outputs
 
     @torch.inference_mode()
-    def _compute_batch(self, work: Sequence[Work], batch: list[int], outputs: list[Any]) -> None:
+    def run_batch(self, work: Sequence[Work]) -> list[Any]:
+        """One backbone pass; per row its output, or the exception that failed it."""
+        if self.hold is not None:
+            self.hold.wait(timeout=60)
+        try:
+            if self.fail_next is not None:
+                fault, self.fail_next = self.fail_next, None
+                raise fault
+            hidden, mask, ids, slot = self._backbone_pass(work)
+        except Exception as exc:
+            log.exception("backbone failed on a batch of %d rows", len(work))
+            failure = HeadFailed(f"the backbone failed on this batch: {exc!r}", head="backbone")
+            return [failure] * len(work)
+        outputs: list[Any] = [None] * len(work)
+        by_head: dict[int, list[int]] = {}
+        for position, w in enumerate(work):
+            by_head.setdefault(id(w.head), []).append(position)
+        for positions in by_head.values():
+            head = work[positions[0]].head
+            rows = [work[p].row for p in positions]
+            longest = max(len(r.input_ids) for r in rows)
+            index = torch.tensor([slot[p] for p in positions], device=hidden.device)
+            features = Features(
+                hidden[index, :longest], mask[index, :longest], ids[index, :longest]
+            )
+            try:
+                results = list(head.forward(features, rows))
+                if len(results) != len(rows):
+                    raise ValueError(f"returned {len(results)} outputs for {len(rows)} rows")
+            except Exception as exc:
+                log.exception("head %s failed on a batch of %d rows", head.name, len(rows))
+                error = HeadFailed(f"head {head.name!r} failed: {exc!r}", head=head.name)
+                results = [error] * len(rows)
+            for p, result in zip(positions, results):
+                outputs[p] = result
+        self.batches += 1
+        return outputs
+
+    def _backbone_pass(
+        self, work: Sequence[Work]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         unique: dict[tuple[tuple[int, ...], tuple[int, ...] | None], int] = {}
-        slot = [unique.setdefault((work[i].row.input_ids, work[i].row.token_type_ids), len(unique)) for i in batch]
+        slot = [
+            unique.setdefault((w.row.input_ids, w.row.token_type_ids), len(unique)) for w in work
+        ]
         keys = list(unique)
-        device = self.backbone.device
         width = max(len(ids) for ids, _ in keys)
-        pad = self.backbone.tokenizer.pad_token_id or 0
-        ids = torch.full((len(keys), width), pad, dtype=torch.long)
+        pad = self.backbone.tokenizer.pad_token_id
+        ids = torch.full((len(keys), width), pad if pad is not None else 0, dtype=torch.long)
         mask = torch.zeros((len(keys), width), dtype=torch.long)
         types = torch.zeros((len(keys), width), dtype=torch.long)
         for r, (row_ids, row_types) in enumerate(keys):
@@ -102,32 +121,8 @@ class Runner:
             mask[r, : len(row_ids)] = 1
             if row_types is not None:
                 types[r, : len(row_types)] = torch.tensor(row_types)
+        device = self.backbone.device
         ids, mask, types = ids.to(device), mask.to(device), types.to(device)
         hidden = self.backbone.forward(ids, mask, types)
         self.rows_computed += len(keys)
-
-        by_head: dict[int, list[int]] = {}
-        for position, i in enumerate(batch):
-            by_head.setdefault(id(work[i].head), []).append(position)
-        for positions in by_head.values():
-            head = work[batch[positions[0]]].head
-            rows_of = [slot[p] for p in positions]
-            longest = max(len(work[batch[p]].row.input_ids) for p in positions)
-            index = torch.tensor(rows_of, device=device)
-            features = Features(hidden[index, :longest], mask[index, :longest], ids[index, :longest])
-            rows = [work[batch[p]].row for p in positions]
-            try:
-                results = head.forward(features, rows)
-            except Exception as exc:
-                log.exception("head %s failed on a batch of %d rows", head.name, len(rows))
-                raise HeadFailed(f"head {head.name!r} failed: {exc!r}", head=head.name) from exc
-            if len(results) != len(rows):
-                raise HeadFailed(
-                    f"head {head.name!r} returned {len(results)} outputs for {len(rows)} rows",
-                    head=head.name,
-                )
-            for p, result in zip(positions, results):
-                outputs[batch[p]] = result
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        return hidden, mask, ids, slot

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from .errors import (
+    DeadlineExceeded,
     HeadFailed,
     HeadNotFound,
     HeadNotUsable,
@@ -29,6 +30,7 @@ _CODES: tuple[tuple[type[HeadserveError], int], ...] = (
     (HeadNotUsable, code_pb2.FAILED_PRECONDITION),
     (Overloaded, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
+    (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
     (HeadFailed, code_pb2.INTERNAL),
 )
 
@@ -48,7 +50,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     metadata: dict[str, str] = {}
     details = []
     if isinstance(exc, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.message
+        )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
         if exc.item is not None:
             metadata["item"] = str(exc.item)
@@ -56,7 +60,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     head = getattr(exc, "head", None)
     if head:
         metadata["head"] = head
-    details.insert(0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata)))
+    details.insert(
+        0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata))
+    )
     return status_pb2.Status(code=code, message=exc.message, details=details)
 
 

@@ -13,11 +13,11 @@ T = TypeVar("T")
 
 
 class ServerThread:
-    def __init__(self, settings: Settings | None, *, stream_in_flight: int = 8) -> None:
+    def __init__(self, settings: Settings | None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server: Server = self.call(create_server("127.0.0.1:0", stream_in_flight=stream_in_flight))
+        self.server: Server = self.call(create_server("127.0.0.1:0"))
         self.target = f"127.0.0.1:{self.server.port}"
         self.core = None
         if settings is not None:

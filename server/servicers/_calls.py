@@ -8,7 +8,9 @@ error Status and the stream goes on.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -24,6 +26,9 @@ from ..status import abort, to_status
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+DEFAULT_STREAM_ITEMS = 256
 
 
 class CoreHolder(Protocol):
@@ -71,30 +76,70 @@ _DTYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Call:
+    """What a handler needs to know of the RPC it serves."""
+
+    deadline: float | None  # on time.monotonic()
+    wait_for_room: bool  # streams wait for queue space; unary calls are refused at once
+
+    @classmethod
+    def of(cls, context: grpc.aio.ServicerContext, *, stream: bool) -> Call:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return cls(deadline, stream)
+
+
 async def unary(
-    context: grpc.aio.ServicerContext, handle: Callable[[], Awaitable[Resp]]
+    context: grpc.aio.ServicerContext, handle: Callable[[Call], Awaitable[Resp]]
 ) -> Resp:
     try:
-        return await handle()
+        return await handle(Call.of(context, stream=False))
     except Exception as exc:
         await abort(context, exc)
         raise  # abort raises; this line is for the type checker
 
 
+class _Budget:
+    """Items in flight on one stream, capped; a request over the cap waits (and so does reading)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        while self.used and self.used + n > self.cap:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 async def stream(
     requests: AsyncIterator[Req],
-    handle: Callable[[Req], Awaitable[Any]],
+    context: grpc.aio.ServicerContext,
+    state: CoreHolder,
+    handle: Callable[[Req, Call], Awaitable[Any]],
     reply: Callable[..., Resp],
-    *,
-    in_flight: int = 8,
 ) -> AsyncIterator[Resp]:
-    """Answer every request of a stream with `reply(id=..., response=...)` or `reply(id=..., error=...)`."""
-    pending: asyncio.Queue[tuple[str, asyncio.Task[Any]] | None] = asyncio.Queue(maxsize=in_flight)
+    """Answer every request of a stream, in order, with `reply(id=, response=)` or `reply(id=, error=)`."""
+    call = Call.of(context, stream=True)
+    cap = state.core.scheduler.limits.stream_in_flight_items if state.core else DEFAULT_STREAM_ITEMS
+    budget = _Budget(cap)
+    pending: asyncio.Queue[tuple[str, asyncio.Future[Any]] | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
             async for request in requests:
-                await pending.put((request.id, asyncio.ensure_future(handle(request))))  # type: ignore[attr-defined]
+                n = max(1, len(request.items))  # type: ignore[attr-defined]
+                await budget.acquire(n)
+                task = asyncio.ensure_future(handle(request, call))
+                task.add_done_callback(lambda _, n=n: budget.release(n))  # type: ignore[misc]
+                await pending.put((request.id, task))  # type: ignore[attr-defined]
         finally:
             await pending.put(None)
 

@@ -10,7 +10,7 @@ from headserve.plugins.tasks import Classification, ClassifyOptions
 from headserve.v1 import classifier_pb2 as pb
 from headserve.v1 import classifier_pb2_grpc
 
-from ._calls import CoreHolder, options, ready, stream, text_items, unary, usage_timing
+from ._calls import Call, CoreHolder, options, ready, stream, text_items, unary, usage_timing
 
 
 def _classification(per_head: Sequence[Classification]) -> pb.Classification:
@@ -27,29 +27,35 @@ def _classification(per_head: Sequence[Classification]) -> pb.Classification:
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+    def __init__(self, state: CoreHolder) -> None:
         self._state = state
-        self._in_flight = stream_in_flight
 
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
-        return await unary(context, lambda: self._classify(request))
+        return await unary(context, lambda call: self._classify(request, call))
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         async for reply in stream(
-            request_iterator, self._classify, pb.ClassifyStreamResponse, in_flight=self._in_flight
+            request_iterator, context, self._state, self._classify, pb.ClassifyStreamResponse
         ):
             yield reply
 
-    async def _classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+    async def _classify(self, request: pb.ClassifyRequest, call: Call) -> pb.ClassifyResponse:
         core = ready(self._state)
         o = request.options
         opts = options(lambda: ClassifyOptions(top_k=o.top_k, truncate=o.truncate))
         heads: list[str | None] = list(o.heads) or [None]
-        outcome = await core.run("classify", heads, text_items(request.items), opts)
+        outcome = await core.run(
+            "classify",
+            heads,
+            text_items(request.items),
+            opts,
+            deadline=call.deadline,
+            wait_for_room=call.wait_for_room,
+        )
         return pb.ClassifyResponse(
             results=[_classification(r) for r in outcome.results], **usage_timing(outcome)
         )

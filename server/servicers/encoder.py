@@ -10,7 +10,17 @@ from headserve.plugins.tasks import Embedding, EncodeOptions
 from headserve.v1 import encoder_pb2 as pb
 from headserve.v1 import encoder_pb2_grpc
 
-from ._calls import CoreHolder, options, ready, stream, tensor, text_items, unary, usage_timing
+from ._calls import (
+    Call,
+    CoreHolder,
+    options,
+    ready,
+    stream,
+    tensor,
+    text_items,
+    unary,
+    usage_timing,
+)
 
 _POOLING = {
     pb.POOLING_UNSPECIFIED: "default",
@@ -28,24 +38,23 @@ def _embedding(e: Embedding) -> pb.Embedding:
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
-    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+    def __init__(self, state: CoreHolder) -> None:
         self._state = state
-        self._in_flight = stream_in_flight
 
     async def Encode(
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        return await unary(context, lambda: self._encode(request))
+        return await unary(context, lambda call: self._encode(request, call))
 
     async def EncodeStream(
         self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
         async for reply in stream(
-            request_iterator, self._encode, pb.EncodeStreamResponse, in_flight=self._in_flight
+            request_iterator, context, self._state, self._encode, pb.EncodeStreamResponse
         ):
             yield reply
 
-    async def _encode(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
+    async def _encode(self, request: pb.EncodeRequest, call: Call) -> pb.EncodeResponse:
         core = ready(self._state)
         o = request.options
         if o.pooling not in _POOLING:
@@ -59,7 +68,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 truncate=o.truncate,
             )
         )
-        outcome = await core.run("encode", [o.head or None], text_items(request.items), opts)
+        outcome = await core.run(
+            "encode",
+            [o.head or None],
+            text_items(request.items),
+            opts,
+            deadline=call.deadline,
+            wait_for_room=call.wait_for_room,
+        )
         return pb.EncodeResponse(
             results=[_embedding(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

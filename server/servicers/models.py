@@ -11,7 +11,7 @@ from headserve.v1 import models_pb2 as pb
 from headserve.v1 import models_pb2_grpc
 
 from ..core import Core
-from ._calls import CoreHolder, ready, text_items, unary
+from ._calls import Call, CoreHolder, ready, text_items, unary
 
 
 def server_version() -> str:
@@ -25,6 +25,7 @@ def model_info(core: Core) -> pb.ModelInfo:
     backbone = core.backbone
     config = backbone.config
     registry = core.registry
+    limits = core.scheduler.limits
     heads = [
         pb.HeadInfo(
             name=name,
@@ -57,9 +58,19 @@ def model_info(core: Core) -> pb.ModelInfo:
             load_seconds=backbone.load_seconds,
         ),
         heads=heads,
-        failed_plugins=[pb.PluginFailure(plugin=f.label, reason=f.reason) for f in registry.failures],
+        failed_plugins=[
+            pb.PluginFailure(plugin=f.label, reason=f.reason) for f in registry.failures
+        ],
         server_version=server_version(),
         allow_untrained=registry.allow_untrained,
+        scheduler=pb.SchedulerInfo(
+            max_batch_tokens=limits.max_batch_tokens,
+            max_batch_items=limits.max_batch_items,
+            max_wait_ms=limits.max_wait_ms,
+            max_queue_items=limits.max_queue_items,
+            stream_in_flight_items=limits.stream_in_flight_items,
+            torch_threads=core.torch_threads,
+        ),
     )
 
 
@@ -70,7 +81,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        async def handle() -> pb.ModelInfo:
+        async def handle(call: Call) -> pb.ModelInfo:
             return model_info(ready(self._state))
 
         return await unary(context, handle)
@@ -78,7 +89,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
-        async def handle() -> pb.TokenizeResponse:
+        async def handle(call: Call) -> pb.TokenizeResponse:
             core = ready(self._state)
             add = request.add_special_tokens if request.HasField("add_special_tokens") else True
             results = core.tokenize(

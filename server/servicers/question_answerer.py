@@ -10,7 +10,7 @@ from headserve.plugins.tasks import QAItem, QAOptions, QuestionAnswer
 from headserve.v1 import question_answerer_pb2 as pb
 from headserve.v1 import question_answerer_pb2_grpc
 
-from ._calls import CoreHolder, options, ready, stream, unary, usage_timing
+from ._calls import Call, CoreHolder, options, ready, stream, unary, usage_timing
 
 
 def _answers(qa: QuestionAnswer) -> pb.QuestionAnswer:
@@ -24,14 +24,13 @@ def _answers(qa: QuestionAnswer) -> pb.QuestionAnswer:
 
 
 class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServicer):
-    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+    def __init__(self, state: CoreHolder) -> None:
         self._state = state
-        self._in_flight = stream_in_flight
 
     async def AnswerQuestion(
         self, request: pb.AnswerQuestionRequest, context: grpc.aio.ServicerContext
     ) -> pb.AnswerQuestionResponse:
-        return await unary(context, lambda: self._answer(request))
+        return await unary(context, lambda call: self._answer(request, call))
 
     async def AnswerQuestionStream(
         self,
@@ -39,11 +38,13 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AnswerQuestionStreamResponse]:
         async for reply in stream(
-            request_iterator, self._answer, pb.AnswerQuestionStreamResponse, in_flight=self._in_flight
+            request_iterator, context, self._state, self._answer, pb.AnswerQuestionStreamResponse
         ):
             yield reply
 
-    async def _answer(self, request: pb.AnswerQuestionRequest) -> pb.AnswerQuestionResponse:
+    async def _answer(
+        self, request: pb.AnswerQuestionRequest, call: Call
+    ) -> pb.AnswerQuestionResponse:
         core = ready(self._state)
         o = request.options
         opts = options(
@@ -55,7 +56,14 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
             )
         )
         items = [QAItem(i.question, i.context) for i in request.items]
-        outcome = await core.run("qa", [o.head or None], items, opts)
+        outcome = await core.run(
+            "qa",
+            [o.head or None],
+            items,
+            opts,
+            deadline=call.deadline,
+            wait_for_room=call.wait_for_room,
+        )
         return pb.AnswerQuestionResponse(
             results=[_answers(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

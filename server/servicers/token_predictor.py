@@ -11,7 +11,17 @@ from headserve.v1 import common_pb2
 from headserve.v1 import token_predictor_pb2 as pb
 from headserve.v1 import token_predictor_pb2_grpc
 
-from ._calls import CoreHolder, options, ready, stream, tensor, text_items, unary, usage_timing
+from ._calls import (
+    Call,
+    CoreHolder,
+    options,
+    ready,
+    stream,
+    tensor,
+    text_items,
+    unary,
+    usage_timing,
+)
 
 
 def _prediction(p: TokenPrediction) -> pb.TokenPrediction:
@@ -32,14 +42,13 @@ def _prediction(p: TokenPrediction) -> pb.TokenPrediction:
 
 
 class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
-    def __init__(self, state: CoreHolder, *, stream_in_flight: int = 8) -> None:
+    def __init__(self, state: CoreHolder) -> None:
         self._state = state
-        self._in_flight = stream_in_flight
 
     async def PredictTokens(
         self, request: pb.PredictTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictTokensResponse:
-        return await unary(context, lambda: self._predict(request))
+        return await unary(context, lambda call: self._predict(request, call))
 
     async def PredictTokensStream(
         self,
@@ -47,11 +56,13 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.PredictTokensStreamResponse]:
         async for reply in stream(
-            request_iterator, self._predict, pb.PredictTokensStreamResponse, in_flight=self._in_flight
+            request_iterator, context, self._state, self._predict, pb.PredictTokensStreamResponse
         ):
             yield reply
 
-    async def _predict(self, request: pb.PredictTokensRequest) -> pb.PredictTokensResponse:
+    async def _predict(
+        self, request: pb.PredictTokensRequest, call: Call
+    ) -> pb.PredictTokensResponse:
         core = ready(self._state)
         o = request.options
         opts = options(
@@ -59,7 +70,14 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
                 top_k=o.top_k or 5, return_logits=o.return_logits, truncate=o.truncate
             )
         )
-        outcome = await core.run("mlm", [o.head or None], text_items(request.items), opts)
+        outcome = await core.run(
+            "mlm",
+            [o.head or None],
+            text_items(request.items),
+            opts,
+            deadline=call.deadline,
+            wait_for_room=call.wait_for_room,
+        )
         return pb.PredictTokensResponse(
             results=[_prediction(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

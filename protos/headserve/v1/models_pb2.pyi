@@ -175,6 +175,48 @@ class PluginFailure(_message.Message):
 Global___PluginFailure: _TypeAlias = PluginFailure  # noqa: Y015
 
 @_typing.final
+class SchedulerInfo(_message.Message):
+    """How the server batches rows (an item, or one window of a long QA context)
+    from every call and head into backbone passes (headserve serve options).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_ITEMS_FIELD_NUMBER: _builtins.int
+    STREAM_IN_FLIGHT_ITEMS_FIELD_NUMBER: _builtins.int
+    TORCH_THREADS_FIELD_NUMBER: _builtins.int
+    max_batch_tokens: _builtins.int
+    """Padded tokens per batch: rows x the longest row."""
+    max_batch_items: _builtins.int
+    max_wait_ms: _builtins.float
+    """Longest wait for a batch to fill while the model is idle."""
+    max_queue_items: _builtins.int
+    """Rows waiting for the model; beyond it unary calls get RESOURCE_EXHAUSTED."""
+    stream_in_flight_items: _builtins.int
+    """Items of one stream in flight; beyond it the server stops reading the stream."""
+    torch_threads: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_batch_tokens: _builtins.int = ...,
+        max_batch_items: _builtins.int = ...,
+        max_wait_ms: _builtins.float = ...,
+        max_queue_items: _builtins.int = ...,
+        stream_in_flight_items: _builtins.int = ...,
+        torch_threads: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_items", b"max_batch_items", "max_batch_tokens", b"max_batch_tokens", "max_queue_items", b"max_queue_items", "max_wait_ms", b"max_wait_ms", "stream_in_flight_items", b"stream_in_flight_items", "torch_threads", b"torch_threads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerInfo: _TypeAlias = SchedulerInfo  # noqa: Y015
+
+@_typing.final
 class ModelInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -183,6 +225,7 @@ class ModelInfo(_message.Message):
     FAILED_PLUGINS_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     ALLOW_UNTRAINED_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     server_version: _builtins.str
     allow_untrained: _builtins.bool
     @_builtins.property
@@ -191,6 +234,8 @@ class ModelInfo(_message.Message):
     def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadInfo]: ...
     @_builtins.property
     def failed_plugins(self) -> _containers.RepeatedCompositeFieldContainer[Global___PluginFailure]: ...
+    @_builtins.property
+    def scheduler(self) -> Global___SchedulerInfo: ...
     def __init__(
         self,
         *,
@@ -199,10 +244,11 @@ class ModelInfo(_message.Message):
         failed_plugins: _abc.Iterable[Global___PluginFailure] | None = ...,
         server_version: _builtins.str = ...,
         allow_untrained: _builtins.bool = ...,
+        scheduler: Global___SchedulerInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_untrained", b"allow_untrained", "backbone", b"backbone", "failed_plugins", b"failed_plugins", "heads", b"heads", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_untrained", b"allow_untrained", "backbone", b"backbone", "failed_plugins", b"failed_plugins", "heads", b"heads", "scheduler", b"scheduler", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

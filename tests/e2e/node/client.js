@@ -9,7 +9,7 @@ const [target, protos] = process.argv.slice(2);
 const files = ["encoder", "classifier", "question_answerer", "models"].map(
   (f) => `headserve/v1/${f}.proto`
 );
-const def = loader.loadSync(files, { includeDirs: [protos], keepCase: true, defaults: true, oneofs: true, longs: Number });
+const def = loader.loadSync(files, { includeDirs: [protos, `${protos}/third_party`], keepCase: true, defaults: true, oneofs: true, longs: Number });
 const v1 = grpc.loadPackageDefinition(def).headserve.v1;
 const creds = grpc.credentials.createInsecure();
 const encoder = new v1.Encoder(target, creds);

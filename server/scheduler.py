@@ -1,0 +1,256 @@
+"""Dynamic batching across requests and heads, in front of the one backbone.
+
+Every RPC's rows (of any head) wait in one bounded queue. A single loop forms
+batches and runs them, one at a time, on a worker thread, so the event loop keeps
+accepting calls and streaming replies while the model computes; rows that arrive
+meanwhile fill the next batch, which starts the moment the model is free.
+
+A batch is bounded by a token budget, counted as it will be padded (longest row
+x rows), and by a row count. It is built around the oldest waiting row (so no row
+starves) from the rows closest to it in length (so padding stays small). When
+the model is idle and a batch is not full, the loop waits at most `max_wait_ms`
+after the oldest row arrived for more to come.
+
+Rows whose call was cancelled, or whose deadline passed, are dropped before they
+reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DeadlineExceeded, InvalidArgument, Overloaded
+from .runner import Runner, Work
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_tokens: int = 8192
+    max_batch_items: int = 64
+    max_wait_ms: float = 5.0
+    max_queue_items: int = 4096
+    stream_in_flight_items: int = 256
+
+
+@dataclass(frozen=True)
+class Stats:
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    work: Work
+    future: asyncio.Future[Any]
+    arrived: float
+    deadline: float | None
+    length: int = field(init=False)
+    started: float = 0.0
+    batch: int = -1  # which batch computed it
+    inference_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.length = len(self.work.row.input_ids)
+
+
+class Scheduler:
+    def __init__(self, runner: Runner, limits: Limits) -> None:
+        self.runner = runner
+        self.limits = limits
+        self._pending: list[_Pending] = []
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="headserve-model")
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self.dropped = 0  # rows dropped before the model (cancelled or past deadline)
+        self.busy = False
+
+    # --- the servicers' side ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def submit(
+        self, work: Sequence[Work], *, deadline: float | None = None, wait_for_room: bool = False
+    ) -> tuple[list[Any], Stats]:
+        """Outputs for `work`, in order. Full queue: Overloaded, or wait (streams)."""
+        self._ensure_loop()
+        if len(work) > self.limits.max_queue_items:
+            raise InvalidArgument(
+                "items",
+                f"needs {len(work)} rows, more than the queue holds ({self.limits.max_queue_items}); "
+                "split the request",
+            )
+        if not self._has_room(len(work)):
+            if not wait_for_room:
+                raise Overloaded(
+                    f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); retry later"
+                )
+            async with self._room:
+                await self._room.wait_for(lambda: self._has_room(len(work)))
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        pending = [_Pending(w, loop.create_future(), now, deadline) for w in work]
+        self._pending.extend(pending)
+        self._arrival.set()
+        try:
+            outputs = await asyncio.gather(*(p.future for p in pending))
+        except BaseException:
+            for p in pending:
+                p.future.cancel()  # not computed yet: dropped; computed: harmless
+            raise
+        started = min(p.started for p in pending)
+        inference = sum({p.batch: p.inference_ms for p in pending}.values())
+        return list(outputs), Stats((started - now) * 1e3, inference)
+
+    def _has_room(self, n: int) -> bool:
+        return self.queued + n <= self.limits.max_queue_items
+
+    # --- the batching loop ----------------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        """Start the batching loop on the running event loop (once per event loop)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._event_loop:  # first call, or a new event loop (tests)
+            self._event_loop = loop
+            self._pending = []
+            self._arrival = asyncio.Event()
+            self._room = asyncio.Condition()
+            self._loop_task = None
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        number = 0
+        while True:
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            number += 1
+            for p in batch:
+                p.started, p.batch = started, number
+            self.busy = True
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.runner.run_batch, [p.work for p in batch]
+                )
+            except asyncio.CancelledError:
+                for p in batch:
+                    p.future.cancel()
+                raise
+            except Exception as exc:  # the executor itself broke: fail this batch, go on
+                log.exception("batch of %d rows failed outside the model", len(batch))
+                results = [exc] * len(batch)
+            finally:
+                self.busy = False
+            elapsed = (time.perf_counter() - started) * 1e3
+            for p, result in zip(batch, results):
+                p.inference_ms = elapsed
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+
+    async def _wait_for_batch(self) -> None:
+        """Until rows wait and either a batch is full or the oldest has waited max_wait_ms."""
+        while not self._pending:
+            self._arrival.clear()
+            await self._arrival.wait()
+        while not self._full():
+            oldest = min(p.arrived for p in self._pending)
+            left = oldest + self.limits.max_wait_ms / 1e3 - time.perf_counter()
+            if left <= 0:
+                return
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), left)
+            except TimeoutError:
+                return
+
+    def _full(self) -> bool:
+        if len(self._pending) >= self.limits.max_batch_items:
+            return True
+        return sum(p.length for p in self._pending) >= self.limits.max_batch_tokens
+
+    def _take_batch(self) -> list[_Pending]:
+        now = time.perf_counter()
+        live = []
+        for p in self._pending:
+            if p.future.done():  # its call was cancelled
+                self.dropped += 1
+            elif p.deadline is not None and p.deadline <= time.monotonic():
+                p.future.set_exception(
+                    DeadlineExceeded("deadline passed before the model got to it")
+                )
+                self.dropped += 1
+            else:
+                live.append(p)
+        if not live:
+            self._pending = []
+            self._notify_room()
+            return []
+        batch = choose_batch(
+            [p.length for p in live],
+            [now - p.arrived for p in live],
+            max_items=self.limits.max_batch_items,
+            max_tokens=self.limits.max_batch_tokens,
+        )
+        chosen = {id(live[i]) for i in batch}
+        self._pending = [p for p in live if id(p) not in chosen]
+        self._notify_room()
+        return [live[i] for i in batch]
+
+    def _notify_room(self) -> None:
+        async def notify() -> None:
+            async with self._room:
+                self._room.notify_all()
+
+        asyncio.ensure_future(notify())
+
+    def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def choose_batch(
+    lengths: Sequence[int], waited: Sequence[float], *, max_items: int, max_tokens: int
+) -> list[int]:
+    """Indices of the next batch: the longest-waiting row plus the rows nearest it in length,
+    while rows x longest row stays within `max_tokens` (the first row always goes)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], -waited[i]))
+    oldest = max(range(len(lengths)), key=lambda i: waited[i])
+    at = order.index(oldest)
+    lo, hi = at, at + 1  # the batch is order[lo:hi]
+    longest = lengths[oldest]
+
+    def fits(i: int) -> bool:
+        return max(longest, lengths[i]) * (hi - lo + 1) <= max_tokens
+
+    while hi - lo < max_items:
+        left = order[lo - 1] if lo > 0 and fits(order[lo - 1]) else None
+        right = order[hi] if hi < len(order) and fits(order[hi]) else None
+        if left is None and right is None:
+            break
+        # the neighbour closer in length to the oldest row
+        if right is None or (
+            left is not None and longest - lengths[left] <= lengths[right] - longest
+        ):
+            lo -= 1
+        else:
+            longest = max(longest, lengths[order[hi]])
+            hi += 1
+    return order[lo:hi]
