@@ -24,12 +24,25 @@ def _snippets_file() -> Path:
     CACHE.mkdir(exist_ok=True)
     if not (CACHE / SDIST).is_file():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-             "vaderSentiment==3.3.2", "-d", str(CACHE)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "vaderSentiment==3.3.2",
+                "-d",
+                str(CACHE),
+            ],
             check=True,
         )
     with tarfile.open(CACHE / SDIST) as sdist:
-        inner = sdist.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
+        inner = sdist.extractfile(
+            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+        )
         assert inner is not None
         with tarfile.open(fileobj=io.BytesIO(inner.read())) as resources:
             data = resources.extractfile(MEMBER)

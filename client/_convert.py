@@ -37,13 +37,13 @@ from .types import (
     LabelScore,
     MaskPrediction,
     ModelInfo,
-    SchedulerInfo,
     PluginFailure,
     Pooling,
     PredictTokensResult,
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    SchedulerInfo,
     Span,
     StreamResult,
     TextItem,
@@ -80,8 +80,7 @@ def text_inputs(items: Sequence[TextItem]) -> list[common_pb2.TextInput]:
             inputs.append(common_pb2.TextInput(text=item[0], text_pair=item[1]))
         else:
             raise TypeError(
-                f"items[{index}]: expected a str or a (text, text_pair) tuple of str, "
-                f"got {item!r}"
+                f"items[{index}]: expected a str or a (text, text_pair) tuple of str, got {item!r}"
             )
     return inputs
 

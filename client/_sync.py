@@ -73,8 +73,8 @@ class Client:
         self._settings = Settings.create(timeout, max_retries, metadata)
         if channel is not None and options:
             raise ValueError("options configure the channel the client makes: not with channel=")
-        self._channel = channel if channel is not None else grpc.insecure_channel(
-            target, options=list(options)
+        self._channel = (
+            channel if channel is not None else grpc.insecure_channel(target, options=list(options))
         )
         self._stubs = Stubs.over(self._channel)
 

@@ -225,7 +225,7 @@ class TokenPrediction:
 
 @dataclass(frozen=True, slots=True)
 class PredictTokensResult(_PerItem[TokenPrediction]):
-    """Result of ``predict_tokens``: one :class:`TokenPrediction` per item, in order, in ``predictions``.
+    """Result of ``predict_tokens``: a :class:`TokenPrediction` per item, in order.
 
     The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
     """
@@ -279,7 +279,7 @@ class Classification:
 
 @dataclass(frozen=True, slots=True)
 class ClassifyResult(_PerItem[Classification]):
-    """Result of ``classify``: one :class:`Classification` per item, in order, in ``classifications``.
+    """Result of ``classify``: a :class:`Classification` per item, in order (``classifications``).
 
     The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
     """
@@ -328,7 +328,7 @@ class QuestionAnswer:
 
 @dataclass(frozen=True, slots=True)
 class AnswerQuestionResult(_PerItem[QuestionAnswer]):
-    """Result of ``answer_question``: one :class:`QuestionAnswer` per item, in order, in ``answers``.
+    """Result of ``answer_question``: a :class:`QuestionAnswer` per item, in order (``answers``).
 
     The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
     """

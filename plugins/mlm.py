@@ -72,12 +72,12 @@ class MaskedLMHead(Head):
         probs = at_masks.softmax(-1)
         top = probs.topk(min(options.top_k, probs.shape[-1]), dim=-1)
         masks = []
-        for k, (position, span) in enumerate(zip(positions, spans)):
+        for k, (position, span) in enumerate(zip(positions, spans, strict=True)):
             ids = top.indices[k].tolist()
             tokens = self._tokenizer.convert_ids_to_tokens(ids)
             candidates = tuple(
                 Candidate(int(t), str(s), float(p))
-                for t, s, p in zip(ids, tokens, top.values[k].tolist())
+                for t, s, p in zip(ids, tokens, top.values[k].tolist(), strict=True)
             )
             masks.append(MaskPrediction(position, span, candidates))
         return TokenPrediction(tuple(masks), logits.numpy() if options.return_logits else None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from transformers import AutoModelForQuestionAnswering
 
 from ._task_model import load_task_model
@@ -87,7 +86,7 @@ class QuestionAnsweringHead(Head):
         context, spans = prepared.state
         windows = [
             Window(start, end, mask, offsets)
-            for (start, end), (mask, offsets) in zip(outputs, spans)
+            for (start, end), (mask, offsets) in zip(outputs, spans, strict=True)
         ]
         answers = best_spans(
             context,

@@ -28,7 +28,11 @@ def _include_dirs() -> list[str]:
     import google.rpc.status_pb2 as status_pb2  # the package that ships status.proto
 
     googleapis_root = Path(status_pb2.__file__).resolve().parents[2]
-    return [str(PROTOS), str(well_known), str(googleapis_root)]  # third_party/ is for other languages
+    return [
+        str(PROTOS),
+        str(well_known),
+        str(googleapis_root),
+    ]  # third_party/ is for other languages
 
 
 def _plugin(name: str) -> str:

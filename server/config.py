@@ -19,9 +19,10 @@ after it and loaded from the backbone's own folder.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+
+import tomllib
 
 from headserve.plugins.contract import HeadSpec
 

@@ -43,7 +43,12 @@ def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
 
 class Core:
     def __init__(
-        self, backbone: Backbone, registry: HeadRegistry, scheduler: Scheduler, *, torch_threads: int
+        self,
+        backbone: Backbone,
+        registry: HeadRegistry,
+        scheduler: Scheduler,
+        *,
+        torch_threads: int,
     ) -> None:
         self.backbone = backbone
         self.registry = registry
@@ -83,7 +88,7 @@ class Core:
         work = [
             Work(head, row)
             for per_item in prepared
-            for head, p in zip(heads, per_item)
+            for head, p in zip(heads, per_item, strict=True)
             for row in p.rows
         ]
         outputs, stats = await self.scheduler.submit(
@@ -93,7 +98,7 @@ class Core:
         position = 0
         for per_item in prepared:
             finished = []
-            for head, p in zip(heads, per_item):
+            for head, p in zip(heads, per_item, strict=True):
                 rows = outputs[position : position + len(p.rows)]
                 position += len(p.rows)
                 finished.append(head.finish(p, rows, options))

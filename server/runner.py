@@ -44,7 +44,10 @@ class Runner:
     def compute(
         self, work: Sequence[Work], *, max_items: int = 64, max_tokens: int = 16384
     ) -> list[Any]:
-        """Outputs for every work item, in order, in length-sorted batches; raises the first failure."""
+        """Outputs for every work item, in order, in length-sorted batches.
+
+        Raises the first failure. For tests and benchmarks; the server goes through the scheduler.
+        """
         order = sorted(range(len(work)), key=lambda i: len(work[i].row.input_ids))
         outputs: list[Any] = [None] * len(work)
         start = 0
@@ -57,7 +60,7 @@ class Runner:
             ):
                 end += 1
             chunk = order[start:end]
-            for i, result in zip(chunk, self.run_batch([work[i] for i in chunk])):
+            for i, result in zip(chunk, self.run_batch([work[i] for i in chunk]), strict=True):
                 if isinstance(result, BaseException):
                     raise result
                 outputs[i] = result
@@ -98,7 +101,7 @@ class Runner:
                 log.exception("head %s failed on a batch of %d rows", head.name, len(rows))
                 error = HeadFailed(f"head {head.name!r} failed: {exc!r}", head=head.name)
                 results = [error] * len(rows)
-            for p, result in zip(positions, results):
+            for p, result in zip(positions, results, strict=True):
                 outputs[p] = result
         self.batches += 1
         return outputs

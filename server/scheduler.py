@@ -86,13 +86,15 @@ class Scheduler:
         if len(work) > self.limits.max_queue_items:
             raise InvalidArgument(
                 "items",
-                f"needs {len(work)} rows, more than the queue holds ({self.limits.max_queue_items}); "
+                f"needs {len(work)} rows, more than the queue holds "
+                f"({self.limits.max_queue_items}); "
                 "split the request",
             )
         if not self._has_room(len(work)):
             if not wait_for_room:
                 raise Overloaded(
-                    f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); retry later"
+                    f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
+                    "retry later"
                 )
             async with self._room:
                 await self._room.wait_for(lambda: self._has_room(len(work)))
@@ -155,7 +157,7 @@ class Scheduler:
             finally:
                 self.busy = False
             elapsed = (time.perf_counter() - started) * 1e3
-            for p, result in zip(batch, results):
+            for p, result in zip(batch, results, strict=True):
                 p.inference_ms = elapsed
                 if p.future.done():
                     continue

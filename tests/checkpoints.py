@@ -73,13 +73,23 @@ def make_tokenizer(arch: str, folder: Path):  # type: ignore[no-untyped-def]
 def tiny_config(arch: str, vocab_size: int, **extra):  # type: ignore[no-untyped-def]
     if arch == "distilbert":
         return AutoConfig.for_model(
-            "distilbert", vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-            max_position_embeddings=MAX_LENGTH, **extra,
+            "distilbert",
+            vocab_size=vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=MAX_LENGTH,
+            **extra,
         )
     positions = MAX_LENGTH + 2 if arch == "roberta" else MAX_LENGTH
     kwargs = dict(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=positions,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
     )
     if arch == "roberta":
         kwargs.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
@@ -99,7 +109,9 @@ def make_family(root: Path, arch: str, seed: int = 0) -> Family:
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(arch, root)
     vocab = len(tokenizer)
-    label_map = dict(id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+    label_map = dict(
+        id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)}
+    )
     mlm = AutoModelForMaskedLM.from_config(tiny_config(arch, vocab))
     prefix = mlm.base_model_prefix
     base_state = getattr(mlm, prefix).state_dict()
@@ -116,7 +128,10 @@ def make_family(root: Path, arch: str, seed: int = 0) -> Family:
     backbone.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
     save(mlm, "mlm")
-    save(AutoModelForSequenceClassification.from_config(tiny_config(arch, vocab, **label_map)), "classify")
+    save(
+        AutoModelForSequenceClassification.from_config(tiny_config(arch, vocab, **label_map)),
+        "classify",
+    )
     save(
         AutoModelForSequenceClassification.from_config(
             tiny_config(arch, vocab, problem_type="multi_label_classification", **label_map)

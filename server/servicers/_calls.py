@@ -126,7 +126,7 @@ async def stream(
     handle: Callable[[Req, Call], Awaitable[Any]],
     reply: Callable[..., Resp],
 ) -> AsyncIterator[Resp]:
-    """Answer every request of a stream, in order, with `reply(id=, response=)` or `reply(id=, error=)`."""
+    """Answer each request of a stream, in order, with `reply(id=, response= or error=)`."""
     call = Call.of(context, stream=True)
     cap = state.core.scheduler.limits.stream_in_flight_items if state.core else DEFAULT_STREAM_ITEMS
     budget = _Budget(cap)

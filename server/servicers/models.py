@@ -6,9 +6,8 @@ import importlib.metadata as md
 
 import grpc
 
-from headserve.v1 import common_pb2
+from headserve.v1 import common_pb2, models_pb2_grpc
 from headserve.v1 import models_pb2 as pb
-from headserve.v1 import models_pb2_grpc
 
 from ..core import Core
 from ._calls import Call, CoreHolder, ready, text_items, unary

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from headserve.plugins.tasks import PredictOptions, TokenPrediction
-from headserve.v1 import common_pb2
+from headserve.v1 import common_pb2, token_predictor_pb2_grpc
 from headserve.v1 import token_predictor_pb2 as pb
-from headserve.v1 import token_predictor_pb2_grpc
 
 from ._calls import (
     Call,

@@ -68,7 +68,9 @@ def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) 
             # the packaged model has no trained classification head
             ("headserve.v1.Classifier", health_pb2.HealthCheckResponse.NOT_SERVING),
         ):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == expected, service
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status == expected
+            ), service
     with Client(target) as client:
         result = client.encode(
             [
@@ -86,7 +88,10 @@ def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) 
         info = client.model_info()
         assert info.backbone.hidden_size == 384 and info.backbone.model_type == "bert"
         assert {h.name: h.trained for h in info.heads} == {
-            "encode": True, "mlm": False, "classify": False, "qa": False
+            "encode": True,
+            "mlm": False,
+            "classify": False,
+            "qa": False,
         }
 
 

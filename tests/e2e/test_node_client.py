@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving import ServerThread
 
 from headserve.plugins.contract import HeadSpec
 from headserve.server.app import Settings
-from serving import ServerThread
 
 pytestmark = pytest.mark.e2e
 NODE_DIR = Path(__file__).parent / "node"
@@ -26,14 +26,20 @@ def node_client() -> Path:
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--no-save", "--silent"],
-            cwd=NODE_DIR, check=True, timeout=300,
+            cwd=NODE_DIR,
+            check=True,
+            timeout=300,
         )
     return NODE_DIR / "client.js"
 
 
 @pytest.fixture(scope="module")
 def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
-    heads = (HeadSpec("encode", "encode"), HeadSpec("sentiment", "classify", bert.classify), HeadSpec("qa", "qa", bert.qa))
+    heads = (
+        HeadSpec("encode", "encode"),
+        HeadSpec("sentiment", "classify", bert.classify),
+        HeadSpec("qa", "qa", bert.qa),
+    )
     thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
     yield thread
     thread.stop()
@@ -41,19 +47,28 @@ def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
 
 def test_node_client_calls_every_kind_of_rpc(node_client: Path, server: ServerThread) -> None:
     run = subprocess.run(
-        ["node", str(node_client), server.target, str(PROTOS)], capture_output=True, text=True, timeout=120
+        ["node", str(node_client), server.target, str(PROTOS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["encode"]["dims"] == [32, 32] and out["encode"]["tokens"] > 0
-    assert out["badEncode"]["code"] == 3 and "items[1].text" in out["badEncode"]["details"]  # INVALID_ARGUMENT
+    assert (
+        out["badEncode"]["code"] == 3 and "items[1].text" in out["badEncode"]["details"]
+    )  # INVALID_ARGUMENT
     labels = dict(out["classify"])
-    assert set(labels) == {"negative", "neutral", "positive"} and abs(sum(labels.values()) - 1) < 1e-5
+    assert (
+        set(labels) == {"negative", "neutral", "positive"} and abs(sum(labels.values()) - 1) < 1e-5
+    )
     # code-point offsets: "Zoë" is 3 characters even though "ë" is 2 bytes in UTF-8
     for answer in out["answers"]:
         assert out["context"][answer["start"] : answer["end"]] == answer["text"]
     assert out["heads"] == ["encode", "sentiment", "qa"]
     assert [(s["id"], s["outcome"], s["code"]) for s in out["streamed"]] == [
-        ("a", "response", 0), ("b", "error", 3), ("c", "response", 0)
+        ("a", "response", 0),
+        ("b", "error", 3),
+        ("c", "response", 0),
     ]
     assert "items[0].text" in out["streamed"][1]["message"]

@@ -29,8 +29,8 @@ from grpc_status import rpc_status
 from headserve.client import (
     AsyncClient,
     Batch,
-    Client,
     ClassifyResult,
+    Client,
     DeadlineExceededError,
     EncodeResult,
     InvalidArgumentError,
@@ -326,8 +326,7 @@ class FakeQuestionAnswerer(question_answerer_pb2_grpc.QuestionAnswererServicer):
             wanted = item.question.rstrip("?").split()[-1]
             found = [(w, s, e) for w, s, e in _words(item.context) if w.strip(".,") == wanted]
             answers = [
-                question_answerer_pb2.Answer(text=w, score=0.9, start=s, end=e)
-                for w, s, e in found
+                question_answerer_pb2.Answer(text=w, score=0.9, start=s, end=e) for w, s, e in found
             ]
             if not answers and request.options.allow_no_answer:
                 answers = [question_answerer_pb2.Answer(score=0.5, no_answer=True)]
@@ -553,9 +552,7 @@ class TestClient:
 
     def test_predict_tokens(self, fake):
         with Client(fake.target) as client:
-            check_predict_tokens(
-                client.predict_tokens([PREDICT_TEXT], top_k=2, return_logits=True)
-            )
+            check_predict_tokens(client.predict_tokens([PREDICT_TEXT], top_k=2, return_logits=True))
 
     def test_classify(self, fake):
         with Client(fake.target) as client:
@@ -701,9 +698,7 @@ class TestAsyncClient:
     def test_answer_question(self, fake):
         async def main():
             async with AsyncClient(fake.target) as client:
-                check_answer_question(
-                    await client.answer_question(QA_ITEMS, allow_no_answer=True)
-                )
+                check_answer_question(await client.answer_question(QA_ITEMS, allow_no_answer=True))
 
         asyncio.run(main())
 

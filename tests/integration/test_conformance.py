@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from checkpoints import ARCHS, LABELS
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -17,7 +18,6 @@ from transformers import (
     AutoTokenizer,
 )
 
-from checkpoints import ARCHS, LABELS
 from headserve.plugins.contract import HeadSpec
 from headserve.plugins.spans import Window, best_spans
 from headserve.plugins.tasks import (
@@ -39,7 +39,9 @@ TEXTS = [
 ]
 QUESTION = "Where does Bob work?"
 LONG_CONTEXT = " ".join(
-    ["The fox jumps over the dog."] * 12 + ["Bob works in Berlin at the zoo."] + ["Alice works in Paris."] * 6
+    ["The fox jumps over the dog."] * 12
+    + ["Bob works in Berlin at the zoo."]
+    + ["Alice works in Paris."] * 6
 )
 
 
@@ -74,7 +76,9 @@ def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def
     family, core, tokenizer = setup
     reference = AutoModel.from_pretrained(str(family.backbone)).eval()
     for pooling in ("cls", "mean", "none"):
-        results = _run(core, "encode", [None], TEXTS, EncodeOptions(pooling=pooling, normalize=False))
+        results = _run(
+            core, "encode", [None], TEXTS, EncodeOptions(pooling=pooling, normalize=False)
+        )
         for item, (embedding,) in zip(TEXTS, results):
             states = reference(**_inputs(tokenizer, item)).last_hidden_state[0].numpy()
             if pooling == "none":
@@ -84,7 +88,9 @@ def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def
                 np.testing.assert_allclose(embedding.vector, states[0], atol=TOL)
             else:
                 np.testing.assert_allclose(embedding.vector, states.mean(0), atol=TOL)
-    (normalized,), = _run(core, "encode", [None], TEXTS[:1], EncodeOptions(pooling="mean", normalize=True))
+    ((normalized,),) = _run(
+        core, "encode", [None], TEXTS[:1], EncodeOptions(pooling="mean", normalize=True)
+    )
     assert np.linalg.norm(normalized.vector) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -93,7 +99,10 @@ def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-
     family, core, tokenizer = setup
     reference = AutoModelForMaskedLM.from_pretrained(str(family.mlm)).eval()
     mask = tokenizer.mask_token
-    items = [TextItem(f"Alice works in {mask} at the bank."), TextItem(f"The {mask} brown fox {mask} over.")]
+    items = [
+        TextItem(f"Alice works in {mask} at the bank."),
+        TextItem(f"The {mask} brown fox {mask} over."),
+    ]
     full = _run(core, "mlm", [None], items, PredictOptions(top_k=3, return_logits=True))
     picked = _run(core, "mlm", [None], items, PredictOptions(top_k=3))
     for item, (with_logits,), (prediction,) in zip(items, full, picked):
@@ -106,7 +115,9 @@ def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-
             probs = logits[m.position].softmax(-1)
             top = probs.topk(3)
             assert [c.token_id for c in m.candidates] == top.indices.tolist()
-            np.testing.assert_allclose([c.probability for c in m.candidates], top.values.numpy(), atol=TOL)
+            np.testing.assert_allclose(
+                [c.probability for c in m.candidates], top.values.numpy(), atol=TOL
+            )
             assert item.text[m.span[0] : m.span[1]] == mask
 
 
@@ -120,7 +131,12 @@ def test_classify_matches_automodel_for_sequence_classification(setup) -> None: 
         enc = _inputs(tokenizer, item)
         expected_single = single(**enc).logits[0].softmax(-1).numpy()
         expected_multi = multi(**enc).logits[0].sigmoid().numpy()
-        assert (one.head, one.multi_label, tags.head, tags.multi_label) == ("classify", False, "tags", True)
+        assert (one.head, one.multi_label, tags.head, tags.multi_label) == (
+            "classify",
+            False,
+            "tags",
+            True,
+        )
         got_single = dict(one.labels)
         got_multi = dict(tags.labels)
         np.testing.assert_allclose([got_single[l] for l in LABELS], expected_single, atol=TOL)
@@ -147,12 +163,20 @@ def test_qa_matches_automodel_for_question_answering_over_windows(setup) -> None
         ref = reference(**kwargs)
         np.testing.assert_allclose(start, ref.start_logits[0].numpy(), atol=TOL)
         np.testing.assert_allclose(end, ref.end_logits[0].numpy(), atol=TOL)
-        windows.append(Window(ref.start_logits[0].numpy(), ref.end_logits[0].numpy(), mask, offsets))
-    (answer,), = _run(core, "qa", [None], [item], options)
-    expected = best_spans(LONG_CONTEXT, windows, top_k=3, max_answer_length=30, allow_no_answer=False)
+        windows.append(
+            Window(ref.start_logits[0].numpy(), ref.end_logits[0].numpy(), mask, offsets)
+        )
+    ((answer,),) = _run(core, "qa", [None], [item], options)
+    expected = best_spans(
+        LONG_CONTEXT, windows, top_k=3, max_answer_length=30, allow_no_answer=False
+    )
     assert answer.windows == len(prepared.rows)
-    assert [(a.start, a.end, a.text) for a in answer.answers] == [(a.start, a.end, a.text) for a in expected]
-    np.testing.assert_allclose([a.score for a in answer.answers], [a.score for a in expected], atol=TOL)
+    assert [(a.start, a.end, a.text) for a in answer.answers] == [
+        (a.start, a.end, a.text) for a in expected
+    ]
+    np.testing.assert_allclose(
+        [a.score for a in answer.answers], [a.score for a in expected], atol=TOL
+    )
     for a in answer.answers:
         assert LONG_CONTEXT[a.start : a.end] == a.text
 
@@ -164,10 +188,18 @@ def test_mixed_batch_equals_items_run_alone(setup) -> None:  # type: ignore[no-u
     jobs = []
     for name, options, items in (
         ("encode", EncodeOptions(pooling="mean"), TEXTS),
-        ("mlm", PredictOptions(), [TextItem(f"Alice works in {mask}."), TextItem(f"A {mask} movie")]),
+        (
+            "mlm",
+            PredictOptions(),
+            [TextItem(f"Alice works in {mask}."), TextItem(f"A {mask} movie")],
+        ),
         ("classify", ClassifyOptions(), TEXTS),
         ("tags", ClassifyOptions(), TEXTS[::-1]),
-        ("qa", QAOptions(doc_stride=16), [QAItem(QUESTION, LONG_CONTEXT), QAItem("Who?", "Alice works.")]),
+        (
+            "qa",
+            QAOptions(doc_stride=16),
+            [QAItem(QUESTION, LONG_CONTEXT), QAItem("Who?", "Alice works.")],
+        ),
     ):
         head = core.registry.heads[name].head
         for item in items:

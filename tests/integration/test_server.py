@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from checkpoints import LABELS, MAX_LENGTH
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serving import ServerThread
 
-from checkpoints import LABELS, MAX_LENGTH
 from headserve.client import (
     Batch,
     Client,
@@ -21,7 +22,6 @@ from headserve.client import (
 )
 from headserve.plugins.contract import HeadSpec
 from headserve.server.app import Settings
-from serving import ServerThread
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -55,7 +55,11 @@ def client(server: ServerThread) -> Iterator[Client]:
 
 def _health(target: str, service: str) -> int:
     with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=service))
+            .status
+        )
 
 
 # --- readiness, health, reflection ---------------------------------------------------------------
@@ -66,7 +70,10 @@ def test_not_serving_and_unavailable_until_the_backbone_is_loaded(bert) -> None:
     try:
         for service in ("", "headserve.v1.Encoder", "headserve.v1.Models"):
             assert _health(thread.target, service) == NOT_SERVING
-        with Client(thread.target, max_retries=0) as c, pytest.raises(UnavailableError, match="loading"):
+        with (
+            Client(thread.target, max_retries=0) as c,
+            pytest.raises(UnavailableError, match="loading"),
+        ):
             c.encode(["hello"])
         thread.ready(_settings(bert))
         assert _health(thread.target, "headserve.v1.Encoder") == SERVING
@@ -77,22 +84,35 @@ def test_not_serving_and_unavailable_until_the_backbone_is_loaded(bert) -> None:
 
 
 def test_health_per_service(server: ServerThread) -> None:
-    for service in ("", "headserve.v1.Encoder", "headserve.v1.TokenPredictor", "headserve.v1.Classifier",
-                    "headserve.v1.QuestionAnswerer", "headserve.v1.Models"):
+    for service in (
+        "",
+        "headserve.v1.Encoder",
+        "headserve.v1.TokenPredictor",
+        "headserve.v1.Classifier",
+        "headserve.v1.QuestionAnswerer",
+        "headserve.v1.Models",
+    ):
         assert _health(server.target, service) == SERVING, service
 
 
 def test_a_task_with_no_usable_head_is_not_serving(bert) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(
-        model_dir=bert.backbone, device="cpu",
-        heads=(HeadSpec("encode", "encode"), HeadSpec("classify", "classify"), HeadSpec("qa", "qa")),
+        model_dir=bert.backbone,
+        device="cpu",
+        heads=(
+            HeadSpec("encode", "encode"),
+            HeadSpec("classify", "classify"),
+            HeadSpec("qa", "qa"),
+        ),
     )
     thread = ServerThread(settings)
     try:
         assert _health(thread.target, "headserve.v1.Encoder") == SERVING
         assert _health(thread.target, "headserve.v1.Classifier") == NOT_SERVING  # untrained only
         assert _health(thread.target, "headserve.v1.QuestionAnswerer") == NOT_SERVING
-        assert _health(thread.target, "headserve.v1.TokenPredictor") == NOT_SERVING  # no head at all
+        assert (
+            _health(thread.target, "headserve.v1.TokenPredictor") == NOT_SERVING
+        )  # no head at all
     finally:
         thread.stop()
 
@@ -100,19 +120,33 @@ def test_a_task_with_no_usable_head_is_not_serving(bert) -> None:  # type: ignor
 def test_reflection_lists_every_service(server: ServerThread) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        (reply,) = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
     names = {s.name for s in reply.list_services_response.service}
-    assert {"headserve.v1.Encoder", "headserve.v1.TokenPredictor", "headserve.v1.Classifier",
-            "headserve.v1.QuestionAnswerer", "headserve.v1.Models", "grpc.health.v1.Health"} <= names
+    assert {
+        "headserve.v1.Encoder",
+        "headserve.v1.TokenPredictor",
+        "headserve.v1.Classifier",
+        "headserve.v1.QuestionAnswerer",
+        "headserve.v1.Models",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 # --- every RPC ------------------------------------------------------------------------------------
 
 
 def test_encode_batch_in_order_with_usage_and_timing(client: Client) -> None:
-    texts = ["Alice works in Paris.", ("The fox", "jumps over the dog."), "I loved this film, truly."]
+    texts = [
+        "Alice works in Paris.",
+        ("The fox", "jumps over the dog."),
+        "I loved this film, truly.",
+    ]
     result = client.encode(texts, pooling="cls")
-    assert len(result) == 3 and all(e.vector is not None and e.vector.shape == (32,) for e in result)
+    assert len(result) == 3 and all(
+        e.vector is not None and e.vector.shape == (32,) for e in result
+    )
     singles = [client.encode([t], pooling="cls")[0].vector for t in texts]
     for batched, single in zip(result, singles):
         np.testing.assert_allclose(batched.vector, single, atol=1e-5)
@@ -125,7 +159,9 @@ def test_encode_batch_in_order_with_usage_and_timing(client: Client) -> None:
 
 
 def test_predict_tokens(client: Client) -> None:
-    result = client.predict_tokens(["Alice works in [MASK] at the [MASK]."], top_k=4, return_logits=True)
+    result = client.predict_tokens(
+        ["Alice works in [MASK] at the [MASK]."], top_k=4, return_logits=True
+    )
     (prediction,) = result
     assert [m.span for m in prediction.masks] == [(15, 21), (29, 35)]
     assert all(len(m.candidates) == 4 for m in prediction.masks)
@@ -139,20 +175,29 @@ def test_predict_tokens(client: Client) -> None:
 def test_classify_with_several_heads_in_one_pass(client: Client, server: ServerThread) -> None:
     assert server.core is not None
     before = server.core.runner.rows_computed
-    result = client.classify(["I loved this film.", "It was fine."], heads=["sentiment", "topics"], top_k=2)
+    result = client.classify(
+        ["I loved this film.", "It was fine."], heads=["sentiment", "topics"], top_k=2
+    )
     assert server.core.runner.rows_computed - before == 2  # two texts, one backbone row each
     for classification in result:
         sentiment, topics = classification.heads
         assert (sentiment.head, sentiment.multi_label, topics.head, topics.multi_label) == (
-            "sentiment", False, "topics", True)
+            "sentiment",
+            False,
+            "topics",
+            True,
+        )
         assert len(sentiment.labels) == 2 and {l.label for l in sentiment.labels} <= set(LABELS)
     default = client.classify(["I loved this film."], top_k=0)[0].heads[0]
-    assert default.head == "sentiment" and sum(l.probability for l in default.labels) == pytest.approx(1, abs=1e-5)
+    assert default.head == "sentiment" and sum(
+        l.probability for l in default.labels
+    ) == pytest.approx(1, abs=1e-5)
 
 
 def test_answer_question_over_windows(client: Client) -> None:
-    result = client.answer_question([("Where does Bob work?", LONG), ("Who?", "Alice works.")], top_k=3,
-                                    doc_stride=16)
+    result = client.answer_question(
+        [("Where does Bob work?", LONG), ("Who?", "Alice works.")], top_k=3, doc_stride=16
+    )
     long_answer, short_answer = result
     assert long_answer.windows > 1 and short_answer.windows == 1
     for qa, context in ((long_answer, LONG), (short_answer, "Alice works.")):
@@ -165,14 +210,26 @@ def test_answer_question_over_windows(client: Client) -> None:
 
 def test_model_info(client: Client, bert) -> None:  # type: ignore[no-untyped-def]
     info = client.model_info()
-    assert (info.backbone.model_type, info.backbone.hidden_size, info.backbone.num_layers) == ("bert", 32, 2)
+    assert (info.backbone.model_type, info.backbone.hidden_size, info.backbone.num_layers) == (
+        "bert",
+        32,
+        2,
+    )
     assert info.backbone.max_length == MAX_LENGTH and info.backbone.device == "cpu"
     assert info.backbone.dtype == "float32" and info.backbone.mask_token == "[MASK]"
     heads = {h.name: h for h in info.heads}
-    assert heads["sentiment"].labels == LABELS and heads["sentiment"].trained and heads["sentiment"].is_default
+    assert (
+        heads["sentiment"].labels == LABELS
+        and heads["sentiment"].trained
+        and heads["sentiment"].is_default
+    )
     assert heads["topics"].multi_label and not heads["topics"].is_default
     assert not heads["raw"].trained and not heads["raw"].usable
-    assert heads["qa"].distribution == "headserve" and heads["qa"].plugin == "qa" and heads["qa"].version
+    assert (
+        heads["qa"].distribution == "headserve"
+        and heads["qa"].plugin == "qa"
+        and heads["qa"].version
+    )
 
 
 def test_tokenize(client: Client) -> None:
@@ -202,7 +259,11 @@ def test_tokenize(client: Client) -> None:
         (lambda c: c.classify(["ok"], heads=["sentiment", "sentiment"]), "options.heads", None),
         (lambda c: c.answer_question([("q", "context"), ("", "context")]), "items[1].question", 1),
         (lambda c: c.answer_question([("word " * 80, "context")]), "items[0].question", 0),
-        (lambda c: c.answer_question([("q", "c")], max_answer_length=-3), "options.max_answer_length", None),
+        (
+            lambda c: c.answer_question([("q", "c")], max_answer_length=-3),
+            "options.max_answer_length",
+            None,
+        ),
         (lambda c: c.tokenize(["ok", ""]), "items[1].text", 1),
     ],
 )
@@ -259,7 +320,11 @@ STREAMS = {
     "encode": (lambda c, b: c.encode_stream(b), "a text", ""),
     "predict_tokens": (lambda c, b: c.predict_tokens_stream(b), "a [MASK] text", "no mask"),
     "classify": (lambda c, b: c.classify_stream(b, heads=["sentiment"]), "a text", ""),
-    "answer_question": (lambda c, b: c.answer_question_stream(b), ("Who?", "Alice works."), ("", "x")),
+    "answer_question": (
+        lambda c, b: c.answer_question_stream(b),
+        ("Who?", "Alice works."),
+        ("", "x"),
+    ),
 }
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from serving import ServerThread
 from transformers import BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertTokenizer
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
 from headserve.server.app import Settings
 from headserve.server.runner import Work
-from serving import ServerThread
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,10 @@ def chinese(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bert-base-chinese-vocab")
     tokenizer = BertTokenizer(str(vocab))
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=12,
         intermediate_size=1024,
     )
     torch.manual_seed(0)
@@ -64,7 +67,24 @@ def test_tokenize_gives_the_tutorial_ids(server: ServerThread) -> None:
     with Client(server.target) as client:
         single, pair = client.tokenize(["我喜欢户外旅游", ("我在北京工作", "你在哪里工作?")])
     assert list(single.ids) == [101, 2769, 1599, 3614, 2787, 1912, 3180, 3952, 102]
-    assert list(pair.ids) == [101, 2769, 1762, 1266, 776, 2339, 868, 102, 872, 1762, 1525, 7027, 2339, 868, 136, 102]
+    assert list(pair.ids) == [
+        101,
+        2769,
+        1762,
+        1266,
+        776,
+        2339,
+        868,
+        102,
+        872,
+        1762,
+        1525,
+        7027,
+        2339,
+        868,
+        136,
+        102,
+    ]
     assert list(pair.token_type_ids) == [0] * 8 + [1] * 8
     assert pair.tokens[0] == "[CLS]" and pair.tokens[3] == "北"
     assert tuple(single.offsets[1]) == (0, 1)  # code points: 我 is one character
@@ -74,7 +94,9 @@ def test_heads_give_the_tutorial_shapes(server: ServerThread) -> None:
     with Client(server.target) as client:
         states = client.encode(["我喜欢户外旅游"], pooling="none").embeddings[0].token_states
         assert states is not None and states.shape == (9, 768)  # 1x9x768 in the tutorial
-        logits = client.predict_tokens(["我喜欢户外[MASK]游"], return_logits=True).predictions[0].logits
+        logits = (
+            client.predict_tokens(["我喜欢户外[MASK]游"], return_logits=True).predictions[0].logits
+        )
         assert logits is not None and logits.shape == (9, 21128)  # 1x9x21128
         (labels,) = client.classify(["我喜欢户外旅游"]).classifications[0].heads
         assert len(labels.labels) == 2  # 1x2

@@ -24,8 +24,10 @@ from headserve.client import (
     Span,
     UnauthenticatedError,
     UnavailableError,
+    _convert,
+    _retry,
+    errors,
 )
-from headserve.client import _convert, _retry, errors
 from headserve.client._options import Settings
 from headserve.client._tensor import decode_tensor
 from headserve.v1 import common_pb2, encoder_pb2, token_predictor_pb2
@@ -41,7 +43,12 @@ def tensor(shape: tuple[int, ...], dtype: int, data: bytes) -> common_pb2.Tensor
     ("dtype", "fmt", "numpy_dtype", "values"),
     [
         (common_pb2.DTYPE_FLOAT32, "<6f", np.float32, [0.5, -1.25, 3.0, 1e-3, -7.0, 65504.0]),
-        (common_pb2.DTYPE_FLOAT16, "<6e", np.float16, [0.5, -1.25, 3.0, 0.099975586, -7.0, 65504.0]),
+        (
+            common_pb2.DTYPE_FLOAT16,
+            "<6e",
+            np.float16,
+            [0.5, -1.25, 3.0, 0.099975586, -7.0, 65504.0],
+        ),
         (common_pb2.DTYPE_INT64, "<6q", np.int64, [0, -1, 2**40, -(2**62), 7, 9]),
         (common_pb2.DTYPE_INT32, "<6i", np.int32, [0, -1, 2**30, -(2**31), 7, 9]),
     ],

@@ -54,8 +54,13 @@ def fake_module() -> Iterator[str]:
 
 
 def test_find_lists_without_importing() -> None:
-    refs = find_plugins([FakeDist("pkg-b", {"zeta": "nowhere.at.all:X"}), FakeDist("pkg-a", {"alpha": "nowhere:Y"})])
-    assert [(r.name, r.distribution, r.version) for r in refs] == [("alpha", "pkg-a", "1.2.3"), ("zeta", "pkg-b", "1.2.3")]
+    refs = find_plugins(
+        [FakeDist("pkg-b", {"zeta": "nowhere.at.all:X"}), FakeDist("pkg-a", {"alpha": "nowhere:Y"})]
+    )
+    assert [(r.name, r.distribution, r.version) for r in refs] == [
+        ("alpha", "pkg-a", "1.2.3"),
+        ("zeta", "pkg-b", "1.2.3"),
+    ]
     assert "nowhere" not in sys.modules
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -34,3 +35,12 @@ def test_client_is_mypy_strict_clean() -> None:
         text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_code_is_ruff_clean() -> None:
+    paths = ["server", "plugins", "client", "tests", "bench", "protos/generate.py"]
+    for args in (["check"], ["format", "--check"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, *paths], cwd=ROOT, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr

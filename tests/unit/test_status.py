@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
-from headserve.server.errors import HeadNotFound, HeadNotUsable, InvalidArgument, Overloaded, Unavailable
+from headserve.server.errors import (
+    HeadNotFound,
+    HeadNotUsable,
+    InvalidArgument,
+    Overloaded,
+    Unavailable,
+)
 from headserve.server.status import to_status
 
 

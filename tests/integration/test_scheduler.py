@@ -1,0 +1,299 @@
+"""The scheduler: batching across calls and heads, deadlines, cancellation, backpressure, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from serving import ServerThread
+
+from headserve.client import (
+    AsyncClient,
+    Batch,
+    Client,
+    InternalError,
+    ResourceExhaustedError,
+)
+from headserve.plugins.contract import Features, Head, HeadSpec, Prepared, Row
+from headserve.server.app import Settings
+from headserve.server.backbone import Backbone
+from headserve.server.errors import DeadlineExceeded, HeadFailed
+from headserve.server.runner import Runner, Work
+from headserve.server.scheduler import Limits, Scheduler
+
+
+class EchoHead(Head):
+    """Returns each row's first hidden state; optionally raises, or waits for a gate."""
+
+    task = "test"
+
+    def __init__(
+        self, name: str, *, fail: bool = False, gate: threading.Event | None = None
+    ) -> None:
+        self.name = name
+        self.fail = fail
+        self.gate = gate
+        self.rows_seen = 0
+
+    def prepare(self, item: Any, options: Any) -> Prepared:
+        raise NotImplementedError
+
+    def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.rows_seen += len(rows)
+        return [features.hidden[i, 0].clone() for i in range(len(rows))]
+
+    def finish(self, prepared: Prepared, outputs: Sequence[Any], options: Any) -> Any:
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def backbone(bert) -> Backbone:  # type: ignore[no-untyped-def]
+    return Backbone.load(bert.backbone, device="cpu")
+
+
+def _row(backbone: Backbone, text: str) -> Row:
+    return Row(tuple(backbone.tokenizer(text)["input_ids"]))
+
+
+def test_deadlines_and_cancellations_never_reach_the_model(backbone: Backbone) -> None:
+    gate = threading.Event()
+    blocker_head, head = EchoHead("blocker", gate=gate), EchoHead("echo")
+    runner = Runner(backbone)
+    scheduler = Scheduler(runner, Limits(max_wait_ms=1))
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(
+            scheduler.submit([Work(blocker_head, _row(backbone, "hold"))])
+        )
+        while not scheduler.busy:
+            await asyncio.sleep(0.005)
+        expired = asyncio.ensure_future(
+            scheduler.submit(
+                [Work(head, _row(backbone, f"late {i}")) for i in range(3)],
+                deadline=time.monotonic() + 0.05,
+            )
+        )
+        cancelled = asyncio.ensure_future(
+            scheduler.submit([Work(head, _row(backbone, f"gone {i}")) for i in range(2)])
+        )
+        alive = asyncio.ensure_future(
+            scheduler.submit([Work(head, _row(backbone, "still wanted"))])
+        )
+        await asyncio.sleep(0.02)
+        cancelled.cancel()
+        await asyncio.sleep(0.1)  # the deadline passes while the model is busy
+        gate.set()
+        await blocker
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        outputs, stats = await alive
+        assert len(outputs) == 1 and stats.queue_ms > 100
+
+    asyncio.run(main())
+    assert head.rows_seen == 1  # only "still wanted"
+    assert runner.rows_computed == 2  # the blocker and "still wanted"
+    assert scheduler.dropped == 5
+
+
+def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
+    good, bad = EchoHead("good"), EchoHead("bad", fail=True)
+    runner = Runner(backbone)
+    scheduler = Scheduler(runner, Limits(max_wait_ms=50))
+
+    async def main() -> None:
+        ok = asyncio.ensure_future(scheduler.submit([Work(good, _row(backbone, "fine text"))]))
+        broken = asyncio.ensure_future(scheduler.submit([Work(bad, _row(backbone, "other text"))]))
+        (output,), _ = await ok
+        assert output.shape == (32,)
+        with pytest.raises(HeadFailed, match="'bad'"):
+            await broken
+        again, _ = await scheduler.submit([Work(good, _row(backbone, "after the failure"))])
+        assert len(again) == 1
+
+    asyncio.run(main())
+    assert runner.batches == 2  # good and bad shared the first batch
+
+
+def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone) -> None:
+    heads = [EchoHead(f"h{i}") for i in range(4)]
+    runner = Runner(backbone)
+    scheduler = Scheduler(runner, Limits(max_wait_ms=20))
+    texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(40)]
+
+    async def main() -> list[Any]:
+        calls = [
+            scheduler.submit([Work(heads[i % 4], _row(backbone, t))]) for i, t in enumerate(texts)
+        ]
+        return await asyncio.gather(*calls)
+
+    together = asyncio.run(main())
+    assert runner.batches < len(texts) / 4  # 40 calls went through a handful of passes
+    for i, text in enumerate(texts):
+        (alone,) = runner.compute([Work(heads[i % 4], _row(backbone, text))])
+        np.testing.assert_allclose(together[i][0][0], alone, atol=1e-5)
+
+
+# --- through gRPC -----------------------------------------------------------------------------------
+
+
+def _settings(bert, **limits: Any) -> Settings:  # type: ignore[no-untyped-def]
+    heads = (
+        HeadSpec("encode", "encode", None, {"pooling": "cls"}),
+        HeadSpec("sentiment", "classify", bert.classify),
+    )
+    return Settings(model_dir=bert.backbone, heads=heads, device="cpu", limits=Limits(**limits))
+
+
+@pytest.fixture
+def small_queue(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    thread = ServerThread(
+        _settings(
+            bert, max_queue_items=4, max_batch_items=1, stream_in_flight_items=2, max_wait_ms=1
+        )
+    )
+    yield thread
+    thread.stop()
+
+
+def test_full_queue_refuses_unary_calls_at_once_and_streams_wait(small_queue: ServerThread) -> None:
+    assert small_queue.core is not None
+    runner = small_queue.core.runner
+    scheduler = small_queue.core.scheduler
+    runner.hold = threading.Event()
+    try:
+
+        async def main() -> None:
+            async with AsyncClient(small_queue.target, max_retries=0, timeout=30) as client:
+                first = asyncio.ensure_future(client.encode(["held by the model"]))
+                while not scheduler.busy:
+                    await asyncio.sleep(0.005)
+                queued = [asyncio.ensure_future(client.encode([f"queued {i}"])) for i in range(4)]
+                while scheduler.queued < 4:
+                    await asyncio.sleep(0.005)
+                started = time.monotonic()
+                with pytest.raises(ResourceExhaustedError, match="queue full"):
+                    await client.encode(["one too many"])
+                assert time.monotonic() - started < 1.0  # refused at once, not queued
+
+                batches = [Batch([f"streamed {i}"], id=str(i)) for i in range(10)]
+                results: list[Any] = []
+
+                async def consume() -> None:
+                    async for r in client.encode_stream(batches):
+                        results.append(r)
+
+                streaming = asyncio.ensure_future(consume())
+                await asyncio.sleep(0.3)
+                assert scheduler.queued == 4 and not results  # the stream waits, it is not refused
+                runner.hold.set()  # type: ignore[union-attr]
+                await asyncio.gather(first, *queued, streaming)
+                assert [r.id for r in results] == [str(i) for i in range(10)]
+                assert all(r.error is None for r in results)
+
+        asyncio.run(main())
+    finally:
+        if runner.hold is not None:
+            runner.hold.set()
+        runner.hold = None
+
+
+def test_stream_reads_no_further_than_its_in_flight_cap(small_queue: ServerThread) -> None:
+    assert small_queue.core is not None
+    runner = small_queue.core.runner
+    scheduler = small_queue.core.scheduler
+    runner.hold = threading.Event()
+    try:
+        with Client(small_queue.target, max_retries=0) as client:
+            results: list[Any] = []
+            thread = threading.Thread(
+                target=lambda: results.extend(
+                    client.encode_stream([Batch([f"s{i}"], id=str(i)) for i in range(8)])
+                )
+            )
+            thread.start()
+            time.sleep(0.5)
+            # one item held by the model, at most one more queued: the cap is 2 items in flight
+            assert scheduler.queued <= 1
+            runner.hold.set()
+            thread.join(timeout=30)
+        assert [r.id for r in results] == [str(i) for i in range(8)]
+    finally:
+        runner.hold.set()
+        runner.hold = None
+
+
+def test_a_failed_batch_fails_its_requests_and_the_server_goes_on(bert) -> None:  # type: ignore[no-untyped-def]
+    thread = ServerThread(_settings(bert))
+    try:
+        assert thread.core is not None
+        thread.core.runner.fail_next = RuntimeError("injected fault")
+        with Client(thread.target, max_retries=0) as client:
+            with pytest.raises(InternalError, match="backbone"):
+                client.encode(["this batch fails"])
+            assert len(client.encode(["the next one works"])) == 1
+    finally:
+        thread.stop()
+
+
+def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
+    thread = ServerThread(
+        _settings(
+            bert,
+            max_batch_tokens=1234,
+            max_batch_items=17,
+            max_wait_ms=3.5,
+            max_queue_items=99,
+            stream_in_flight_items=7,
+        )
+    )
+    try:
+        with Client(thread.target) as client:
+            s = client.model_info().scheduler
+        assert (
+            s.max_batch_tokens,
+            s.max_batch_items,
+            s.max_wait_ms,
+            s.max_queue_items,
+            s.stream_in_flight_items,
+        ) == (1234, 17, 3.5, 99, 7)
+        assert s.torch_threads >= 1
+    finally:
+        thread.stop()
+
+
+def test_a_call_past_its_deadline_is_not_computed(small_queue: ServerThread) -> None:
+    from headserve.client import DeadlineExceededError
+
+    assert small_queue.core is not None
+    runner = small_queue.core.runner
+    runner.hold = threading.Event()
+    try:
+        with Client(small_queue.target, max_retries=0) as client:
+            first = threading.Thread(target=lambda: client.encode(["held"]))
+            first.start()
+            while not small_queue.core.scheduler.busy:
+                time.sleep(0.005)
+            before = runner.rows_computed
+            with pytest.raises(DeadlineExceededError):
+                client.encode(["too late", "also too late"], timeout=0.2)
+            runner.hold.set()
+            first.join(timeout=30)
+            client.encode(["afterwards"])
+        assert (
+            runner.rows_computed - before == 2
+        )  # "held" and "afterwards", nothing of the late call
+    finally:
+        runner.hold.set()
+        runner.hold = None
