@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test protos clean
+.PHONY: install serve test protos bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ serve: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Long runs: throughput (bench/throughput.py) and memory (bench/memory.py); see BENCHMARKS.md.
+bench: install
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/memory.py
 
 protos: install
 	$(BIN)/python protos/generate.py

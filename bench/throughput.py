@@ -1,0 +1,151 @@
+"""Throughput benchmarks of issue 3, side by side in one run (CPU, loopback, bounded).
+
+    make bench      # or: .venv/bin/python bench/throughput.py [--seconds 15]
+
+1. the ceiling: the backbone alone (bench/ceiling.py);
+2. headserve Encode with 1, 8, 32 and 64 concurrent one-sentence callers, and one
+   stream of 32-sentence batches (bench/load.py against `headserve serve`);
+3. the naive server (bench/naive_server.py) under the same callers;
+4. the mixed workload (Encode, Classify, AnswerQuestion, PredictTokens in equal shares)
+   against Encode alone, on the same server and sentences.
+Each server runs in its own process and the load generator in another. Results go to
+bench/results/throughput.json and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+HEADSERVE = str(Path(PY).parent / "headserve")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
+
+
+def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a server; wait for the log line matching `ready` (its group 1 is the port)."""
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{cmd} exited before it was ready")
+        found = re.search(ready, line)
+        if found:  # keep draining the log so the server never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, f"127.0.0.1:{found.group(1)}"
+    proc.kill()
+    raise TimeoutError(f"{cmd} not ready in 180 s")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def load(target: str, seconds: float, *args: str) -> dict:
+    run = subprocess.run(
+        [PY, str(HERE / "load.py"), target, "--seconds", str(seconds), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=seconds + 120,
+        check=True,
+    )
+    return json.loads(run.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0, help="per load run")
+    parser.add_argument("--callers", default="1,8,32,64")
+    parser.add_argument("--serve-args", default="", help="extra `headserve serve` options")
+    args = parser.parse_args()
+    callers = [int(c) for c in args.callers.split(",")]
+    results: dict = {"seconds": args.seconds}
+
+    ceiling = subprocess.run(
+        [PY, str(HERE / "ceiling.py"), "--seconds", str(args.seconds), "--json", "/dev/stdout"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+        timeout=1200,
+    )
+    results["ceiling"] = json.loads(ceiling.stdout[ceiling.stdout.index("{") :])
+
+    server, target = start(
+        [HEADSERVE, "serve", "--port", "0", "--allow-untrained", *args.serve_args.split()],
+        r"serving on port (\d+)",
+    )
+    try:
+        results["headserve"] = [
+            load(target, args.seconds, "--concurrency", str(c)) for c in callers
+        ]
+        results["headserve_stream"] = load(target, args.seconds, "--stream-batch", "32")
+        results["encode_only_64"] = load(target, args.seconds, "--concurrency", "64")
+        results["mixed_64"] = load(target, args.seconds, "--concurrency", "64", "--mix", "mixed")
+    finally:
+        stop(server)
+
+    naive, target = start(
+        [PY, str(HERE / "naive_server.py"), "--port", "50061"], r"listening on port (\d+)"
+    )
+    try:
+        results["naive"] = [load(target, args.seconds, "--concurrency", str(c)) for c in callers]
+    finally:
+        stop(naive)
+
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def table(r: dict) -> str:
+    best = r["ceiling"]["best"]
+    ceiling = best["sentences_s"]
+    lines = [
+        f"Ceiling (backbone alone, length-sorted, batch {best['batch_size']}): "
+        f"{ceiling:.1f} sentences/s, {best['tokens_s']:.0f} tokens/s",
+        "",
+        "| load | headserve sent/s | p50 ms | p99 ms | of ceiling | naive sent/s | naive p99 ms | headserve / naive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for h, n in zip(r["headserve"], r["naive"], strict=True):
+        lines.append(
+            f"| {h['concurrency']} callers | {h['sentences_s']:.1f} | {h['p50_ms']:.0f} | {h['p99_ms']:.0f} "
+            f"| {h['sentences_s'] / ceiling:.2f} | {n['sentences_s']:.1f} | {n['p99_ms']:.0f} "
+            f"| {h['sentences_s'] / n['sentences_s']:.2f}x |"
+        )
+    s = r["headserve_stream"]
+    lines.append(
+        f"| 1 stream, 32-sentence batches | {s['sentences_s']:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} "
+        f"| {s['sentences_s'] / ceiling:.2f} | | | |"
+    )
+    m, e = r["mixed_64"], r["encode_only_64"]
+    lines += [
+        "",
+        f"Mixed (4 RPCs, equal shares) at 64 callers: {m['sentences_s']:.1f} sentences/s; Encode alone "
+        f"{e['sentences_s']:.1f}; ratio {m['sentences_s'] / e['sentences_s']:.2f}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
