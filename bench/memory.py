@@ -2,14 +2,19 @@
 
     .venv/bin/python bench/memory.py [--repeats 3] [--json PATH] [--timeout 300] [--steps]
 
-Every configuration runs in its own fresh subprocess (this script, re-run with --worker),
+Every configuration runs in its own fresh subprocess (this script, re-run with --worker)
 on the packaged default model (all-MiniLM-L6-v2), CPU, float32, HF_HUB_OFFLINE=1, two
-torch threads; each does one forward pass on a few real sentences, then reads VmRSS and
-VmHWM (the peak) from /proc/self/status. The gRPC variant starts `headserve serve` and
-reads the server's /proc/PID/status after one Encode call. Each configuration runs
---repeats times; the table shows medians, and "net" subtracts the `import torch,
-transformers` baseline. --steps adds the resident memory after each loading step of
-headserve (and what glibc's malloc_trim(0) gives back), to see where memory goes.
+torch threads. Each does one forward pass on a few real sentences, then reads VmRSS and
+VmHWM (the peak) from /proc/self/status, and PSS (shared pages split between their
+mappings) from /proc/self/smaps_rollup. The gRPC variant starts `headserve serve` and
+reads the server's /proc/PID files after one Encode call. Each configuration runs
+--repeats times, interleaved; the table shows medians, "net" subtracts the `import torch,
+transformers` baseline.
+
+--steps adds diagnostics: headserve's memory after each loading step (with the live
+tensor bytes and the checkpoint files still mapped), and two variants of headserve: with
+glibc's malloc_trim(0) after loading, and with each head's own weights copied out of its
+checkpoint's memory map (what a fix in plugins/_task_model.py would do).
 """
 
 from __future__ import annotations
@@ -32,27 +37,37 @@ from typing import Any
 
 THREADS = 2
 TASKS = ("encode", "mlm", "classify", "qa")
-STATUS_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+FIELDS = ("VmRSS", "VmHWM", "Pss", "RssAnon", "RssFile")  # KiB
 MARK = "MEMORY "  # a worker's result line on stdout: MARK + JSON
 QUESTION = "What is the film about?"
+
 BASELINE = "import torch, transformers"
 BACKBONE = "backbone alone (AutoModel)"
 HEADSERVE = "headserve, four heads (build_core)"
 SERVER = "headserve serve (gRPC process)"
 TASK_MODELS = "four task models (tutorial)"
+TRIMMED = "headserve + malloc_trim(0) after loading"
+COPIED = "headserve, head weights copied off the mmap"
 
 
 # --- measuring -------------------------------------------------------------------------------
 
 
 def read_status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon and RssFile of a process, in KiB."""
+    """VmRSS, VmHWM, RssAnon, RssFile (/proc/PID/status) and Pss (smaps_rollup), in KiB."""
     values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in STATUS_FIELDS:
-            values[key] = int(rest.split()[0])
+    for name in ("status", "smaps_rollup"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in FIELDS and key not in values:
+                values[key] = int(rest.split()[0])
     return values
+
+
+def checkpoint_mappings(pid: int | str = "self") -> int:
+    """How many memory maps of *.safetensors files the process holds."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return sum(line.rstrip().endswith(".safetensors") for line in maps)
 
 
 def malloc_trim() -> None:
@@ -64,7 +79,7 @@ def malloc_trim() -> None:
 
 
 def live_tensor_kib() -> int:
-    """KiB of distinct tensor storages reachable from Python (what the models really hold)."""
+    """KiB of distinct CPU tensor storages reachable from Python (what the models hold)."""
     import gc
 
     import torch
@@ -102,6 +117,13 @@ def masked(text: str, mask: str) -> str:
     return " ".join(words)
 
 
+def quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def worker_baseline() -> None:
     import torch
     import transformers  # noqa: F401
@@ -115,6 +137,7 @@ def worker_backbone() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     torch.set_num_threads(THREADS)
+    quiet_transformers()
     folder = model_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
@@ -134,6 +157,7 @@ def worker_task_models() -> None:
     )
 
     torch.set_num_threads(THREADS)
+    quiet_transformers()
     folder = model_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(texts(), padding=True, return_tensors="pt")
@@ -177,29 +201,49 @@ def headserve_work(heads: dict[str, Any], mask: str) -> list[Any]:
     return work
 
 
-def core_work(core: Any) -> list[Any]:
-    heads = {task: core.registry.resolve(task, None) for task in TASKS}
-    return headserve_work(heads, core.backbone.tokenizer.mask_token)
+def copy_head_weights(heads: dict[str, Any], backbone: Any) -> None:
+    """Give each head's own tensors memory of their own, off its checkpoint's memory map.
+
+    transformers maps the checkpoint file and its tensors are views into the map; a head
+    keeping one of them (say the classifier's pooler) keeps the whole file mapped, with
+    every page that loading touched still resident. Diagnostic: reaches into `_model`.
+    """
+    import gc
+
+    shared = {p.data_ptr() for p in backbone.model.parameters()}
+    for head in heads.values():
+        task_model = getattr(head, "_model", None)
+        if task_model is None:
+            continue
+        for tensor in (*task_model.model.parameters(), *task_model.model.buffers()):
+            if tensor.data_ptr() not in shared:  # a weight tied to the backbone stays shared
+                tensor.data = tensor.data.clone()
+    gc.collect()
 
 
-def worker_headserve(trim: bool = False) -> None:
+def worker_headserve(after_load: Callable[[Any], None] | None = None) -> None:
     import torch
 
     from headserve.server.app import Settings, build_core
 
     torch.set_num_threads(THREADS)
+    quiet_transformers()
     core = build_core(Settings(device="cpu", allow_untrained=True, threads=THREADS))
-    if trim:
-        malloc_trim()
-    work = core_work(core)
+    if after_load is not None:
+        after_load(core)
+    heads = {task: core.registry.resolve(task, None) for task in TASKS}
+    work = headserve_work(heads, core.backbone.tokenizer.mask_token)
     core.runner.compute(work)
-    values: dict[str, Any] = read_status()
-    values["rows"] = len(work)
-    report(values)
+    report({**read_status(), "rows": len(work), "mappings": checkpoint_mappings()})
+
+
+def copy_core_head_weights(core: Any) -> None:
+    heads = {task: core.registry.resolve(task, None) for task in TASKS}
+    copy_head_weights(heads, core.backbone)
 
 
 def worker_headserve_steps() -> None:
-    """build_core's steps one by one, with the resident memory after each (for --steps)."""
+    """build_core's steps one by one, with the memory after each (for --steps)."""
     import torch
 
     from headserve.plugins.contract import HeadSpec, LoadContext
@@ -208,10 +252,12 @@ def worker_headserve_steps() -> None:
     from headserve.server.runner import Runner
 
     torch.set_num_threads(THREADS)
+    quiet_transformers()
     steps: list[dict[str, Any]] = []
 
     def step(name: str) -> None:
-        steps.append({"step": name, **read_status(), "tensors": live_tensor_kib()})
+        values = {**read_status(), "tensors": live_tensor_kib(), "mappings": checkpoint_mappings()}
+        steps.append({"step": name, **values})
 
     step("imports (torch, transformers, headserve)")
     backbone = Backbone.load(default_model_dir(), device="cpu")
@@ -225,6 +271,8 @@ def worker_headserve_steps() -> None:
     step("one batch through every head")
     malloc_trim()
     step("malloc_trim(0)")
+    copy_head_weights(heads, backbone)
+    step("head weights copied off the mmap")
     report({"steps": steps})
 
 
@@ -232,7 +280,8 @@ WORKERS: dict[str, Callable[[], None]] = {
     "baseline": worker_baseline,
     "backbone": worker_backbone,
     "headserve": worker_headserve,
-    "headserve-trimmed": lambda: worker_headserve(trim=True),
+    "headserve-trimmed": lambda: worker_headserve(lambda core: malloc_trim()),
+    "headserve-copied": lambda: worker_headserve(copy_core_head_weights),
     "task-models": worker_task_models,
     "steps": worker_headserve_steps,
 }
@@ -241,17 +290,15 @@ WORKERS: dict[str, Callable[[], None]] = {
 # --- running the subprocesses ----------------------------------------------------------------
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.update(extra or {})
-    return env
+def child_env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
-def run_worker(name: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_worker(name: str, timeout: float) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter; its result line as a dict."""
     done = subprocess.run(
         [sys.executable, __file__, "--worker", name],
-        env=child_env(env),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -290,6 +337,7 @@ def server_process(timeout: float) -> Iterator[tuple[int, int]]:
 
 
 def wait_for_port(process: subprocess.Popen[str], log: Any, timeout: float) -> int:
+    """The port from the server's "listening on port N" log line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log.seek(0)
@@ -304,7 +352,7 @@ def wait_for_port(process: subprocess.Popen[str], log: Any, timeout: float) -> i
 
 
 def run_server(timeout: float) -> dict[str, Any]:
-    """The real gRPC server: wait for SERVING, one Encode call, then its /proc status."""
+    """The real gRPC server: wait for SERVING, one Encode call, then its /proc numbers."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -325,55 +373,60 @@ def run_server(timeout: float) -> dict[str, Any]:
             response = encoder_pb2_grpc.EncoderStub(channel).Encode(request, timeout=60)
             if len(response.results) != len(request.items):
                 raise RuntimeError("Encode returned the wrong number of results")
-        return read_status(pid)
+        return {**read_status(pid), "mappings": checkpoint_mappings(pid)}
 
 
 # --- the report ------------------------------------------------------------------------------
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) for k in STATUS_FIELDS}
+    return {k: statistics.median(r[k] for r in runs) for k in FIELDS}
 
 
-def mib(kib: float) -> float:
-    return kib / 1024
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
     base = results[BASELINE]["VmRSS"]
     backbone_net = results[BACKBONE]["VmRSS"] - base
     lines = [
-        "| configuration | RSS MiB | peak MiB | RSS net of imports MiB | net / backbone net |",
-        "|---|---:|---:|---:|---:|",
+        "| configuration | RSS MiB | peak MiB | PSS MiB | RSS net of imports MiB "
+        "| net / backbone net |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         net = r["VmRSS"] - base
-        ratio = f"{net / backbone_net:.2f}x" if name != BASELINE else "-"
+        ratio = "-" if name == BASELINE else f"{net / backbone_net:.2f}x"
         lines.append(
-            f"| {name} | {mib(r['VmRSS']):.1f} | {mib(r['VmHWM']):.1f} | {mib(net):.1f} | {ratio} |"
+            f"| {name} | {mib(r['VmRSS'])} | {mib(r['VmHWM'])} | {mib(r['Pss'])} "
+            f"| {mib(net)} | {ratio} |"
         )
     return "\n".join(lines)
 
 
 def headline(results: dict[str, dict[str, float]], name: str) -> dict[str, float]:
-    base = results[BASELINE]["VmRSS"]
-    backbone = results[BACKBONE]["VmRSS"]
-    rss = results[name]["VmRSS"]
+    """What `name` costs over the backbone alone: net of the imports, in plain RSS, in PSS."""
+    base, backbone, rss = (results[n]["VmRSS"] for n in (BASELINE, BACKBONE, name))
+    base_pss, backbone_pss, pss = (results[n]["Pss"] for n in (BASELINE, BACKBONE, name))
     return {
         "over_backbone_net_pct": 100 * (rss - backbone) / (backbone - base),
         "over_backbone_rss_pct": 100 * (rss / backbone - 1),
+        "over_backbone_pss_net_pct": 100 * (pss - backbone_pss) / (backbone_pss - base_pss),
     }
 
 
 def steps_table(steps: list[dict[str, Any]]) -> str:
     lines = [
-        "| step | RSS MiB | peak MiB | anon MiB | file MiB | live tensors MiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| step | RSS MiB | peak MiB | PSS MiB | anon MiB | file MiB | live tensors MiB "
+        "| checkpoint maps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in steps:
         lines.append(
-            f"| {s['step']} | {mib(s['VmRSS']):.1f} | {mib(s['VmHWM']):.1f} | "
-            f"{mib(s['RssAnon']):.1f} | {mib(s['RssFile']):.1f} | {mib(s['tensors']):.1f} |"
+            f"| {s['step']} | {mib(s['VmRSS'])} | {mib(s['VmHWM'])} | {mib(s['Pss'])} "
+            f"| {mib(s['RssAnon'])} | {mib(s['RssFile'])} | {mib(s['tensors'])} "
+            f"| {s['mappings']} |"
         )
     return "\n".join(lines)
 
@@ -387,14 +440,10 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
         TASK_MODELS: lambda: run_worker("task-models", timeout),
     }
     if steps:
-        plan["headserve + malloc_trim(0) after loading"] = lambda: run_worker(
-            "headserve-trimmed", timeout
-        )
-        plan["headserve, MALLOC_MMAP_THRESHOLD_=131072"] = lambda: run_worker(
-            "headserve", timeout, {"MALLOC_MMAP_THRESHOLD_": "131072"}
-        )
+        plan[TRIMMED] = lambda: run_worker("headserve-trimmed", timeout)
+        plan[COPIED] = lambda: run_worker("headserve-copied", timeout)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
-    for _ in range(repeats):  # interleaved, so a drift in the machine hits every configuration
+    for _ in range(repeats):  # interleaved, so a drift of the machine hits every configuration
         for name, run in plan.items():
             runs[name].append(run())
     results = {name: medians(r) for name, r in runs.items()}
@@ -412,30 +461,34 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
     return out
 
 
+def print_report(out: dict[str, Any]) -> None:
+    print(f"all-MiniLM-L6-v2, CPU float32, {THREADS} torch threads, median of {out['repeats']}\n")
+    print(table(out["median"]))
+    for name in (HEADSERVE, SERVER):
+        h = out["headline"][name]
+        print(
+            f"\n{name}: four heads cost {h['over_backbone_net_pct']:.1f}% over the backbone "
+            f"alone net of imports ({h['over_backbone_rss_pct']:.1f}% in plain RSS; "
+            f"{h['over_backbone_pss_net_pct']:.1f}% in PSS net of imports)"
+        )
+    if "steps" in out:
+        print("\nheadserve, step by step (one run):\n")
+        print(steps_table(out["steps"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per subprocess")
-    parser.add_argument("--steps", action="store_true", help="also show where headserve's goes")
+    parser.add_argument("--steps", action="store_true", help="add the diagnostics")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         WORKERS[args.worker]()
         return
     out = measure(args.repeats, args.timeout, args.steps)
-    results = out["median"]
-    print(f"median of {args.repeats} runs, all-MiniLM-L6-v2, CPU float32, {THREADS} threads\n")
-    print(table(results))
-    for name in (HEADSERVE, SERVER):
-        h = out["headline"][name]
-        print(
-            f"\n{name}: four heads cost {h['over_backbone_net_pct']:.1f}% over the backbone "
-            f"alone net of imports ({h['over_backbone_rss_pct']:.1f}% in plain RSS)"
-        )
-    if args.steps:
-        print("\nheadserve, step by step (one run):\n")
-        print(steps_table(out["steps"]))
+    print_report(out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

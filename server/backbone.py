@@ -6,13 +6,16 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-from headserve.plugins.contract import BackboneView
+from headserve.plugins.contract import BackboneView, Row
+
+from . import packing
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class Backbone:
     dtype: torch.dtype
     max_length: int
     load_seconds: float
+    packing: bool  # rows packed several to a sequence (probed at load)
+    pack_tokens: int = 128  # length of a packed sequence (at least the longest row)
 
     @classmethod
     def load(cls, source: Path, *, device: str | None = None, dtype: str | None = None) -> Backbone:
@@ -78,6 +83,7 @@ class Backbone:
         seconds = time.perf_counter() - started
         backbone = cls(
             source=source,
+            packing=False,
             model=model,
             tokenizer=tokenizer,
             device=torch_device,
@@ -85,6 +91,7 @@ class Backbone:
             max_length=_max_length(config, tokenizer),
             load_seconds=seconds,
         )
+        backbone.packing = backbone._probe_packing()
         log.info(
             "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs",
             source,
@@ -130,12 +137,43 @@ class Backbone:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Last hidden states [rows, tokens, hidden] for a padded batch already on the device."""
+        """Last hidden states [rows, tokens, hidden] for a batch already on the device."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self.wants_token_types:
             kwargs["token_type_ids"] = token_type_ids
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
         return self.model(**kwargs).last_hidden_state
+
+    def run(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden states, attention mask and ids [rows, longest, ...] of distinct rows.
+
+        Short rows are packed several to a sequence when the model allows it (see
+        packing.py); either way each row's states are exactly its own.
+        """
+        if self.packing and len(rows) > 1:
+            return packing.run_packed(self, rows, self.pack_tokens)
+        return packing.run_padded(self, rows)
+
+    def _probe_packing(self) -> bool:
+        """Whether packed rows give the same states as padded ones on this model."""
+        texts = ["hello world", "a slightly longer probe sentence, with a comma", "x", "one two"]
+        rows = [Row(tuple(ids)) for ids in self.tokenizer(texts)["input_ids"]]
+        with torch.inference_mode():
+            try:
+                packed, mask, _ = packing.run_packed(self, rows, 64)
+            except Exception as exc:  # the model refuses 4D masks or position ids
+                log.info("row packing off for %s: %r", self.config.model_type, exc)
+                return False
+            padded, _, _ = packing.run_padded(self, rows)
+        keep = mask.bool()
+        error = (packed[keep].float() - padded[keep].float()).abs().max().item()
+        tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2
+        if error > tolerance:
+            log.info("row packing off for %s: differs by %.2e", self.config.model_type, error)
+        return error <= tolerance
 
 
 def _max_length(config, tokenizer) -> int:  # type: ignore[no-untyped-def]

@@ -113,19 +113,7 @@ class Runner:
         slot = [
             unique.setdefault((w.row.input_ids, w.row.token_type_ids), len(unique)) for w in work
         ]
-        keys = list(unique)
-        width = max(len(ids) for ids, _ in keys)
-        pad = self.backbone.tokenizer.pad_token_id
-        ids = torch.full((len(keys), width), pad if pad is not None else 0, dtype=torch.long)
-        mask = torch.zeros((len(keys), width), dtype=torch.long)
-        types = torch.zeros((len(keys), width), dtype=torch.long)
-        for r, (row_ids, row_types) in enumerate(keys):
-            ids[r, : len(row_ids)] = torch.tensor(row_ids)
-            mask[r, : len(row_ids)] = 1
-            if row_types is not None:
-                types[r, : len(row_types)] = torch.tensor(row_types)
-        device = self.backbone.device
-        ids, mask, types = ids.to(device), mask.to(device), types.to(device)
-        hidden = self.backbone.forward(ids, mask, types)
-        self.rows_computed += len(keys)
+        rows = [Row(ids, types) for ids, types in unique]
+        hidden, mask, ids = self.backbone.run(rows)
+        self.rows_computed += len(rows)
         return hidden, mask, ids, slot
