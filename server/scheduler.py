@@ -9,7 +9,8 @@ A batch is bounded by a token budget, counted as it will be padded (longest row
 x rows), and by a row count. It is built around the oldest waiting row (so no row
 starves) from the rows closest to it in length (so padding stays small). When
 the model is idle and a batch is not full, the loop waits at most `max_wait_ms`
-after the oldest row arrived for more to come.
+after the oldest row arrived for more to come, unless calls arrive further apart
+than that (a lone caller gets no added latency).
 
 Rows whose call was cancelled, or whose deadline passed, are dropped before they
 reach the model.
@@ -71,6 +72,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self.dropped = 0  # rows dropped before the model (cancelled or past deadline)
         self.busy = False
+        self._last_arrival = 0.0
+        self._gap = 1.0  # moving average of seconds between calls
 
     # --- the servicers' side ------------------------------------------------------------------
 
@@ -101,6 +104,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         pending = [_Pending(w, loop.create_future(), now, deadline) for w in work]
+        self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
+        self._last_arrival = now
         self._pending.extend(pending)
         self._arrival.set()
         try:
@@ -167,10 +172,16 @@ class Scheduler:
                     p.future.set_result(result)
 
     async def _wait_for_batch(self) -> None:
-        """Until rows wait and either a batch is full or the oldest has waited max_wait_ms."""
+        """Until rows wait and either a batch is full or the oldest has waited max_wait_ms.
+
+        The wait is skipped when calls arrive further apart than max_wait_ms on average:
+        then nothing is likely to join the batch, and waiting would only add latency.
+        """
         while not self._pending:
             self._arrival.clear()
             await self._arrival.wait()
+        if self._gap * 1e3 > self.limits.max_wait_ms:
+            return
         while not self._full():
             oldest = min(p.arrived for p in self._pending)
             left = oldest + self.limits.max_wait_ms / 1e3 - time.perf_counter()
