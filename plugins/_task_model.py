@@ -10,6 +10,7 @@ the maths of transformers, for every architecture the Auto classes know.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,8 +69,10 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
     backbone_matches = _same_weights(own_base, view.module)
     base = SharedOutputs(getattr(own_base, "pooler", None))
     setattr(model, prefix, base)
+    del own_base  # the checkpoint's copy of the backbone: the shared one serves instead
     _share_tied_embeddings(model, view.module)
     model.to(view.device).eval().requires_grad_(False)
+    _own_storage(model, view.module)
     kept = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     missing = tuple(sorted(k for k in info["missing_keys"] if k in kept))
     if not backbone_matches:
@@ -80,6 +83,28 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
             context.source,
         )
     return TaskModel(model, base, missing, backbone_matches)
+
+
+def _own_storage(model: nn.Module, shared: nn.Module) -> None:
+    """Copy the head's tensors out of the checkpoint's memory map.
+
+    Weights loaded from safetensors may be views of the mapped file; while any is alive
+    the whole file (backbone included) can stay resident. A copy lets it go.
+    """
+    shared_ids = {id(p) for p in shared.parameters()}
+    with torch.no_grad():
+        for module in model.modules():
+            for _name, param in list(module.named_parameters(recurse=False)):
+                if id(param) not in shared_ids:
+                    param.data = param.data.clone()
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    module.register_buffer(
+                        name,
+                        buffer.clone(),
+                        persistent=name not in module._non_persistent_buffers_set,
+                    )
+    gc.collect()
 
 
 def _same_weights(own: nn.Module, shared: nn.Module) -> bool:

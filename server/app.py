@@ -91,6 +91,18 @@ def set_torch_threads(threads: int | None) -> int:
     return count
 
 
+def release_freed_memory() -> None:
+    """Give memory freed while loading (the heads' discarded backbone copies) back to the OS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def build_core(settings: Settings) -> Core:
     """Load the backbone, discover the head plugins and load the configured heads."""
     started = time.perf_counter()
@@ -107,6 +119,7 @@ def build_core(settings: Settings) -> Core:
     registry = load_heads(
         specs, plugins, failures, backbone.view(), allow_untrained=settings.allow_untrained
     )
+    release_freed_memory()
     threads = set_torch_threads(settings.threads)
     scheduler = Scheduler(Runner(backbone), settings.limits)
     log.info("scheduler: %s; torch threads %d", settings.limits, threads)
