@@ -33,7 +33,7 @@ test: install
 # Long runs: throughput (bench/throughput.py) and memory (bench/memory.py); see BENCHMARKS.md.
 bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
-	cd bench && ../$(BIN)/python packing.py
+	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/memory.py
 
 protos: install
