@@ -11,10 +11,15 @@ reads the server's /proc/PID files after one Encode call. Each configuration run
 --repeats times, interleaved; the table shows medians, "net" subtracts the `import torch,
 transformers` baseline.
 
---steps adds diagnostics: headserve's memory after each loading step (with the live
-tensor bytes and the checkpoint files still mapped), and two variants of headserve: with
-glibc's malloc_trim(0) after loading, and with each head's own weights copied out of its
-checkpoint's memory map (what a fix in plugins/_task_model.py would do).
+transformers maps the checkpoint file and its weights stay views into the map (RssFile);
+PSS counts a page mapped twice once, but also splits pages with other processes that map
+the same files (libraries, the model), so it moves with what else runs on the machine.
+
+--steps adds diagnostics: headserve's memory after each loading step, with the live tensor
+bytes and how many checkpoint files are still mapped (a head that kept a view into its
+checkpoint's map would keep the whole file resident), and the backbone alone with every
+weight page read: a forward pass reads only the embedding rows of the tokens it sees,
+while headserve's load-time weight comparison and the MLM head read all of them.
 """
 
 from __future__ import annotations
@@ -46,8 +51,7 @@ BACKBONE = "backbone alone (AutoModel)"
 HEADSERVE = "headserve, four heads (build_core)"
 SERVER = "headserve serve (gRPC process)"
 TASK_MODELS = "four task models (tutorial)"
-TRIMMED = "headserve + malloc_trim(0) after loading"
-COPIED = "headserve, head weights copied off the mmap"
+PAGED = "backbone alone, every weight page read"
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -132,7 +136,8 @@ def worker_baseline() -> None:
     report(read_status())
 
 
-def worker_backbone() -> None:
+def worker_backbone(page_in: bool = False) -> None:
+    """page_in: also read every weight, so all of the mapped checkpoint is resident."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -143,6 +148,8 @@ def worker_backbone() -> None:
     model = AutoModel.from_pretrained(folder).eval()
     with torch.inference_mode():
         model(**tokenizer(texts(), padding=True, return_tensors="pt"))
+        if page_in:  # a forward pass reads only the embedding rows of the tokens it sees
+            sum(float(p.sum()) for p in model.parameters())
     report(read_status())
 
 
@@ -201,27 +208,7 @@ def headserve_work(heads: dict[str, Any], mask: str) -> list[Any]:
     return work
 
 
-def copy_head_weights(heads: dict[str, Any], backbone: Any) -> None:
-    """Give each head's own tensors memory of their own, off its checkpoint's memory map.
-
-    transformers maps the checkpoint file and its tensors are views into the map; a head
-    keeping one of them (say the classifier's pooler) keeps the whole file mapped, with
-    every page that loading touched still resident. Diagnostic: reaches into `_model`.
-    """
-    import gc
-
-    shared = {p.data_ptr() for p in backbone.model.parameters()}
-    for head in heads.values():
-        task_model = getattr(head, "_model", None)
-        if task_model is None:
-            continue
-        for tensor in (*task_model.model.parameters(), *task_model.model.buffers()):
-            if tensor.data_ptr() not in shared:  # a weight tied to the backbone stays shared
-                tensor.data = tensor.data.clone()
-    gc.collect()
-
-
-def worker_headserve(after_load: Callable[[Any], None] | None = None) -> None:
+def worker_headserve() -> None:
     import torch
 
     from headserve.server.app import Settings, build_core
@@ -229,21 +216,16 @@ def worker_headserve(after_load: Callable[[Any], None] | None = None) -> None:
     torch.set_num_threads(THREADS)
     quiet_transformers()
     core = build_core(Settings(device="cpu", allow_untrained=True, threads=THREADS))
-    if after_load is not None:
-        after_load(core)
     heads = {task: core.registry.resolve(task, None) for task in TASKS}
     work = headserve_work(heads, core.backbone.tokenizer.mask_token)
     core.runner.compute(work)
     report({**read_status(), "rows": len(work), "mappings": checkpoint_mappings()})
 
 
-def copy_core_head_weights(core: Any) -> None:
-    heads = {task: core.registry.resolve(task, None) for task in TASKS}
-    copy_head_weights(heads, core.backbone)
-
-
 def worker_headserve_steps() -> None:
     """build_core's steps one by one, with the memory after each (for --steps)."""
+    import gc
+
     import torch
 
     from headserve.plugins.contract import HeadSpec, LoadContext
@@ -267,21 +249,19 @@ def worker_headserve_steps() -> None:
     for task in TASKS:
         heads[task] = plugins[task].load(LoadContext(HeadSpec(task, task), backbone.view()))
         step(f"+ {task} head loaded")
+    gc.collect()
+    malloc_trim()
+    step("gc + malloc_trim(0), as build_core does")
     Runner(backbone).compute(headserve_work(heads, backbone.tokenizer.mask_token))
     step("one batch through every head")
-    malloc_trim()
-    step("malloc_trim(0)")
-    copy_head_weights(heads, backbone)
-    step("head weights copied off the mmap")
     report({"steps": steps})
 
 
 WORKERS: dict[str, Callable[[], None]] = {
     "baseline": worker_baseline,
     "backbone": worker_backbone,
+    "backbone-paged": lambda: worker_backbone(page_in=True),
     "headserve": worker_headserve,
-    "headserve-trimmed": lambda: worker_headserve(lambda core: malloc_trim()),
-    "headserve-copied": lambda: worker_headserve(copy_core_head_weights),
     "task-models": worker_task_models,
     "steps": worker_headserve_steps,
 }
@@ -440,8 +420,7 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
         TASK_MODELS: lambda: run_worker("task-models", timeout),
     }
     if steps:
-        plan[TRIMMED] = lambda: run_worker("headserve-trimmed", timeout)
-        plan[COPIED] = lambda: run_worker("headserve-copied", timeout)
+        plan[PAGED] = lambda: run_worker("backbone-paged", timeout)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     for _ in range(repeats):  # interleaved, so a drift of the machine hits every configuration
         for name, run in plan.items():
