@@ -74,6 +74,7 @@ class Scheduler:
         self.busy = False
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
+        self._last_batch_rows = limits.max_batch_items
 
     # --- the servicers' side ------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Scheduler:
             batch = self._take_batch()
             if not batch:
                 continue
+            self._last_batch_rows = len(batch)
             started = time.perf_counter()
             number += 1
             for p in batch:
@@ -175,14 +177,16 @@ class Scheduler:
         """Until rows wait and either a batch is full or the oldest has waited max_wait_ms.
 
         The wait is skipped when calls arrive further apart than max_wait_ms on average:
-        then nothing is likely to join the batch, and waiting would only add latency.
+        then nothing is likely to join the batch, and waiting would only add latency. It
+        also ends once as many rows wait as the last batch carried: callers that wait for
+        their answers before sending again are all back by then.
         """
         while not self._pending:
             self._arrival.clear()
             await self._arrival.wait()
         if self._gap * 1e3 > self.limits.max_wait_ms:
             return
-        while not self._full():
+        while not self._full() and len(self._pending) < self._last_batch_rows:
             oldest = min(p.arrived for p in self._pending)
             left = oldest + self.limits.max_wait_ms / 1e3 - time.perf_counter()
             if left <= 0:
