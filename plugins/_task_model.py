@@ -66,7 +66,9 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
     )
     prefix = model.base_model_prefix
     own_base = getattr(model, prefix)
-    backbone_matches = _same_weights(own_base, view.module)
+    # A head loaded from the backbone's own folder has its weights by construction.
+    same_folder = context.source.resolve() == view.source.resolve()
+    backbone_matches = same_folder or _same_weights(own_base, view.module)
     base = SharedOutputs(getattr(own_base, "pooler", None))
     setattr(model, prefix, base)
     del own_base  # the checkpoint's copy of the backbone: the shared one serves instead

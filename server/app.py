@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -29,6 +33,7 @@ from headserve.v1 import (
 )
 
 from .backbone import Backbone, default_model_dir
+from .config import head_specs
 from .core import Core
 from .discovery import find_plugins, load_plugins
 from .heads import load_heads
@@ -78,10 +83,6 @@ def set_torch_threads(threads: int | None) -> int:
     The model runs one batch at a time on one worker thread, so intra-op threads are the
     only parallelism torch needs; inter-op threads stay at one.
     """
-    import os
-
-    import torch
-
     count = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(count)
     try:
@@ -93,9 +94,6 @@ def set_torch_threads(threads: int | None) -> int:
 
 def release_freed_memory() -> None:
     """Give memory freed while loading (the heads' discarded backbone copies) back to the OS."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -113,8 +111,6 @@ def build_core(settings: Settings) -> Core:
     if settings.plugins is not None:
         refs = tuple(r for r in refs if r.name in settings.plugins)
     plugins, failures = load_plugins(refs)
-    from .config import head_specs
-
     specs = settings.heads or head_specs((), None)
     registry = load_heads(
         specs, plugins, failures, backbone.view(), allow_untrained=settings.allow_untrained

@@ -10,6 +10,7 @@ from headserve.plugins.tasks import Embedding, EncodeOptions
 from headserve.v1 import encoder_pb2 as pb
 from headserve.v1 import encoder_pb2_grpc
 
+from ..errors import InvalidArgument
 from ._calls import (
     Call,
     CoreHolder,
@@ -58,8 +59,6 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         core = ready(self._state)
         o = request.options
         if o.pooling not in _POOLING:
-            from ..errors import InvalidArgument
-
             raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
         opts = options(
             lambda: EncodeOptions(
