@@ -9,6 +9,7 @@
         answer = client.answer_question([("Who?", "Ada wrote it.")])[0].best
         for outcome in client.classify_stream(Batch([t], id=str(i)) for i, t in enumerate(texts)):
             print(outcome.id, outcome.unwrap()[0].heads[0].top)
+        entities = client.run("ner", ["Ada lives in London."])[0]["entities"]
 
 Results are frozen dataclasses with numpy arrays; failures raise a :class:`HeadserveError`
 subclass (see :mod:`headserve.client.errors`). Only grpcio, protobuf and numpy are imported:
@@ -42,15 +43,19 @@ from .types import (
     EncodeResult,
     HeadClassification,
     HeadInfo,
+    HeadOutput,
     LabelScore,
     MaskPrediction,
     ModelInfo,
+    OutputField,
+    ParameterInfo,
     PluginFailure,
     Pooling,
     PredictTokensResult,
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    RunResult,
     SchedulerInfo,
     Span,
     StreamResult,
@@ -79,6 +84,7 @@ __all__ = [
     "FieldViolation",
     "HeadClassification",
     "HeadInfo",
+    "HeadOutput",
     "HeadserveError",
     "InternalError",
     "InvalidArgumentError",
@@ -88,6 +94,8 @@ __all__ = [
     "SchedulerInfo",
     "NotFoundError",
     "NotGiven",
+    "OutputField",
+    "ParameterInfo",
     "PermissionDeniedError",
     "PluginFailure",
     "Pooling",
@@ -96,6 +104,7 @@ __all__ = [
     "QuestionContext",
     "QuestionItem",
     "ResourceExhaustedError",
+    "RunResult",
     "Span",
     "StreamResult",
     "TextItem",

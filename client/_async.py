@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -25,6 +33,7 @@ from .types import (
     Pooling,
     PredictTokensResult,
     QuestionItem,
+    RunResult,
     StreamResult,
     TextItem,
     Tokenization,
@@ -187,6 +196,27 @@ class AsyncClient:
             timeout,
         )
 
+    async def run(
+        self,
+        head: str,
+        items: Sequence[TextItem],
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RunResult:
+        """Run the head called ``head`` on each item; see :meth:`Client.run`.
+
+        Example::
+
+            result = await client.run("ner", ["Ada lives in London."])
+            entities = result[0]["entities"]
+        """
+        request = _convert.run_request(items, head, _convert.run_options(options), truncate)
+        return await self._unary(
+            lambda stubs: stubs.heads.Run, request, _convert.run_result, timeout
+        )
+
     async def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
         return await self._unary(
@@ -291,6 +321,25 @@ class AsyncClient:
             batches,
             lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
             _convert.answer_question_stream_result,
+            timeout,
+        )
+
+    def run_stream(
+        self,
+        batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
+        *,
+        head: str,
+        options: Mapping[str, Any] | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[RunResult]]:
+        """``run`` over a stream of batches; see :meth:`Client.run_stream`."""
+        struct = _convert.run_options(options)
+        return self._stream(
+            lambda stubs: stubs.heads.RunStream,
+            batches,
+            lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
+            _convert.run_stream_result,
             timeout,
         )
 

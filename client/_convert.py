@@ -7,16 +7,19 @@ rest to the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
+from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from headserve.v1 import (
     classifier_pb2,
     common_pb2,
     encoder_pb2,
+    heads_pb2,
     models_pb2,
     question_answerer_pb2,
     token_predictor_pb2,
@@ -34,15 +37,19 @@ from .types import (
     EncodeResult,
     HeadClassification,
     HeadInfo,
+    HeadOutput,
     LabelScore,
     MaskPrediction,
     ModelInfo,
+    OutputField,
+    ParameterInfo,
     PluginFailure,
     Pooling,
     PredictTokensResult,
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    RunResult,
     SchedulerInfo,
     Span,
     StreamResult,
@@ -176,6 +183,43 @@ def answer_question_options(
         allow_no_answer=allow_no_answer,
         head=head or "",
     )
+
+
+def run_request(
+    items: Sequence[TextItem],
+    head: str,
+    options: struct_pb2.Struct | None,
+    truncate: bool,
+    id: str = "",
+) -> heads_pb2.RunRequest:
+    """A ``RunRequest`` of ``head`` (``options`` from :func:`run_options`)."""
+    return heads_pb2.RunRequest(
+        items=text_inputs(items), options=options, id=id, head=head, truncate=truncate
+    )
+
+
+def run_options(options: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    """A head's own options as a ``Struct``; ``None`` sends none (the head's defaults).
+
+    Values must be JSON: ``str``, ``int``, ``float``, ``bool``, ``None``, lists and dicts with
+    ``str`` keys. Numbers travel as doubles. A value that is not JSON raises, naming its option.
+    """
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of option name to value, got {options!r}")
+    struct = struct_pb2.Struct()
+    for name, value in options.items():
+        if not isinstance(name, str):
+            raise TypeError(f"options: names must be str, got {name!r}")
+        try:
+            json.dumps(value, allow_nan=False)  # refuses NaN, infinities and non-JSON types
+            struct.update({name: value})
+        except (TypeError, ValueError) as error:
+            raise type(error)(
+                f"options[{name!r}]: not a JSON value ({error}): {value!r}"
+            ) from error
+    return struct
 
 
 def tokenize_request(
@@ -318,6 +362,85 @@ def answer_question_result(
     )
 
 
+def json_value(message: struct_pb2.Value) -> Any:
+    """A ``google.protobuf.Value`` as plain Python; every number is a ``float``.
+
+    Unlike ``json_format.MessageToDict``, a NaN or an infinity a head returned (a score of
+    nothing) comes back as that float instead of failing the whole result.
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return json_object(message.struct_value)
+    if kind == "list_value":
+        return [json_value(v) for v in message.list_value.values]
+    if kind == "number_value":
+        return message.number_value
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None  # null_value, or no value at all
+
+
+def json_object(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as a plain ``dict`` (see :func:`json_value`)."""
+    return {name: json_value(value) for name, value in message.fields.items()}
+
+
+def head_output(message: heads_pb2.HeadOutput) -> HeadOutput:
+    """:class:`HeadOutput`: ``fields`` as plain Python (numbers as ``float``), tensors as numpy."""
+    return HeadOutput(
+        fields=json_object(message.fields),
+        tensors={name: decode_tensor(t) for name, t in message.tensors.items()},
+    )
+
+
+def run_result(message: heads_pb2.RunResponse) -> RunResult:
+    """:class:`RunResult` from ``RunResponse``."""
+    return RunResult(
+        head=message.head,
+        task=message.task,
+        outputs=tuple(head_output(o) for o in message.results),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def output_field(message: models_pb2.OutputField) -> OutputField:
+    """:class:`OutputField` from its message; an unknown kind reads as ``"value"``."""
+    kind: Literal["value", "tensor"] = (
+        "tensor" if message.kind == models_pb2.OutputField.KIND_TENSOR else "value"
+    )
+    return OutputField(
+        name=message.name,
+        kind=kind,
+        type=message.type,
+        shape=message.shape,
+        description=message.description,
+        optional=message.optional,
+    )
+
+
+def parameter_info(message: models_pb2.ParameterInfo) -> ParameterInfo:
+    """:class:`ParameterInfo` from its message: ``default`` decoded from JSON, empty: ``None``.
+
+    A default that is not JSON is kept as its string rather than failing all of ``model_info``.
+    """
+    default: Any = None
+    if message.default:
+        try:
+            default = json.loads(message.default)
+        except ValueError:
+            default = message.default
+    return ParameterInfo(
+        name=message.name,
+        type=message.type,
+        default=default,
+        description=message.description,
+        choices=tuple(message.choices),
+    )
+
+
 def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
     """:class:`ModelInfo` from its message."""
     b = message.backbone
@@ -349,6 +472,8 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
                 multi_label=h.multi_label,
                 is_default=h.is_default,
                 detail=h.detail,
+                outputs=tuple(output_field(o) for o in h.outputs),
+                parameters=tuple(parameter_info(p) for p in h.parameters),
             )
             for h in message.heads
         ),
@@ -430,3 +555,8 @@ def answer_question_stream_result(
 ) -> StreamResult[AnswerQuestionResult]:
     """:class:`StreamResult` of an ``AnswerQuestionStreamResponse``."""
     return stream_result(message, answer_question_result)
+
+
+def run_stream_result(message: heads_pb2.RunStreamResponse) -> StreamResult[RunResult]:
+    """:class:`StreamResult` of a ``RunStreamResponse``."""
+    return stream_result(message, run_result)

@@ -8,6 +8,7 @@ from typing import Any
 from headserve.v1 import (
     classifier_pb2_grpc,
     encoder_pb2_grpc,
+    heads_pb2_grpc,
     models_pb2_grpc,
     question_answerer_pb2_grpc,
     token_predictor_pb2_grpc,
@@ -29,6 +30,7 @@ class Stubs:
     classifier: Any
     question_answerer: Any
     models: Any
+    heads: Any
 
     @classmethod
     def over(cls, channel: Any) -> Stubs:
@@ -39,4 +41,5 @@ class Stubs:
             classifier=classifier_pb2_grpc.ClassifierStub(channel),
             question_answerer=question_answerer_pb2_grpc.QuestionAnswererStub(channel),
             models=models_pb2_grpc.ModelsStub(channel),
+            heads=heads_pb2_grpc.HeadsStub(channel),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -25,6 +25,7 @@ from .types import (
     Pooling,
     PredictTokensResult,
     QuestionItem,
+    RunResult,
     StreamResult,
     TextItem,
     Tokenization,
@@ -233,6 +234,40 @@ class Client:
             timeout,
         )
 
+    def run(
+        self,
+        head: str,
+        items: Sequence[TextItem],
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RunResult:
+        """Run the head called ``head`` on each item (a text or a ``(text, text_pair)``).
+
+        This is the way in for heads of any task beyond the four built-in methods (token
+        classification, similarity, tagging...). Each item gets a :class:`HeadOutput` with the
+        fields and tensors of the head's output schema; ``model_info().head(name).outputs``
+        lists them, and ``.parameters`` the options the head takes.
+
+        Example::
+
+            result = client.run("ner", ["Ada lives in London."], options={"threshold": 0.5})
+            result.task  # e.g. "token_classification"
+            for entity in result[0]["entities"]:
+                print(entity["label"], entity["score"])
+
+        Args:
+            head: the head to run, by name (required).
+            options: the head's own options, by the names in ``HeadInfo.parameters``: JSON
+                values (numbers travel as doubles; a head takes ``3.0`` for an integer 3).
+                ``None``: the head's defaults.
+            truncate: cut inputs longer than the model's window instead of refusing them.
+            timeout: overrides the client's timeout for this call.
+        """
+        request = _convert.run_request(items, head, _convert.run_options(options), truncate)
+        return self._unary(self._stubs.heads.Run, request, _convert.run_result, timeout)
+
     def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
         return self._unary(
@@ -340,6 +375,32 @@ class Client:
             batches,
             lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
             _convert.answer_question_stream_result,
+            timeout,
+        )
+
+    def run_stream(
+        self,
+        batches: Iterable[Batch[TextItem]],
+        *,
+        head: str,
+        options: Mapping[str, Any] | None = None,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[RunResult]]:
+        """``run`` over a stream of batches (see :meth:`encode_stream`).
+
+        ``head``, ``options`` and ``truncate`` apply to every batch::
+
+            batches = (Batch(chunk, id=str(i)) for i, chunk in enumerate(chunks))
+            for outcome in client.run_stream(batches, head="ner"):
+                print(outcome.id, outcome.unwrap()[0]["entities"])
+        """
+        struct = _convert.run_options(options)
+        return self._stream(
+            self._stubs.heads.RunStream,
+            batches,
+            lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
+            _convert.run_stream_result,
             timeout,
         )
 

@@ -3,13 +3,13 @@
 Character offsets (``Span``, ``Answer.start``/``end``) count Unicode code points of the string
 that was sent, so ``text[span.start:span.end]`` is the right slice in Python.
 
-Dataclasses holding numpy arrays (``Embedding``, ``TokenPrediction``) compare by identity: an
-array has no single truth value. Their arrays are read-only, like the rest of a result.
+Dataclasses holding numpy arrays (``Embedding``, ``TokenPrediction``, ``HeadOutput``) compare by
+identity: an array has no single truth value. Their arrays are read-only, like the rest of a result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar
 
@@ -29,15 +29,19 @@ __all__ = [
     "EncodeResult",
     "HeadClassification",
     "HeadInfo",
+    "HeadOutput",
     "LabelScore",
     "MaskPrediction",
     "ModelInfo",
+    "OutputField",
+    "ParameterInfo",
     "PluginFailure",
     "Pooling",
     "PredictTokensResult",
     "QuestionAnswer",
     "QuestionContext",
     "QuestionItem",
+    "RunResult",
     "Span",
     "StreamResult",
     "TextItem",
@@ -341,6 +345,70 @@ class AnswerQuestionResult(_PerItem[QuestionAnswer]):
         return self.answers
 
 
+# --- run (generic heads) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeadOutput:
+    """What a head returned for one item: the fields and tensors its output schema declares.
+
+    A field or tensor the schema marks optional (:attr:`OutputField.optional`) may be absent.
+    ``output[name]`` looks ``name`` up among the fields, then the tensors::
+
+        output = client.run("ner", ["Ada lives in London."])[0]
+        output["entities"]  # a field: [{"label": "LOC", "start": 13.0, ...}]
+        output["logits"]  # a tensor: float32, shape [tokens, labels]
+    """
+
+    fields: Mapping[str, Any]
+    """Structured values as plain Python: dicts, lists, str, bool, ``None`` and numbers.
+
+    JSON numbers travel as doubles, so every number is a ``float``, integers included
+    (``3.0``, not ``3``): use ``int(value)`` where the schema says ``integer``.
+    """
+    tensors: Mapping[str, npt.NDArray[Any]]
+    """Tensors by name, as read-only numpy arrays (bfloat16 arrives as float32)."""
+
+    def __getitem__(self, name: str) -> Any:
+        """The field called ``name``, else the tensor; ``KeyError`` if there is neither."""
+        if name in self.fields:
+            return self.fields[name]
+        if name in self.tensors:
+            return self.tensors[name]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields or name in self.tensors
+
+    def __iter__(self) -> Iterator[str]:
+        """The names of the fields, then of the tensors."""
+        yield from self.fields
+        yield from (name for name in self.tensors if name not in self.fields)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``output[name]``, or ``default`` when the output has no such field or tensor."""
+        return self[name] if name in self else default
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult(_PerItem[HeadOutput]):
+    """Result of ``run``: one :class:`HeadOutput` per item, in order, in ``outputs``.
+
+    The result is also a sequence of them: ``len(result)``, ``result[i]``, ``for x in result``.
+    """
+
+    head: str
+    """The head that ran."""
+    task: str
+    """Its task, e.g. ``"token_classification"``."""
+    outputs: tuple[HeadOutput, ...]
+    usage: Usage
+    timing: Timing
+
+    def _per_item(self) -> tuple[HeadOutput, ...]:
+        return self.outputs
+
+
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -364,6 +432,40 @@ class BackboneInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputField:
+    """One entry of a ``run`` head's output schema (:attr:`HeadInfo.outputs`)."""
+
+    name: str
+    kind: Literal["value", "tensor"]
+    """Where the output holds it: ``HeadOutput.fields`` ("value") or ``HeadOutput.tensors``.
+
+    A kind this client does not know (from a newer server) reads as ``"value"``.
+    """
+    type: str
+    """A value's JSON type, e.g. ``"list<object{label:string,score:number}>"``; a tensor's
+    element type, e.g. ``"float32"``."""
+    shape: str
+    """A tensor's dimensions by name, e.g. ``"[tokens, labels]"``; empty for a value."""
+    description: str
+    optional: bool
+    """Absent from an output unless an option asks for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterInfo:
+    """One option a ``run`` head takes (:attr:`HeadInfo.parameters`), for ``run(options=...)``."""
+
+    name: str
+    type: str
+    """JSON type: ``"string"``, ``"number"``, ``"integer"`` or ``"boolean"``."""
+    default: Any
+    """The value used when the option is absent, decoded from JSON (``None`` if none is given)."""
+    description: str
+    choices: tuple[str, ...]
+    """The allowed values of a string option; empty: any."""
+
+
+@dataclass(frozen=True, slots=True)
 class HeadInfo:
     """A task head the server loaded, and whether calls may use it."""
 
@@ -380,6 +482,10 @@ class HeadInfo:
     is_default: bool
     detail: str
     """Why the head is not usable, when it is not."""
+    outputs: tuple[OutputField, ...] = ()
+    """For a head served by ``run``: what each output holds; empty for the built-in tasks."""
+    parameters: tuple[ParameterInfo, ...] = ()
+    """For a head served by ``run``: the options it takes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -33,9 +33,11 @@ from headserve.client import (
     Client,
     DeadlineExceededError,
     EncodeResult,
+    HeadOutput,
     InvalidArgumentError,
     NotFoundError,
     QuestionContext,
+    RunResult,
     Span,
     StreamResult,
     UnavailableError,
@@ -46,6 +48,8 @@ from headserve.v1 import (
     common_pb2,
     encoder_pb2,
     encoder_pb2_grpc,
+    heads_pb2,
+    heads_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     question_answerer_pb2,
@@ -351,6 +355,69 @@ class FakeQuestionAnswerer(question_answerer_pb2_grpc.QuestionAnswererServicer):
         )
 
 
+class FakeHeads(heads_pb2_grpc.HeadsServicer):
+    """Echoes what it was sent: head, options and truncate in every output's fields."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+
+    @staticmethod
+    def answer(request: heads_pb2.RunRequest) -> heads_pb2.RunResponse:
+        if request.head == "missing":
+            raise Refused(
+                status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="no head")
+            )
+        results = []
+        for index, item in enumerate(request.items):
+            words = _words(item.text)
+            fields = struct_pb2.Struct()
+            fields.update(
+                {
+                    "index": index,
+                    "pair": item.text_pair if item.HasField("text_pair") else None,
+                    "words": [{"word": w, "span": {"start": s, "end": e}} for w, s, e in words],
+                    "sent": {
+                        "options": json_format.MessageToDict(request.options),
+                        "has_options": request.HasField("options"),
+                        "truncate": request.truncate,
+                    },
+                }
+            )
+            lengths = np.array([len(w) + 0.25 for w, _, _ in words], dtype="<f4")
+            results.append(
+                heads_pb2.HeadOutput(
+                    fields=fields,
+                    tensors={
+                        "lengths": common_pb2.Tensor(
+                            shape=[len(words)],
+                            dtype=common_pb2.DTYPE_FLOAT32,
+                            data=lengths.tobytes(),
+                        )
+                    },
+                )
+            )
+        return heads_pb2.RunResponse(
+            head=request.head,
+            task="fake_task",
+            results=results,
+            usage=common_pb2.Usage(input_tokens=len(request.items)),
+            **USAGE_TIMING,
+        )
+
+    def Run(self, request, context):
+        return unary(self.behaviour, _texts, self.answer, request, context)
+
+    def RunStream(self, request_iterator, context):
+        yield from stream(
+            self.behaviour,
+            _texts,
+            self.answer,
+            heads_pb2.RunStreamResponse,
+            request_iterator,
+            context,
+        )
+
+
 def _questions(request) -> list[str]:
     return [item.question for item in request.items]
 
@@ -369,6 +436,28 @@ class FakeModels(models_pb2_grpc.ModelsServicer):
                     labels=["neg", "pos"],
                     usable=False,
                     detail="untrained",
+                ),
+                models_pb2.HeadInfo(
+                    name="tagger",
+                    task="fake_task",
+                    usable=True,
+                    outputs=[
+                        models_pb2.OutputField(
+                            name="words", kind=models_pb2.OutputField.KIND_VALUE, type="list"
+                        ),
+                        models_pb2.OutputField(
+                            name="lengths",
+                            kind=models_pb2.OutputField.KIND_TENSOR,
+                            type="float32",
+                            shape="[words]",
+                        ),
+                    ],
+                    parameters=[
+                        models_pb2.ParameterInfo(
+                            name="mode", type="string", default='"fast"', choices=["fast", "slow"]
+                        ),
+                        models_pb2.ParameterInfo(name="top_k", type="integer", default="2"),
+                    ],
                 ),
             ],
             failed_plugins=[models_pb2.PluginFailure(plugin="broken[x]", reason="ImportError")],
@@ -414,6 +503,7 @@ class FakeServer:
             FakeQuestionAnswerer(self.behaviour), self.server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(FakeModels(), self.server)
+        heads_pb2_grpc.add_HeadsServicer_to_server(FakeHeads(self.behaviour), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.target = f"127.0.0.1:{self.port}"
 
@@ -506,6 +596,16 @@ def check_model_info_and_tokenize(info, tokenized) -> None:
     assert info.default_head("encode").name == "encode"
     assert not info.head("sentiment").usable and info.head("sentiment").labels == ("neg", "pos")
     assert info.failed_plugins[0].plugin == "broken[x]"
+    tagger = info.head("tagger")
+    assert [(o.name, o.kind, o.shape) for o in tagger.outputs] == [
+        ("words", "value", ""),
+        ("lengths", "tensor", "[words]"),
+    ]
+    assert [(p.name, p.default, p.choices) for p in tagger.parameters] == [
+        ("mode", "fast", ("fast", "slow")),
+        ("top_k", 2, ()),
+    ]
+    assert info.head("encode").outputs == () and info.head("encode").parameters == ()
     with_special, without = tokenized
     assert with_special.tokens == ("[CLS]", "naïve", "text", "[SEP]")
     assert with_special.offsets[0] == (0, 0) and with_special.offsets[2] == Span(6, 10)
@@ -536,6 +636,63 @@ def check_stream(results: list[StreamResult[EncodeResult]]) -> None:
         results[1].unwrap()
     np.testing.assert_array_equal(results[0].unwrap().vectors[:, 0], [1])
     np.testing.assert_array_equal(results[2].unwrap().vectors[:, :2], [[3, -1], [1, 2]])
+
+
+RUN_ITEMS = ["Ada wrote it", ("naïve café", "pair")]
+RUN_OPTIONS = {"mode": "slow", "top_k": 3, "labels": ["PER", "LOC"], "nested": {"on": True}}
+
+
+def check_run(result: RunResult) -> None:
+    assert isinstance(result, RunResult)
+    assert (result.head, result.task, len(result)) == ("tagger", "fake_task", 2)
+    first, second = result
+    assert isinstance(first, HeadOutput) and result[1] is result.outputs[1]
+    # head, options and truncate arrived as sent (numbers as doubles: 3 -> 3.0)
+    assert first["sent"] == {
+        "options": {"mode": "slow", "top_k": 3.0, "labels": ["PER", "LOC"], "nested": {"on": True}},
+        "has_options": True,
+        "truncate": True,
+    }
+    assert (first["index"], first["pair"], second["index"], second["pair"]) == (
+        0.0,
+        None,
+        1.0,
+        "pair",
+    )
+    assert [w["word"] for w in second["words"]] == ["naïve", "café"]
+    assert second["words"][1]["span"] == {"start": 6.0, "end": 10.0}  # code points
+    lengths = second.tensors["lengths"]
+    assert lengths.dtype == np.float32 and lengths.shape == (2,)
+    np.testing.assert_array_equal(lengths, np.array([5.25, 4.25], dtype=np.float32))
+    np.testing.assert_array_equal(first["lengths"], [3.25, 5.25, 2.25])
+    assert result.usage.input_tokens == 2
+    assert (result.timing.queue_ms, result.timing.inference_ms) == (1.5, 2.5)
+
+
+RUN_BATCHES = [
+    Batch(["a b"], id="first"),
+    Batch(["fine", ""], id="broken"),
+    Batch([("x", "y"), "c"], id="last"),
+]
+
+
+def check_run_stream(results: list[StreamResult[RunResult]]) -> None:
+    assert [r.id for r in results] == ["first", "broken", "last"]
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1].error, InvalidArgumentError) and results[1].error.item == 1
+    with pytest.raises(InvalidArgumentError):
+        results[1].unwrap()
+    first, last = results[0].unwrap(), results[2].unwrap()
+    assert first.head == last.head == "tagger"
+    for result in (first, last):  # every batch carries the stream's head, options and truncate
+        assert result[0]["sent"] == {
+            "options": {"top_k": 1.0},
+            "has_options": True,
+            "truncate": True,
+        }
+    assert [w["word"] for w in first[0]["words"]] == ["a", "b"]
+    assert (last[0]["pair"], len(last)) == ("y", 2)
+    np.testing.assert_array_equal(last[1]["lengths"], [1.25])
 
 
 # --- the sync client ----------------------------------------------------------------------------
@@ -593,6 +750,35 @@ class TestClient:
         assert classified[0].unwrap()[0].heads[0].top.label == "pos"
         assert answered[0].unwrap()[0].best.text == "it."
         assert len(predicted[0].unwrap()[0].masks[0].candidates) == 1
+
+    def test_run(self, fake):
+        with Client(fake.target) as client:
+            check_run(client.run("tagger", RUN_ITEMS, options=RUN_OPTIONS, truncate=True))
+            plain = client.run("tagger", ["x"])
+        assert plain[0]["sent"] == {"options": {}, "has_options": False, "truncate": False}
+
+    def test_run_unknown_head_and_bad_item(self, fake):
+        with Client(fake.target) as client:
+            with pytest.raises(NotFoundError):
+                client.run("missing", ["x"])
+            with pytest.raises(InvalidArgumentError) as caught:
+                client.run("tagger", ["ok", "", "ok"])
+        check_invalid_argument(caught.value)
+
+    def test_run_retries_unavailable(self, fake):
+        key, text = flaky(1)
+        with Client(fake.target, max_retries=1) as client:
+            assert len(client.run("tagger", [text])) == 1
+        assert fake.calls(key) == 2
+
+    def test_run_stream_error_for_one_batch_leaves_the_others(self, fake):
+        with Client(fake.target) as client:
+            results = list(
+                client.run_stream(
+                    iter(RUN_BATCHES), head="tagger", options={"top_k": 1}, truncate=True
+                )
+            )
+        check_run_stream(results)
 
     def test_stream_input_failure_reaches_the_caller(self, fake):
         def batches():
@@ -758,6 +944,44 @@ class TestAsyncClient:
             assert classified[0].unwrap()[0].heads[0].top.label == "pos"
             assert answered[0].unwrap()[0].best.text == "it."
             assert len(predicted[0].unwrap()[0].masks[0].candidates) == 1
+
+        asyncio.run(main())
+
+    def test_run(self, fake):
+        async def main():
+            async with AsyncClient(fake.target) as client:
+                check_run(await client.run("tagger", RUN_ITEMS, options=RUN_OPTIONS, truncate=True))
+                with pytest.raises(NotFoundError):
+                    await client.run("missing", ["x"])
+                with pytest.raises(InvalidArgumentError) as caught:
+                    await client.run("tagger", ["ok", "", "ok"])
+                check_invalid_argument(caught.value)
+
+        asyncio.run(main())
+
+    def test_run_stream_error_for_one_batch_leaves_the_others(self, fake):
+        async def batches():
+            for batch in RUN_BATCHES:
+                await asyncio.sleep(0)
+                yield batch
+
+        async def main():
+            async with AsyncClient(fake.target) as client:
+                options = {"top_k": 1}
+                from_async = [
+                    r
+                    async for r in client.run_stream(
+                        batches(), head="tagger", options=options, truncate=True
+                    )
+                ]
+                from_sync = [
+                    r
+                    async for r in client.run_stream(
+                        RUN_BATCHES, head="tagger", options=options, truncate=True
+                    )
+                ]
+            check_run_stream(from_async)
+            check_run_stream(from_sync)
 
         asyncio.run(main())
 

@@ -7,20 +7,24 @@ import struct
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrappers_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from headserve.client import (
     NOT_GIVEN,
     DeadlineExceededError,
     FailedPreconditionError,
+    HeadOutput,
     HeadserveError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    OutputField,
+    ParameterInfo,
     PermissionDeniedError,
     QuestionContext,
     ResourceExhaustedError,
+    RunResult,
     Span,
     UnauthenticatedError,
     UnavailableError,
@@ -30,7 +34,7 @@ from headserve.client import (
 )
 from headserve.client._options import Settings
 from headserve.client._tensor import decode_tensor
-from headserve.v1 import common_pb2, encoder_pb2, token_predictor_pb2
+from headserve.v1 import common_pb2, encoder_pb2, heads_pb2, models_pb2, token_predictor_pb2
 
 # --- tensors ------------------------------------------------------------------------------------
 
@@ -240,6 +244,210 @@ def test_stream_response_with_error_status_becomes_error_result():
         bad.unwrap()
     assert (good.id, good.ok) == ("b8", True)
     assert len(good.unwrap()) == 1
+
+
+# --- run (generic heads) ------------------------------------------------------------------------
+
+
+def json_struct(values: dict) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def test_run_request_carries_head_options_and_truncate():
+    options = _convert.run_options({"threshold": 0.5, "top_k": 3, "mode": "simple", "x": None})
+    request = _convert.run_request(["solo", ("a", "b")], "ner", options, True, "b1")
+
+    assert (request.head, request.truncate, request.id) == ("ner", True, "b1")
+    assert [i.text for i in request.items] == ["solo", "a"] and request.items[1].text_pair == "b"
+    assert dict(request.options) == {"threshold": 0.5, "top_k": 3.0, "mode": "simple", "x": None}
+    assert not _convert.run_request(["x"], "ner", _convert.run_options(None), False).HasField(
+        "options"
+    )  # None: the head's defaults
+
+
+def test_run_options_nested_values_and_refusals():
+    options = _convert.run_options({"labels": ["PER", "LOC"], "limits": {"min": 1, "on": True}})
+
+    assert json_format.MessageToDict(options) == {
+        "labels": ["PER", "LOC"],
+        "limits": {"min": 1.0, "on": True},
+    }
+    with pytest.raises(TypeError, match=r"options\['bad'\]"):
+        _convert.run_options({"bad": np.float32(0.5)})  # numpy scalars are not JSON
+    with pytest.raises(ValueError, match=r"options\['nan'\]"):
+        _convert.run_options({"nan": float("nan")})
+    with pytest.raises(TypeError, match="names must be str"):
+        _convert.run_options({1: 2})
+    with pytest.raises(TypeError, match="mapping"):
+        _convert.run_options([("a", 1)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="single str"):
+        _convert.run_request("one text", "ner", None, False)
+
+
+def test_run_response_becomes_head_outputs_with_fields_and_tensors():
+    logits = np.array([[0.25, -1.5, 3.0], [1e-3, 65504.0, -0.0]], dtype=np.float32)
+    ids = np.array([7, -2], dtype=np.int64)
+    response = heads_pb2.RunResponse(
+        head="ner",
+        task="token_classification",
+        results=[
+            heads_pb2.HeadOutput(
+                fields=json_struct(
+                    {
+                        "entities": [
+                            {"label": "PER", "span": {"start": 0, "end": 3}, "score": 0.9}
+                        ],
+                        "language": "en",
+                        "flagged": False,
+                        "note": None,
+                    }
+                ),
+                tensors={
+                    "logits": tensor(
+                        (2, 3), common_pb2.DTYPE_FLOAT32, logits.astype("<f4").tobytes()
+                    ),
+                    "ids": tensor((2,), common_pb2.DTYPE_INT64, ids.astype("<i8").tobytes()),
+                },
+            ),
+            heads_pb2.HeadOutput(),  # nothing: every field and tensor optional
+        ],
+        usage=common_pb2.Usage(input_tokens=9),
+        timing=common_pb2.Timing(queue_ms=0.5, inference_ms=4.0),
+    )
+
+    result = _convert.run_result(response)
+
+    assert isinstance(result, RunResult)
+    assert (result.head, result.task, len(result)) == ("ner", "token_classification", 2)
+    assert result[0] is result.outputs[0] and isinstance(result[0], HeadOutput)
+    output = result[0]
+    assert output.fields == {
+        "entities": [{"label": "PER", "span": {"start": 0.0, "end": 3.0}, "score": 0.9}],
+        "language": "en",
+        "flagged": False,
+        "note": None,
+    }
+    start = output["entities"][0]["span"]["start"]
+    assert type(start) is float and start == 0  # JSON numbers come back as float
+    assert output.tensors["logits"].dtype == np.float32 and output["logits"].shape == (2, 3)
+    np.testing.assert_array_equal(output["logits"], logits)  # float32 round trip, bit for bit
+    np.testing.assert_array_equal(output["ids"], ids)
+    assert output["ids"].dtype == np.int64
+    with pytest.raises(ValueError):
+        output["logits"][0, 0] = 1.0  # read-only
+    assert "language" in output and "logits" in output and "missing" not in output
+    assert set(output) == {"entities", "language", "flagged", "note", "logits", "ids"}
+    assert output.get("missing", 3) == 3 and output.get("note", 3) is None
+    with pytest.raises(KeyError):
+        output["missing"]
+    assert (result[1].fields, result[1].tensors) == ({}, {})
+    assert (result.usage.input_tokens, result.timing.inference_ms) == (9, 4.0)
+    with pytest.raises(AttributeError):
+        result.head = "other"  # type: ignore[misc]
+
+
+def test_non_finite_numbers_a_head_returned_survive():
+    response = heads_pb2.RunResponse(
+        results=[
+            heads_pb2.HeadOutput(
+                fields=json_struct({"scores": [float("nan"), float("inf")], "x": -float("inf")})
+            )
+        ]
+    )
+
+    fields = _convert.run_result(response)[0].fields
+
+    assert np.isnan(fields["scores"][0]) and fields["scores"][1] == float("inf")
+    assert fields["x"] == -float("inf")
+
+
+def test_run_stream_response_with_error_fails_that_batch_only():
+    failed = heads_pb2.RunStreamResponse(
+        id="r1", error=status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="no head")
+    )
+    answered = heads_pb2.RunStreamResponse(
+        id="r2", response=heads_pb2.RunResponse(head="ner", results=[heads_pb2.HeadOutput()])
+    )
+
+    bad, good = _convert.run_stream_result(failed), _convert.run_stream_result(answered)
+
+    assert (bad.id, bad.ok) == ("r1", False) and isinstance(bad.error, NotFoundError)
+    assert (good.id, good.ok, good.unwrap().head, len(good.unwrap())) == ("r2", True, "ner", 1)
+
+
+def test_head_info_lists_outputs_and_parameters():
+    info = _convert.model_info(
+        models_pb2.ModelInfo(
+            heads=[
+                models_pb2.HeadInfo(
+                    name="ner",
+                    task="token_classification",
+                    outputs=[
+                        models_pb2.OutputField(
+                            name="entities",
+                            kind=models_pb2.OutputField.KIND_VALUE,
+                            type="list<object{label:string,score:number}>",
+                            description="the entities",
+                        ),
+                        models_pb2.OutputField(
+                            name="logits",
+                            kind=models_pb2.OutputField.KIND_TENSOR,
+                            type="float32",
+                            shape="[tokens, labels]",
+                            optional=True,
+                        ),
+                    ],
+                    parameters=[
+                        models_pb2.ParameterInfo(
+                            name="aggregation",
+                            type="string",
+                            default='"simple"',
+                            choices=["none", "simple"],
+                        ),
+                        models_pb2.ParameterInfo(name="threshold", type="number", default="0.5"),
+                        models_pb2.ParameterInfo(name="top_k", type="integer", default="3"),
+                        models_pb2.ParameterInfo(name="logits", type="boolean", default="false"),
+                        models_pb2.ParameterInfo(name="labels", type="string", default="null"),
+                        models_pb2.ParameterInfo(name="unset", type="string"),
+                        models_pb2.ParameterInfo(name="raw", type="string", default="not json"),
+                    ],
+                ),
+                models_pb2.HeadInfo(name="encode", task="encode"),
+            ]
+        )
+    )
+
+    ner = info.head("ner")
+    assert ner.outputs == (
+        OutputField(
+            name="entities",
+            kind="value",
+            type="list<object{label:string,score:number}>",
+            shape="",
+            description="the entities",
+            optional=False,
+        ),
+        OutputField(
+            name="logits",
+            kind="tensor",
+            type="float32",
+            shape="[tokens, labels]",
+            description="",
+            optional=True,
+        ),
+    )
+    assert ner.parameters[0] == ParameterInfo(
+        name="aggregation",
+        type="string",
+        default="simple",
+        description="",
+        choices=("none", "simple"),
+    )
+    assert [p.default for p in ner.parameters] == ["simple", 0.5, 3, False, None, None, "not json"]
+    assert type(ner.parameters[2].default) is int
+    assert (info.head("encode").outputs, info.head("encode").parameters) == ((), ())
 
 
 # --- errors -------------------------------------------------------------------------------------

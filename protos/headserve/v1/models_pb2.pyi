@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from headserve.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -104,6 +105,8 @@ class HeadInfo(_message.Message):
     MULTI_LABEL_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: _builtins.str
     """"encode", "mlm", "classify", "qa", or a plugin's own task."""
@@ -127,6 +130,14 @@ class HeadInfo(_message.Message):
     """Why the head is not usable, when it is not."""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputField]:
+        """For a head served by Heads.Run: what each output holds."""
+
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterInfo]:
+        """For a head served by Heads.Run: the options it takes (RunRequest.options)."""
+
     def __init__(
         self,
         *,
@@ -142,14 +153,114 @@ class HeadInfo(_message.Message):
         multi_label: _builtins.bool = ...,
         is_default: _builtins.bool = ...,
         detail: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___OutputField] | None = ...,
+        parameters: _abc.Iterable[Global___ParameterInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "plugin", b"plugin", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeadInfo: _TypeAlias = HeadInfo  # noqa: Y015
+
+@_typing.final
+class OutputField(_message.Message):
+    """One entry of a head's output schema (see heads.proto)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[OutputField._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: OutputField._Kind.ValueType  # 0
+        KIND_VALUE: OutputField._Kind.ValueType  # 1
+        """In HeadOutput.fields."""
+        KIND_TENSOR: OutputField._Kind.ValueType  # 2
+        """In HeadOutput.tensors."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: OutputField.Kind.ValueType  # 0
+    KIND_VALUE: OutputField.Kind.ValueType  # 1
+    """In HeadOutput.fields."""
+    KIND_TENSOR: OutputField.Kind.ValueType  # 2
+    """In HeadOutput.tensors."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: Global___OutputField.Kind.ValueType
+    type: _builtins.str
+    """A value's JSON type, e.g. "list<object{label:string,score:number}>";
+    a tensor's element type, e.g. "float32".
+    """
+    shape: _builtins.str
+    """A tensor's dimensions by name, e.g. "[tokens, labels]"."""
+    description: _builtins.str
+    optional: _builtins.bool
+    """Absent from an output unless an option asks for it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___OutputField.Kind.ValueType = ...,
+        type: _builtins.str = ...,
+        shape: _builtins.str = ...,
+        description: _builtins.str = ...,
+        optional: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "name", b"name", "optional", b"optional", "shape", b"shape", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputField: _TypeAlias = OutputField  # noqa: Y015
+
+@_typing.final
+class ParameterInfo(_message.Message):
+    """One option a head takes in RunRequest.options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DEFAULT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """JSON type: "string", "number", "integer", "boolean"."""
+    default: _builtins.str
+    """The value used when the option is absent, as JSON."""
+    description: _builtins.str
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The allowed values of a string option; empty: any."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        default: _builtins.str = ...,
+        description: _builtins.str = ...,
+        choices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "default", b"default", "description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParameterInfo: _TypeAlias = ParameterInfo  # noqa: Y015
 
 @_typing.final
 class PluginFailure(_message.Message):
