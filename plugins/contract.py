@@ -18,6 +18,15 @@ index and maps it to INVALID_ARGUMENT.
 A plugin is an object registered under the entry-point group `headserve.heads`
 with a `task` name, the `contract_version` it was written for, and
 `load(context) -> Head`.
+
+Heads of the built-in tasks ("encode", "mlm", "classify", "qa") are called
+through their own services. A head of any other task declares `outputs` (its
+output schema) and `parameters` (its options), and is called through the
+generic Heads service: `prepare` gets a `TextItem` and `RunOptions`, `finish`
+returns an `Output`. docs/plugins.md is the guide.
+
+Version 1 of the contract is this module, `headserve.plugins.text`,
+`headserve.plugins.task_model` and `headserve.plugins.tasks.TextItem`.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
@@ -104,6 +114,57 @@ class Features:
     input_ids: torch.Tensor  # [rows, tokens]
 
 
+@dataclass(frozen=True)
+class OutputField:
+    """One entry of a generic head's output schema.
+
+    kind "value": `Output.fields[name]`, a JSON value whose shape `type` describes,
+    e.g. "list<object{label:string,score:number,start:integer,end:integer}>".
+    kind "tensor": `Output.tensors[name]`, a numpy array of element type `type`
+    (float32, float16, int32 or int64) and dimensions `shape`, e.g. "[tokens, labels]".
+    """
+
+    name: str
+    kind: Literal["value", "tensor"]
+    type: str
+    shape: str = ""
+    description: str = ""
+    optional: bool = False  # present only when an option asks for it
+
+
+ParameterType = Literal["string", "number", "integer", "boolean"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One option of a generic head; the server checks the type and fills the default."""
+
+    name: str
+    type: ParameterType
+    default: Any
+    description: str = ""
+    choices: tuple[str, ...] = ()  # allowed values of a string option; empty: any
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """A generic head's options for one request: every declared parameter, typed."""
+
+    params: Mapping[str, Any]
+    truncate: bool = False
+
+    def __getitem__(self, name: str) -> Any:
+        return self.params[name]
+
+
+@dataclass(frozen=True)
+class Output:
+    """A generic head's result for one item, matching its `outputs` schema."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)  # JSON-compatible values
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
 class Head(abc.ABC):
     """A loaded head. Subclasses set the attributes and implement the three steps."""
 
@@ -114,6 +175,9 @@ class Head(abc.ABC):
     multi_label: bool = False
     source: str = ""
     detail: str = ""  # a note for GetModelInfo, e.g. why it is untrained
+    # Generic heads only (tasks outside the built-in four): the output schema and options.
+    outputs: tuple[OutputField, ...] = ()
+    parameters: tuple[Parameter, ...] = ()
 
     @abc.abstractmethod
     def prepare(self, item: Any, options: Any) -> Prepared:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ._text import encode_text
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
 from .tasks import Embedding, EncodeOptions, TextItem
+from .text import encode_text
 
 
 def sentence_transformers_defaults(folder: Path) -> tuple[str, bool]:

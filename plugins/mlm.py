@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForMaskedLM
 
-from ._task_model import load_task_model
-from ._text import encode_text
 from .contract import CONTRACT_VERSION, Features, Head, InvalidInput, LoadContext, Prepared, Row
+from .task_model import load_task_model
 from .tasks import Candidate, MaskPrediction, PredictOptions, TextItem, TokenPrediction
+from .text import encode_text
 
 
 class MaskedLMHead(Head):

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import AutoModelForQuestionAnswering
 
-from ._task_model import load_task_model
-from ._text import check_text
 from .contract import CONTRACT_VERSION, Features, Head, InvalidInput, LoadContext, Prepared, Row
 from .spans import Window, best_spans
+from .task_model import load_task_model
 from .tasks import QAItem, QAOptions, QuestionAnswer
+from .text import check_text
 
 _MIN_CONTEXT_TOKENS = 8
 

@@ -24,6 +24,8 @@ from headserve.v1 import (
     classifier_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
+    heads_pb2,
+    heads_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     question_answerer_pb2,
@@ -35,17 +37,20 @@ from headserve.v1 import (
 from .backbone import Backbone, default_model_dir
 from .config import head_specs
 from .core import Core
-from .discovery import find_plugins, load_plugins
-from .heads import load_heads
+from .discovery import allowed, check_unique, find_plugins, load_plugins
+from .heads import check_unique_names, load_heads, require
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .servicers.classifier import ClassifierServicer
 from .servicers.encoder import EncoderServicer
+from .servicers.heads import HeadsServicer
 from .servicers.models import ModelsServicer
 from .servicers.question_answerer import QuestionAnswererServicer
 from .servicers.token_predictor import TokenPredictorServicer
 
 log = logging.getLogger(__name__)
+
+GENERIC = "*"  # the Heads service: SERVING with any usable head of a task outside the four
 
 # Each service, and the task whose usable heads make it SERVING (None: the backbone alone).
 SERVICES: dict[str, str | None] = {
@@ -53,6 +58,7 @@ SERVICES: dict[str, str | None] = {
     token_predictor_pb2.DESCRIPTOR.services_by_name["TokenPredictor"].full_name: "mlm",
     classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name: "classify",
     question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"].full_name: "qa",
+    heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name: GENERIC,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name: None,
 }
 
@@ -68,6 +74,7 @@ class Settings:
     threads: int | None = None  # torch CPU threads; None: one per available core
     grace_seconds: float = 10.0
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
+    require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
 
 
 @dataclass
@@ -104,17 +111,23 @@ def release_freed_memory() -> None:
 def build_core(settings: Settings) -> Core:
     """Load the backbone, discover the head plugins and load the configured heads."""
     started = time.perf_counter()
-    backbone = Backbone.load(
-        settings.model_dir or default_model_dir(), device=settings.device, dtype=settings.dtype
-    )
-    refs = find_plugins()
-    if settings.plugins is not None:
-        refs = tuple(r for r in refs if r.name in settings.plugins)
-    plugins, failures = load_plugins(refs)
+    model_dir = settings.model_dir or default_model_dir()
+    # Everything that can refuse the configuration runs before the backbone loads.
     specs = settings.heads or head_specs((), None)
+    check_unique_names(specs, model_dir)
+    refs, kept_out = allowed(find_plugins(), settings.plugins)
+    check_unique(refs)
+    plugins, failures = load_plugins(refs)
+    backbone = Backbone.load(model_dir, device=settings.device, dtype=settings.dtype)
     registry = load_heads(
-        specs, plugins, failures, backbone.view(), allow_untrained=settings.allow_untrained
+        specs,
+        plugins,
+        failures,
+        backbone.view(),
+        allow_untrained=settings.allow_untrained,
+        not_allowed=[r.name for r in kept_out],
     )
+    require(registry, settings.require_heads)
     release_freed_memory()
     threads = set_torch_threads(settings.threads)
     scheduler = Scheduler(Runner(backbone), settings.limits)
@@ -141,7 +154,12 @@ class Server:
     async def mark_ready(self, core: Core) -> None:
         self.state.core = core
         for service, task in SERVICES.items():
-            ok = task is None or core.registry.has_usable(task)
+            registry = core.registry
+            ok = (
+                task is None
+                or (task == GENERIC and registry.has_usable_generic())
+                or registry.has_usable(task)
+            )
             await self.health.set(
                 service,
                 health_pb2.HealthCheckResponse.SERVING
@@ -169,6 +187,7 @@ async def create_server(address: str) -> Server:
     question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server(
         QuestionAnswererServicer(state), server
     )
+    heads_pb2_grpc.add_HeadsServicer_to_server(HeadsServicer(state), server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(state), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -1,4 +1,4 @@
-"""`headserve serve` and `headserve info`."""
+"""`headserve serve`, `headserve info` and `headserve heads`."""
 
 from __future__ import annotations
 
@@ -48,10 +48,23 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="serve heads whose weights are missing from their checkpoint (random)",
         )
+        plugins_arg(p)
         p.add_argument(
-            "--plugins", help="comma-separated plugin names allowed to load (default: all)"
+            "--require-head",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="refuse to start unless head NAME loads and is usable (repeatable)",
         )
         p.add_argument("--log-level", default="INFO")
+
+    def plugins_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--plugins",
+            metavar="NAMES",
+            help="comma-separated plugin or distribution names allowed to load code into "
+            "the server (default: every installed plugin)",
+        )
 
     serve = sub.add_parser("serve", help="start the server")
     model_args(serve)
@@ -93,7 +106,31 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
     model_args(info)
+
+    heads = sub.add_parser("heads", help="list the installed head plugins and their status")
+    plugins_arg(heads)
+    heads.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    heads.add_argument("--log-level", default="CRITICAL", help="the table already shows failures")
     return parser
+
+
+def _allow_list(text: str | None) -> tuple[str, ...] | None:
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else None
+
+
+def _list_heads(args: argparse.Namespace) -> None:
+    """`headserve heads`: discover, import and validate every plugin; load no model."""
+    from .discovery import plugin_report
+
+    rows = plugin_report(_allow_list(args.plugins))
+    if args.json:
+        print(json.dumps([row._asdict() for row in rows], indent=2))
+        return
+    columns = ("name", "task", "distribution", "version", "status")
+    cells = [columns, *(tuple(str(getattr(r, c)) for c in columns) for r in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns) - 1)]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -118,7 +155,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         device=args.device,
         dtype=args.dtype,
         allow_untrained=args.allow_untrained,
-        plugins=tuple(p.strip() for p in args.plugins.split(",")) if args.plugins else None,
+        plugins=_allow_list(args.plugins),
+        require_heads=tuple(args.require_head),
         **extra,
     )
 
@@ -130,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "heads":
+        _list_heads(args)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
@@ -140,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"headserve: {exc}") from exc
     from .app import build_core, serve
-    from .heads import DuplicateHead
+    from .discovery import StartupError
 
     try:
         if args.command == "info":
@@ -150,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(json_format.MessageToDict(info), indent=2))
             return
         asyncio.run(serve(settings, f"{args.host}:{args.port}"))
-    except (DuplicateHead, FileNotFoundError, ValueError) as exc:
+    except (StartupError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"headserve: {exc}") from exc
 
 

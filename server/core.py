@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from headserve.plugins.contract import InvalidInput, Prepared
+from headserve.plugins.contract import Head, InvalidInput, Prepared
 from headserve.plugins.tasks import TextItem
 
 from .backbone import Backbone
-from .errors import InvalidArgument
+from .errors import HeadFailed, HeadserveError, InvalidArgument
+from .generic import check_output, parse_params
 from .heads import HeadRegistry
 from .runner import Runner, Work
 from .scheduler import Scheduler
@@ -39,6 +40,24 @@ class Tokenized:
 
 def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
     return InvalidArgument(f"items[{index}].{exc.field}", exc.message, item=index)
+
+
+def _prepare(head: Head, item: Any, options: Any) -> Prepared:
+    try:
+        return head.prepare(item, options)
+    except (InvalidInput, HeadserveError):
+        raise
+    except Exception as exc:  # a head's bug fails its own request, named, and nothing else
+        raise HeadFailed(f"head {head.name!r} failed to prepare: {exc!r}", head=head.name) from exc
+
+
+def _finish(head: Head, prepared: Prepared, rows: Sequence[Any], options: Any) -> Any:
+    try:
+        return head.finish(prepared, rows, options)
+    except HeadserveError:
+        raise
+    except Exception as exc:  # a head's bug fails its own request, named, and nothing else
+        raise HeadFailed(f"head {head.name!r} failed to finish: {exc!r}", head=head.name) from exc
 
 
 class Core:
@@ -79,10 +98,45 @@ class Core:
                 raise InvalidArgument("options.heads", f"head {name!r} named twice")
             seen.add(name)
         heads = [self.registry.resolve(task, name) for name in head_names]
+        return await self._run(
+            heads, items, options, deadline=deadline, wait_for_room=wait_for_room
+        )
+
+    async def run_head(
+        self,
+        name: str,
+        items: Sequence[TextItem],
+        params: dict[str, Any],
+        *,
+        truncate: bool,
+        deadline: float | None = None,
+        wait_for_room: bool = False,
+    ) -> tuple[Head, Outcome]:
+        """A generic head's outputs (Heads.Run): results are checked `Output`s, one per item."""
+        head = self.registry.resolve_generic(name)
+        if not items:
+            raise InvalidArgument("items", "empty batch: send at least one item")
+        options = parse_params(head, params, truncate=truncate)
+        outcome = await self._run(
+            [head], items, options, deadline=deadline, wait_for_room=wait_for_room
+        )
+        for per_item in outcome.results:
+            per_item[0] = check_output(head, per_item[0])
+        return head, outcome
+
+    async def _run(
+        self,
+        heads: Sequence[Head],
+        items: Sequence[Any],
+        options: Any,
+        *,
+        deadline: float | None,
+        wait_for_room: bool,
+    ) -> Outcome:
         prepared: list[list[Prepared]] = []
         for index, item in enumerate(items):
             try:
-                prepared.append([head.prepare(item, options) for head in heads])
+                prepared.append([_prepare(head, item, options) for head in heads])
             except InvalidInput as exc:
                 raise _item_error(index, exc) from exc
         work = [
@@ -101,7 +155,7 @@ class Core:
             for head, p in zip(heads, per_item, strict=True):
                 rows = outputs[position : position + len(p.rows)]
                 position += len(p.rows)
-                finished.append(head.finish(p, rows, options))
+                finished.append(_finish(head, p, rows, options))
             results.append(finished)
         # Rows shared by several heads were computed once: count each once.
         unique_rows = {

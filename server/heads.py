@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from headserve.plugins.contract import BackboneView, Head, HeadSpec, LoadContext
 
-from .discovery import FailedPlugin, LoadedPlugin
-from .errors import HeadNotFound, HeadNotUsable
+from .config import BUILTIN_TASKS
+from .discovery import FailedPlugin, LoadedPlugin, StartupError
+from .errors import HeadNotFound, HeadNotUsable, InvalidArgument
+from .generic import schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,21 @@ class ServedHead:
     is_default: bool
 
 
-class DuplicateHead(ValueError):
+class DuplicateHead(StartupError):
     pass
+
+
+class RequiredHeadMissing(StartupError):
+    pass
+
+
+def check_unique_names(specs: Sequence[HeadSpec], backbone_source: object) -> None:
+    """Two heads configured with one name stop the server, naming both sources."""
+    names = [s.name for s in specs]
+    for name in sorted(set(names)):
+        if names.count(name) > 1:
+            sources = [f"{s.plugin}:{s.source or backbone_source}" for s in specs if s.name == name]
+            raise DuplicateHead(f"head name {name!r} configured twice: {' and '.join(sources)}")
 
 
 class HeadRegistry:
@@ -48,6 +63,28 @@ class HeadRegistry:
     def has_usable(self, task: str) -> bool:
         return any(self.usable(h) for h in self.of_task(task))
 
+    def generic(self) -> list[ServedHead]:
+        """Heads of tasks outside the built-in four: served by the Heads service."""
+        return [h for h in self.heads.values() if h.plugin.plugin.task not in BUILTIN_TASKS]
+
+    def has_usable_generic(self) -> bool:
+        return any(self.usable(h) for h in self.generic())
+
+    def resolve_generic(self, name: str) -> Head:
+        """The generic head `name`, if it can serve a Heads.Run call."""
+        if not name:
+            raise InvalidArgument("head", "name the head to run (GetModelInfo lists them)")
+        served = self.heads.get(name)
+        if served is None:
+            known = ", ".join(h.spec.name for h in self.generic()) or "none"
+            raise HeadNotFound(f"no head named {name!r} (Heads.Run serves: {known})", head=name)
+        task = served.plugin.plugin.task
+        if task in BUILTIN_TASKS:
+            raise InvalidArgument(
+                "head", f"head {name!r} is a built-in {task} head: call its own service"
+            )
+        return self._usable(served)
+
     def resolve(self, task: str, name: str | None) -> Head:
         """The head `name` (or the task's default) if it can serve a call of `task`."""
         if name:
@@ -59,6 +96,10 @@ class HeadRegistry:
             served = next((h for h in self.of_task(task) if h.is_default), None)
             if served is None:
                 raise HeadNotFound(f"this server has no {task} head", head="")
+        return self._usable(served)
+
+    def _usable(self, served: ServedHead) -> Head:
+        task = served.plugin.plugin.task
         if not self.usable(served):
             raise HeadNotUsable(
                 f"head {served.spec.name!r} is untrained ({served.head.detail}); serve a "
@@ -76,13 +117,13 @@ def load_heads(
     backbone: BackboneView,
     *,
     allow_untrained: bool,
+    not_allowed: Sequence[str] = (),
 ) -> HeadRegistry:
-    """Load every configured head; one that fails is reported and skipped."""
-    names = [s.name for s in specs]
-    for name in set(names):
-        if names.count(name) > 1:
-            sources = [f"{s.plugin}:{s.source or backbone.source}" for s in specs if s.name == name]
-            raise DuplicateHead(f"head name {name!r} configured twice: {' and '.join(sources)}")
+    """Load every configured head; one that fails is reported and skipped.
+
+    `not_allowed`: installed plugins kept out by the allow-list (for a clear reason).
+    """
+    check_unique_names(specs, backbone.source)
     by_name = {p.ref.name: p for p in plugins}
     failed = list(failures)
     loaded: list[tuple[HeadSpec, LoadedPlugin, Head]] = []
@@ -90,7 +131,9 @@ def load_heads(
         plugin = by_name.get(spec.plugin)
         if plugin is None:
             reason = (
-                f"no plugin {spec.plugin!r} (installed: {', '.join(sorted(by_name)) or 'none'})"
+                f"plugin {spec.plugin!r} is installed but not in the --plugins allow-list"
+                if spec.plugin in not_allowed
+                else f"no plugin {spec.plugin!r} (loaded: {', '.join(sorted(by_name)) or 'none'})"
             )
             failed.append(FailedPlugin(spec.name, reason))
             log.error("head %s: %s", spec.name, reason)
@@ -101,6 +144,11 @@ def load_heads(
         except Exception as exc:  # weights can be missing or corrupt: report, serve the rest
             failed.append(FailedPlugin(spec.name, f"{plugin.ref.label} failed to load: {exc}"))
             log.error("head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc)
+            continue
+        problem = _contract_problem(head, plugin)
+        if problem is not None:
+            failed.append(FailedPlugin(spec.name, f"{plugin.ref.label}: {problem}"))
+            log.error("head %s (%s) refused: %s", spec.name, plugin.ref.label, problem)
             continue
         log.info(
             "head %s: %s from %s, %s, %.2fs",
@@ -117,6 +165,28 @@ def load_heads(
         peers = [s for s, p, _ in loaded if p.plugin.task == task]
         served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task)))
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
+
+
+def _contract_problem(head: object, plugin: LoadedPlugin) -> str | None:
+    if not isinstance(head, Head):
+        return f"load() returned {type(head).__name__}, not a headserve Head"
+    if plugin.plugin.task not in BUILTIN_TASKS:
+        return schema_problem(head)
+    return None
+
+
+def require(registry: HeadRegistry, names: Sequence[str]) -> None:
+    """`--require-head`: each named head must be loaded and usable, or the server stops."""
+    for name in names:
+        served = registry.heads.get(name)
+        if served is None:
+            reasons = [f.reason for f in registry.failures if f.label == name]
+            why = reasons[0] if reasons else "it is not configured (see --head)"
+            raise RequiredHeadMissing(f"required head {name!r} is not served: {why}")
+        if not registry.usable(served):
+            raise RequiredHeadMissing(
+                f"required head {name!r} is not usable: untrained ({served.head.detail})"
+            )
 
 
 def _default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:

@@ -6,7 +6,7 @@
   classify/   ...ForSequenceClassification, 3 labels, same base weights
   multilabel/ ...ForSequenceClassification, problem_type multi_label_classification
   qa/         ...ForQuestionAnswering, same base weights
-  untrained/  the backbone folder again (no head weights at all)
+  ner/        ...ForTokenClassification, NER_LABELS (B-/I- tags), same base weights
 The windows are small (max_length 64) so long-context QA is cheap to test.
 """
 
@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     BertTokenizer,
     DistilBertTokenizer,
     RobertaTokenizer,
@@ -31,6 +32,7 @@ from transformers import (
 MAX_LENGTH = 64
 ARCHS = ("bert", "roberta", "distilbert")
 LABELS = ("negative", "neutral", "positive")
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -139,4 +141,15 @@ def make_family(root: Path, arch: str, seed: int = 0) -> Family:
         "multilabel",
     )
     save(AutoModelForQuestionAnswering.from_config(tiny_config(arch, vocab)), "qa")
+    ner = AutoModelForTokenClassification.from_config(
+        tiny_config(
+            arch,
+            vocab,
+            id2label=dict(enumerate(NER_LABELS)),
+            label2id={l: i for i, l in enumerate(NER_LABELS)},
+        )
+    )
+    with torch.no_grad():  # a sharper classifier than the random init, so entities vary
+        ner.classifier.weight.mul_(25.0)
+    save(ner, "ner")
     return Family(arch, root)

@@ -1,11 +1,22 @@
-"""An in-process headserve server on its own event loop thread, bound to port 0."""
+"""Servers for tests: in process on its own event loop thread, or the CLI as a subprocess;
+both bound to port 0."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headserve.server.app import Server, Settings, build_core, create_server
 
@@ -34,3 +45,45 @@ class ServerThread:
         self.call(self.server.stop(None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+@dataclass
+class CliServer:
+    """`headserve serve ...` as a subprocess, once its `service` reports SERVING."""
+
+    proc: subprocess.Popen[str]
+    target: str
+    log: list[str]  # stderr lines read while starting
+
+
+def start_cli_server(
+    args: Sequence[str], env: dict[str, str] | None = None, *, service: str = ""
+) -> CliServer:
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "headserve"), "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**(env if env is not None else os.environ), "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    port = None
+    deadline = time.monotonic() + 120
+    while port is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        found = re.search(r"listening on port (\d+)", line)
+        port = int(found.group(1)) if found else None
+    assert port is not None, "".join(log)
+    target = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        while time.monotonic() < deadline and proc.poll() is None:
+            if health.Check(request).status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.2)
+    assert proc.poll() is None, "".join(log) + proc.stderr.read()
+    return CliServer(proc, target, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 
 import grpc
 
@@ -11,6 +12,8 @@ from headserve.v1 import models_pb2 as pb
 
 from ..core import Core
 from ._calls import Call, CoreHolder, ready, text_items, unary
+
+_KINDS = {"value": pb.OutputField.KIND_VALUE, "tensor": pb.OutputField.KIND_TENSOR}
 
 
 def server_version() -> str:
@@ -39,6 +42,27 @@ def model_info(core: Core) -> pb.ModelInfo:
             multi_label=served.head.multi_label,
             is_default=served.is_default,
             detail=served.head.detail,
+            outputs=[
+                pb.OutputField(
+                    name=f.name,
+                    kind=_KINDS[f.kind],
+                    type=f.type,
+                    shape=f.shape,
+                    description=f.description,
+                    optional=f.optional,
+                )
+                for f in served.head.outputs
+            ],
+            parameters=[
+                pb.ParameterInfo(
+                    name=p.name,
+                    type=p.type,
+                    default=json.dumps(p.default),
+                    description=p.description,
+                    choices=list(p.choices),
+                )
+                for p in served.head.parameters
+            ],
         )
         for name, served in registry.heads.items()
     ]

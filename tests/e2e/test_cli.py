@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving import start_cli_server
 
 from headserve.client import Client
 
@@ -25,36 +24,10 @@ HEADSERVE = str(Path(sys.executable).parent / "headserve")
 
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
-    proc = subprocess.Popen(
-        [HEADSERVE, "serve", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.stderr is not None
-    log: list[str] = []
-    port = None
-    deadline = time.monotonic() + 120
-    while port is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        found = re.search(r"listening on port (\d+)", line)
-        port = int(found.group(1)) if found else None
-    assert port is not None, "".join(log)
-    target = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    while time.monotonic() < deadline:
-        status = health.Check(health_pb2.HealthCheckRequest(service="")).status
-        if status == health_pb2.HealthCheckResponse.SERVING:
-            break
-        time.sleep(0.2)
-    channel.close()
-    yield proc, target, log
-    if proc.poll() is None:
-        proc.kill()
+    server = start_cli_server([])
+    yield server.proc, server.target, server.log
+    if server.proc.poll() is None:
+        server.proc.kill()
 
 
 def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) -> None:  # type: ignore[no-untyped-def]

@@ -39,6 +39,7 @@ def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("encode", "encode"),
         HeadSpec("sentiment", "classify", bert.classify),
         HeadSpec("qa", "qa", bert.qa),
+        HeadSpec("ner", "token_classification", bert.ner),
     )
     thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
     yield thread
@@ -65,7 +66,14 @@ def test_node_client_calls_every_kind_of_rpc(node_client: Path, server: ServerTh
     # code-point offsets: "Zoë" is 3 characters even though "ë" is 2 bytes in UTF-8
     for answer in out["answers"]:
         assert out["context"][answer["start"] : answer["end"]] == answer["text"]
-    assert out["heads"] == ["encode", "sentiment", "qa"]
+    assert out["heads"] == ["encode", "sentiment", "qa", "ner"]
+    run = out["run"]
+    assert run["task"] == "token_classification" and run["entities"]
+    text = "Bob works in Berlin."
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in run["entities"])
+    tokens, labels = run["logitsShape"]
+    assert run["logitsBytes"] == tokens * labels * 4  # float32
+    assert out["badRun"]["code"] == 3 and "options.aggregation" in out["badRun"]["details"]
     assert [(s["id"], s["outcome"], s["code"]) for s in out["streamed"]] == [
         ("a", "response", 0),
         ("b", "error", 3),

@@ -6,7 +6,7 @@ const grpc = require("@grpc/grpc-js");
 const loader = require("@grpc/proto-loader");
 
 const [target, protos] = process.argv.slice(2);
-const files = ["encoder", "classifier", "question_answerer", "models"].map(
+const files = ["encoder", "classifier", "question_answerer", "models", "heads"].map(
   (f) => `headserve/v1/${f}.proto`
 );
 const def = loader.loadSync(files, { includeDirs: [protos, `${protos}/third_party`], keepCase: true, defaults: true, oneofs: true, longs: Number });
@@ -16,6 +16,7 @@ const encoder = new v1.Encoder(target, creds);
 const classifier = new v1.Classifier(target, creds);
 const qa = new v1.QuestionAnswerer(target, creds);
 const models = new v1.Models(target, creds);
+const heads = new v1.Heads(target, creds);
 
 const unary = (client, method, request) =>
   new Promise((resolve) => client[method](request, (err, res) => resolve(err ? { code: err.code, details: err.details } : res)));
@@ -39,6 +40,19 @@ function stream(client, method, requests) {
   const classify = await unary(classifier, "Classify", { items: [{ text: "I loved it" }] });
   const answer = await unary(qa, "AnswerQuestion", { items: [{ question: "Where does Zoë work?", context }], options: { top_k: 2 } });
   const info = await unary(models, "GetModelInfo", {});
+  // A plugin head through the generic service; options are a google.protobuf.Struct
+  // (proto-loader names its Value fields in camelCase: stringValue, boolValue...).
+  const run = await unary(heads, "Run", {
+    head: "ner", items: [{ text: "Bob works in Berlin." }],
+    options: { fields: { aggregation: { stringValue: "none" }, return_logits: { boolValue: true } } },
+  });
+  const badRun = await unary(heads, "Run", { head: "ner", items: [{ text: "x" }], options: { fields: { aggregation: { stringValue: "max" } } } });
+  if (!run.results) throw new Error(JSON.stringify(run));
+  const entities = run.results[0].fields.fields.entities.listValue.values.map((v) => {
+    const f = v.structValue.fields;
+    return { label: f.label.stringValue, start: f.start.numberValue, end: f.end.numberValue, text: f.text.stringValue };
+  });
+  const logits = run.results[0].tensors.logits;
   const streamed = await stream(classifier, "ClassifyStream", [
     { id: "a", items: [{ text: "one" }] },
     { id: "b", items: [{ text: "" }] },
@@ -52,6 +66,8 @@ function stream(client, method, requests) {
     context,
     heads: info.heads.map((h) => h.name),
     streamed,
+    run: { task: run.task, entities, logitsShape: logits.shape, logitsBytes: logits.data.length },
+    badRun,
   }));
-  for (const c of [encoder, classifier, qa, models]) c.close();
+  for (const c of [encoder, classifier, qa, models, heads]) c.close();
 })().catch((e) => { console.error(e); process.exit(1); });

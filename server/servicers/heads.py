@@ -1,0 +1,63 @@
+"""Heads service: any generic head by name; JSON options in, its declared outputs out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from headserve.plugins.contract import Head, Output
+from headserve.v1 import heads_pb2 as pb
+from headserve.v1 import heads_pb2_grpc
+
+from ..errors import HeadFailed
+from ._calls import Call, CoreHolder, ready, stream, tensor, text_items, unary, usage_timing
+
+
+def _output(head: Head, output: Output) -> pb.HeadOutput:
+    fields = struct_pb2.Struct()
+    try:
+        fields.update(output.fields)
+        tensors = {name: tensor(array) for name, array in output.tensors.items()}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise HeadFailed(
+            f"head {head.name!r} returned an output that is not JSON or a tensor: {exc!r}",
+            head=head.name,
+        ) from exc
+    return pb.HeadOutput(fields=fields, tensors=tensors)
+
+
+class HeadsServicer(heads_pb2_grpc.HeadsServicer):
+    def __init__(self, state: CoreHolder) -> None:
+        self._state = state
+
+    async def Run(
+        self, request: pb.RunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunResponse:
+        return await unary(context, lambda call: self._run(request, call))
+
+    async def RunStream(
+        self, request_iterator: AsyncIterator[pb.RunRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RunStreamResponse]:
+        async for reply in stream(
+            request_iterator, context, self._state, self._run, pb.RunStreamResponse
+        ):
+            yield reply
+
+    async def _run(self, request: pb.RunRequest, call: Call) -> pb.RunResponse:
+        core = ready(self._state)
+        head, outcome = await core.run_head(
+            request.head,
+            text_items(request.items),
+            json_format.MessageToDict(request.options),
+            truncate=request.truncate,
+            deadline=call.deadline,
+            wait_for_room=call.wait_for_room,
+        )
+        return pb.RunResponse(
+            head=head.name,
+            task=head.task,
+            results=[_output(head, r[0]) for r in outcome.results],
+            **usage_timing(outcome),
+        )

@@ -1,0 +1,253 @@
+"""The third-party token-classification plugin (plugins/token-classification, its own
+distribution, installed by `make install`), reached only through its entry point: exact
+against transformers, served by Heads.Run through the typed client, and batched with the
+built-in heads in one backbone pass."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import ARCHS, NER_LABELS
+from serving import ServerThread
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+from headserve.client import (
+    Client,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from headserve.plugins.contract import HeadSpec
+from headserve.plugins.tasks import TextItem
+from headserve.server.app import Settings, build_core
+from headserve.server.discovery import find_plugins, load_plugins
+
+TOL = 1e-5
+TEXTS = [
+    "Alice works in Paris at the bank.",
+    "Bob works in Berlin at the zoo, and Alice visits him.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Where does Bob work? Who works in Paris?",
+]
+
+
+def test_the_plugin_is_found_through_its_entry_point() -> None:
+    refs = [r for r in find_plugins() if r.name == "token_classification"]
+    assert [(r.distribution, r.value) for r in refs] == [
+        (
+            "headserve-token-classification",
+            "headserve_token_classification:TokenClassificationPlugin",
+        )
+    ]
+    (loaded,), failed = load_plugins(refs)
+    assert not failed
+    assert loaded.plugin.task == "token_classification"
+    assert type(loaded.plugin).__module__.startswith("headserve_token_classification")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def ner(request, families):  # type: ignore[no-untyped-def]
+    family = families[request.param]
+    core = build_core(
+        Settings(
+            model_dir=family.backbone,
+            heads=(HeadSpec("ner", "token_classification", family.ner),),
+            device="cpu",
+        )
+    )
+    reference = AutoModelForTokenClassification.from_pretrained(str(family.ner)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(family.ner))
+    return family, core, reference, tokenizer
+
+
+def _run(core, params):  # type: ignore[no-untyped-def]
+    items = [TextItem(t) for t in TEXTS]
+    head, outcome = asyncio.run(core.run_head("ner", items, params, truncate=False))
+    return [per_item[0] for per_item in outcome.results]
+
+
+@torch.inference_mode()
+def test_logits_match_the_transformers_class(ner) -> None:  # type: ignore[no-untyped-def]
+    family, core, reference, tokenizer = ner
+    outputs = _run(core, {"return_logits": True})
+    for text, output in zip(TEXTS, outputs):
+        enc = tokenizer(text, return_tensors="pt")
+        if "token_type_ids" not in tokenizer.model_input_names:
+            enc.pop("token_type_ids", None)
+        expected = reference(**enc).logits[0].numpy()
+        assert output.tensors["logits"].shape == (len(enc["input_ids"][0]), len(NER_LABELS))
+        np.testing.assert_allclose(output.tensors["logits"], expected, atol=TOL, rtol=0)
+        assert output.fields["tokens"] == len(enc["input_ids"][0])
+
+
+@pytest.mark.parametrize("aggregation", ["simple", "none"])
+def test_entities_match_the_transformers_pipeline(ner, aggregation: str) -> None:  # type: ignore[no-untyped-def]
+    family, core, reference, tokenizer = ner
+    pipe = pipeline(
+        "token-classification",
+        model=reference,
+        tokenizer=tokenizer,
+        aggregation_strategy=aggregation,
+        device="cpu",
+    )
+    outputs = _run(core, {"aggregation": aggregation})
+    label_key = "entity_group" if aggregation == "simple" else "entity"
+    total = grouped = 0
+    for text, output in zip(TEXTS, outputs):
+        expected = pipe(text)
+        got = output.fields["entities"]
+        assert [(e[label_key], e["start"], e["end"]) for e in expected] == [
+            (e["label"], e["start"], e["end"]) for e in got
+        ]
+        np.testing.assert_allclose(
+            [e["score"] for e in got], [float(e["score"]) for e in expected], atol=TOL
+        )
+        assert all(e["text"] == text[e["start"] : e["end"]] for e in got)
+        total += len(got)
+        grouped += sum(" " in e["text"].strip() for e in got)  # several words
+    assert total > 3  # the checkpoint finds entities, so the comparison is not vacuous
+    if aggregation == "simple":
+        assert grouped > 0  # and merges tokens into entities
+
+
+# --- served, through the typed client ---------------------------------------------------------
+
+
+def _same(got, want) -> None:  # type: ignore[no-untyped-def]
+    """Entities equal; scores to float32 precision (JSON numbers travel as doubles)."""
+    assert [{k: v for k, v in e.items() if k != "score"} for e in got] == [
+        {k: v for k, v in e.items() if k != "score"} for e in want
+    ]
+    np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in want], atol=TOL)
+
+
+@pytest.fixture(scope="module")
+def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    heads = (
+        HeadSpec("encode", "encode", None, {"pooling": "cls"}),
+        HeadSpec("classify", "classify", bert.classify),
+        HeadSpec("mlm", "mlm", bert.mlm),
+        HeadSpec("qa", "qa", bert.qa),
+        HeadSpec("ner", "token_classification", bert.ner),
+    )
+    thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
+    yield thread
+    thread.stop()
+
+
+def test_run_through_the_client_equals_the_head_in_process(server: ServerThread) -> None:
+    with Client(server.target) as client:
+        result = client.run("ner", TEXTS, options={"return_logits": True})
+        info = client.model_info().head("ner")
+    assert result.head == "ner" and result.task == "token_classification"
+    expected = _run(server.core, {"return_logits": True})
+    assert len(result) == len(TEXTS)
+    for got, want in zip(result, expected):
+        _same(got.fields["entities"], want.fields["entities"])
+        np.testing.assert_array_equal(got.tensors["logits"], want.tensors["logits"])
+    assert result.usage.input_tokens == sum(e.fields["tokens"] for e in expected)
+    assert info.task == "token_classification"
+    assert info.distribution == "headserve-token-classification"
+    assert info.labels == NER_LABELS
+    assert [f.name for f in info.outputs] == ["entities", "tokens", "logits"]
+    assert {p.name: p.default for p in info.parameters} == {
+        "aggregation": "simple",
+        "ignore_labels": "O",
+        "return_logits": False,
+    }
+
+
+def test_run_errors_name_the_field_and_leave_the_server_serving(server: ServerThread) -> None:
+    with Client(server.target, max_retries=0) as client:
+        with pytest.raises(InvalidArgumentError, match=r"options\.aggregation"):
+            client.run("ner", TEXTS, options={"aggregation": "max"})
+        with pytest.raises(InvalidArgumentError, match=r"options\.colour"):
+            client.run("ner", TEXTS, options={"colour": "red"})
+        with pytest.raises(InvalidArgumentError, match=r"items\[1\]\.text_pair"):
+            client.run("ner", ["fine", ("a", "pair")])
+        with pytest.raises(InvalidArgumentError, match=r"items\[0\]\.text"):
+            client.run("ner", [""])
+        with pytest.raises(NotFoundError, match="nope"):
+            client.run("nope", TEXTS)
+        with pytest.raises(InvalidArgumentError, match="built-in"):
+            client.run("classify", TEXTS)
+        assert len(client.run("ner", TEXTS[:1])) == 1
+
+
+def test_run_stream_answers_each_request_alone(server: ServerThread) -> None:
+    from headserve.client import Batch
+
+    batches = [
+        Batch(TEXTS[:2], id="a"),
+        Batch([""], id="bad"),
+        Batch(TEXTS[2:], id="b"),
+    ]
+    with Client(server.target) as client:
+        replies = list(client.run_stream(batches, head="ner"))
+    assert [r.id for r in replies] == ["a", "bad", "b"]
+    assert replies[0].ok and replies[2].ok and not replies[1].ok
+    expected = _run(server.core, {})
+    got = [*replies[0].unwrap(), *replies[2].unwrap()]
+    for g, e in zip(got, expected, strict=True):
+        _same(g.fields["entities"], e.fields["entities"])
+
+
+def test_plugin_rows_share_one_backbone_pass_with_the_built_in_heads(
+    server: ServerThread,
+) -> None:
+    core = server.core
+    assert core is not None
+    runner, scheduler = core.runner, core.scheduler
+    question = "Where does Bob work?"
+    with Client(server.target) as client:
+        alone = (
+            client.run("ner", TEXTS),
+            client.encode(TEXTS),
+            client.classify(TEXTS),
+            client.predict_tokens([t.replace("works", "[MASK]") for t in TEXTS[:2]]),
+            client.answer_question([(question, t) for t in TEXTS]),
+        )
+        runner.hold = threading.Event()
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                blocker = pool.submit(client.encode, ["hold the model"])
+                while not scheduler.busy:
+                    time.sleep(0.005)
+                before = runner.batches
+                calls = [
+                    pool.submit(client.run, "ner", TEXTS),
+                    pool.submit(client.encode, TEXTS),
+                    pool.submit(client.classify, TEXTS),
+                    pool.submit(
+                        client.predict_tokens, [t.replace("works", "[MASK]") for t in TEXTS[:2]]
+                    ),
+                    pool.submit(client.answer_question, [(question, t) for t in TEXTS]),
+                ]
+                deadline = time.monotonic() + 30
+                while scheduler.queued < 4 * len(TEXTS) + 2 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                runner.hold.set()
+                together = tuple(c.result(timeout=60) for c in calls)
+                blocker.result(timeout=60)
+        finally:
+            runner.hold.set()
+            runner.hold = None
+    assert runner.batches == before + 2  # the blocker's batch, then ONE for all five calls
+    ner_alone, ner_together = alone[0], together[0]
+    for a, b in zip(ner_alone, ner_together, strict=True):
+        _same(b.fields["entities"], a.fields["entities"])
+    np.testing.assert_allclose(together[1].vectors, alone[1].vectors, atol=TOL)
+    for a, b in zip(alone[2], together[2]):
+        assert a.heads[0].labels[0].probability == pytest.approx(
+            b.heads[0].labels[0].probability, abs=TOL
+        )
+    for a, b in zip(alone[4], together[4]):
+        assert (a.best is None) == (b.best is None)
+        if a.best is not None and b.best is not None:
+            assert (a.best.start, a.best.end) == (b.best.start, b.best.end)
