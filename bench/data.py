@@ -66,6 +66,33 @@ def sentences(n: int | None = None) -> list[str]:
     return rows if n is None else rows[:n]
 
 
+def write_sentiment_csv(path: Path) -> tuple[int, int]:
+    """text,label rows: "positive" for a mean rating above 0, "negative" below.
+
+    Snippets rated exactly 0 (37 of 10,605) have no sentiment to learn and are left out;
+    returns (rows written, rows left out).
+    """
+    import csv
+
+    rows = labelled()
+    kept = [(text, "positive" if score > 0 else "negative") for text, score in rows if score != 0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(kept)
+    return len(kept), len(rows) - len(kept)
+
+
 if __name__ == "__main__":
-    rows = sentences()
-    print(len(rows), "sentences; e.g.", rows[:3])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--csv", type=Path, help="write the labelled sentiment CSV here")
+    args = parser.parse_args()
+    if args.csv:
+        written, left_out = write_sentiment_csv(args.csv)
+        print(f"{args.csv}: {written} rows ({left_out} rated 0 left out)")
+    else:
+        rows = sentences()
+        print(len(rows), "sentences; e.g.", rows[:3])

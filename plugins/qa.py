@@ -12,13 +12,80 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import AutoModelForQuestionAnswering
 
-from .contract import CONTRACT_VERSION, Features, Head, InvalidInput, LoadContext, Prepared, Row
+from .contract import (
+    CONTRACT_VERSION,
+    BackboneView,
+    Features,
+    Head,
+    InvalidInput,
+    LoadContext,
+    Prepared,
+    Row,
+)
 from .spans import Window, best_spans
 from .task_model import load_task_model
 from .tasks import QAItem, QAOptions, QuestionAnswer
 from .text import check_text
 
 _MIN_CONTEXT_TOKENS = 8
+
+
+def windows(backbone: BackboneView, item: QAItem, doc_stride: int) -> Prepared:
+    """A question and its context as rows: one per window of the context.
+
+    Each window's state is (context-token mask, character offsets), for span decoding.
+    """
+    check_text("question", item.question)
+    check_text("context", item.context)
+    tokenizer = backbone.tokenizer
+    max_length = backbone.max_length
+    question_tokens = len(tokenizer(item.question, add_special_tokens=False)["input_ids"])
+    room = max_length - question_tokens - tokenizer.num_special_tokens_to_add(pair=True)
+    if room < _MIN_CONTEXT_TOKENS:
+        raise InvalidInput(
+            "question",
+            f"is {question_tokens} tokens, leaving {max(room, 0)} of the model's "
+            f"{max_length} for the context; shorten the question",
+        )
+    stride = min(doc_stride, room // 2)
+    encoded = tokenizer(
+        item.question,
+        item.context,
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        return_token_type_ids=True,
+    )
+    rows = []
+    spans = []
+    for w in range(len(encoded["input_ids"])):
+        sequence_ids = encoded.sequence_ids(w)
+        mask = np.array([s == 1 for s in sequence_ids])
+        types = encoded["token_type_ids"][w] if "token_type_ids" in encoded else None
+        rows.append(Row(tuple(encoded["input_ids"][w]), tuple(types) if types else None))
+        spans.append((mask, [tuple(o) for o in encoded["offset_mapping"][w]]))
+    return Prepared(tuple(rows), state=(item.context, tuple(spans)))
+
+
+def decode(
+    prepared: Prepared, outputs: Sequence[tuple[np.ndarray, ...]], options: QAOptions
+) -> QuestionAnswer:
+    """The best answers of an item from its windows' (start, end) logits."""
+    context, spans = prepared.state
+    found = [
+        Window(start, end, mask, offsets)
+        for (start, end), (mask, offsets) in zip(outputs, spans, strict=True)
+    ]
+    answers = best_spans(
+        context,
+        found,
+        top_k=options.top_k,
+        max_answer_length=options.max_answer_length,
+        allow_no_answer=options.allow_no_answer,
+    )
+    return QuestionAnswer(answers, len(found))
 
 
 class QuestionAnsweringHead(Head):
@@ -28,48 +95,15 @@ class QuestionAnsweringHead(Head):
         self.name = context.spec.name
         self.source = str(context.source)
         self._backbone = context.backbone
-        self._tokenizer = context.backbone.tokenizer
         self._model = load_task_model(AutoModelForQuestionAnswering, context)
         self.trained = not self._model.missing
         if not self.trained:
             self.detail = "QA weights missing from the checkpoint: " + ", ".join(
                 self._model.missing
             )
-        # Special tokens a question-context pair adds (e.g. 3 for BERT, 4 for RoBERTa).
-        self._pair_overhead = self._tokenizer.num_special_tokens_to_add(pair=True)
 
     def prepare(self, item: QAItem, options: QAOptions) -> Prepared:
-        check_text("question", item.question)
-        check_text("context", item.context)
-        max_length = self._backbone.max_length
-        question_tokens = len(self._tokenizer(item.question, add_special_tokens=False)["input_ids"])
-        room = max_length - question_tokens - self._pair_overhead
-        if room < _MIN_CONTEXT_TOKENS:
-            raise InvalidInput(
-                "question",
-                f"is {question_tokens} tokens, leaving {max(room, 0)} of the model's "
-                f"{max_length} for the context; shorten the question",
-            )
-        stride = min(options.doc_stride, room // 2)
-        windows = self._tokenizer(
-            item.question,
-            item.context,
-            truncation="only_second",
-            max_length=max_length,
-            stride=stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            return_token_type_ids=True,
-        )
-        rows = []
-        spans = []
-        for w in range(len(windows["input_ids"])):
-            sequence_ids = windows.sequence_ids(w)
-            mask = np.array([s == 1 for s in sequence_ids])
-            types = windows["token_type_ids"][w] if "token_type_ids" in windows else None
-            rows.append(Row(tuple(windows["input_ids"][w]), tuple(types) if types else None))
-            spans.append((mask, [tuple(o) for o in windows["offset_mapping"][w]]))
-        return Prepared(tuple(rows), state=(item.context, tuple(spans)))
+        return windows(self._backbone, item, options.doc_stride)
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[tuple[np.ndarray, ...]]:
         with self._model.feeding(features.hidden) as model:
@@ -83,19 +117,7 @@ class QuestionAnsweringHead(Head):
     def finish(
         self, prepared: Prepared, outputs: Sequence[tuple[np.ndarray, ...]], options: QAOptions
     ) -> QuestionAnswer:
-        context, spans = prepared.state
-        windows = [
-            Window(start, end, mask, offsets)
-            for (start, end), (mask, offsets) in zip(outputs, spans, strict=True)
-        ]
-        answers = best_spans(
-            context,
-            windows,
-            top_k=options.top_k,
-            max_answer_length=options.max_answer_length,
-            allow_no_answer=options.allow_no_answer,
-        )
-        return QuestionAnswer(answers, len(windows))
+        return decode(prepared, outputs, options)
 
 
 class QuestionAnsweringPlugin:

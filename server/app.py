@@ -35,7 +35,7 @@ from headserve.v1 import (
 )
 
 from .backbone import Backbone, default_model_dir
-from .config import head_specs
+from .config import default_heads
 from .core import Core
 from .discovery import allowed, check_unique, find_plugins, load_plugins
 from .heads import check_unique_names, load_heads, require
@@ -113,7 +113,7 @@ def build_core(settings: Settings) -> Core:
     started = time.perf_counter()
     model_dir = settings.model_dir or default_model_dir()
     # Everything that can refuse the configuration runs before the backbone loads.
-    specs = settings.heads or head_specs((), None)
+    specs = settings.heads or default_heads(packaged_model=settings.model_dir is None)
     check_unique_names(specs, model_dir)
     refs, kept_out = allowed(find_plugins(), settings.plugins)
     check_unique(refs)

@@ -1,4 +1,4 @@
-"""`headserve serve`, `headserve info` and `headserve heads`."""
+"""`headserve serve`, `info`, `heads` and `train-head`."""
 
 from __future__ import annotations
 
@@ -111,7 +111,106 @@ def _parser() -> argparse.ArgumentParser:
     plugins_arg(heads)
     heads.add_argument("--json", action="store_true", help="print JSON instead of a table")
     heads.add_argument("--log-level", default="CRITICAL", help="the table already shows failures")
+
+    train = sub.add_parser(
+        "train-head",
+        help="train a classify or qa head on the frozen backbone; write a head artifact",
+        description="Computes the backbone's features once (cached), trains a small network on "
+        "them with a held-out validation split and early stopping, and writes DIR/head.json + "
+        "DIR/head.safetensors, served by `headserve serve --head NAME=DIR`.",
+    )
+    train.add_argument("--task", required=True, choices=["classify", "qa"])
+    train.add_argument(
+        "--model",
+        type=Path,
+        help="the backbone folder the head will be served on (default: the packaged model)",
+    )
+    train.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="classify: .jsonl/.csv/.tsv with text, label[, text_pair]; "
+        "qa: SQuAD-style .jsonl (question, context, answer_text + answer_start or answers)",
+    )
+    train.add_argument("--out", required=True, type=Path, help="the artifact folder to write")
+    train.add_argument("--network", choices=["linear", "mlp"], default="linear")
+    train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
+    train.add_argument("--dropout", type=float, default=0.1)
+    train.add_argument("--epochs", type=int, default=100, help="at most; early stopping decides")
+    train.add_argument("--patience", type=int, default=5, help="epochs without improvement")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="classify")
+    train.add_argument("--doc-stride", type=int, default=128, help="qa: window overlap, tokens")
+    train.add_argument(
+        "--cache-dir", type=Path, help="feature cache (default: ~/.cache/headserve/features)"
+    )
+    train.add_argument("--no-cache", action="store_true", help="compute features, keep none")
+    train.add_argument(
+        "--skip-bad-rows", action="store_true", help="train on the good rows; bad ones are listed"
+    )
+    train.add_argument("--device", help="cpu, cuda ... (default: cuda when there is one)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _train_head(args: argparse.Namespace) -> None:
+    from headserve.plugins.artifact import Network
+
+    from .app import set_torch_threads
+    from .backbone import default_model_dir
+    from .training.command import TrainOptions, train_head
+    from .training.data import DataError
+    from .training.features import default_cache_dir
+    from .training.fit import FitSettings
+
+    set_torch_threads(args.threads)
+    options = TrainOptions(
+        task=args.task,
+        data=args.data,
+        out=args.out,
+        model=args.model or default_model_dir(),
+        network=Network(args.network, args.hidden, args.dropout),
+        fit=FitSettings(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            weight_decay=args.weight_decay,
+            patience=args.patience,
+            seed=args.seed,
+        ),
+        val_fraction=args.val_fraction,
+        pooling=args.pooling,
+        doc_stride=args.doc_stride,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        skip_bad_rows=args.skip_bad_rows,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    try:
+        report = train_head(options)
+    except (DataError, ValueError, OSError) as exc:
+        raise SystemExit(f"headserve train-head: {exc}") from exc
+    meta = report.meta
+    shown = ", ".join(
+        f"{k} {v:.3f}" for k, v in meta.metrics.items() if isinstance(v, float) and k != "val_loss"
+    )
+    source = "from cache" if report.features_cached else "computed"
+    print(
+        f"trained a {meta.task} head ({meta.network.kind}) on {len(report.train)} examples, "
+        f"held out {len(report.val)}; best epoch {meta.training['best_epoch']} of "
+        f"{meta.training['epochs_run']}; features {source}"
+    )
+    print(f"held-out: {shown}")
+    if report.skipped:
+        lines = ", ".join(str(b.line) for b in report.skipped[:20])
+        print(f"skipped {len(report.skipped)} bad rows (lines {lines})")
+    print(f"wrote {report.out}; serve it with: headserve serve --head NAME={report.out}")
 
 
 def _allow_list(text: str | None) -> tuple[str, ...] | None:
@@ -176,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if args.command == "train-head":
+        _train_head(args)
+        return
     try:
         settings = _settings(args)
     except (ConfigError, OSError) as exc:

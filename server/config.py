@@ -14,12 +14,15 @@
     multi_label = true
 
 With no heads configured, the server runs one head per built-in task, named
-after it and loaded from the backbone's own folder.
+after it and loaded from the backbone's own folder; on the packaged default model,
+the classifier is the packaged sentiment head (trained by `make sentiment-head`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import tomllib
@@ -27,6 +30,8 @@ import tomllib
 from headserve.plugins.contract import HeadSpec
 
 BUILTIN_TASKS = ("encode", "mlm", "classify", "qa")
+ARTIFACT_PLUGINS = {"classify": "trained_classify", "qa": "trained_qa"}  # plugins/trained.py
+PACKAGED_SENTIMENT = "artifacts/minilm-sentiment"  # in headserve.plugins
 
 
 class ConfigError(ValueError):
@@ -38,7 +43,9 @@ def parse_head(text: str) -> HeadSpec:
     if not sep or not name or not rest:
         raise ConfigError(f"--head {text!r}: expected NAME=PLUGIN[:SOURCE][,key=value...]")
     first, *pairs = rest.split(",")
-    plugin, _, source = first.partition(":")
+    plugin, colon, source = first.partition(":")
+    if not colon and _looks_like_path(first):
+        plugin, source = artifact_plugin(Path(first).expanduser()), first
     options: dict[str, str] = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
@@ -48,24 +55,58 @@ def parse_head(text: str) -> HeadSpec:
     return HeadSpec(name.strip(), plugin.strip(), Path(source) if source else None, options)
 
 
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or "/" in text or (Path(text) / "head.json").is_file()
+
+
+def artifact_plugin(folder: Path) -> str:
+    """The plugin that serves the head artifact in `folder` (from its head.json task)."""
+    meta = folder / "head.json"
+    try:
+        task = json.loads(meta.read_text()).get("task")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{folder}: not a head artifact (no head.json)") from exc
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{meta}: unreadable: {exc}") from exc
+    if task not in ARTIFACT_PLUGINS:
+        raise ConfigError(f"{meta}: unknown task {task!r}")
+    return ARTIFACT_PLUGINS[task]
+
+
+def packaged_sentiment_head() -> Path:
+    return Path(str(resources.files("headserve.plugins") / PACKAGED_SENTIMENT))
+
+
+def default_heads(*, packaged_model: bool) -> tuple[HeadSpec, ...]:
+    """One head per built-in task from the backbone's folder; the packaged model (which has
+    no task heads) gets the packaged sentiment classifier."""
+    specs = [HeadSpec(task, task) for task in BUILTIN_TASKS]
+    sentiment = packaged_sentiment_head()
+    if packaged_model and (sentiment / "head.json").is_file():
+        specs[BUILTIN_TASKS.index("classify")] = HeadSpec(
+            "sentiment", ARTIFACT_PLUGINS["classify"], sentiment
+        )
+    return tuple(specs)
+
+
 def read_config(path: Path) -> tuple[HeadSpec, ...]:
     with path.open("rb") as f:
         data = tomllib.load(f)
     specs = []
     for name, table in data.get("heads", {}).items():
-        if not isinstance(table, dict) or "plugin" not in table:
-            raise ConfigError(f'{path}: [heads.{name}] needs plugin = "..."')
+        if not isinstance(table, dict) or not ("plugin" in table or "source" in table):
+            raise ConfigError(
+                f'{path}: [heads.{name}] needs plugin = "..." (or source = an artifact folder)'
+            )
         options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in table.items()}
-        plugin = options.pop("plugin")
         source = options.pop("source", None)
+        plugin = options.pop("plugin", None) or (artifact_plugin(Path(source)) if source else "")
         specs.append(HeadSpec(name, plugin, Path(source) if source else None, options))
     return tuple(specs)
 
 
 def head_specs(cli: Sequence[str], config: Path | None) -> tuple[HeadSpec, ...]:
-    """The configured heads, config file first; the built-in defaults when there are none."""
+    """The configured heads, config file first; () when there are none (see default_heads)."""
     specs = list(read_config(config)) if config else []
     specs += [parse_head(h) for h in cli]
-    if not specs:
-        return tuple(HeadSpec(task, task) for task in BUILTIN_TASKS)
     return tuple(specs)

@@ -38,8 +38,10 @@ def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) 
             ("", health_pb2.HealthCheckResponse.SERVING),
             ("headserve.v1.Encoder", health_pb2.HealthCheckResponse.SERVING),
             ("headserve.v1.Models", health_pb2.HealthCheckResponse.SERVING),
-            # the packaged model has no trained classification head
-            ("headserve.v1.Classifier", health_pb2.HealthCheckResponse.NOT_SERVING),
+            # the packaged sentiment head (make sentiment-head) serves Classify
+            ("headserve.v1.Classifier", health_pb2.HealthCheckResponse.SERVING),
+            # the packaged model has no trained QA head
+            ("headserve.v1.QuestionAnswerer", health_pb2.HealthCheckResponse.NOT_SERVING),
         ):
             assert (
                 health.Check(health_pb2.HealthCheckRequest(service=service)).status == expected
@@ -63,9 +65,25 @@ def test_serve_with_no_arguments_encodes_with_the_default_model(default_server) 
         assert {h.name: h.trained for h in info.heads} == {
             "encode": True,
             "mlm": False,
-            "classify": False,
+            "sentiment": True,
             "qa": False,
         }
+
+
+def test_the_default_server_answers_classify_out_of_the_box(default_server) -> None:  # type: ignore[no-untyped-def]
+    _, target, _ = default_server
+    reviews = {
+        "A wonderful, moving film with a brilliant cast.": "positive",
+        "I loved every minute of it; a delight.": "positive",
+        "A dull, tedious mess that wastes its actors.": "negative",
+        "Boring and badly written; I hated it.": "negative",
+    }
+    with Client(target) as client:
+        result = client.classify(list(reviews))
+    for (text, expected), classification in zip(reviews.items(), result.classifications):
+        head = classification.heads[0]
+        assert head.head == "sentiment"
+        assert head.top is not None and head.top.label == expected, (text, head)
 
 
 def test_sigterm_stops_gracefully_and_the_log_says_what_was_loaded(default_server) -> None:  # type: ignore[no-untyped-def]

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from headserve.server.config import BUILTIN_TASKS, ConfigError, head_specs, parse_head
+from headserve.server.config import (
+    BUILTIN_TASKS,
+    ConfigError,
+    default_heads,
+    head_specs,
+    parse_head,
+)
 
 
 def test_parse_head_with_source_and_options() -> None:
@@ -36,6 +43,32 @@ def test_config_file_and_cli_together(tmp_path: Path) -> None:
 
 
 def test_defaults_are_one_head_per_builtin_task() -> None:
-    assert [(s.name, s.plugin, s.source) for s in head_specs([], None)] == [
+    assert head_specs([], None) == ()
+    assert [(s.name, s.plugin, s.source) for s in default_heads(packaged_model=False)] == [
         (t, t, None) for t in BUILTIN_TASKS
     ]
+
+
+def test_the_packaged_model_gets_the_packaged_sentiment_head() -> None:
+    specs = {s.name: s for s in default_heads(packaged_model=True)}
+    assert list(specs) == ["encode", "mlm", "sentiment", "qa"]
+    sentiment = specs["sentiment"]
+    assert sentiment.plugin == "trained_classify"
+    assert sentiment.source is not None and (sentiment.source / "head.safetensors").is_file()
+    meta = json.loads((sentiment.source / "head.json").read_text())
+    assert meta["task"] == "classify" and meta["labels"] == ["negative", "positive"]
+    assert meta["metrics"]["accuracy"] >= 0.78  # the aim, as trained by make
+
+
+def test_a_head_artifact_folder_picks_its_plugin(tmp_path: Path) -> None:
+    folder = tmp_path / "my-head"
+    folder.mkdir()
+    (folder / "head.json").write_text(json.dumps({"task": "qa"}))
+    spec = parse_head(f"answers={folder},force=true")
+    assert (spec.name, spec.plugin, spec.source) == ("answers", "trained_qa", folder)
+    assert spec.options == {"force": "true"}
+    with pytest.raises(ConfigError, match="not a head artifact"):
+        parse_head(f"x={tmp_path / 'missing'}")
+    config = tmp_path / "heads.toml"
+    config.write_text(f'[heads.answers]\nsource = "{folder}"\n')
+    assert head_specs([], config)[0].plugin == "trained_qa"

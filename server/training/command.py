@@ -1,0 +1,164 @@
+"""`headserve train-head`: data -> cached backbone features -> a trained network -> artifact."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from headserve.plugins import artifact
+from headserve.plugins.artifact import HeadMeta, Network
+
+from ..backbone import Backbone
+from . import data
+from .features import FeatureCache, classify_features, default_cache_dir, qa_features
+from .fit import FitSettings, fit
+from .tasks import ClassifyData, QAData, label_names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    task: str  # "classify" or "qa"
+    data: Path
+    out: Path
+    model: Path
+    network: Network = Network()
+    fit: FitSettings = FitSettings()
+    val_fraction: float = 0.2
+    pooling: str = "mean"  # classify
+    doc_stride: int = 128  # qa
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
+    skip_bad_rows: bool = False
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: Path
+    meta: HeadMeta
+    examples: int
+    skipped: Sequence[data.BadRow]
+    train: Sequence[int]  # example indices
+    val: Sequence[int]
+    features_cached: bool
+    seconds: dict[str, float]
+
+
+def split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) example indices, shuffled by `seed`."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1, not {fraction}")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(count * fraction))
+    if count - n_val < 1:
+        raise ValueError(f"{count} examples are too few to hold {n_val} out for validation")
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _bar(total: int | None, unit: str, enabled: bool, desc: str) -> Any:
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, leave=False)
+
+
+def train_head(options: TrainOptions) -> TrainReport:
+    if options.task not in artifact.TASKS:
+        raise ValueError(f"--task must be one of {', '.join(artifact.TASKS)}")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    loaded = data.read(options.data, options.task, skip_bad=options.skip_bad_rows)
+    for bad in loaded.bad:
+        log.warning("%s: skipped %s", options.data, bad)
+    examples = loaded.examples
+    backbone = Backbone.load(options.model, device=options.device)
+    fingerprint = artifact.backbone_fingerprint(backbone.source, backbone.model)
+    cache = FeatureCache(options.cache_dir, fingerprint)
+    train, val = split(len(examples), options.val_fraction, options.fit.seed)
+    timings["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    torch.manual_seed(options.fit.seed)
+    hidden = backbone.config.hidden_size
+    if options.task == "classify":
+        if options.pooling not in ("mean", "cls"):
+            raise ValueError(f"--pooling must be mean or cls, not {options.pooling!r}")
+        labels = label_names([e.label for e in examples])
+        if len(labels) < 2:
+            raise ValueError(f"{options.data}: one label only ({labels[0]!r}); need two or more")
+        with _bar(len(examples), "text", options.progress, "features") as bar:
+            features, cached = classify_features(
+                backbone, examples, options.pooling, cache, bar.update
+            )
+        index = {label: i for i, label in enumerate(labels)}
+        task_data: ClassifyData | QAData = ClassifyData(
+            features, torch.tensor([index[e.label] for e in examples]), labels
+        )
+        train_units, val_units = train, val
+        outputs, pooling = len(labels), options.pooling
+    else:
+        with _bar(None, "window", options.progress, "features") as bar:  # windows: not known yet
+            qa, cached = qa_features(backbone, examples, options.doc_stride, cache, bar.update)
+        task_data = QAData.build(qa, examples)
+        train_units, val_units = task_data.windows_of(train), task_data.windows_of(val)
+        labels, outputs, pooling = (), 2, "tokens"
+    timings["features"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    torch.manual_seed(options.fit.seed)
+    module = options.network.build(hidden, outputs)
+    untrained = task_data.metrics(module, val)
+    with _bar(options.fit.epochs, "epoch", options.progress, "training") as bar:
+
+        def step(epoch: int, record: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
+
+        result = fit(module, train_units, val_units, task_data.loss(), options.fit, progress=step)
+    timings["training"] = time.perf_counter() - started
+    held_out = task_data.metrics(result.module, val)
+    extra: dict[str, Any] = {}
+    if isinstance(task_data, ClassifyData):
+        extra["majority_accuracy"] = task_data.majority_accuracy(train, val)
+    meta = HeadMeta(
+        task=options.task,
+        labels=labels,
+        hidden_size=hidden,
+        pooling=pooling,
+        network=options.network,
+        fingerprint=fingerprint,
+        backbone={
+            "source": str(backbone.source),
+            "model_type": backbone.config.model_type,
+            "max_length": backbone.max_length,
+        },
+        metrics={
+            **held_out,
+            **{f"untrained_{k}": v for k, v in untrained.items()},
+            **extra,
+            "val_loss": result.history[result.best_epoch - 1]["val_loss"],
+            "held_out_examples": len(val),
+        },
+        training={
+            "data": str(options.data),
+            "examples": len(examples),
+            "skipped_rows": len(loaded.bad),
+            "train_examples": len(train),
+            "val_fraction": options.val_fraction,
+            "seed": options.fit.seed,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            **{k: v for k, v in asdict(options.fit).items() if k != "seed"},
+            **({"doc_stride": options.doc_stride} if options.task == "qa" else {}),
+        },
+    )
+    artifact.save(options.out, meta, result.module)
+    return TrainReport(options.out, meta, len(examples), loaded.bad, train, val, cached, timings)

