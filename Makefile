@@ -36,11 +36,12 @@ serve: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Long runs: throughput (bench/throughput.py) and memory (bench/memory.py); see BENCHMARKS.md.
+# Long runs: throughput, packing, memory and the frozen-head/fine-tuning trade-off; see BENCHMARKS.md.
 bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/finetune.py
 
 # The packaged sentiment head of the default model (plugins/artifacts/minilm-sentiment),
 # trained by our own command on the VADER movie snippets: reproducible with the seed.
