@@ -12,13 +12,16 @@
         entities = client.run("ner", ["Ada lives in London."])[0]["entities"]
 
 Results are frozen dataclasses with numpy arrays; failures raise a :class:`HeadserveError`
-subclass (see :mod:`headserve.client.errors`). Only grpcio, protobuf and numpy are imported:
-a service that calls the server needs neither torch nor transformers.
+subclass (see :mod:`headserve.client.errors`). ``tls=TLS(ca=..., cert=..., key=...)`` secures
+the channel (mutual TLS with ``cert`` and ``key``), ``token=`` sends a bearer token with every
+call. Only grpcio, protobuf and numpy are imported: a service that calls the server needs
+neither torch nor transformers.
 """
 
 from ._async import AsyncClient
 from ._options import NOT_GIVEN, NotGiven
 from ._sync import Client
+from ._tls import TLS
 from .errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -55,6 +58,7 @@ from .types import (
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    RequestLimits,
     RunResult,
     SchedulerInfo,
     Span,
@@ -104,9 +108,11 @@ __all__ = [
     "QuestionContext",
     "QuestionItem",
     "ResourceExhaustedError",
+    "RequestLimits",
     "RunResult",
     "Span",
     "StreamResult",
+    "TLS",
     "TextItem",
     "Timing",
     "TokenCandidate",

@@ -24,6 +24,7 @@ from . import _convert, errors
 from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
+from ._tls import TLS, resolve
 from .types import (
     AnswerQuestionResult,
     Batch,
@@ -57,8 +58,9 @@ class AsyncClient:
                 embeddings = outcome.unwrap()
 
     The channel is made on the first call, so the client may be built outside the event loop;
-    it then belongs to the loop of that first call. Arguments are those of :class:`Client`;
-    ``channel`` must be a ``grpc.aio.Channel``.
+    it then belongs to the loop of that first call. Arguments are those of :class:`Client`
+    (``tls``, ``token`` included); ``channel`` must be a ``grpc.aio.Channel``. TLS files are
+    read when the client is made.
     """
 
     def __init__(
@@ -70,11 +72,19 @@ class AsyncClient:
         channel: grpc.aio.Channel | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
+        tls: TLS | bool | None = None,
+        token: str | None = None,
     ) -> None:
-        self._settings = Settings.create(timeout, max_retries, metadata)
-        if channel is not None and options:
-            raise ValueError("options configure the channel the client makes: not with channel=")
-        self._channel = _LazyChannel(target, options, channel)
+        self._settings = Settings.create(timeout, max_retries, metadata, token)
+        security = resolve(tls)
+        if channel is not None and (options or security is not None):
+            raise ValueError(
+                "options and tls configure the channel the client makes: not with channel="
+            )
+        if security is not None:
+            options = [*options, *security.channel_options()]
+        credentials = security.credentials() if security is not None else None
+        self._channel = _LazyChannel(target, options, credentials, channel)
 
     @property
     def timeout(self) -> float | None:
@@ -88,7 +98,7 @@ class AsyncClient:
 
     @property
     def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        """Metadata sent with every call."""
+        """Metadata sent with every call (besides the token's ``authorization`` entry)."""
         return self._settings.metadata
 
     def with_options(
@@ -97,10 +107,15 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         metadata: Metadata | NotGiven = NOT_GIVEN,
+        token: str | None | NotGiven = NOT_GIVEN,
     ) -> AsyncClient:
-        """A copy with other settings, sharing this client's channel; this one is unchanged."""
+        """A copy with other settings, sharing this client's channel; this one is unchanged.
+
+        ``metadata`` replaces the client's metadata but keeps its token; ``token`` replaces
+        the token (``None``: send none); see :meth:`Client.with_options`.
+        """
         clone = copy.copy(self)
-        clone._settings = self._settings.replace(timeout, max_retries, metadata)
+        clone._settings = self._settings.replace(timeout, max_retries, metadata, token)
         return clone
 
     async def close(self) -> None:
@@ -358,7 +373,7 @@ class AsyncClient:
         while True:
             try:
                 response = await method(
-                    request, timeout=remaining(deadline), metadata=self._settings.metadata
+                    request, timeout=remaining(deadline), metadata=self._settings.call_metadata
                 )
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error)
@@ -380,7 +395,7 @@ class AsyncClient:
     ) -> AsyncIterator[StreamResult[T]]:
         pump = _AsyncRequestPump(batches, to_request)
         call = pick(self._channel.stubs())(
-            pump.requests(), timeout=timeout, metadata=self._settings.metadata
+            pump.requests(), timeout=timeout, metadata=self._settings.call_metadata
         )
         try:
             async for response in call:
@@ -401,10 +416,15 @@ class _LazyChannel:
     """
 
     def __init__(
-        self, target: str, options: Sequence[tuple[str, Any]], channel: grpc.aio.Channel | None
+        self,
+        target: str,
+        options: Sequence[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None,
+        channel: grpc.aio.Channel | None,
     ) -> None:
         self._target = target
         self._options = list(options)
+        self._credentials = credentials
         self._channel = channel
         self._stubs = Stubs.over(channel) if channel is not None else None
         self._closed = False
@@ -413,7 +433,12 @@ class _LazyChannel:
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stubs is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self._target, self._credentials, options=self._options
+                )
             self._stubs = Stubs.over(self._channel)
         return self._stubs
 

@@ -49,6 +49,7 @@ from .types import (
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    RequestLimits,
     RunResult,
     SchedulerInfo,
     Span,
@@ -490,6 +491,16 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             stream_in_flight_items=message.scheduler.stream_in_flight_items,
             torch_threads=message.scheduler.torch_threads,
         ),
+        limits=RequestLimits(
+            max_request_items=message.limits.max_request_items,
+            max_item_chars=message.limits.max_item_chars,
+            max_item_tokens=message.limits.max_item_tokens,
+            max_message_bytes=message.limits.max_message_bytes,
+            max_concurrent_calls=message.limits.max_concurrent_calls,
+            max_streams=message.limits.max_streams,
+        )
+        if message.HasField("limits")
+        else None,
     )
 
 

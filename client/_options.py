@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias, TypeVar, final
 
 __all__ = ["NOT_GIVEN", "Metadata", "NotGiven", "Settings"]
@@ -44,28 +44,43 @@ def given(value: T | NotGiven, default: T) -> T:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What a client and its ``with_options`` copies may differ in; the channel is shared."""
+    """What a client and its ``with_options`` copies may differ in; the channel is shared.
+
+    The bearer ``token`` is kept apart from ``metadata``: replacing the metadata keeps it, and
+    it never appears in a ``repr`` (nor in an error message).
+    """
 
     timeout: float | None
     max_retries: int
     metadata: tuple[tuple[str, str | bytes], ...]
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be positive or None, not {self.timeout!r}")
         if isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative int, not {self.max_retries!r}")
+        if self.token is not None:
+            _check_token(self.token)
+            if any(key.lower() == "authorization" for key, _ in self.metadata):
+                raise ValueError(
+                    "metadata has an authorization entry and a token was given: "
+                    "pass one or the other"
+                )
 
     @classmethod
-    def create(cls, timeout: float | None, max_retries: int, metadata: Metadata) -> Settings:
+    def create(
+        cls, timeout: float | None, max_retries: int, metadata: Metadata, token: str | None = None
+    ) -> Settings:
         """Validated settings from constructor arguments."""
-        return cls(timeout=timeout, max_retries=max_retries, metadata=tuple(metadata))
+        return cls(timeout=timeout, max_retries=max_retries, metadata=tuple(metadata), token=token)
 
     def replace(
         self,
         timeout: float | None | NotGiven,
         max_retries: int | NotGiven,
         metadata: Metadata | NotGiven,
+        token: str | None | NotGiven = NOT_GIVEN,
     ) -> Settings:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(
@@ -73,4 +88,25 @@ class Settings:
             timeout=given(timeout, self.timeout),
             max_retries=given(max_retries, self.max_retries),
             metadata=tuple(given(metadata, self.metadata)),
+            token=given(token, self.token),
+        )
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """What every call sends: the token's ``authorization`` entry first, then ``metadata``."""
+        if self.token is None:
+            return self.metadata
+        return (("authorization", f"Bearer {self.token}"), *self.metadata)
+
+
+def _check_token(token: object) -> None:
+    # The token itself stays out of every message.
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str or None, not {type(token).__name__}")
+    if not token:
+        raise ValueError("token must not be empty (None: no token)")
+    if not all(" " <= char <= "~" for char in token):
+        raise ValueError(
+            "token must be printable ASCII, without newlines or other control characters "
+            "(a token read from a file may end with a newline: strip it)"
         )

@@ -16,6 +16,7 @@ from . import _convert, errors
 from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
+from ._tls import TLS, resolve
 from .types import (
     AnswerQuestionResult,
     Batch,
@@ -47,16 +48,28 @@ class Client:
             result = client.encode(["a sentence", ("a text", "its pair")])
             result.vectors  # float32, shape [2, hidden_size]
 
+        # TLS against a private CA, with a bearer token on every call:
+        Client("models.internal:443", tls=TLS(ca="ca.pem"), token=os.environ["HEADSERVE_TOKEN"])
+
     Args:
         target: ``host:port`` of the server (ignored when ``channel`` is given).
         timeout: seconds a unary call may take, retries included; ``None``: no limit.
             Streams take no deadline unless a call passes one.
         max_retries: how often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED,
-            with capped exponential backoff and jitter. Streams are never retried.
-        channel: a ``grpc.Channel`` to use (e.g. a secure one); it is closed by ``close()``.
-        metadata: ``(key, value)`` pairs sent with every call (e.g. an auth header).
+            with capped exponential backoff and jitter. Streams are never retried, nor is
+            any other failure (UNAUTHENTICATED and PERMISSION_DENIED included).
+        channel: a ``grpc.Channel`` to use (e.g. one with other credentials); it is closed by
+            ``close()``.
+        metadata: ``(key, value)`` pairs sent with every call (e.g. a tenant header).
         options: gRPC channel options for the channel the client makes, e.g.
             ``[("grpc.max_receive_message_length", 64 << 20)]``.
+        tls: secure the channel the client makes: a :class:`TLS`, or ``True`` for TLS with
+            the default roots; ``None`` or ``False``: plaintext.
+        token: a bearer token, sent as ``authorization: Bearer <token>`` with every call,
+            unary or stream, retries included. It is kept apart from ``metadata`` (which must
+            then carry no ``authorization`` entry), works over plaintext too (e.g. behind a
+            TLS-terminating proxy), and never appears in a ``repr`` or an error message.
+            Printable ASCII only: a newline or control character is a ``ValueError``.
 
     Calls raise a :class:`~headserve.client.HeadserveError` subclass on failure.
     """
@@ -70,13 +83,25 @@ class Client:
         channel: grpc.Channel | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
+        tls: TLS | bool | None = None,
+        token: str | None = None,
     ) -> None:
-        self._settings = Settings.create(timeout, max_retries, metadata)
-        if channel is not None and options:
-            raise ValueError("options configure the channel the client makes: not with channel=")
-        self._channel = (
-            channel if channel is not None else grpc.insecure_channel(target, options=list(options))
-        )
+        self._settings = Settings.create(timeout, max_retries, metadata, token)
+        security = resolve(tls)
+        if channel is not None and (options or security is not None):
+            raise ValueError(
+                "options and tls configure the channel the client makes: not with channel="
+            )
+        if channel is not None:
+            self._channel = channel
+        elif security is None:
+            self._channel = grpc.insecure_channel(target, options=list(options))
+        else:
+            self._channel = grpc.secure_channel(
+                target,
+                security.credentials(),
+                options=[*options, *security.channel_options()],
+            )
         self._stubs = Stubs.over(self._channel)
 
     @property
@@ -91,7 +116,7 @@ class Client:
 
     @property
     def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        """Metadata sent with every call."""
+        """Metadata sent with every call (besides the token's ``authorization`` entry)."""
         return self._settings.metadata
 
     def with_options(
@@ -100,13 +125,17 @@ class Client:
         timeout: float | None | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         metadata: Metadata | NotGiven = NOT_GIVEN,
+        token: str | None | NotGiven = NOT_GIVEN,
     ) -> Client:
         """A copy with other settings, sharing this client's channel; this one is unchanged.
+
+        ``metadata`` replaces the client's metadata but keeps its token; ``token`` replaces
+        the token (``None``: send none), e.g. one client per caller over a shared channel.
 
         Example: ``client.with_options(timeout=2.0, max_retries=0).encode(["quick"])``.
         """
         clone = copy.copy(self)
-        clone._settings = self._settings.replace(timeout, max_retries, metadata)
+        clone._settings = self._settings.replace(timeout, max_retries, metadata, token)
         return clone
 
     def close(self) -> None:
@@ -418,7 +447,7 @@ class Client:
         while True:
             try:
                 response = method(
-                    request, timeout=remaining(deadline), metadata=self._settings.metadata
+                    request, timeout=remaining(deadline), metadata=self._settings.call_metadata
                 )
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error)
@@ -439,7 +468,7 @@ class Client:
         timeout: float | None,
     ) -> Iterator[StreamResult[T]]:
         pump = _RequestPump(batches, to_request)
-        call = method(iter(pump), timeout=timeout, metadata=self._settings.metadata)
+        call = method(iter(pump), timeout=timeout, metadata=self._settings.call_metadata)
         try:
             for response in call:
                 yield convert(response)

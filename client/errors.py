@@ -13,11 +13,15 @@ FAILED_PRECONDITION    :class:`FailedPreconditionError`  head exists but is not 
 RESOURCE_EXHAUSTED     :class:`ResourceExhaustedError`   server overloaded (retried)
 UNAVAILABLE            :class:`UnavailableError`      not ready, draining, unreachable (retried)
 DEADLINE_EXCEEDED      :class:`DeadlineExceededError` the call's timeout passed
-UNAUTHENTICATED        :class:`UnauthenticatedError`
-PERMISSION_DENIED      :class:`PermissionDeniedError`
+UNAUTHENTICATED        :class:`UnauthenticatedError`   no valid credentials, e.g. a bad token
+PERMISSION_DENIED      :class:`PermissionDeniedError`  credentials not allowed this call
 INTERNAL               :class:`InternalError`         a server bug
 anything else          :class:`HeadserveError`
 =====================  ============================  =======================================
+
+Only the two marked "retried" are retried (unary calls only). A failed TLS handshake (a server
+certificate not trusted, a client certificate refused) never reaches a method: gRPC reports it
+as UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -179,11 +183,11 @@ class DeadlineExceededError(HeadserveError, TimeoutError):
 
 
 class UnauthenticatedError(HeadserveError):
-    """The call carried no valid credentials (UNAUTHENTICATED)."""
+    """The call carried no valid credentials (UNAUTHENTICATED); never retried."""
 
 
 class PermissionDeniedError(HeadserveError):
-    """The credentials do not allow this call (PERMISSION_DENIED)."""
+    """The credentials do not allow this call (PERMISSION_DENIED); never retried."""
 
 
 class InternalError(HeadserveError):

@@ -41,6 +41,7 @@ __all__ = [
     "QuestionAnswer",
     "QuestionContext",
     "QuestionItem",
+    "RequestLimits",
     "RunResult",
     "Span",
     "StreamResult",
@@ -513,6 +514,24 @@ class SchedulerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one call may ask of the server. Over an item limit a call gets
+    ``InvalidArgumentError`` naming the limit; over the stream or call limit,
+    ``ResourceExhaustedError``."""
+
+    max_request_items: int
+    """Items in one request (a unary call, or one batch of a stream)."""
+    max_item_chars: int
+    """Characters in one text field of an item."""
+    max_item_tokens: int
+    """Backbone tokens one item may cost, every head and QA window counted."""
+    max_message_bytes: int
+    """Bytes of one request or response message."""
+    max_concurrent_calls: int
+    max_streams: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """Result of ``model_info``: the backbone, its heads and the plugins that failed."""
 
@@ -522,6 +541,8 @@ class ModelInfo:
     server_version: str
     allow_untrained: bool
     scheduler: SchedulerInfo
+    limits: RequestLimits | None = None
+    """``None`` from a server that does not report them."""
 
     def head(self, name: str) -> HeadInfo:
         """The head called ``name``; ``KeyError`` if the server has none."""

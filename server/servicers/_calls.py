@@ -22,6 +22,7 @@ from headserve.v1 import common_pb2
 
 from ..core import Core, Outcome
 from ..errors import InvalidArgument, Unavailable
+from ..limits import RequestLimits
 from ..status import abort, to_status
 
 Req = TypeVar("Req")
@@ -33,6 +34,9 @@ DEFAULT_STREAM_ITEMS = 256
 
 class CoreHolder(Protocol):
     core: Core | None
+    request_limits: RequestLimits
+    open_streams: int
+    draining: asyncio.Event  # set on shutdown: streams stop reading, answer what they read
 
 
 def ready(state: CoreHolder) -> Core:
@@ -91,10 +95,14 @@ class Call:
 
 
 async def unary(
-    context: grpc.aio.ServicerContext, handle: Callable[[Call], Awaitable[Resp]]
+    state: CoreHolder,
+    context: grpc.aio.ServicerContext,
+    handle: Callable[[Call], Awaitable[Resp]],
 ) -> Resp:
     try:
-        return await handle(Call.of(context, stream=False))
+        response = await handle(Call.of(context, stream=False))
+        state.request_limits.check_response(response.ByteSize())  # type: ignore[attr-defined]
+        return response
     except Exception as exc:
         await abort(context, exc)
         raise  # abort raises; this line is for the type checker
@@ -127,6 +135,24 @@ async def stream(
     reply: Callable[..., Resp],
 ) -> AsyncIterator[Resp]:
     """Answer each request of a stream, in order, with `reply(id=, response= or error=)`."""
+    limits = state.request_limits
+    if state.open_streams >= limits.max_streams:
+        await abort(context, limits.stream_refused(state.open_streams))
+    state.open_streams += 1
+    try:
+        async for message in _answer_stream(requests, context, state, handle, reply):
+            yield message
+    finally:
+        state.open_streams -= 1
+
+
+async def _answer_stream(
+    requests: AsyncIterator[Req],
+    context: grpc.aio.ServicerContext,
+    state: CoreHolder,
+    handle: Callable[[Req, Call], Awaitable[Any]],
+    reply: Callable[..., Resp],
+) -> AsyncIterator[Resp]:
     call = Call.of(context, stream=True)
     cap = state.core.scheduler.limits.stream_in_flight_items if state.core else DEFAULT_STREAM_ITEMS
     budget = _Budget(cap)
@@ -139,20 +165,36 @@ async def stream(
                 await budget.acquire(n)
                 task = asyncio.ensure_future(handle(request, call))
                 task.add_done_callback(lambda _, n=n: budget.release(n))  # type: ignore[misc]
-                await pending.put((request.id, task))  # type: ignore[attr-defined]
+                pending.put_nowait((request.id, task))  # type: ignore[attr-defined]
         finally:
-            await pending.put(None)
+            pending.put_nowait(None)
 
     reader = asyncio.ensure_future(read())
+    # On shutdown the stream stops reading; every request already read is still answered.
+    drain = asyncio.ensure_future(state.draining.wait())
+    drain.add_done_callback(lambda _: reader.cancel())
+    answered = 0
     try:
         while (entry := await pending.get()) is not None:
             request_id, task = entry
             try:
-                yield reply(id=request_id, response=await task)
+                response = await task
+                state.request_limits.check_response(response.ByteSize())
+                yield reply(id=request_id, response=response)
             except Exception as exc:
                 yield reply(id=request_id, error=to_status(exc))
+            answered += 1
+        if reader.cancelled() and state.draining.is_set():
+            await abort(
+                context,
+                Unavailable(
+                    f"the server is shutting down: this stream's {answered} requests that were "
+                    "read have all been answered; send the rest to another server"
+                ),
+            )
         await reader  # surfaces a broken request stream
     finally:
+        drain.cancel()
         reader.cancel()
         while not pending.empty():
             entry = pending.get_nowait()

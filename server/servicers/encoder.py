@@ -45,7 +45,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def Encode(
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
-        return await unary(context, lambda call: self._encode(request, call))
+        return await unary(self._state, context, lambda call: self._encode(request, call))
 
     async def EncodeStream(
         self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext

@@ -35,7 +35,7 @@ class HeadsServicer(heads_pb2_grpc.HeadsServicer):
     async def Run(
         self, request: pb.RunRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunResponse:
-        return await unary(context, lambda call: self._run(request, call))
+        return await unary(self._state, context, lambda call: self._run(request, call))
 
     async def RunStream(
         self, request_iterator: AsyncIterator[pb.RunRequest], context: grpc.aio.ServicerContext

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import json
 
@@ -94,6 +95,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             stream_in_flight_items=limits.stream_in_flight_items,
             torch_threads=core.torch_threads,
         ),
+        limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )
 
 
@@ -107,7 +109,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         async def handle(call: Call) -> pb.ModelInfo:
             return model_info(ready(self._state))
 
-        return await unary(context, handle)
+        return await unary(self._state, context, handle)
 
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
@@ -131,4 +133,4 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
                 ]
             )
 
-        return await unary(context, handle)
+        return await unary(self._state, context, handle)

@@ -30,7 +30,7 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
     async def AnswerQuestion(
         self, request: pb.AnswerQuestionRequest, context: grpc.aio.ServicerContext
     ) -> pb.AnswerQuestionResponse:
-        return await unary(context, lambda call: self._answer(request, call))
+        return await unary(self._state, context, lambda call: self._answer(request, call))
 
     async def AnswerQuestionStream(
         self,

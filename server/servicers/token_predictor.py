@@ -47,7 +47,7 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
     async def PredictTokens(
         self, request: pb.PredictTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictTokensResponse:
-        return await unary(context, lambda call: self._predict(request, call))
+        return await unary(self._state, context, lambda call: self._predict(request, call))
 
     async def PredictTokensStream(
         self,

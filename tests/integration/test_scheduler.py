@@ -23,7 +23,7 @@ from headserve.client import (
 from headserve.plugins.contract import Features, Head, HeadSpec, Prepared, Row
 from headserve.server.app import Settings
 from headserve.server.backbone import Backbone
-from headserve.server.errors import DeadlineExceeded, HeadFailed
+from headserve.server.errors import DeadlineExceeded, HeadFailed, OutOfMemory
 from headserve.server.runner import Runner, Work
 from headserve.server.scheduler import Limits, Scheduler
 
@@ -297,3 +297,33 @@ def test_a_call_past_its_deadline_is_not_computed(small_queue: ServerThread) -> 
     finally:
         runner.hold.set()
         runner.hold = None
+
+
+def test_out_of_memory_splits_the_batch_and_retries_it(backbone: Backbone) -> None:
+    head = EchoHead("echo")
+    runner = Runner(backbone)
+    work = [Work(head, _row(backbone, f"sentence {i} " + "word " * i)) for i in range(8)]
+    expected = runner.run_batch(work)
+    runner.fail_next = torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    before = runner.batches
+    outputs = runner.run_batch(work)
+    assert runner.oom_splits == 1 and runner.batches == before + 2  # two halves
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want)
+    # a single row that does not fit fails alone, as RESOURCE_EXHAUSTED, not a crash
+    runner.fail_next = RuntimeError("CUDA error: out of memory")
+    (failure,) = runner.run_batch(work[:1])
+    assert isinstance(failure, OutOfMemory) and "one row" in str(failure)
+
+
+def test_out_of_memory_through_grpc_fails_only_that_call(bert) -> None:  # type: ignore[no-untyped-def]
+    thread = ServerThread(_settings(bert))
+    try:
+        assert thread.core is not None
+        thread.core.runner.fail_next = torch.cuda.OutOfMemoryError("injected")
+        with Client(thread.target, max_retries=0) as client:
+            with pytest.raises(ResourceExhaustedError, match="out of memory"):
+                client.encode(["alone in its batch"])
+            assert len(client.encode(["the next one works"])) == 1
+    finally:
+        thread.stop()

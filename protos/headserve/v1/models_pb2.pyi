@@ -328,6 +328,51 @@ class SchedulerInfo(_message.Message):
 Global___SchedulerInfo: _TypeAlias = SchedulerInfo  # noqa: Y015
 
 @_typing.final
+class RequestLimitsInfo(_message.Message):
+    """What one call may ask of the server (headserve serve options). Over an item
+    limit a request gets INVALID_ARGUMENT naming the limit; over the stream or
+    call limit, RESOURCE_EXHAUSTED.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_REQUEST_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_ITEM_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_ITEM_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    max_request_items: _builtins.int
+    """Items in one request (a unary call, or one message of a stream)."""
+    max_item_chars: _builtins.int
+    """Characters in one text field of an item (text, text_pair, question, context)."""
+    max_item_tokens: _builtins.int
+    """Backbone tokens one item may cost, every head and QA window counted."""
+    max_message_bytes: _builtins.int
+    """Bytes of one request or response message."""
+    max_concurrent_calls: _builtins.int
+    """RPCs in progress at once, streams included."""
+    max_streams: _builtins.int
+    """Streams open at once."""
+    def __init__(
+        self,
+        *,
+        max_request_items: _builtins.int = ...,
+        max_item_chars: _builtins.int = ...,
+        max_item_tokens: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
+        max_concurrent_calls: _builtins.int = ...,
+        max_streams: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestLimitsInfo: _TypeAlias = RequestLimitsInfo  # noqa: Y015
+
+@_typing.final
 class ModelInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -337,6 +382,7 @@ class ModelInfo(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     ALLOW_UNTRAINED_FIELD_NUMBER: _builtins.int
     SCHEDULER_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     server_version: _builtins.str
     allow_untrained: _builtins.bool
     @_builtins.property
@@ -347,6 +393,8 @@ class ModelInfo(_message.Message):
     def failed_plugins(self) -> _containers.RepeatedCompositeFieldContainer[Global___PluginFailure]: ...
     @_builtins.property
     def scheduler(self) -> Global___SchedulerInfo: ...
+    @_builtins.property
+    def limits(self) -> Global___RequestLimitsInfo: ...
     def __init__(
         self,
         *,
@@ -356,10 +404,11 @@ class ModelInfo(_message.Message):
         server_version: _builtins.str = ...,
         allow_untrained: _builtins.bool = ...,
         scheduler: Global___SchedulerInfo | None = ...,
+        limits: Global___RequestLimitsInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "scheduler", b"scheduler"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "limits", b"limits", "scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_untrained", b"allow_untrained", "backbone", b"backbone", "failed_plugins", b"failed_plugins", "heads", b"heads", "scheduler", b"scheduler", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_untrained", b"allow_untrained", "backbone", b"backbone", "failed_plugins", b"failed_plugins", "heads", b"heads", "limits", b"limits", "scheduler", b"scheduler", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,79 @@
+"""Per-request limits: what one call may ask of the server, checked before any work.
+
+Every limit is an option of `headserve serve`, reported by GetModelInfo, and named in
+the error a caller gets. A request over an item limit is INVALID_ARGUMENT (retrying it
+will not help); more streams than allowed is RESOURCE_EXHAUSTED (retry later). The
+message-size limit is gRPC's own in both directions; a response that would exceed it
+is refused with a clear message before gRPC would fail it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from headserve.plugins.contract import Prepared
+
+from .errors import InvalidArgument, Overloaded
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_request_items: int = 256  # items in one request (one unary call, one stream message)
+    max_item_chars: int = 100_000  # characters in one text field of an item
+    max_item_tokens: int = 16_384  # backbone tokens one item may cost (every QA window counted)
+    max_message_bytes: int = 16 * 1024 * 1024  # a request or a response, in bytes
+    max_concurrent_calls: int = 1024  # RPCs in progress at once, streams included
+    max_streams: int = 128  # streams open at once
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be at least 1")
+
+    def check_items(self, items: Sequence[Any]) -> None:
+        """The item count and every text field's length."""
+        if len(items) > self.max_request_items:
+            raise InvalidArgument(
+                "items",
+                f"{len(items)} items, more than this server takes in one request "
+                f"({self.max_request_items}, --max-request-items); split the batch",
+            )
+        for index, item in enumerate(items):
+            for name, value in vars(item).items():
+                if isinstance(value, str) and len(value) > self.max_item_chars:
+                    raise InvalidArgument(
+                        f"items[{index}].{name}",
+                        f"is {len(value):,} characters, more than this server takes "
+                        f"({self.max_item_chars:,}, --max-item-chars)",
+                        item=index,
+                    )
+
+    def check_tokens(self, index: int, prepared: Sequence[Prepared]) -> None:
+        """The backbone tokens an item costs, over all the heads and windows it needs."""
+        tokens = sum(len(row.input_ids) for p in prepared for row in p.rows)
+        if tokens > self.max_item_tokens:
+            rows = sum(len(p.rows) for p in prepared)
+            raise InvalidArgument(
+                f"items[{index}]",
+                f"needs {tokens:,} backbone tokens ({rows} rows), more than this server "
+                f"takes for one item ({self.max_item_tokens:,}, --max-item-tokens); "
+                "shorten it",
+                item=index,
+            )
+
+    def check_response(self, size: int) -> None:
+        if size > self.max_message_bytes:
+            raise InvalidArgument(
+                "items",
+                f"the response would be {size:,} bytes, more than this server sends in one "
+                f"message ({self.max_message_bytes:,}, --max-message-bytes); send fewer items "
+                "per request or ask for less (token states, logits)",
+            )
+
+    def stream_refused(self, open_streams: int) -> Overloaded:
+        return Overloaded(
+            f"{open_streams} streams are open, the most this server keeps "
+            f"({self.max_streams}, --max-streams); retry later or reuse a stream"
+        )
