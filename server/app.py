@@ -243,6 +243,14 @@ async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = await create_server(address, settings.request_limits, settings.security)
     log.info("listening on port %d; loading the model", server.port)
+    log.info("security: %r; limits: %s", settings.security, settings.request_limits)
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.security.tokens:
+        log.warning(
+            "listening on %s with no token authentication: anyone who can reach the port "
+            "can call the model (see docs/operations.md)",
+            host,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
