@@ -8,16 +8,28 @@ SECONDS (and at most --max-calls calls). Stream mode: one bidirectional stream o
 batches of STREAM_BATCH sentences, with up to --stream-window batches outstanding.
 "mixed" rotates Encode, Classify, AnswerQuestion and PredictTokens in equal shares on
 the same sentences. Prints one JSON object: sentences/s, p50/p99 latency (ms), errors.
+
+Below the CLI's own code are the pieces bench/overload.py and bench/soak.py share: per-call
+records, closed- and open-loop load, a server subprocess, and a VmRSS sampler.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
 from data import sentences
@@ -41,10 +53,13 @@ def _masked(text: str) -> str:
     return " ".join(words)
 
 
-def calls(channel: grpc.aio.Channel, mix: str) -> list[Callable[[str], object]]:
+def calls(
+    channel: grpc.aio.Channel, mix: str, timeout: float | None = None
+) -> list[Callable[[str], Awaitable[Any]]]:
+    """One callable per RPC of the mix (one sentence per call); `timeout`: each call's deadline."""
     encoder = encoder_pb2_grpc.EncoderStub(channel)
     encode = lambda t: encoder.Encode(  # noqa: E731
-        encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=t)])
+        encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=t)]), timeout=timeout
     )
     if mix == "encode":
         return [encode]
@@ -54,17 +69,19 @@ def calls(channel: grpc.aio.Channel, mix: str) -> list[Callable[[str], object]]:
     return [
         encode,
         lambda t: classifier.Classify(
-            classifier_pb2.ClassifyRequest(items=[common_pb2.TextInput(text=t)])
+            classifier_pb2.ClassifyRequest(items=[common_pb2.TextInput(text=t)]), timeout=timeout
         ),
         lambda t: qa.AnswerQuestion(
             question_answerer_pb2.AnswerQuestionRequest(
                 items=[
                     question_answerer_pb2.QuestionContext(question="What is it about?", context=t)
                 ]
-            )
+            ),
+            timeout=timeout,
         ),
         lambda t: mlm.PredictTokens(
-            token_predictor_pb2.PredictTokensRequest(items=[common_pb2.TextInput(text=_masked(t))])
+            token_predictor_pb2.PredictTokensRequest(items=[common_pb2.TextInput(text=_masked(t))]),
+            timeout=timeout,
         ),
     ]
 
@@ -74,31 +91,12 @@ async def unary(
 ) -> dict:
     async with grpc.aio.insecure_channel(target) as channel:
         rpcs = calls(channel, mix)
-        latencies: list[float] = []
-        errors = 0
-        counter = itertools.count()
-        stop_at = time.perf_counter() + seconds
-
-        async def caller(k: int) -> None:
-            nonlocal errors
-            i = k * 97
-            while time.perf_counter() < stop_at:
-                n = next(counter)
-                if n >= max_calls:
-                    return
-                text = texts[i % len(texts)]
-                i += 1
-                started = time.perf_counter()
-                try:
-                    await rpcs[n % len(rpcs)](text)
-                    latencies.append(time.perf_counter() - started)
-                except grpc.RpcError:
-                    errors += 1
-
         await rpcs[0](texts[0])  # warm up the connection and the model
         started = time.perf_counter()
-        await asyncio.gather(*(caller(k) for k in range(concurrency)))
+        recorder = await closed_loop(rpcs, texts, concurrency, seconds, max_calls=max_calls)
         elapsed = time.perf_counter() - started
+    latencies = [c.done - c.sent for c in recorder.calls if c.code == "OK"]
+    errors = len(recorder.calls) - len(latencies)
     return _summary(len(latencies), latencies, elapsed, errors, concurrency=concurrency, mix=mix)
 
 
@@ -146,6 +144,278 @@ def _summary(
         "p99_ms": pick(0.99),
         "errors": errors,
     }
+
+
+# --- Per-call records, open-loop load, the server and its memory (overload.py, soak.py) ---------
+
+
+@dataclass(slots=True)
+class Call:
+    """One call: when the schedule wanted it sent, when it was sent and answered, its status."""
+
+    rpc: int  # index into the mix of `calls()`
+    scheduled: float  # time.perf_counter(); a closed-loop call is scheduled when it is sent
+    sent: float
+    done: float
+    code: str  # "OK" or the grpc.StatusCode name
+    queue_ms: float = float("nan")  # the reply's Timing: in the server's queue
+    inference_ms: float = float("nan")  # ... and in the batches that computed it
+
+    @property
+    def ms(self) -> float:
+        return (self.done - self.sent) * 1e3
+
+    @property
+    def outside_ms(self) -> float:
+        """The part of the latency outside the server's queue and model: gRPC, the event loops
+        of both sides (tokenizing included), the network."""
+        return self.ms - self.queue_ms - self.inference_ms
+
+
+@dataclass
+class Recorder:
+    """Every call's record, and up to three distinct messages per status code."""
+
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, list[str]] = field(default_factory=dict)
+    debug: dict[str, str] = field(default_factory=dict)  # gRPC's debug string, one per code
+
+    async def call(
+        self, rpcs: Sequence[Callable[[str], Awaitable[Any]]], n: int, text: str, scheduled: float
+    ) -> str:
+        sent = time.perf_counter()
+        code = "OK"
+        timing = None
+        try:
+            timing = getattr(await rpcs[n % len(rpcs)](text), "timing", None)
+        except grpc.RpcError as exc:
+            code = exc.code().name
+            seen = self.messages.setdefault(code, [])
+            detail = re.sub(r"\d+", "N", str(exc.details()))
+            if len(seen) < 3 and detail not in seen:
+                seen.append(detail)
+            if code not in self.debug:
+                self.debug[code] = str(exc.debug_error_string())  # type: ignore[attr-defined]
+        call = Call(n % len(rpcs), scheduled, sent, time.perf_counter(), code)
+        if timing is not None:
+            call.queue_ms, call.inference_ms = timing.queue_ms, timing.inference_ms
+        self.calls.append(call)
+        return code
+
+
+def by_code(calls: Sequence[Call]) -> dict[str, int]:
+    """How many calls ended with each status code."""
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.code] = counts.get(c.code, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank quantile `q` (0..1) of `values`, as `_summary` takes it; NaN if empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def closed_loop(
+    rpcs: Sequence[Callable[[str], Awaitable[Any]]],
+    texts: Sequence[str],
+    concurrency: int,
+    seconds: float,
+    *,
+    max_calls: int = 1_000_000,
+    pause_after_error: float = 0.0,
+    recorder: Recorder | None = None,
+) -> Recorder:
+    """CONCURRENCY callers, each sending one sentence per call, back to back, for SECONDS (and
+    at most `max_calls` calls); a caller whose call failed waits `pause_after_error` first."""
+    recorder = recorder if recorder is not None else Recorder()
+    counter = itertools.count()
+    stop_at = time.perf_counter() + seconds
+
+    async def caller(k: int) -> None:
+        i = k * 97
+        while time.perf_counter() < stop_at:
+            n = next(counter)
+            if n >= max_calls:
+                return
+            code = await recorder.call(rpcs, n, texts[i % len(texts)], time.perf_counter())
+            i += 1
+            if code != "OK" and pause_after_error:
+                await asyncio.sleep(pause_after_error)
+
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    return recorder
+
+
+@dataclass
+class OpenLoop:
+    """What `open_loop` offered: calls wanted by the schedule, sent, and not sent because
+    `max_outstanding` calls were already waiting or the run's time was up."""
+
+    recorder: Recorder
+    rate: float
+    started: float
+    dispatch_seconds: float
+    wanted: int
+    sent: int
+    skipped_outstanding: int
+    unfinished: int  # still unanswered `drain_timeout` after the last send: cancelled
+    max_outstanding_seen: int
+
+
+async def open_loop(
+    rpcs: Sequence[Callable[[str], Awaitable[Any]]],
+    texts: Sequence[str],
+    rate: float,
+    seconds: float,
+    *,
+    max_outstanding: int,
+    drain_timeout: float,
+    dispatched: asyncio.Event | None = None,
+    recorder: Recorder | None = None,
+) -> OpenLoop:
+    """Calls sent on a fixed schedule (call n at n / RATE s), whatever the replies, for SECONDS.
+
+    A generator that falls behind sends the calls it owes at once, up to `max_outstanding`
+    unanswered calls; a call due beyond that is skipped and counted, never queued, so the
+    generator cannot run away. `dispatched` is set when sending stops; then the calls still
+    out get `drain_timeout` seconds to finish (each has its own deadline too).
+    """
+    recorder = recorder if recorder is not None else Recorder()
+    out: set[asyncio.Future[str]] = set()
+    started = time.perf_counter()
+    stop_at = started + seconds
+    n = skipped = most = 0
+    while (now := time.perf_counter()) < stop_at:
+        due = int((now - started) * rate) + 1
+        for _ in range(min(due - n, 256)):  # yield to the replies at least every 256 sends
+            if len(out) >= max_outstanding:
+                skipped += 1
+            else:
+                task = asyncio.ensure_future(
+                    recorder.call(rpcs, n, texts[n % len(texts)], started + n / rate)
+                )
+                out.add(task)
+                task.add_done_callback(out.discard)
+            n += 1
+        most = max(most, len(out))
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+    dispatch_seconds = time.perf_counter() - started
+    if dispatched is not None:
+        dispatched.set()
+    unfinished = 0
+    if out:
+        _, pending = await asyncio.wait(set(out), timeout=drain_timeout)
+        unfinished = len(pending)
+        for waiting in pending:
+            waiting.cancel()
+    return OpenLoop(
+        recorder, rate, started, dispatch_seconds, n, n - skipped, skipped, unfinished, most
+    )
+
+
+HEADSERVE = str(Path(sys.executable).parent / "headserve")
+
+
+@contextlib.contextmanager
+def headserve_server(
+    args: Sequence[str], log_path: Path, timeout: float = 180.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`headserve serve --port 0 ARGS`, its log in `log_path`: (process, "127.0.0.1:PORT")
+    once the "listening on port N" line is logged and health says SERVING; SIGTERM on exit."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [HEADSERVE, "serve", "--port", "0", *args], stdout=log, stderr=log, env=env
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        port = None
+        while port is None:
+            found = re.search(r"listening on port (\d+)", log_path.read_text(errors="replace"))
+            if found:
+                port = int(found.group(1))
+            elif proc.poll() is not None:
+                raise RuntimeError(f"headserve serve exited:\n{log_path.read_text()}")
+            elif time.monotonic() > deadline:
+                raise TimeoutError("headserve serve logged no port in time")
+            else:
+                time.sleep(0.1)
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != serving:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"headserve serve never SERVING:\n{log_path.read_text()}")
+                time.sleep(0.2)
+        yield proc, target
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def vmrss_kib(pid: int) -> int:
+    """VmRSS of process `pid` from /proc/PID/status, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of `pid` every `every` seconds on a thread: `samples` = [(perf_counter, KiB)]."""
+
+    def __init__(self, pid: int, every: float) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        next_at = time.perf_counter()
+        while not self._halt.is_set():
+            try:
+                self.samples.append((time.perf_counter(), vmrss_kib(self.pid)))
+            except (OSError, RuntimeError):  # the process is gone
+                return
+            next_at += self.every
+            self._halt.wait(max(0.0, next_at - time.perf_counter()))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [kib for t, kib in self.samples if start <= t <= end]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None, so that the JSON written is strict."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def log_problems(log_path: Path, limit: int = 10) -> dict[str, object]:
+    """Lines of a server log at WARNING or above, or with a traceback: a count and the first few."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    bad = [line for line in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", line)]
+    return {"count": len(bad), "first": bad[:limit]}
 
 
 def main() -> None:

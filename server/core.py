@@ -138,6 +138,8 @@ class Core:
         deadline: float | None,
         wait_for_room: bool,
     ) -> Outcome:
+        if not wait_for_room:  # each item needs at least one row per head
+            self.scheduler.refuse_if_full(len(items) * len(heads))
         prepared: list[list[Prepared]] = []
         for index, item in enumerate(items):
             try:

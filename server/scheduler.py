@@ -82,6 +82,15 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._pending)
 
+    def refuse_if_full(self, rows: int) -> None:
+        """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
+        so that refusing a call under overload costs next to nothing."""
+        if self._event_loop is not None and not self._has_room(rows):
+            raise Overloaded(
+                f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
+                "retry later"
+            )
+
     async def submit(
         self, work: Sequence[Work], *, deadline: float | None = None, wait_for_room: bool = False
     ) -> tuple[list[Any], Stats]:
@@ -219,7 +228,8 @@ class Scheduler:
             self._pending = []
             self._notify_room()
             return []
-        batch = choose_batch(
+        choose = oldest_first if self.runner.backbone.packing else choose_batch
+        batch = choose(
             [p.length for p in live],
             [now - p.arrived for p in live],
             max_items=self.limits.max_batch_items,
@@ -241,6 +251,22 @@ class Scheduler:
         if self._loop_task is not None:
             self._loop_task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def oldest_first(
+    lengths: Sequence[int], waited: Sequence[float], *, max_items: int, max_tokens: int
+) -> list[int]:
+    """Indices of the next batch when rows are packed (no padding to save by grouping
+    lengths): the longest-waiting rows, while their tokens stay within `max_tokens` (the
+    first row always goes). A row's wait is then bounded by the rows ahead of it."""
+    order = sorted(range(len(lengths)), key=lambda i: -waited[i])
+    batch, tokens = [], 0
+    for i in order[:max_items]:
+        if batch and tokens + lengths[i] > max_tokens:
+            break
+        batch.append(i)
+        tokens += lengths[i]
+    return batch
 
 
 def choose_batch(

@@ -44,3 +44,13 @@ def test_budget_and_count_hold(seed: int) -> None:
         lo = min(lengths[i] for i in batch)
         neighbours = [i for i in rest if lengths[i] <= longest and lengths[i] >= lo]
         assert not neighbours or longest * (len(batch) + 1) > max_tokens
+
+
+def test_packed_rows_go_oldest_first_within_the_token_budget() -> None:
+    from headserve.server.scheduler import oldest_first
+
+    lengths = [10, 50, 5, 30, 20]
+    waited = [0.1, 0.5, 0.4, 0.2, 0.3]  # oldest: 1, 2, 4, 3, 0
+    assert oldest_first(lengths, waited, max_items=3, max_tokens=1000) == [1, 2, 4]
+    assert oldest_first(lengths, waited, max_items=10, max_tokens=60) == [1, 2]  # 50+5, +20 > 60
+    assert oldest_first([500], [0.0], max_items=4, max_tokens=60) == [0]  # the first always goes
