@@ -184,8 +184,9 @@ class Core:
         tokenizer = self.backbone.tokenizer
         out = []
         for index, item in enumerate(items):
-            if not item.text:
-                raise InvalidArgument(f"items[{index}].text", "is empty", item=index)
+            for name, text in (("text", item.text), ("text_pair", item.text_pair)):
+                if text is not None and not text.strip():  # as every other RPC refuses it
+                    raise InvalidArgument(f"items[{index}].{name}", "is empty", item=index)
             enc = tokenizer(
                 item.text,
                 item.text_pair,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from headserve.plugins.contract import Head, Output
 from headserve.v1 import heads_pb2 as pb
@@ -13,6 +14,23 @@ from headserve.v1 import heads_pb2_grpc
 
 from ..errors import HeadFailed
 from ._calls import Call, CoreHolder, ready, stream, tensor, text_items, unary, usage_timing
+
+
+def _plain(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python values. Unlike json_format, NaN and infinity pass through,
+    so the option checks can name the field instead of the conversion failing."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _plain(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
 
 
 def _output(head: Head, output: Output) -> pb.HeadOutput:
@@ -50,7 +68,7 @@ class HeadsServicer(heads_pb2_grpc.HeadsServicer):
         head, outcome = await core.run_head(
             request.head,
             text_items(request.items),
-            json_format.MessageToDict(request.options),
+            _plain(request.options),
             truncate=request.truncate,
             deadline=call.deadline,
             wait_for_room=call.wait_for_room,
