@@ -42,6 +42,9 @@ bench: install
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/soak.py
 
 # The packaged sentiment head of the default model (plugins/artifacts/minilm-sentiment),
 # trained by our own command on the VADER movie snippets: reproducible with the seed.
