@@ -24,7 +24,8 @@ class RequestLimits:
     max_item_chars: int = 100_000  # characters in one text field of an item
     max_item_tokens: int = 16_384  # backbone tokens one item may cost (every QA window counted)
     max_message_bytes: int = 16 * 1024 * 1024  # a request or a response, in bytes
-    max_concurrent_calls: int = 1024  # RPCs in progress at once, streams included
+    max_concurrent_calls: int = 128  # RPCs in progress at once, streams included: gRPC refuses
+    # the rest itself, cheaply, before they reach the event loop (see BENCHMARKS.md, overload)
     max_streams: int = 128  # streams open at once
 
     def __post_init__(self) -> None:
