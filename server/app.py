@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import os
 import signal
@@ -40,6 +38,7 @@ from .core import Core
 from .discovery import allowed, check_unique, find_plugins, load_plugins
 from .heads import check_unique_names, load_heads, require
 from .limits import RequestLimits
+from .memory import release_freed_memory
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .security import Security
@@ -105,15 +104,6 @@ def set_torch_threads(threads: int | None) -> int:
     except RuntimeError:  # already set in this process
         pass
     return count
-
-
-def release_freed_memory() -> None:
-    """Give memory freed while loading (the heads' discarded backbone copies) back to the OS."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def build_core(settings: Settings) -> Core:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DeadlineExceeded, InvalidArgument, Overloaded
+from .memory import release_freed_memory
 from .runner import Runner, Work
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class _Pending:
         self.length = len(self.work.row.input_ids)
 
 
+TRIM_AFTER_BATCHES = 20  # a busy spell worth trimming memory after
+IDLE_TRIM_SECONDS = 0.5  # idle this long after it: trim
+
+
 class Scheduler:
     def __init__(self, runner: Runner, limits: Limits) -> None:
         self.runner = runner
@@ -75,6 +80,7 @@ class Scheduler:
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
+        self._batches_since_trim = 0
 
     # --- the servicers' side ------------------------------------------------------------------
 
@@ -154,6 +160,7 @@ class Scheduler:
             if not batch:
                 continue
             self._last_batch_rows = len(batch)
+            self._batches_since_trim += 1
             started = time.perf_counter()
             number += 1
             for p in batch:
@@ -192,7 +199,15 @@ class Scheduler:
         """
         while not self._pending:
             self._arrival.clear()
-            await self._arrival.wait()
+            if self._batches_since_trim < TRIM_AFTER_BATCHES:
+                await self._arrival.wait()
+                continue
+            try:  # after a busy spell, once idle for a moment: hand its memory back
+                await asyncio.wait_for(self._arrival.wait(), IDLE_TRIM_SECONDS)
+            except TimeoutError:
+                self._batches_since_trim = 0
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, release_freed_memory)
         if self._gap * 1e3 > self.limits.max_wait_ms:
             return
         while not self._full() and len(self._pending) < self._last_batch_rows:
