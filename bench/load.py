@@ -443,3 +443,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_recorded(
+    script: str,
+    serve_args: list[str],
+    json_path: Path,
+    rss_every: float,
+    measure: Callable[[str, int, RssSampler], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """Start a server, sample its VmRSS while `measure(target, pid, sampler)` runs, then
+    write the result (with the command, the server's log and its problems) to `json_path`
+    and print `render(result)`."""
+    log_path = json_path.with_suffix(".server.log")
+    with headserve_server(serve_args, log_path) as (proc, target):
+        sampler = RssSampler(proc.pid, rss_every)
+        sampler.start()
+        try:
+            result = asyncio.run(measure(target, proc.pid, sampler))
+        finally:
+            sampler.stop()
+    result = {
+        "command": " ".join([".venv/bin/python", script, *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "server": ["headserve", "serve", "--port", "0", *serve_args],
+        "server_log": str(log_path),
+        "server_log_problems": log_problems(log_path),
+        **result,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    print(render(result))
+    problems = result["server_log_problems"]
+    if problems["count"]:
+        print(f"\nServer log: {problems['count']} warning/error lines, e.g.:")
+        print("\n".join(problems["first"][:5]))

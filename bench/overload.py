@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,11 +44,9 @@ from load import (
     by_code,
     calls,
     closed_loop,
-    headserve_server,
-    json_safe,
-    log_problems,
     open_loop,
     percentile,
+    run_recorded,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -485,29 +481,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "overload.json")
     args = parser.parse_args()
     serve_args = ["--max-queue-items", str(args.queue), *args.serve_args.split()]
-    log_path = args.json.with_suffix(".server.log")
-    with headserve_server(serve_args, log_path) as (proc, target):
-        sampler = RssSampler(proc.pid, 0.1)
-        sampler.start()
-        try:
-            result = asyncio.run(measure(args, target, proc.pid, sampler))
-        finally:
-            sampler.stop()
-    result = {
-        "command": " ".join([".venv/bin/python", "bench/overload.py", *sys.argv[1:]]),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
-        "server": ["headserve", "serve", "--port", "0", *serve_args],
-        "server_log": str(log_path),
-        "server_log_problems": log_problems(log_path),
-        **result,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
-    print(table(result))
-    problems = result["server_log_problems"]
-    if problems["count"]:
-        print(f"\nServer log: {problems['count']} warning/error lines, e.g.:")
-        print("\n".join(problems["first"][:5]))
+    run_recorded(
+        "bench/overload.py",
+        serve_args,
+        args.json,
+        0.1,
+        lambda target, pid, sampler: measure(args, target, pid, sampler),
+        table,
+    )
 
 
 if __name__ == "__main__":
