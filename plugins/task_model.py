@@ -83,7 +83,7 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
     base = SharedOutputs(getattr(own_base, "pooler", None))
     setattr(model, prefix, base)
     del own_base  # the checkpoint's copy of the backbone: the shared one serves instead
-    _share_tied_embeddings(model, view.module)
+    _share_tied_embeddings(model, view.module, known_tied=same_folder)
     model.to(view.device).eval().requires_grad_(False)
     _own_storage(model, view.module)
     kept = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
@@ -131,12 +131,20 @@ def _same_weights(own: nn.Module, shared: nn.Module) -> bool:
     return True
 
 
-def _share_tied_embeddings(model: nn.Module, shared: nn.Module) -> None:
-    """An output layer tied to the input embeddings points at the shared backbone's copy."""
+def _share_tied_embeddings(model: nn.Module, shared: nn.Module, *, known_tied: bool) -> None:
+    """An output layer tied to the input embeddings points at the shared backbone's copy.
+
+    `known_tied`: the head comes from the backbone's own folder and its config ties the
+    weights, so they are the same stored tensor: no need to compare them, which would read
+    the whole embedding matrix into memory at load for nothing.
+    """
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if get_output is not None else None
     inputs = shared.get_input_embeddings()
     if output is None or inputs is None or output.weight.shape != inputs.weight.shape:
         return
-    if torch.equal(output.weight.to(inputs.weight.device, inputs.weight.dtype), inputs.weight):
+    tied = known_tied and bool(getattr(model.config, "tie_word_embeddings", False))
+    if tied or torch.equal(
+        output.weight.to(inputs.weight.device, inputs.weight.dtype), inputs.weight
+    ):
         output.weight = inputs.weight
