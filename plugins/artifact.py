@@ -72,10 +72,6 @@ class HeadMeta:
         return len(self.labels) if self.task == "classify" else 2
 
 
-def is_artifact(path: Path) -> bool:
-    return (path / META).is_file()
-
-
 def save(folder: Path, meta: HeadMeta, module: nn.Module) -> None:
     from safetensors.torch import save_file
 

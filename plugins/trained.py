@@ -17,7 +17,7 @@ import torch
 from . import artifact
 from .artifact import ArtifactError, HeadMeta
 from .classify import ClassifyHead
-from .contract import CONTRACT_VERSION, BackboneView, Features, LoadContext, Row
+from .contract import CONTRACT_VERSION, Features, LoadContext, Row
 from .qa import QuestionAnsweringHead
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
             f"the served backbone has {view.config.hidden_size}"
         )
     forced = context.spec.options.get("force", "").lower() in {"1", "true", "yes"}
-    served = served_fingerprint(view)
+    served = artifact.backbone_fingerprint(view.source, view.module)
     note = ""
     if served != meta.fingerprint:
         trained_on = meta.backbone.get("source", "another backbone")
@@ -65,10 +65,6 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
     return meta, module.to(view.device), note
 
 
-def served_fingerprint(view: BackboneView) -> str:
-    return artifact.backbone_fingerprint(view.source, view.module)
-
-
 def _metrics_note(meta: HeadMeta) -> str:
     shown = ", ".join(
         f"{k} {v:.3f}" for k, v in meta.metrics.items() if isinstance(v, float) and "loss" not in k
@@ -79,7 +75,7 @@ def _metrics_note(meta: HeadMeta) -> str:
 class TrainedClassifyHead(ClassifyHead):
     """Classify with a trained artifact: pooled backbone states -> its network -> softmax."""
 
-    def __init__(self, context: LoadContext) -> None:  # noqa: D107 (no super(): no task model)
+    def __init__(self, context: LoadContext) -> None:  # not super(): there is no task model
         self.name = context.spec.name
         self.source = str(context.source)
         self._backbone = context.backbone
@@ -135,6 +131,3 @@ class TrainedQuestionAnsweringPlugin:
 
     def load(self, context: LoadContext) -> TrainedQuestionAnsweringHead:
         return TrainedQuestionAnsweringHead(context)
-
-
-PLUGIN_OF_TASK = {"classify": "trained_classify", "qa": "trained_qa"}

@@ -109,12 +109,9 @@ class Scheduler:
                 f"({self.limits.max_queue_items}); "
                 "split the request",
             )
-        if not self._has_room(len(work)):
-            if not wait_for_room:
-                raise Overloaded(
-                    f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
-                    "retry later"
-                )
+        if not wait_for_room:
+            self.refuse_if_full(len(work))
+        elif not self._has_room(len(work)):
             async with self._room:
                 await self._room.wait_for(lambda: self._has_room(len(work)))
         loop = asyncio.get_running_loop()
