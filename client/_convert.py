@@ -490,6 +490,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             max_queue_items=message.scheduler.max_queue_items,
             stream_in_flight_items=message.scheduler.stream_in_flight_items,
             torch_threads=message.scheduler.torch_threads,
+            workers=message.scheduler.workers,
         ),
         limits=RequestLimits(
             max_request_items=message.limits.max_request_items,

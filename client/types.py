@@ -511,6 +511,9 @@ class SchedulerInfo:
     stream_in_flight_items: int
     """Items of one stream in flight; beyond it the server stops reading the stream."""
     torch_threads: int
+    """torch threads of each model worker."""
+    workers: int
+    """Model workers: batches computed at once, each on its own thread."""
 
 
 @dataclass(frozen=True, slots=True)

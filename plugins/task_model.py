@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +27,31 @@ log = logging.getLogger(__name__)
 
 
 class SharedOutputs(nn.Module):
-    """Stands in for a task model's base model; keeps the checkpoint's own pooler."""
+    """Stands in for a task model's base model; keeps the checkpoint's own pooler.
+
+    The hidden states it returns are fed per thread: two model workers may run the same
+    head on two batches at once.
+    """
 
     def __init__(self, pooler: nn.Module | None) -> None:
         super().__init__()
         self.pooler = pooler
-        self.hidden: torch.Tensor | None = None
+        self._fed = threading.local()
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        return getattr(self._fed, "hidden", None)
+
+    @hidden.setter
+    def hidden(self, value: torch.Tensor | None) -> None:
+        self._fed.hidden = value
 
     def forward(self, *args: Any, **kwargs: Any) -> BaseModelOutputWithPooling:
-        if self.hidden is None:
+        hidden = self.hidden
+        if hidden is None:
             raise RuntimeError("SharedOutputs called outside feeding()")
-        pooled = self.pooler(self.hidden) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=self.hidden, pooler_output=pooled)
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 @dataclass

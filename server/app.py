@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -48,6 +46,7 @@ from .servicers.heads import HeadsServicer
 from .servicers.models import ModelsServicer
 from .servicers.question_answerer import QuestionAnswererServicer
 from .servicers.token_predictor import TokenPredictorServicer
+from .threads import plan, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,8 @@ class Settings:
     request_limits: RequestLimits = RequestLimits()
     security: Security = Security()
     allow_pickle: bool = False  # load pickle checkpoints (they can run code); safetensors only
-    threads: int | None = None  # torch CPU threads; None: one per available core
+    trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
+    threads: int | None = None  # torch threads per model worker; None: see threads.py
     grace_seconds: float = 10.0
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
@@ -89,21 +89,6 @@ class ServerState:
     core: Core | None = None
     open_streams: int = 0
     draining: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def set_torch_threads(threads: int | None) -> int:
-    """torch's intra-op threads: one per core this process may use, unless told otherwise.
-
-    The model runs one batch at a time on one worker thread, so intra-op threads are the
-    only parallelism torch needs; inter-op threads stay at one.
-    """
-    count = threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(count)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-    return count
 
 
 def build_core(settings: Settings) -> Core:
@@ -121,6 +106,7 @@ def build_core(settings: Settings) -> Core:
         device=settings.device,
         dtype=settings.dtype,
         allow_pickle=settings.allow_pickle,
+        trace=settings.trace,
     )
     registry = load_heads(
         specs,
@@ -132,9 +118,11 @@ def build_core(settings: Settings) -> Core:
     )
     require(registry, settings.require_heads)
     release_freed_memory()
-    threads = set_torch_threads(settings.threads)
-    scheduler = Scheduler(Runner(backbone), settings.limits)
-    log.info("scheduler: %s; torch threads %d", settings.limits, threads)
+    threads = plan(backbone.device, settings.limits.workers, settings.threads)
+    set_torch_threads(threads.threads)
+    limits = replace(settings.limits, workers=threads.workers)
+    scheduler = Scheduler(Runner(backbone), limits)
+    log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
     log.info(
         "ready: %d heads (%s), %d failed, in %.2fs",
         len(registry.heads),
@@ -145,7 +133,11 @@ def build_core(settings: Settings) -> Core:
         time.perf_counter() - started,
     )
     return Core(
-        backbone, registry, scheduler, torch_threads=threads, request_limits=settings.request_limits
+        backbone,
+        registry,
+        scheduler,
+        torch_threads=threads.threads,
+        request_limits=settings.request_limits,
     )
 
 

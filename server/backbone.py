@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from headserve.plugins.contract import BackboneView, Row
 
 from . import packing
+from .traced import trace as trace_packed_pass
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Backbone:
     packing: bool  # rows packed several to a sequence (probed at load)
     pack_tokens: int = 128  # length of a packed sequence (at least the longest row)
     allow_pickle: bool = False
+    traced: torch.jit.ScriptModule | None = None  # the packed pass as a checked trace
 
     @classmethod
     def load(
@@ -85,9 +87,11 @@ class Backbone:
         device: str | None = None,
         dtype: str | None = None,
         allow_pickle: bool = False,
+        trace: bool = True,
     ) -> Backbone:
         """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
-        checkpoint can run code when loaded); never remote code."""
+        checkpoint can run code when loaded); never remote code. On a CPU with packing, the
+        packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         started = time.perf_counter()
         if not (source / "config.json").is_file():
@@ -129,8 +133,10 @@ class Backbone:
             allow_pickle=allow_pickle,
         )
         backbone.packing = backbone._probe_packing()
+        if trace and backbone.packing and torch_device.type == "cpu":
+            backbone.traced = trace_packed_pass(backbone, backbone.pack_tokens)
         log.info(
-            "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs",
+            "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs%s",
             source,
             config.model_type,
             backbone.num_layers,
@@ -138,6 +144,7 @@ class Backbone:
             torch_device,
             str(torch_dtype).removeprefix("torch."),
             seconds,
+            ", packed pass traced" if backbone.traced is not None else "",
         )
         return backbone
 
@@ -178,6 +185,8 @@ class Backbone:
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states [rows, tokens, hidden] for a batch already on the device."""
+        if self.traced is not None and position_ids is not None and attention_mask.dim() == 4:
+            return self.traced(input_ids, attention_mask, token_type_ids, position_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self.wants_token_types:
             kwargs["token_type_ids"] = token_type_ids
@@ -191,7 +200,7 @@ class Backbone:
         Short rows are packed several to a sequence when the model allows it (see
         packing.py); either way each row's states are exactly its own.
         """
-        if self.packing and len(rows) > 1:
+        if self.packing and (len(rows) > 1 or self.traced is not None):
             return packing.run_packed(self, rows, self.pack_tokens)
         return packing.run_padded(self, rows)
 

@@ -133,7 +133,21 @@ def _parser() -> argparse.ArgumentParser:
         "line); tokens may also come from $HEADSERVE_AUTH_TOKENS, never from the command line",
     )
     serve.add_argument("--open-health", action="store_true", help="health checks need no token")
-    serve.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="batches the model computes at once (default: on a CPU one per core, at most 4; "
+        "on a GPU 1)",
+    )
+    serve.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: the cores / workers)"
+    )
+    serve.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="run the backbone's packed pass as Python, not as a checked TorchScript trace",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
 
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
@@ -194,8 +208,8 @@ def _parser() -> argparse.ArgumentParser:
 def _train_head(args: argparse.Namespace) -> None:
     from headserve.plugins.artifact import Network
 
-    from .app import set_torch_threads
     from .backbone import default_model_dir
+    from .threads import set_torch_threads
     from .training.command import TrainOptions, train_head
     from .training.data import DataError
     from .training.features import default_cache_dir
@@ -276,6 +290,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 max_wait_ms=args.max_wait_ms,
                 max_queue_items=args.max_queue_items,
                 stream_in_flight_items=args.stream_in_flight_items,
+                workers=args.workers,
             ),
             request_limits=RequestLimits(
                 **{f.name: getattr(args, f.name) for f in dataclasses.fields(RequestLimits)}
@@ -288,6 +303,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 open_health=args.open_health,
             ),
             threads=args.threads,
+            trace=args.trace,
             grace_seconds=args.grace,
         )
     return Settings(

@@ -12,6 +12,7 @@ backbone checks at load before it turns packing on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -66,9 +67,22 @@ def bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return packed
 
 
-def run_packed(
-    backbone: Backbone, rows: Sequence[Row], pack_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Packed:
+    """Rows laid end to end: the backbone's inputs, and where each row starts."""
+
+    ids: torch.Tensor  # [sequences, capacity]
+    allowed: torch.Tensor  # [sequences, 1, capacity, capacity], block-diagonal
+    types: torch.Tensor
+    positions: torch.Tensor
+    source: torch.Tensor  # [rows]: flat slot where each row starts
+    lengths: list[int]
+
+    def inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(device) for t in (self.ids, self.allowed, self.types, self.positions))
+
+
+def pack(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Packed:
     lengths = [len(r.input_ids) for r in rows]
     capacity = max(pack_tokens, max(lengths))
     groups = bins(lengths, capacity)
@@ -80,7 +94,7 @@ def run_packed(
     # segment of each slot: the row's index, or a unique negative number for padding,
     # so that a padding slot attends to itself only (a fully masked row would be NaN)
     segment = -1 - torch.arange(len(groups) * capacity).view(len(groups), capacity)
-    source = torch.zeros(len(rows), dtype=torch.long)  # flat slot where each row starts
+    source = torch.zeros(len(rows), dtype=torch.long)
     for g, members in enumerate(groups):
         offset = 0
         for r in members:
@@ -93,15 +107,23 @@ def run_packed(
             source[r] = g * capacity + offset
             offset += n
     allowed = (segment[:, :, None] == segment[:, None, :]).unsqueeze(1)  # [groups, 1, cap, cap]
+    return Packed(ids, allowed, types, positions, source, lengths)
+
+
+def run_packed(
+    backbone: Backbone, rows: Sequence[Row], pack_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    packed = pack(backbone, rows, pack_tokens)
     device = backbone.device
-    packed = backbone.forward(
-        ids.to(device), allowed.to(device), types.to(device), positions.to(device)
-    )
+    states = backbone.forward(*packed.inputs(device))
     # back to the padded layout: row r's token t is packed slot source[r] + t
+    lengths = packed.lengths
     width = max(lengths)
     steps = torch.arange(width)
     mask = (steps[None, :] < torch.tensor(lengths)[:, None]).long()
-    flat = (source[:, None] + steps[None, :]).clamp(max=len(groups) * capacity - 1)
-    hidden = packed.reshape(-1, packed.shape[-1])[flat.to(device)]
-    row_ids, _, _ = _layout(rows, pad)
+    flat = (packed.source[:, None] + steps[None, :]).clamp(
+        max=states.shape[0] * states.shape[1] - 1
+    )
+    hidden = states.reshape(-1, states.shape[-1])[flat.to(device)]
+    row_ids, _, _ = _layout(rows, _pad_id(backbone))
     return hidden, mask.to(device), row_ids.to(device)

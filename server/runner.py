@@ -5,6 +5,7 @@ backbone once. Each head then runs on its own rows, trimmed to their longest
 row, and must return one output per row. A head that raises, or returns the
 wrong number of outputs, fails only its own rows: the others keep their results. A
 backbone pass that runs out of memory is split in two and each half retried.
+Several worker threads may run batches at once; the counters are kept under a lock.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Work:
 class Runner:
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
+        self._lock = threading.Lock()
         self.rows_computed = 0  # backbone rows run so far (tests count them)
         self.batches = 0
         self.oom_splits = 0  # batches split in two after running out of memory
@@ -82,8 +84,9 @@ class Runner:
         if self.hold is not None:
             self.hold.wait(timeout=60)
         try:
-            if self.fail_next is not None:
+            with self._lock:
                 fault, self.fail_next = self.fail_next, None
+            if fault is not None:
                 raise fault
             hidden, mask, ids, slot = self._backbone_pass(work)
         except Exception as exc:
@@ -114,7 +117,8 @@ class Runner:
                 results = [error] * len(rows)
             for p, result in zip(positions, results, strict=True):
                 outputs[p] = result
-        self.batches += 1
+        with self._lock:
+            self.batches += 1
         return outputs
 
     def _after_out_of_memory(self, work: Sequence[Work], exc: BaseException) -> list[Any]:
@@ -123,7 +127,8 @@ class Runner:
             torch.cuda.empty_cache()
         if len(work) > 1:
             log.warning("out of memory on a batch of %d rows: splitting it in two", len(work))
-            self.oom_splits += 1
+            with self._lock:
+                self.oom_splits += 1
             half = len(work) // 2
             return self.run_batch(work[:half]) + self.run_batch(work[half:])
         tokens = len(work[0].row.input_ids)
@@ -139,5 +144,6 @@ class Runner:
         ]
         rows = [Row(ids, types) for ids, types in unique]
         hidden, mask, ids = self.backbone.run(rows)
-        self.rows_computed += len(rows)
+        with self._lock:
+            self.rows_computed += len(rows)
         return hidden, mask, ids, slot

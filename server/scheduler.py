@@ -1,9 +1,11 @@
 """Dynamic batching across requests and heads, in front of the one backbone.
 
 Every RPC's rows (of any head) wait in one bounded queue. A single loop forms
-batches and runs them, one at a time, on a worker thread, so the event loop keeps
-accepting calls and streaming replies while the model computes; rows that arrive
-meanwhile fill the next batch, which starts the moment the model is free.
+batches and hands each to a model worker thread, so the event loop keeps accepting
+calls and streaming replies while the model computes; rows that arrive meanwhile
+fill the next batch, which starts the moment a worker is free. There are
+`workers` of them (one by default): on a CPU, two single-threaded workers computing
+two batches at once outrun one worker with two torch threads (see threads.py).
 
 A batch is bounded by a token budget, counted as it will be padded (longest row
 x rows), and by a row count. It is built around the oldest waiting row (so no row
@@ -40,6 +42,7 @@ class Limits:
     max_wait_ms: float = 5.0
     max_queue_items: int = 4096
     stream_in_flight_items: int = 256
+    workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,13 @@ class Scheduler:
         self.runner = runner
         self.limits = limits
         self._pending: list[_Pending] = []
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="headserve-model")
+        self.workers = limits.workers or 1
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="headserve-model")
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._computing: set[asyncio.Task[None]] = set()
         self.dropped = 0  # rows dropped before the model (cancelled or past deadline)
-        self.busy = False
+        self.running = 0  # batches on the model now
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
@@ -87,6 +92,10 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
 
     def refuse_if_full(self, rows: int) -> None:
         """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
@@ -137,54 +146,82 @@ class Scheduler:
     # --- the batching loop ----------------------------------------------------------------------
 
     def _ensure_loop(self) -> None:
-        """Start the batching loop on the running event loop (once per event loop)."""
+        """Start the batching loop on the running event loop (once per event loop).
+
+        A server uses one event loop. Tests may call one scheduler from several in turn:
+        moving to a new loop stops the old loop's batching loop, and the old loop's batches
+        still computing release only the old loop's workers.
+        """
         loop = asyncio.get_running_loop()
         if loop is not self._event_loop:  # first call, or a new event loop (tests)
+            old_loop, old_task = self._event_loop, self._loop_task
+            if old_loop is not None and old_task is not None and not old_loop.is_closed():
+                old_loop.call_soon_threadsafe(old_task.cancel)
             self._event_loop = loop
             self._pending = []
             self._arrival = asyncio.Event()
             self._room = asyncio.Condition()
+            self._free = asyncio.Semaphore(self.workers)
             self._loop_task = None
+            self.running = 0
         if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.ensure_future(self._run())
+            self._loop_task = asyncio.ensure_future(self._run(self._free))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run(self, free: asyncio.Semaphore) -> None:
         number = 0
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if not batch:
-                continue
-            self._last_batch_rows = len(batch)
-            self._batches_since_trim += 1
-            started = time.perf_counter()
-            number += 1
-            for p in batch:
-                p.started, p.batch = started, number
-            self.busy = True
+            await free.acquire()  # a worker is free: fill its batch
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self.runner.run_batch, [p.work for p in batch]
-                )
-            except asyncio.CancelledError:
-                for p in batch:
-                    p.future.cancel()
+                await self._wait_for_batch()
+                batch = self._take_batch() if loop is self._event_loop else []
+            except BaseException:
+                free.release()
                 raise
-            except Exception as exc:  # the executor itself broke: fail this batch, go on
-                log.exception("batch of %d rows failed outside the model", len(batch))
-                results = [exc] * len(batch)
-            finally:
-                self.busy = False
-            elapsed = (time.perf_counter() - started) * 1e3
-            for p, result in zip(batch, results, strict=True):
-                p.inference_ms = elapsed
-                if p.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    p.future.set_exception(result)
-                else:
-                    p.future.set_result(result)
+            if loop is not self._event_loop:  # the scheduler moved to another event loop
+                free.release()
+                return
+            if not batch:
+                free.release()
+                continue
+            number += 1
+            task = asyncio.ensure_future(self._compute(batch, number, free))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
+
+    async def _compute(self, batch: list[_Pending], number: int, free: asyncio.Semaphore) -> None:
+        """Run one batch on a worker and answer its rows; the worker is free again after."""
+        self._last_batch_rows = len(batch)
+        self._batches_since_trim += 1
+        started = time.perf_counter()
+        for p in batch:
+            p.started, p.batch = started, number
+        loop = self._event_loop
+        self.running += 1
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.runner.run_batch, [p.work for p in batch]
+            )
+        except asyncio.CancelledError:
+            for p in batch:
+                p.future.cancel()
+            raise
+        except Exception as exc:  # the executor itself broke: fail this batch, go on
+            log.exception("batch of %d rows failed outside the model", len(batch))
+            results = [exc] * len(batch)
+        finally:
+            if loop is self._event_loop:
+                self.running -= 1
+            free.release()
+        elapsed = (time.perf_counter() - started) * 1e3
+        for p, result in zip(batch, results, strict=True):
+            p.inference_ms = elapsed
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
 
     async def _wait_for_batch(self) -> None:
         """Until rows wait and either a batch is full or the oldest has waited max_wait_ms.
@@ -202,6 +239,8 @@ class Scheduler:
             try:  # after a busy spell, once idle for a moment: hand its memory back
                 await asyncio.wait_for(self._arrival.wait(), IDLE_TRIM_SECONDS)
             except TimeoutError:
+                if self.busy:  # another worker still computes: not idle yet
+                    continue
                 self._batches_since_trim = 0
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._executor, release_freed_memory)
@@ -262,6 +301,8 @@ class Scheduler:
     def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        for task in self._computing:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

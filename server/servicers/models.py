@@ -94,6 +94,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             max_queue_items=limits.max_queue_items,
             stream_in_flight_items=limits.stream_in_flight_items,
             torch_threads=core.torch_threads,
+            workers=core.scheduler.workers,
         ),
         limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ TEXTS = [
 def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-untyped-def]
     backbone = Backbone.load(families[arch].backbone, device="cpu")
     assert backbone.packing  # the load-time probe turned it on
+    assert backbone.traced is not None  # and the packed pass runs as a checked trace
     rows = []
     for text, pair in TEXTS:
         enc = backbone.tokenizer(text, pair, return_token_type_ids=True)
@@ -47,3 +50,35 @@ def test_bins_first_fit_decreasing() -> None:
     lengths = [50, 10, 70, 30, 60, 5]
     assert all(sum(lengths[i] for i in g) <= 100 for g in groups)
     assert len(groups) == 3  # 225 tokens need at least 3 sequences of 100
+
+
+def _rows(backbone: Backbone) -> list[Row]:
+    return [Row(tuple(backbone.tokenizer(t, p)["input_ids"])) for t, p in TEXTS]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_trace_gives_the_models_own_states(families, arch: str) -> None:  # type: ignore[no-untyped-def]
+    traced = Backbone.load(families[arch].backbone, device="cpu")
+    plain = Backbone.load(families[arch].backbone, device="cpu", trace=False)
+    assert traced.traced is not None and plain.traced is None
+    rows = _rows(traced)
+    with torch.inference_mode():
+        for batch in (rows, rows[:1], rows[1:3]):  # a lone row goes through the trace too
+            got, mask, _ = traced.run(batch)
+            expected, _, _ = plain.run(batch)
+            keep = mask.bool()
+            np.testing.assert_allclose(got[keep].numpy(), expected[keep].numpy(), atol=1e-5)
+
+
+def test_a_trace_that_differs_is_not_used(bert, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    real_trace = torch.jit.trace
+
+    def off_by_a_little(module, inputs, **kwargs):  # type: ignore[no-untyped-def]
+        traced = real_trace(module, inputs, **kwargs)
+        return lambda *args: traced(*args) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_a_little)
+    caplog.set_level(logging.INFO, logger="headserve.server.traced")
+    backbone = Backbone.load(bert.backbone, device="cpu")
+    assert backbone.packing and backbone.traced is None
+    assert "the trace differs by 1.00e-03" in caplog.text

@@ -27,6 +27,7 @@ from headserve.plugins.contract import HeadSpec
 from headserve.plugins.tasks import TextItem
 from headserve.server.app import Settings, build_core
 from headserve.server.discovery import find_plugins, load_plugins
+from headserve.server.scheduler import Limits
 
 TOL = 1e-5
 TEXTS = [
@@ -136,7 +137,10 @@ def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("qa", "qa", bert.qa),
         HeadSpec("ner", "token_classification", bert.ner),
     )
-    thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
+    # one model worker, so that a held batch holds the whole model (the shared-pass test)
+    thread = ServerThread(
+        Settings(model_dir=bert.backbone, heads=heads, device="cpu", limits=Limits(workers=1))
+    )
     yield thread
     thread.stop()
 

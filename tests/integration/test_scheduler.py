@@ -126,10 +126,11 @@ def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
     assert runner.batches == 2  # good and bad shared the first batch
 
 
-def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone, workers: int) -> None:
     heads = [EchoHead(f"h{i}") for i in range(4)]
     runner = Runner(backbone)
-    scheduler = Scheduler(runner, Limits(max_wait_ms=20))
+    scheduler = Scheduler(runner, Limits(max_wait_ms=20, workers=workers))
     texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(40)]
 
     async def main() -> list[Any]:
@@ -143,6 +144,45 @@ def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone) -> Non
     for i, text in enumerate(texts):
         (alone,) = runner.compute([Work(heads[i % 4], _row(backbone, text))])
         np.testing.assert_allclose(together[i][0][0], alone, atol=1e-5)
+
+
+def test_each_worker_computes_its_own_batch_at_the_same_time(backbone: Backbone) -> None:
+    gate = threading.Event()
+    held, head = EchoHead("held", gate=gate), EchoHead("echo")
+    runner = Runner(backbone)
+    scheduler = Scheduler(runner, Limits(max_wait_ms=1, workers=2))
+    texts = ["first batch", "second batch", "third, waits for a free worker"]
+
+    async def until(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert condition()
+
+    async def main() -> list[Any]:
+        calls = []
+        for text, ready in zip(
+            texts,
+            (
+                lambda: scheduler.running == 1,
+                lambda: scheduler.running == 2,  # two batches on the model at once
+                lambda: scheduler.queued == 1,  # both workers busy: the third waits
+            ),
+            strict=True,
+        ):
+            calls.append(
+                asyncio.ensure_future(scheduler.submit([Work(held, _row(backbone, text))]))
+            )
+            await until(ready)
+        assert scheduler.running == 2 and runner.batches == 0
+        gate.set()
+        return [(await c)[0][0] for c in calls]
+
+    together = asyncio.run(main())
+    assert runner.batches == 3
+    for text, output in zip(texts, together, strict=True):
+        (alone,) = runner.compute([Work(head, _row(backbone, text))])
+        np.testing.assert_allclose(output, alone, atol=1e-5)
 
 
 # --- through gRPC -----------------------------------------------------------------------------------
@@ -159,8 +199,13 @@ def _settings(bert, **limits: Any) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def small_queue(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
     thread = ServerThread(
-        _settings(
-            bert, max_queue_items=4, max_batch_items=1, stream_in_flight_items=2, max_wait_ms=1
+        _settings(  # one worker: the held batch holds the whole model
+            bert,
+            max_queue_items=4,
+            max_batch_items=1,
+            stream_in_flight_items=2,
+            max_wait_ms=1,
+            workers=1,
         )
     )
     yield thread
@@ -256,6 +301,7 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             max_wait_ms=3.5,
             max_queue_items=99,
             stream_in_flight_items=7,
+            workers=3,
         )
     )
     try:
@@ -268,7 +314,7 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             s.max_queue_items,
             s.stream_in_flight_items,
         ) == (1234, 17, 3.5, 99, 7)
-        assert s.torch_threads >= 1
+        assert s.workers == 3 and s.torch_threads >= 1
     finally:
         thread.stop()
 

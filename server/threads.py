@@ -1,0 +1,63 @@
+"""How this process's cores are split between model workers and torch's threads.
+
+torch's intra-op threads meet at a barrier after every operator, so when the event
+loop (gRPC, tokenizing, replies) takes one of their cores for a moment, all of them
+wait for it. Several workers, each computing its own batch on fewer threads, lose
+only the stolen time. Measured on this machine's 2 cores (`bench/ceiling.py`, see
+BENCHMARKS.md): two workers of one thread each ran the backbone faster than one
+worker with two threads at every batch size, a lone sentence included.
+
+So on a CPU the default is one worker per core, at most four, each with an equal
+share of the cores as torch threads; on an accelerator, one worker feeds the device
+with every core. Either number can be set; the other follows from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+MAX_CPU_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    workers: int  # batches computed at once
+    threads: int  # torch intra-op threads of each
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def plan(
+    device: torch.device, workers: int | None = None, threads: int | None = None
+) -> ThreadPlan:
+    available = cores()
+    if workers is None:
+        if device.type != "cpu":
+            workers = 1
+        elif threads is not None:
+            workers = max(1, available // threads)
+        else:
+            workers = max(1, min(available, MAX_CPU_WORKERS))
+    if threads is None:
+        threads = max(1, available // workers)
+    return ThreadPlan(workers, threads)
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """torch's intra-op threads for every thread of this process (one per core by default).
+
+    Worker threads take the count when they first run an operator. Inter-op threads stay
+    at one: the workers are the only parallelism above the operators.
+    """
+    count = threads or cores()
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    return count
