@@ -40,6 +40,7 @@ test: install
 bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/fuzz.py

@@ -84,7 +84,9 @@ class Packed:
 
 def pack(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Packed:
     lengths = [len(r.input_ids) for r in rows]
-    capacity = max(pack_tokens, max(lengths))
+    # a sequence holds pack_tokens, or all the rows when they are fewer (a lone row is
+    # not padded out to pack_tokens), and always the longest row
+    capacity = max(max(lengths), min(pack_tokens, sum(lengths)))
     groups = bins(lengths, capacity)
     pad = _pad_id(backbone)
     first_position = pad + 1 if backbone.config.model_type in _ROBERTA_LIKE else 0

@@ -82,3 +82,15 @@ def test_a_trace_that_differs_is_not_used(bert, monkeypatch, caplog) -> None:  #
     backbone = Backbone.load(bert.backbone, device="cpu")
     assert backbone.packing and backbone.traced is None
     assert "the trace differs by 1.00e-03" in caplog.text
+
+
+def test_sequences_are_no_longer_than_their_rows_need(bert) -> None:  # type: ignore[no-untyped-def]
+    backbone = Backbone.load(bert.backbone, device="cpu", trace=False)
+    rows = _rows(backbone)
+    lengths = [len(r.input_ids) for r in rows]
+    alone = packing.pack(backbone, rows[:1], pack_tokens=128)
+    assert alone.ids.shape == (1, lengths[0])  # a lone row is not padded out to 128
+    few = packing.pack(backbone, rows, pack_tokens=128)
+    assert few.ids.shape == (1, sum(lengths))  # fewer tokens than 128: one sequence of them
+    many = packing.pack(backbone, rows, pack_tokens=24)
+    assert many.ids.shape[1] == max(max(lengths), 24)
