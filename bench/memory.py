@@ -7,7 +7,8 @@ on the packaged default model (all-MiniLM-L6-v2), CPU, float32, HF_HUB_OFFLINE=1
 torch threads. Each does one forward pass on a few real sentences, then reads VmRSS and
 VmHWM (the peak) from /proc/self/status, and PSS (shared pages split between their
 mappings) from /proc/self/smaps_rollup. The gRPC variant starts `headserve serve` and
-reads the server's /proc/PID files after one Encode call. Each configuration runs
+reads the server's /proc/PID files after one Encode call, as it starts by default and
+with --no-trace (the traced pass costs TorchScript's own state). Each configuration runs
 --repeats times, interleaved; the table shows medians, "net" subtracts the `import torch,
 transformers` baseline.
 
@@ -50,6 +51,7 @@ BASELINE = "import torch, transformers"
 BACKBONE = "backbone alone (AutoModel)"
 HEADSERVE = "headserve, four heads (build_core)"
 SERVER = "headserve serve (gRPC process)"
+SERVER_PLAIN = "headserve serve --no-trace (gRPC process)"
 TASK_MODELS = "four task models (tutorial)"
 PAGED = "backbone alone, every weight page read"
 
@@ -290,7 +292,7 @@ def run_worker(name: str, timeout: float) -> dict[str, Any]:
 
 
 @contextmanager
-def server_process(timeout: float) -> Iterator[tuple[int, int]]:
+def server_process(timeout: float, *extra: str) -> Iterator[tuple[int, int]]:
     """A `headserve serve` subprocess on a free port: yields (pid, port); SIGTERM on exit."""
     command = [
         str(Path(sys.executable).with_name("headserve")),
@@ -302,6 +304,7 @@ def server_process(timeout: float) -> Iterator[tuple[int, int]]:
         "cpu",
         "--threads",
         str(THREADS),
+        *extra,
     ]
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, env=child_env(), stdout=log, stderr=log, text=True)
@@ -331,7 +334,7 @@ def wait_for_port(process: subprocess.Popen[str], log: Any, timeout: float) -> i
     raise TimeoutError("headserve serve did not log its port in time")
 
 
-def run_server(timeout: float) -> dict[str, Any]:
+def run_server(timeout: float, *extra: str) -> dict[str, Any]:
     """The real gRPC server: wait for SERVING, one Encode call, then its /proc numbers."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -339,7 +342,7 @@ def run_server(timeout: float) -> dict[str, Any]:
     from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with server_process(timeout) as (pid, port):
+    with server_process(timeout, *extra) as (pid, port):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             serving = health_pb2.HealthCheckResponse.SERVING
@@ -417,6 +420,7 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
         BACKBONE: lambda: run_worker("backbone", timeout),
         HEADSERVE: lambda: run_worker("headserve", timeout),
         SERVER: lambda: run_server(timeout),
+        SERVER_PLAIN: lambda: run_server(timeout, "--no-trace"),
         TASK_MODELS: lambda: run_worker("task-models", timeout),
     }
     if steps:
@@ -443,7 +447,7 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
 def print_report(out: dict[str, Any]) -> None:
     print(f"all-MiniLM-L6-v2, CPU float32, {THREADS} torch threads, median of {out['repeats']}\n")
     print(table(out["median"]))
-    for name in (HEADSERVE, SERVER):
+    for name in (HEADSERVE, SERVER, SERVER_PLAIN):
         h = out["headline"][name]
         print(
             f"\n{name}: four heads cost {h['over_backbone_net_pct']:.1f}% over the backbone "

@@ -4,8 +4,8 @@ A model worker runs the backbone's Python (transformers' layers, a few hundred s
 calls per pass) holding the GIL between operators, so the event loop's work (gRPC,
 tokenizing, replies) and the model's Python queue for each other. A trace runs the
 whole pass in C++ without the GIL. Measured on this machine (2 cores, two workers,
-BENCHMARKS.md): with a Python thread busy 30% of the time beside them, eager workers
-lost 27% of their speed and traced ones 12%, no more than a separate process costs.
+`bench/contention.py`, BENCHMARKS.md): with a Python thread of the same process busy
+30% of the time beside them, eager workers lost 25% of their speed, traced ones 8%.
 
 The trace is made once, on packed rows (the block-diagonal mask is always applied, so
 no input-dependent branch is left out), and used only if its hidden states equal the
