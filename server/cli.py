@@ -143,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="torch threads per worker (default: the cores / workers)"
     )
     serve.add_argument(
+        "--worker-nice",
+        type=int,
+        default=limits.worker_nice,
+        help="how much lower the model workers' CPU priority is than the event loop's "
+        "(Linux; 0: the same)",
+    )
+    serve.add_argument(
         "--no-trace",
         dest="trace",
         action="store_false",
@@ -291,6 +298,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 max_queue_items=args.max_queue_items,
                 stream_in_flight_items=args.stream_in_flight_items,
                 workers=args.workers,
+                worker_nice=args.worker_nice,
             ),
             request_limits=RequestLimits(
                 **{f.name: getattr(args, f.name) for f in dataclasses.fields(RequestLimits)}

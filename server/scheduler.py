@@ -5,7 +5,8 @@ batches and hands each to a model worker thread, so the event loop keeps accepti
 calls and streaming replies while the model computes; rows that arrive meanwhile
 fill the next batch, which starts the moment a worker is free. There are
 `workers` of them (one by default): on a CPU, two single-threaded workers computing
-two batches at once outrun one worker with two torch threads (see threads.py).
+two batches at once outrun one worker with two torch threads. The workers run at a
+lower priority than the event loop (see threads.py).
 
 A batch is bounded by a token budget, counted as it will be padded (longest row
 x rows), and by a row count. It is built around the oldest waiting row (so no row
@@ -31,6 +32,7 @@ from typing import Any
 from .errors import DeadlineExceeded, InvalidArgument, Overloaded
 from .memory import release_freed_memory
 from .runner import Runner, Work
+from .threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Limits:
     max_queue_items: int = 4096
     stream_in_flight_items: int = 256
     workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
+    worker_nice: int = 10  # how much lower the workers' priority is than the event loop's
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,12 @@ class Scheduler:
         self.limits = limits
         self._pending: list[_Pending] = []
         self.workers = limits.workers or 1
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="headserve-model")
+        self._executor = ThreadPoolExecutor(
+            self.workers,
+            thread_name_prefix="headserve-model",
+            initializer=lower_priority,
+            initargs=(limits.worker_nice,),
+        )
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._computing: set[asyncio.Task[None]] = set()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -183,6 +185,24 @@ def test_each_worker_computes_its_own_batch_at_the_same_time(backbone: Backbone)
     for text, output in zip(texts, together, strict=True):
         (alone,) = runner.compute([Work(head, _row(backbone, text))])
         np.testing.assert_allclose(output, alone, atol=1e-5)
+
+
+class PriorityHead(EchoHead):
+    """Records the nice value of the thread its forward runs on."""
+
+    def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
+        self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return super().forward(features, rows)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest.mark.parametrize("nice", [0, 7])
+def test_model_workers_run_below_the_event_loop(backbone: Backbone, nice: int) -> None:
+    head = PriorityHead("priority")
+    scheduler = Scheduler(Runner(backbone), Limits(workers=2, worker_nice=nice))
+    asyncio.run(scheduler.submit([Work(head, _row(backbone, "which priority?"))]))
+    scheduler.close()
+    assert head.nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
 
 
 # --- through gRPC -----------------------------------------------------------------------------------
