@@ -36,7 +36,7 @@ from .core import Core
 from .discovery import allowed, check_unique, find_plugins, load_plugins
 from .heads import check_unique_names, load_heads, require
 from .limits import RequestLimits
-from .memory import release_freed_memory
+from .memory import freeze_loaded_objects, release_freed_memory
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .security import Security
@@ -242,6 +242,7 @@ async def serve(settings: Settings, address: str) -> None:
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         await server.mark_ready(loading.result())  # raises if loading failed
+        freeze_loaded_objects()
         log.info("serving on port %d", server.port)
         await stopping
     log.info("stopping (grace %.1fs)", settings.grace_seconds)

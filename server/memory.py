@@ -17,3 +17,17 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def freeze_loaded_objects() -> None:
+    """Collect, then exempt every object alive now from later garbage collections.
+
+    A served process holds some 370,000 objects from torch, transformers and the heads,
+    made once and kept for its life. A full collection walked them all: 171 ms with the
+    GIL held, a stall of every call in flight (it showed in the overload bench as refusals
+    slow at p99). Frozen, they are skipped; a full collection takes microseconds. For a
+    server process only: objects frozen here are never collected, so a process that loads
+    and drops models (tests) must not call it.
+    """
+    gc.collect()
+    gc.freeze()
