@@ -204,10 +204,15 @@ class Backbone:
             return packing.run_packed(self, rows, self.pack_tokens)
         return packing.run_padded(self, rows)
 
+    def probe_rows(self, texts: Sequence[str]) -> list[Row]:
+        """Rows of plain texts, within max_length: the load-time checks run on them."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [Row(tuple(ids)) for ids in encoded["input_ids"]]
+
     def _probe_packing(self) -> bool:
         """Whether packed rows give the same states as padded ones on this model."""
         texts = ["hello world", "a slightly longer probe sentence, with a comma", "x", "one two"]
-        rows = [Row(tuple(ids)) for ids in self.tokenizer(texts)["input_ids"]]
+        rows = self.probe_rows(texts)
         with torch.inference_mode():
             try:
                 packed, mask, _ = packing.run_packed(self, rows, 64)

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headserve.plugins.contract import Row
-
 from .packing import pack
 
 if TYPE_CHECKING:
@@ -72,7 +70,7 @@ def trace(backbone: Backbone, pack_tokens: int) -> torch.jit.ScriptModule | None
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the checks below decide
-            example = pack(backbone, _rows(backbone, _EXAMPLE), pack_tokens)
+            example = pack(backbone, backbone.probe_rows(_EXAMPLE), pack_tokens)
             traced = torch.jit.trace(module, example.inputs(backbone.device), check_trace=False)
             error = max(_error(backbone, module, traced, texts, pack_tokens) for texts in _CHECKS)
     except Exception as exc:  # the model does not trace: run it as it is
@@ -85,13 +83,8 @@ def trace(backbone: Backbone, pack_tokens: int) -> torch.jit.ScriptModule | None
     return traced
 
 
-def _rows(backbone: Backbone, texts: Sequence[str]) -> list[Row]:
-    encoded = backbone.tokenizer(list(texts), truncation=True, max_length=backbone.max_length)
-    return [Row(tuple(ids)) for ids in encoded["input_ids"]]
-
-
 def _error(  # type: ignore[no-untyped-def]
     backbone: Backbone, module, traced, texts: Sequence[str], pack_tokens: int
 ) -> float:
-    inputs = pack(backbone, _rows(backbone, texts), pack_tokens).inputs(backbone.device)
+    inputs = pack(backbone, backbone.probe_rows(texts), pack_tokens).inputs(backbone.device)
     return float((traced(*inputs).float() - module(*inputs).float()).abs().max())
