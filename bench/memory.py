@@ -8,7 +8,9 @@ torch threads. Each does one forward pass on a few real sentences, then reads Vm
 VmHWM (the peak) from /proc/self/status, and PSS (shared pages split between their
 mappings) from /proc/self/smaps_rollup. The gRPC variant starts `headserve serve` and
 reads the server's /proc/PID files after one Encode call, as it starts by default and
-with --no-trace (the traced pass costs TorchScript's own state). Each configuration runs
+with --no-trace (the traced pass costs TorchScript's own state), and with --plugins encode:
+the same server with no task head, so that the heads' own cost shows apart from what any
+server process holds (gRPC, the trace). Each configuration runs
 --repeats times, interleaved; the table shows medians, "net" subtracts the `import torch,
 transformers` baseline.
 
@@ -52,6 +54,7 @@ BACKBONE = "backbone alone (AutoModel)"
 HEADSERVE = "headserve, four heads (build_core)"
 SERVER = "headserve serve (gRPC process)"
 SERVER_PLAIN = "headserve serve --no-trace (gRPC process)"
+SERVER_ENCODE = "headserve serve --plugins encode (gRPC process, no task head)"
 TASK_MODELS = "four task models (tutorial)"
 PAGED = "backbone alone, every weight page read"
 
@@ -421,6 +424,7 @@ def measure(repeats: int, timeout: float, steps: bool) -> dict[str, Any]:
         HEADSERVE: lambda: run_worker("headserve", timeout),
         SERVER: lambda: run_server(timeout),
         SERVER_PLAIN: lambda: run_server(timeout, "--no-trace"),
+        SERVER_ENCODE: lambda: run_server(timeout, "--plugins", "encode"),
         TASK_MODELS: lambda: run_worker("task-models", timeout),
     }
     if steps:
@@ -454,6 +458,12 @@ def print_report(out: dict[str, Any]) -> None:
             f"alone net of imports ({h['over_backbone_rss_pct']:.1f}% in plain RSS; "
             f"{h['over_backbone_pss_net_pct']:.1f}% in PSS net of imports)"
         )
+    heads = out["median"][SERVER]["VmRSS"] - out["median"][SERVER_ENCODE]["VmRSS"]
+    print(
+        f"\nthe task heads alone (headserve serve, less the same server with Encode only): "
+        f"{mib(heads)} MiB, {100 * heads / out['median'][BACKBONE]['VmRSS']:.1f}% of the "
+        f"backbone alone's RSS"
+    )
     if "steps" in out:
         print("\nheadserve, step by step (one run):\n")
         print(steps_table(out["steps"]))
