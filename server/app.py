@@ -34,6 +34,7 @@ from .backbone import Backbone, default_model_dir
 from .config import default_heads
 from .core import Core
 from .discovery import allowed, check_unique, find_plugins, load_plugins
+from .event_loop import kind_of
 from .heads import check_unique_names, load_heads, require
 from .limits import RequestLimits
 from .memory import freeze_loaded_objects, release_freed_memory
@@ -224,7 +225,11 @@ async def create_server(
 async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = await create_server(address, settings.request_limits, settings.security)
-    log.info("listening on port %d; loading the model", server.port)
+    log.info(
+        "listening on port %d (%s event loop); loading the model",
+        server.port,
+        kind_of(asyncio.get_running_loop()),
+    )
     log.info("security: %r; limits: %s", settings.security, settings.request_limits)
     host = address.rsplit(":", 1)[0].strip("[]")
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.security.tokens:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from . import event_loop
 from .config import ConfigError, head_specs
 from .limits import RequestLimits
 from .scheduler import Limits
@@ -156,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the backbone's packed pass as Python, not as a checked TorchScript trace",
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
+    serve.add_argument(
+        "--event-loop",
+        choices=event_loop.KINDS,
+        default=event_loop.default_kind(),
+        help="the event loop that runs gRPC, tokenizing and the batching (default: uvloop "
+        "where it is installed)",
+    )
 
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
     model_args(info)
@@ -359,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             info = model_info(build_core(settings))
             print(json.dumps(json_format.MessageToDict(info), indent=2))
             return
-        asyncio.run(serve(settings, f"{args.host}:{args.port}"))
+        event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
     except (StartupError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"headserve: {exc}") from exc
 

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headserve.server.app import Server, Settings, build_core, create_server
+from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.limits import RequestLimits
 
 T = TypeVar("T")
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 class ServerThread:
     def __init__(self, settings: Settings | None) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(default_kind())  # the loop `headserve serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         limits = settings.request_limits if settings is not None else RequestLimits()

@@ -94,6 +94,23 @@ def test_sigterm_stops_gracefully_and_the_log_says_what_was_loaded(default_serve
     text = "".join(log) + proc.stderr.read()
     assert re.search(r"backbone .* loaded on cpu as float32 in [\d.]+s", text), text
     assert "head encode: encode" in text and "stopped" in text
+    assert "(uvloop event loop)" in text  # the default where uvloop is installed (it is here)
+
+
+def test_the_plain_asyncio_loop_serves_and_drains_too() -> None:
+    server = start_cli_server(["--event-loop", "asyncio", "--plugins", "encode"])
+    try:
+        with Client(server.target) as client:
+            result = client.encode(["A man is playing a guitar."])
+        assert len(result.embeddings[0].vector) == 384
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+        assert server.proc.stderr is not None
+        text = "".join(server.log) + server.proc.stderr.read()
+        assert "(asyncio event loop)" in text and "stopped" in text
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
 
 
 def test_info_prints_what_would_be_served() -> None:
