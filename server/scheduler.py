@@ -45,7 +45,7 @@ class Limits:
     max_queue_items: int = 4096
     stream_in_flight_items: int = 256
     workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
-    worker_nice: int = 10  # how much lower the workers' priority is than the event loop's
+    worker_nice: int = 19  # how much lower the workers' priority is than the event loop's
 
 
 @dataclass(frozen=True)
