@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="`headserve serve` options of B")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--callers", type=int, default=64)
-    parser.add_argument("--mix", choices=["encode", "mixed"], default="encode")
+    parser.add_argument(
+        "--mix", choices=["encode", "classify", "qa", "predict", "mixed"], default="encode"
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="per load run")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "ab.json")
     args = parser.parse_args()

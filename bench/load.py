@@ -1,13 +1,13 @@
 """A bounded gRPC load generator (loopback only) for headserve's Encoder and friends.
 
-    .venv/bin/python bench/load.py TARGET --concurrency 64 --seconds 15 [--mix encode|mixed]
+    .venv/bin/python bench/load.py TARGET --concurrency 64 --seconds 15 [--mix encode|mixed|...]
     .venv/bin/python bench/load.py TARGET --stream-batch 32 --seconds 15
 
 Unary mode: CONCURRENCY callers, each sending one sentence per call, back to back, for
 SECONDS (and at most --max-calls calls). Stream mode: one bidirectional stream of
 batches of STREAM_BATCH sentences, with up to --stream-window batches outstanding.
 "mixed" rotates Encode, Classify, AnswerQuestion and PredictTokens in equal shares on
-the same sentences. Prints one JSON object: sentences/s, p50/p99 latency (ms), errors.
+the same sentences; "classify", "qa" or "predict" sends that RPC alone. Prints one JSON object: sentences/s, p50/p99 latency (ms), errors.
 
 Below the CLI's own code are the pieces bench/overload.py and bench/soak.py share: per-call
 records, closed- and open-loop load, a server subprocess, and a VmRSS sampler.
@@ -56,22 +56,22 @@ def _masked(text: str) -> str:
 def calls(
     channel: grpc.aio.Channel, mix: str, timeout: float | None = None
 ) -> list[Callable[[str], Awaitable[Any]]]:
-    """One callable per RPC of the mix (one sentence per call); `timeout`: each call's deadline."""
+    """One callable per RPC of the mix (one sentence per call): "mixed" is all four in
+    equal shares (Encode, Classify, AnswerQuestion, PredictTokens), any other one RPC alone;
+    `timeout`: each call's deadline."""
     encoder = encoder_pb2_grpc.EncoderStub(channel)
     encode = lambda t: encoder.Encode(  # noqa: E731
         encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=t)]), timeout=timeout
     )
-    if mix == "encode":
-        return [encode]
     classifier = classifier_pb2_grpc.ClassifierStub(channel)
     qa = question_answerer_pb2_grpc.QuestionAnswererStub(channel)
     mlm = token_predictor_pb2_grpc.TokenPredictorStub(channel)
-    return [
-        encode,
-        lambda t: classifier.Classify(
+    every = {
+        "encode": encode,
+        "classify": lambda t: classifier.Classify(
             classifier_pb2.ClassifyRequest(items=[common_pb2.TextInput(text=t)]), timeout=timeout
         ),
-        lambda t: qa.AnswerQuestion(
+        "qa": lambda t: qa.AnswerQuestion(
             question_answerer_pb2.AnswerQuestionRequest(
                 items=[
                     question_answerer_pb2.QuestionContext(question="What is it about?", context=t)
@@ -79,11 +79,12 @@ def calls(
             ),
             timeout=timeout,
         ),
-        lambda t: mlm.PredictTokens(
+        "predict": lambda t: mlm.PredictTokens(
             token_predictor_pb2.PredictTokensRequest(items=[common_pb2.TextInput(text=_masked(t))]),
             timeout=timeout,
         ),
-    ]
+    }
+    return list(every.values()) if mix == "mixed" else [every[mix]]
 
 
 async def unary(
@@ -373,20 +374,50 @@ def vmrss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_ticks(pid: int) -> tuple[int, int, int, int]:
+    """Clock ticks so far: process `pid` (utime + stime), and the whole machine busy, stolen
+    by the hypervisor (time this VM's CPUs were ready but not run) and in all (/proc/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = cpu[:8]
+    busy = user + nice + system + irq + softirq
+    return int(fields[11]) + int(fields[12]), busy, steal, busy + idle + iowait + steal
+
+
+def cpu_between(samples: list[tuple[float, int, int, int, int]], start: float, end: float) -> dict:
+    """From CPU samples (perf_counter, *cpu_ticks): the process's % of one core, and the
+    machine's busy and stolen % of all its time, between the samples nearest start and end."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2:
+        return {"server_pct": None, "machine_busy_pct": None, "steal_pct": None}
+    (t0, p0, b0, s0, a0), (t1, p1, b1, s1, a1) = inside[0], inside[-1]
+    hz = os.sysconf("SC_CLK_TCK")
+    total = max(1, a1 - a0)
+    return {
+        "server_pct": 100 * (p1 - p0) / hz / (t1 - t0),
+        "machine_busy_pct": 100 * (b1 - b0) / total,
+        "steal_pct": 100 * (s1 - s0) / total,
+    }
+
+
 class RssSampler(threading.Thread):
-    """VmRSS of `pid` every `every` seconds on a thread: `samples` = [(perf_counter, KiB)]."""
+    """VmRSS of `pid` every `every` seconds on a thread: `samples` = [(perf_counter, KiB)];
+    and CPU ticks at the same moments: `cpu` = [(perf_counter, *cpu_ticks(pid))]."""
 
     def __init__(self, pid: int, every: float) -> None:
         super().__init__(daemon=True, name="rss-sampler")
         self.pid, self.every = pid, every
         self.samples: list[tuple[float, int]] = []
+        self.cpu: list[tuple[float, int, int, int, int]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
         next_at = time.perf_counter()
         while not self._halt.is_set():
             try:
-                self.samples.append((time.perf_counter(), vmrss_kib(self.pid)))
+                now = time.perf_counter()
+                self.samples.append((now, vmrss_kib(self.pid)))
+                self.cpu.append((now, *cpu_ticks(self.pid)))
             except (OSError, RuntimeError):  # the process is gone
                 return
             next_at += self.every
@@ -424,7 +455,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-calls", type=int, default=200_000)
-    parser.add_argument("--mix", choices=["encode", "mixed"], default="encode")
+    parser.add_argument(
+        "--mix", choices=["encode", "classify", "qa", "predict", "mixed"], default="encode"
+    )
     parser.add_argument("--stream-batch", type=int, default=0)
     parser.add_argument("--stream-window", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=2000)

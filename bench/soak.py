@@ -12,7 +12,9 @@ deadline on every call):
    AnswerQuestion, PredictTokens in equal shares, one VADER sentence per call);
 2. soak: the same mix sent open loop (on a fixed schedule, whatever the replies) at --load
    (0.7) x capacity for --minutes, with at most --max-outstanding calls unanswered.
-The server's VmRSS (/proc/PID/status) every --rss-every (5) s: the value after the warm-up
+The server's VmRSS (/proc/PID/status) every --rss-every (5) s, with CPU use per window: the
+server's, and the machine's busy and stolen time (stolen: this VM's CPUs were ready but the
+hypervisor ran something else; /proc/stat). VmRSS: the value after the warm-up
 (the first minute, or a quarter of a shorter run), the max, the end, and the growth from
 the first to the last; errors by status code; calls/s and p50/p99 per window (a minute).
 A Markdown table goes to stdout, everything to bench/results/soak.json (--json), the server
@@ -34,6 +36,7 @@ from load import (
     by_code,
     calls,
     closed_loop,
+    cpu_between,
     open_loop,
     percentile,
     run_recorded,
@@ -46,6 +49,10 @@ RPCS = ["Encode", "Classify", "AnswerQuestion", "PredictTokens"]  # the order of
 def latency(calls_: list[Call]) -> dict[str, float]:
     ms = [c.ms for c in calls_ if c.code == "OK"]
     return {"ok": len(ms), "p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99)}
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def rss_at(samples: list[tuple[float, int]], t: float) -> float:
@@ -111,6 +118,7 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
                 **latency(sent),
                 "errors": {k: v for k, v in codes.items() if k != "OK"},
                 "rss_mib": rss_at(samples, hi),
+                **cpu_between(sampler.cpu, lo, hi),
             }
         )
     lag_ms = [(c.sent - c.scheduled) * 1e3 for c in done]
@@ -175,11 +183,14 @@ def table(r: dict[str, Any]) -> str:
             f"{m['after_warmup_mib']:.1f} / {m['max_mib']:.1f} / {m['end_mib']:.1f} MiB "
             f"(growth {m['growth_pct']:+.1f}%) |",
             "",
-            "| from s | sent/s | answered/s | p50 ms | p99 ms | errors | VmRSS MiB at the end |",
-            "|---|---|---|---|---|---|---|",
+            "| from s | sent/s | answered/s | p50 ms | p99 ms | errors | VmRSS MiB at the end "
+            "| server CPU % of a core | machine busy / stolen % |",
+            "|---|---|---|---|---|---|---|---|---|",
             *(
                 f"| {w['t_s']:g} | {w['sent_s']:.1f} | {w['ok_s']:.1f} | {w['p50_ms']:.0f} "
-                f"| {w['p99_ms']:.0f} | {w['errors'] or 'none'} | {w['rss_mib']:.1f} |"
+                f"| {w['p99_ms']:.0f} | {w['errors'] or 'none'} | {w['rss_mib']:.1f} "
+                f"| {pct(w['server_pct'])} | {pct(w['machine_busy_pct'])} / "
+                f"{pct(w['steal_pct'])} |"
                 for w in s["windows"]
             ),
         ]
