@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from load import MIXES
 from throughput import HEADSERVE, load, start, stop
 
 HERE = Path(__file__).resolve().parent
@@ -42,9 +43,7 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="`headserve serve` options of B")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--callers", type=int, default=64)
-    parser.add_argument(
-        "--mix", choices=["encode", "classify", "qa", "predict", "mixed"], default="encode"
-    )
+    parser.add_argument("--mix", choices=MIXES, default="encode")
     parser.add_argument("--seconds", type=float, default=12.0, help="per load run")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "ab.json")
     args = parser.parse_args()

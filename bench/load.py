@@ -7,7 +7,8 @@ Unary mode: CONCURRENCY callers, each sending one sentence per call, back to bac
 SECONDS (and at most --max-calls calls). Stream mode: one bidirectional stream of
 batches of STREAM_BATCH sentences, with up to --stream-window batches outstanding.
 "mixed" rotates Encode, Classify, AnswerQuestion and PredictTokens in equal shares on
-the same sentences; "classify", "qa" or "predict" sends that RPC alone. Prints one JSON object: sentences/s, p50/p99 latency (ms), errors.
+the same sentences; "classify", "qa" or "predict" sends that RPC alone. Prints one JSON
+object: sentences/s, p50/p99 latency (ms), errors.
 
 Below the CLI's own code are the pieces bench/overload.py and bench/soak.py share: per-call
 records, closed- and open-loop load, a server subprocess, and a VmRSS sampler.
@@ -51,6 +52,9 @@ def _masked(text: str) -> str:
     words = text.split()
     words[len(words) // 2] = "[MASK]"
     return " ".join(words)
+
+
+MIXES = ("encode", "classify", "qa", "predict", "mixed")  # --mix: one RPC alone, or all four
 
 
 def calls(
@@ -374,27 +378,35 @@ def vmrss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def cpu_ticks(pid: int) -> tuple[int, int, int, int]:
-    """Clock ticks so far: process `pid` (utime + stime), and the whole machine busy, stolen
-    by the hypervisor (time this VM's CPUs were ready but not run) and in all (/proc/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of process `pid` (or of its thread `tid`) from /proc, in seconds."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """The whole machine's clock ticks so far (/proc/stat): busy, stolen by the hypervisor
+    (this VM's CPUs were ready but not run), and in all."""
     cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = cpu[:8]
     busy = user + nice + system + irq + softirq
-    return int(fields[11]) + int(fields[12]), busy, steal, busy + idle + iowait + steal
+    return busy, steal, busy + idle + iowait + steal
 
 
-def cpu_between(samples: list[tuple[float, int, int, int, int]], start: float, end: float) -> dict:
-    """From CPU samples (perf_counter, *cpu_ticks): the process's % of one core, and the
-    machine's busy and stolen % of all its time, between the samples nearest start and end."""
+def cpu_between(
+    samples: list[tuple[float, float, int, int, int]], start: float, end: float
+) -> dict[str, float | None]:
+    """From CPU samples (perf_counter, cpu_seconds, *machine_ticks): the process's % of one
+    core, and the machine's busy and stolen % of all its time, between the samples nearest
+    start and end."""
     inside = [s for s in samples if start <= s[0] <= end]
     if len(inside) < 2:
         return {"server_pct": None, "machine_busy_pct": None, "steal_pct": None}
     (t0, p0, b0, s0, a0), (t1, p1, b1, s1, a1) = inside[0], inside[-1]
-    hz = os.sysconf("SC_CLK_TCK")
     total = max(1, a1 - a0)
     return {
-        "server_pct": 100 * (p1 - p0) / hz / (t1 - t0),
+        "server_pct": 100 * (p1 - p0) / (t1 - t0),
         "machine_busy_pct": 100 * (b1 - b0) / total,
         "steal_pct": 100 * (s1 - s0) / total,
     }
@@ -402,13 +414,13 @@ def cpu_between(samples: list[tuple[float, int, int, int, int]], start: float, e
 
 class RssSampler(threading.Thread):
     """VmRSS of `pid` every `every` seconds on a thread: `samples` = [(perf_counter, KiB)];
-    and CPU ticks at the same moments: `cpu` = [(perf_counter, *cpu_ticks(pid))]."""
+    and CPU at the same moments: `cpu` = [(perf_counter, cpu_seconds, *machine_ticks())]."""
 
     def __init__(self, pid: int, every: float) -> None:
         super().__init__(daemon=True, name="rss-sampler")
         self.pid, self.every = pid, every
         self.samples: list[tuple[float, int]] = []
-        self.cpu: list[tuple[float, int, int, int, int]] = []
+        self.cpu: list[tuple[float, float, int, int, int]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -417,7 +429,7 @@ class RssSampler(threading.Thread):
             try:
                 now = time.perf_counter()
                 self.samples.append((now, vmrss_kib(self.pid)))
-                self.cpu.append((now, *cpu_ticks(self.pid)))
+                self.cpu.append((now, cpu_seconds(self.pid), *machine_ticks()))
             except (OSError, RuntimeError):  # the process is gone
                 return
             next_at += self.every
@@ -455,9 +467,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-calls", type=int, default=200_000)
-    parser.add_argument(
-        "--mix", choices=["encode", "classify", "qa", "predict", "mixed"], default="encode"
-    )
+    parser.add_argument("--mix", choices=MIXES, default="encode")
     parser.add_argument("--stream-batch", type=int, default=0)
     parser.add_argument("--stream-window", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=2000)

@@ -44,6 +44,8 @@ from load import (
     by_code,
     calls,
     closed_loop,
+    cpu_seconds,
+    machine_ticks,
     open_loop,
     percentile,
     run_recorded,
@@ -54,18 +56,10 @@ WINDOW_S = 0.2
 RECOVERED_WITHIN = 1.5
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime + stime of process `pid` (or of its thread `tid`) from /proc, in seconds."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) ticks of the whole machine; time stolen by the hypervisor counts busy."""
+    busy, stolen, total = machine_ticks()
+    return busy + stolen, total
 
 
 class Cpu:
