@@ -38,6 +38,7 @@ from .event_loop import kind_of
 from .heads import check_unique_names, load_heads, require
 from .limits import RequestLimits
 from .memory import freeze_loaded_objects, release_freed_memory
+from .metrics import Metrics, MetricsServer
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .security import Security
@@ -78,6 +79,8 @@ class Settings:
     trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
     threads: int | None = None  # torch threads per model worker; None: see threads.py
     grace_seconds: float = 10.0
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
+    metrics_host: str = "127.0.0.1"
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
 
@@ -92,7 +95,7 @@ class ServerState:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def build_core(settings: Settings) -> Core:
+def build_core(settings: Settings, metrics: Metrics | None = None) -> Core:
     """Load the backbone, discover the head plugins and load the configured heads."""
     started = time.perf_counter()
     model_dir = settings.model_dir or default_model_dir()
@@ -122,7 +125,7 @@ def build_core(settings: Settings) -> Core:
     threads = plan(backbone.device, settings.limits.workers, settings.threads)
     set_torch_threads(threads.threads)
     limits = replace(settings.limits, workers=threads.workers)
-    scheduler = Scheduler(Runner(backbone), limits)
+    scheduler = Scheduler(Runner(backbone), limits, metrics)
     log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
     log.info(
         "ready: %d heads (%s), %d failed, in %.2fs",
@@ -224,6 +227,11 @@ async def create_server(
 
 async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
+    metrics = Metrics()
+    exporter = None
+    if settings.metrics_port is not None:
+        exporter = MetricsServer(metrics.registry, settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, exporter.port)
     server = await create_server(address, settings.request_limits, settings.security)
     log.info(
         "listening on port %d (%s event loop); loading the model",
@@ -242,7 +250,7 @@ async def serve(settings: Settings, address: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings))
+    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings, metrics))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
@@ -252,4 +260,6 @@ async def serve(settings: Settings, address: str) -> None:
         await stopping
     log.info("stopping (grace %.1fs)", settings.grace_seconds)
     await server.stop(settings.grace_seconds)
+    if exporter is not None:
+        exporter.close()
     log.info("stopped")

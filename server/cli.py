@@ -157,6 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to finish calls on stop")
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics over HTTP on this port, at /metrics (default: off; "
+        "0 picks a free port)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds to (it has no authentication)",
+    )
+    serve.add_argument(
         "--event-loop",
         choices=event_loop.KINDS,
         default=event_loop.default_kind(),
@@ -320,6 +331,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             threads=args.threads,
             trace=args.trace,
             grace_seconds=args.grace,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     return Settings(
         model_dir=args.model_dir,
@@ -367,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(json_format.MessageToDict(info), indent=2))
             return
         event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
-    except (StartupError, FileNotFoundError, ValueError) as exc:
+    except (StartupError, OSError, ValueError) as exc:  # OSError: a port, a file
         raise SystemExit(f"headserve: {exc}") from exc
 
 

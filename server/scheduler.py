@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DeadlineExceeded, InvalidArgument, Overloaded
+from .errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from .memory import release_freed_memory
+from .metrics import Metrics
 from .runner import Runner, Work
 from .threads import lower_priority
 
@@ -74,9 +75,10 @@ IDLE_TRIM_SECONDS = 0.5  # idle this long after it: trim
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, limits: Limits) -> None:
+    def __init__(self, runner: Runner, limits: Limits, metrics: Metrics | None = None) -> None:
         self.runner = runner
         self.limits = limits
+        self.metrics = metrics or Metrics()
         self._pending: list[_Pending] = []
         self.workers = limits.workers or 1
         self._executor = ThreadPoolExecutor(
@@ -94,6 +96,8 @@ class Scheduler:
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
         self._batches_since_trim = 0
+        self.metrics.watch(lambda: self.queued, lambda: self.running, self.workers)
+        self.metrics.count_oom_splits(lambda: runner.oom_splits)
 
     # --- the servicers' side ------------------------------------------------------------------
 
@@ -109,6 +113,7 @@ class Scheduler:
         """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
         so that refusing a call under overload costs next to nothing."""
         if self._event_loop is not None and not self._has_room(rows):
+            self.metrics.refused.inc()
             raise Overloaded(
                 f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
                 "retry later"
@@ -207,8 +212,8 @@ class Scheduler:
         loop = self._event_loop
         self.running += 1
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.runner.run_batch, [p.work for p in batch]
+            results, computing, cpu = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _timed, self.runner.run_batch, [p.work for p in batch]
             )
         except asyncio.CancelledError:
             for p in batch:
@@ -216,14 +221,17 @@ class Scheduler:
             raise
         except Exception as exc:  # the executor itself broke: fail this batch, go on
             log.exception("batch of %d rows failed outside the model", len(batch))
-            results = [exc] * len(batch)
+            results, computing, cpu = [exc] * len(batch), 0.0, 0.0
         finally:
             if loop is self._event_loop:
                 self.running -= 1
             free.release()
-        elapsed = (time.perf_counter() - started) * 1e3
+        wall = time.perf_counter() - started
+        self.metrics.batch_done(len(batch), sum(p.length for p in batch), computing, cpu)
         for p, result in zip(batch, results, strict=True):
-            p.inference_ms = elapsed
+            p.inference_ms = wall * 1e3
+            if isinstance(result, BaseException):
+                self.metrics.failed.labels(_failed_part(result)).inc()
             if p.future.done():
                 continue
             if isinstance(result, BaseException):
@@ -276,11 +284,13 @@ class Scheduler:
         for p in self._pending:
             if p.future.done():  # its call was cancelled
                 self.dropped += 1
+                self.metrics.dropped.labels("cancelled").inc()
             elif p.deadline is not None and p.deadline <= time.monotonic():
                 p.future.set_exception(
                     DeadlineExceeded("deadline passed before the model got to it")
                 )
                 self.dropped += 1
+                self.metrics.dropped.labels("deadline").inc()
             else:
                 live.append(p)
         if not live:
@@ -297,6 +307,8 @@ class Scheduler:
         chosen = {id(live[i]) for i in batch}
         self._pending = [p for p in live if id(p) not in chosen]
         self._notify_room()
+        for i in batch:
+            self.metrics.queue_wait.observe(now - live[i].arrived)
         return [live[i] for i in batch]
 
     def _notify_room(self) -> None:
@@ -312,6 +324,24 @@ class Scheduler:
         for task in self._computing:
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed(
+    run: Callable[[list[Work]], list[Any]], work: list[Work]
+) -> tuple[list[Any], float, float]:
+    """`run(work)` on this (worker) thread, with the wall and thread CPU seconds it took."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    results = run(work)
+    return results, time.perf_counter() - wall, time.thread_time() - cpu
+
+
+def _failed_part(exc: BaseException) -> str:
+    """What a failed row's metric names: the failing head, the backbone, or the executor."""
+    if isinstance(exc, HeadFailed):
+        return exc.head
+    if isinstance(exc, OutOfMemory):
+        return "backbone"
+    return "executor"
 
 
 def oldest_first(

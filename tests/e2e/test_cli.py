@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from serving import start_cli_server
 
 from headserve.client import Client
@@ -111,6 +113,38 @@ def test_the_plain_asyncio_loop_serves_and_drains_too() -> None:
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
+
+
+def test_the_metrics_endpoint_counts_what_the_model_computed() -> None:
+    server = start_cli_server(["--plugins", "encode", "--workers", "1", "--metrics-port", "0"])
+    try:
+        (url,) = re.findall(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", "".join(server.log))
+        texts = ["A man is playing a guitar.", "Someone plays.", "The stock market fell."]
+        with Client(server.target) as client:
+            client.encode(texts)
+            client.encode(["One more sentence, alone."])
+            tokens = sum(len(t.ids) for t in client.tokenize([*texts, "One more sentence, alone."]))
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            body = reply.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+
+        def value(name: str) -> float:
+            return samples[(name, ())]
+
+        assert value("headserve_batch_rows_sum") == 4
+        assert 1 <= value("headserve_batch_rows_count") <= 2  # the second call's own batch
+        assert value("headserve_batch_tokens_sum") == tokens
+        assert value("headserve_model_cpu_seconds_total") > 0
+        assert value("headserve_model_workers") == 1
+        assert value("headserve_queue_rows") == 0 and value("headserve_batches_running") == 0
+        assert value("headserve_calls_refused_total") == 0
+        assert value("process_resident_memory_bytes") > 100e6  # the model is in there
+    finally:
+        server.proc.kill()
 
 
 def test_info_prints_what_would_be_served() -> None:

@@ -63,6 +63,10 @@ def backbone(bert) -> Backbone:  # type: ignore[no-untyped-def]
     return Backbone.load(bert.backbone, device="cpu")
 
 
+def _metric(scheduler: Scheduler, name: str, **labels: str) -> float | None:
+    return scheduler.metrics.registry.get_sample_value(name, labels)
+
+
 def _row(backbone: Backbone, text: str) -> Row:
     return Row(tuple(backbone.tokenizer(text)["input_ids"]))
 
@@ -107,6 +111,9 @@ def test_deadlines_and_cancellations_never_reach_the_model(backbone: Backbone) -
     assert head.rows_seen == 1  # only "still wanted"
     assert runner.rows_computed == 2  # the blocker and "still wanted"
     assert scheduler.dropped == 5
+    assert _metric(scheduler, "headserve_rows_dropped_total", reason="deadline") == 3
+    assert _metric(scheduler, "headserve_rows_dropped_total", reason="cancelled") == 2
+    assert _metric(scheduler, "headserve_batch_rows_sum") == 2
 
 
 def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
@@ -126,6 +133,8 @@ def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
 
     asyncio.run(main())
     assert runner.batches == 2  # good and bad shared the first batch
+    assert _metric(scheduler, "headserve_rows_failed_total", head="bad") == 1
+    assert _metric(scheduler, "headserve_rows_failed_total", head="good") is None
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -143,6 +152,16 @@ def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone, worker
 
     together = asyncio.run(main())
     assert runner.batches < len(texts) / 4  # 40 calls went through a handful of passes
+    # the metrics saw the same batches: every row, its tokens, and the workers' CPU
+    assert _metric(scheduler, "headserve_batch_rows_count") == runner.batches
+    assert _metric(scheduler, "headserve_batch_rows_sum") == len(texts)
+    assert _metric(scheduler, "headserve_batch_tokens_sum") == sum(
+        len(_row(backbone, t).input_ids) for t in texts
+    )
+    assert _metric(scheduler, "headserve_queue_wait_seconds_count") == len(texts)
+    assert 0 < _metric(scheduler, "headserve_model_cpu_seconds_total") < 60
+    assert _metric(scheduler, "headserve_model_workers") == workers
+    assert _metric(scheduler, "headserve_queue_rows") == 0
     for i, text in enumerate(texts):
         (alone,) = runner.compute([Work(heads[i % 4], _row(backbone, text))])
         np.testing.assert_allclose(together[i][0][0], alone, atol=1e-5)
@@ -251,6 +270,9 @@ def test_full_queue_refuses_unary_calls_at_once_and_streams_wait(small_queue: Se
                 with pytest.raises(ResourceExhaustedError, match="queue full"):
                     await client.encode(["one too many"])
                 assert time.monotonic() - started < 1.0  # refused at once, not queued
+                assert _metric(scheduler, "headserve_calls_refused_total") == 1
+                assert _metric(scheduler, "headserve_queue_rows") == 4
+                assert _metric(scheduler, "headserve_batches_running") == 1
 
                 batches = [Batch([f"streamed {i}"], id=str(i)) for i in range(10)]
                 results: list[Any] = []
@@ -374,6 +396,7 @@ def test_out_of_memory_splits_the_batch_and_retries_it(backbone: Backbone) -> No
     before = runner.batches
     outputs = runner.run_batch(work)
     assert runner.oom_splits == 1 and runner.batches == before + 2  # two halves
+    assert _metric(Scheduler(runner, Limits()), "headserve_oom_splits_total") == 1
     for got, want in zip(outputs, expected):
         torch.testing.assert_close(got, want)
     # a single row that does not fit fails alone, as RESOURCE_EXHAUSTED, not a crash

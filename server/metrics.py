@@ -1,0 +1,143 @@
+"""Prometheus metrics of the batching path: what the scheduler forms and what the model costs.
+
+One `Metrics` per scheduler, each in its own registry, so that several servers in one
+process (the tests) count apart. `headserve serve --metrics-port` exposes the registry
+over HTTP (`serve_metrics`); it is off by default and binds to 127.0.0.1 unless told
+otherwise, as it has no authentication (it shows load, never inputs or outputs).
+
+What a batch cost the model is measured on the worker thread that ran it: its wall time,
+and its thread CPU time. CPU below wall means the worker waited for a core.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+ROW_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+DROP_REASONS = ("cancelled", "deadline")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
+        PlatformCollector(registry=r)
+        self.batch_rows = Histogram(
+            "headserve_batch_rows", "Rows per backbone pass", buckets=ROW_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "headserve_batch_tokens",
+            "Tokens per backbone pass (the rows' own tokens, before padding or packing)",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "headserve_batch_seconds",
+            "Wall time of one batch on a model worker (backbone and heads)",
+            buckets=SECOND_BUCKETS,
+            registry=r,
+        )
+        self.model_cpu = Counter(
+            "headserve_model_cpu_seconds",
+            "CPU time of the model workers' threads while computing batches",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "headserve_queue_wait_seconds",
+            "Time a row waited in the queue before its batch started",
+            buckets=SECOND_BUCKETS,
+            registry=r,
+        )
+        self.dropped = Counter(
+            "headserve_rows_dropped",
+            "Rows dropped before the model: their call was cancelled, or its deadline passed",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)  # exported at 0 from the start
+        self.refused = Counter(
+            "headserve_calls_refused",
+            "Unary calls refused with RESOURCE_EXHAUSTED because the queue was full",
+            registry=r,
+        )
+        self.failed = Counter(
+            "headserve_rows_failed",
+            "Rows whose model pass or head failed (the head named, or 'backbone')",
+            ["head"],
+            registry=r,
+        )
+        self._queued = Gauge("headserve_queue_rows", "Rows waiting for the model", registry=r)
+        self._running = Gauge(
+            "headserve_batches_running", "Batches on the model workers now", registry=r
+        )
+        self._workers = Gauge("headserve_model_workers", "Model worker threads", registry=r)
+
+    def watch(
+        self, queued: Callable[[], float], running: Callable[[], float], workers: int
+    ) -> None:
+        """Gauges read at scrape time from the scheduler's own state."""
+        self._queued.set_function(queued)
+        self._running.set_function(running)
+        self._workers.set(workers)
+
+    def count_oom_splits(self, read: Callable[[], int]) -> None:
+        """headserve_oom_splits_total, read from the runner's own count at scrape time."""
+        self.registry.register(
+            _ReadCounter(
+                "headserve_oom_splits",
+                "Batches split in two after the model ran out of memory",
+                read,
+            )
+        )
+
+    def batch_done(self, rows: int, tokens: int, wall: float, cpu: float) -> None:
+        self.batch_rows.observe(rows)
+        self.batch_tokens.observe(tokens)
+        self.batch_seconds.observe(wall)
+        self.model_cpu.inc(cpu)
+
+
+class _ReadCounter(Collector):
+    """A counter whose value something else keeps."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint, on its own daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._httpd: WSGIServer
+        self._thread: threading.Thread
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_port)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
