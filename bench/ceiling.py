@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import threading
 import time
 
@@ -29,11 +30,15 @@ def measure(  # type: ignore[no-untyped-def]
 ) -> dict[str, float]:
     order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i]))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    # Length-sorted batches, taken in a shuffled order: any stretch of time, not only whole
+    # passes, sees representative lengths (in sorted order, a run that stops part-way
+    # through a pass would favour the short sentences).
+    random.Random(0).shuffle(batches)
     tensors = [_padded(tokenized, batch) for batch in batches]
-    # full passes over every sentence, so that lengths are representative
     queue = itertools.cycle(range(len(batches)))
     lock = threading.Lock()
     done = tokens = 0
+    cpu = time.process_time()
     started = time.perf_counter()
 
     def work() -> None:
@@ -54,12 +59,14 @@ def measure(  # type: ignore[no-untyped-def]
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     return {
         "batch_size": batch_size,
         "workers": workers,
         "threads": torch.get_num_threads(),
         "sentences_s": done / elapsed,
         "tokens_s": tokens / elapsed,
+        "cores": cpu / elapsed,  # CPU the model got (the process's, all threads)
     }
 
 

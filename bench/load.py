@@ -8,7 +8,10 @@ SECONDS (and at most --max-calls calls). Stream mode: one bidirectional stream o
 batches of STREAM_BATCH sentences, with up to --stream-window batches outstanding.
 "mixed" rotates Encode, Classify, AnswerQuestion and PredictTokens in equal shares on
 the same sentences; "classify", "qa" or "predict" sends that RPC alone. Prints one JSON
-object: sentences/s, p50/p99 latency (ms), errors.
+object: sentences/s, p50/p99 latency (ms), errors. With --server-pid and --metrics (a
+`headserve serve --metrics-port` server), also what the server did during the timed load:
+its mean batch, and where the cores went (model workers, the rest of the server, this
+load generator, the machine's busy and stolen time).
 
 Below the CLI's own code are the pieces bench/overload.py and bench/soak.py share: per-call
 records, closed- and open-loop load, a server subprocess, and a VmRSS sampler.
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,21 +95,103 @@ def calls(
     return list(every.values()) if mix == "mixed" else [every[mix]]
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Counters at one moment: the server's CPU and metrics, this process's CPU, the machine's."""
+
+    at: float
+    server_cpu: float
+    generator_cpu: float
+    machine: tuple[int, int, int]
+    metrics: dict[str, float]
+
+    @classmethod
+    def take(cls, server_pid: int, metrics_url: str) -> Probe:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+            text = reply.read().decode()
+        metrics = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.labels
+        }
+        return cls(
+            time.perf_counter(),
+            cpu_seconds(server_pid),
+            time.process_time(),
+            machine_ticks(),
+            metrics,
+        )
+
+
+def usage(a: Probe, b: Probe) -> dict[str, float]:
+    """Between two probes: the batches the server formed, and where the machine's cores went
+    (the model workers' CPU, the rest of the server's, this load generator's)."""
+    wall = b.at - a.at
+    delta = lambda name: b.metrics[name] - a.metrics[name]  # noqa: E731
+    batches = max(1.0, delta("headserve_batch_rows_count"))
+    model = delta("headserve_model_cpu_seconds_total")
+    busy, steal, total = (y - x for x, y in zip(a.machine, b.machine, strict=True))
+    return {
+        "batches": delta("headserve_batch_rows_count"),
+        "mean_batch_rows": delta("headserve_batch_rows_sum") / batches,
+        "mean_batch_tokens": delta("headserve_batch_tokens_sum") / batches,
+        "model_cores": model / wall,
+        # of the workers' wall time, the share spent computing batches
+        "workers_busy_pct": 100
+        * delta("headserve_batch_seconds_sum")
+        / (wall * b.metrics["headserve_model_workers"]),
+        "server_other_cores": (b.server_cpu - a.server_cpu - model) / wall,
+        "generator_cores": (b.generator_cpu - a.generator_cpu) / wall,
+        "machine_busy_pct": 100 * busy / max(1, total),
+        "steal_pct": 100 * steal / max(1, total),
+    }
+
+
+@dataclass(frozen=True)
+class Watch:
+    """--server-pid and --metrics: probe the server around the timed load (or do nothing)."""
+
+    server_pid: int | None = None
+    metrics_url: str | None = None
+
+    def probe(self) -> Probe | None:
+        if self.server_pid is None or self.metrics_url is None:
+            return None
+        return Probe.take(self.server_pid, self.metrics_url)
+
+    def between(self, a: Probe | None, b: Probe | None) -> dict[str, object]:
+        return {} if a is None or b is None else {"server": usage(a, b)}
+
+
 async def unary(
-    target: str, texts: list[str], concurrency: int, seconds: float, max_calls: int, mix: str
+    target: str,
+    texts: list[str],
+    concurrency: int,
+    seconds: float,
+    max_calls: int,
+    mix: str,
+    watch: Watch = Watch(),
 ) -> dict:
     async with grpc.aio.insecure_channel(target) as channel:
         rpcs = calls(channel, mix)
         await rpcs[0](texts[0])  # warm up the connection and the model
+        before = watch.probe()
         started = time.perf_counter()
         recorder = await closed_loop(rpcs, texts, concurrency, seconds, max_calls=max_calls)
         elapsed = time.perf_counter() - started
+        after = watch.probe()
     latencies = [c.done - c.sent for c in recorder.calls if c.code == "OK"]
     errors = len(recorder.calls) - len(latencies)
-    return _summary(len(latencies), latencies, elapsed, errors, concurrency=concurrency, mix=mix)
+    extra = {"concurrency": concurrency, "mix": mix, **watch.between(before, after)}
+    return _summary(len(latencies), latencies, elapsed, errors, **extra)
 
 
-async def stream(target: str, texts: list[str], batch: int, window: int, seconds: float) -> dict:
+async def stream(
+    target: str, texts: list[str], batch: int, window: int, seconds: float, watch: Watch = Watch()
+) -> dict:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         sent: dict[str, float] = {}
@@ -126,13 +212,16 @@ async def stream(target: str, texts: list[str], batch: int, window: int, seconds
                     id=str(n), items=[common_pb2.TextInput(text=t) for t in chunk]
                 )
 
+        before = watch.probe()
         started = time.perf_counter()
         async for reply in stub.EncodeStream(requests()):
             latencies.append(time.perf_counter() - sent.pop(reply.id))
             errors += reply.HasField("error")
             credit.release()
         elapsed = time.perf_counter() - started
-    return _summary(len(latencies) * batch, latencies, elapsed, errors, stream_batch=batch)
+        after = watch.probe()
+    extra = {"stream_batch": batch, **watch.between(before, after)}
+    return _summary(len(latencies) * batch, latencies, elapsed, errors, **extra)
 
 
 def _summary(
@@ -471,15 +560,20 @@ def main() -> None:
     parser.add_argument("--stream-batch", type=int, default=0)
     parser.add_argument("--stream-window", type=int, default=4)
     parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--server-pid", type=int, help="with --metrics: report where CPU went")
+    parser.add_argument("--metrics", help="the server's /metrics URL (serve --metrics-port)")
     args = parser.parse_args()
     texts = sentences(args.sentences)
+    watch = Watch(args.server_pid, args.metrics)
     if args.stream_batch:
         result = asyncio.run(
-            stream(args.target, texts, args.stream_batch, args.stream_window, args.seconds)
+            stream(args.target, texts, args.stream_batch, args.stream_window, args.seconds, watch)
         )
     else:
         result = asyncio.run(
-            unary(args.target, texts, args.concurrency, args.seconds, args.max_calls, args.mix)
+            unary(
+                args.target, texts, args.concurrency, args.seconds, args.max_calls, args.mix, watch
+            )
         )
     print(json.dumps(result))
 

@@ -9,7 +9,11 @@
 4. the mixed workload (Encode, Classify, AnswerQuestion, PredictTokens in equal shares)
    against Encode alone, on the same server and sentences.
 Each server runs in its own process and the load generator in another. Results go to
-bench/results/throughput.json and a Markdown table on stdout.
+bench/results/throughput.json and Markdown tables on stdout. The second table says, for each
+headserve load, what the server's metrics (--metrics-port) and /proc saw during it: the mean
+batch, how much of their time the model workers spent computing, the cores the model got and
+its speed per core against the ceiling's, and the cores the rest of the server, the load
+generator and the hypervisor (stolen) took.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ HEADSERVE = str(Path(PY).parent / "headserve")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
 
 
-def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
-    """Start a server; wait for the log line matching `ready` (its group 1 is the port)."""
+def start(
+    cmd: list[str], ready: str, log: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a server; wait for the log line matching `ready` (its group 1 is the port).
+    The lines up to it go to `log`, when given."""
     proc = subprocess.Popen(
         cmd, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True, env=ENV
     )
@@ -42,6 +49,8 @@ def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{cmd} exited before it was ready")
+        if log is not None:
+            log.append(line)
         found = re.search(ready, line)
         if found:  # keep draining the log so the server never blocks on a full pipe
             threading.Thread(target=proc.stdout.read, daemon=True).start()
@@ -89,17 +98,24 @@ def main() -> None:
     )
     results["ceiling"] = json.loads(ceiling.stdout[ceiling.stdout.index("{") :])
 
+    log: list[str] = []
     server, target = start(
-        [HEADSERVE, "serve", "--port", "0", "--allow-untrained", *args.serve_args.split()],
+        [HEADSERVE, "serve", "--port", "0", "--allow-untrained", "--metrics-port", "0"]
+        + args.serve_args.split(),
         r"serving on port (\d+)",
+        log,
     )
+    (metrics,) = re.findall(r"metrics on (\S+)", "".join(log))
+    watch = ("--server-pid", str(server.pid), "--metrics", metrics)
     try:
         results["headserve"] = [
-            load(target, args.seconds, "--concurrency", str(c)) for c in callers
+            load(target, args.seconds, "--concurrency", str(c), *watch) for c in callers
         ]
-        results["headserve_stream"] = load(target, args.seconds, "--stream-batch", "32")
-        results["encode_only_64"] = load(target, args.seconds, "--concurrency", "64")
-        results["mixed_64"] = load(target, args.seconds, "--concurrency", "64", "--mix", "mixed")
+        results["headserve_stream"] = load(target, args.seconds, "--stream-batch", "32", *watch)
+        results["encode_only_64"] = load(target, args.seconds, "--concurrency", "64", *watch)
+        results["mixed_64"] = load(
+            target, args.seconds, "--concurrency", "64", "--mix", "mixed", *watch
+        )
     finally:
         stop(server)
 
@@ -144,8 +160,42 @@ def table(r: dict) -> str:
         "",
         f"Mixed (4 RPCs, equal shares) at 64 callers: {m['sentences_s']:.1f} sentences/s; Encode alone "
         f"{e['sentences_s']:.1f}; ratio {m['sentences_s'] / e['sentences_s']:.2f}",
+        "",
+        *cores_table(r),
     ]
     return "\n".join(lines)
+
+
+def cores_table(r: dict) -> list[str]:
+    """Where the two cores went during each headserve load, from the server's metrics and /proc:
+    the model's speed per core it got, against the ceiling's per core it got."""
+    best = r["ceiling"]["best"]
+    per_core = best["sentences_s"] / best["cores"]
+    lines = [
+        f"Where the cores went (ceiling: {best['cores']:.2f} cores, {per_core:.1f} sentences/s per core):",
+        "",
+        "| load | mean batch rows | workers computing % | model cores "
+        "| sent/s per model core (of ceiling's) "
+        "| rest of server cores | load generator cores | machine busy / stolen % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    loads = [
+        *((f"{h['concurrency']} callers", h) for h in r["headserve"]),
+        ("1 stream, 32-sentence batches", r["headserve_stream"]),
+        ("mixed, 64 callers", r["mixed_64"]),
+    ]
+    for name, run in loads:
+        u = run.get("server")
+        if u is None:
+            continue
+        rate = run["sentences_s"] / u["model_cores"] if u["model_cores"] else float("nan")
+        lines.append(
+            f"| {name} | {u['mean_batch_rows']:.1f} | {u['workers_busy_pct']:.0f} "
+            f"| {u['model_cores']:.2f} "
+            f"| {rate:.1f} ({rate / per_core:.2f}) | {u['server_other_cores']:.2f} "
+            f"| {u['generator_cores']:.2f} | {u['machine_busy_pct']:.0f} / {u['steal_pct']:.0f} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":
