@@ -138,6 +138,7 @@ def usage(a: Probe, b: Probe) -> dict[str, float]:
         "batches": delta("headserve_batch_rows_count"),
         "mean_batch_rows": delta("headserve_batch_rows_sum") / batches,
         "mean_batch_tokens": delta("headserve_batch_tokens_sum") / batches,
+        "model_tokens_s": delta("headserve_batch_tokens_sum") / wall,
         "model_cores": model / wall,
         # of the workers' wall time, the share spent computing batches
         "workers_busy_pct": 100

@@ -278,6 +278,14 @@ async def burst_and_recovery(
     }
 
 
+def renice_threads(nice: int) -> None:
+    """Every thread of this process (Linux sets nice per thread) `nice` below the server's
+    event loop: the generator then stands in for callers on other machines, which do not
+    take the server's cores. The server, started before, keeps its own priority."""
+    for tid in os.listdir("/proc/self/task"):
+        os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+
 async def measure(
     args: argparse.Namespace, target: str, pid: int, sampler: RssSampler
 ) -> dict[str, Any]:
@@ -294,6 +302,9 @@ async def measure(
         await closed[0](texts[0])
         await burst_rpcs[0](texts[1])  # both connections up before anything is timed
         await closed_loop(closed, texts, args.callers, 2.0)  # warm-up, not counted
+        if args.generator_nice:
+            renice_threads(args.generator_nice)
+        result["generator_nice"] = args.generator_nice
 
         # 1. the sustainable rate
         started = time.perf_counter()
@@ -381,6 +392,7 @@ def table(r: dict[str, Any]) -> str:
             f"({b['offered_rate'] / s['sentences_s']:.1f}x), {b['sent']} calls; "
             f"{b['skipped_max_outstanding']} skipped at {b['max_outstanding']} outstanding; "
             f"send lag p50 {b['send_lag_p50_ms']:.1f} / p99 {b['send_lag_p99_ms']:.1f} ms |",
+            f"| load generator's nice (the server's event loop: 0) | {r.get('generator_nice', 0)} |",
             f"| burst: outcomes | {codes}; unfinished {b['unfinished']} |",
             "| other status codes | "
             + (
@@ -472,6 +484,12 @@ def main() -> None:
     parser.add_argument("--call-timeout", type=float, default=30.0, help="every call's deadline")
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--serve-args", default="", help="extra `headserve serve` options")
+    parser.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        help="run this load generator at this nice (after its warm-up; the server keeps 0)",
+    )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "overload.json")
     args = parser.parse_args()
     serve_args = ["--max-queue-items", str(args.queue), *args.serve_args.split()]

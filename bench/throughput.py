@@ -6,8 +6,9 @@
 2. headserve Encode with 1, 8, 32 and 64 concurrent one-sentence callers, and one
    stream of 32-sentence batches (bench/load.py against `headserve serve`);
 3. the naive server (bench/naive_server.py) under the same callers;
-4. the mixed workload (Encode, Classify, AnswerQuestion, PredictTokens in equal shares)
-   against Encode alone, on the same server and sentences.
+4. the mixed workload (Encode, Classify, AnswerQuestion, PredictTokens in equal shares),
+   against Encode alone, on the same server and sentences, in --mixed-rounds alternating
+   pairs.
 Each server runs in its own process and the load generator in another. Results go to
 bench/results/throughput.json and Markdown tables on stdout. The second table says, for each
 headserve load, what the server's metrics (--metrics-port) and /proc saw during it: the mean
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per load run")
     parser.add_argument("--callers", default="1,8,32,64")
     parser.add_argument("--serve-args", default="", help="extra `headserve serve` options")
+    parser.add_argument(
+        "--mixed-rounds", type=int, default=3, help="pairs of mixed and Encode-alone runs"
+    )
     args = parser.parse_args()
     callers = [int(c) for c in args.callers.split(",")]
     results: dict = {"seconds": args.seconds}
@@ -112,10 +117,14 @@ def main() -> None:
             load(target, args.seconds, "--concurrency", str(c), *watch) for c in callers
         ]
         results["headserve_stream"] = load(target, args.seconds, "--stream-batch", "32", *watch)
-        results["encode_only_64"] = load(target, args.seconds, "--concurrency", "64", *watch)
-        results["mixed_64"] = load(
-            target, args.seconds, "--concurrency", "64", "--mix", "mixed", *watch
-        )
+        # Mixed against Encode alone in alternating pairs (order swapped each round), so
+        # that a change in the machine's load between two runs shows as spread, not as effect.
+        results["mixed_rounds"] = []
+        for n in range(args.mixed_rounds):
+            pair = {}
+            for mix in ("encode", "mixed") if n % 2 == 0 else ("mixed", "encode"):
+                pair[mix] = load(target, args.seconds, "--concurrency", "64", "--mix", mix, *watch)
+            results["mixed_rounds"].append(pair)
     finally:
         stop(server)
 
@@ -155,15 +164,37 @@ def table(r: dict) -> str:
         f"| 1 stream, 32-sentence batches | {s['sentences_s']:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} "
         f"| {s['sentences_s'] / ceiling:.2f} | | | |"
     )
-    m, e = r["mixed_64"], r["encode_only_64"]
-    lines += [
-        "",
-        f"Mixed (4 RPCs, equal shares) at 64 callers: {m['sentences_s']:.1f} sentences/s; Encode alone "
-        f"{e['sentences_s']:.1f}; ratio {m['sentences_s'] / e['sentences_s']:.2f}",
-        "",
-        *cores_table(r),
-    ]
+    lines += ["", *mixed_table(r["mixed_rounds"]), "", *cores_table(r)]
     return "\n".join(lines)
+
+
+def mixed_table(rounds: list[dict]) -> list[str]:
+    """Mixed (Encode, Classify, AnswerQuestion, PredictTokens in equal shares) against Encode
+    alone, 64 callers, per round: in sentences/s (the target), in backbone tokens computed
+    per second (the mix's rows are longer: AnswerQuestion's hold a question and a context),
+    and in sentences per second per core the model got (the machine's load moves between
+    runs, and takes cores from the model)."""
+    lines = [
+        "Mixed against Encode alone, 64 callers, alternating pairs:",
+        "",
+        "| round | mixed sent/s | Encode sent/s | ratio | in backbone tokens/s | "
+        "per model core | machine stolen %, mixed / Encode |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for n, pair in enumerate(rounds, 1):
+        m, e = pair["mixed"], pair["encode"]
+        ratio = m["sentences_s"] / e["sentences_s"]
+        ratios.append(ratio)
+        ms, es = m["server"], e["server"]
+        tokens = ms["model_tokens_s"] / es["model_tokens_s"]
+        per_core = ratio * es["model_cores"] / ms["model_cores"]
+        lines.append(
+            f"| {n} | {m['sentences_s']:.1f} | {e['sentences_s']:.1f} | {ratio:.2f} "
+            f"| {tokens:.2f} | {per_core:.2f} | {ms['steal_pct']:.0f} / {es['steal_pct']:.0f} |"
+        )
+    lines += ["", f"Median mixed / Encode: **{statistics.median(ratios):.2f}**"]
+    return lines
 
 
 def cores_table(r: dict) -> list[str]:
@@ -182,7 +213,10 @@ def cores_table(r: dict) -> list[str]:
     loads = [
         *((f"{h['concurrency']} callers", h) for h in r["headserve"]),
         ("1 stream, 32-sentence batches", r["headserve_stream"]),
-        ("mixed, 64 callers", r["mixed_64"]),
+        *(
+            (f"mixed, 64 callers, round {n}", p["mixed"])
+            for n, p in enumerate(r["mixed_rounds"], 1)
+        ),
     ]
     for name, run in loads:
         u = run.get("server")
