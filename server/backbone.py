@@ -75,7 +75,8 @@ class Backbone:
     max_length: int
     load_seconds: float
     packing: bool  # rows packed several to a sequence (probed at load)
-    pack_tokens: int = 128  # length of a packed sequence (at least the longest row)
+    pack_tokens: int = 128  # longest packed sequence (unless a row is longer)
+    balance_packs: bool = True  # sequences as short as the rows allow (packing.balanced)
     allow_pickle: bool = False
     traced: torch.jit.ScriptModule | None = None  # the packed pass as a checked trace
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import ARCHS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headserve.plugins.contract import Row
 from headserve.server import packing
@@ -52,6 +54,32 @@ def test_bins_first_fit_decreasing() -> None:
     assert len(groups) == 3  # 225 tokens need at least 3 sequences of 100
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=1, max_size=64),
+    pack_tokens=st.sampled_from([24, 64, 128, 256]),
+)
+def test_balanced_sequences_never_hold_more_padding(lengths: list[int], pack_tokens: int) -> None:
+    capacity, groups = packing.balanced(lengths, pack_tokens)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each row once
+    assert all(sum(lengths[i] for i in g) <= capacity for g in groups)
+    assert max(lengths) <= capacity <= max(max(lengths), pack_tokens)
+    # never more sequences, nor more slots, than sequences of a fixed pack_tokens would take
+    fixed = max(max(lengths), min(pack_tokens, sum(lengths)))
+    before = packing.bins(lengths, fixed)
+    assert len(groups) <= len(before)
+    assert capacity * len(groups) <= fixed * len(before)
+
+
+def test_balanced_sequences_share_the_tokens_evenly() -> None:
+    # 16 rows of 27 tokens (432): four sequences of 128 leave 80 slots empty; four of 112
+    # (the next multiple of 8 above 108, to keep few shapes) leave 16
+    capacity, groups = packing.balanced([27] * 16, 128)
+    assert (capacity, len(groups)) == (112, 4)
+    # rows that fit in one sequence get exactly their tokens
+    assert packing.balanced([5, 9, 3], 128) == (17, [[0, 1, 2]])
+
+
 def _rows(backbone: Backbone) -> list[Row]:
     return [Row(tuple(backbone.tokenizer(t, p)["input_ids"])) for t, p in TEXTS]
 
@@ -93,4 +121,6 @@ def test_sequences_are_no_longer_than_their_rows_need(bert) -> None:  # type: ig
     few = packing.pack(backbone, rows, pack_tokens=128)
     assert few.ids.shape == (1, sum(lengths))  # fewer tokens than 128: one sequence of them
     many = packing.pack(backbone, rows, pack_tokens=24)
-    assert many.ids.shape[1] == max(max(lengths), 24)
+    limit = max(max(lengths), 24)
+    assert max(lengths) <= many.ids.shape[1] <= limit
+    assert many.ids.shape[0] == len(packing.bins(lengths, limit))  # no more sequences
