@@ -30,9 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
+import re
 import statistics
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ from load import (
     percentile,
     run_recorded,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 WINDOW_S = 0.2
@@ -166,6 +171,58 @@ def burst_windows(calls_: list[Call], start: float, seconds: float) -> list[dict
     return out
 
 
+class LoopLagScraper(threading.Thread):
+    """The server's event-loop lag histogram (serve --metrics-port), scraped every second."""
+
+    NAME = "headserve_event_loop_lag_seconds_bucket"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.scrapes: list[tuple[float, dict[float, float]]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            with urllib.request.urlopen(self.url, timeout=5) as reply:
+                text = reply.read().decode()
+            buckets = {
+                float(s.labels["le"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == self.NAME
+            }
+            self.scrapes.append((time.perf_counter(), buckets))
+            self._stop_event.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+    def per_second(self, start: float) -> list[dict[str, Any]]:
+        """Between consecutive scrapes: lag samples, the bucket bounds holding the p99 and the
+        max (ms), and the share of samples over 20 ms."""
+        out = []
+        for (t0, a), (_, b) in itertools.pairwise(self.scrapes):
+            delta = {le: b[le] - a.get(le, 0.0) for le in sorted(b)}
+            total = delta.get(float("inf"), 0.0)
+            if total <= 0:
+                continue
+            p99 = next(le for le, n in delta.items() if n >= 0.99 * total)
+            top = next(le for le, n in delta.items() if n >= total)
+            over = total - delta.get(0.02, 0.0)
+            out.append(
+                {
+                    "t_s": round(t0 - start, 1),
+                    "samples": total,
+                    "p99_le_ms": p99 * 1e3,
+                    "max_le_ms": top * 1e3,
+                    "over_20ms_pct": 100 * over / total,
+                }
+            )
+        return out
+
+
 def recovery_time(rows: list[dict[str, Any]], limit_ms: float) -> float | None:
     """End of the first window, in s from the burst's end, from which two windows in a row have
     a p50 within `limit_ms` (None: never)."""
@@ -188,6 +245,8 @@ async def burst_and_recovery(
     """2. the burst, open loop; 3. recovery, from the moment the burst stops sending."""
     lag: list[float] = []
     lag_task = asyncio.ensure_future(loop_lag(lag))
+    server_lag = LoopLagScraper(metrics_url(args))
+    server_lag.start()
     cpu = Cpu(pid)
     dispatched = asyncio.Event()
     burst_task = asyncio.ensure_future(
@@ -205,6 +264,7 @@ async def burst_and_recovery(
     burst_end = time.perf_counter()
     burst_cpu = cpu.since()
     lag_task.cancel()
+    server_lag.stop()
     recovery = await closed_loop(
         closed, texts, args.callers, args.recovery_seconds, pause_after_error=0.05
     )
@@ -254,6 +314,7 @@ async def burst_and_recovery(
             "last_answer_after_end_s": max((c.done for c in sent), default=burst_end) - burst_end,
             "per_second": burst_windows(sent, b0, burst.dispatch_seconds),
             "cpu": burst_cpu,
+            "server_loop_lag_per_second": server_lag.per_second(burst.started),
             "generator_loop_lag_ms": {
                 "p50": percentile(lag, 0.5),
                 "p99": percentile(lag, 0.99),
@@ -276,6 +337,13 @@ async def burst_and_recovery(
             "windows": rows,
         },
     }
+
+
+def metrics_url(args: argparse.Namespace) -> str:
+    """The server's /metrics, from its log (run_recorded writes it beside the JSON)."""
+    log = args.json.with_suffix(".server.log").read_text(errors="replace")
+    (url,) = re.findall(r"metrics on (\S+)", log)
+    return url
 
 
 def renice_threads(nice: int) -> None:
@@ -442,6 +510,18 @@ def table(r: dict[str, Any]) -> str:
                 for w in b["per_second"]
             ),
             "",
+            "The server's event-loop lag during the burst (how late its 20 ms timer ran; "
+            "between scrapes a second apart, s from the burst's start; bounds are histogram "
+            "buckets):",
+            "",
+            "| s | timer samples | p99 within ms | max within ms | over 20 ms % |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {w['t_s']} | {w['samples']:.0f} | {w['p99_le_ms']:g} | {w['max_le_ms']:g} "
+                f"| {w['over_20ms_pct']:.0f} |"
+                for w in b.get("server_loop_lag_per_second", [])
+            ),
+            "",
             "Recovery, p50 ms per 200 ms window of send time (accepted calls; - = none):",
             " ".join("-" if w["ok"] == 0 else f"{w['p50_ms']:.0f}" for w in rec["windows"]),
             *(
@@ -492,7 +572,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=HERE / "results" / "overload.json")
     args = parser.parse_args()
-    serve_args = ["--max-queue-items", str(args.queue), *args.serve_args.split()]
+    serve_args = [
+        "--max-queue-items",
+        str(args.queue),
+        "--metrics-port",
+        "0",
+        *args.serve_args.split(),
+    ]
     run_recorded(
         "bench/overload.py",
         serve_args,

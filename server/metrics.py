@@ -11,6 +11,7 @@ and its thread CPU time. CPU below wall means the worker waited for a core.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIServer
@@ -30,6 +31,9 @@ from prometheus_client.registry import Collector
 ROW_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512)
 TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+LAG_EVERY = 0.02  # seconds between the event loop's lag probes
 
 DROP_REASONS = ("cancelled", "deadline")
 
@@ -85,6 +89,13 @@ class Metrics:
             ["head"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "headserve_event_loop_lag_seconds",
+            "How late a periodic timer on the event loop ran: the wait any call's next step "
+            "had, while the loop was busy or its thread waited for a core",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         self._queued = Gauge("headserve_queue_rows", "Rows waiting for the model", registry=r)
         self._running = Gauge(
             "headserve_batches_running", "Batches on the model workers now", registry=r
@@ -108,6 +119,14 @@ class Metrics:
                 read,
             )
         )
+
+    async def watch_event_loop(self, every: float = LAG_EVERY) -> None:
+        """Until cancelled: sleep `every` seconds on the event loop, and record how late it woke."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every
+            await asyncio.sleep(every)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def batch_done(self, rows: int, tokens: int, wall: float, cpu: float) -> None:
         self.batch_rows.observe(rows)

@@ -143,6 +143,7 @@ def test_the_metrics_endpoint_counts_what_the_model_computed() -> None:
         assert value("headserve_queue_rows") == 0 and value("headserve_batches_running") == 0
         assert value("headserve_calls_refused_total") == 0
         assert value("process_resident_memory_bytes") > 100e6  # the model is in there
+        assert value("headserve_event_loop_lag_seconds_count") > 0  # the loop is watched
     finally:
         server.proc.kill()
 
