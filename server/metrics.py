@@ -1,8 +1,9 @@
-"""Prometheus metrics of the batching path: what the scheduler forms and what the model costs.
+"""Prometheus metrics of the serving path: the batches the scheduler forms, what the model
+costs, and how late the event loop runs.
 
 One `Metrics` per scheduler, each in its own registry, so that several servers in one
 process (the tests) count apart. `headserve serve --metrics-port` exposes the registry
-over HTTP (`serve_metrics`); it is off by default and binds to 127.0.0.1 unless told
+over HTTP (`MetricsServer`); it is off by default and binds to 127.0.0.1 unless told
 otherwise, as it has no authentication (it shows load, never inputs or outputs).
 
 What a batch cost the model is measured on the worker thread that ran it: its wall time,
