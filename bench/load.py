@@ -38,6 +38,8 @@ from typing import Any
 
 import grpc
 from data import sentences
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from headserve.v1 import (
     classifier_pb2,
@@ -95,6 +97,19 @@ def calls(
     return list(every.values()) if mix == "mixed" else [every[mix]]
 
 
+def metrics_url(server_log: str) -> str:
+    """The /metrics URL a `headserve serve --metrics-port` logged."""
+    (url,) = re.findall(r"metrics on (\S+)", server_log)
+    return url
+
+
+def scrape(url: str, timeout: float = 10.0) -> list[Sample]:
+    """Every sample the server's /metrics shows now."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
 @dataclass(frozen=True)
 class Probe:
     """Counters at one moment: the server's CPU and metrics, this process's CPU, the machine's."""
@@ -107,16 +122,7 @@ class Probe:
 
     @classmethod
     def take(cls, server_pid: int, metrics_url: str) -> Probe:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-            text = reply.read().decode()
-        metrics = {
-            s.name: s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if not s.labels
-        }
+        metrics = {s.name: s.value for s in scrape(metrics_url) if not s.labels}
         return cls(
             time.perf_counter(),
             cpu_seconds(server_pid),

@@ -32,11 +32,9 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
 import statistics
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +48,12 @@ from load import (
     closed_loop,
     cpu_seconds,
     machine_ticks,
+    metrics_url,
     open_loop,
     percentile,
     run_recorded,
+    scrape,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 WINDOW_S = 0.2
@@ -184,13 +183,8 @@ class LoopLagScraper(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            with urllib.request.urlopen(self.url, timeout=5) as reply:
-                text = reply.read().decode()
             buckets = {
-                float(s.labels["le"]): s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-                if s.name == self.NAME
+                float(s.labels["le"]): s.value for s in scrape(self.url, 5) if s.name == self.NAME
             }
             self.scrapes.append((time.perf_counter(), buckets))
             self._stop_event.wait(1.0)
@@ -245,7 +239,10 @@ async def burst_and_recovery(
     """2. the burst, open loop; 3. recovery, from the moment the burst stops sending."""
     lag: list[float] = []
     lag_task = asyncio.ensure_future(loop_lag(lag))
-    server_lag = LoopLagScraper(metrics_url(args))
+    # run_recorded writes the server's log beside the JSON
+    server_lag = LoopLagScraper(
+        metrics_url(args.json.with_suffix(".server.log").read_text(errors="replace"))
+    )
     server_lag.start()
     cpu = Cpu(pid)
     dispatched = asyncio.Event()
@@ -337,13 +334,6 @@ async def burst_and_recovery(
             "windows": rows,
         },
     }
-
-
-def metrics_url(args: argparse.Namespace) -> str:
-    """The server's /metrics, from its log (run_recorded writes it beside the JSON)."""
-    log = args.json.with_suffix(".server.log").read_text(errors="replace")
-    (url,) = re.findall(r"metrics on (\S+)", log)
-    return url
 
 
 def renice_threads(nice: int) -> None:

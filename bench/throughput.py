@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from load import metrics_url
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 HEADSERVE = str(Path(PY).parent / "headserve")
@@ -110,7 +112,7 @@ def main() -> None:
         r"serving on port (\d+)",
         log,
     )
-    (metrics,) = re.findall(r"metrics on (\S+)", "".join(log))
+    metrics = metrics_url("".join(log))
     watch = ("--server-pid", str(server.pid), "--metrics", metrics)
     try:
         results["headserve"] = [

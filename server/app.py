@@ -256,10 +256,11 @@ async def serve(settings: Settings, address: str) -> None:
     if loading.done():
         await server.mark_ready(loading.result())  # raises if loading failed
         freeze_loaded_objects()
-        lag = asyncio.ensure_future(metrics.watch_event_loop())
+        lag = None if exporter is None else asyncio.ensure_future(metrics.watch_event_loop())
         log.info("serving on port %d", server.port)
         await stopping
-        lag.cancel()
+        if lag is not None:
+            lag.cancel()
     log.info("stopping (grace %.1fs)", settings.grace_seconds)
     await server.stop(settings.grace_seconds)
     if exporter is not None:

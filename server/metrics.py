@@ -121,6 +121,14 @@ class Metrics:
             )
         )
 
+    def rows_dropped(self) -> int:
+        """headserve_rows_dropped_total, over every reason."""
+        total = sum(
+            self.registry.get_sample_value("headserve_rows_dropped_total", {"reason": r}) or 0.0
+            for r in DROP_REASONS
+        )
+        return int(total)
+
     async def watch_event_loop(self, every: float = LAG_EVERY) -> None:
         """Until cancelled: sleep `every` seconds on the event loop, and record how late it woke."""
         loop = asyncio.get_running_loop()

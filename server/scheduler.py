@@ -90,7 +90,6 @@ class Scheduler:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._computing: set[asyncio.Task[None]] = set()
-        self.dropped = 0  # rows dropped before the model (cancelled or past deadline)
         self.running = 0  # batches on the model now
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
@@ -104,6 +103,11 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @property
+    def dropped(self) -> int:
+        """Rows dropped before the model (cancelled, or past their deadline), so far."""
+        return self.metrics.rows_dropped()
 
     @property
     def busy(self) -> bool:
@@ -283,13 +287,11 @@ class Scheduler:
         live = []
         for p in self._pending:
             if p.future.done():  # its call was cancelled
-                self.dropped += 1
                 self.metrics.dropped.labels("cancelled").inc()
             elif p.deadline is not None and p.deadline <= time.monotonic():
                 p.future.set_exception(
                     DeadlineExceeded("deadline passed before the model got to it")
                 )
-                self.dropped += 1
                 self.metrics.dropped.labels("deadline").inc()
             else:
                 live.append(p)
