@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/refusal_floor.py
 	$(BIN)/python bench/soak.py
 
 # The packaged sentiment head of the default model (plugins/artifacts/minilm-sentiment),
