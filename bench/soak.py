@@ -24,6 +24,7 @@ log beside it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from load import (
 )
 
 HERE = Path(__file__).resolve().parent
+SLOW_MS = 1000.0  # a 5 s step with a p99 over this is listed with its stolen time
 RPCS = ["Encode", "Classify", "AnswerQuestion", "PredictTokens"]  # the order of calls(, "mixed")
 
 
@@ -123,6 +125,7 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
         )
     lag_ms = [(c.sent - c.scheduled) * 1e3 for c in done]
     codes = by_code(done)
+    fine = spells(done, sampler.cpu, t0, t0 + seconds)
     result["soak"] = {
         "load": args.load,
         "target_rate": rate,
@@ -142,6 +145,7 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
         "messages": soak.recorder.messages,
         "per_rpc": {name: latency([c for c in done if c.rpc == i]) for i, name in enumerate(RPCS)},
         "windows": rows,
+        "spells": fine,
     }
     result["rss"] = {
         "every_s": sampler.every,
@@ -153,6 +157,35 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
         "samples": [(round(t - t0, 1), round(kib / 1024, 1)) for t, kib in samples],
     }
     return result
+
+
+def spells(
+    done: list[Call], cpu: list[tuple[float, float, int, int, int]], start: float, end: float
+) -> dict[str, Any]:
+    """The soak in the CPU sampler's steps (--rss-every s): every step with an error or a p99
+    over SLOW_MS, with the machine's stolen time in it, and the stolen time of all steps."""
+    steps = []
+    inside = [s for s in cpu if start <= s[0] <= end]
+    for a, b in itertools.pairwise(inside):
+        sent = [c for c in done if a[0] <= c.sent < b[0]]
+        steps.append(
+            {
+                "t_s": round(a[0] - start, 1),
+                "errors": sum(c.code != "OK" for c in sent),
+                "p99_ms": latency(sent)["p99_ms"],
+                **cpu_between([a, b], a[0], b[0]),
+            }
+        )
+    stolen = [x["steal_pct"] for x in steps]
+    bad = [x for x in steps if x["errors"] or x["p99_ms"] > SLOW_MS]
+    return {
+        "step_s": (inside[1][0] - inside[0][0]) if len(inside) > 1 else None,
+        "slow_ms": SLOW_MS,
+        "steal_pct_p50": percentile(stolen, 0.5),
+        "steal_pct_p90": percentile(stolen, 0.9),
+        "steal_pct_max": max(stolen, default=None),
+        "bad_steps": bad,
+    }
 
 
 def table(r: dict[str, Any]) -> str:
@@ -192,6 +225,22 @@ def table(r: dict[str, Any]) -> str:
                 f"| {pct(w['server_pct'])} | {pct(w['machine_busy_pct'])} / "
                 f"{pct(w['steal_pct'])} |"
                 for w in s["windows"]
+            ),
+            "",
+            f"Every {s['spells']['step_s'] or 0:.0f} s step with an error or a p99 over "
+            f"{SLOW_MS:.0f} ms; stolen time over all steps p50 / p90 / max "
+            f"{pct(s['spells']['steal_pct_p50'])} / {pct(s['spells']['steal_pct_p90'])} / "
+            f"{pct(s['spells']['steal_pct_max'])} %:",
+            "",
+            "| from s | errors | p99 ms | server CPU % of a core | machine busy / stolen % |",
+            "|---|---|---|---|---|",
+            *(
+                [
+                    f"| {x['t_s']:g} | {x['errors']} | {x['p99_ms']:.0f} | {pct(x['server_pct'])} "
+                    f"| {pct(x['machine_busy_pct'])} / {pct(x['steal_pct'])} |"
+                    for x in s["spells"]["bad_steps"]
+                ]
+                or ["| none | | | | |"]
             ),
         ]
     )
