@@ -193,7 +193,7 @@ async def burst(target: str, pid: int, texts: list[str], args: argparse.Namespac
             drain_timeout=args.call_timeout + 2,
         )
         seconds = time.perf_counter() - wall
-        busy2, steal2, total2 = machine_ticks()
+        server2, (busy2, steal2, total2) = cpu_seconds(pid), machine_ticks()
         ran2, waited2 = loop_schedstat(pid)
     every = result.recorder.calls
     refused = [c.ms for c in every if c.code == "RESOURCE_EXHAUSTED"]
@@ -206,7 +206,7 @@ async def burst(target: str, pid: int, texts: list[str], args: argparse.Namespac
         "refused": ms(refused),
         "accepted_s": sum(c.code == "OK" for c in every) / result.dispatch_seconds,
         "send_lag_p99_ms": percentile([(c.sent - c.scheduled) * 1e3 for c in every], 0.99),
-        "server_pct": 100 * (cpu_seconds(pid) - server) / seconds,
+        "server_pct": 100 * (server2 - server) / seconds,
         "loop_ran_pct": 100 * (ran2 - ran) / 1e9 / seconds,
         "loop_waited_pct": 100 * (waited2 - waited) / 1e9 / seconds,
         "machine_busy_pct": 100 * (busy2 - busy + steal2 - steal) / ticks,
