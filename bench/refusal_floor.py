@@ -54,6 +54,7 @@ from load import (
     open_loop,
     percentile,
 )
+from overload import ms_stats
 
 HERE = Path(__file__).resolve().parent
 NICE = 19  # headserve's model workers' default (--worker-nice)
@@ -168,15 +169,6 @@ def loop_schedstat(pid: int) -> tuple[int, int]:
     return int(ran), int(waited)
 
 
-def ms(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50_ms": percentile(values, 0.5),
-        "p99_ms": percentile(values, 0.99),
-        "max_ms": max(values, default=float("nan")),
-    }
-
-
 async def burst(target: str, pid: int, texts: list[str], args: argparse.Namespace) -> dict:
     async with grpc.aio.insecure_channel(target) as channel:
         rpcs = calls(channel, "encode", timeout=args.call_timeout)
@@ -196,14 +188,13 @@ async def burst(target: str, pid: int, texts: list[str], args: argparse.Namespac
         server2, (busy2, steal2, total2) = cpu_seconds(pid), machine_ticks()
         ran2, waited2 = loop_schedstat(pid)
     every = result.recorder.calls
-    refused = [c.ms for c in every if c.code == "RESOURCE_EXHAUSTED"]
     ticks = max(1, total2 - total)
     return {
         "offered_rate": result.sent / result.dispatch_seconds,
         "skipped_max_outstanding": result.skipped_outstanding,
         "codes": by_code(every),
         "messages": result.recorder.messages,
-        "refused": ms(refused),
+        "refused": ms_stats([c for c in every if c.code == "RESOURCE_EXHAUSTED"]),
         "accepted_s": sum(c.code == "OK" for c in every) / result.dispatch_seconds,
         "send_lag_p99_ms": percentile([(c.sent - c.scheduled) * 1e3 for c in every], 0.99),
         "server_pct": 100 * (server2 - server) / seconds,

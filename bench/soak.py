@@ -125,7 +125,6 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
         )
     lag_ms = [(c.sent - c.scheduled) * 1e3 for c in done]
     codes = by_code(done)
-    fine = spells(done, sampler.cpu, t0, t0 + seconds)
     result["soak"] = {
         "load": args.load,
         "target_rate": rate,
@@ -145,7 +144,7 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
         "messages": soak.recorder.messages,
         "per_rpc": {name: latency([c for c in done if c.rpc == i]) for i, name in enumerate(RPCS)},
         "windows": rows,
-        "spells": fine,
+        "spells": spells(done, sampler, t0, t0 + seconds),
     }
     result["rss"] = {
         "every_s": sampler.every,
@@ -159,13 +158,11 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
     return result
 
 
-def spells(
-    done: list[Call], cpu: list[tuple[float, float, int, int, int]], start: float, end: float
-) -> dict[str, Any]:
+def spells(done: list[Call], sampler: RssSampler, start: float, end: float) -> dict[str, Any]:
     """The soak in the CPU sampler's steps (--rss-every s): every step with an error or a p99
     over SLOW_MS, with the machine's stolen time in it, and the stolen time of all steps."""
     steps = []
-    inside = [s for s in cpu if start <= s[0] <= end]
+    inside = [s for s in sampler.cpu if start <= s[0] <= end]
     for a, b in itertools.pairwise(inside):
         sent = [c for c in done if a[0] <= c.sent < b[0]]
         steps.append(
@@ -179,7 +176,7 @@ def spells(
     stolen = [x["steal_pct"] for x in steps]
     bad = [x for x in steps if x["errors"] or x["p99_ms"] > SLOW_MS]
     return {
-        "step_s": (inside[1][0] - inside[0][0]) if len(inside) > 1 else None,
+        "step_s": sampler.every,
         "slow_ms": SLOW_MS,
         "steal_pct_p50": percentile(stolen, 0.5),
         "steal_pct_p90": percentile(stolen, 0.9),
@@ -227,7 +224,7 @@ def table(r: dict[str, Any]) -> str:
                 for w in s["windows"]
             ),
             "",
-            f"Every {s['spells']['step_s'] or 0:.0f} s step with an error or a p99 over "
+            f"Every {s['spells']['step_s']:g} s step with an error or a p99 over "
             f"{SLOW_MS:.0f} ms; stolen time over all steps p50 / p90 / max "
             f"{pct(s['spells']['steal_pct_p50'])} / {pct(s['spells']['steal_pct_p90'])} / "
             f"{pct(s['spells']['steal_pct_max'])} %:",
