@@ -585,10 +585,6 @@ def main() -> None:
     print(json.dumps(result))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def run_recorded(
     script: str,
     serve_args: list[str],
@@ -623,3 +619,7 @@ def run_recorded(
     if problems["count"]:
         print(f"\nServer log: {problems['count']} warning/error lines, e.g.:")
         print("\n".join(problems["first"][:5]))
+
+
+if __name__ == "__main__":
+    main()
