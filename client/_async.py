@@ -21,6 +21,7 @@ import grpc
 from headserve.v1 import models_pb2
 
 from . import _convert, errors
+from ._call_meta import outgoing, request_id_in, with_request_id
 from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
@@ -372,9 +373,14 @@ class AsyncClient:
         attempt = 0
         while True:
             try:
-                response = await method(
-                    request, timeout=remaining(deadline), metadata=self._settings.call_metadata
+                call = method(
+                    request,
+                    timeout=remaining(deadline),
+                    metadata=outgoing(self._settings.call_metadata),
                 )
+                response = await call
+                # a grpc.aio.UnaryUnaryCall, typed by `pick` as the Awaitable it also is
+                request_id = request_id_in(await call.initial_metadata())  # type: ignore[attr-defined]
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error)
                 delay = retry_delay(error, attempt, self._settings.max_retries, deadline)
@@ -383,7 +389,7 @@ class AsyncClient:
                 await asyncio.sleep(delay)
                 attempt += 1
             else:
-                return convert(response)
+                return with_request_id(convert(response), request_id)
 
     async def _stream(
         self,
@@ -395,11 +401,14 @@ class AsyncClient:
     ) -> AsyncIterator[StreamResult[T]]:
         pump = _AsyncRequestPump(batches, to_request)
         call = pick(self._channel.stubs())(
-            pump.requests(), timeout=timeout, metadata=self._settings.call_metadata
+            pump.requests(), timeout=timeout, metadata=outgoing(self._settings.call_metadata)
         )
+        request_id = None
         try:
             async for response in call:
-                yield convert(response)
+                if request_id is None:  # the headers came before the first response
+                    request_id = request_id_in(await call.initial_metadata())
+                yield with_request_id(convert(response), request_id)
         except grpc.RpcError as rpc_error:
             raise errors.from_rpc_error(rpc_error) from rpc_error
         finally:

@@ -13,6 +13,7 @@ import grpc
 from headserve.v1 import models_pb2
 
 from . import _convert, errors
+from ._call_meta import outgoing, request_id_in, with_request_id
 from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
@@ -446,8 +447,11 @@ class Client:
         attempt = 0
         while True:
             try:
-                response = method(
-                    request, timeout=remaining(deadline), metadata=self._settings.call_metadata
+                # a grpc.UnaryUnaryMultiCallable, typed as the Callable it also is
+                response, call = method.with_call(  # type: ignore[attr-defined]
+                    request,
+                    timeout=remaining(deadline),
+                    metadata=outgoing(self._settings.call_metadata),
                 )
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error)
@@ -457,7 +461,7 @@ class Client:
                 time.sleep(delay)
                 attempt += 1
             else:
-                return convert(response)
+                return with_request_id(convert(response), request_id_in(call.initial_metadata()))
 
     def _stream(
         self,
@@ -468,10 +472,13 @@ class Client:
         timeout: float | None,
     ) -> Iterator[StreamResult[T]]:
         pump = _RequestPump(batches, to_request)
-        call = method(iter(pump), timeout=timeout, metadata=self._settings.call_metadata)
+        call = method(iter(pump), timeout=timeout, metadata=outgoing(self._settings.call_metadata))
+        request_id = None
         try:
             for response in call:
-                yield convert(response)
+                if request_id is None:  # the headers came before the first response
+                    request_id = request_id_in(call.initial_metadata())
+                yield with_request_id(convert(response), request_id)
         except grpc.RpcError as rpc_error:
             raise errors.from_rpc_error(rpc_error) from rpc_error
         finally:

@@ -38,6 +38,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ._call_meta import request_id_in
+
 __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -101,6 +103,9 @@ class HeadserveError(Exception):
         reason: ``ErrorInfo.reason`` when the server sent one, else ``""``.
         metadata: ``ErrorInfo.metadata`` (read-only), empty without one.
         retry_delay: seconds from ``RetryInfo.retry_delay``, or ``None``.
+        request_id: the failed call's request id (``ErrorInfo.metadata["request_id"]``, or the
+            call's ``x-request-id`` metadata): name it when reporting the failure. ``None``
+            when the call never reached a headserve server.
     """
 
     code: grpc.StatusCode
@@ -109,6 +114,7 @@ class HeadserveError(Exception):
     reason: str
     metadata: Mapping[str, str]
     retry_delay: float | None
+    request_id: str | None
 
     def __init__(
         self, code: grpc.StatusCode, message: str, details: Iterable[Message] = ()
@@ -120,6 +126,7 @@ class HeadserveError(Exception):
         info = _first(self.details, error_details_pb2.ErrorInfo)
         self.reason = info.reason if info is not None else ""
         self.metadata = MappingProxyType(dict(info.metadata) if info is not None else {})
+        self.request_id = self.metadata.get("request_id")
         retry = _first(self.details, error_details_pb2.RetryInfo)
         self.retry_delay = (
             retry.retry_delay.ToTimedelta().total_seconds()
@@ -128,7 +135,10 @@ class HeadserveError(Exception):
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.name}, message={self.message!r})"
+        return (
+            f"{type(self).__name__}(code={self.code.name}, message={self.message!r}, "
+            f"request_id={self.request_id!r})"
+        )
 
 
 class InvalidArgumentError(HeadserveError):
@@ -226,7 +236,20 @@ def from_rpc_error(error: grpc.RpcError) -> HeadserveError:
         # The rich status disagrees with the call's own code or message (a proxy rewrote one):
         # the call's code and message win, the details are still worth having.
         status = _status_from_trailers(error)
-    return _build(code, message, status.details if status is not None else ())
+    built = _build(code, message, status.details if status is not None else ())
+    if built.request_id is None:  # e.g. refused before headserve's code ran
+        built.request_id = _initial_request_id(error)
+    return built
+
+
+def _initial_request_id(error: grpc.RpcError) -> str | None:
+    initial = getattr(error, "initial_metadata", None)
+    if not callable(initial):
+        return None
+    try:
+        return request_id_in(initial())
+    except Exception:  # an RpcError of a call that never started has none to give
+        return None
 
 
 def _status_from_trailers(error: grpc.RpcError) -> status_pb2.Status | None:

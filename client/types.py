@@ -94,6 +94,9 @@ class StreamResult(Generic[T]):
     """The id of the :class:`Batch` this answers."""
     result: T | None = None
     error: HeadserveError | None = None
+    request_id: str | None = None
+    """The stream call's request id (the server's ``x-request-id``): in its log lines and
+    trace. ``None`` from a server that sends none."""
 
     @property
     def ok(self) -> bool:
@@ -178,6 +181,9 @@ class EncodeResult(_PerItem[Embedding]):
     embeddings: tuple[Embedding, ...]
     usage: Usage
     timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
 
     def _per_item(self) -> tuple[Embedding, ...]:
         return self.embeddings
@@ -238,6 +244,9 @@ class PredictTokensResult(_PerItem[TokenPrediction]):
     predictions: tuple[TokenPrediction, ...]
     usage: Usage
     timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
 
     def _per_item(self) -> tuple[TokenPrediction, ...]:
         return self.predictions
@@ -292,6 +301,9 @@ class ClassifyResult(_PerItem[Classification]):
     classifications: tuple[Classification, ...]
     usage: Usage
     timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
 
     def _per_item(self) -> tuple[Classification, ...]:
         return self.classifications
@@ -341,6 +353,9 @@ class AnswerQuestionResult(_PerItem[QuestionAnswer]):
     answers: tuple[QuestionAnswer, ...]
     usage: Usage
     timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
 
     def _per_item(self) -> tuple[QuestionAnswer, ...]:
         return self.answers
@@ -405,6 +420,9 @@ class RunResult(_PerItem[HeadOutput]):
     outputs: tuple[HeadOutput, ...]
     usage: Usage
     timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
 
     def _per_item(self) -> tuple[HeadOutput, ...]:
         return self.outputs

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,10 +36,12 @@ from headserve.v1 import (
 from .backbone import Backbone, default_model_dir
 from .config import default_heads
 from .core import Core
-from .discovery import allowed, check_unique, find_plugins, load_plugins
+from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .event_loop import kind_of
 from .heads import check_unique_names, load_heads, require
+from .interceptor import CallInterceptor
 from .limits import RequestLimits
+from .logs import tag_records
 from .memory import freeze_loaded_objects, release_freed_memory
 from .metrics import Metrics, MetricsServer
 from .runner import Runner
@@ -49,6 +54,9 @@ from .servicers.models import ModelsServicer
 from .servicers.question_answerer import QuestionAnswererServicer
 from .servicers.token_predictor import TokenPredictorServicer
 from .threads import plan, set_torch_threads
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,8 @@ class Settings:
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
     metrics_host: str = "127.0.0.1"
+    access_log: bool = True  # a log line per finished call and per stream request
+    otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
 
@@ -93,9 +103,12 @@ class ServerState:
     core: Core | None = None
     open_streams: int = 0
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+    tracing: Tracing | None = None
 
 
-def build_core(settings: Settings, metrics: Metrics | None = None) -> Core:
+def build_core(
+    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> Core:
     """Load the backbone, discover the head plugins and load the configured heads."""
     started = time.perf_counter()
     model_dir = settings.model_dir or default_model_dir()
@@ -142,6 +155,7 @@ def build_core(settings: Settings, metrics: Metrics | None = None) -> Core:
         scheduler,
         torch_threads=threads.threads,
         request_limits=settings.request_limits,
+        tracing=tracing,
     )
 
 
@@ -180,19 +194,39 @@ class Server:
 
 
 async def create_server(
-    address: str, limits: RequestLimits | None = None, security: Security | None = None
+    address: str,
+    limits: RequestLimits | None = None,
+    security: Security | None = None,
+    *,
+    access_log: bool = True,
+    tracing: Tracing | None = None,
 ) -> Server:
-    """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready."""
+    """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
+
+    Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
     security = security or Security()
-    state = ServerState(limits)
+    tag_records()  # log lines name the call they are about
+    state = ServerState(limits, tracing=tracing)
+    # Outermost first: the RPC's span, then its request id and access log, then who may call.
+    calls = CallInterceptor(
+        access_log=access_log,
+        on_start=tracing.call_started if tracing else None,
+        on_end=tracing.call_ended if tracing else None,
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [calls, *security.interceptors()]
+    if tracing is not None:
+        interceptors.insert(0, tracing.interceptor())
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
+            # gRPC's default lets a second server bind a port in use and share its calls
+            # silently; a port in use must stop the start instead.
+            ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
-        interceptors=security.interceptors(),
+        interceptors=interceptors,
     )
     encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(state), server)
     token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server(
@@ -214,31 +248,126 @@ async def create_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    credentials = security.credentials()
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        _check_can_listen(address)
+    except StartupError:
+        await server.stop(None)
+        raise
+    try:
+        credentials = security.credentials()
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except (RuntimeError, ValueError) as exc:  # grpc's "Failed to bind", a bad TLS file
+        await server.stop(None)
+        raise StartupError(f"cannot listen on {address}: {_first_clause(exc)}") from exc
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        await server.stop(None)
+        raise StartupError(f"cannot listen on {address}")
     await server.start()
     return Server(server, port, state, health)
 
 
+def _check_can_listen(address: str) -> None:
+    """StartupError unless some address `address` names can be bound: checked before gRPC
+    tries, which would log its own error lines first."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return  # port 0: a free one; gRPC reports anything else
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None,
+            int(port),
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from exc
+    failures = []
+    for family, kind, proto, _, where in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+                return
+            except OSError as exc:
+                failures.append(exc.errno)
+    why = {
+        errno.EADDRINUSE: "the port is in use",
+        errno.EADDRNOTAVAIL: "that address is not one of this machine's",
+        errno.EACCES: "not allowed to bind that port (below 1024?)",
+    }.get(failures[0] if failures else 0, "it cannot be bound")
+    raise StartupError(f"cannot listen on {address}: {why}")
+
+
+def _first_clause(exc: BaseException) -> str:
+    """grpc's bind error, without its advice to set GRPC_VERBOSITY (the port is in use, or
+    the address is not this machine's)."""
+    text = str(exc).split(";")[0]
+    if text.startswith("Failed to bind"):
+        return "the port is in use, or the address is not one of this machine's"
+    return text
+
+
 async def serve(settings: Settings, address: str) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully.
+
+    Raises StartupError, with one line that says why, when the server cannot start."""
+    from .tracing import Tracing, TracingUnavailable
+
+    try:
+        tracing = Tracing.from_settings(settings.otlp_endpoint)
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from exc
     metrics = Metrics()
     exporter = None
-    if settings.metrics_port is not None:
-        exporter = MetricsServer(metrics.registry, settings.metrics_host, settings.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, exporter.port)
-    server = await create_server(address, settings.request_limits, settings.security)
+    server = None
+    try:
+        if settings.metrics_port is not None:
+            try:
+                exporter = MetricsServer(
+                    metrics.registry, settings.metrics_host, settings.metrics_port
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, exporter.port)
+        server = await create_server(
+            address,
+            settings.request_limits,
+            settings.security,
+            access_log=settings.access_log,
+            tracing=tracing,
+        )
+        await _serve(server, settings, address, metrics, exporter, tracing)
+    finally:
+        if server is not None:
+            await server.stop(None)  # at once: a drained server has nothing left
+        if exporter is not None:
+            exporter.close()
+        if tracing is not None:
+            tracing.shutdown()
+
+
+async def _serve(
+    server: Server,
+    settings: Settings,
+    address: str,
+    metrics: Metrics,
+    exporter: MetricsServer | None,
+    tracing: Tracing | None,
+) -> None:
     log.info(
         "listening on port %d (%s event loop); loading the model",
         server.port,
         kind_of(asyncio.get_running_loop()),
     )
     log.info("security: %r; limits: %s", settings.security, settings.request_limits)
+    if tracing is not None:
+        log.info("tracing: OpenTelemetry spans over OTLP/gRPC")
     host = address.rsplit(":", 1)[0].strip("[]")
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.security.tokens:
         log.warning(
@@ -250,11 +379,11 @@ async def serve(settings: Settings, address: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings, metrics))
+    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings, metrics, tracing))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
-        await server.mark_ready(loading.result())  # raises if loading failed
+        await server.mark_ready(_loaded(loading))
         freeze_loaded_objects()
         lag = None if exporter is None else asyncio.ensure_future(metrics.watch_event_loop())
         log.info("serving on port %d", server.port)
@@ -263,6 +392,20 @@ async def serve(settings: Settings, address: str) -> None:
             lag.cancel()
     log.info("stopping (grace %.1fs)", settings.grace_seconds)
     await server.stop(settings.grace_seconds)
-    if exporter is not None:
-        exporter.close()
     log.info("stopped")
+
+
+# What a configuration that cannot load raises: the message says why, no traceback needed.
+_LOAD_ERRORS = (StartupError, ValueError, OSError)
+
+
+def _loaded(loading: asyncio.Future[Core]) -> Core:
+    """The loaded core; a start-up error when the configuration could not load."""
+    exc = loading.exception()
+    if exc is None:
+        return loading.result()
+    if isinstance(exc, _LOAD_ERRORS):
+        raise StartupError(str(exc)) from exc
+    if isinstance(exc, SystemExit):  # the packaged model is not installed
+        raise StartupError(str(exc.code)) from exc
+    raise exc  # a bug: its traceback is what a developer needs

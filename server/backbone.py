@@ -54,7 +54,18 @@ def refuse_pickle(folder: Path, allowed: bool) -> None:
 def pick_device(name: str | None) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: there are {torch.cuda.device_count()} CUDA devices "
+            "(cuda:0 is the first)"
+        )
+    return device
 
 
 def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -195,7 +206,7 @@ class Backbone:
             kwargs["position_ids"] = position_ids
         return self.model(**kwargs).last_hidden_state
 
-    def run(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(self, rows: Sequence[Row]) -> packing.Computed:
         """Hidden states, attention mask and ids [rows, longest, ...] of distinct rows.
 
         Short rows are packed several to a sequence when the model allows it (see
@@ -216,11 +227,11 @@ class Backbone:
         rows = self.probe_rows(texts)
         with torch.inference_mode():
             try:
-                packed, mask, _ = packing.run_packed(self, rows, 64)
+                packed, mask, _, _ = packing.run_packed(self, rows, 64)
             except Exception as exc:  # the model refuses 4D masks or position ids
                 log.info("row packing off for %s: %r", self.config.model_type, exc)
                 return False
-            padded, _, _ = packing.run_padded(self, rows)
+            padded, _, _, _ = packing.run_padded(self, rows)
         keep = mask.bool()
         error = (packed[keep].float() - padded[keep].float()).abs().max().item()
         tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2

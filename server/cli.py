@@ -7,17 +7,21 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from . import event_loop
+from . import event_loop, logs
 from .config import ConfigError, head_specs
 from .limits import RequestLimits
 from .scheduler import Limits
 from .security import Security, SecurityError, read_tokens
+
+if TYPE_CHECKING:
+    from .app import Settings
+    from .core import Core
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +68,16 @@ def _parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="refuse to start unless head NAME loads and is usable (repeatable)",
         )
-        p.add_argument("--log-level", default="INFO")
+        log_args(p)
+
+    def log_args(p: argparse.ArgumentParser, level: str = "INFO") -> None:
+        p.add_argument("--log-level", default=level)
+        p.add_argument(
+            "--log-format",
+            choices=logs.FORMATS,
+            default="text",
+            help="text lines, or one JSON object per line (for a log collector)",
+        )
 
     def plugins_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -168,6 +181,18 @@ def _parser() -> argparse.ArgumentParser:
         help="address the metrics endpoint binds to (it has no authentication)",
     )
     serve.add_argument(
+        "--access-log",
+        choices=["on", "off"],
+        default="on",
+        help="a log line per finished call and per stream request (headserve.access)",
+    )
+    serve.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send OpenTelemetry traces over OTLP/gRPC to URL, e.g. http://localhost:4317 "
+        "(default: off, unless the OTEL_EXPORTER_OTLP_* variables set an endpoint)",
+    )
+    serve.add_argument(
         "--event-loop",
         choices=event_loop.KINDS,
         default=event_loop.default_kind(),
@@ -181,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     heads = sub.add_parser("heads", help="list the installed head plugins and their status")
     plugins_arg(heads)
     heads.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    heads.add_argument("--log-level", default="CRITICAL", help="the table already shows failures")
+    log_args(heads, "CRITICAL")  # the table already shows failures
 
     train = sub.add_parser(
         "train-head",
@@ -226,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda ... (default: cuda when there is one)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("--log-level", default="INFO")
+    log_args(train)
     return parser
 
 
@@ -303,7 +328,7 @@ def _list_heads(args: argparse.Namespace) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace) -> Settings:
     from .app import Settings
 
     extra = {}
@@ -333,6 +358,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             grace_seconds=args.grace,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            access_log=args.access_log == "on",
+            otlp_endpoint=args.otlp_endpoint,
         )
     return Settings(
         model_dir=args.model_dir,
@@ -349,11 +376,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, args.log_format)
     if args.command == "heads":
         _list_heads(args)
         return
@@ -365,23 +388,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "train-head":
         _train_head(args)
         return
-    try:
-        settings = _settings(args)
-    except (ConfigError, SecurityError, OSError) as exc:
-        raise SystemExit(f"headserve: {exc}") from exc
-    from .app import build_core, serve
+    from .app import serve
     from .discovery import StartupError
 
     try:
+        try:
+            settings = _settings(args)
+        except (ConfigError, SecurityError, ValueError, OSError) as exc:
+            raise StartupError(str(exc)) from exc
         if args.command == "info":
             from .servicers.models import model_info
 
-            info = model_info(build_core(settings))
+            info = model_info(_build(settings))
             print(json.dumps(json_format.MessageToDict(info), indent=2))
             return
         event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
-    except (StartupError, OSError, ValueError) as exc:  # OSError: a port, a file
-        raise SystemExit(f"headserve: {exc}") from exc
+    except StartupError as exc:
+        # One line that says why, and no traceback: the configuration is wrong, not the code.
+        logging.getLogger("headserve").critical("cannot start: %s", exc)
+        raise SystemExit(1) from None
+
+
+def _build(settings: Settings) -> Core:
+    """`info`'s core: a configuration that cannot load is a start-up error, as in serve."""
+    from .app import build_core
+    from .discovery import StartupError
+
+    try:
+        return build_core(settings)
+    except (ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    except SystemExit as exc:  # the packaged model is not installed
+        raise StartupError(str(exc.code)) from exc
 
 
 if __name__ == "__main__":

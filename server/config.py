@@ -90,8 +90,13 @@ def default_heads(*, packaged_model: bool) -> tuple[HeadSpec, ...]:
 
 
 def read_config(path: Path) -> tuple[HeadSpec, ...]:
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from exc
     specs = []
     for name, table in data.get("heads", {}).items():
         if not isinstance(table, dict) or not ("plugin" in table or "source" in table):

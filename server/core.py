@@ -6,9 +6,10 @@ errors from errors.py. The servicers are thin wrappers around `Core.run`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headserve.plugins.contract import Head, InvalidInput, Prepared
 from headserve.plugins.tasks import TextItem
@@ -20,6 +21,9 @@ from .heads import HeadRegistry
 from .limits import RequestLimits
 from .runner import Runner, Work
 from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,10 @@ class Core:
         *,
         torch_threads: int,
         request_limits: RequestLimits | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.backbone = backbone
+        self.tracing = tracing
         self.registry = registry
         self.scheduler = scheduler
         self.torch_threads = torch_threads
@@ -140,6 +146,8 @@ class Core:
     ) -> Outcome:
         if not wait_for_room:  # each item needs at least one row per head
             self.scheduler.refuse_if_full(len(items) * len(heads))
+        tracing = self.tracing
+        started = time.perf_counter()
         prepared: list[list[Prepared]] = []
         for index, item in enumerate(items):
             try:
@@ -153,9 +161,14 @@ class Core:
             for head, p in zip(heads, per_item, strict=True)
             for row in p.rows
         ]
+        if tracing is not None:
+            names = [head.name for head in heads]
+            tracing.prepared(started, time.perf_counter(), len(items), names)
         outputs, stats = await self.scheduler.submit(
             work, deadline=deadline, wait_for_room=wait_for_room
         )
+        if tracing is not None:
+            tracing.computed(stats, names, len(work))
         results: list[list[Any]] = []
         position = 0
         for per_item in prepared:

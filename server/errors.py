@@ -44,6 +44,10 @@ class Unavailable(HeadserveError):
     reason = "UNAVAILABLE"
 
 
+class Unauthenticated(HeadserveError):
+    reason = "UNAUTHENTICATED"
+
+
 class Overloaded(HeadserveError):
     reason = "OVERLOADED"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -46,11 +46,19 @@ def _layout(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, 
     return ids, mask, types
 
 
-def run_padded(
-    backbone: Backbone, rows: Sequence[Row]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class Computed(NamedTuple):
+    """A backbone pass over rows: per row its states, mask and ids [rows, longest, ...], and
+    the tokens the model computed for them, padding included."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    ids: torch.Tensor
+    tokens: int
+
+
+def run_padded(backbone: Backbone, rows: Sequence[Row]) -> Computed:
     ids, mask, types = (t.to(backbone.device) for t in _layout(rows, _pad_id(backbone)))
-    return backbone.forward(ids, mask, types), mask, ids
+    return Computed(backbone.forward(ids, mask, types), mask, ids, ids.numel())
 
 
 def bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -141,9 +149,7 @@ def pack(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Packed:
     return Packed(ids, allowed, types, positions, source, lengths)
 
 
-def run_packed(
-    backbone: Backbone, rows: Sequence[Row], pack_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_packed(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Computed:
     packed = pack(backbone, rows, pack_tokens)
     device = backbone.device
     states = backbone.forward(*packed.inputs(device))
@@ -157,4 +163,4 @@ def run_packed(
     )
     hidden = states.reshape(-1, states.shape[-1])[flat.to(device)]
     row_ids, _, _ = _layout(rows, _pad_id(backbone))
-    return hidden, mask.to(device), row_ids.to(device)
+    return Computed(hidden, mask.to(device), row_ids.to(device), packed.ids.numel())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from headserve.plugins.contract import Features, Head, Row
 
 from .backbone import Backbone
 from .errors import HeadFailed, OutOfMemory
+from .packing import Computed
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,38 @@ class Work:
 
     head: Head
     row: Row
+
+
+@dataclass(frozen=True)
+class HeadTiming:
+    """One head's forward over its rows of a pass (times on time.perf_counter())."""
+
+    head: str
+    rows: int
+    started: float
+    ended: float
+    failed: bool
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one backbone pass computed, and when: what a batch's spans say of it."""
+
+    rows: int  # distinct rows (a row asked of two heads is computed once)
+    real_tokens: int  # their tokens
+    padded_tokens: int  # the tokens the model computed for them, padding included
+    started: float  # on time.perf_counter()
+    ended: float  # the backbone's part done; the heads follow
+    heads: tuple[HeadTiming, ...]
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """Per row its output or the exception that failed it, and the passes that made them
+    (more than one when a batch ran out of memory and was split)."""
+
+    outputs: list[Any]
+    passes: tuple[PassReport, ...]
 
 
 class Runner:
@@ -78,23 +112,31 @@ class Runner:
             start = end
         return outputs
 
-    @torch.inference_mode()
     def run_batch(self, work: Sequence[Work]) -> list[Any]:
         """One backbone pass; per row its output, or the exception that failed it."""
+        return self.run(work).outputs
+
+    @torch.inference_mode()
+    def run(self, work: Sequence[Work]) -> BatchRun:
+        """`run_batch`, with a report of the pass(es) it took."""
         if self.hold is not None:
             self.hold.wait(timeout=60)
+        started = time.perf_counter()
         try:
             with self._lock:
                 fault, self.fail_next = self.fail_next, None
             if fault is not None:
                 raise fault
-            hidden, mask, ids, slot = self._backbone_pass(work)
+            computed, slot, real_tokens = self._backbone_pass(work)
         except Exception as exc:
             if is_out_of_memory(exc):
                 return self._after_out_of_memory(work, exc)
             log.exception("backbone failed on a batch of %d rows", len(work))
             failure = HeadFailed(f"the backbone failed on this batch: {exc!r}", head="backbone")
-            return [failure] * len(work)
+            return BatchRun([failure] * len(work), ())
+        hidden, mask, ids = computed.hidden, computed.mask, computed.ids
+        backbone_done = time.perf_counter()
+        heads: list[HeadTiming] = []
         outputs: list[Any] = [None] * len(work)
         by_head: dict[int, list[int]] = {}
         for position, w in enumerate(work):
@@ -107,6 +149,7 @@ class Runner:
             features = Features(
                 hidden[index, :longest], mask[index, :longest], ids[index, :longest]
             )
+            head_started, failed = time.perf_counter(), False
             try:
                 results = list(head.forward(features, rows))
                 if len(results) != len(rows):
@@ -114,14 +157,25 @@ class Runner:
             except Exception as exc:
                 log.exception("head %s failed on a batch of %d rows", head.name, len(rows))
                 error = HeadFailed(f"head {head.name!r} failed: {exc!r}", head=head.name)
-                results = [error] * len(rows)
+                results, failed = [error] * len(rows), True
+            heads.append(
+                HeadTiming(head.name, len(rows), head_started, time.perf_counter(), failed)
+            )
             for p, result in zip(positions, results, strict=True):
                 outputs[p] = result
         with self._lock:
             self.batches += 1
-        return outputs
+        report = PassReport(
+            rows=mask.shape[0],
+            real_tokens=real_tokens,
+            padded_tokens=computed.tokens,
+            started=started,
+            ended=backbone_done,
+            heads=tuple(heads),
+        )
+        return BatchRun(outputs, (report,))
 
-    def _after_out_of_memory(self, work: Sequence[Work], exc: BaseException) -> list[Any]:
+    def _after_out_of_memory(self, work: Sequence[Work], exc: BaseException) -> BatchRun:
         """Split the batch in two and run each half; a single row that does not fit fails."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -130,20 +184,21 @@ class Runner:
             with self._lock:
                 self.oom_splits += 1
             half = len(work) // 2
-            return self.run_batch(work[:half]) + self.run_batch(work[half:])
+            first, second = self.run(work[:half]), self.run(work[half:])
+            return BatchRun(first.outputs + second.outputs, first.passes + second.passes)
         tokens = len(work[0].row.input_ids)
         log.error("out of memory on a single row of %d tokens: %s", tokens, exc)
-        return [OutOfMemory(f"the model ran out of memory on one row of {tokens} tokens")]
+        failure = OutOfMemory(f"the model ran out of memory on one row of {tokens} tokens")
+        return BatchRun([failure], ())
 
-    def _backbone_pass(
-        self, work: Sequence[Work]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    def _backbone_pass(self, work: Sequence[Work]) -> tuple[Computed, list[int], int]:
+        """The pass over the batch's distinct rows; each work item's slot in it; real tokens."""
         unique: dict[tuple[tuple[int, ...], tuple[int, ...] | None], int] = {}
         slot = [
             unique.setdefault((w.row.input_ids, w.row.token_type_ids), len(unique)) for w in work
         ]
         rows = [Row(ids, types) for ids, types in unique]
-        hidden, mask, ids = self.backbone.run(rows)
+        computed = self.backbone.run(rows)
         with self._lock:
             self.rows_computed += len(rows)
-        return hidden, mask, ids, slot
+        return computed, slot, sum(len(row.input_ids) for row in rows)

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .call_info import BATCH, current_request_id
 from .errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from .memory import release_freed_memory
 from .metrics import Metrics
-from .runner import Runner, Work
+from .runner import BatchRun, PassReport, Runner, Work
 from .threads import lower_priority
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class BatchRecord:
+    """A batch that carried some of a call's rows: which, where, when (time.perf_counter())."""
+
+    number: int
+    worker: str  # the model worker thread's name
+    started: float
+    ended: float
+    passes: tuple[PassReport, ...]
+
+
+@dataclass(frozen=True)
 class Stats:
     queue_ms: float
     inference_ms: float
+    arrived: float = 0.0  # when the call's rows entered the queue, on time.perf_counter()
+    batches: tuple[BatchRecord, ...] = ()  # in the order they started
 
 
 @dataclass(eq=False)
@@ -61,10 +76,10 @@ class _Pending:
     future: asyncio.Future[Any]
     arrived: float
     deadline: float | None
+    request_id: str | None
     length: int = field(init=False)
     started: float = 0.0
-    batch: int = -1  # which batch computed it
-    inference_ms: float = 0.0
+    batch: BatchRecord | None = None  # the batch that computed it
 
     def __post_init__(self) -> None:
         self.length = len(self.work.row.input_ids)
@@ -142,7 +157,8 @@ class Scheduler:
                 await self._room.wait_for(lambda: self._has_room(len(work)))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        pending = [_Pending(w, loop.create_future(), now, deadline) for w in work]
+        request_id = current_request_id()
+        pending = [_Pending(w, loop.create_future(), now, deadline, request_id) for w in work]
         self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
         self._pending.extend(pending)
@@ -154,8 +170,12 @@ class Scheduler:
                 p.future.cancel()  # not computed yet: dropped; computed: harmless
             raise
         started = min(p.started for p in pending)
-        inference = sum({p.batch: p.inference_ms for p in pending}.values())
-        return list(outputs), Stats((started - now) * 1e3, inference)
+        batches = sorted(
+            {id(p.batch): p.batch for p in pending if p.batch is not None}.values(),
+            key=lambda b: b.started,
+        )
+        inference = sum(b.ended - b.started for b in batches) * 1e3
+        return list(outputs), Stats((started - now) * 1e3, inference, now, tuple(batches))
 
     def _has_room(self, n: int) -> bool:
         return self.queued + n <= self.limits.max_queue_items
@@ -212,12 +232,13 @@ class Scheduler:
         self._batches_since_trim += 1
         started = time.perf_counter()
         for p in batch:
-            p.started, p.batch = started, number
+            p.started = started
         loop = self._event_loop
         self.running += 1
+        request_ids = tuple(dict.fromkeys(p.request_id for p in batch if p.request_id))
         try:
-            results, computing, cpu = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _timed, self.runner.run_batch, [p.work for p in batch]
+            run, computing, cpu, worker = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _timed, self.runner.run, [p.work for p in batch], request_ids
             )
         except asyncio.CancelledError:
             for p in batch:
@@ -225,15 +246,15 @@ class Scheduler:
             raise
         except Exception as exc:  # the executor itself broke: fail this batch, go on
             log.exception("batch of %d rows failed outside the model", len(batch))
-            results, computing, cpu = [exc] * len(batch), 0.0, 0.0
+            run, computing, cpu, worker = BatchRun([exc] * len(batch), ()), 0.0, 0.0, ""
         finally:
             if loop is self._event_loop:
                 self.running -= 1
             free.release()
-        wall = time.perf_counter() - started
+        record = BatchRecord(number, worker, started, time.perf_counter(), run.passes)
         self.metrics.batch_done(len(batch), sum(p.length for p in batch), computing, cpu)
-        for p, result in zip(batch, results, strict=True):
-            p.inference_ms = wall * 1e3
+        for p, result in zip(batch, run.outputs, strict=True):
+            p.batch = record
             if isinstance(result, BaseException):
                 self.metrics.failed.labels(_failed_part(result)).inc()
             if p.future.done():
@@ -329,12 +350,18 @@ class Scheduler:
 
 
 def _timed(
-    run: Callable[[list[Work]], list[Any]], work: list[Work]
-) -> tuple[list[Any], float, float]:
-    """`run(work)` on this (worker) thread, with the wall and thread CPU seconds it took."""
+    run: Callable[[list[Work]], BatchRun], work: list[Work], request_ids: tuple[str, ...]
+) -> tuple[BatchRun, float, float, str]:
+    """`run(work)` on this (worker) thread, with the wall and thread CPU seconds it took and
+    the thread's name. Log lines written meanwhile name the calls' request ids."""
+    token = BATCH.set(request_ids)
     wall, cpu = time.perf_counter(), time.thread_time()
-    results = run(work)
-    return results, time.perf_counter() - wall, time.thread_time() - cpu
+    try:
+        results = run(work)
+    finally:
+        BATCH.reset(token)
+    worker = threading.current_thread().name
+    return results, time.perf_counter() - wall, time.thread_time() - cpu, worker
 
 
 def _failed_part(exc: BaseException) -> str:

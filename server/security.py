@@ -23,6 +23,9 @@ from typing import Any
 
 import grpc
 
+from .errors import Unauthenticated
+from .status import abort
+
 TOKENS_ENV = "HEADSERVE_AUTH_TOKENS"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DENIED = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
@@ -133,10 +136,10 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape that answers UNAUTHENTICATED and reads nothing."""
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+        await abort(context, Unauthenticated(DENIED))
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+        await abort(context, Unauthenticated(DENIED))
         yield  # pragma: no cover (makes this an async generator)
 
     codecs = dict(

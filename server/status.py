@@ -9,6 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from .call_info import current_request_id
 from .errors import (
     DeadlineExceeded,
     HeadFailed,
@@ -18,6 +19,7 @@ from .errors import (
     InvalidArgument,
     OutOfMemory,
     Overloaded,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -34,6 +36,7 @@ _CODES: tuple[tuple[type[HeadserveError], int], ...] = (
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
     (OutOfMemory, code_pb2.RESOURCE_EXHAUSTED),
     (HeadFailed, code_pb2.INTERNAL),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
 )
 
 
@@ -43,13 +46,27 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def code_of(exc: BaseException) -> int:
+    """The google.rpc code `exc` is answered with."""
+    return next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+
+
 def to_status(exc: BaseException) -> status_pb2.Status:
-    """A google.rpc.Status for `exc`. Anything not a HeadserveError is a bug: INTERNAL."""
+    """A google.rpc.Status for `exc`. Anything not a HeadserveError is a bug: INTERNAL.
+
+    Its ErrorInfo carries the call's request id (`metadata["request_id"]`), so that a caller
+    who reports a failure can name the server's log lines and trace of it."""
+    metadata: dict[str, str] = {}
+    request_id = current_request_id()
+    if request_id is not None:
+        metadata["request_id"] = request_id
     if not isinstance(exc, HeadserveError):
         log.error("internal error", exc_info=exc)
-        return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error: {exc!r}")
-    code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
-    metadata: dict[str, str] = {}
+        info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN, metadata=metadata)
+        return status_pb2.Status(
+            code=code_pb2.INTERNAL, message=f"internal error: {exc!r}", details=[_pack(info)]
+        )
+    code = code_of(exc)
     details = []
     if isinstance(exc, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(

@@ -21,25 +21,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from headserve.server.app import Server, Settings, build_core, create_server
 from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.limits import RequestLimits
+from headserve.server.tracing import Tracing
 
 T = TypeVar("T")
 
 
 class ServerThread:
-    def __init__(self, settings: Settings | None) -> None:
+    def __init__(self, settings: Settings | None, tracing: Tracing | None = None) -> None:
         self.loop = new_event_loop(default_kind())  # the loop `headserve serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         limits = settings.request_limits if settings is not None else RequestLimits()
         security = settings.security if settings is not None else None
-        self.server: Server = self.call(create_server("127.0.0.1:0", limits, security))
+        access_log = settings.access_log if settings is not None else True
+        self.tracing = tracing
+        self.server: Server = self.call(
+            create_server("127.0.0.1:0", limits, security, access_log=access_log, tracing=tracing)
+        )
         self.target = f"127.0.0.1:{self.server.port}"
         self.core = None
         if settings is not None:
             self.ready(settings)
 
     def ready(self, settings: Settings) -> None:
-        self.core = build_core(settings)
+        self.core = build_core(settings, tracing=self.tracing)
         self.call(self.server.mark_ready(self.core))
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -25,6 +25,9 @@ from ..errors import InvalidArgument, Unavailable
 from ..limits import RequestLimits
 from ..status import abort, to_status
 
+if TYPE_CHECKING:
+    from ..tracing import Tracing
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -37,6 +40,7 @@ class CoreHolder(Protocol):
     request_limits: RequestLimits
     open_streams: int
     draining: asyncio.Event  # set on shutdown: streams stop reading, answer what they read
+    tracing: Tracing | None  # a span per stream request message when tracing is on
 
 
 def ready(state: CoreHolder) -> Core:
@@ -156,6 +160,8 @@ async def _answer_stream(
     call = Call.of(context, stream=True)
     cap = state.core.scheduler.limits.stream_in_flight_items if state.core else DEFAULT_STREAM_ITEMS
     budget = _Budget(cap)
+    if state.tracing is not None:
+        handle = state.tracing.message(handle)
     pending: asyncio.Queue[tuple[str, asyncio.Future[Any]] | None] = asyncio.Queue()
 
     async def read() -> None:

@@ -34,13 +34,17 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         enc = backbone.tokenizer(text, pair, return_token_type_ids=True)
         rows.append(Row(tuple(enc["input_ids"]), tuple(enc["token_type_ids"])))
     with torch.inference_mode():
-        packed, mask, ids = packing.run_packed(backbone, rows, pack_tokens=24)
-        padded, padded_mask, padded_ids = packing.run_padded(backbone, rows)
+        packed, mask, ids, computed = packing.run_packed(backbone, rows, pack_tokens=24)
+        padded, padded_mask, padded_ids, padded_computed = packing.run_padded(backbone, rows)
         assert torch.equal(mask, padded_mask) and torch.equal(ids, padded_ids)
+        real = sum(len(r.input_ids) for r in rows)
+        assert padded_computed == len(rows) * max(len(r.input_ids) for r in rows)
+        # packed into sequences of at least the longest row: less padding, never fewer tokens
+        assert real <= computed < padded_computed
         keep = mask.bool()
         np.testing.assert_allclose(packed[keep].numpy(), padded[keep].numpy(), atol=1e-5)
         for i, row in enumerate(rows):  # and each row alone
-            alone, _, _ = packing.run_padded(backbone, [row])
+            alone, _, _, _ = packing.run_padded(backbone, [row])
             np.testing.assert_allclose(
                 packed[i, : len(row.input_ids)].numpy(), alone[0].numpy(), atol=1e-5
             )
@@ -92,8 +96,8 @@ def test_the_trace_gives_the_models_own_states(families, arch: str) -> None:  # 
     rows = _rows(traced)
     with torch.inference_mode():
         for batch in (rows, rows[:1], rows[1:3]):  # a lone row goes through the trace too
-            got, mask, _ = traced.run(batch)
-            expected, _, _ = plain.run(batch)
+            got, mask, _, _ = traced.run(batch)
+            expected, _, _, _ = plain.run(batch)
             keep = mask.bool()
             np.testing.assert_allclose(got[keep].numpy(), expected[keep].numpy(), atol=1e-5)
 

@@ -1,0 +1,48 @@
+"""Which call the code is serving: its request id and RPC, wherever the code runs.
+
+The call interceptor (access_log.py) sets `CURRENT` for each call before any servicer code
+runs; everything the call's task does, and every task it starts (a stream's requests), sees
+it. Error details, log lines and spans read it from here instead of having it passed down.
+A model worker serves a batch of rows from several calls: `BATCH` holds their request ids
+while it computes, so its log lines can name them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    request_id: str
+    rpc: str  # "headserve.v1.Encoder/Encode"
+
+
+CURRENT: ContextVar[CallInfo | None] = ContextVar("headserve_call", default=None)
+BATCH: ContextVar[tuple[str, ...]] = ContextVar("headserve_batch_request_ids", default=())
+
+
+def current_request_id() -> str | None:
+    call = CURRENT.get()
+    return call.request_id if call is not None else None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request_id(value: str) -> str | None:
+    """Why `value` cannot be a request id (None: it can): at most 128 printable ASCII
+    characters, no spaces, so it is safe in a log line and in any tracing backend."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_REQUEST_ID_CHARS:
+        return f"is {len(value)} characters, more than {MAX_REQUEST_ID_CHARS}"
+    if not all("!" <= char <= "~" for char in value):
+        return "must be printable ASCII without spaces"
+    return None
