@@ -1,0 +1,50 @@
+"""A newcomer's first five minutes: `make serve`, then the README's Python example as written.
+
+The server is started as `make serve` starts it (`headserve serve`, no arguments: the
+packaged model and its heads); only the port differs, so the example's address is pointed
+at it.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving import CliServer, start_cli_server
+
+pytestmark = pytest.mark.e2e
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _python_example() -> str:
+    section = README.read_text().split("## Call it from Python", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    return code
+
+
+@pytest.fixture(scope="module")
+def default_server() -> Iterator[CliServer]:
+    server = start_cli_server([])
+    yield server
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+
+
+def test_the_readme_python_example_runs_against_the_default_server(
+    default_server: CliServer,
+) -> None:
+    code = _python_example()
+    assert '"localhost:50051"' in code  # the address `make serve` listens on
+    code = code.replace('"localhost:50051"', f'"{default_server.target}"')
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert re.fullmatch(r"\(2, 384\) [0-9a-f]{32}", lines[0]), lines
+    label, probability = lines[1].split()
+    assert label == "positive" and 0.5 < float(probability) <= 1.0
+    assert lines[2:] == ["0 (1, 384)", "1 (1, 384)"]
