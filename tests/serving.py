@@ -58,11 +58,21 @@ class ServerThread:
 
 @dataclass
 class CliServer:
-    """`headserve serve ...` as a subprocess, once its `service` reports SERVING."""
+    """`headserve serve ...` as a subprocess, once its `service` reports SERVING.
+
+    A thread reads its stderr all along: a server whose log nobody reads blocks once the pipe
+    is full (an access-log line per stream message fills it within a few hundred)."""
 
     proc: subprocess.Popen[str]
     target: str
-    log: list[str]  # stderr lines read while starting
+    log: list[str]  # its stderr lines so far
+    reader: threading.Thread
+
+    def output(self, timeout: float = 30) -> str:
+        """All it wrote to stderr, once it has exited (within `timeout` seconds)."""
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=timeout)
+        return "".join(self.log)
 
 
 def start_cli_server(
@@ -94,5 +104,10 @@ def start_cli_server(
             if health.Check(request).status == health_pb2.HealthCheckResponse.SERVING:
                 break
             time.sleep(0.2)
-    assert proc.poll() is None, "".join(log) + proc.stderr.read()
-    return CliServer(proc, target, log)
+    stderr = proc.stderr
+    reader = threading.Thread(target=lambda: log.extend(stderr), daemon=True)
+    reader.start()
+    server = CliServer(proc, target, log, reader)
+    if proc.poll() is not None:
+        raise AssertionError(server.output())
+    return server

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from serving import start_cli_server
+from serving import CliServer, start_cli_server
 
 from headserve.client import Client
 
@@ -25,9 +25,9 @@ HEADSERVE = str(Path(sys.executable).parent / "headserve")
 
 
 @pytest.fixture(scope="module")
-def default_server() -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+def default_server() -> Iterator[tuple[subprocess.Popen[str], str, CliServer]]:
     server = start_cli_server([])
-    yield server.proc, server.target, server.log
+    yield server.proc, server.target, server
     if server.proc.poll() is None:
         server.proc.kill()
 
@@ -89,11 +89,10 @@ def test_the_default_server_answers_classify_out_of_the_box(default_server) -> N
 
 
 def test_sigterm_stops_gracefully_and_the_log_says_what_was_loaded(default_server) -> None:  # type: ignore[no-untyped-def]
-    proc, _, log = default_server
+    proc, _, server = default_server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert proc.stderr is not None
-    text = "".join(log) + proc.stderr.read()
+    text = server.output()
     assert re.search(r"backbone .* loaded on cpu as float32 in [\d.]+s", text), text
     assert "head encode: encode" in text and "stopped" in text
     assert "(uvloop event loop)" in text  # the default where uvloop is installed (it is here)
@@ -107,8 +106,7 @@ def test_the_plain_asyncio_loop_serves_and_drains_too() -> None:
         assert len(result.embeddings[0].vector) == 384
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
-        assert server.proc.stderr is not None
-        text = "".join(server.log) + server.proc.stderr.read()
+        text = server.output()
         assert "(asyncio event loop)" in text and "stopped" in text
     finally:
         if server.proc.poll() is None:

@@ -62,7 +62,7 @@ def test_sigterm_mid_stream_answers_every_accepted_request(bert) -> None:  # typ
 
     answered, ended, late = asyncio.run(main())
     assert server.proc.wait(timeout=60) == 0
-    log = "".join(server.log) + (server.proc.stderr.read() if server.proc.stderr else "")
+    log = server.output()
     assert ended is not None, "the stream should end with UNAVAILABLE: it was cut by the drain"
     assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended
     read = int(re.search(r"stream's (\d+) requests", ended.details() or "").group(1))  # type: ignore[union-attr]

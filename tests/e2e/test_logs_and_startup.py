@@ -64,8 +64,7 @@ def _stopped(server: CliServer) -> str:
     """Everything the server logged, once SIGTERM has stopped it cleanly."""
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=30) == 0
-    assert server.proc.stderr is not None
-    return "".join(server.log) + server.proc.stderr.read()
+    return server.output()
 
 
 def _failed_start(*args: str) -> list[str]:
