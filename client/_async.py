@@ -94,7 +94,7 @@ class AsyncClient:
 
     @property
     def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED."""
+        """How often a unary call is retried on UNAVAILABLE or overload."""
         return self._settings.max_retries
 
     @property
@@ -157,7 +157,7 @@ class AsyncClient:
         self,
         items: Sequence[TextItem],
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         return_logits: bool = False,
         truncate: bool = False,
         head: str | None = None,
@@ -193,9 +193,9 @@ class AsyncClient:
         self,
         items: Sequence[QuestionItem],
         *,
-        top_k: int = 1,
-        max_answer_length: int = 30,
-        doc_stride: int = 0,
+        top_k: int | None = None,
+        max_answer_length: int | None = None,
+        doc_stride: int | None = None,
         allow_no_answer: bool = False,
         head: str | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
@@ -282,7 +282,7 @@ class AsyncClient:
         self,
         batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         return_logits: bool = False,
         truncate: bool = False,
         head: str | None = None,
@@ -321,9 +321,9 @@ class AsyncClient:
         self,
         batches: Iterable[Batch[QuestionItem]] | AsyncIterable[Batch[QuestionItem]],
         *,
-        top_k: int = 1,
-        max_answer_length: int = 30,
-        doc_stride: int = 0,
+        top_k: int | None = None,
+        max_answer_length: int | None = None,
+        doc_stride: int | None = None,
         allow_no_answer: bool = False,
         head: str | None = None,
         timeout: float | None = None,

@@ -139,11 +139,11 @@ def predict_tokens_request(
 
 
 def predict_tokens_options(
-    top_k: int, return_logits: bool, truncate: bool, head: str | None
+    top_k: int | None, return_logits: bool, truncate: bool, head: str | None
 ) -> token_predictor_pb2.PredictTokensOptions:
-    """``PredictTokensOptions``."""
+    """``PredictTokensOptions``; ``None`` (sent as 0, unset) takes the server's default."""
     return token_predictor_pb2.PredictTokensOptions(
-        top_k=top_k, return_logits=return_logits, truncate=truncate, head=head or ""
+        top_k=top_k or 0, return_logits=return_logits, truncate=truncate, head=head or ""
     )
 
 
@@ -174,13 +174,17 @@ def answer_question_request(
 
 
 def answer_question_options(
-    top_k: int, max_answer_length: int, doc_stride: int, allow_no_answer: bool, head: str | None
+    top_k: int | None,
+    max_answer_length: int | None,
+    doc_stride: int | None,
+    allow_no_answer: bool,
+    head: str | None,
 ) -> question_answerer_pb2.AnswerQuestionOptions:
-    """``AnswerQuestionOptions``."""
+    """``AnswerQuestionOptions``; ``None`` (sent as 0, unset) takes the server's default."""
     return question_answerer_pb2.AnswerQuestionOptions(
-        top_k=top_k,
-        max_answer_length=max_answer_length,
-        doc_stride=doc_stride,
+        top_k=top_k or 0,
+        max_answer_length=max_answer_length or 0,
+        doc_stride=doc_stride or 0,
         allow_no_answer=allow_no_answer,
         head=head or "",
     )

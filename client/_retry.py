@@ -1,11 +1,14 @@
 """When a failed unary call is tried again, and after how long.
 
-Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: the call never reached a model, or the
-server refused it before queueing. Every headserve method is a read, so a retry cannot do
-anything twice. The delay doubles per attempt, is capped, and is jittered so clients that failed
-together do not come back together; a ``RetryInfo`` from the server raises it. Retries never run
-past the call's deadline. Streams are never retried: their batches may already have been
-answered.
+Only what may succeed a moment later is retried: UNAVAILABLE (the server is loading, stopping
+or unreachable) and RESOURCE_EXHAUSTED for overload (``ErrorInfo.reason`` ``OVERLOADED``, or
+gRPC's own concurrent-call cap, which sends no reason). A RESOURCE_EXHAUSTED with another
+reason is not: ``OUT_OF_MEMORY`` says one row does not fit on the device even alone, and a
+request over the message size limit stays over it. Every headserve method is a read, so a
+retry cannot do anything twice. The delay doubles per attempt, is capped, and is jittered so
+clients that failed together do not come back together; a ``RetryInfo`` from the server raises
+it. Retries never run past the call's deadline. Streams are never retried: their batches may
+already have been answered.
 """
 
 from __future__ import annotations
@@ -17,9 +20,17 @@ import grpc
 
 from .errors import HeadserveError
 
-__all__ = ["RETRYABLE_CODES", "backoff", "deadline_after", "remaining", "retry_delay"]
+__all__ = [
+    "RETRYABLE_CODES",
+    "backoff",
+    "deadline_after",
+    "may_succeed_later",
+    "remaining",
+    "retry_delay",
+]
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+OVERLOADED = "OVERLOADED"
 INITIAL_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 4.0
 
@@ -30,6 +41,19 @@ def backoff(attempt: int) -> float:
     return ceiling * (0.5 + random.random() / 2)
 
 
+def may_succeed_later(error: HeadserveError) -> bool:
+    """Whether the same call, sent again, may succeed: the server was busy or unreachable."""
+    if error.code not in RETRYABLE_CODES:
+        return False
+    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return True
+    if error.reason:
+        return error.reason == OVERLOADED
+    # No headserve reason: gRPC refused it itself. Its concurrent-call cap is overload; a
+    # message over the size limit ("Received message larger than max") is not.
+    return "larger than max" not in error.message
+
+
 def retry_delay(
     error: HeadserveError, attempt: int, max_retries: int, deadline: float | None
 ) -> float | None:
@@ -37,7 +61,7 @@ def retry_delay(
 
     ``attempt`` counts the retries made so far; ``deadline`` is a ``time.monotonic()`` instant.
     """
-    if error.code not in RETRYABLE_CODES or attempt >= max_retries:
+    if not may_succeed_later(error) or attempt >= max_retries:
         return None
     delay = backoff(attempt)
     if error.retry_delay is not None:

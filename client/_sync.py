@@ -56,7 +56,7 @@ class Client:
         target: ``host:port`` of the server (ignored when ``channel`` is given).
         timeout: seconds a unary call may take, retries included; ``None``: no limit.
             Streams take no deadline unless a call passes one.
-        max_retries: how often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED,
+        max_retries: how often a unary call is retried on UNAVAILABLE or overload,
             with capped exponential backoff and jitter. Streams are never retried, nor is
             any other failure (UNAUTHENTICATED and PERMISSION_DENIED included).
         channel: a ``grpc.Channel`` to use (e.g. one with other credentials); it is closed by
@@ -112,7 +112,7 @@ class Client:
 
     @property
     def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE or RESOURCE_EXHAUSTED."""
+        """How often a unary call is retried on UNAVAILABLE or overload."""
         return self._settings.max_retries
 
     @property
@@ -184,7 +184,7 @@ class Client:
         self,
         items: Sequence[TextItem],
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         return_logits: bool = False,
         truncate: bool = False,
         head: str | None = None,
@@ -193,7 +193,7 @@ class Client:
         """Candidates for every mask token in each item (``ModelInfo.backbone.mask_token``).
 
         Args:
-            top_k: candidates per mask, best first.
+            top_k: candidates per mask, best first; ``None``: the server's default (5).
             return_logits: also return each item's logits, shape ``[tokens, vocab_size]``.
             truncate: cut inputs longer than the model's window instead of refusing them.
             head: masked-LM head to use; ``None``: the server's default.
@@ -235,9 +235,9 @@ class Client:
         self,
         items: Sequence[QuestionItem],
         *,
-        top_k: int = 1,
-        max_answer_length: int = 30,
-        doc_stride: int = 0,
+        top_k: int | None = None,
+        max_answer_length: int | None = None,
+        doc_stride: int | None = None,
         allow_no_answer: bool = False,
         head: str | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
@@ -245,10 +245,10 @@ class Client:
         """Extract answers from each ``(question, context)`` or ``QuestionContext``.
 
         Args:
-            top_k: answers per item, best first.
-            max_answer_length: longest answer, in tokens.
+            top_k: answers per item, best first; ``None``: the server's default (1).
+            max_answer_length: longest answer, in tokens; ``None``: the server's default (30).
             doc_stride: overlap in tokens of the windows a long context is split into;
-                0: the server's choice.
+                ``None``: the server's default (128).
             allow_no_answer: let "no answer" win when the head scores it above every span.
             head: QA head to use; ``None``: the server's default.
             timeout: overrides the client's timeout for this call.
@@ -350,7 +350,7 @@ class Client:
         self,
         batches: Iterable[Batch[TextItem]],
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         return_logits: bool = False,
         truncate: bool = False,
         head: str | None = None,
@@ -389,9 +389,9 @@ class Client:
         self,
         batches: Iterable[Batch[QuestionItem]],
         *,
-        top_k: int = 1,
-        max_answer_length: int = 30,
-        doc_stride: int = 0,
+        top_k: int | None = None,
+        max_answer_length: int | None = None,
+        doc_stride: int | None = None,
         allow_no_answer: bool = False,
         head: str | None = None,
         timeout: float | None = None,

@@ -18,7 +18,7 @@ from .tasks import Classification, ClassifyOptions, TextItem
 from .text import encode_text
 
 
-class ClassifyHead(Head):
+class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
     task = "classify"
 
     def __init__(self, context: LoadContext) -> None:
@@ -28,8 +28,9 @@ class ClassifyHead(Head):
         options = context.spec.options
         overrides = {"num_labels": int(options["num_labels"])} if "num_labels" in options else {}
         self._model = load_task_model(AutoModelForSequenceClassification, context, **overrides)
-        config = self._model.model.config
-        self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
+        config = self._model.config
+        id2label = {int(i): label for i, label in (config.id2label or {}).items()}
+        self.labels = tuple(id2label[i] for i in range(config.num_labels or len(id2label)))
         multi = options.get("multi_label")
         self.multi_label = (
             multi.lower() in {"1", "true", "yes"}

@@ -35,7 +35,16 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +53,10 @@ if TYPE_CHECKING:
 
 CONTRACT_VERSION = 1
 ENTRY_POINT_GROUP = "headserve.heads"
+
+ItemT = TypeVar("ItemT")  # what one request item is, e.g. tasks.TextItem
+OptionsT = TypeVar("OptionsT")  # the request's options, e.g. tasks.ClassifyOptions
+ResultT = TypeVar("ResultT")  # one item's result, e.g. tasks.Classification
 
 
 class InvalidInput(ValueError):
@@ -166,8 +179,15 @@ class Output:
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
-class Head(abc.ABC):
-    """A loaded head. Subclasses set the attributes and implement the three steps."""
+class Head(abc.ABC, Generic[ItemT, OptionsT, ResultT]):
+    """A loaded head. Subclasses set the attributes and implement the three steps.
+
+    Generic over the item, options and result types of its task: a classifier is a
+    `Head[TextItem, ClassifyOptions, Classification]`, a generic head a
+    `Head[TextItem, RunOptions, Output]`. A bare `Head` subclass (contract 1 as first
+    published) is a `Head[Any, Any, Any]`. What `forward` returns per row is the head's own
+    business: only its `finish` reads it.
+    """
 
     task: ClassVar[str]
     name: str
@@ -181,7 +201,7 @@ class Head(abc.ABC):
     parameters: tuple[Parameter, ...] = ()
 
     @abc.abstractmethod
-    def prepare(self, item: Any, options: Any) -> Prepared:
+    def prepare(self, item: ItemT, options: OptionsT) -> Prepared:
         """Validate and tokenize one item; raise InvalidInput for bad input."""
 
     @abc.abstractmethod
@@ -189,17 +209,19 @@ class Head(abc.ABC):
         """Run on the shared hidden states; return one output per row (on the CPU)."""
 
     @abc.abstractmethod
-    def finish(self, prepared: Prepared, outputs: Sequence[Any], options: Any) -> Any:
+    def finish(self, prepared: Prepared, outputs: Sequence[Any], options: OptionsT) -> ResultT:
         """Turn the outputs of an item's rows into its result (no tensors)."""
 
 
 @runtime_checkable
 class HeadPlugin(Protocol):
-    """What an entry point in `headserve.heads` resolves to."""
+    """What an entry point in `headserve.heads` resolves to (a class is instantiated first).
+
+    `task` must equal the `task` of the heads it loads: the server checks it at load."""
 
     task: str
     contract_version: int
 
-    def load(self, context: LoadContext) -> Head:
+    def load(self, context: LoadContext) -> Head[Any, Any, Any]:
         """Load the head's weights (from `context.source`) onto the backbone's device."""
         ...

@@ -36,7 +36,7 @@ def sentence_transformers_defaults(folder: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
-class EncodeHead(Head):
+class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
     task = "encode"
 
     def __init__(self, context: LoadContext) -> None:

@@ -17,7 +17,7 @@ from .tasks import Candidate, MaskPrediction, PredictOptions, TextItem, TokenPre
 from .text import encode_text
 
 
-class MaskedLMHead(Head):
+class MaskedLMHead(Head[TextItem, PredictOptions, TokenPrediction]):
     task = "mlm"
 
     def __init__(self, context: LoadContext) -> None:

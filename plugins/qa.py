@@ -88,7 +88,7 @@ def decode(
     return QuestionAnswer(answers, len(found))
 
 
-class QuestionAnsweringHead(Head):
+class QuestionAnsweringHead(Head[QAItem, QAOptions, QuestionAnswer]):
     task = "qa"
 
     def __init__(self, context: LoadContext) -> None:

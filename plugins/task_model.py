@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .contract import LoadContext
@@ -62,6 +63,12 @@ class TaskModel:
     base: SharedOutputs
     missing: tuple[str, ...]  # head weights absent from the checkpoint (random)
     backbone_matches: bool
+
+    @property
+    def config(self) -> PretrainedConfig:
+        """The task model's configuration (labels, problem type...)."""
+        config: PretrainedConfig = getattr(self.model, "config")  # noqa: B009 (nn.Module hides it)
+        return config
 
     @contextlib.contextmanager
     def feeding(self, hidden: torch.Tensor) -> Iterator[nn.Module]:
@@ -152,9 +159,7 @@ def _share_tied_embeddings(model: nn.Module, shared: nn.Module, *, known_tied: b
     weights, so they are the same stored tensor: no need to compare them, which would read
     the whole embedding matrix into memory at load for nothing.
     """
-    get_output = getattr(model, "get_output_embeddings", None)
-    output = get_output() if get_output is not None else None
-    inputs = shared.get_input_embeddings()
+    output, inputs = _call(model, "get_output_embeddings"), _call(shared, "get_input_embeddings")
     if output is None or inputs is None or output.weight.shape != inputs.weight.shape:
         return
     tied = known_tied and bool(getattr(model.config, "tie_word_embeddings", False))
@@ -162,3 +167,9 @@ def _share_tied_embeddings(model: nn.Module, shared: nn.Module, *, known_tied: b
         output.weight.to(inputs.weight.device, inputs.weight.dtype), inputs.weight
     ):
         output.weight = inputs.weight
+
+
+def _call(module: nn.Module, method: str) -> Any:
+    """`module.method()` when the (transformers) module has that method, else None."""
+    found = getattr(module, method, None)
+    return found() if callable(found) else None

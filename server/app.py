@@ -38,7 +38,7 @@ from .config import default_heads
 from .core import Core
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .event_loop import kind_of
-from .heads import check_unique_names, load_heads, require
+from .heads import check_defaults, check_unique_names, load_heads, require
 from .interceptor import CallInterceptor
 from .limits import RequestLimits
 from .logs import tag_records
@@ -118,6 +118,7 @@ def build_core(
     refs, kept_out = allowed(find_plugins(), settings.plugins)
     check_unique(refs)
     plugins, failures = load_plugins(refs)
+    check_defaults(specs, plugins)
     backbone = Backbone.load(
         model_dir,
         device=settings.device,
@@ -138,7 +139,10 @@ def build_core(
     threads = plan(backbone.device, settings.limits.workers, settings.threads)
     set_torch_threads(threads.threads)
     limits = replace(settings.limits, workers=threads.workers)
-    scheduler = Scheduler(Runner(backbone), limits, metrics)
+    runner = Runner(backbone)
+    metrics = metrics or Metrics()
+    metrics.count_oom_splits(lambda: runner.oom_splits)
+    scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing)
     log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
     log.info(
         "ready: %d heads (%s), %d failed, in %.2fs",
@@ -152,6 +156,7 @@ def build_core(
     return Core(
         backbone,
         registry,
+        runner,
         scheduler,
         torch_threads=threads.threads,
         request_limits=settings.request_limits,
@@ -167,6 +172,7 @@ class Server:
     health: HealthServicer
 
     async def mark_ready(self, core: Core) -> None:
+        await core.scheduler.start()
         self.state.core = core
         for service, task in SERVICES.items():
             registry = core.registry
@@ -190,7 +196,7 @@ class Server:
         self.state.draining.set()
         await self.grpc_server.stop(grace)
         if self.state.core is not None:
-            self.state.core.scheduler.close()
+            await self.state.core.scheduler.stop()
 
 
 async def create_server(
@@ -292,7 +298,7 @@ def _check_can_listen(address: str) -> None:
                 probe.bind(where)
                 return
             except OSError as exc:
-                failures.append(exc.errno)
+                failures.append(exc.errno or 0)
     why = {
         errno.EADDRINUSE: "the port is in use",
         errno.EADDRNOTAVAIL: "that address is not one of this machine's",
@@ -360,6 +366,10 @@ async def _serve(
     exporter: MetricsServer | None,
     tracing: Tracing | None,
 ) -> None:
+    stop = asyncio.Event()  # from here on, SIGTERM or SIGINT stops it cleanly
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     log.info(
         "listening on port %d (%s event loop); loading the model",
         server.port,
@@ -375,10 +385,6 @@ async def _serve(
             "can call the model (see docs/operations.md)",
             host,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings, metrics, tracing))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 from headserve.plugins.contract import BackboneView, Row
 
-from . import packing
+from .families import first_position, usable_positions
+from .packing import Computed, Packed, pack, padded, unpack
+from .traced import PackedInputs
 from .traced import trace as trace_packed_pass
 
 log = logging.getLogger(__name__)
@@ -87,7 +95,6 @@ class Backbone:
     load_seconds: float
     packing: bool  # rows packed several to a sequence (probed at load)
     pack_tokens: int = 128  # longest packed sequence (unless a row is longer)
-    balance_packs: bool = True  # sequences as short as the rows allow (packing.balanced)
     allow_pickle: bool = False
     traced: torch.jit.ScriptModule | None = None  # the packed pass as a checked trace
 
@@ -118,7 +125,7 @@ class Backbone:
         tokenizer = AutoTokenizer.from_pretrained(
             str(source), local_files_only=True, trust_remote_code=False
         )
-        if not getattr(tokenizer, "is_fast", False):
+        if not isinstance(tokenizer, PreTrainedTokenizerFast) or not tokenizer.is_fast:
             raise ValueError(f"{source}: a fast tokenizer is needed (for character offsets)")
         refuse_pickle(source, allow_pickle)
         model = AutoModel.from_pretrained(
@@ -146,7 +153,7 @@ class Backbone:
         )
         backbone.packing = backbone._probe_packing()
         if trace and backbone.packing and torch_device.type == "cpu":
-            backbone.traced = trace_packed_pass(backbone, backbone.pack_tokens)
+            backbone.traced = backbone._trace()
         log.info(
             "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs%s",
             source,
@@ -161,13 +168,19 @@ class Backbone:
         return backbone
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
-        return self.model.config
+    def config(self) -> PretrainedConfig:
+        config: PretrainedConfig = getattr(self.model, "config")  # noqa: B009 (nn.Module hides it)
+        return config
 
     @property
     def num_layers(self) -> int:
         c = self.config
-        return int(getattr(c, "num_hidden_layers", None) or getattr(c, "n_layers", 0))
+        return int(getattr(c, "num_hidden_layers", 0) or getattr(c, "n_layers", 0))
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else 0
 
     @property
     def parameters(self) -> int:
@@ -206,20 +219,44 @@ class Backbone:
             kwargs["position_ids"] = position_ids
         return self.model(**kwargs).last_hidden_state
 
-    def run(self, rows: Sequence[Row]) -> packing.Computed:
+    def run(self, rows: Sequence[Row]) -> Computed:
         """Hidden states, attention mask and ids [rows, longest, ...] of distinct rows.
 
         Short rows are packed several to a sequence when the model allows it (see
         packing.py); either way each row's states are exactly its own.
         """
         if self.packing and (len(rows) > 1 or self.traced is not None):
-            return packing.run_packed(self, rows, self.pack_tokens)
-        return packing.run_padded(self, rows)
+            return self.run_packed(rows, self.pack_tokens)
+        return self.run_padded(rows)
+
+    def run_padded(self, rows: Sequence[Row]) -> Computed:
+        ids, mask, types = (t.to(self.device) for t in padded(rows, self.pad_id))
+        return Computed(self.forward(ids, mask, types), mask, ids, ids.numel())
+
+    def run_packed(
+        self, rows: Sequence[Row], pack_tokens: int, *, balance: bool = True
+    ) -> Computed:
+        packed = self._pack(rows, pack_tokens, balance=balance)
+        states = self.forward(*packed.inputs(self.device))
+        hidden, mask = unpack(states, packed)
+        ids, _, _ = padded(rows, self.pad_id)
+        return Computed(hidden, mask, ids.to(self.device), packed.ids.numel())
+
+    def _pack(self, rows: Sequence[Row], pack_tokens: int, *, balance: bool) -> Packed:
+        start = first_position(self.config.model_type, self.pad_id)
+        return pack(
+            rows, pad=self.pad_id, first_position=start, pack_tokens=pack_tokens, balance=balance
+        )
 
     def probe_rows(self, texts: Sequence[str]) -> list[Row]:
         """Rows of plain texts, within max_length: the load-time checks run on them."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [Row(tuple(ids)) for ids in encoded["input_ids"]]
+
+    @property
+    def _tolerance(self) -> float:
+        """How far two exact ways of computing the same states may differ (rounding)."""
+        return 1e-4 if self.dtype == torch.float32 else 2e-2
 
     def _probe_packing(self) -> bool:
         """Whether packed rows give the same states as padded ones on this model."""
@@ -227,24 +264,52 @@ class Backbone:
         rows = self.probe_rows(texts)
         with torch.inference_mode():
             try:
-                packed, mask, _, _ = packing.run_packed(self, rows, 64)
+                packed, mask, _, _ = self.run_packed(rows, 64)
             except Exception as exc:  # the model refuses 4D masks or position ids
                 log.info("row packing off for %s: %r", self.config.model_type, exc)
                 return False
-            padded, _, _, _ = packing.run_padded(self, rows)
+            padded, _, _, _ = self.run_padded(rows)
         keep = mask.bool()
         error = (packed[keep].float() - padded[keep].float()).abs().max().item()
-        tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2
-        if error > tolerance:
+        if error > self._tolerance:
             log.info("row packing off for %s: differs by %.2e", self.config.model_type, error)
-        return error <= tolerance
+        return error <= self._tolerance
+
+    def _trace(self) -> torch.jit.ScriptModule | None:
+        """The packed pass as a checked trace (traced.py), or None."""
+
+        def inputs(texts: Sequence[str]) -> PackedInputs:
+            packed = self._pack(self.probe_rows(texts), self.pack_tokens, balance=True)
+            return packed.inputs(self.device)
+
+        return trace_packed_pass(
+            self.model,
+            token_types=self.wants_token_types,
+            example=inputs(_TRACE_EXAMPLE),
+            checks=[inputs(texts) for texts in _TRACE_CHECKS],
+            tolerance=self._tolerance,
+        )
 
 
-def _max_length(config, tokenizer) -> int:  # type: ignore[no-untyped-def]
+_TRACE_EXAMPLE = [  # lengths that pack several rows per sequence, with padding left over
+    "hello world",
+    "a slightly longer sentence, with a comma, to trace the packed pass",
+    "x",
+    "one two three",
+    "the model runs once for every head",
+]
+_TRACE_CHECKS = [
+    ["a single row, alone in its sequence"],
+    [f"check sentence number {i} " + "word " * (3 * i) for i in range(9)],
+    ["short", "a row that is much longer than the rest of this batch " * 4, "mid length row"],
+]
+
+
+def _max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast) -> int:
     """Longest input in tokens: the tokenizer's limit, bounded by the position embeddings."""
-    positions = getattr(config, "max_position_embeddings", None) or 512
-    if config.model_type in {"roberta", "xlm-roberta", "camembert"}:
-        positions -= 2  # RoBERTa's positions start after the padding index
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    embeddings = getattr(config, "max_position_embeddings", None) or 512
+    positions = usable_positions(config.model_type, embeddings, pad)
     limit = tokenizer.model_max_length
     if not isinstance(limit, int) or limit <= 0 or limit > positions:
         limit = positions

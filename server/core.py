@@ -70,6 +70,7 @@ class Core:
         self,
         backbone: Backbone,
         registry: HeadRegistry,
+        runner: Runner,
         scheduler: Scheduler,
         *,
         torch_threads: int,
@@ -79,13 +80,10 @@ class Core:
         self.backbone = backbone
         self.tracing = tracing
         self.registry = registry
+        self.runner = runner  # the scheduler's (its counters are read by tests and benchmarks)
         self.scheduler = scheduler
         self.torch_threads = torch_threads
         self.request_limits = request_limits or RequestLimits()
-
-    @property
-    def runner(self) -> Runner:
-        return self.scheduler.runner
 
     async def run(
         self,
@@ -97,8 +95,9 @@ class Core:
         deadline: float | None = None,
         wait_for_room: bool = False,
     ) -> Outcome:
-        """Results per item and head. `deadline` is on time.monotonic(); `wait_for_room`
-        waits for queue space (streams) instead of failing with Overloaded (unary calls)."""
+        """Results per item and head. `deadline` is on time.perf_counter() (the scheduler's
+        clock); `wait_for_room` waits for queue space (streams) instead of failing with
+        Overloaded (unary calls)."""
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
         self.request_limits.check_items(items)

@@ -13,9 +13,9 @@ import logging
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from headserve.plugins.contract import CONTRACT_VERSION, ENTRY_POINT_GROUP
+from headserve.plugins.contract import CONTRACT_VERSION, ENTRY_POINT_GROUP, HeadPlugin
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class PluginRef(NamedTuple):
 @dataclass(frozen=True)
 class LoadedPlugin:
     ref: PluginRef
-    plugin: Any  # satisfies contract.HeadPlugin
+    plugin: HeadPlugin
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,13 @@ def check_unique(refs: Iterable[PluginRef]) -> None:
         )
 
 
-def validate(plugin: Any) -> str | None:
-    """Why `plugin` does not meet the head contract, or None when it does."""
-    missing = [a for a in ("task", "contract_version", "load") if not hasattr(plugin, a)]
-    if missing:
+_MEMBERS = ("task", "contract_version", "load")  # HeadPlugin's
+
+
+def validate(plugin: object) -> str | None:
+    """Why `plugin` does not meet the head contract (HeadPlugin), or None when it does."""
+    if not isinstance(plugin, HeadPlugin):
+        missing = [a for a in _MEMBERS if not hasattr(plugin, a)]
         return "not a head plugin: missing " + ", ".join(missing)
     if not callable(plugin.load):
         return "not a head plugin: load is not callable"
@@ -132,13 +135,15 @@ def load_plugins(
             plugin = obj() if isinstance(obj, type) else obj
         except Exception as exc:  # a third party's import can raise anything
             failed.append(FailedPlugin(ref.label, f"failed to import {ref.value}: {exc!r}"))
-            log.error("plugin %s failed to import: %r", ref.label, exc)
+            # its author needs the traceback; GetModelInfo keeps the short reason
+            log.error("plugin %s failed to import: %r", ref.label, exc, exc_info=exc)
             continue
         problem = validate(plugin)
         if problem is not None:
             failed.append(FailedPlugin(ref.label, problem))
             log.error("plugin %s refused: %s", ref.label, problem)
             continue
+        assert isinstance(plugin, HeadPlugin)  # validate checked it
         loaded.append(LoadedPlugin(ref, plugin))
     return tuple(loaded), tuple(failed)
 

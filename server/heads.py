@@ -124,6 +124,8 @@ def load_heads(
     `not_allowed`: installed plugins kept out by the allow-list (for a clear reason).
     """
     check_unique_names(specs, backbone.source)
+    plugins = tuple(plugins)
+    check_defaults(specs, plugins)
     by_name = {p.ref.name: p for p in plugins}
     failed = list(failures)
     loaded: list[tuple[HeadSpec, LoadedPlugin, Head]] = []
@@ -143,7 +145,10 @@ def load_heads(
             head = plugin.plugin.load(LoadContext(spec, backbone))
         except Exception as exc:  # weights can be missing or corrupt: report, serve the rest
             failed.append(FailedPlugin(spec.name, f"{plugin.ref.label} failed to load: {exc}"))
-            log.error("head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc)
+            # the traceback for whoever fixes it; GetModelInfo keeps the short reason
+            log.error(
+                "head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc, exc_info=exc
+            )
             continue
         problem = _contract_problem(head, plugin)
         if problem is not None:
@@ -170,6 +175,12 @@ def load_heads(
 def _contract_problem(head: object, plugin: LoadedPlugin) -> str | None:
     if not isinstance(head, Head):
         return f"load() returned {type(head).__name__}, not a headserve Head"
+    task = getattr(head, "task", None)
+    if task != plugin.plugin.task:
+        return (
+            f"the head's task {task!r} differs from its plugin's task {plugin.plugin.task!r} "
+            "(GetModelInfo and the services would disagree on what it does)"
+        )
     if plugin.plugin.task not in BUILTIN_TASKS:
         return schema_problem(head)
     return None
@@ -189,9 +200,32 @@ def require(registry: HeadRegistry, names: Sequence[str]) -> None:
             )
 
 
-def _default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:
-    """A head marked default=true, else the one named after its task, else the first."""
+class DuplicateDefault(StartupError):
+    pass
+
+
+def _marked_default(spec: HeadSpec) -> bool:
+    return spec.options.get("default", "").lower() in {"1", "true", "yes"}
+
+
+def check_defaults(specs: Sequence[HeadSpec], plugins: Iterable[LoadedPlugin]) -> None:
+    """Two heads of one task marked default=true stop the server, naming both."""
+    tasks = {p.ref.name: p.plugin.task for p in plugins}
+    by_task: dict[str, list[str]] = {}
     for spec in specs:
-        if spec.options.get("default", "").lower() in {"1", "true", "yes"}:
-            return spec
+        if _marked_default(spec) and spec.plugin in tasks:
+            by_task.setdefault(tasks[spec.plugin], []).append(spec.name)
+    for task, names in sorted(by_task.items()):
+        if len(names) > 1:
+            raise DuplicateDefault(
+                f"heads {' and '.join(repr(n) for n in names)} are both marked default=true "
+                f"for task {task!r}; mark one"
+            )
+
+
+def _default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:
+    """The head marked default=true, else the one named after its task, else the first."""
+    marked = [s for s in specs if _marked_default(s)]
+    if marked:
+        return marked[0]  # one at most: check_defaults refused more
     return next((s for s in specs if s.name == task), specs[0])

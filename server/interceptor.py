@@ -21,13 +21,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 
 from .call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
 from .errors import InvalidArgument
 from .status import abort
+
+# what an aio server interceptor is handed: the next step, which finds a method's handler
+Continuation: TypeAlias = (
+    "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
+)
 
 access_log = logging.getLogger("headserve.access")
 
@@ -90,10 +95,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         method: str = details.method
         if handler is None or not method.startswith(SERVED_PREFIX):
@@ -109,14 +112,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        # types-grpcio types the behaviours as plain functions; on a grpc.aio server they are
+        # coroutine functions and async generators
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, rpc), **codecs
+            unary = cast(
+                Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], handler.unary_unary
             )
+            return grpc.unary_unary_rpc_method_handler(self._unary(unary, rpc), **codecs)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, rpc), **codecs
+            stream = cast(
+                Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+                handler.stream_stream,
             )
+            return grpc.stream_stream_rpc_method_handler(self._stream(stream, rpc), **codecs)
         return handler  # headserve.v1 has no other kind of RPC
 
     async def _start(self, rpc: str, context: grpc.aio.ServicerContext) -> CallInfo:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -32,17 +33,21 @@ def tag_records() -> None:
     made (`request_id`), or the ids of the batch a model worker computes (`request_ids`),
     whatever handler then writes it. Idempotent."""
     make = logging.getLogRecordFactory()
-    if getattr(make, "tags_calls", False):
-        return
+    if not isinstance(make, _Tagged):
+        logging.setLogRecordFactory(_Tagged(make))
 
-    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = make(*args, **kwargs)
+
+class _Tagged:
+    """A log record factory that adds the call's request id(s) to what `make` makes."""
+
+    def __init__(self, make: Callable[..., logging.LogRecord]) -> None:
+        self.make = make
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.make(*args, **kwargs)
         record.request_id = current_request_id()
         record.request_ids = BATCH.get()
         return record
-
-    tagged.tags_calls = True  # type: ignore[attr-defined]  # a marker on the function
-    logging.setLogRecordFactory(tagged)
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:

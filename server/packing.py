@@ -8,31 +8,24 @@ mask, so a token attends only to its own row. The hidden
 states are then gathered back into the padded layout the heads expect; each row's
 states equal its padded (and its single) run up to float rounding, which the
 backbone checks at load before it turns packing on.
+
+Pure functions over rows of token ids: they lay out the backbone's inputs (and gather its
+outputs back) and know nothing of the model; backbone.py runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from headserve.plugins.contract import Row
 
-if TYPE_CHECKING:
-    from .backbone import Backbone
 
-_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm"}
-
-
-def _pad_id(backbone: Backbone) -> int:
-    pad = backbone.tokenizer.pad_token_id
-    return pad if pad is not None else 0
-
-
-def _layout(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ids, mask and token types [rows, longest], padded."""
+def padded(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids, mask and token types [rows, longest], padded with `pad`."""
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -54,11 +47,6 @@ class Computed(NamedTuple):
     mask: torch.Tensor
     ids: torch.Tensor
     tokens: int
-
-
-def run_padded(backbone: Backbone, rows: Sequence[Row]) -> Computed:
-    ids, mask, types = (t.to(backbone.device) for t in _layout(rows, _pad_id(backbone)))
-    return Computed(backbone.forward(ids, mask, types), mask, ids, ids.numel())
 
 
 def bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -118,15 +106,25 @@ def _round_up(n: int) -> int:
     return -(-n // SHAPE_STEP) * SHAPE_STEP
 
 
-def pack(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Packed:
+def pack(
+    rows: Sequence[Row],
+    *,
+    pad: int,
+    first_position: int,
+    pack_tokens: int,
+    balance: bool = True,
+) -> Packed:
+    """`rows` laid end to end in sequences of about `pack_tokens` tokens (at least the longest
+    row), each row's positions counted from `first_position` (families.py), the rest `pad`.
+
+    `balance`: sequences as short as the rows allow (`balanced`); else every sequence
+    `pack_tokens` long, or all the rows when they are fewer (kept for bench/packing.py)."""
     lengths = [len(r.input_ids) for r in rows]
-    if backbone.balance_packs:
+    if balance:
         capacity, groups = balanced(lengths, pack_tokens)
-    else:  # every sequence pack_tokens long (or all the rows, when they are fewer)
+    else:
         capacity = max(max(lengths), min(pack_tokens, sum(lengths)))
         groups = bins(lengths, capacity)
-    pad = _pad_id(backbone)
-    first_position = pad + 1 if backbone.config.model_type in _ROBERTA_LIKE else 0
     ids = torch.full((len(groups), capacity), pad, dtype=torch.long)
     types = torch.zeros((len(groups), capacity), dtype=torch.long)
     positions = torch.full((len(groups), capacity), first_position, dtype=torch.long)
@@ -149,18 +147,15 @@ def pack(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Packed:
     return Packed(ids, allowed, types, positions, source, lengths)
 
 
-def run_packed(backbone: Backbone, rows: Sequence[Row], pack_tokens: int) -> Computed:
-    packed = pack(backbone, rows, pack_tokens)
-    device = backbone.device
-    states = backbone.forward(*packed.inputs(device))
-    # back to the padded layout: row r's token t is packed slot source[r] + t
+def unpack(states: torch.Tensor, packed: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed pass's states back in the padded layout: hidden [rows, longest, hidden] and
+    mask [rows, longest], on the states' device."""
     lengths = packed.lengths
-    width = max(lengths)
-    steps = torch.arange(width)
+    steps = torch.arange(max(lengths))
     mask = (steps[None, :] < torch.tensor(lengths)[:, None]).long()
+    # row r's token t is packed slot source[r] + t
     flat = (packed.source[:, None] + steps[None, :]).clamp(
         max=states.shape[0] * states.shape[1] - 1
     )
-    hidden = states.reshape(-1, states.shape[-1])[flat.to(device)]
-    row_ids, _, _ = _layout(rows, _pad_id(backbone))
-    return Computed(hidden, mask.to(device), row_ids.to(device), packed.ids.numel())
+    hidden = states.reshape(-1, states.shape[-1])[flat.to(states.device)]
+    return hidden, mask.to(states.device)

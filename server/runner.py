@@ -82,9 +82,6 @@ class Runner:
         self.rows_computed = 0  # backbone rows run so far (tests count them)
         self.batches = 0
         self.oom_splits = 0  # batches split in two after running out of memory
-        # Fault injection for tests: fail the next batch, or hold batches until the event is set.
-        self.fail_next: BaseException | None = None
-        self.hold: threading.Event | None = None
 
     def compute(
         self, work: Sequence[Work], *, max_items: int = 64, max_tokens: int = 16384
@@ -119,14 +116,8 @@ class Runner:
     @torch.inference_mode()
     def run(self, work: Sequence[Work]) -> BatchRun:
         """`run_batch`, with a report of the pass(es) it took."""
-        if self.hold is not None:
-            self.hold.wait(timeout=60)
         started = time.perf_counter()
         try:
-            with self._lock:
-                fault, self.fail_next = self.fail_next, None
-            if fault is not None:
-                raise fault
             computed, slot, real_tokens = self._backbone_pass(work)
         except Exception as exc:
             if is_out_of_memory(exc):

@@ -15,8 +15,13 @@ the model is idle and a batch is not full, the loop waits at most `max_wait_ms`
 after the oldest row arrived for more to come, unless calls arrive further apart
 than that (a lone caller gets no added latency).
 
-Rows whose call was cancelled, or whose deadline passed, are dropped before they
-reach the model.
+Rows whose call is cancelled, or whose deadline passes, leave the queue at once (their
+slots free for live calls) and never reach the model.
+
+The scheduler runs on one event loop, from `start()` to `stop()`. What it drives is
+injected: the runner (a batch of rows -> outputs), the worker threads and the clock, so
+that its tests run it on a fake runner, inline workers and a clock moved by hand
+(tests/batching.py), with no model and no sleeps.
 """
 
 from __future__ import annotations
@@ -26,18 +31,37 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .call_info import BATCH, current_request_id
+from .clock import Clock, LoopClock, Timer
 from .errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from .memory import release_freed_memory
 from .metrics import Metrics
-from .runner import BatchRun, PassReport, Runner, Work
-from .threads import lower_priority
+from .runner import BatchRun, PassReport, Work
+from .threads import ModelThreads
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BatchRunner(Protocol):
+    """Computes one batch (synchronously, on a worker thread): per row its output or the
+    exception that failed it, and a report of the pass(es)."""
+
+    def run(self, work: Sequence[Work]) -> BatchRun: ...
+
+
+class Workers(Protocol):
+    """Where batches compute: `count` of them at once."""
+
+    count: int
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +77,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """A batch that carried some of a call's rows: which, where, when (time.perf_counter())."""
+    """A batch that carried some of a call's rows: which, where, when (on the clock)."""
 
     number: int
     worker: str  # the model worker thread's name
@@ -66,7 +90,7 @@ class BatchRecord:
 class Stats:
     queue_ms: float
     inference_ms: float
-    arrived: float = 0.0  # when the call's rows entered the queue, on time.perf_counter()
+    arrived: float = 0.0  # when the call's rows entered the queue, on the clock
     batches: tuple[BatchRecord, ...] = ()  # in the order they started
 
 
@@ -75,7 +99,6 @@ class _Pending:
     work: Work
     future: asyncio.Future[Any]
     arrived: float
-    deadline: float | None
     request_id: str | None
     length: int = field(init=False)
     started: float = 0.0
@@ -90,34 +113,85 @@ IDLE_TRIM_SECONDS = 0.5  # idle this long after it: trim
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, limits: Limits, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        limits: Limits,
+        metrics: Metrics | None = None,
+        *,
+        packed: bool = False,
+        clock: Clock | None = None,
+        workers: Callable[[], Workers] | None = None,
+    ) -> None:
+        """`packed`: the runner packs rows (no padding to save by grouping lengths).
+        `workers` makes the workers at each start (default: `limits.workers` threads)."""
         self.runner = runner
         self.limits = limits
         self.metrics = metrics or Metrics()
-        self._pending: list[_Pending] = []
+        self.clock = clock or LoopClock()
         self.workers = limits.workers or 1
-        self._executor = ThreadPoolExecutor(
-            self.workers,
-            thread_name_prefix="headserve-model",
-            initializer=lower_priority,
-            initargs=(limits.worker_nice,),
-        )
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._computing: set[asyncio.Task[None]] = set()
+        self._make_workers = workers or (lambda: ModelThreads(self.workers, limits.worker_nice))
+        self._choose = oldest_first if packed else choose_batch
+        self._pending: dict[_Pending, None] = {}  # in arrival order
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._wakeup: asyncio.Future[bool] | None = None
+        self._started: _Started | None = None
         self.running = 0  # batches on the model now
+        self._running_rows = 0  # their rows
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
         self._batches_since_trim = 0
         self.metrics.watch(lambda: self.queued, lambda: self.running, self.workers)
-        self.metrics.count_oom_splits(lambda: runner.oom_splits)
+
+    # --- its life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start batching on the running event loop (the one every call must come from)."""
+        if self._started is not None:
+            raise RuntimeError("the scheduler is already started")
+        workers = self._make_workers()
+        free = asyncio.Semaphore(workers.count)  # a permit per idle worker
+        self._started = _Started(workers, asyncio.ensure_future(self._batch_loop(free)))
+
+    async def stop(self) -> None:
+        """Stop batching: rows still queued or computing are cancelled (their calls too)."""
+        started, self._started = self._started, None
+        if started is None:
+            return
+        started.loop.cancel()
+        for task in started.computing:
+            task.cancel()
+        await asyncio.gather(started.loop, *started.computing, return_exceptions=True)
+        for p in self._pending:
+            p.future.cancel()
+        self._pending.clear()
+        self._room_freed()
+        started.workers.close()
+        self.running = self._running_rows = 0
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     # --- the servicers' side ------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @property
+    def rows_in_flight(self) -> int:
+        """Rows queued or on the model now."""
+        return self.queued + self._running_rows
+
+    @property
+    def waiting_for_room(self) -> int:
+        """Calls (streams) waiting for queue space."""
+        return len(self._room_waiters)
 
     @property
     def dropped(self) -> int:
@@ -131,7 +205,7 @@ class Scheduler:
     def refuse_if_full(self, rows: int) -> None:
         """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
         so that refusing a call under overload costs next to nothing."""
-        if self._event_loop is not None and not self._has_room(rows):
+        if not self._has_room(rows):
             self.metrics.refused.inc()
             raise Overloaded(
                 f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
@@ -141,8 +215,11 @@ class Scheduler:
     async def submit(
         self, work: Sequence[Work], *, deadline: float | None = None, wait_for_room: bool = False
     ) -> tuple[list[Any], Stats]:
-        """Outputs for `work`, in order. Full queue: Overloaded, or wait (streams)."""
-        self._ensure_loop()
+        """Outputs for `work`, in order. Full queue: Overloaded, or wait (streams).
+
+        `deadline` is on the clock; rows still queued then fail with DeadlineExceeded."""
+        if self._started is None:
+            raise RuntimeError("the scheduler is not started")
         if len(work) > self.limits.max_queue_items:
             raise InvalidArgument(
                 "items",
@@ -152,23 +229,32 @@ class Scheduler:
             )
         if not wait_for_room:
             self.refuse_if_full(len(work))
-        elif not self._has_room(len(work)):
-            async with self._room:
-                await self._room.wait_for(lambda: self._has_room(len(work)))
+        else:
+            await self._wait_for_room(len(work))
         loop = asyncio.get_running_loop()
-        now = time.perf_counter()
+        now = self.clock.now()
+        if deadline is not None and deadline <= now:
+            self.metrics.dropped.labels("deadline").inc(len(work))
+            raise DeadlineExceeded("deadline passed before the model got to it")
         request_id = current_request_id()
-        pending = [_Pending(w, loop.create_future(), now, deadline, request_id) for w in work]
+        pending = [_Pending(w, loop.create_future(), now, request_id) for w in work]
         self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
-        self._pending.extend(pending)
-        self._arrival.set()
+        self._pending.update(dict.fromkeys(pending))
+        self._wake()
+        expiry: Timer | None = None
+        if deadline is not None:
+            expiry = self.clock.call_later(deadline - now, lambda: self._expire(pending))
         try:
             outputs = await asyncio.gather(*(p.future for p in pending))
         except BaseException:
-            for p in pending:
-                p.future.cancel()  # not computed yet: dropped; computed: harmless
+            for p in pending:  # still queued: leave the queue now; computed: harmless
+                self._drop(p, "cancelled")
+                p.future.cancel()
             raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
         started = min(p.started for p in pending)
         batches = sorted(
             {id(p.batch): p.batch for p in pending if p.batch is not None}.values(),
@@ -180,65 +266,161 @@ class Scheduler:
     def _has_room(self, n: int) -> bool:
         return self.queued + n <= self.limits.max_queue_items
 
+    async def _wait_for_room(self, n: int) -> None:
+        while not self._has_room(n):
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+
+    def _room_freed(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _drop(self, p: _Pending, reason: str) -> bool:
+        """Take a row out of the queue, if it is still there, and count why."""
+        if p not in self._pending:
+            return False
+        del self._pending[p]
+        self.metrics.dropped.labels(reason).inc()
+        self._room_freed()
+        return True
+
+    def _expire(self, pending: list[_Pending]) -> None:
+        for p in pending:
+            if self._drop(p, "deadline") and not p.future.done():
+                p.future.set_exception(
+                    DeadlineExceeded("deadline passed before the model got to it")
+                )
+
     # --- the batching loop ----------------------------------------------------------------------
 
-    def _ensure_loop(self) -> None:
-        """Start the batching loop on the running event loop (once per event loop).
-
-        A server uses one event loop. Tests may call one scheduler from several in turn:
-        moving to a new loop stops the old loop's batching loop, and the old loop's batches
-        still computing release only the old loop's workers.
-        """
-        loop = asyncio.get_running_loop()
-        if loop is not self._event_loop:  # first call, or a new event loop (tests)
-            old_loop, old_task = self._event_loop, self._loop_task
-            if old_loop is not None and old_task is not None and not old_loop.is_closed():
-                old_loop.call_soon_threadsafe(old_task.cancel)
-            self._event_loop = loop
-            self._pending = []
-            self._arrival = asyncio.Event()
-            self._room = asyncio.Condition()
-            self._free = asyncio.Semaphore(self.workers)
-            self._loop_task = None
-            self.running = 0
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.ensure_future(self._run(self._free))
-
-    async def _run(self, free: asyncio.Semaphore) -> None:
+    async def _batch_loop(self, free: asyncio.Semaphore) -> None:
         number = 0
-        loop = asyncio.get_running_loop()
         while True:
             await free.acquire()  # a worker is free: fill its batch
             try:
-                await self._wait_for_batch()
-                batch = self._take_batch() if loop is self._event_loop else []
+                batch = await self._next_batch()
             except BaseException:
                 free.release()
                 raise
-            if loop is not self._event_loop:  # the scheduler moved to another event loop
-                free.release()
-                return
-            if not batch:
-                free.release()
-                continue
             number += 1
-            task = asyncio.ensure_future(self._compute(batch, number, free))
-            self._computing.add(task)
-            task.add_done_callback(self._computing.discard)
+            started = self._started
+            assert started is not None  # stop() cancels this loop before it forgets it
+            task = asyncio.ensure_future(self._compute(batch, number, started.workers, free))
+            started.computing.add(task)
+            task.add_done_callback(started.computing.discard)
 
-    async def _compute(self, batch: list[_Pending], number: int, free: asyncio.Semaphore) -> None:
+    async def _next_batch(self) -> list[_Pending]:
+        """The next batch, once rows wait and either a batch is full or the oldest has
+        waited max_wait_ms (see _fill).
+
+        Rows are taken out of the queue here, so a row that is still queued was never seen
+        by the model."""
+        while True:
+            await self._until_rows()
+            await self._fill()
+            batch = self._take_batch()
+            if batch:
+                return batch
+
+    async def _until_rows(self) -> None:
+        while not self._pending:
+            if self._batches_since_trim < TRIM_AFTER_BATCHES:
+                await self._sleep(None)
+                continue
+            # after a busy spell, once idle for a moment: hand its memory back
+            woken = await self._sleep(IDLE_TRIM_SECONDS)
+            if woken or self._pending or self.busy:  # not idle yet
+                continue
+            self._batches_since_trim = 0
+            started = self._started
+            assert started is not None
+            await started.workers.run(release_freed_memory)
+
+    async def _fill(self) -> None:
+        """Wait for more rows until a batch is full or the oldest row has waited max_wait_ms.
+
+        No wait when calls arrive further apart than max_wait_ms on average: then nothing is
+        likely to join the batch, and waiting would only add latency. It also ends once as
+        many rows wait as the last batch carried: callers that wait for their answers
+        before sending again are all back by then.
+        """
+        if self._gap * 1e3 > self.limits.max_wait_ms:
+            return
+        while self._pending and not self._full() and self.queued < self._last_batch_rows:
+            oldest = next(iter(self._pending)).arrived
+            left = oldest + self.limits.max_wait_ms / 1e3 - self.clock.now()
+            if left <= 0:
+                return
+            await self._sleep(left)
+
+    async def _sleep(self, seconds: float | None) -> bool:
+        """Until rows arrive (True), or `seconds` pass (False; None: no limit)."""
+        wakeup: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._wakeup = wakeup
+
+        def time_is_up() -> None:
+            if not wakeup.done():
+                wakeup.set_result(False)
+
+        timer = self.clock.call_later(seconds, time_is_up) if seconds is not None else None
+        try:
+            return bool(await wakeup)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._wakeup = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(True)
+
+    def _full(self) -> bool:
+        if self.queued >= self.limits.max_batch_items:
+            return True
+        return sum(p.length for p in self._pending) >= self.limits.max_batch_tokens
+
+    def _take_batch(self) -> list[_Pending]:
+        now = self.clock.now()
+        for p in [p for p in self._pending if p.future.done()]:
+            self._drop(p, "cancelled")  # cancelled a moment ago, its call not yet told
+        live = list(self._pending)
+        if not live:
+            return []
+        chosen = self._choose(
+            [p.length for p in live],
+            [now - p.arrived for p in live],
+            max_items=self.limits.max_batch_items,
+            max_tokens=self.limits.max_batch_tokens,
+        )
+        batch = [live[i] for i in chosen]
+        for p in batch:
+            del self._pending[p]
+            self.metrics.queue_wait.observe(now - p.arrived)
+        self._room_freed()
+        return batch
+
+    async def _compute(
+        self, batch: list[_Pending], number: int, workers: Workers, free: asyncio.Semaphore
+    ) -> None:
         """Run one batch on a worker and answer its rows; the worker is free again after."""
         self._last_batch_rows = len(batch)
         self._batches_since_trim += 1
-        started = time.perf_counter()
+        started = self.clock.now()
         for p in batch:
             p.started = started
-        loop = self._event_loop
         self.running += 1
+        self._running_rows += len(batch)
         request_ids = tuple(dict.fromkeys(p.request_id for p in batch if p.request_id))
         try:
-            run, computing, cpu, worker = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _timed, self.runner.run, [p.work for p in batch], request_ids
+            run, computing, cpu, worker = await workers.run(
+                _timed, self.runner.run, [p.work for p in batch], request_ids
             )
         except asyncio.CancelledError:
             for p in batch:
@@ -248,10 +430,10 @@ class Scheduler:
             log.exception("batch of %d rows failed outside the model", len(batch))
             run, computing, cpu, worker = BatchRun([exc] * len(batch), ()), 0.0, 0.0, ""
         finally:
-            if loop is self._event_loop:
-                self.running -= 1
+            self.running -= 1
+            self._running_rows -= len(batch)
             free.release()
-        record = BatchRecord(number, worker, started, time.perf_counter(), run.passes)
+        record = BatchRecord(number, worker, started, self.clock.now(), run.passes)
         self.metrics.batch_done(len(batch), sum(p.length for p in batch), computing, cpu)
         for p, result in zip(batch, run.outputs, strict=True):
             p.batch = record
@@ -264,89 +446,14 @@ class Scheduler:
             else:
                 p.future.set_result(result)
 
-    async def _wait_for_batch(self) -> None:
-        """Until rows wait and either a batch is full or the oldest has waited max_wait_ms.
 
-        The wait is skipped when calls arrive further apart than max_wait_ms on average:
-        then nothing is likely to join the batch, and waiting would only add latency. It
-        also ends once as many rows wait as the last batch carried: callers that wait for
-        their answers before sending again are all back by then.
-        """
-        while not self._pending:
-            self._arrival.clear()
-            if self._batches_since_trim < TRIM_AFTER_BATCHES:
-                await self._arrival.wait()
-                continue
-            try:  # after a busy spell, once idle for a moment: hand its memory back
-                await asyncio.wait_for(self._arrival.wait(), IDLE_TRIM_SECONDS)
-            except TimeoutError:
-                if self.busy:  # another worker still computes: not idle yet
-                    continue
-                self._batches_since_trim = 0
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._executor, release_freed_memory)
-        if self._gap * 1e3 > self.limits.max_wait_ms:
-            return
-        while not self._full() and len(self._pending) < self._last_batch_rows:
-            oldest = min(p.arrived for p in self._pending)
-            left = oldest + self.limits.max_wait_ms / 1e3 - time.perf_counter()
-            if left <= 0:
-                return
-            self._arrival.clear()
-            try:
-                await asyncio.wait_for(self._arrival.wait(), left)
-            except TimeoutError:
-                return
+@dataclass
+class _Started:
+    """What one start..stop of the scheduler holds."""
 
-    def _full(self) -> bool:
-        if len(self._pending) >= self.limits.max_batch_items:
-            return True
-        return sum(p.length for p in self._pending) >= self.limits.max_batch_tokens
-
-    def _take_batch(self) -> list[_Pending]:
-        now = time.perf_counter()
-        live = []
-        for p in self._pending:
-            if p.future.done():  # its call was cancelled
-                self.metrics.dropped.labels("cancelled").inc()
-            elif p.deadline is not None and p.deadline <= time.monotonic():
-                p.future.set_exception(
-                    DeadlineExceeded("deadline passed before the model got to it")
-                )
-                self.metrics.dropped.labels("deadline").inc()
-            else:
-                live.append(p)
-        if not live:
-            self._pending = []
-            self._notify_room()
-            return []
-        choose = oldest_first if self.runner.backbone.packing else choose_batch
-        batch = choose(
-            [p.length for p in live],
-            [now - p.arrived for p in live],
-            max_items=self.limits.max_batch_items,
-            max_tokens=self.limits.max_batch_tokens,
-        )
-        chosen = {id(live[i]) for i in batch}
-        self._pending = [p for p in live if id(p) not in chosen]
-        self._notify_room()
-        for i in batch:
-            self.metrics.queue_wait.observe(now - live[i].arrived)
-        return [live[i] for i in batch]
-
-    def _notify_room(self) -> None:
-        async def notify() -> None:
-            async with self._room:
-                self._room.notify_all()
-
-        asyncio.ensure_future(notify())
-
-    def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-        for task in self._computing:
-            task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    workers: Workers
+    loop: asyncio.Task[None]  # the batching loop
+    computing: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def _timed(
@@ -380,7 +487,8 @@ def oldest_first(
     lengths): the longest-waiting rows, while their tokens stay within `max_tokens` (the
     first row always goes). A row's wait is then bounded by the rows ahead of it."""
     order = sorted(range(len(lengths)), key=lambda i: -waited[i])
-    batch, tokens = [], 0
+    batch: list[int] = []
+    tokens = 0
     for i in order[:max_items]:
         if batch and tokens + lengths[i] > max_tokens:
             break

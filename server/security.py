@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import grpc
 
 from .errors import Unauthenticated
+from .interceptor import Continuation
 from .status import abort
 
 TOKENS_ENV = "HEADSERVE_AUTH_TOKENS"
@@ -118,10 +118,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return matched and scheme.lower() == "bearer"
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return handler

@@ -21,15 +21,21 @@ the same accepted throughput.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_CPU_WORKERS = 4
 
@@ -87,3 +93,24 @@ def lower_priority(nice: int) -> None:
         )
     except OSError as exc:  # a sandbox may forbid it: run at the same priority
         log.warning("could not lower the model worker's priority: %s", exc)
+
+
+class ModelThreads:
+    """The model workers: `count` threads below the event loop's priority (by `nice`)."""
+
+    def __init__(self, count: int, nice: int) -> None:
+        self.count = count
+        self._pool = ThreadPoolExecutor(
+            count,
+            thread_name_prefix="headserve-model",
+            initializer=lower_priority,
+            initargs=(nice,),
+        )
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a free worker thread (or once one is free)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        """No new work; what a thread computes now finishes on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,11 +19,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headserve.server.app import Server, Settings, build_core, create_server
+from headserve.server.core import Core
 from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.limits import RequestLimits
 from headserve.server.tracing import Tracing
 
 T = TypeVar("T")
+
+
+def on_core(core: Core, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` on a fresh event loop, with the core's scheduler started for it (and stopped)."""
+
+    async def main() -> T:
+        async with core.scheduler:
+            return await call()
+
+    return asyncio.run(main())
 
 
 class ServerThread:

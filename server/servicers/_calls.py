@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -28,8 +28,24 @@ from ..status import abort, to_status
 if TYPE_CHECKING:
     from ..tracing import Tracing
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+
+class Response(Protocol):
+    def ByteSize(self) -> int: ...  # noqa: N802 (protobuf's name)
+
+
+class BatchRequest(Protocol):
+    """What every task's request message has: an id (streams) and its items."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def items(self) -> Sized: ...
+
+
+Req = TypeVar("Req", bound=BatchRequest)
+Opts = TypeVar("Opts")
+Resp = TypeVar("Resp", bound=Response)
 
 
 DEFAULT_STREAM_ITEMS = 256
@@ -49,10 +65,12 @@ def ready(state: CoreHolder) -> Core:
     return state.core
 
 
-def options(build: Callable[[], Any]) -> Any:
-    """Build a task's options dataclass, reporting a bad option as INVALID_ARGUMENT."""
+def options(kind: Callable[..., Opts], **fields: Any) -> Opts:
+    """A task's options from a request's fields. A field given as None is unset on the wire
+    (proto3's 0) and takes the default of the options dataclass, where every default is
+    defined. A bad option is INVALID_ARGUMENT."""
     try:
-        return build()
+        return kind(**{name: value for name, value in fields.items() if value is not None})
     except InvalidInput as exc:
         raise InvalidArgument(exc.field, exc.message) from exc
 
@@ -88,13 +106,13 @@ _DTYPES = {
 class Call:
     """What a handler needs to know of the RPC it serves."""
 
-    deadline: float | None  # on time.monotonic()
+    deadline: float | None  # on time.perf_counter(), the scheduler's clock
     wait_for_room: bool  # streams wait for queue space; unary calls are refused at once
 
     @classmethod
     def of(cls, context: grpc.aio.ServicerContext, *, stream: bool) -> Call:
         remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
+        deadline = time.perf_counter() + remaining if remaining is not None else None
         return cls(deadline, stream)
 
 
@@ -105,7 +123,7 @@ async def unary(
 ) -> Resp:
     try:
         response = await handle(Call.of(context, stream=False))
-        state.request_limits.check_response(response.ByteSize())  # type: ignore[attr-defined]
+        state.request_limits.check_response(response.ByteSize())
         return response
     except Exception as exc:
         await abort(context, exc)
@@ -129,6 +147,10 @@ class _Budget:
     def release(self, n: int) -> None:
         self.used -= n
         self._freed.set()
+
+    def releaser(self, n: int) -> Callable[[object], None]:
+        """A done-callback that gives back `n` items."""
+        return lambda _: self.release(n)
 
 
 async def stream(
@@ -167,11 +189,11 @@ async def _answer_stream(
     async def read() -> None:
         try:
             async for request in requests:
-                n = max(1, len(request.items))  # type: ignore[attr-defined]
+                n = max(1, len(request.items))
                 await budget.acquire(n)
                 task = asyncio.ensure_future(handle(request, call))
-                task.add_done_callback(lambda _, n=n: budget.release(n))  # type: ignore[misc]
-                pending.put_nowait((request.id, task))  # type: ignore[attr-defined]
+                task.add_done_callback(budget.releaser(n))
+                pending.put_nowait((request.id, task))
         finally:
             pending.put_nowait(None)
 

@@ -46,7 +46,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     async def _classify(self, request: pb.ClassifyRequest, call: Call) -> pb.ClassifyResponse:
         core = ready(self._state)
         o = request.options
-        opts = options(lambda: ClassifyOptions(top_k=o.top_k, truncate=o.truncate))
+        opts = options(ClassifyOptions, top_k=o.top_k, truncate=o.truncate)
         heads: list[str | None] = list(o.heads) or [None]
         outcome = await core.run(
             "classify",

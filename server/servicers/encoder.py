@@ -61,11 +61,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         if o.pooling not in _POOLING:
             raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
         opts = options(
-            lambda: EncodeOptions(
-                pooling=_POOLING[o.pooling],  # type: ignore[arg-type]
-                normalize=o.normalize if o.HasField("normalize") else None,
-                truncate=o.truncate,
-            )
+            EncodeOptions,
+            pooling=_POOLING[o.pooling],
+            normalize=o.normalize if o.HasField("normalize") else None,
+            truncate=o.truncate,
         )
         outcome = await core.run(
             "encode",

@@ -48,12 +48,11 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
         core = ready(self._state)
         o = request.options
         opts = options(
-            lambda: QAOptions(
-                top_k=o.top_k or 1,
-                max_answer_length=o.max_answer_length or 30,
-                doc_stride=o.doc_stride or 128,
-                allow_no_answer=o.allow_no_answer,
-            )
+            QAOptions,
+            top_k=o.top_k or None,
+            max_answer_length=o.max_answer_length or None,
+            doc_stride=o.doc_stride or None,
+            allow_no_answer=o.allow_no_answer,
         )
         items = [QAItem(i.question, i.context) for i in request.items]
         outcome = await core.run(

@@ -65,9 +65,10 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
         core = ready(self._state)
         o = request.options
         opts = options(
-            lambda: PredictOptions(
-                top_k=o.top_k or 5, return_logits=o.return_logits, truncate=o.truncate
-            )
+            PredictOptions,
+            top_k=o.top_k or None,
+            return_logits=o.return_logits,
+            truncate=o.truncate,
         )
         outcome = await core.run(
             "mlm",

@@ -131,3 +131,28 @@ def test_a_second_server_on_the_same_port_does_not_start() -> None:
     finally:
         first.proc.kill()
         first.proc.wait(timeout=30)
+
+
+def test_sigterm_while_the_model_loads_stops_cleanly() -> None:
+    """Stopped before it ever served: NOT_SERVING all along, exit 0, no traceback."""
+    proc = subprocess.Popen(
+        [HEADSERVE, "serve", "--port", "0"],  # the packaged model: loading takes seconds
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # the port is open before the model loads
+        lines.append(line)
+        if "loading the model" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    try:
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text
+    assert "stopping" in text and "stopped" in text, text
+    assert "serving on port" not in text  # it never served
+    assert "Traceback" not in text and "Exception ignored" not in text, text

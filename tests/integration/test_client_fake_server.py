@@ -839,7 +839,7 @@ class TestClient:
         assert client.metadata == (("x-request-id", "abc"),)
         assert len(client.encode(["via my channel"])) == 1
         client.close()
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="options"):
             Client(channel=channel, options=[("grpc.enable_retries", 0)])
 
 

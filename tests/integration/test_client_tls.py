@@ -370,7 +370,7 @@ def test_bad_tokens_are_refused_without_being_shown(bad: str) -> None:
             make("localhost:1", token=bad)
         if bad:
             assert bad not in str(caught.value)
-    with Client("localhost:1") as client, pytest.raises(ValueError):
+    with Client("localhost:1") as client, pytest.raises(ValueError, match="token"):
         client.with_options(token=bad)
 
 

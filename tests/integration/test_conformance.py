@@ -3,13 +3,13 @@ for BERT, RoBERTa and DistilBERT, through the shared backbone."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import numpy as np
 import pytest
 import torch
 from checkpoints import ARCHS, LABELS
+from serving import on_core
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -68,7 +68,7 @@ def _inputs(tokenizer, item: TextItem):  # type: ignore[no-untyped-def]
 
 
 def _run(core, task, heads, items, options):  # type: ignore[no-untyped-def]
-    return asyncio.run(core.run(task, heads, items, options)).results
+    return on_core(core, lambda: core.run(task, heads, items, options)).results
 
 
 @torch.inference_mode()

@@ -4,13 +4,13 @@ caller gets; the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from faults import held
 from serving import ServerThread
 
 from headserve.client import Client, InvalidArgumentError, ResourceExhaustedError
@@ -160,20 +160,18 @@ def test_streams_over_the_limit_are_refused_and_the_slot_comes_back(server: Serv
 def test_calls_over_the_concurrency_limit_get_resource_exhausted(server: ServerThread) -> None:
     core = server.core
     assert core is not None
-    core.runner.hold = threading.Event()
-    try:
-        with Client(server.target, max_retries=0) as client, ThreadPoolExecutor(3) as pool:
-            held = [pool.submit(client.encode, [f"held {i}"]) for i in range(3)]
-            deadline = time.monotonic() + 10
-            while (
-                core.scheduler.queued + int(core.scheduler.busy) < 3 and time.monotonic() < deadline
-            ):
-                time.sleep(0.01)
-            with pytest.raises(ResourceExhaustedError, match="(?i)concurrent rpc limit"):
-                client.encode(["one too many"])
-            core.runner.hold.set()
-            assert all(len(f.result(timeout=30)) == 1 for f in held)
-            assert len(client.encode(["after the burst"])) == 1
-    finally:
-        core.runner.hold.set()
-        core.runner.hold = None
+    with (
+        held(core.runner) as gate,
+        Client(server.target, max_retries=0) as client,
+        ThreadPoolExecutor(3) as pool,
+    ):
+        calls = [pool.submit(client.encode, [f"held {i}"]) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while core.scheduler.rows_in_flight < 3:  # all three calls are in the server
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(ResourceExhaustedError, match="(?i)concurrent rpc limit"):
+            client.encode(["one too many"])
+        gate.set()
+        assert all(len(f.result(timeout=30)) == 1 for f in calls)
+        assert len(client.encode(["after the burst"])) == 1

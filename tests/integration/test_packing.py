@@ -34,8 +34,8 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         enc = backbone.tokenizer(text, pair, return_token_type_ids=True)
         rows.append(Row(tuple(enc["input_ids"]), tuple(enc["token_type_ids"])))
     with torch.inference_mode():
-        packed, mask, ids, computed = packing.run_packed(backbone, rows, pack_tokens=24)
-        padded, padded_mask, padded_ids, padded_computed = packing.run_padded(backbone, rows)
+        packed, mask, ids, computed = backbone.run_packed(rows, pack_tokens=24)
+        padded, padded_mask, padded_ids, padded_computed = backbone.run_padded(rows)
         assert torch.equal(mask, padded_mask) and torch.equal(ids, padded_ids)
         real = sum(len(r.input_ids) for r in rows)
         assert padded_computed == len(rows) * max(len(r.input_ids) for r in rows)
@@ -44,7 +44,7 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         keep = mask.bool()
         np.testing.assert_allclose(packed[keep].numpy(), padded[keep].numpy(), atol=1e-5)
         for i, row in enumerate(rows):  # and each row alone
-            alone, _, _, _ = packing.run_padded(backbone, [row])
+            alone, _, _, _ = backbone.run_padded([row])
             np.testing.assert_allclose(
                 packed[i, : len(row.input_ids)].numpy(), alone[0].numpy(), atol=1e-5
             )
@@ -120,11 +120,16 @@ def test_sequences_are_no_longer_than_their_rows_need(bert) -> None:  # type: ig
     backbone = Backbone.load(bert.backbone, device="cpu", trace=False)
     rows = _rows(backbone)
     lengths = [len(r.input_ids) for r in rows]
-    alone = packing.pack(backbone, rows[:1], pack_tokens=128)
+    pad = backbone.pad_id
+
+    def pack(rows: list[Row], tokens: int) -> packing.Packed:
+        return packing.pack(rows, pad=pad, first_position=0, pack_tokens=tokens)
+
+    alone = pack(rows[:1], 128)
     assert alone.ids.shape == (1, lengths[0])  # a lone row is not padded out to 128
-    few = packing.pack(backbone, rows, pack_tokens=128)
+    few = pack(rows, 128)
     assert few.ids.shape == (1, sum(lengths))  # fewer tokens than 128: one sequence of them
-    many = packing.pack(backbone, rows, pack_tokens=24)
+    many = pack(rows, 24)
     limit = max(max(lengths), 24)
     assert max(lengths) <= many.ids.shape[1] <= limit
     assert many.ids.shape[0] == len(packing.bins(lengths, limit))  # no more sequences

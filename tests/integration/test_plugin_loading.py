@@ -3,6 +3,7 @@ clashing names and missing required heads stop it at start, the allow-list keeps
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import types
@@ -29,7 +30,7 @@ from headserve.plugins.contract import (
 from headserve.server import app
 from headserve.server.app import Settings, build_core
 from headserve.server.discovery import DuplicatePlugin, find_plugins
-from headserve.server.heads import DuplicateHead, RequiredHeadMissing
+from headserve.server.heads import DuplicateDefault, DuplicateHead, RequiredHeadMissing
 
 
 class SilentHead(Head):
@@ -52,6 +53,16 @@ class SilentHead(Head):
 
 class SilentPlugin:
     task = "silent"
+    contract_version = CONTRACT_VERSION
+
+    def load(self, context: LoadContext) -> Head:
+        return SilentHead(context)
+
+
+class MislabelledPlugin:
+    """Says its heads classify, but loads a head of another task."""
+
+    task = "classify"
     contract_version = CONTRACT_VERSION
 
     def load(self, context: LoadContext) -> Head:
@@ -81,6 +92,7 @@ def third_party(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     module.SilentPlugin = SilentPlugin  # type: ignore[attr-defined]
     module.CorruptWeightsPlugin = CorruptWeightsPlugin  # type: ignore[attr-defined]
     module.NotAHeadPlugin = NotAHeadPlugin  # type: ignore[attr-defined]
+    module.MislabelledPlugin = MislabelledPlugin  # type: ignore[attr-defined]
     sys.modules["fake_third_party"] = module
     dist = FakeDist(
         "fake-third-party",
@@ -88,6 +100,7 @@ def third_party(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             "silent": "fake_third_party:SilentPlugin",
             "corrupt": "fake_third_party:CorruptWeightsPlugin",
             "notahead": "fake_third_party:NotAHeadPlugin",
+            "mislabelled": "fake_third_party:MislabelledPlugin",
             "broken": "fake_third_party_missing_module:Plugin",
         },
     )
@@ -101,16 +114,22 @@ def _heads(bert, *extra: HeadSpec) -> tuple[HeadSpec, ...]:  # type: ignore[no-u
     return (HeadSpec("classify", "classify", bert.classify), *extra)
 
 
-def test_failing_plugins_are_reported_and_the_rest_served(bert, third_party) -> None:  # type: ignore[no-untyped-def]
+def test_failing_plugins_are_reported_and_the_rest_served(bert, third_party, caplog) -> None:  # type: ignore[no-untyped-def]
     heads = _heads(
         bert,
         HeadSpec("silent", "silent"),
         HeadSpec("corrupt", "corrupt"),
         HeadSpec("weird", "notahead"),
         HeadSpec("gone", "broken"),
+        HeadSpec("odd", "mislabelled"),
         HeadSpec("ner", "token_classification", bert.ner),
     )
+    caplog.set_level(logging.ERROR, logger="headserve")
     thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
+    # the logs keep the tracebacks that the short reasons below leave out
+    failures = {r.getMessage().split()[1]: r for r in caplog.records if r.exc_info}
+    assert isinstance(failures["corrupt"].exc_info[1], OSError)  # type: ignore[index]
+    assert isinstance(failures["fake-third-party[broken]"].exc_info[1], ImportError)  # type: ignore[index]
     try:
         with Client(thread.target) as client:
             info = client.model_info()
@@ -121,6 +140,7 @@ def test_failing_plugins_are_reported_and_the_rest_served(bert, third_party) -> 
             assert "not a headserve Head" in reasons["weird"]
             assert "failed to import" in reasons["fake-third-party[broken]"]
             assert "no plugin 'broken'" in reasons["gone"]
+            assert "task 'silent' differs from its plugin's task 'classify'" in reasons["odd"]
             assert client.classify(["still serving"]).classifications[0].heads
             assert len(client.run("ner", ["still serving"])) == 1
             health = health_pb2_grpc.HealthStub(client._channel)  # type: ignore[attr-defined]
@@ -147,6 +167,37 @@ def test_two_heads_of_one_name_stop_the_start_before_any_model_loads(tmp_path: P
     heads = (HeadSpec("x", "classify", tmp_path / "a"), HeadSpec("x", "qa", tmp_path / "b"))
     with pytest.raises(DuplicateHead, match=r"'x' configured twice: classify:.*a and qa:.*b"):
         build_core(Settings(model_dir=tmp_path / "no-model-here", heads=heads))
+
+
+def test_two_defaults_for_one_task_stop_the_start_before_any_model_loads(tmp_path: Path) -> None:
+    heads = (
+        HeadSpec("first", "classify", tmp_path / "a", {"default": "true"}),
+        HeadSpec("plain", "classify", tmp_path / "b"),
+        HeadSpec("second", "classify", tmp_path / "c", {"default": "yes"}),
+        HeadSpec("mlm", "mlm", tmp_path / "d", {"default": "true"}),  # another task: fine
+    )
+    with pytest.raises(
+        DuplicateDefault, match=r"'first' and 'second' are both marked default=true for task"
+    ):
+        build_core(Settings(model_dir=tmp_path / "no-model-here", heads=heads))
+
+
+@pytest.mark.parametrize(
+    ("names", "marked", "default"),
+    [
+        (("alpha", "classify", "omega"), "omega", "omega"),  # marked default=true
+        (("alpha", "classify", "omega"), None, "classify"),  # named after its task
+        (("alpha", "beta", "omega"), None, "alpha"),  # else the first configured
+    ],
+)
+def test_the_default_head_of_a_task(bert, names, marked, default) -> None:  # type: ignore[no-untyped-def]
+    heads = tuple(
+        HeadSpec(n, "classify", bert.classify, {"default": "true"} if n == marked else {})
+        for n in names
+    )
+    core = build_core(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
+    assert core.registry.resolve("classify", None) is core.registry.heads[default].head
+    assert [n for n, h in core.registry.heads.items() if h.is_default] == [default]
 
 
 def test_two_plugins_of_one_name_stop_the_start(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -5,8 +5,6 @@ built-in heads in one backbone pass."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import ARCHS, NER_LABELS
-from serving import ServerThread
+from faults import held
+from serving import ServerThread, on_core
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from headserve.client import (
@@ -67,9 +66,14 @@ def ner(request, families):  # type: ignore[no-untyped-def]
     return family, core, reference, tokenizer
 
 
-def _run(core, params):  # type: ignore[no-untyped-def]
+def _run(core, params, server: ServerThread | None = None):  # type: ignore[no-untyped-def]
+    """The head's outputs in process: on `server`'s event loop when it serves `core`."""
     items = [TextItem(t) for t in TEXTS]
-    head, outcome = asyncio.run(core.run_head("ner", items, params, truncate=False))
+
+    def call():  # type: ignore[no-untyped-def]
+        return core.run_head("ner", items, params, truncate=False)
+
+    head, outcome = server.call(call()) if server is not None else on_core(core, call)
     return [per_item[0] for per_item in outcome.results]
 
 
@@ -150,7 +154,7 @@ def test_run_through_the_client_equals_the_head_in_process(server: ServerThread)
         result = client.run("ner", TEXTS, options={"return_logits": True})
         info = client.model_info().head("ner")
     assert result.head == "ner" and result.task == "token_classification"
-    expected = _run(server.core, {"return_logits": True})
+    expected = _run(server.core, {"return_logits": True}, server)
     assert len(result) == len(TEXTS)
     for got, want in zip(result, expected):
         _same(got.fields["entities"], want.fields["entities"])
@@ -196,7 +200,7 @@ def test_run_stream_answers_each_request_alone(server: ServerThread) -> None:
         replies = list(client.run_stream(batches, head="ner"))
     assert [r.id for r in replies] == ["a", "bad", "b"]
     assert replies[0].ok and replies[2].ok and not replies[1].ok
-    expected = _run(server.core, {})
+    expected = _run(server.core, {}, server)
     got = [*replies[0].unwrap(), *replies[2].unwrap()]
     for g, e in zip(got, expected, strict=True):
         _same(g.fields["entities"], e.fields["entities"])
@@ -217,31 +221,28 @@ def test_plugin_rows_share_one_backbone_pass_with_the_built_in_heads(
             client.predict_tokens([t.replace("works", "[MASK]") for t in TEXTS[:2]]),
             client.answer_question([(question, t) for t in TEXTS]),
         )
-        runner.hold = threading.Event()
-        try:
-            with ThreadPoolExecutor(6) as pool:
-                blocker = pool.submit(client.encode, ["hold the model"])
-                while not scheduler.busy:
-                    time.sleep(0.005)
-                before = runner.batches
-                calls = [
-                    pool.submit(client.run, "ner", TEXTS),
-                    pool.submit(client.encode, TEXTS),
-                    pool.submit(client.classify, TEXTS),
-                    pool.submit(
-                        client.predict_tokens, [t.replace("works", "[MASK]") for t in TEXTS[:2]]
-                    ),
-                    pool.submit(client.answer_question, [(question, t) for t in TEXTS]),
-                ]
-                deadline = time.monotonic() + 30
-                while scheduler.queued < 4 * len(TEXTS) + 2 and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                runner.hold.set()
-                together = tuple(c.result(timeout=60) for c in calls)
-                blocker.result(timeout=60)
-        finally:
-            runner.hold.set()
-            runner.hold = None
+        with held(runner) as gate, ThreadPoolExecutor(6) as pool:
+            blocker = pool.submit(client.encode, ["hold the model"])
+            deadline = time.monotonic() + 30
+            while not scheduler.busy:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            before = runner.batches
+            calls = [
+                pool.submit(client.run, "ner", TEXTS),
+                pool.submit(client.encode, TEXTS),
+                pool.submit(client.classify, TEXTS),
+                pool.submit(
+                    client.predict_tokens, [t.replace("works", "[MASK]") for t in TEXTS[:2]]
+                ),
+                pool.submit(client.answer_question, [(question, t) for t in TEXTS]),
+            ]
+            while scheduler.queued < 4 * len(TEXTS) + 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            gate.set()
+            together = tuple(c.result(timeout=60) for c in calls)
+            blocker.result(timeout=60)
     assert runner.batches == before + 2  # the blocker's batch, then ONE for all five calls
     ner_alone, ner_together = alone[0], together[0]
     for a, b in zip(ner_alone, ner_together, strict=True):
@@ -251,6 +252,18 @@ def test_plugin_rows_share_one_backbone_pass_with_the_built_in_heads(
         assert a.heads[0].labels[0].probability == pytest.approx(
             b.heads[0].labels[0].probability, abs=TOL
         )
+    for a, b in zip(alone[3], together[3], strict=True):  # the MLM head's candidates
+        assert len(a.masks) == len(b.masks) == 1
+        for mask_alone, mask_together in zip(a.masks, b.masks, strict=True):
+            assert mask_alone.position == mask_together.position
+            assert [c.token for c in mask_alone.candidates] == [
+                c.token for c in mask_together.candidates
+            ]
+            np.testing.assert_allclose(
+                [c.probability for c in mask_together.candidates],
+                [c.probability for c in mask_alone.candidates],
+                atol=TOL,
+            )
     for a, b in zip(alone[4], together[4]):
         assert (a.best is None) == (b.best is None)
         if a.best is not None and b.best is not None:

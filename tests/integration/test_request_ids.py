@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from faults import faults
 from grpc_status import rpc_status
 from serving import ServerThread
 
@@ -111,7 +112,7 @@ def test_an_internal_error_carries_the_id_too(bert, access) -> None:  # type: ig
     thread = ServerThread(_settings(bert))
     try:
         assert thread.core is not None
-        thread.core.runner.fail_next = RuntimeError("injected fault")
+        faults(thread.core.runner).fail_next = RuntimeError("injected fault")
         with Client(thread.target, max_retries=0) as client:
             with pytest.raises(InternalError) as failed:
                 client.encode(["this batch fails"], timeout=30)

@@ -648,6 +648,31 @@ def test_only_unavailable_and_resource_exhausted_are_retried_and_capped():
     assert _retry.retry_delay(unavailable, 0, 0, None) is None
 
 
+def _exhausted(message: str, reason: str | None) -> HeadserveError:
+    details = []
+    if reason is not None:
+        details.append(pack(error_details_pb2.ErrorInfo(reason=reason, domain="headserve")))
+    return errors.from_status(status_pb2.Status(code=8, message=message, details=details))
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "retried"),
+    [
+        ("queue full (4 of 4 rows waiting); retry later", "OVERLOADED", True),
+        ("Concurrent RPC limit exceeded!", None, True),  # gRPC's cap: no ErrorInfo
+        ("the model ran out of memory on one row of 512 tokens", "OUT_OF_MEMORY", False),
+        ("Received message larger than max (20000000 vs. 16777216)", None, False),
+        ("a reason this client does not know", "SOMETHING_NEW", False),
+    ],
+)
+def test_resource_exhausted_is_retried_only_when_it_is_overload(
+    message: str, reason: str | None, retried: bool
+) -> None:
+    error = _exhausted(message, reason)
+    assert _retry.may_succeed_later(error) is retried
+    assert (_retry.retry_delay(error, 0, 2, None) is not None) is retried
+
+
 def test_backoff_grows_is_jittered_and_capped():
     for attempt in range(12):
         ceiling = min(_retry.MAX_BACKOFF_S, _retry.INITIAL_BACKOFF_S * 2**attempt)

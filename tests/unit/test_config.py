@@ -57,7 +57,7 @@ def test_the_packaged_model_gets_the_packaged_sentiment_head() -> None:
     assert sentiment.source is not None and (sentiment.source / "head.safetensors").is_file()
     meta = json.loads((sentiment.source / "head.json").read_text())
     assert meta["task"] == "classify" and meta["labels"] == ["negative", "positive"]
-    assert meta["metrics"]["accuracy"] >= 0.78  # the aim, as trained by make
+    # what it does is tested by serving it: tests/e2e/test_cli.py classifies reviews with it
 
 
 def test_a_head_artifact_folder_picks_its_plugin(tmp_path: Path) -> None:

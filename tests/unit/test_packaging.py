@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,42 @@ def test_client_is_mypy_strict_clean() -> None:
         text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_server_and_plugins_are_mypy_clean(tmp_path: Path) -> None:
+    """mypy with the project's settings (pyproject.toml) on the server and the plugins, as the
+    package `headserve` they are installed as: a folder of links gives mypy that layout."""
+    package = tmp_path / "headserve"
+    package.mkdir()
+    for name, folder in {
+        "server": "server",
+        "plugins": "plugins",
+        "client": "client",
+        "v1": "protos/headserve/v1",
+    }.items():
+        (package / name).symlink_to(ROOT / folder, target_is_directory=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "-p",
+            "headserve.server",
+            "-p",
+            "headserve.plugins",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MYPYPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    checked = re.search(r"no issues found in (\d+) source files", run.stdout)
+    assert checked is not None and int(checked.group(1)) >= 50, run.stdout  # all of them
 
 
 def test_code_is_ruff_clean() -> None:

@@ -1,0 +1,269 @@
+"""The batcher (server/scheduler.py) on a fake runner, held workers and a hand-moved clock: which
+rows go together, when a batch starts, and what happens to rows nobody waits for any more.
+No model, no threads, no sleeps: every step is the test's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from batching import HEAD, FakeClock, FakeRunner, HeldWorkers, NamedHead, idle, rows, until
+
+from headserve.server.errors import DeadlineExceeded, HeadFailed, Overloaded
+from headserve.server.scheduler import IDLE_TRIM_SECONDS, TRIM_AFTER_BATCHES, Limits, Scheduler
+
+MS = 1e-3
+
+
+class Bench:
+    """A started scheduler on fakes, and its fakes."""
+
+    def __init__(self, limits: Limits, *, workers: int = 1, hold: bool = True, **runner: Any):
+        self.runner = FakeRunner(**runner)
+        self.clock = FakeClock()
+        self.workers = HeldWorkers(workers, hold=hold)
+        self.scheduler = Scheduler(
+            self.runner, limits, clock=self.clock, workers=lambda: self.workers
+        )
+
+    def submit(self, *lengths: int, **kwargs: Any) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.scheduler.submit(rows(*lengths), **kwargs))
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.scheduler.metrics.registry.get_sample_value(name, labels)
+
+    def computing(self) -> int:
+        """Batches handed to the workers and held there."""
+        return len(self.workers.waiting)
+
+
+def run(limits: Limits, test: Callable[[Bench], Awaitable[None]], **kwargs: Any) -> Bench:
+    bench = Bench(limits, **kwargs)
+
+    async def main() -> None:
+        async with bench.scheduler:
+            await test(bench)
+        assert bench.workers.closed
+
+    asyncio.run(main())
+    return bench
+
+
+def test_a_lone_caller_waits_for_nobody() -> None:
+    async def test(b: Bench) -> None:
+        b.clock.advance(5.0)  # the last call was long ago
+        call = b.submit(7)
+        await until(lambda: b.computing() == 1)  # at once: no time passed
+        b.workers.release()
+        outputs, stats = await call
+        assert outputs == [7] and stats.queue_ms == 0
+
+    run(Limits(max_wait_ms=5), test)
+
+
+async def busy_spell(b: Bench, calls: int = 30) -> None:
+    """Calls 1 ms apart, while the model is busy: afterwards the batcher expects company
+    (the gap between calls is well under max_wait_ms), and the last batch was full."""
+    blocker = b.submit(3)
+    await until(lambda: b.computing() == 1)
+    burst = []
+    for _ in range(calls):
+        b.clock.advance(1 * MS)
+        burst.append(b.submit(3))
+    while not all(call.done() for call in (blocker, *burst)):
+        await until(lambda: b.computing() == 1 or all(c.done() for c in burst))
+        b.workers.release()
+        await idle()
+    await asyncio.gather(blocker, *burst)
+
+
+def test_calls_close_together_wait_for_each_other_up_to_max_wait() -> None:
+    async def test(b: Bench) -> None:
+        await busy_spell(b)
+        b.clock.advance(1 * MS)
+        first = b.submit(3)
+        await idle()
+        b.clock.advance(4 * MS)
+        await idle()
+        assert b.computing() == 0 and b.scheduler.queued == 1  # still waiting, 4 of 5 ms
+        second = b.submit(4)
+        await idle()
+        assert b.computing() == 0
+        b.clock.advance(1 * MS)  # the oldest row has now waited max_wait_ms
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        await asyncio.gather(first, second)
+        assert len(b.runner.batches[-1]) == 2
+
+    run(Limits(max_wait_ms=5), test)
+
+
+def test_a_full_batch_starts_without_waiting() -> None:
+    async def test(b: Bench) -> None:
+        await busy_spell(b, calls=32)
+        assert len(b.runner.batches[-1]) == 4  # full batches
+        three = [b.submit(2) for _ in range(3)]
+        await idle()
+        assert b.computing() == 0  # not full: waits for a fourth, or for max_wait_ms
+        three.append(b.submit(2))  # max_batch_items: no wait, no time passed
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        await asyncio.gather(*three)
+        assert len(b.runner.batches[-1]) == 4
+
+    run(Limits(max_wait_ms=5, max_batch_items=4), test)
+
+
+def test_cancelled_calls_leave_the_queue_at_once_and_free_their_slots() -> None:
+    async def test(b: Bench) -> None:
+        model = b.submit(5)  # on the (held) worker
+        await until(lambda: b.computing() == 1)
+        queued = [b.submit(1, 1) for _ in range(2)]  # the queue holds 4 rows: full
+        await until(lambda: b.scheduler.queued == 4)
+        with pytest.raises(Overloaded, match="queue full"):
+            await b.scheduler.submit(rows(1))
+        assert b.metric("headserve_queue_rows") == 4
+        for call in queued:
+            call.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        assert b.scheduler.queued == 0 and b.metric("headserve_queue_rows") == 0
+        fresh = b.submit(1, 1, 1, 1)  # the whole queue again: accepted
+        await until(lambda: b.scheduler.queued == 4)
+        b.workers.release()
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        (outputs, _), _ = await asyncio.gather(fresh, model)
+        assert outputs == [1, 1, 1, 1]
+
+    b = run(Limits(max_queue_items=4, max_wait_ms=0), test)
+    assert b.runner.rows_seen == 5  # the cancelled rows never reached the model
+    assert b.metric("headserve_rows_dropped_total", reason="cancelled") == 4
+    assert b.metric("headserve_calls_refused_total") == 1
+
+
+def test_a_call_past_its_deadline_leaves_the_queue_when_it_passes() -> None:
+    async def test(b: Bench) -> None:
+        model = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        late = b.submit(1, 1, 1, deadline=b.clock.now() + 0.05)
+        wanted = b.submit(2)
+        await until(lambda: b.scheduler.queued == 4)
+        b.clock.advance(0.049)
+        await idle()
+        assert b.scheduler.queued == 4 and not late.done()
+        b.clock.advance(0.001)
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await late
+        assert b.scheduler.queued == 1  # at once, while the model is still busy
+        b.workers.release()
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        (outputs, stats), _ = await asyncio.gather(wanted, model)
+        assert outputs == [2] and stats.queue_ms == pytest.approx(50)
+        # already past it on arrival: refused before it is queued
+        with pytest.raises(DeadlineExceeded):
+            await b.scheduler.submit(rows(1, 1), deadline=b.clock.now())
+        assert b.clock.pending_timers == 0  # answered calls leave no timer behind
+
+    b = run(Limits(max_wait_ms=0), test)
+    assert b.runner.rows_seen == 2
+    assert b.metric("headserve_rows_dropped_total", reason="deadline") == 5
+
+
+def test_a_stream_waits_for_room_instead_of_being_refused() -> None:
+    async def test(b: Bench) -> None:
+        model = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        full = b.submit(1, 1)
+        await until(lambda: b.scheduler.queued == 2)
+        streamed = b.submit(3, wait_for_room=True)
+        await until(lambda: b.scheduler.waiting_for_room == 1)
+        assert b.scheduler.queued == 2
+        b.workers.release()  # the worker takes the queued rows: room
+        await until(lambda: b.scheduler.waiting_for_room == 0 and b.computing() == 1)
+        b.workers.release()
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        (outputs, _), _, _ = await asyncio.gather(streamed, full, model)
+        assert outputs == [3]
+
+    run(Limits(max_queue_items=2, max_wait_ms=0), test)
+
+
+def test_each_worker_computes_its_own_batch() -> None:
+    async def test(b: Bench) -> None:
+        first, second = b.submit(1), b.submit(2)
+        await until(lambda: b.computing() == 2)  # two batches on the model at once
+        assert b.scheduler.running == 2 and b.metric("headserve_batches_running") == 2
+        third = b.submit(3)
+        await idle()
+        assert b.scheduler.queued == 1  # both workers busy: it waits
+        b.workers.release()
+        await until(lambda: b.computing() == 2 and b.scheduler.queued == 0)
+        b.workers.release(2)
+        results = await asyncio.gather(first, second, third)
+        assert [outputs for outputs, _ in results] == [[1], [2], [3]]
+
+    b = run(Limits(max_wait_ms=0, max_batch_items=1, workers=2), test, workers=2)
+    assert [len(batch) for batch in b.runner.batches] == [1, 1, 1]
+
+
+def test_a_failed_row_fails_its_call_and_the_next_batch_runs() -> None:
+    failure = HeadFailed("head 'bad' failed: boom", head="bad")
+
+    async def test(b: Bench) -> None:
+        good = asyncio.ensure_future(b.scheduler.submit(rows(2)))
+        bad = asyncio.ensure_future(b.scheduler.submit(rows(9, head=NamedHead("bad"))))
+        with pytest.raises(HeadFailed, match="'bad'"):
+            await bad
+        (output,), _ = await good
+        assert output == 2
+        again, _ = await b.scheduler.submit(rows(4))
+        assert again == [4]
+
+    b = run(Limits(max_wait_ms=0), test, hold=False, fail={9: failure})
+    assert b.metric("headserve_rows_failed_total", head="bad") == 1
+    assert b.metric("headserve_rows_failed_total", head=HEAD.name) is None
+
+
+def test_stop_cancels_what_waits_and_a_stopped_scheduler_takes_nothing() -> None:
+    bench = Bench(Limits(max_wait_ms=0))
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not started"):
+            await bench.scheduler.submit(rows(1))
+        await bench.scheduler.start()
+        computing = bench.submit(1)
+        await until(lambda: bench.computing() == 1)
+        queued = bench.submit(2)
+        await until(lambda: bench.scheduler.queued == 1)
+        await bench.scheduler.stop()
+        for call in (computing, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert bench.scheduler.queued == 0 and bench.workers.closed
+        with pytest.raises(RuntimeError, match="not started"):
+            await bench.scheduler.submit(rows(1))
+
+    asyncio.run(main())
+
+
+def test_memory_is_trimmed_once_idle_after_a_busy_spell() -> None:
+    async def test(b: Bench) -> None:
+        for _ in range(TRIM_AFTER_BATCHES):
+            await b.scheduler.submit(rows(1))
+        await idle()
+        assert "release_freed_memory" not in b.workers.calls  # not yet idle long enough
+        b.clock.advance(IDLE_TRIM_SECONDS / 2)
+        await b.scheduler.submit(rows(1))  # a call meanwhile: the idle time starts again
+        await idle()
+        b.clock.advance(IDLE_TRIM_SECONDS * 0.9)
+        await idle()
+        assert "release_freed_memory" not in b.workers.calls
+        b.clock.advance(IDLE_TRIM_SECONDS * 0.1)
+        await until(lambda: "release_freed_memory" in b.workers.calls)
+        assert b.workers.calls.count("_timed") == TRIM_AFTER_BATCHES + 1
+
+    run(Limits(max_wait_ms=0), test, hold=False)
