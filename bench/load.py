@@ -97,6 +97,28 @@ def calls(
     return list(every.values()) if mix == "mixed" else [every[mix]]
 
 
+APPLICATION: list[tuple[str, str]] = []  # --application: Ray Serve's `application` metadata
+
+
+class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds APPLICATION to every call (a Ray Serve endpoint serving several backbones)."""
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with(details), request)
+
+    async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return await continuation(self._with(details), requests)
+
+    @staticmethod
+    def _with(details):  # type: ignore[no-untyped-def]
+        metadata = [*(details.metadata or ()), *APPLICATION]
+        return details._replace(metadata=metadata)
+
+
+def _channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, interceptors=[_Metadata()] if APPLICATION else None)
+
+
 def metrics_url(server_log: str) -> str:
     """The /metrics URL a `headserve serve --metrics-port` logged."""
     (url,) = re.findall(r"metrics on (\S+)", server_log)
@@ -182,7 +204,7 @@ async def unary(
     mix: str,
     watch: Watch = Watch(),
 ) -> dict:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _channel(target) as channel:
         rpcs = calls(channel, mix)
         await rpcs[0](texts[0])  # warm up the connection and the model
         before = watch.probe()
@@ -199,7 +221,7 @@ async def unary(
 async def stream(
     target: str, texts: list[str], batch: int, window: int, seconds: float, watch: Watch = Watch()
 ) -> dict:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _channel(target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         sent: dict[str, float] = {}
         latencies: list[float] = []
@@ -569,7 +591,10 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--server-pid", type=int, help="with --metrics: report where CPU went")
     parser.add_argument("--metrics", help="the server's /metrics URL (serve --metrics-port)")
+    parser.add_argument("--application", help="Ray Serve: the application to call")
     args = parser.parse_args()
+    if args.application:
+        APPLICATION.append(("application", args.application))
     texts = sentences(args.sentences)
     watch = Watch(args.server_pid, args.metrics)
     if args.stream_batch:

@@ -22,7 +22,7 @@ from headserve.v1 import models_pb2
 
 from . import _convert, errors
 from ._call_meta import outgoing, request_id_in, with_request_id
-from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
+from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given, with_application
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
 from ._tls import TLS, resolve
@@ -60,8 +60,8 @@ class AsyncClient:
 
     The channel is made on the first call, so the client may be built outside the event loop;
     it then belongs to the loop of that first call. Arguments are those of :class:`Client`
-    (``tls``, ``token`` included); ``channel`` must be a ``grpc.aio.Channel``. TLS files are
-    read when the client is made.
+    (``tls``, ``token``, ``application`` included); ``channel`` must be a
+    ``grpc.aio.Channel``. TLS files are read when the client is made.
     """
 
     def __init__(
@@ -75,7 +75,9 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
         tls: TLS | bool | None = None,
         token: str | None = None,
+        application: str | None = None,
     ) -> None:
+        metadata = with_application(metadata, application)
         self._settings = Settings.create(timeout, max_retries, metadata, token)
         security = resolve(tls)
         if channel is not None and (options or security is not None):
@@ -380,7 +382,9 @@ class AsyncClient:
                 )
                 response = await call
                 # a grpc.aio.UnaryUnaryCall, typed by `pick` as the Awaitable it also is
-                request_id = request_id_in(await call.initial_metadata())  # type: ignore[attr-defined]
+                request_id = request_id_in(await call.initial_metadata()) or request_id_in(  # type: ignore[attr-defined]
+                    await call.trailing_metadata()  # type: ignore[attr-defined]
+                )
             except grpc.RpcError as rpc_error:
                 error = errors.from_rpc_error(rpc_error)
                 delay = retry_delay(error, attempt, self._settings.max_retries, deadline)

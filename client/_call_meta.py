@@ -45,7 +45,8 @@ def outgoing(metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, 
 
 
 def request_id_in(metadata: Iterable[Any] | None) -> str | None:
-    """The ``x-request-id`` of a call's initial metadata, or ``None``."""
+    """The ``x-request-id`` of a call's metadata (initial, or trailing behind a proxy that
+    sends no initial metadata of its own), or ``None``."""
     for entry in metadata or ():
         key, value = entry[0], entry[1]
         if key == REQUEST_ID_KEY and isinstance(value, str):

@@ -110,3 +110,18 @@ def _check_token(token: object) -> None:
             "token must be printable ASCII, without newlines or other control characters "
             "(a token read from a file may end with a newline: strip it)"
         )
+
+
+APPLICATION_KEY = "application"
+
+
+def with_application(metadata: Metadata, application: str | None) -> Metadata:
+    """`metadata` and the ``application`` entry that picks one application (one backbone)
+    behind a Ray Serve endpoint serving several."""
+    if application is None:
+        return metadata
+    if not isinstance(application, str) or not application:
+        raise ValueError("application must be a non-empty str (None: the endpoint's only one)")
+    if any(key == APPLICATION_KEY for key, _ in metadata):
+        raise ValueError("name the application once: application= or metadata, not both")
+    return (*tuple(metadata), (APPLICATION_KEY, application))

@@ -14,7 +14,7 @@ from headserve.v1 import models_pb2
 
 from . import _convert, errors
 from ._call_meta import outgoing, request_id_in, with_request_id
-from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given
+from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given, with_application
 from ._retry import deadline_after, remaining, retry_delay
 from ._stubs import Stubs
 from ._tls import TLS, resolve
@@ -71,6 +71,8 @@ class Client:
             then carry no ``authorization`` entry), works over plaintext too (e.g. behind a
             TLS-terminating proxy), and never appears in a ``repr`` or an error message.
             Printable ASCII only: a newline or control character is a ``ValueError``.
+        application: on a Ray Serve endpoint serving several backbones, the application to
+            call (sent as ``application`` metadata with every call); ``None``: the only one.
 
     Calls raise a :class:`~headserve.client.HeadserveError` subclass on failure.
     """
@@ -86,7 +88,9 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         tls: TLS | bool | None = None,
         token: str | None = None,
+        application: str | None = None,
     ) -> None:
+        metadata = with_application(metadata, application)
         self._settings = Settings.create(timeout, max_retries, metadata, token)
         security = resolve(tls)
         if channel is not None and (options or security is not None):
@@ -461,7 +465,11 @@ class Client:
                 time.sleep(delay)
                 attempt += 1
             else:
-                return with_request_id(convert(response), request_id_in(call.initial_metadata()))
+                # in the initial metadata; behind Ray Serve's proxy, in the trailing metadata
+                request_id = request_id_in(call.initial_metadata()) or request_id_in(
+                    call.trailing_metadata()
+                )
+                return with_request_id(convert(response), request_id)
 
     def _stream(
         self,

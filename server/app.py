@@ -8,11 +8,13 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -71,6 +73,43 @@ SERVICES: dict[str, str | None] = {
     heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name: GENERIC,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name: None,
 }
+
+
+# Each headserve.v1 service: its descriptor, its servicer and how that joins a gRPC server.
+# The standalone server and the Ray Serve replicas (ray_serve.py) serve the same servicers.
+SERVICERS: tuple[tuple[ServiceDescriptor, Callable[[ServerState], Any], Callable[..., None]], ...]
+SERVICERS = (
+    (
+        encoder_pb2.DESCRIPTOR.services_by_name["Encoder"],
+        EncoderServicer,
+        encoder_pb2_grpc.add_EncoderServicer_to_server,
+    ),
+    (
+        token_predictor_pb2.DESCRIPTOR.services_by_name["TokenPredictor"],
+        TokenPredictorServicer,
+        token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server,
+    ),
+    (
+        classifier_pb2.DESCRIPTOR.services_by_name["Classifier"],
+        ClassifierServicer,
+        classifier_pb2_grpc.add_ClassifierServicer_to_server,
+    ),
+    (
+        question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"],
+        QuestionAnswererServicer,
+        question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server,
+    ),
+    (
+        heads_pb2.DESCRIPTOR.services_by_name["Heads"],
+        HeadsServicer,
+        heads_pb2_grpc.add_HeadsServicer_to_server,
+    ),
+    (
+        models_pb2.DESCRIPTOR.services_by_name["Models"],
+        ModelsServicer,
+        models_pb2_grpc.add_ModelsServicer_to_server,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -234,16 +273,8 @@ async def create_server(
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
         interceptors=interceptors,
     )
-    encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(state), server)
-    token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server(
-        TokenPredictorServicer(state), server
-    )
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(state), server)
-    question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server(
-        QuestionAnswererServicer(state), server
-    )
-    heads_pb2_grpc.add_HeadsServicer_to_server(HeadsServicer(state), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(state), server)
+    for _, servicer, add_to in SERVICERS:
+        add_to(servicer(state), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in (*SERVICES, ""):

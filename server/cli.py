@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         "where it is installed)",
     )
 
+    sub.add_parser(
+        "ray-config",
+        help="print a Ray Serve config file serving `serve`'s options (docs/scaling.md); "
+        "`headserve ray-config --help` lists its own",
+        add_help=False,
+    )
+
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
     model_args(info)
 
@@ -374,7 +382,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def serve_settings(argv: Sequence[str]) -> Settings:
+    """The Settings `headserve serve ARGV...` would run with (a Ray Serve replica's too)."""
+    return _settings(_parser().parse_args(["serve", *argv]))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ray-config"]:  # its own options, then `serve`'s: parsed by ray_config.py
+        _ray_config(argv[1:])
+        return
     args = _parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     if args.command == "heads":
@@ -406,6 +423,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except StartupError as exc:
         # One line that says why, and no traceback: the configuration is wrong, not the code.
         logging.getLogger("headserve").critical("cannot start: %s", exc)
+        raise SystemExit(1) from None
+
+
+def _ray_config(argv: Sequence[str]) -> None:
+    from .ray_config import main as print_config
+
+    logs.configure("WARNING", "text")
+    try:
+        print_config(argv)
+    except (ConfigError, SecurityError, ValueError, OSError) as exc:
+        logging.getLogger("headserve").critical("cannot write the config: %s", exc)
         raise SystemExit(1) from None
 
 

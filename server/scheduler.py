@@ -177,6 +177,10 @@ class Scheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def started(self) -> bool:
+        return self._started is not None
+
     # --- the servicers' side ------------------------------------------------------------------
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn, Protocol
 
 import grpc
 from google.protobuf import any_pb2
@@ -86,6 +87,12 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=exc.message, details=details)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+class Abortable(Protocol):
+    """What `abort` needs of a call's context: grpc.aio's, or the Ray Serve adapter's."""
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn: ...
+
+
+async def abort(context: Abortable, exc: BaseException) -> None:
     """End a unary call with the status for `exc` (raises, as context.abort does)."""
     await context.abort_with_status(rpc_status.to_status(to_status(exc)))

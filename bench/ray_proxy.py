@@ -1,0 +1,128 @@
+"""Encode through Ray Serve's gRPC proxy against the standalone server, interleaved.
+
+    .venv/bin/python bench/ray_proxy.py [--callers 64] [--rounds 3] [--seconds 12] [--replicas 1 2]
+
+Starts a local Ray (every core) with Serve's gRPC proxy and deploys the packaged model as one
+application (headserve.server.ray_serve, default serve options), once per replica count. Each
+round then loads the standalone `headserve serve` (a subprocess) and the Ray application in
+turn, alternating the order, with bench/load.py (one sentence per call, closed loop). Ray's
+processes stay up (idle) while the standalone server is measured. Reported: sentences/s, p50
+and p99, Ray / standalone per round and the median; everything to bench/results/ray_proxy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+
+from throughput import HEADSERVE, load, start, stop
+
+HERE = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def standalone(seconds: float, callers: int) -> dict:
+    server, target = start(
+        [HEADSERVE, "serve", "--port", "0", "--allow-untrained"], r"serving on port (\d+)"
+    )
+    try:
+        load(target, 2.0, "--concurrency", str(callers))  # warm-up, not counted
+        return load(target, seconds, "--concurrency", str(callers))
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "ray_proxy.json")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from headserve.server import ray_serve
+    from headserve.server.cli import serve_settings
+
+    cores = len(os.sched_getaffinity(0))
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    results = []
+    try:
+        serve.start(
+            grpc_options=gRPCOptions(
+                port=port, grpc_servicer_functions=ray_serve.servicer_functions()
+            ),
+            http_options={"port": _free_port()},
+        )
+        for replicas in args.replicas:
+            serve.delete("headserve")  # the previous count's replicas hold the CPUs it asks for
+            started = time.perf_counter()
+            app = ray_serve.application(
+                serve_settings(["--allow-untrained"]),
+                num_replicas=replicas,
+                max_ongoing_requests=256,
+                ray_actor_options={"num_cpus": cores / replicas},
+            )
+            serve.run(app, name="headserve", route_prefix="/headserve")
+            deployed = time.perf_counter() - started
+            through_ray = ("--concurrency", str(args.callers), "--application", "headserve")
+            load(target, 2.0, *through_ray)  # warm-up, not counted
+            for n in range(args.rounds):
+                order = ("standalone", "ray") if n % 2 == 0 else ("ray", "standalone")
+                runs = {
+                    side: standalone(args.seconds, args.callers)
+                    if side == "standalone"
+                    else load(target, args.seconds, *through_ray)
+                    for side in order
+                }
+                results.append(
+                    {"replicas": replicas, "order": order, "deployed_s": deployed, **runs}
+                )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    args.json.parent.mkdir(exist_ok=True)
+    args.json.write_text(json.dumps({"callers": args.callers, "rounds": results}, indent=2) + "\n")
+    print(f"Encode, {args.callers} callers, {cores} cores\n")
+    print(
+        "| replicas | order | standalone sent/s (p50 / p99 ms) | Ray sent/s (p50 / p99 ms) | Ray / standalone |"
+    )
+    print("|---|---|---|---|---|")
+    for r in results:
+        a, b = r["standalone"], r["ray"]
+        print(
+            f"| {r['replicas']} | {' then '.join(r['order'])} | {a['sentences_s']:.1f} "
+            f"({a['p50_ms']:.0f} / {a['p99_ms']:.0f}) | {b['sentences_s']:.1f} "
+            f"({b['p50_ms']:.0f} / {b['p99_ms']:.0f}) | {b['sentences_s'] / a['sentences_s']:.2f} |"
+        )
+    for replicas in args.replicas:
+        ratios = [
+            r["ray"]["sentences_s"] / r["standalone"]["sentences_s"]
+            for r in results
+            if r["replicas"] == replicas
+        ]
+        errors = sum(r["ray"].get("errors", 0) for r in results if r["replicas"] == replicas)
+        print(
+            f"\n{replicas} replica(s): Ray / standalone, median of {len(ratios)} rounds: "
+            f"{statistics.median(ratios):.2f}; failed calls through Ray: {errors}"
+        )
+
+
+if __name__ == "__main__":
+    main()

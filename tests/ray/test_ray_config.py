@@ -1,0 +1,109 @@
+"""`headserve ray-config`: a Ray Serve config file that Serve accepts, that carries the options of
+`headserve serve` to the replicas, and that `serve run` serves (two backbones, one port)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from headserve.client import Client
+from headserve.server.cli import serve_settings
+from headserve.server.ray_config import config
+
+BIN = Path(sys.executable).parent
+
+
+def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    en = [str(bert.backbone), "--head", f"sentiment=classify:{bert.classify}", "--max-wait-ms", "2"]
+    other = ["--max-batch-items", "16", "--allow-untrained"]
+    written = config(
+        ["--replicas", "3", "--replica-cpus", "0.5", "--app", "en", *en, "--app", "other", *other]
+    )
+    schema = ServeDeploySchema.parse_obj(written)  # Serve's own validation of the file
+    assert schema.grpc_options.port == 9000
+    assert [a.name for a in schema.applications] == ["en", "other"]
+    for app, serve_args in zip(schema.applications, (en, other), strict=True):
+        assert app.route_prefix == f"/{app.name}"
+        assert app.import_path == "headserve.server.ray_serve:build"
+        # the replicas get exactly what `headserve serve` would run with
+        assert serve_settings(app.args["serve"]) == serve_settings(serve_args)
+        (deployment,) = app.deployments
+        assert deployment.num_replicas == 3 and deployment.max_ongoing_requests == 256
+        assert deployment.ray_actor_options.num_cpus == 0.5
+    assert serve_settings(written["applications"][0]["args"]["serve"]).limits.max_wait_ms == 2
+
+    scaled = config(["--autoscale", "1:4", "--app", "en", *en])
+    (deployment,) = ServeDeploySchema.parse_obj(scaled).applications[0].deployments
+    assert deployment.autoscaling_config["max_replicas"] == 4
+
+    refused = subprocess.run(
+        [
+            str(BIN / "headserve"),
+            "ray-config",
+            "--app",
+            "x",
+            "--tls-cert",
+            "a.pem",
+            "--tls-key",
+            "b",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1 and "serves no TLS" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_serve_run_serves_the_written_config(families, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    args = ["--grpc-port", str(port), "--replica-cpus", "0.5"]
+    for name, arch in (("en", "bert"), ("other", "roberta")):
+        args += ["--app", name, str(families[arch].backbone), "--head", "encode=encode"]
+    made = subprocess.run(
+        [str(BIN / "headserve"), "ray-config", *args], capture_output=True, text=True, check=True
+    )
+    path = tmp_path / "serve.yaml"
+    path.write_text(made.stdout)
+    assert yaml.safe_load(path.read_text())["grpc_options"]["port"] == port
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [str(BIN / "serve"), "run", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        deadline = time.monotonic() + 150
+        types = {}
+        while len(types) < 2:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            for name in ("en", "other"):
+                try:
+                    with Client(f"127.0.0.1:{port}", application=name, timeout=5) as client:
+                        types[name] = client.model_info().backbone.model_type
+                        assert len(client.encode(["served by Ray"])) == 1
+                except Exception:  # not up yet: the proxy or the application is starting
+                    time.sleep(1)
+        assert types == {"en": "bert", "other": "roberta"}
+    finally:
+        proc.send_signal(signal.SIGINT)  # `serve run` shuts Serve and its own Ray down
+        try:
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            log.close()

@@ -1,0 +1,195 @@
+"""headserve on Ray Serve: a local Ray (2 CPUs) started and stopped here, two applications (two
+backbones) behind one gRPC proxy port, called with the typed client through the proxy: every
+RPC, the same answers and the same error details as the standalone server, routing by
+application, and bearer tokens checked in the replica."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from serving import ServerThread
+
+from headserve.client import (
+    AsyncClient,
+    Batch,
+    Client,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+from headserve.plugins.contract import HeadSpec
+from headserve.server import ray_serve
+from headserve.server.app import Settings
+from headserve.server.scheduler import Limits
+from headserve.server.security import Security
+
+TOKEN = "a-token-of-at-least-16-chars"
+TEXTS = ["Alice works in Paris.", "The quick brown fox jumps over the lazy dog."]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    target: str
+    settings: dict[str, Settings]  # per application
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _settings(family, **kwargs) -> Settings:  # type: ignore[no-untyped-def]
+    heads = (
+        HeadSpec("encode", "encode", None, {"pooling": "cls"}),
+        HeadSpec("mlm", "mlm", family.mlm),
+        HeadSpec("classify", "classify", family.classify),
+        HeadSpec("qa", "qa", family.qa),
+        HeadSpec("ner", "token_classification", family.ner),
+        HeadSpec("raw", "classify", family.backbone),  # no classifier weights: untrained
+    )
+    return Settings(
+        model_dir=family.backbone,
+        heads=heads,
+        device="cpu",
+        limits=Limits(workers=1),
+        threads=1,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    port = _free_port()
+    settings = {
+        "en": _settings(families["bert"]),
+        "other": _settings(families["roberta"], security=Security(tokens=(TOKEN,))),
+    }
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(
+            grpc_options=gRPCOptions(
+                port=port, grpc_servicer_functions=ray_serve.servicer_functions()
+            ),
+            http_options={"port": _free_port()},
+        )
+        for name, replicas in (("en", 2), ("other", 1)):
+            app = ray_serve.application(
+                settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}
+            )
+            serve.run(app, name=name, route_prefix=f"/{name}")
+        yield Endpoint(f"127.0.0.1:{port}", settings)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_every_rpc_answers_through_the_proxy_as_the_standalone_server_does(
+    endpoint: Endpoint,
+) -> None:
+    standalone = ServerThread(endpoint.settings["en"])
+    try:
+        with (
+            Client(endpoint.target, application="en") as ray_client,
+            Client(standalone.target) as local,
+        ):
+            for client in (ray_client, local):
+                assert client.model_info().backbone.model_type == "bert"
+            got, want = ray_client.encode(TEXTS), local.encode(TEXTS)
+            np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+            assert got.request_id is not None  # sent back in the trailing metadata
+            masked = [t.replace("Paris", "[MASK]") for t in TEXTS[:1]]
+            got_mlm, want_mlm = ray_client.predict_tokens(masked), local.predict_tokens(masked)
+            assert [c.token for c in got_mlm[0].masks[0].candidates] == [
+                c.token for c in want_mlm[0].masks[0].candidates
+            ]
+            got_cls, want_cls = ray_client.classify(TEXTS), local.classify(TEXTS)
+            assert [c.heads[0].top for c in got_cls] == [c.heads[0].top for c in want_cls]
+            question = [("Where does Alice work?", TEXTS[0])]
+            got_qa, want_qa = ray_client.answer_question(question), local.answer_question(question)
+            assert got_qa[0].best == want_qa[0].best
+            got_ner, want_ner = ray_client.run("ner", TEXTS), local.run("ner", TEXTS)
+            assert [o.fields for o in got_ner] == [o.fields for o in want_ner]
+            got_tok, want_tok = ray_client.tokenize(TEXTS), local.tokenize(TEXTS)
+            assert [t.ids for t in got_tok] == [t.ids for t in want_tok]
+            for stream in (
+                ray_client.encode_stream,
+                ray_client.classify_stream,
+                lambda batches: ray_client.run_stream(batches, head="ner"),
+            ):
+                results = list(stream([Batch([t], id=str(i)) for i, t in enumerate(TEXTS)]))
+                assert [r.id for r in results] == ["0", "1"]
+                assert all(r.error is None for r in results)
+            outcomes = list(ray_client.predict_tokens_stream([Batch(masked, id="m")]))
+            assert outcomes[0].error is None
+            outcomes = list(ray_client.answer_question_stream([Batch(question, id="q")]))
+            assert outcomes[0].result is not None and outcomes[0].result[0].best == want_qa[0].best
+    finally:
+        standalone.stop()
+
+
+def test_a_bad_request_mid_stream_fails_alone_with_its_details(endpoint: Endpoint) -> None:
+    batches = [Batch(["fine"], id="a"), Batch(["ok", "   "], id="b"), Batch(["after"], id="c")]
+    with Client(endpoint.target, application="en") as client:
+        results = list(client.encode_stream(batches))
+    assert [r.id for r in results] == ["a", "b", "c"]
+    assert results[0].error is None and results[2].error is None
+    error = results[1].error
+    assert isinstance(error, InvalidArgumentError)
+    assert (error.field, error.item, error.reason) == ("items[1].text", 1, "INVALID_ARGUMENT")
+
+
+def test_errors_keep_their_code_and_details_through_the_proxy(endpoint: Endpoint) -> None:
+    with Client(endpoint.target, application="en", max_retries=0) as client:
+        with pytest.raises(InvalidArgumentError) as bad:
+            client.encode(["fine", " "])
+        assert (bad.value.field, bad.value.item, bad.value.reason) == (
+            "items[1].text",
+            1,
+            "INVALID_ARGUMENT",
+        )
+        assert bad.value.request_id is not None
+        with pytest.raises(NotFoundError) as missing:
+            client.classify(TEXTS, heads="nope")
+        assert missing.value.reason == "HEAD_NOT_FOUND" and missing.value.metadata["head"] == "nope"
+        with pytest.raises(FailedPreconditionError) as untrained:
+            client.classify(TEXTS, heads="raw")
+        assert untrained.value.reason == "HEAD_NOT_USABLE"
+        assert "untrained" in untrained.value.message
+
+
+def test_the_application_metadata_picks_the_backbone(endpoint: Endpoint) -> None:
+    with Client(endpoint.target, application="other", token=TOKEN) as other:
+        assert other.model_info().backbone.model_type == "roberta"
+    with Client(endpoint.target, max_retries=0) as nameless:  # two applications: say which
+        with pytest.raises(NotFoundError, match="[Aa]pplication"):
+            nameless.encode(TEXTS)
+
+    async def main() -> str:
+        async with AsyncClient(endpoint.target, application="en") as client:
+            return (await client.model_info()).backbone.model_type
+
+    assert asyncio.run(main()) == "bert"
+
+
+def test_tokens_are_checked_in_the_replica(endpoint: Endpoint) -> None:
+    with Client(endpoint.target, application="other", max_retries=0) as anonymous:
+        with pytest.raises(UnauthenticatedError):
+            anonymous.encode(TEXTS)
+    with Client(endpoint.target, application="other", token="wrong-token-but-long-enough") as wrong:
+        with pytest.raises(UnauthenticatedError):
+            wrong.encode(TEXTS)
+    with Client(endpoint.target, application="other", token=TOKEN) as known:
+        assert len(known.encode(TEXTS)) == 2
