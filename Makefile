@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/refusal_floor.py
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/ray_proxy.py
+	$(BIN)/python bench/ray_autoscale.py
 
 # The packaged sentiment head of the default model (plugins/artifacts/minilm-sentiment),
 # trained by our own command on the VADER movie snippets: reproducible with the seed.

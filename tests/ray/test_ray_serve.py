@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -193,3 +196,71 @@ def test_tokens_are_checked_in_the_replica(endpoint: Endpoint) -> None:
             wrong.encode(TEXTS)
     with Client(endpoint.target, application="other", token=TOKEN) as known:
         assert len(known.encode(TEXTS)) == 2
+
+
+def _replica_pids(application: str) -> set[int]:
+    """The processes of an application's replicas (Ray names them ray::ServeReplica:APP:...)."""
+    mark = f"ray::ServeReplica:{application}:".encode()
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().startswith(mark):
+                        pids.add(int(entry))
+            except OSError:  # gone meanwhile
+                continue
+    return pids
+
+
+def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
+    endpoint: Endpoint,
+) -> None:
+    """Runs last: it kills the one replica of "other" (SIGKILL) under a stream and calls."""
+    (pid,) = _replica_pids("other")
+    sent: list[str] = []
+    answered: list[str] = []
+    stream_error: list[BaseException] = []
+    failed: list[BaseException] = []
+    killed = threading.Event()
+
+    def batches() -> Iterator[Batch[str]]:
+        for i in range(10_000):
+            if killed.is_set() and i > len(answered) + 50:
+                return  # the replica is gone: stop feeding a stream that cannot be answered
+            sent.append(str(i))
+            yield Batch([f"sentence {i}"], id=str(i))
+            if i % 10 == 0:
+                time.sleep(0.01)
+
+    def stream() -> None:
+        with Client(endpoint.target, application="other", token=TOKEN) as client:
+            try:
+                for result in client.encode_stream(batches()):
+                    if result.error is not None:  # a request's own error: not expected here
+                        failed.append(result.error)
+                    answered.append(result.id)
+            except Exception as exc:  # the stream's end, as the client sees it
+                stream_error.append(exc)
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    deadline = time.monotonic() + 60
+    while len(answered) < 20:
+        assert time.monotonic() < deadline and streaming.is_alive()
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    killed.set()
+    streaming.join(timeout=60)
+    assert not streaming.is_alive()
+    assert stream_error, "a stream on the killed replica must end with an error"
+    assert not failed
+    # nothing answered twice, nothing invented: the answers are the first ids sent, in order
+    assert answered == sent[: len(answered)]
+    # a unary call succeeds, through the client's retries while Serve replaces the replica
+    with Client(endpoint.target, application="other", token=TOKEN, max_retries=10) as client:
+        assert len(client.encode(TEXTS, timeout=120)) == 2
+    deadline = time.monotonic() + 60
+    while not _replica_pids("other") - {pid}:
+        assert time.monotonic() < deadline, "Serve did not bring the replica back"
+        time.sleep(0.5)
