@@ -208,7 +208,9 @@ class Scheduler:
 
     def refuse_if_full(self, rows: int) -> None:
         """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
-        so that refusing a call under overload costs next to nothing."""
+        so that refusing a call under overload costs next to nothing. A call that could never
+        fit is InvalidArgument: retrying it would be hopeless."""
+        self._check_fits(rows)
         if not self._has_room(rows):
             self.metrics.refused.inc()
             raise Overloaded(
@@ -224,16 +226,10 @@ class Scheduler:
         `deadline` is on the clock; rows still queued then fail with DeadlineExceeded."""
         if self._started is None:
             raise RuntimeError("the scheduler is not started")
-        if len(work) > self.limits.max_queue_items:
-            raise InvalidArgument(
-                "items",
-                f"needs {len(work)} rows, more than the queue holds "
-                f"({self.limits.max_queue_items}); "
-                "split the request",
-            )
         if not wait_for_room:
             self.refuse_if_full(len(work))
         else:
+            self._check_fits(len(work))
             await self._wait_for_room(len(work))
         loop = asyncio.get_running_loop()
         now = self.clock.now()
@@ -266,6 +262,14 @@ class Scheduler:
         )
         inference = sum(b.ended - b.started for b in batches) * 1e3
         return list(outputs), Stats((started - now) * 1e3, inference, now, tuple(batches))
+
+    def _check_fits(self, rows: int) -> None:
+        if rows > self.limits.max_queue_items:
+            raise InvalidArgument(
+                "items",
+                f"needs {rows} rows, more than the queue holds ({self.limits.max_queue_items}); "
+                "split the request",
+            )
 
     def _has_room(self, n: int) -> bool:
         return self.queued + n <= self.limits.max_queue_items

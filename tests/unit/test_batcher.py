@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from batching import HEAD, FakeClock, FakeRunner, HeldWorkers, NamedHead, idle, rows, until
 
-from headserve.server.errors import DeadlineExceeded, HeadFailed, Overloaded
+from headserve.server.errors import DeadlineExceeded, HeadFailed, InvalidArgument, Overloaded
 from headserve.server.scheduler import IDLE_TRIM_SECONDS, TRIM_AFTER_BATCHES, Limits, Scheduler
 
 MS = 1e-3
@@ -170,6 +170,24 @@ def test_a_call_past_its_deadline_leaves_the_queue_when_it_passes() -> None:
     b = run(Limits(max_wait_ms=0), test)
     assert b.runner.rows_seen == 2
     assert b.metric("headserve_rows_dropped_total", reason="deadline") == 5
+
+
+def test_a_call_that_can_never_fit_is_invalid_not_overloaded() -> None:
+    """More rows than the whole queue holds: no retry can help, so not RESOURCE_EXHAUSTED."""
+
+    async def test(b: Bench) -> None:
+        for check in (
+            lambda: b.scheduler.refuse_if_full(5),  # what the core asks before tokenizing
+            lambda: b.scheduler.submit(rows(1, 1, 1, 1, 1)),
+            lambda: b.scheduler.submit(rows(1, 1, 1, 1, 1), wait_for_room=True),
+        ):
+            with pytest.raises(InvalidArgument, match=r"needs 5 rows, more than the queue"):
+                result = check()
+                if asyncio.iscoroutine(result):
+                    await result
+        assert b.metric("headserve_calls_refused_total") == 0
+
+    run(Limits(max_queue_items=4), test)
 
 
 def test_a_stream_waits_for_room_instead_of_being_refused() -> None:
