@@ -25,6 +25,7 @@ from headserve.client import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     UnauthenticatedError,
 )
 from headserve.plugins.contract import HeadSpec
@@ -79,6 +80,14 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     settings = {
         "en": _settings(families["bert"]),
         "other": _settings(families["roberta"], security=Security(tokens=(TOKEN,))),
+        # the packaged MiniLM on one thread, one worker, a queue of one full batch: a batch
+        # of 64 long rows keeps the model busy for a second or more (see the overload test)
+        "mini": Settings(
+            heads=(HeadSpec("encode", "encode"),),
+            device="cpu",
+            threads=1,
+            limits=Limits(workers=1, max_queue_items=64, max_batch_items=64),
+        ),
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -88,7 +97,7 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
             ),
             http_options={"port": _free_port()},
         )
-        for name, replicas in (("en", 2), ("other", 1)):
+        for name, replicas in (("en", 2), ("other", 1), ("mini", 1)):
             app = ray_serve.application(
                 settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}
             )
@@ -185,6 +194,37 @@ def test_the_application_metadata_picks_the_backbone(endpoint: Endpoint) -> None
             return (await client.model_info()).backbone.model_type
 
     assert asyncio.run(main()) == "bert"
+
+
+def test_overload_keeps_its_code_and_reason_through_the_proxy(endpoint: Endpoint) -> None:
+    """On "mini": call A's 64 long rows fill one batch and keep the model busy (about 3 s on
+    one thread here); call B's 64 rows then fill the queue; call C, sent 0.6 s after A, finds
+    no room: RESOURCE_EXHAUSTED with reason OVERLOADED, as the standalone server answers it."""
+    long_text = " ".join(["the model reads every one of these words"] * 14)  # ~115 tokens
+
+    async def main() -> BaseException | None:
+        async with AsyncClient(endpoint.target, application="mini", max_retries=0) as client:
+            await client.encode(["warm up"])
+            # distinct rows: identical ones would be computed once
+            first = asyncio.ensure_future(client.encode([f"{i} {long_text}" for i in range(64)]))
+            await asyncio.sleep(0.3)  # A is on the model
+            second = asyncio.ensure_future(client.encode([f"{long_text} {i}" for i in range(64)]))
+            await asyncio.sleep(0.3)  # B waits in the (now full) queue
+            try:
+                await client.encode(["one more call"])
+            except ResourceExhaustedError as exc:
+                refused: BaseException | None = exc
+            else:
+                refused = None
+            a, b = await asyncio.gather(first, second)  # A and B themselves are answered
+            assert len(a) == len(b) == 64
+            assert b.timing.queue_ms > 300  # B really waited in the queue meanwhile
+            return refused
+
+    refused = asyncio.run(main())
+    assert isinstance(refused, ResourceExhaustedError), "C was not refused"
+    assert refused.reason == "OVERLOADED" and "queue full" in refused.message
+    assert refused.request_id is not None
 
 
 def test_tokens_are_checked_in_the_replica(endpoint: Endpoint) -> None:
