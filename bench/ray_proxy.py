@@ -1,12 +1,15 @@
 """Encode through Ray Serve's gRPC proxy against the standalone server, interleaved.
 
     .venv/bin/python bench/ray_proxy.py [--callers 64] [--rounds 3] [--seconds 12] [--replicas 1 2]
+    .venv/bin/python bench/ray_proxy.py --direct-ingress --replicas 1
 
 Starts a local Ray (every core) with Serve's gRPC proxy and deploys the packaged model as one
 application (headserve.server.ray_serve, default serve options), once per replica count. Each
 round then loads the standalone `headserve serve` (a subprocess) and the Ray application in
 turn, alternating the order, with bench/load.py (one sentence per call, closed loop). Ray's
-processes stay up (idle) while the standalone server is measured. Reported: sentences/s, p50
+processes stay up (idle) while the standalone server is measured. --direct-ingress calls the
+replica's own gRPC port instead of the proxy (RAY_SERVE_ENABLE_DIRECT_INGRESS=1; one
+replica, whose port is the one listening from 40000 up). Reported: sentences/s, p50
 and p99, Ray / standalone per round and the median; everything to bench/results/ray_proxy.json.
 """
 
@@ -31,6 +34,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _direct_port(first: int = 40000, last: int = 41000) -> int:
+    """The replica's direct-ingress gRPC port: Serve picks the first free one from 40000."""
+    for port in range(first, last):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return port
+    raise RuntimeError("no replica listens for direct ingress")
+
+
 def standalone(seconds: float, callers: int) -> dict:
     server, target = start(
         [HEADSERVE, "serve", "--port", "0", "--allow-untrained"], r"serving on port (\d+)"
@@ -48,9 +60,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--direct-ingress", action="store_true", help="the replica's own port")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "ray_proxy.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.direct_ingress:  # before Ray starts: its processes read it
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -81,7 +97,11 @@ def main() -> None:
             )
             serve.run(app, name="headserve", route_prefix="/headserve")
             deployed = time.perf_counter() - started
-            through_ray = ("--concurrency", str(args.callers), "--application", "headserve")
+            through_ray: tuple[str, ...] = ("--concurrency", str(args.callers))
+            if args.direct_ingress:
+                target = f"127.0.0.1:{_direct_port()}"
+            else:
+                through_ray += ("--application", "headserve")
             load(target, 2.0, *through_ray)  # warm-up, not counted
             for n in range(args.rounds):
                 order = ("standalone", "ray") if n % 2 == 0 else ("ray", "standalone")
@@ -99,7 +119,8 @@ def main() -> None:
         ray.shutdown()
     args.json.parent.mkdir(exist_ok=True)
     args.json.write_text(json.dumps({"callers": args.callers, "rounds": results}, indent=2) + "\n")
-    print(f"Encode, {args.callers} callers, {cores} cores\n")
+    via = "direct ingress (the replica's own port)" if args.direct_ingress else "the proxy"
+    print(f"Encode, {args.callers} callers, {cores} cores; Ray through {via}\n")
     print(
         "| replicas | order | standalone sent/s (p50 / p99 ms) | Ray sent/s (p50 / p99 ms) | Ray / standalone |"
     )
