@@ -48,7 +48,6 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
 
     from headserve.server import ray_serve
     from headserve.server.cli import serve_settings
@@ -58,12 +57,7 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     timeline = []
     try:
-        serve.start(
-            grpc_options=gRPCOptions(
-                port=port, grpc_servicer_functions=ray_serve.servicer_functions()
-            ),
-            http_options={"port": _free_port()},
-        )
+        ray_serve.start(port, http_options={"port": _free_port()})
         app = ray_serve.application(
             serve_settings(["--allow-untrained"]),
             max_ongoing_requests=256,

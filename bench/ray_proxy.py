@@ -69,7 +69,6 @@ def main() -> None:
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
 
     from headserve.server import ray_serve
     from headserve.server.cli import serve_settings
@@ -80,12 +79,7 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     results = []
     try:
-        serve.start(
-            grpc_options=gRPCOptions(
-                port=port, grpc_servicer_functions=ray_serve.servicer_functions()
-            ),
-            http_options={"port": _free_port()},
-        )
+        ray_serve.start(port, http_options={"port": _free_port()})
         for replicas in args.replicas:
             serve.delete("headserve")  # the previous count's replicas hold the CPUs it asks for
             started = time.perf_counter()

@@ -25,8 +25,7 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
-from .call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
-from .errors import InvalidArgument
+from .call_info import REQUEST_ID_KEY, CallInfo, begin_call
 from .status import abort
 
 # what an aio server interceptor is handed: the next step, which finds a method's handler
@@ -129,20 +128,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def _start(self, rpc: str, context: grpc.aio.ServicerContext) -> CallInfo:
         """The call's id, set for everything it runs and sent back to the caller first."""
-        given = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_KEY and isinstance(value, str):
-                given = value
-        problem = check_request_id(given) if given else None
-        call = CallInfo(given if given and problem is None else new_request_id(), rpc)
-        CURRENT.set(call)
+        call, refused = begin_call(context.invocation_metadata(), rpc)
         if self._on_start is not None:
             self._on_start(call)
         await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
-        if problem is not None:
-            shown = repr(given if len(given) <= 40 else given[:40] + "...")
-            bad = InvalidArgument(f"metadata.{REQUEST_ID_KEY}", f"{shown} {problem}")
-            await abort(context, bad)
+        if refused is not None:
+            await abort(context, refused)
         return call
 
     def _unary(

@@ -32,14 +32,24 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from .app import SERVICERS, ServerState, Settings, build_core
-from .call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
-from .errors import InvalidArgument, Unauthenticated
+from .call_info import CURRENT, REQUEST_ID_KEY, begin_call
+from .errors import Unauthenticated
 from .security import DENIED, TokenAuth
 from .status import abort
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "headserve"  # the deployment's name in every application
+
+
+def start(port: int, **options: Any) -> None:
+    """Start Serve (on the Ray that `ray.init` joined) with its gRPC proxy on `port`, routing
+    every headserve.v1 service; `options` go to `serve.start` (http_options...)."""
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    grpc_options = gRPCOptions(port=port, grpc_servicer_functions=servicer_functions())
+    serve.start(grpc_options=grpc_options, **options)
 
 
 def servicer_functions() -> list[str]:
@@ -76,6 +86,7 @@ class _RayContext:
 @dataclass(frozen=True)
 class _Rpc:
     name: str
+    full_name: str  # "headserve.v1.Encoder/Encode", as the standalone server names it
     call: Callable[..., Any]  # the servicer's method
     streaming: bool
     reply: type[Message]  # the response type: an empty one carries an error status
@@ -88,6 +99,7 @@ def _rpcs(state: ServerState) -> dict[str, _Rpc]:
         for method in service.methods:
             rpcs[method.name] = _Rpc(
                 method.name,
+                f"{service.full_name}/{method.name}",
                 getattr(servicer, method.name),
                 method.client_streaming,
                 message_factory.GetMessageClass(method.output_type),
@@ -145,14 +157,10 @@ class HeadserveReplica:
         metadata = context.invocation_metadata()
         if self._auth is not None and not self._auth.allows(metadata):
             await abort(context, Unauthenticated(DENIED))
-        given = dict(metadata).get(REQUEST_ID_KEY, "")
-        problem = check_request_id(given) if given else None
-        request_id = given if given and problem is None else new_request_id()
-        CURRENT.set(CallInfo(request_id, name))
-        if problem is not None:
-            field = f"metadata.{REQUEST_ID_KEY}"
-            await abort(context, InvalidArgument(field, f"{given[:40]!r} {problem}"))
-        return request_id
+        call, refused = begin_call(metadata, self._rpcs[name].full_name)
+        if refused is not None:
+            await abort(context, refused)
+        return call.request_id
 
 
 def _unary_method(name: str) -> Callable[..., Any]:

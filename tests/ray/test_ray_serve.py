@@ -74,7 +74,6 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
 
     port = _free_port()
     settings = {
@@ -91,12 +90,7 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(
-            grpc_options=gRPCOptions(
-                port=port, grpc_servicer_functions=ray_serve.servicer_functions()
-            ),
-            http_options={"port": _free_port()},
-        )
+        ray_serve.start(port, http_options={"port": _free_port()})
         for name, replicas in (("en", 2), ("other", 1), ("mini", 1)):
             app = ray_serve.application(
                 settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}
