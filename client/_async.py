@@ -96,7 +96,7 @@ class AsyncClient:
 
     @property
     def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE or overload."""
+        """How often a unary call is retried on UNAVAILABLE, overload or a proxy's INTERNAL."""
         return self._settings.max_retries
 
     @property

@@ -1,14 +1,17 @@
 """When a failed unary call is tried again, and after how long.
 
 Only what may succeed a moment later is retried: UNAVAILABLE (the server is loading, stopping
-or unreachable) and RESOURCE_EXHAUSTED for overload (``ErrorInfo.reason`` ``OVERLOADED``, or
-gRPC's own concurrent-call cap, which sends no reason). A RESOURCE_EXHAUSTED with another
-reason is not: ``OUT_OF_MEMORY`` says one row does not fit on the device even alone, and a
-request over the message size limit stays over it. Every headserve method is a read, so a
-retry cannot do anything twice. The delay doubles per attempt, is capped, and is jittered so
-clients that failed together do not come back together; a ``RetryInfo`` from the server raises
-it. Retries never run past the call's deadline. Streams are never retried: their batches may
-already have been answered.
+or unreachable), RESOURCE_EXHAUSTED for overload (``ErrorInfo.reason`` ``OVERLOADED``, or
+gRPC's own concurrent-call cap, which sends no reason), and an INTERNAL that headserve did not
+send. A RESOURCE_EXHAUSTED with another reason is not: ``OUT_OF_MEMORY`` says one row does not
+fit on the device even alone, and a request over the message size limit stays over it.
+headserve's own INTERNAL always carries its ``ErrorInfo`` and is a bug, so it is not retried;
+one without it comes from a proxy in front of headserve whose backend failed under the call:
+Ray Serve's proxy answers so when the replica running the call dies. Every headserve method is
+a read, so a retry cannot do anything twice. The delay doubles per attempt, is capped, and is
+jittered so clients that failed together do not come back together; a ``RetryInfo`` from the
+server raises it. Retries never run past the call's deadline. Streams are never retried: their
+batches may already have been answered.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ __all__ = [
     "retry_delay",
 ]
 
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+)
 OVERLOADED = "OVERLOADED"
 INITIAL_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 4.0
@@ -45,8 +50,10 @@ def may_succeed_later(error: HeadserveError) -> bool:
     """Whether the same call, sent again, may succeed: the server was busy or unreachable."""
     if error.code not in RETRYABLE_CODES:
         return False
-    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if error.code == grpc.StatusCode.UNAVAILABLE:
         return True
+    if error.code == grpc.StatusCode.INTERNAL:
+        return not error.reason  # not headserve's: a proxy lost the replica under the call
     if error.reason:
         return error.reason == OVERLOADED
     # No headserve reason: gRPC refused it itself. Its concurrent-call cap is overload; a

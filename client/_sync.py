@@ -56,7 +56,8 @@ class Client:
         target: ``host:port`` of the server (ignored when ``channel`` is given).
         timeout: seconds a unary call may take, retries included; ``None``: no limit.
             Streams take no deadline unless a call passes one.
-        max_retries: how often a unary call is retried on UNAVAILABLE or overload,
+        max_retries: how often a unary call is retried on UNAVAILABLE, on overload, or on
+            an INTERNAL that a proxy sent (not headserve: its replica died under the call),
             with capped exponential backoff and jitter. Streams are never retried, nor is
             any other failure (UNAUTHENTICATED and PERMISSION_DENIED included).
         channel: a ``grpc.Channel`` to use (e.g. one with other credentials); it is closed by
@@ -116,7 +117,7 @@ class Client:
 
     @property
     def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE or overload."""
+        """How often a unary call is retried on UNAVAILABLE, overload or a proxy's INTERNAL."""
         return self._settings.max_retries
 
     @property

@@ -28,6 +28,7 @@ from headserve.client import (
     ResourceExhaustedError,
     UnauthenticatedError,
 )
+from headserve.client._retry import retry_delay
 from headserve.plugins.contract import HeadSpec
 from headserve.server import ray_serve
 from headserve.server.app import Settings
@@ -91,9 +92,11 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray_serve.start(port, http_options={"port": _free_port()})
-        for name, replicas in (("en", 2), ("other", 1), ("mini", 1)):
+        # two backbones with 2 replicas each at half a CPU fill the 2 CPUs; "mini", there
+        # for the overload test only, asks for no CPU so that it fits beside them
+        for name, replicas, cpus in (("en", 2, 0.5), ("other", 2, 0.5), ("mini", 1, 0)):
             app = ray_serve.application(
-                settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}
+                settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": cpus}
             )
             serve.run(app, name=name, route_prefix=f"/{name}")
         yield Endpoint(f"127.0.0.1:{port}", settings)
@@ -247,19 +250,48 @@ def _replica_pids(application: str) -> set[int]:
     return pids
 
 
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _busiest(pids: set[int], seconds: float) -> int:
+    """The process that used the most CPU over the next ``seconds``."""
+    before = {pid: _cpu_ticks(pid) for pid in pids}
+    time.sleep(seconds)
+    return max(pids, key=lambda pid: _cpu_ticks(pid) - before[pid])
+
+
 def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
-    endpoint: Endpoint,
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Runs last: it kills the one replica of "other" (SIGKILL) under a stream and calls."""
-    (pid,) = _replica_pids("other")
+    """Runs last. A stream runs on one of the two replicas of "other" while four callers send
+    unary calls to both; the stream's replica is killed (SIGKILL). The stream ends with an
+    error after answering only ids it was sent; every unary call succeeds, those caught on
+    the dead replica through the client's retry (Ray's proxy answers them INTERNAL, without
+    headserve's details); Serve starts a new replica."""
+    pids = _replica_pids("other")
+    assert len(pids) == 2
+    retried: list[BaseException] = []
+
+    def counted_retry_delay(error, attempt, max_retries, deadline):  # type: ignore[no-untyped-def]
+        delay = retry_delay(error, attempt, max_retries, deadline)
+        if delay is not None:
+            retried.append(error)
+        return delay
+
+    monkeypatch.setattr("headserve.client._sync.retry_delay", counted_retry_delay)
     sent: list[str] = []
     answered: list[str] = []
     stream_error: list[BaseException] = []
     failed: list[BaseException] = []
-    killed = threading.Event()
+    unary_errors: list[BaseException] = []
+    unary_done = [0]
+    killed, stop = threading.Event(), threading.Event()
 
     def batches() -> Iterator[Batch[str]]:
-        for i in range(10_000):
+        for i in range(100_000):
             if killed.is_set() and i > len(answered) + 50:
                 return  # the replica is gone: stop feeding a stream that cannot be answered
             sent.append(str(i))
@@ -277,24 +309,46 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
             except Exception as exc:  # the stream's end, as the client sees it
                 stream_error.append(exc)
 
+    def caller(n: int) -> None:
+        with Client(endpoint.target, application="other", token=TOKEN, max_retries=10) as client:
+            while not stop.is_set():
+                try:
+                    rows = [f"caller {n} row {i} " * 3 for i in range(32)]
+                    assert len(client.encode(rows, timeout=120)) == 32
+                    unary_done[0] += 1
+                except Exception as exc:
+                    unary_errors.append(exc)
+
     streaming = threading.Thread(target=stream)
     streaming.start()
     deadline = time.monotonic() + 60
     while len(answered) < 20:
         assert time.monotonic() < deadline and streaming.is_alive()
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    victim = _busiest(pids, 1.0)  # the stream keeps its replica busy; the other one idles
+    callers = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for thread in callers:
+        thread.start()
+    time.sleep(1.0)
+    os.kill(victim, signal.SIGKILL)
     killed.set()
     streaming.join(timeout=60)
-    assert not streaming.is_alive()
+    time.sleep(3.0)  # calls go on while Serve notices the death and replaces the replica
+    stop.set()
+    for thread in callers:
+        thread.join(timeout=150)
+    assert not streaming.is_alive() and not any(t.is_alive() for t in callers)
     assert stream_error, "a stream on the killed replica must end with an error"
     assert not failed
     # nothing answered twice, nothing invented: the answers are the first ids sent, in order
     assert answered == sent[: len(answered)]
-    # a unary call succeeds, through the client's retries while Serve replaces the replica
-    with Client(endpoint.target, application="other", token=TOKEN, max_retries=10) as client:
-        assert len(client.encode(TEXTS, timeout=120)) == 2
+    assert not unary_errors, unary_errors
+    assert unary_done[0] > 4
+    # calls of 32 rows keep both replicas busy, so some are running on the one killed: Ray's
+    # proxy answers them INTERNAL without headserve's details, and the client retried them
+    assert retried, "no unary call was caught on the dead replica"
+    assert all(not e.reason for e in retried), retried  # none of headserve's own errors
     deadline = time.monotonic() + 60
-    while not _replica_pids("other") - {pid}:
+    while len(_replica_pids("other") - {victim}) < 2:
         assert time.monotonic() < deadline, "Serve did not bring the replica back"
         time.sleep(0.5)

@@ -673,6 +673,22 @@ def test_resource_exhausted_is_retried_only_when_it_is_overload(
     assert (_retry.retry_delay(error, 0, 2, None) is not None) is retried
 
 
+def test_internal_is_retried_only_when_headserve_did_not_send_it() -> None:
+    """headserve's own INTERNAL (a bug) carries its ErrorInfo; one without it comes from a proxy
+    whose replica died under the call (Ray Serve's proxy answers so) and may succeed again."""
+    died = errors.from_status(
+        status_pb2.Status(
+            code=13, message="The actor died unexpectedly before finishing this task."
+        )
+    )
+    info = pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain="headserve"))
+    bug = errors.from_status(
+        status_pb2.Status(code=13, message="internal error: KeyError('x')", details=[info])
+    )
+    assert _retry.may_succeed_later(died) and _retry.retry_delay(died, 0, 2, None) is not None
+    assert not _retry.may_succeed_later(bug) and _retry.retry_delay(bug, 0, 2, None) is None
+
+
 def test_backoff_grows_is_jittered_and_capped():
     for attempt in range(12):
         ceiling = min(_retry.MAX_BACKOFF_S, _retry.INITIAL_BACKOFF_S * 2**attempt)
