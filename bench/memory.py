@@ -234,7 +234,7 @@ def worker_headserve_steps() -> None:
     import torch
 
     from headserve.plugins.contract import HeadSpec, LoadContext
-    from headserve.server.backbone import Backbone, default_model_dir
+    from headserve.server.backbone import TextBackbone, default_model_dir
     from headserve.server.discovery import find_plugins, load_plugins
     from headserve.server.runner import Runner
 
@@ -247,7 +247,7 @@ def worker_headserve_steps() -> None:
         steps.append({"step": name, **values})
 
     step("imports (torch, transformers, headserve)")
-    backbone = Backbone.load(default_model_dir(), device="cpu")
+    backbone = TextBackbone.load(default_model_dir(), device="cpu")
     step("backbone loaded")
     plugins = {p.ref.name: p.plugin for p in load_plugins(find_plugins())[0]}
     heads = {}

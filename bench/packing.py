@@ -26,11 +26,11 @@ from data import sentences
 from headserve.plugins.contract import HeadSpec, Row
 from headserve.plugins.tasks import EncodeOptions, TextItem
 from headserve.server.app import Settings, build_core
-from headserve.server.backbone import Backbone
+from headserve.server.backbone import TextBackbone
 from headserve.server.packing import Computed
 from headserve.server.runner import Work
 
-LAYOUTS: dict[str, Callable[[Backbone], None]] = {
+LAYOUTS: dict[str, Callable[[TextBackbone], None]] = {
     "padded": lambda b: _use(b, b.run_padded),
     "packed, fixed": lambda b: _use(
         b, lambda rows: b.run_packed(rows, b.pack_tokens, balance=False)
@@ -39,7 +39,7 @@ LAYOUTS: dict[str, Callable[[Backbone], None]] = {
 }
 
 
-def _use(backbone: Backbone, run: Callable[[Sequence[Row]], Computed]) -> None:
+def _use(backbone: TextBackbone, run: Callable[[Sequence[Row]], Computed]) -> None:
     """The layout the runner's passes take: this benchmark's switch, kept out of the server."""
     backbone.run = run  # type: ignore[method-assign]
 

@@ -8,6 +8,7 @@ rest to the server.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -38,6 +39,7 @@ from .types import (
     HeadClassification,
     HeadInfo,
     HeadOutput,
+    ImageInputInfo,
     LabelScore,
     MaskPrediction,
     ModelInfo,
@@ -78,17 +80,25 @@ _POOLING: dict[str | None, encoder_pb2.Pooling.ValueType] = {
 
 
 def text_inputs(items: Sequence[TextItem]) -> list[common_pb2.TextInput]:
-    """``str`` -> ``TextInput(text)``, ``(text, pair)`` -> ``TextInput(text, text_pair)``."""
+    """``str`` -> ``TextInput(text)``, ``(text, pair)`` -> ``TextInput(text, text_pair)``,
+    ``bytes`` or a path -> ``TextInput(image=Image(data))`` (the file is read here)."""
     _check_sequence(items)
     inputs = []
     for index, item in enumerate(items):
         if isinstance(item, str):
             inputs.append(common_pb2.TextInput(text=item))
-        elif _is_str_pair(item):
-            inputs.append(common_pb2.TextInput(text=item[0], text_pair=item[1]))
+        elif isinstance(item, tuple) and _is_str_pair(item):
+            text, pair = item
+            inputs.append(common_pb2.TextInput(text=text, text_pair=pair))
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            inputs.append(common_pb2.TextInput(image=common_pb2.Image(data=bytes(item))))
+        elif isinstance(item, os.PathLike):
+            with open(item, "rb") as f:
+                inputs.append(common_pb2.TextInput(image=common_pb2.Image(data=f.read())))
         else:
             raise TypeError(
-                f"items[{index}]: expected a str or a (text, text_pair) tuple of str, got {item!r}"
+                f"items[{index}]: expected a str, a (text, text_pair) tuple of str, image "
+                f"bytes or an image's path, got {item!r}"
             )
     return inputs
 
@@ -239,7 +249,9 @@ def tokenize_request(
 def _check_sequence(items: object) -> None:
     # A str is a Sequence[str] to the type checker: catch it before it becomes one item a letter.
     if isinstance(items, (str, bytes)):
-        raise TypeError("items must be a sequence of items, not a single str; wrap it: [text]")
+        raise TypeError(
+            "items must be a sequence of items, not a single str or bytes; wrap it: [item]"
+        )
 
 
 def _is_str_pair(item: object) -> bool:
@@ -462,6 +474,17 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             parameters=b.parameters,
             mask_token=b.mask_token,
             load_seconds=b.load_seconds,
+            kind=b.kind,
+            modality=b.modality or "text",
+            image=ImageInputInfo(
+                height=b.image.height,
+                width=b.image.width,
+                preprocessing=b.image.preprocessing,
+                mean=tuple(b.image.mean),
+                std=tuple(b.image.std),
+            )
+            if b.HasField("image")
+            else None,
         ),
         heads=tuple(
             HeadInfo(
@@ -503,6 +526,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             max_message_bytes=message.limits.max_message_bytes,
             max_concurrent_calls=message.limits.max_concurrent_calls,
             max_streams=message.limits.max_streams,
+            max_image_pixels=message.limits.max_image_pixels,
         )
         if message.HasField("limits")
         else None,

@@ -9,6 +9,7 @@ identity: an array has no single truth value. Their arrays are read-only, like t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar
@@ -29,6 +30,7 @@ __all__ = [
     "EncodeResult",
     "HeadClassification",
     "HeadInfo",
+    "ImageInputInfo",
     "HeadOutput",
     "LabelScore",
     "MaskPrediction",
@@ -59,8 +61,10 @@ ItemT_co = TypeVar("ItemT_co", covariant=True)
 Pooling: TypeAlias = Literal["cls", "mean", "none"]
 """How ``encode`` pools token states: first token, mean over real tokens, or not at all."""
 
-TextItem: TypeAlias = str | tuple[str, str]
-"""One input of a text method: a text, or a ``(text, text_pair)`` pair."""
+TextItem: TypeAlias = str | tuple[str, str] | bytes | os.PathLike[str]
+"""One input of encode, classify, run...: a text, a ``(text, text_pair)`` pair, or, for a
+server whose backbone reads images, an image: its encoded bytes (PNG, JPEG, GIF, WebP, BMP)
+or the path of its file (a ``pathlib.Path``; a ``str`` is always text)."""
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -448,6 +452,24 @@ class BackboneInfo:
     mask_token: str
     """The token ``predict_tokens`` looks for, e.g. ``"[MASK]"``."""
     load_seconds: float
+    kind: str = ""
+    """The backbone kind that loaded it, e.g. ``"transformers-text"``, ``"efficientnet-lite"``."""
+    modality: str = "text"
+    """What an item must be: ``"text"`` or ``"image"``."""
+    image: ImageInputInfo | None = None
+    """An image backbone's input size and preprocessing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInputInfo:
+    """How an image backbone turns an encoded image into its input tensor."""
+
+    height: int
+    width: int
+    preprocessing: str
+    """The steps in order, e.g. ``"RGB, resize ..., center crop 224x224, ..."``."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,6 +572,8 @@ class RequestLimits:
     """Bytes of one request or response message."""
     max_concurrent_calls: int
     max_streams: int
+    max_image_pixels: int = 0
+    """Pixels of one decoded image item; a larger image is refused before it is decoded."""
 
 
 @dataclass(frozen=True, slots=True)

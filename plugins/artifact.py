@@ -154,11 +154,20 @@ def _fingerprint(folder: Path, keys: frozenset[str], prefix: str) -> str:
         with safe_open(str(path), framework="pt") as f:
             tensor = f.get_tensor(name)
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
 
 
 def backbone_fingerprint(source: Path, module: nn.Module) -> str:
-    """The fingerprint of a loaded backbone (`module`) read from its folder."""
-    keys = module.state_dict().keys()
-    return fingerprint(source, keys, getattr(module, "base_model_prefix", ""))
+    """The fingerprint of a loaded backbone (`module`): read from its folder's safetensors,
+    or, for a backbone that has none (a model loaded by name, e.g. efficientnet-lite0), of
+    its weights as loaded, in float32."""
+    if source.is_dir() and any(source.glob("*.safetensors")):
+        keys = module.state_dict().keys()
+        return fingerprint(source, keys, getattr(module, "base_model_prefix", ""))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().float().cpu().reshape(-1)
+        digest.update(f"{name}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()

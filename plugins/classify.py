@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
+from .image_heads import ImageClassifyHead, load_image_classifier
 from .task_model import load_task_model
 from .tasks import Classification, ClassifyOptions, TextItem
 from .text import encode_text
@@ -59,16 +60,16 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
         (probs,) = outputs
-        order = probs.argsort(descending=True).tolist()
-        if options.top_k:
-            order = order[: options.top_k]
-        labels = tuple((self.labels[i], float(probs[i])) for i in order)
-        return Classification(self.name, self.multi_label, labels)
+        return Classification.ranked(
+            self.name, self.multi_label, self.labels, probs.tolist(), options.top_k
+        )
 
 
 class ClassifyPlugin:
     task = "classify"
     contract_version = CONTRACT_VERSION
 
-    def load(self, context: LoadContext) -> ClassifyHead:
+    def load(self, context: LoadContext) -> ClassifyHead | ImageClassifyHead:
+        if context.backbone.modality == "image":
+            return load_image_classifier(context)
         return ClassifyHead(context)

@@ -27,6 +27,11 @@ returns an `Output`. docs/plugins.md is the guide.
 
 Version 1 of the contract is this module, `headserve.plugins.text`,
 `headserve.plugins.task_model` and `headserve.plugins.tasks.TextItem`.
+
+Backbones of other modalities (images) came later, additively: a row may carry `pixels`
+instead of token ids, `Features.pooled` holds the backbone's pooled output, and
+`BackboneView.modality` says which kind of item the backbone reads. A backbone kind is itself
+a plugin: `headserve.plugins.backbones` is its contract.
 """
 
 from __future__ import annotations
@@ -78,9 +83,37 @@ class HeadSpec:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+Modality = Literal["text", "image"]
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """An image row's input: the preprocessed tensor [channels, height, width] (float32), and
+    a key naming it (a digest of the image's bytes and the preprocessing): equal keys, equal
+    values. Rows with equal keys are computed once."""
+
+    key: str
+    values: np.ndarray = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LinearClassifier:
+    """A classifier that reads the pooled features: logits = pooled @ weight.T + bias."""
+
+    weight: torch.Tensor  # [labels, hidden]
+    bias: torch.Tensor  # [labels]
+    labels: tuple[str, ...]
+    multi_label: bool = False
+
+
 @dataclass(frozen=True)
 class BackboneView:
-    """What a head may know of the shared backbone (read only)."""
+    """What a head may know of the shared backbone (read only).
+
+    On an image backbone (`modality` "image") `tokenizer` is None, `max_length` is 1 (an image
+    is one row), and `classifier` is the checkpoint's own classifier, when it has one. The
+    server decodes and preprocesses an image item before a head sees it
+    (`tasks.ImageItem.pixels`)."""
 
     config: PretrainedConfig
     tokenizer: PreTrainedTokenizerFast
@@ -90,6 +123,16 @@ class BackboneView:
     source: Path
     module: torch.nn.Module  # to share (tie) weights, never to run
     allow_pickle: bool = False  # the operator allows pickle checkpoints (--allow-pickle)
+    modality: Modality = "text"
+    kind: str = "transformers-text"  # the backbone kind (entry point) that loaded it
+    classifier: LinearClassifier | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of a row's features; on an image backbone, of its pooled features (a CNN's
+        config lists one size per stage: the last is it)."""
+        sizes = getattr(self.config, "hidden_sizes", None)
+        return int(sizes[-1] if sizes else self.config.hidden_size)
 
 
 @dataclass(frozen=True)
@@ -104,11 +147,19 @@ class LoadContext:
 
 @dataclass(frozen=True)
 class Row:
-    """One backbone input row. `extra` is the head's own per-row data for `forward`."""
+    """One backbone input row. `extra` is the head's own per-row data for `forward`.
+
+    A text row has token ids; an image row has `pixels` (and no ids)."""
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
     extra: Any = None
+    pixels: Pixels | None = None
+
+    @property
+    def length(self) -> int:
+        """What the row costs a batch, in tokens: an image counts as one."""
+        return 1 if self.pixels is not None else len(self.input_ids)
 
 
 @dataclass(frozen=True)
@@ -123,9 +174,11 @@ class Prepared:
 class Features:
     """The shared backbone's outputs for one head's rows, padded to their longest row."""
 
-    hidden: torch.Tensor  # [rows, tokens, hidden_size]
+    hidden: torch.Tensor  # [rows, tokens, hidden_size]; an image's feature map: positions
     attention_mask: torch.Tensor  # [rows, tokens], 1 for real tokens
     input_ids: torch.Tensor  # [rows, tokens]
+    pooled: torch.Tensor | None = None  # image backbones: [rows, hidden_size], what the
+    # checkpoint's own classifier reads
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
+from .image_heads import ImageEncodeHead
 from .tasks import Embedding, EncodeOptions, TextItem
 from .text import encode_text
 
@@ -91,5 +92,7 @@ class EncodePlugin:
     task = "encode"
     contract_version = CONTRACT_VERSION
 
-    def load(self, context: LoadContext) -> EncodeHead:
+    def load(self, context: LoadContext) -> EncodeHead | ImageEncodeHead:
+        if context.backbone.modality == "image":
+            return ImageEncodeHead(context)
         return EncodeHead(context)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from .contract import CONTRACT_VERSION, Features, Head, InvalidInput, LoadContext, Prepared, Row
+from .image_heads import refuse_images
 from .task_model import load_task_model
 from .tasks import Candidate, MaskPrediction, PredictOptions, TextItem, TokenPrediction
 from .text import encode_text
@@ -88,4 +89,5 @@ class MaskedLMPlugin:
     contract_version = CONTRACT_VERSION
 
     def load(self, context: LoadContext) -> MaskedLMHead:
+        refuse_images(context, self.task)
         return MaskedLMHead(context)

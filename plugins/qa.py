@@ -22,6 +22,7 @@ from .contract import (
     Prepared,
     Row,
 )
+from .image_heads import refuse_images
 from .spans import Window, best_spans
 from .task_model import load_task_model
 from .tasks import QAItem, QAOptions, QuestionAnswer
@@ -125,4 +126,5 @@ class QuestionAnsweringPlugin:
     contract_version = CONTRACT_VERSION
 
     def load(self, context: LoadContext) -> QuestionAnsweringHead:
+        refuse_images(context, self.task)
         return QuestionAnsweringHead(context)

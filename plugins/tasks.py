@@ -6,12 +6,13 @@ never see protobuf. Options validate themselves and name the bad field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from .contract import InvalidInput
+from .contract import InvalidInput, Pixels
 
 Pooling = Literal["default", "cls", "mean", "none"]
 
@@ -20,6 +21,17 @@ Pooling = Literal["default", "cls", "mean", "none"]
 class TextItem:
     text: str
     text_pair: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """An encoded image (PNG, JPEG, GIF, WebP, BMP), for a backbone of modality "image".
+
+    The server decodes and preprocesses it before any head sees it: `pixels` is its row's
+    input, made once for every head of the call."""
+
+    data: bytes = field(repr=False)
+    pixels: Pixels | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,21 @@ class Classification:
     head: str
     multi_label: bool
     labels: tuple[tuple[str, float], ...]  # best first
+
+    @classmethod
+    def ranked(
+        cls,
+        head: str,
+        multi_label: bool,
+        names: Sequence[str],
+        probs: Sequence[float],
+        top_k: int = 0,
+    ) -> Classification:
+        """The labels by probability, best first; the `top_k` best when it is not 0."""
+        order = sorted(range(len(names)), key=lambda i: -float(probs[i]))
+        if top_k:
+            order = order[:top_k]
+        return cls(head, multi_label, tuple((names[i], float(probs[i])) for i in order))
 
 
 @dataclass(frozen=True)

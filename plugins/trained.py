@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,16 +18,23 @@ import torch
 from . import artifact
 from .artifact import ArtifactError, HeadMeta
 from .classify import ClassifyHead
-from .contract import CONTRACT_VERSION, Features, LoadContext, Row
+from .contract import CONTRACT_VERSION, Features, LoadContext, Prepared, Row
+from .image_heads import image_row
 from .qa import QuestionAnsweringHead
+from .tasks import ClassifyOptions
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "pooled")
 
 
 def pool(features: Features, how: str) -> torch.Tensor:
-    """One float32 vector per row: the mean of its real tokens' states, or its first token's."""
+    """One float32 vector per row: the mean of its real tokens' states, its first token's, or
+    ("pooled") an image backbone's pooled features."""
+    if how == "pooled":
+        if features.pooled is None:
+            raise ValueError("pooling 'pooled' needs an image backbone's pooled features")
+        return features.pooled.float()
     hidden = features.hidden.float()
     if how == "cls":
         return hidden[:, 0]
@@ -40,10 +48,15 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
     view = context.backbone
     if meta.task != task:
         raise ArtifactError(f"{context.source} holds a {meta.task} head, not {task}")
-    if meta.hidden_size != view.config.hidden_size:
+    if meta.hidden_size != view.hidden_size:
         raise ArtifactError(
             f"{context.source} was trained on hidden size {meta.hidden_size}; "
-            f"the served backbone has {view.config.hidden_size}"
+            f"the served backbone has {view.hidden_size}"
+        )
+    if (meta.pooling == "pooled") != (view.modality == "image"):
+        raise ArtifactError(
+            f"{context.source} was trained on {'image' if meta.pooling == 'pooled' else 'text'} "
+            f"features; the served backbone ({view.kind}) reads {view.modality}"
         )
     forced = context.spec.options.get("force", "").lower() in {"1", "true", "yes"}
     served = artifact.backbone_fingerprint(view.source, view.module)
@@ -86,6 +99,11 @@ class TrainedClassifyHead(ClassifyHead):
         self.multi_label = False
         self.trained = True
         self.detail = note + _metrics_note(self.meta)
+
+    def prepare(self, item: Any, options: ClassifyOptions) -> Prepared:
+        if self._backbone.modality == "image":
+            return Prepared((image_row(item),))
+        return super().prepare(item, options)
 
     def logits(self, features: Features) -> torch.Tensor:
         return self.network(pool(features, self.meta.pooling))

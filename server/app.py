@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from headserve.plugins.backbones import LoadOptions
 from headserve.plugins.contract import HeadSpec
 from headserve.v1 import (
     classifier_pb2,
@@ -35,8 +36,8 @@ from headserve.v1 import (
     token_predictor_pb2_grpc,
 )
 
-from .backbone import Backbone, default_model_dir
-from .config import default_heads
+from .backbone import default_model_dir
+from .backbone_kinds import choose_kind
 from .core import Core
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .event_loop import kind_of
@@ -114,7 +115,8 @@ SERVICERS = (
 
 @dataclass(frozen=True)
 class Settings:
-    model_dir: Path | None = None
+    model_dir: Path | None = None  # a checkpoint folder, or a model name (efficientnet-lite0)
+    backbone_kind: str | None = None  # --backbone-kind; None: the first kind that claims it
     heads: tuple[HeadSpec, ...] = ()
     device: str | None = None
     dtype: str | None = None
@@ -150,20 +152,24 @@ def build_core(
 ) -> Core:
     """Load the backbone, discover the head plugins and load the configured heads."""
     started = time.perf_counter()
-    model_dir = settings.model_dir or default_model_dir()
-    # Everything that can refuse the configuration runs before the backbone loads.
-    specs = settings.heads or default_heads(packaged_model=settings.model_dir is None)
-    check_unique_names(specs, model_dir)
+    source = str(settings.model_dir or default_model_dir())
+    # Everything that can refuse the configuration runs before the backbone loads, the
+    # heads the operator configured first (they need no backbone kind to be checked).
+    check_unique_names(settings.heads, source)
     refs, kept_out = allowed(find_plugins(), settings.plugins)
     check_unique(refs)
     plugins, failures = load_plugins(refs)
-    check_defaults(specs, plugins)
-    backbone = Backbone.load(
-        model_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        allow_pickle=settings.allow_pickle,
-        trace=settings.trace,
+    check_defaults(settings.heads, plugins)
+    kind = choose_kind(source, settings.backbone_kind)
+    specs = settings.heads or kind.default_heads(source)
+    backbone = kind.load(
+        source,
+        LoadOptions(
+            device=settings.device,
+            dtype=settings.dtype,
+            allow_pickle=settings.allow_pickle,
+            trace=settings.trace,
+        ),
     )
     registry = load_heads(
         specs,

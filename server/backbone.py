@@ -1,4 +1,6 @@
-"""The one shared backbone: a BERT-family base model, its tokenizer and its device."""
+"""The text backbone kind: a BERT-family base model (transformers), its tokenizer and device.
+
+Built-in kind "transformers-text" (plugins/backbones.py is the contract it implements)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from headserve.plugins.contract import BackboneView, Row
+from headserve.plugins.backbones import Backbone, LoadOptions
+from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
 
+from .config import default_heads
 from .families import first_position, usable_positions
 from .packing import Computed, Packed, pack, padded, unpack
 from .traced import PackedInputs
@@ -85,7 +89,11 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class Backbone:
+class TextBackbone(Backbone):
+    kind = "transformers-text"
+    modality = "text"
+    image = None
+
     source: Path
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerFast
@@ -107,7 +115,7 @@ class Backbone:
         dtype: str | None = None,
         allow_pickle: bool = False,
         trace: bool = True,
-    ) -> Backbone:
+    ) -> TextBackbone:
         """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
         checkpoint can run code when loaded); never remote code. On a CPU with packing, the
         packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py)."""
@@ -248,7 +256,10 @@ class Backbone:
             rows, pad=self.pad_id, first_position=start, pack_tokens=pack_tokens, balance=balance
         )
 
-    def probe_rows(self, texts: Sequence[str]) -> list[Row]:
+    def probe_rows(self) -> list[Row]:
+        return self.rows_of(_TRACE_EXAMPLE)
+
+    def rows_of(self, texts: Sequence[str]) -> list[Row]:
         """Rows of plain texts, within max_length: the load-time checks run on them."""
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [Row(tuple(ids)) for ids in encoded["input_ids"]]
@@ -261,14 +272,14 @@ class Backbone:
     def _probe_packing(self) -> bool:
         """Whether packed rows give the same states as padded ones on this model."""
         texts = ["hello world", "a slightly longer probe sentence, with a comma", "x", "one two"]
-        rows = self.probe_rows(texts)
+        rows = self.rows_of(texts)
         with torch.inference_mode():
             try:
-                packed, mask, _, _ = self.run_packed(rows, 64)
+                packed, mask = self.run_packed(rows, 64)[:2]
             except Exception as exc:  # the model refuses 4D masks or position ids
                 log.info("row packing off for %s: %r", self.config.model_type, exc)
                 return False
-            padded, _, _, _ = self.run_padded(rows)
+            padded = self.run_padded(rows).hidden
         keep = mask.bool()
         error = (packed[keep].float() - padded[keep].float()).abs().max().item()
         if error > self._tolerance:
@@ -279,7 +290,7 @@ class Backbone:
         """The packed pass as a checked trace (traced.py), or None."""
 
         def inputs(texts: Sequence[str]) -> PackedInputs:
-            packed = self._pack(self.probe_rows(texts), self.pack_tokens, balance=True)
+            packed = self._pack(self.rows_of(texts), self.pack_tokens, balance=True)
             return packed.inputs(self.device)
 
         return trace_packed_pass(
@@ -314,3 +325,40 @@ def _max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast) ->
     if not isinstance(limit, int) or limit <= 0 or limit > positions:
         limit = positions
     return int(limit)
+
+
+class TextKind:
+    """Entry point "transformers-text": a transformers checkpoint folder of the BERT family
+    (BERT, RoBERTa, DistilBERT, XLM-R, ELECTRA...) with a fast tokenizer."""
+
+    name = "transformers-text"
+    contract_version = CONTRACT_VERSION
+
+    def claims(self, source: str) -> bool:
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            return False
+        return any(
+            (folder / name).is_file()
+            for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        )
+
+    def load(self, source: str, options: LoadOptions) -> TextBackbone:
+        return TextBackbone.load(
+            Path(source),
+            device=options.device,
+            dtype=options.dtype,
+            allow_pickle=options.allow_pickle,
+            trace=options.trace,
+        )
+
+    def default_heads(self, source: str) -> tuple[HeadSpec, ...]:
+        """One head per built-in task; the packaged model gets the packaged sentiment head."""
+        return default_heads(packaged_model=_is_packaged(Path(source)))
+
+
+def _is_packaged(folder: Path) -> bool:
+    try:
+        return folder.resolve() == default_model_dir().resolve()
+    except SystemExit:  # the packaged model is not installed
+        return False

@@ -37,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
             nargs="?",
             type=Path,
             metavar="MODEL_DIR",
-            help="a local Hugging Face checkpoint folder (default: the packaged all-MiniLM-L6-v2)",
+            help="a local Hugging Face checkpoint folder (text: BERT family; images: ResNet, "
+            "ViT, ConvNeXt), or a model name such as efficientnet-lite0 (default: the packaged "
+            "all-MiniLM-L6-v2)",
+        )
+        p.add_argument(
+            "--backbone-kind",
+            metavar="KIND",
+            help="the backbone kind (entry point group headserve.backbones) that loads "
+            "MODEL_DIR, e.g. transformers-text, transformers-image, efficientnet-lite "
+            "(default: the first that claims it)",
         )
         p.add_argument(
             "--head",
@@ -131,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         ("max_message_bytes", "bytes of one request or response message"),
         ("max_concurrent_calls", "RPCs in progress at once, streams included"),
         ("max_streams", "streams open at once"),
+        ("max_image_pixels", "pixels (width x height) of one image item, checked before decoding"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(requests, name), help=text
@@ -227,13 +237,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model",
         type=Path,
-        help="the backbone folder the head will be served on (default: the packaged model)",
+        help="the backbone the head will be served on, as `serve` takes it: a folder or a "
+        "name such as efficientnet-lite0 (default: the packaged model)",
     )
+    train.add_argument("--backbone-kind", metavar="KIND", help="as for serve")
     train.add_argument(
         "--data",
         required=True,
         type=Path,
-        help="classify: .jsonl/.csv/.tsv with text, label[, text_pair]; "
+        help="classify: .jsonl/.csv/.tsv with text, label[, text_pair]; on an image backbone, "
+        "with image (a path) instead of text, or a folder of class folders of images; "
         "qa: SQuAD-style .jsonl (question, context, answer_text + answer_start or answers)",
     )
     train.add_argument("--out", required=True, type=Path, help="the artifact folder to write")
@@ -295,6 +308,7 @@ def _train_head(args: argparse.Namespace) -> None:
         skip_bad_rows=args.skip_bad_rows,
         device=args.device,
         progress=not args.quiet,
+        backbone_kind=args.backbone_kind,
     )
     try:
         report = train_head(options)
@@ -371,6 +385,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
     return Settings(
         model_dir=args.model_dir,
+        backbone_kind=args.backbone_kind,
         heads=head_specs(args.head, args.config),
         device=args.device,
         dtype=args.dtype,

@@ -6,20 +6,21 @@ errors from errors.py. The servicers are thin wrappers around `Core.run`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Head, InvalidInput, Prepared
-from headserve.plugins.tasks import TextItem
+from headserve.plugins.tasks import ImageItem, TextItem
 
-from .backbone import Backbone
 from .errors import HeadFailed, HeadserveError, InvalidArgument
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
 from .limits import RequestLimits
-from .runner import Runner, Work
+from .runner import Runner, Work, row_key
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class Core:
     async def run_head(
         self,
         name: str,
-        items: Sequence[TextItem],
+        items: Sequence[TextItem | ImageItem],
         params: dict[str, Any],
         *,
         truncate: bool,
@@ -147,6 +148,7 @@ class Core:
             self.scheduler.refuse_if_full(len(items) * len(heads))
         tracing = self.tracing
         started = time.perf_counter()
+        items = await self._read_images(items)
         prepared: list[list[Prepared]] = []
         for index, item in enumerate(items):
             try:
@@ -179,23 +181,62 @@ class Core:
             results.append(finished)
         # Rows shared by several heads were computed once: count each once.
         unique_rows = {
-            (index, row.input_ids, row.token_type_ids)
+            (index, row_key(row)): row.length
             for index, per_item in enumerate(prepared)
             for p in per_item
             for row in p.rows
         }
-        tokens = sum(len(ids) for _, ids, _ in unique_rows)
+        tokens = sum(unique_rows.values())
         return Outcome(results, tokens, stats.queue_ms, stats.inference_ms)
 
+    async def _read_images(self, items: Sequence[Any]) -> Sequence[Any]:
+        """Items as the heads take them: each image decoded and preprocessed, off the event
+        loop; an item of the wrong modality for the backbone is refused, named."""
+        backbone = self.backbone
+        for index, item in enumerate(items):
+            if isinstance(item, ImageItem) != (backbone.modality == "image"):
+                raise InvalidArgument(
+                    f"items[{index}].image",
+                    f"this server's backbone ({backbone.kind}) reads {backbone.modality}: "
+                    + (
+                        "send the item's image, not text"
+                        if backbone.modality == "image"
+                        else "send text, not an image"
+                    ),
+                    item=index,
+                )
+        if backbone.modality != "image":
+            return items
+        return await asyncio.to_thread(self._decode, items)
+
+    def _decode(self, items: Sequence[ImageItem]) -> list[ImageItem]:
+        decoded = []
+        limit = self.request_limits.max_image_pixels
+        for index, item in enumerate(items):
+            try:
+                pixels = self.backbone.read_image(item.data, limit)
+            except ValueError as exc:  # the caller's bytes: say what is wrong with them
+                raise InvalidArgument(f"items[{index}].image", str(exc), item=index) from exc
+            decoded.append(replace(item, pixels=pixels))
+        return decoded
+
     def tokenize(
-        self, items: Sequence[TextItem], *, add_special_tokens: bool, truncate: bool
+        self, items: Sequence[TextItem | ImageItem], *, add_special_tokens: bool, truncate: bool
     ) -> list[Tokenized]:
         if not items:
             raise InvalidArgument("items", "empty batch: send at least one item")
         self.request_limits.check_items(items)
         tokenizer = self.backbone.tokenizer
+        if tokenizer is None:
+            raise InvalidArgument(
+                "items",
+                f"this server's backbone ({self.backbone.kind}) reads "
+                f"{self.backbone.modality}s: it has no tokenizer",
+            )
         out = []
         for index, item in enumerate(items):
+            if isinstance(item, ImageItem):
+                raise InvalidArgument(f"items[{index}].image", "Tokenize takes text", item=index)
             for name, text in (("text", item.text), ("text_pair", item.text_pair)):
                 if text is not None and not text.strip():  # as every other RPC refuses it
                     raise InvalidArgument(f"items[{index}].{name}", "is empty", item=index)

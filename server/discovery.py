@@ -52,14 +52,16 @@ class FailedPlugin:
     reason: str
 
 
-def find_plugins(distributions: Iterable[md.Distribution] | None = None) -> tuple[PluginRef, ...]:
-    """Entry points of group headserve.heads, sorted and de-duplicated, not imported."""
+def find_plugins(
+    distributions: Iterable[md.Distribution] | None = None, group: str = ENTRY_POINT_GROUP
+) -> tuple[PluginRef, ...]:
+    """Entry points of `group` (headserve.heads), sorted and de-duplicated, not imported."""
     dists = md.distributions() if distributions is None else distributions
     seen: dict[tuple[str, str, str], PluginRef] = {}
     for dist in dists:
         name = dist.metadata["Name"] or "?"
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP:
+            if ep.group != group:
                 continue
             ref = PluginRef(ep.name, ep.value, name, dist.version or "", ep)
             seen.setdefault((name, ep.name, ep.value), ref)

@@ -27,6 +27,7 @@ class RequestLimits:
     max_concurrent_calls: int = 128  # RPCs in progress at once, streams included: gRPC refuses
     # the rest itself, cheaply, before they reach the event loop (see BENCHMARKS.md, overload)
     max_streams: int = 128  # streams open at once
+    max_image_pixels: int = 40_000_000  # width x height of one decoded image (a bomb guard)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,7 +54,7 @@ class RequestLimits:
 
     def check_tokens(self, index: int, prepared: Sequence[Prepared]) -> None:
         """The backbone tokens an item costs, over all the heads and windows it needs."""
-        tokens = sum(len(row.input_ids) for p in prepared for row in p.rows)
+        tokens = sum(row.length for p in prepared for row in p.rows)
         if tokens > self.max_item_tokens:
             rows = sum(len(p.rows) for p in prepared)
             raise InvalidArgument(

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
+from headserve.plugins.backbones import Computed
 from headserve.plugins.contract import Row
+
+__all__ = ["Computed", "Packed", "balanced", "bins", "pack", "padded", "unpack"]
 
 
 def padded(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,16 +39,6 @@ def padded(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, t
         if row.token_type_ids is not None:
             types[i, :n] = torch.tensor(row.token_type_ids)
     return ids, mask, types
-
-
-class Computed(NamedTuple):
-    """A backbone pass over rows: per row its states, mask and ids [rows, longest, ...], and
-    the tokens the model computed for them, padding included."""
-
-    hidden: torch.Tensor
-    mask: torch.Tensor
-    ids: torch.Tensor
-    tokens: int
 
 
 def bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:

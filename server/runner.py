@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Features, Head, Row
 
-from .backbone import Backbone
 from .errors import HeadFailed, OutOfMemory
 from .packing import Computed
 
@@ -33,6 +33,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
+
+
+RowKey = tuple[tuple[int, ...], tuple[int, ...] | None, str | None]
+
+
+def row_key(row: Row) -> RowKey:
+    """Rows with equal keys have equal backbone outputs: they are computed once."""
+    return (row.input_ids, row.token_type_ids, row.pixels.key if row.pixels else None)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ class Runner:
             log.exception("backbone failed on a batch of %d rows", len(work))
             failure = HeadFailed(f"the backbone failed on this batch: {exc!r}", head="backbone")
             return BatchRun([failure] * len(work), ())
-        hidden, mask, ids = computed.hidden, computed.mask, computed.ids
+        hidden, mask, ids, pooled = computed.hidden, computed.mask, computed.ids, computed.pooled
         backbone_done = time.perf_counter()
         heads: list[HeadTiming] = []
         outputs: list[Any] = [None] * len(work)
@@ -135,10 +143,13 @@ class Runner:
         for positions in by_head.values():
             head = work[positions[0]].head
             rows = [work[p].row for p in positions]
-            longest = max(len(r.input_ids) for r in rows)
+            longest = max(len(r.input_ids) for r in rows) or hidden.shape[1]  # images: all
             index = torch.tensor([slot[p] for p in positions], device=hidden.device)
             features = Features(
-                hidden[index, :longest], mask[index, :longest], ids[index, :longest]
+                hidden[index, :longest],
+                mask[index, :longest],
+                ids[index, :longest],
+                pooled[index] if pooled is not None else None,
             )
             head_started, failed = time.perf_counter(), False
             try:
@@ -177,19 +188,24 @@ class Runner:
             half = len(work) // 2
             first, second = self.run(work[:half]), self.run(work[half:])
             return BatchRun(first.outputs + second.outputs, first.passes + second.passes)
-        tokens = len(work[0].row.input_ids)
+        tokens = work[0].row.length
         log.error("out of memory on a single row of %d tokens: %s", tokens, exc)
         failure = OutOfMemory(f"the model ran out of memory on one row of {tokens} tokens")
         return BatchRun([failure], ())
 
     def _backbone_pass(self, work: Sequence[Work]) -> tuple[Computed, list[int], int]:
         """The pass over the batch's distinct rows; each work item's slot in it; real tokens."""
-        unique: dict[tuple[tuple[int, ...], tuple[int, ...] | None], int] = {}
-        slot = [
-            unique.setdefault((w.row.input_ids, w.row.token_type_ids), len(unique)) for w in work
-        ]
-        rows = [Row(ids, types) for ids, types in unique]
+        unique: dict[RowKey, Row] = {}
+        slots: dict[RowKey, int] = {}
+        slot = []
+        for w in work:
+            key = row_key(w.row)
+            if key not in unique:
+                unique[key] = Row(w.row.input_ids, w.row.token_type_ids, pixels=w.row.pixels)
+                slots[key] = len(slots)
+            slot.append(slots[key])
+        rows = list(unique.values())
         computed = self.backbone.run(rows)
         with self._lock:
             self.rows_computed += len(rows)
-        return computed, slot, sum(len(row.input_ids) for row in rows)
+        return computed, slot, sum(row.length for row in rows)

@@ -105,7 +105,7 @@ class _Pending:
     batch: BatchRecord | None = None  # the batch that computed it
 
     def __post_init__(self) -> None:
-        self.length = len(self.work.row.input_ids)
+        self.length = self.work.row.length
 
 
 TRIM_AFTER_BATCHES = 20  # a busy spell worth trimming memory after

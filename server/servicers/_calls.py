@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from headserve.plugins.contract import InvalidInput
-from headserve.plugins.tasks import TextItem
+from headserve.plugins.tasks import ImageItem, TextItem
 from headserve.v1 import common_pb2
 
 from ..core import Core, Outcome
@@ -83,8 +83,23 @@ def usage_timing(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def text_items(items: Any) -> list[TextItem]:
-    return [TextItem(i.text, i.text_pair if i.HasField("text_pair") else None) for i in items]
+def text_items(items: Any) -> list[TextItem | ImageItem]:
+    """The request's items: a text (or pair), or an image (`TextInput.image`)."""
+    converted: list[TextItem | ImageItem] = []
+    for index, item in enumerate(items):
+        if item.HasField("image"):
+            if item.text or item.HasField("text_pair"):
+                raise InvalidArgument(
+                    f"items[{index}]",
+                    "carries an image and text: send one or the other",
+                    item=index,
+                )
+            converted.append(ImageItem(item.image.data))
+        else:
+            converted.append(
+                TextItem(item.text, item.text_pair if item.HasField("text_pair") else None)
+            )
+    return converted
 
 
 def tensor(array: np.ndarray) -> common_pb2.Tensor:

@@ -67,19 +67,31 @@ def model_info(core: Core) -> pb.ModelInfo:
         )
         for name, served in registry.heads.items()
     ]
+    tokenizer, image = backbone.tokenizer, backbone.image
     return pb.ModelInfo(
         backbone=pb.BackboneInfo(
             source=str(backbone.source),
             model_type=config.model_type,
-            hidden_size=config.hidden_size,
+            hidden_size=backbone.hidden_size,
             num_layers=backbone.num_layers,
-            vocab_size=config.vocab_size,
+            vocab_size=int(getattr(config, "vocab_size", 0) or 0),
             max_length=backbone.max_length,
             device=str(backbone.device),
             dtype=str(backbone.dtype).removeprefix("torch."),
             parameters=backbone.parameters,
-            mask_token=backbone.tokenizer.mask_token or "",
+            mask_token=(tokenizer.mask_token or "") if tokenizer is not None else "",
             load_seconds=backbone.load_seconds,
+            kind=backbone.kind,
+            modality=backbone.modality,
+            image=pb.ImageInputInfo(
+                height=image.height,
+                width=image.width,
+                preprocessing=image.preprocessing,
+                mean=image.mean,
+                std=image.std,
+            )
+            if image is not None
+            else None,
         ),
         heads=heads,
         failed_plugins=[

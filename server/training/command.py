@@ -15,10 +15,17 @@ from tqdm.auto import tqdm
 
 from headserve.plugins import artifact
 from headserve.plugins.artifact import HeadMeta, Network
+from headserve.plugins.backbones import LoadOptions
 
-from ..backbone import Backbone
+from ..backbone_kinds import choose_kind
 from . import data
-from .features import FeatureCache, classify_features, default_cache_dir, qa_features
+from .features import (
+    FeatureCache,
+    classify_features,
+    default_cache_dir,
+    image_features,
+    qa_features,
+)
 from .fit import FitSettings, fit
 from .tasks import ClassifyData, QAData, label_names
 
@@ -30,7 +37,7 @@ class TrainOptions:
     task: str  # "classify" or "qa"
     data: Path
     out: Path
-    model: Path
+    model: Path  # a backbone folder or name, as `headserve serve` takes it
     network: Network = Network()
     fit: FitSettings = FitSettings()
     val_fraction: float = 0.2
@@ -40,6 +47,7 @@ class TrainOptions:
     skip_bad_rows: bool = False
     device: str | None = None
     progress: bool = True
+    backbone_kind: str | None = None  # None: the first kind that claims `model`
 
 
 @dataclass(frozen=True)
@@ -75,35 +83,41 @@ def train_head(options: TrainOptions) -> TrainReport:
         raise ValueError(f"--task must be one of {', '.join(artifact.TASKS)}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    loaded = data.read(options.data, options.task, skip_bad=options.skip_bad_rows)
+    kind = choose_kind(str(options.model), options.backbone_kind)
+    backbone = kind.load(str(options.model), LoadOptions(device=options.device))
+    images = backbone.modality == "image"
+    loaded = data.read(options.data, options.task, skip_bad=options.skip_bad_rows, images=images)
     for bad in loaded.bad:
         log.warning("%s: skipped %s", options.data, bad)
     examples = loaded.examples
-    backbone = Backbone.load(options.model, device=options.device)
-    fingerprint = artifact.backbone_fingerprint(backbone.source, backbone.model)
+    fingerprint = artifact.backbone_fingerprint(backbone.source, backbone.view().module)
     cache = FeatureCache(options.cache_dir, fingerprint)
     train, val = split(len(examples), options.val_fraction, options.fit.seed)
     timings["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
     torch.manual_seed(options.fit.seed)
-    hidden = backbone.config.hidden_size
+    hidden = backbone.hidden_size
     if options.task == "classify":
         if options.pooling not in ("mean", "cls"):
             raise ValueError(f"--pooling must be mean or cls, not {options.pooling!r}")
         labels = label_names([e.label for e in examples])
         if len(labels) < 2:
             raise ValueError(f"{options.data}: one label only ({labels[0]!r}); need two or more")
-        with _bar(len(examples), "text", options.progress, "features") as bar:
-            features, cached = classify_features(
-                backbone, examples, options.pooling, cache, bar.update
-            )
+        unit = "image" if images else "text"
+        with _bar(len(examples), unit, options.progress, "features") as bar:
+            if images:
+                features, cached = image_features(backbone, examples, cache, bar.update)
+            else:
+                features, cached = classify_features(
+                    backbone, examples, options.pooling, cache, bar.update
+                )
         index = {label: i for i, label in enumerate(labels)}
         task_data: ClassifyData | QAData = ClassifyData(
             features, torch.tensor([index[e.label] for e in examples]), labels
         )
         train_units, val_units = train, val
-        outputs, pooling = len(labels), options.pooling
+        outputs, pooling = len(labels), "pooled" if images else options.pooling
     else:
         with _bar(None, "window", options.progress, "features") as bar:  # windows: not known yet
             qa, cached = qa_features(backbone, examples, options.doc_stride, cache, bar.update)

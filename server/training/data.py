@@ -1,6 +1,9 @@
 """Reading training data in formats users already have, with every bad row named by line.
 
-classify: JSONL objects or CSV rows with `text`, `label` and optionally `text_pair`.
+classify: JSONL objects or CSV rows with `text`, `label` and optionally `text_pair`; for an
+          image backbone, with `image` (a file path, relative to the data file's folder)
+          instead of `text`, or a folder holding one folder of images per class (the
+          common ImageFolder layout: DIR/cat/1.jpg, DIR/dog/2.png...).
 qa:       SQuAD-style JSONL: `question`, `context`, and the answer as `answer_text` +
           `answer_start`, or `answers: {"text": [...], "answer_start": [...]}` (the first
           answer is used), or `answer: {"text": ..., "answer_start": ...}`.
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +27,21 @@ from headserve.plugins.tasks import QAItem, TextItem
 MAX_SHOWN = 20
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image example: the file is read when its features are computed."""
+
+    path: Path
+
+
 @dataclass(frozen=True)
 class Labelled:
-    item: TextItem
+    item: TextItem | ImageFile
     label: str
-    line: int
+    line: int  # a row's line; in an image folder, the file's place in sorted order (1-based)
 
 
 @dataclass(frozen=True)
@@ -111,14 +125,43 @@ def _text(record: dict[str, Any], key: str, *, required: bool = True) -> str | N
     return value
 
 
-def _labelled(record: dict[str, Any], line: int) -> Labelled:
-    text = _text(record, "text")
-    pair = _text(record, "text_pair", required=False)
+def _label(record: dict[str, Any]) -> str:
     label = record.get("label")
     if isinstance(label, bool) or not isinstance(label, str | int) or str(label).strip() == "":
         raise ValueError("missing 'label' (a string or an integer)")
+    return str(label).strip()
+
+
+def _labelled_image(record: dict[str, Any], line: int, folder: Path) -> Labelled:
+    name = _text(record, "image")
+    assert name is not None
+    path = folder / name
+    if not path.is_file():
+        raise ValueError(f"image {name!r}: no such file ({path})")
+    return Labelled(ImageFile(path), _label(record), line)
+
+
+def image_folder(folder: Path) -> Loaded:
+    """DIR/LABEL/IMAGE files: one class per sub-folder, files in sorted order."""
+    examples: list[Labelled] = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                examples.append(Labelled(ImageFile(path), class_dir.name, len(examples) + 1))
+    if not examples:
+        raise ValueError(
+            f"{folder}: no images in class folders (DIR/LABEL/NAME with a suffix among "
+            f"{', '.join(IMAGE_SUFFIXES)})"
+        )
+    return Loaded(examples, [])
+
+
+def _labelled(record: dict[str, Any], line: int) -> Labelled:
+    text = _text(record, "text")
+    pair = _text(record, "text_pair", required=False)
+    label = _label(record)
     assert text is not None
-    return Labelled(TextItem(text, pair), str(label).strip(), line)
+    return Labelled(TextItem(text, pair), label, line)
 
 
 def _answered(record: dict[str, Any], line: int) -> Answered:
@@ -146,8 +189,17 @@ def _answered(record: dict[str, Any], line: int) -> Answered:
     return Answered(QAItem(question, context), text, start, line)
 
 
-def read(path: Path, task: str, *, skip_bad: bool = False) -> Loaded:
-    parse = {"classify": _labelled, "qa": _answered}[task]
+def read(path: Path, task: str, *, skip_bad: bool = False, images: bool = False) -> Loaded:
+    """The examples of `path`; `images`: classify examples are images (an image backbone)."""
+    if images and task != "classify":
+        raise ValueError(f"--task {task}: an image backbone trains classify heads only")
+    if path.is_dir():
+        if not images:
+            raise ValueError(f"{path} is a folder: image folders are for image backbones")
+        return image_folder(path)
+    parse: Callable[[dict[str, Any], int], Any] = {"classify": _labelled, "qa": _answered}[task]
+    if images:
+        parse = partial(_labelled_image, folder=path.parent)
     if task == "qa" and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         raise ValueError(f"{path}: QA data is SQuAD-style JSONL")
     examples, bad, total = [], [], 0

@@ -1,6 +1,7 @@
 """The frozen backbone's features for a data set, computed once and cached.
 
-classify: one pooled vector per example (the same `pool` the served head uses).
+classify: one pooled vector per example (the same `pool` the served head uses); on an image
+          backbone, its pooled features of each image, decoded and preprocessed as served.
 qa:       every window's token states (the same windows the served head makes).
 
 Both go through the server's own Runner (batched, packed rows), so the features a head
@@ -22,14 +23,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Features, Head, Prepared, Row
 from headserve.plugins.qa import windows
+from headserve.plugins.tasks import TextItem
 from headserve.plugins.text import encode_text
 from headserve.plugins.trained import pool
 
-from ..backbone import Backbone
+from ..limits import RequestLimits
 from ..runner import Runner, Work
-from .data import Answered, Labelled
+from .data import Answered, ImageFile, Labelled
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256  # rows per progress step
@@ -68,7 +71,7 @@ class _Tokens(_Pooled):
         return [hidden[i, : len(r.input_ids)].clone() for i, r in enumerate(rows)]
 
 
-def _run(backbone: Backbone, work: list[Work], progress: Progress | None) -> list[Any]:
+def _run(backbone: Backbone, work: Sequence[Work], progress: Progress | None) -> list[Any]:
     runner = Runner(backbone)
     outputs: list[Any] = []
     for start in range(0, len(work), CHUNK_ROWS):
@@ -116,21 +119,66 @@ def classify_features(
     progress: Progress | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """[examples, hidden] pooled vectors (truncated to the model's length); and whether cached."""
+    items = [e.item for e in examples if isinstance(e.item, TextItem)]
+    if len(items) != len(examples):
+        raise ValueError("a text backbone trains on text: the data has image rows")
     key = cache.key(
         task="classify",
         pooling=pooling,
         max_length=backbone.max_length,
-        items=[(e.item.text, e.item.text_pair) for e in examples],
+        items=[(item.text, item.text_pair) for item in items],
     )
     hit = cache.get(key)
     if hit is not None:
         return hit["features"], True
     head = _Pooled(pooling)
     view = backbone.view()
-    work = [Work(head, encode_text(view, e.item, truncate=True)[0]) for e in examples]
+    work = [Work(head, encode_text(view, item, truncate=True)[0]) for item in items]
     vectors = torch.stack(_run(backbone, work, progress))
     cache.put(key, {"features": vectors})
     return vectors, False
+
+
+def image_features(
+    backbone: Backbone,
+    examples: Sequence[Labelled],
+    cache: FeatureCache,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """[examples, hidden] pooled features of image examples; and whether cached. Images are
+    decoded a chunk at a time (a preprocessed image takes ~600 kB); an unreadable one stops
+    the run, named with every other."""
+    paths = [e.item.path for e in examples if isinstance(e.item, ImageFile)]
+    if len(paths) != len(examples):
+        raise ValueError("an image backbone trains on images: the data has text rows")
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+    assert backbone.image is not None
+    key = cache.key(
+        task="classify", pooling="pooled", image=backbone.image.preprocessing, items=digests
+    )
+    hit = cache.get(key)
+    if hit is not None:
+        return hit["features"], True
+    head, limit = _Pooled("pooled"), RequestLimits().max_image_pixels
+    vectors: list[torch.Tensor] = []
+    bad: list[str] = []
+    for start in range(0, len(paths), CHUNK_ROWS):
+        work = []
+        for path in paths[start : start + CHUNK_ROWS]:
+            try:
+                pixels = backbone.read_image(path.read_bytes(), limit)
+            except ValueError as exc:
+                bad.append(f"{path}: {exc}")
+                continue
+            work.append(Work(head, Row((), pixels=pixels)))
+        if not bad:
+            vectors.extend(_run(backbone, work, progress))
+    if bad:
+        shown = "\n  ".join(bad[:20])
+        raise ValueError(f"{len(bad)} images cannot be read:\n  {shown}")
+    stacked = torch.stack(vectors)
+    cache.put(key, {"features": stacked})
+    return stacked, False
 
 
 def qa_windows(backbone: Backbone, examples: Sequence[Answered], doc_stride: int) -> list[Prepared]:

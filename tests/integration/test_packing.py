@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from headserve.plugins.contract import Row
 from headserve.server import packing
-from headserve.server.backbone import Backbone
+from headserve.server.backbone import TextBackbone
 
 TEXTS = [
     ("Alice works in Paris.", None),
@@ -26,7 +26,7 @@ TEXTS = [
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-untyped-def]
-    backbone = Backbone.load(families[arch].backbone, device="cpu")
+    backbone = TextBackbone.load(families[arch].backbone, device="cpu")
     assert backbone.packing  # the load-time probe turned it on
     assert backbone.traced is not None  # and the packed pass runs as a checked trace
     rows = []
@@ -34,8 +34,8 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         enc = backbone.tokenizer(text, pair, return_token_type_ids=True)
         rows.append(Row(tuple(enc["input_ids"]), tuple(enc["token_type_ids"])))
     with torch.inference_mode():
-        packed, mask, ids, computed = backbone.run_packed(rows, pack_tokens=24)
-        padded, padded_mask, padded_ids, padded_computed = backbone.run_padded(rows)
+        packed, mask, ids, computed, _ = backbone.run_packed(rows, pack_tokens=24)
+        padded, padded_mask, padded_ids, padded_computed, _ = backbone.run_padded(rows)
         assert torch.equal(mask, padded_mask) and torch.equal(ids, padded_ids)
         real = sum(len(r.input_ids) for r in rows)
         assert padded_computed == len(rows) * max(len(r.input_ids) for r in rows)
@@ -44,7 +44,7 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         keep = mask.bool()
         np.testing.assert_allclose(packed[keep].numpy(), padded[keep].numpy(), atol=1e-5)
         for i, row in enumerate(rows):  # and each row alone
-            alone, _, _, _ = backbone.run_padded([row])
+            alone = backbone.run_padded([row]).hidden
             np.testing.assert_allclose(
                 packed[i, : len(row.input_ids)].numpy(), alone[0].numpy(), atol=1e-5
             )
@@ -84,20 +84,20 @@ def test_balanced_sequences_share_the_tokens_evenly() -> None:
     assert packing.balanced([5, 9, 3], 128) == (17, [[0, 1, 2]])
 
 
-def _rows(backbone: Backbone) -> list[Row]:
+def _rows(backbone: TextBackbone) -> list[Row]:
     return [Row(tuple(backbone.tokenizer(t, p)["input_ids"])) for t, p in TEXTS]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_trace_gives_the_models_own_states(families, arch: str) -> None:  # type: ignore[no-untyped-def]
-    traced = Backbone.load(families[arch].backbone, device="cpu")
-    plain = Backbone.load(families[arch].backbone, device="cpu", trace=False)
+    traced = TextBackbone.load(families[arch].backbone, device="cpu")
+    plain = TextBackbone.load(families[arch].backbone, device="cpu", trace=False)
     assert traced.traced is not None and plain.traced is None
     rows = _rows(traced)
     with torch.inference_mode():
         for batch in (rows, rows[:1], rows[1:3]):  # a lone row goes through the trace too
-            got, mask, _, _ = traced.run(batch)
-            expected, _, _, _ = plain.run(batch)
+            got, mask = traced.run(batch)[:2]
+            expected = plain.run(batch).hidden
             keep = mask.bool()
             np.testing.assert_allclose(got[keep].numpy(), expected[keep].numpy(), atol=1e-5)
 
@@ -111,13 +111,13 @@ def test_a_trace_that_differs_is_not_used(bert, monkeypatch, caplog) -> None:  #
 
     monkeypatch.setattr(torch.jit, "trace", off_by_a_little)
     caplog.set_level(logging.INFO, logger="headserve.server.traced")
-    backbone = Backbone.load(bert.backbone, device="cpu")
+    backbone = TextBackbone.load(bert.backbone, device="cpu")
     assert backbone.packing and backbone.traced is None
     assert "the trace differs by 1.00e-03" in caplog.text
 
 
 def test_sequences_are_no_longer_than_their_rows_need(bert) -> None:  # type: ignore[no-untyped-def]
-    backbone = Backbone.load(bert.backbone, device="cpu", trace=False)
+    backbone = TextBackbone.load(bert.backbone, device="cpu", trace=False)
     rows = _rows(backbone)
     lengths = [len(r.input_ids) for r in rows]
     pad = backbone.pad_id

@@ -18,7 +18,7 @@ import torch
 from faults import faults
 
 from headserve.plugins.contract import Features, Head, Prepared, Row
-from headserve.server.backbone import Backbone
+from headserve.server.backbone import TextBackbone
 from headserve.server.errors import HeadFailed, OutOfMemory
 from headserve.server.runner import Runner, Work
 from headserve.server.scheduler import Limits, Scheduler
@@ -55,8 +55,8 @@ class EchoHead(Head):
 
 
 @pytest.fixture(scope="module")
-def backbone(bert) -> Backbone:  # type: ignore[no-untyped-def]
-    return Backbone.load(bert.backbone, device="cpu")
+def backbone(bert) -> TextBackbone:  # type: ignore[no-untyped-def]
+    return TextBackbone.load(bert.backbone, device="cpu")
 
 
 def _metric(scheduler: Scheduler, name: str, **labels: str) -> float | None:
@@ -68,11 +68,11 @@ async def _started(scheduler: Scheduler, main: Callable[[], Awaitable[T]]) -> T:
         return await main()
 
 
-def _row(backbone: Backbone, text: str) -> Row:
+def _row(backbone: TextBackbone, text: str) -> Row:
     return Row(tuple(backbone.tokenizer(text)["input_ids"]))
 
 
-def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
+def test_a_failing_head_fails_only_its_own_rows(backbone: TextBackbone) -> None:
     good, bad = EchoHead("good"), EchoHead("bad", fail=True)
     runner = Runner(backbone)
     scheduler = Scheduler(runner, Limits(max_wait_ms=50))
@@ -94,7 +94,7 @@ def test_a_failing_head_fails_only_its_own_rows(backbone: Backbone) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_concurrent_calls_of_every_head_share_batches(backbone: Backbone, workers: int) -> None:
+def test_concurrent_calls_of_every_head_share_batches(backbone: TextBackbone, workers: int) -> None:
     heads = [EchoHead(f"h{i}") for i in range(4)]
     runner = Runner(backbone)
     scheduler = Scheduler(runner, Limits(max_wait_ms=20, workers=workers))
@@ -133,7 +133,7 @@ class PriorityHead(EchoHead):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 @pytest.mark.parametrize("nice", [0, 7])
-def test_model_workers_run_below_the_event_loop(backbone: Backbone, nice: int) -> None:
+def test_model_workers_run_below_the_event_loop(backbone: TextBackbone, nice: int) -> None:
     head = PriorityHead("priority")
     scheduler = Scheduler(Runner(backbone), Limits(workers=2, worker_nice=nice))
     asyncio.run(
@@ -142,7 +142,7 @@ def test_model_workers_run_below_the_event_loop(backbone: Backbone, nice: int) -
     assert head.nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
 
 
-def test_out_of_memory_splits_the_batch_and_retries_it(backbone: Backbone) -> None:
+def test_out_of_memory_splits_the_batch_and_retries_it(backbone: TextBackbone) -> None:
     head = EchoHead("echo")
     runner = Runner(backbone)
     work = [Work(head, _row(backbone, f"sentence {i} " + "word " * i)) for i in range(8)]

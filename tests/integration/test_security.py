@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 from headserve.client import TLS, Batch, Client, UnauthenticatedError, UnavailableError
 from headserve.plugins.contract import HeadSpec
 from headserve.server.app import Settings, build_core
-from headserve.server.backbone import Backbone
+from headserve.server.backbone import TextBackbone
 from headserve.server.security import Security, SecurityError, read_tokens
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -162,8 +162,8 @@ def test_pickle_checkpoints_are_refused_unless_allowed(bert, tmp_path: Path) -> 
     with pytest.raises(
         ValueError, match=r"pickle weights only \(pytorch_model\.bin\).*--allow-pickle"
     ):
-        Backbone.load(folder, device="cpu")
-    assert Backbone.load(folder, device="cpu", allow_pickle=True).config.hidden_size == 32
+        TextBackbone.load(folder, device="cpu")
+    assert TextBackbone.load(folder, device="cpu", allow_pickle=True).config.hidden_size == 32
     core = build_core(
         Settings(
             model_dir=bert.backbone,

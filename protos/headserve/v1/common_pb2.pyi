@@ -53,31 +53,65 @@ Global___DType: _TypeAlias = DType  # noqa: Y015
 @_typing.final
 class TextInput(_message.Message):
     """One input text, or a text pair (sentence A and sentence B, encoded with
-    token type ids 0 and 1 where the model has them).
+    token type ids 0 and 1 where the model has them), or an image for a server
+    whose backbone reads images (GetModelInfo: backbone.modality "image").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     TEXT_PAIR_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     text_pair: _builtins.str
     """Set for a pair; leave unset for a single text."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """An image item: set it and leave text empty. Sent to a text backbone (or
+        text to an image backbone) it is INVALID_ARGUMENT naming the item.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         text_pair: _builtins.str | None = ...,
+        image: Global___Image | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_text_pair", b"_text_pair", "text_pair", b"text_pair"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_text_pair", b"_text_pair", "image", b"image", "text_pair", b"text_pair"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text_pair", b"_text_pair", "text", b"text", "text_pair", b"text_pair"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_text_pair", b"_text_pair", "image", b"image", "text", b"text", "text_pair", b"text_pair"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__text_pair: _TypeAlias = _typing.Literal["text_pair"]  # noqa: Y015
     _WhichOneofArgType__text_pair: _TypeAlias = _typing.Literal["_text_pair", b"_text_pair"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__text_pair) -> _WhichOneofReturnType__text_pair | None: ...
 
 Global___TextInput: _TypeAlias = TextInput  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """An encoded image: PNG, JPEG, GIF (its first frame), WebP or BMP. The server
+    decodes it, converts it to RGB and preprocesses it exactly as the model's own
+    image processor does (GetModelInfo: backbone.image). Larger than
+    limits.max_image_pixels, undecodable, truncated or empty: INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
 
 @_typing.final
 class Tensor(_message.Message):

@@ -50,6 +50,9 @@ class BackboneInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     MASK_TOKEN_FIELD_NUMBER: _builtins.int
     LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MODALITY_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The checkpoint folder it was loaded from."""
     model_type: _builtins.str
@@ -66,6 +69,16 @@ class BackboneInfo(_message.Message):
     """The tokenizer's mask token, for PredictTokens."""
     load_seconds: _builtins.float
     """Seconds spent loading the backbone."""
+    kind: _builtins.str
+    """The backbone kind (entry point group headserve.backbones) that loaded it,
+    e.g. "transformers-text", "transformers-image", "efficientnet-lite".
+    """
+    modality: _builtins.str
+    """What an item must be: "text" or "image"."""
+    @_builtins.property
+    def image(self) -> Global___ImageInputInfo:
+        """For an image backbone: its input and preprocessing."""
+
     def __init__(
         self,
         *,
@@ -80,14 +93,58 @@ class BackboneInfo(_message.Message):
         parameters: _builtins.int = ...,
         mask_token: _builtins.str = ...,
         load_seconds: _builtins.float = ...,
+        kind: _builtins.str = ...,
+        modality: _builtins.str = ...,
+        image: Global___ImageInputInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "hidden_size", b"hidden_size", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "model_type", b"model_type", "num_layers", b"num_layers", "parameters", b"parameters", "source", b"source", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "hidden_size", b"hidden_size", "image", b"image", "kind", b"kind", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "modality", b"modality", "model_type", b"model_type", "num_layers", b"num_layers", "parameters", b"parameters", "source", b"source", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackboneInfo: _TypeAlias = BackboneInfo  # noqa: Y015
+
+@_typing.final
+class ImageInputInfo(_message.Message):
+    """How an image backbone turns an encoded image into its input tensor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    PREPROCESSING_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    STD_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    """The input tensor's height and width in pixels."""
+    width: _builtins.int
+    preprocessing: _builtins.str
+    """The steps, in order, e.g. "resize shortest edge to 256 (bicubic), center
+    crop 224x224, rescale 1/255, normalize".
+    """
+    @_builtins.property
+    def mean(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per channel (R, G, B), applied to the rescaled pixels: (x - mean) / std."""
+
+    @_builtins.property
+    def std(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+        preprocessing: _builtins.str = ...,
+        mean: _abc.Iterable[_builtins.float] | None = ...,
+        std: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "mean", b"mean", "preprocessing", b"preprocessing", "std", b"std", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageInputInfo: _TypeAlias = ImageInputInfo  # noqa: Y015
 
 @_typing.final
 class HeadInfo(_message.Message):
@@ -347,6 +404,7 @@ class RequestLimitsInfo(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_CALLS_FIELD_NUMBER: _builtins.int
     MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
     max_request_items: _builtins.int
     """Items in one request (a unary call, or one message of a stream)."""
     max_item_chars: _builtins.int
@@ -359,6 +417,10 @@ class RequestLimitsInfo(_message.Message):
     """RPCs in progress at once, streams included."""
     max_streams: _builtins.int
     """Streams open at once."""
+    max_image_pixels: _builtins.int
+    """Pixels (width x height) of one image item, decoded; beyond it the image is
+    refused before it is decompressed (a decompression bomb).
+    """
     def __init__(
         self,
         *,
@@ -368,10 +430,11 @@ class RequestLimitsInfo(_message.Message):
         max_message_bytes: _builtins.int = ...,
         max_concurrent_calls: _builtins.int = ...,
         max_streams: _builtins.int = ...,
+        max_image_pixels: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,118 @@
+"""Images per second: the EfficientNet-Lite0 backbone in-process against headserve serving it.
+
+    .venv/bin/python bench/images.py [--seconds 15] [--callers 1,8,32]
+
+Ceiling: the backbone alone (preprocessed 224x224 inputs already in memory, no decoding), in
+this process, at batch sizes 1 to 64, the best of them. Served: `headserve serve
+efficientnet-lite0`, callers of the typed AsyncClient each sending Classify calls of one
+JPEG photo (scikit-image's cat, 451x300: decoded and preprocessed by the server every time),
+back to back for `--seconds`. Written to bench/results/images.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from load import headserve_server  # noqa: E402
+from pictures import photo  # noqa: E402
+
+from headserve.client import AsyncClient  # noqa: E402
+from headserve.plugins.backbones import LoadOptions  # noqa: E402
+from headserve.plugins.contract import Pixels, Row  # noqa: E402
+from headserve.server.efficientnet import load  # noqa: E402
+from headserve.server.threads import set_torch_threads  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "images.json"
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photo("chelsea.png"))).convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def ceiling(seconds: float) -> dict[str, float]:
+    """Images/s of the backbone's pass alone, per batch size."""
+    set_torch_threads(None)
+    backbone = load("efficientnet-lite0", LoadOptions(device="cpu"))
+    pixels = backbone.read_image(jpeg(), 10**8)
+    rates = {}
+    with torch.inference_mode():
+        for size in (1, 8, 16, 32, 64):
+            rows = [Row((), pixels=Pixels(f"{i}", pixels.values)) for i in range(size)]
+            backbone.run(rows)  # warm up
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / 5:
+                backbone.run(rows)
+                done += size
+            rates[str(size)] = done / (time.perf_counter() - started)
+    return rates
+
+
+async def callers(target: str, count: int, seconds: float, data: bytes) -> dict[str, float]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def one(client: AsyncClient) -> None:
+        while time.perf_counter() < stop:
+            sent = time.perf_counter()
+            await client.classify([data], heads=["imagenet"], top_k=1)
+            latencies.append(time.perf_counter() - sent)
+
+    async with AsyncClient(target) as client:
+        await client.classify([data], heads=["imagenet"])  # warm up
+        started = time.perf_counter()
+        await asyncio.gather(*(one(client) for _ in range(count)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "images_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--callers", default="1,8,32")
+    args = parser.parse_args()
+    rates = ceiling(args.seconds)
+    best = max(rates.values())
+    print("ceiling images/s by batch size:", {k: round(v, 1) for k, v in rates.items()})
+    served = {}
+    data = jpeg()
+    with headserve_server(["efficientnet-lite0"], ROOT / ".cache" / "images-serve.log") as (
+        _,
+        target,
+    ):
+        for count in (int(c) for c in args.callers.split(",")):
+            served[str(count)] = asyncio.run(callers(target, count, args.seconds, data))
+            served[str(count)]["of_ceiling"] = served[str(count)]["images_per_s"] / best
+            print(count, "callers:", {k: round(v, 3) for k, v in served[str(count)].items()})
+    report = {
+        "ceiling_images_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "served": {k: {m: round(v, 3) for m, v in r.items()} for k, r in served.items()},
+        "image": f"JPEG {len(data)} bytes, 451x300",
+        "command": "python bench/images.py " + " ".join(sys.argv[1:]),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Decoding an image item safely: the formats taken, the pixel limit, and RGB conversion.
+
+An item's bytes come from a caller: they may be empty, truncated, not an image at all, or a
+small file that decodes to gigapixels (a decompression bomb). The header is read first and the
+size checked against the server's pixel limit before a single pixel is decompressed; anything
+unreadable becomes a ValueError whose text is the caller's error message. The image is then
+converted to RGB as transformers' image processors do (transparency laid on white), and a GIF
+gives its first frame. Callers run this off the event loop: decoding a photo takes
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from transformers.image_transforms import convert_to_rgb
+
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+
+
+def digest(data: bytes, recipe: str) -> str:
+    """A key for the row an image makes under a preprocessing `recipe`."""
+    return hashlib.blake2b(data + b"\0" + recipe.encode(), digest_size=16).hexdigest()
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """The image in `data` as an RGB PIL image, or ValueError saying what is wrong with it."""
+    if not data:
+        raise ValueError("is empty: send the bytes of a PNG, JPEG, GIF, WebP or BMP file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"is too large to decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ValueError(
+            f"is not an image this server reads ({', '.join(FORMATS)}): {len(data)} bytes "
+            "that no decoder recognises"
+        ) from exc
+    except Exception as exc:  # a decoder reading a caller's broken header: their error
+        raise ValueError(f"cannot be decoded: {exc!r}") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ValueError(f"has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ValueError(
+            f"is {width}x{height} = {width * height:,} pixels, more than this server decodes "
+            f"({max_pixels:,}, --max-image-pixels); send a smaller image"
+        )
+    try:
+        image.seek(0)  # a GIF's (or an animated WebP's) first frame
+        image.load()
+    except Exception as exc:  # truncated or corrupt data: whatever the decoder raises
+        raise ValueError(f"cannot be decoded ({image.format}): {exc}") from exc
+    return Image.fromarray(np.asarray(convert_to_rgb(image, return_numpy=True)))
