@@ -5,8 +5,9 @@
 Ceiling: the backbone alone (preprocessed 224x224 inputs already in memory, no decoding), in
 this process, at batch sizes 1 to 64, the best of them. Served: `headserve serve
 efficientnet-lite0`, callers of the typed AsyncClient each sending Classify calls of one
-JPEG photo (scikit-image's cat, 451x300: decoded and preprocessed by the server every time),
-back to back for `--seconds`. Written to bench/results/images.json.
+JPEG photo (scikit-image's cat, 451x300, in 256 variants one pixel apart: the server
+computes equal images once, so every call must send a different one; each is decoded and
+preprocessed by the server), back to back for `--seconds`. Written to bench/results/images.json.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "images.json"
 
 
-def jpeg() -> bytes:
+def jpeg(variant: int = 0) -> bytes:
+    """The cat photo as a JPEG; each `variant` has one pixel changed, so that no two calls
+    send the same image (the server computes equal images once per pass)."""
+    image = Image.open(io.BytesIO(photo("chelsea.png"))).convert("RGB")
+    image.putpixel((variant % image.width, variant // image.width), (variant % 256, 0, 0))
     out = io.BytesIO()
-    Image.open(io.BytesIO(photo("chelsea.png"))).convert("RGB").save(out, "JPEG", quality=90)
+    image.save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -62,18 +67,19 @@ def ceiling(seconds: float) -> dict[str, float]:
     return rates
 
 
-async def callers(target: str, count: int, seconds: float, data: bytes) -> dict[str, float]:
+async def callers(target: str, count: int, seconds: float, images: list[bytes]) -> dict[str, float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def one(client: AsyncClient) -> None:
         while time.perf_counter() < stop:
             sent = time.perf_counter()
+            data = images[len(latencies) % len(images)]
             await client.classify([data], heads=["imagenet"], top_k=1)
             latencies.append(time.perf_counter() - sent)
 
     async with AsyncClient(target) as client:
-        await client.classify([data], heads=["imagenet"])  # warm up
+        await client.classify([images[0]], heads=["imagenet"])  # warm up
         started = time.perf_counter()
         await asyncio.gather(*(one(client) for _ in range(count)))
         elapsed = time.perf_counter() - started
@@ -94,19 +100,19 @@ def main() -> None:
     best = max(rates.values())
     print("ceiling images/s by batch size:", {k: round(v, 1) for k, v in rates.items()})
     served = {}
-    data = jpeg()
+    images = [jpeg(i) for i in range(256)]
     with headserve_server(["efficientnet-lite0"], ROOT / ".cache" / "images-serve.log") as (
         _,
         target,
     ):
         for count in (int(c) for c in args.callers.split(",")):
-            served[str(count)] = asyncio.run(callers(target, count, args.seconds, data))
+            served[str(count)] = asyncio.run(callers(target, count, args.seconds, images))
             served[str(count)]["of_ceiling"] = served[str(count)]["images_per_s"] / best
             print(count, "callers:", {k: round(v, 3) for k, v in served[str(count)].items()})
     report = {
         "ceiling_images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "served": {k: {m: round(v, 3) for m, v in r.items()} for k, r in served.items()},
-        "image": f"JPEG {len(data)} bytes, 451x300",
+        "image": f"256 variants of a JPEG of {len(images[0])} bytes, 451x300",
         "command": "python bench/images.py " + " ".join(sys.argv[1:]),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
