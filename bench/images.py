@@ -3,7 +3,8 @@
     .venv/bin/python bench/images.py [--seconds 15] [--callers 1,8,32]
 
 Ceiling: the backbone alone (preprocessed 224x224 inputs already in memory, no decoding), in
-this process, at batch sizes 1 to 64, the best of them. Served: `headserve serve
+this process, at batch sizes 1 to 64, in the two layouts the server can run (one worker on
+every core; one single-threaded worker per core, computing batches at once), the best of all. Served: `headserve serve
 efficientnet-lite0`, callers of the typed AsyncClient each sending Classify calls of one
 JPEG photo (scikit-image's cat, 451x300, in 256 variants one pixel apart: the server
 computes equal images once, so every call must send a different one; each is decoded and
@@ -17,8 +18,10 @@ import asyncio
 import io
 import json
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +36,7 @@ from headserve.client import AsyncClient  # noqa: E402
 from headserve.plugins.backbones import LoadOptions  # noqa: E402
 from headserve.plugins.contract import Pixels, Row  # noqa: E402
 from headserve.server.efficientnet import load  # noqa: E402
-from headserve.server.threads import set_torch_threads  # noqa: E402
+from headserve.server.threads import cores, set_torch_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "images.json"
@@ -49,21 +52,40 @@ def jpeg(variant: int = 0) -> bytes:
     return out.getvalue()
 
 
+def _rate(backbone: Any, rows: list[Row], workers: int, seconds: float) -> float:
+    """Images/s of `workers` threads each running the backbone on `rows` over and over."""
+    done = [0]
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def work() -> None:
+        with torch.inference_mode():
+            backbone.run(rows)  # warm up (each thread's first pass)
+            while time.perf_counter() - started < seconds:
+                backbone.run(rows)
+                with lock:
+                    done[0] += len(rows)
+
+    pool = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return done[0] / (time.perf_counter() - started)
+
+
 def ceiling(seconds: float) -> dict[str, float]:
-    """Images/s of the backbone's pass alone, per batch size."""
-    set_torch_threads(None)
+    """Images/s of the backbone's pass alone, per layout (WORKERSxTHREADS: that many threads
+    computing batches at once, each on that many torch threads) and batch size."""
     backbone = load("efficientnet-lite0", LoadOptions(device="cpu"))
     pixels = backbone.read_image(jpeg(), 10**8)
+    count = cores()
     rates = {}
-    with torch.inference_mode():
+    for workers, threads in dict.fromkeys([(1, count), (count, 1)]):
+        set_torch_threads(threads)  # worker threads take it when they first compute
         for size in (1, 8, 16, 32, 64):
             rows = [Row((), pixels=Pixels(f"{i}", pixels.values)) for i in range(size)]
-            backbone.run(rows)  # warm up
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds / 5:
-                backbone.run(rows)
-                done += size
-            rates[str(size)] = done / (time.perf_counter() - started)
+            rates[f"{workers}x{threads} batch {size}"] = _rate(backbone, rows, workers, seconds / 5)
     return rates
 
 
@@ -95,13 +117,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--callers", default="1,8,32")
+    parser.add_argument(
+        "--serve-args", default="", help="more `headserve serve` options, e.g. --max-batch-items 4"
+    )
     args = parser.parse_args()
     rates = ceiling(args.seconds)
     best = max(rates.values())
-    print("ceiling images/s by batch size:", {k: round(v, 1) for k, v in rates.items()})
+    print("in-process images/s:", {k: round(v, 1) for k, v in rates.items()})
     served = {}
     images = [jpeg(i) for i in range(256)]
-    with headserve_server(["efficientnet-lite0"], ROOT / ".cache" / "images-serve.log") as (
+    serve = ["efficientnet-lite0", *args.serve_args.split()]
+    with headserve_server(serve, ROOT / ".cache" / "images-serve.log") as (
         _,
         target,
     ):

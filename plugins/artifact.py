@@ -35,13 +35,20 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True)
 class Network:
-    """The trained module: linear, or an MLP with one hidden layer."""
+    """The trained module: linear, an MLP with one hidden layer, or "tail": the backbone's
+    last block(s) (its own trained copy, BackboneView.tail) and a linear layer on top."""
 
-    kind: str = "linear"  # "linear" or "mlp"
+    kind: str = "linear"  # "linear", "mlp" or "tail"
     hidden: int = 256
     dropout: float = 0.1
 
-    def build(self, inputs: int, outputs: int) -> nn.Module:
+    def build(self, inputs: int, outputs: int, tail: nn.Module | None = None) -> nn.Module:
+        if self.kind == "tail":
+            if tail is None:
+                raise ArtifactError("a tail network needs its backbone's tail (an image kind's)")
+            return TailClassifier(
+                tail, nn.Sequential(nn.Dropout(self.dropout), nn.Linear(inputs, outputs))
+            )
         if self.kind == "linear":
             return nn.Sequential(nn.Dropout(self.dropout), nn.Linear(inputs, outputs))
         if self.kind == "mlp":
@@ -52,7 +59,21 @@ class Network:
                 nn.Dropout(self.dropout),
                 nn.Linear(self.hidden, outputs),
             )
-        raise ArtifactError(f"unknown network {self.kind!r}: linear or mlp")
+        raise ArtifactError(f"unknown network {self.kind!r}: linear, mlp or tail")
+
+
+class TailClassifier(nn.Module):
+    """The backbone's last block(s), retrained, then a linear layer: from the shared pass's
+    intermediate features (Features.intermediate) to logits."""
+
+    def __init__(self, tail: nn.Module, top: nn.Module) -> None:
+        super().__init__()
+        self.tail = tail
+        self.top = top
+
+    def forward(self, intermediate: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.top(self.tail(intermediate))
+        return out
 
 
 @dataclass(frozen=True)
@@ -111,12 +132,13 @@ def read_meta(folder: Path) -> HeadMeta:
         raise ArtifactError(f"{folder / META}: missing or bad field {exc}") from exc
 
 
-def load(folder: Path) -> tuple[HeadMeta, nn.Module]:
-    """The artifact's metadata and its network, weights loaded, in eval mode (CPU, float32)."""
+def load(folder: Path, tail: nn.Module | None = None) -> tuple[HeadMeta, nn.Module]:
+    """The artifact's metadata and its network, weights loaded, in eval mode (CPU, float32).
+    A "tail" network is built on `tail` (a fresh copy of the backbone's, BackboneView.tail)."""
     from safetensors.torch import load_file
 
     meta = read_meta(folder)
-    module = meta.network.build(meta.hidden_size, meta.outputs)
+    module = meta.network.build(meta.hidden_size, meta.outputs, tail)
     try:
         module.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, RuntimeError) as exc:

@@ -46,6 +46,7 @@ class Computed(NamedTuple):
     ids: torch.Tensor
     tokens: int
     pooled: torch.Tensor | None = None
+    intermediate: torch.Tensor | None = None  # the input of the kind's tail (see Backbone.tail)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class Backbone(abc.ABC):
     tokenizer: PreTrainedTokenizerFast | None  # text backbones; None on image ones
     image: ImageInput | None  # image backbones; None on text ones
     packing: bool  # rows of many lengths share a pass without padding waste
+    # Rows per batch that run fastest on a CPU, where bigger batches are slower per row (a
+    # CNN's activations outgrow the caches); the server uses it unless --max-batch-items is
+    # set to something else. None: no such limit.
+    cpu_batch_rows: int | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -112,6 +117,12 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def probe_rows(self) -> list[Row]:
         """A few valid rows, for checks and warm-up at load."""
+
+    def tail(self) -> torch.nn.Module | None:
+        """A kind may offer its last block(s) to train: a fresh copy, pretrained weights, that
+        maps `Computed.intermediate` (what the shared pass computed before those blocks) to
+        the pooled features. None: it offers none."""
+        return None
 
     def read_image(self, data: bytes, max_pixels: int) -> Pixels:
         """An image backbone's row input from an encoded image, exactly as the model's own

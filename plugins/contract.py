@@ -37,7 +37,7 @@ a plugin: `headserve.plugins.backbones` is its contract.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
@@ -126,6 +126,9 @@ class BackboneView:
     modality: Modality = "text"
     kind: str = "transformers-text"  # the backbone kind (entry point) that loaded it
     classifier: LinearClassifier | None = None
+    # a fresh copy of the backbone's last block(s), from `Features.intermediate` to
+    # `Features.pooled`, for a head that trains its own (None: the kind offers none)
+    tail: Callable[[], torch.nn.Module | None] | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -179,6 +182,7 @@ class Features:
     input_ids: torch.Tensor  # [rows, tokens]
     pooled: torch.Tensor | None = None  # image backbones: [rows, hidden_size], what the
     # checkpoint's own classifier reads
+    intermediate: torch.Tensor | None = None  # the input of BackboneView.tail, when offered
 
 
 @dataclass(frozen=True)

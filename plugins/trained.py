@@ -25,7 +25,7 @@ from .tasks import ClassifyOptions
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls", "pooled")
+POOLINGS = ("mean", "cls", "pooled", "intermediate")
 
 
 def pool(features: Features, how: str) -> torch.Tensor:
@@ -35,6 +35,10 @@ def pool(features: Features, how: str) -> torch.Tensor:
         if features.pooled is None:
             raise ValueError("pooling 'pooled' needs an image backbone's pooled features")
         return features.pooled.float()
+    if how == "intermediate":  # a tail network pools itself
+        if features.intermediate is None:
+            raise ValueError("a tail head needs the backbone's intermediate features")
+        return features.intermediate.float()
     hidden = features.hidden.float()
     if how == "cls":
         return hidden[:, 0]
@@ -44,8 +48,9 @@ def pool(features: Features, how: str) -> torch.Tensor:
 
 def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, str]:
     """The artifact's network on the backbone's device, after the backbone checks."""
-    meta, module = artifact.load(context.source)
     view = context.backbone
+    tail = view.tail() if view.tail is not None and _wants_tail(context.source) else None
+    meta, module = artifact.load(context.source, tail)
     if meta.task != task:
         raise ArtifactError(f"{context.source} holds a {meta.task} head, not {task}")
     if meta.hidden_size != view.hidden_size:
@@ -53,9 +58,10 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
             f"{context.source} was trained on hidden size {meta.hidden_size}; "
             f"the served backbone has {view.hidden_size}"
         )
-    if (meta.pooling == "pooled") != (view.modality == "image"):
+    image_head = meta.pooling in ("pooled", "intermediate")
+    if image_head != (view.modality == "image"):
         raise ArtifactError(
-            f"{context.source} was trained on {'image' if meta.pooling == 'pooled' else 'text'} "
+            f"{context.source} was trained on {'image' if image_head else 'text'} "
             f"features; the served backbone ({view.kind}) reads {view.modality}"
         )
     forced = context.spec.options.get("force", "").lower() in {"1", "true", "yes"}
@@ -76,6 +82,10 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
         log.warning("%s; served anyway (force=true)", message)
         note = "FORCED onto a backbone it was not trained on; "
     return meta, module.to(view.device), note
+
+
+def _wants_tail(folder: Any) -> bool:
+    return artifact.read_meta(folder).network.kind == "tail"
 
 
 def _metrics_note(meta: HeadMeta) -> str:

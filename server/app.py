@@ -61,6 +61,7 @@ from .threads import plan, set_torch_threads
 if TYPE_CHECKING:
     from .tracing import Tracing
 
+DEFAULT_BATCH_ITEMS = Limits().max_batch_items
 log = logging.getLogger(__name__)
 
 GENERIC = "*"  # the Heads service: SERVING with any usable head of a task outside the four
@@ -184,6 +185,9 @@ def build_core(
     threads = plan(backbone.device, settings.limits.workers, settings.threads)
     set_torch_threads(threads.threads)
     limits = replace(settings.limits, workers=threads.workers)
+    cap = backbone.cpu_batch_rows
+    if cap and backbone.device.type == "cpu" and limits.max_batch_items == DEFAULT_BATCH_ITEMS:
+        limits = replace(limits, max_batch_items=cap)  # the kind's best, unless set otherwise
     runner = Runner(backbone)
     metrics = metrics or Metrics()
     metrics.count_oom_splits(lambda: runner.oom_splits)

@@ -250,7 +250,13 @@ def _parser() -> argparse.ArgumentParser:
         "qa: SQuAD-style .jsonl (question, context, answer_text + answer_start or answers)",
     )
     train.add_argument("--out", required=True, type=Path, help="the artifact folder to write")
-    train.add_argument("--network", choices=["linear", "mlp"], default="linear")
+    train.add_argument(
+        "--network",
+        choices=["linear", "mlp", "tail"],
+        default="linear",
+        help="tail: retrain a copy of the backbone's last block under a linear layer (the "
+        "tutorial's fine-tuning; efficientnet-lite backbones)",
+    )
     train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
     train.add_argument("--dropout", type=float, default=0.1)
     train.add_argument("--epochs", type=int, default=100, help="at most; early stopping decides")

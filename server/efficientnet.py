@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ from headserve.plugins.contract import (
 )
 
 from .backbone import pick_device, pick_dtype
-from .image_backbone import ImageBackbone
+from .image_backbone import ImageBackbone, ImageFeatures
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^efficientnet-lite([0-4])$")
+TAIL_BLOCKS = 1  # the last MBConv block (192 -> 320 channels on lite0) is the trainable tail
 CROP_PADDING = 32
 MEAN, STD = 127.0, 128.0  # on 0-255 pixels
 
@@ -115,6 +117,7 @@ class EfficientNetBackbone(ImageBackbone):
     classifier: LinearClassifier
     size: int
     hyper: PretrainedConfig
+    shared_tail: LiteTail
     max_length: int = 1
 
     @property
@@ -128,10 +131,59 @@ class EfficientNetBackbone(ImageBackbone):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.size)
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = getattr(self.model, "extract_features")(pixels)  # noqa: B009
+    def features(self, pixels: torch.Tensor) -> ImageFeatures:
+        """The package's extract_features, split where the tail begins."""
+        model: Any = self.model
+        x = model._swish(model._bn0(model._conv_stem(pixels)))
+        for index, block in enumerate(model._blocks[: self.shared_tail.first]):
+            x = block(x, drop_connect_rate=self.shared_tail.rate(index))
+        maps = self.shared_tail.maps(x)
         positions = maps.flatten(2).transpose(1, 2)  # [rows, cells, channels]
-        return positions, positions.mean(1)
+        return ImageFeatures(positions, positions.mean(1), x)
+
+    def tail(self) -> torch.nn.Module:
+        """A trainable copy of the last block, the head convolution and its batch norm."""
+        return LiteTail(self.model, TAIL_BLOCKS, copy=True)
+
+
+class LiteTail(torch.nn.Module):
+    """The last `blocks` MBConv blocks, the 1x1 head convolution, its batch norm and
+    activation: from the feature map before those blocks to the pooled features. With
+    `copy`, its own trainable copy; without, the backbone's own modules (its shared pass)."""
+
+    def __init__(self, model: Any, blocks: int, *, copy: bool) -> None:
+        super().__init__()
+        take = deepcopy if copy else (lambda module: module)
+        self.first = len(model._blocks) - blocks
+        self.total = len(model._blocks)
+        self.drop_connect = model._global_params.drop_connect_rate
+        self.blocks = torch.nn.ModuleList(take(block) for block in model._blocks[self.first :])
+        self.conv_head = take(model._conv_head)
+        self.bn1 = take(model._bn1)
+        self.swish = take(model._swish)
+        self.requires_grad_(copy)
+
+    def rate(self, index: int) -> float:
+        """The drop-connect rate of block `index` (the package scales it by depth)."""
+        return float(self.drop_connect or 0) * index / self.total
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        for offset, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.rate(self.first + offset))
+        out: torch.Tensor = self.swish(self.bn1(self.conv_head(x)))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps(x).flatten(2).mean(2)
+
+    def train(self, mode: bool = True) -> LiteTail:
+        """Batch norms keep the pretrained statistics even while the rest trains: a few
+        hundred examples would only make them worse."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        return self
 
 
 def network(name: str) -> Any:
@@ -180,6 +232,7 @@ def load(name: str, options: LoadOptions) -> EfficientNetBackbone:
         classifier=classifier,
         size=size,
         hyper=hyper,
+        shared_tail=LiteTail(model, TAIL_BLOCKS, copy=False),
     )
     backbone.load_seconds = time.perf_counter() - started
     log.info(

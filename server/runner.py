@@ -133,7 +133,8 @@ class Runner:
             log.exception("backbone failed on a batch of %d rows", len(work))
             failure = HeadFailed(f"the backbone failed on this batch: {exc!r}", head="backbone")
             return BatchRun([failure] * len(work), ())
-        hidden, mask, ids, pooled = computed.hidden, computed.mask, computed.ids, computed.pooled
+        hidden, mask, ids = computed.hidden, computed.mask, computed.ids
+        pooled, intermediate = computed.pooled, computed.intermediate
         backbone_done = time.perf_counter()
         heads: list[HeadTiming] = []
         outputs: list[Any] = [None] * len(work)
@@ -150,6 +151,7 @@ class Runner:
                 mask[index, :longest],
                 ids[index, :longest],
                 pooled[index] if pooled is not None else None,
+                intermediate[index] if intermediate is not None else None,
             )
             head_started, failed = time.perf_counter(), False
             try:

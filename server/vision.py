@@ -36,7 +36,7 @@ from headserve.plugins.contract import (
 )
 
 from .backbone import pick_device, pick_dtype, refuse_pickle
-from .image_backbone import ImageBackbone
+from .image_backbone import ImageBackbone, ImageFeatures
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ class VisionBackbone(ImageBackbone):
         values: np.ndarray = self.processor(images=image, return_tensors="np")["pixel_values"][0]
         return values
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, pixels: torch.Tensor) -> ImageFeatures:
         out = self.model(pixel_values=pixels)
         last = out.last_hidden_state
         if self.config.model_type in TOKEN_POOLED:
-            return last, last[:, 0]
+            return ImageFeatures(last, last[:, 0])
         pooled = out.pooler_output.flatten(1)
-        return last.flatten(2).transpose(1, 2), pooled
+        return ImageFeatures(last.flatten(2).transpose(1, 2), pooled)
 
 
 def pooled_size(config: PretrainedConfig) -> int:

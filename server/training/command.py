@@ -98,6 +98,7 @@ def train_head(options: TrainOptions) -> TrainReport:
     started = time.perf_counter()
     torch.manual_seed(options.fit.seed)
     hidden = backbone.hidden_size
+    tail: torch.nn.Module | None = None
     if options.task == "classify":
         if options.pooling not in ("mean", "cls"):
             raise ValueError(f"--pooling must be mean or cls, not {options.pooling!r}")
@@ -105,9 +106,16 @@ def train_head(options: TrainOptions) -> TrainReport:
         if len(labels) < 2:
             raise ValueError(f"{options.data}: one label only ({labels[0]!r}); need two or more")
         unit = "image" if images else "text"
+        tail = backbone.tail() if options.network.kind == "tail" else None
+        if options.network.kind == "tail" and tail is None:
+            raise ValueError(
+                f"--network tail: the {backbone.kind} backbone offers no trainable tail "
+                "(efficientnet-lite does)"
+            )
         with _bar(len(examples), unit, options.progress, "features") as bar:
             if images:
-                features, cached = image_features(backbone, examples, cache, bar.update)
+                what = "intermediate" if tail is not None else "pooled"
+                features, cached = image_features(backbone, examples, cache, bar.update, what)
             else:
                 features, cached = classify_features(
                     backbone, examples, options.pooling, cache, bar.update
@@ -117,7 +125,8 @@ def train_head(options: TrainOptions) -> TrainReport:
             features, torch.tensor([index[e.label] for e in examples]), labels
         )
         train_units, val_units = train, val
-        outputs, pooling = len(labels), "pooled" if images else options.pooling
+        outputs = len(labels)
+        pooling = ("intermediate" if tail is not None else "pooled") if images else options.pooling
     else:
         with _bar(None, "window", options.progress, "features") as bar:  # windows: not known yet
             qa, cached = qa_features(backbone, examples, options.doc_stride, cache, bar.update)
@@ -128,7 +137,7 @@ def train_head(options: TrainOptions) -> TrainReport:
 
     started = time.perf_counter()
     torch.manual_seed(options.fit.seed)
-    module = options.network.build(hidden, outputs)
+    module = options.network.build(hidden, outputs, tail)
     untrained = task_data.metrics(module, val)
     with _bar(options.fit.epochs, "epoch", options.progress, "training") as bar:
 

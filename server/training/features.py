@@ -144,22 +144,24 @@ def image_features(
     examples: Sequence[Labelled],
     cache: FeatureCache,
     progress: Progress | None = None,
+    what: str = "pooled",
 ) -> tuple[torch.Tensor, bool]:
-    """[examples, hidden] pooled features of image examples; and whether cached. Images are
-    decoded a chunk at a time (a preprocessed image takes ~600 kB); an unreadable one stops
-    the run, named with every other."""
+    """[examples, hidden] pooled features of image examples, or ("intermediate") the input of
+    the backbone's tail [examples, ...]; and whether cached. Images are decoded a chunk at a
+    time (a preprocessed image takes ~600 kB); an unreadable one stops the run, named with
+    every other."""
     paths = [e.item.path for e in examples if isinstance(e.item, ImageFile)]
     if len(paths) != len(examples):
         raise ValueError("an image backbone trains on images: the data has text rows")
     digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
     assert backbone.image is not None
     key = cache.key(
-        task="classify", pooling="pooled", image=backbone.image.preprocessing, items=digests
+        task="classify", pooling=what, image=backbone.image.preprocessing, items=digests
     )
     hit = cache.get(key)
     if hit is not None:
         return hit["features"], True
-    head, limit = _Pooled("pooled"), RequestLimits().max_image_pixels
+    head, limit = _Pooled(what), RequestLimits().max_image_pixels
     vectors: list[torch.Tensor] = []
     bad: list[str] = []
     for start in range(0, len(paths), CHUNK_ROWS):

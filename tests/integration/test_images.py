@@ -4,23 +4,28 @@ image does to a call, a batch and a stream."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import held
 from pictures import LABELS, VISION_ARCHS, bomb, encoded, gallery, make_vision, photo, picture
 from PIL import Image
 from serving import ServerThread
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
 from transformers.image_transforms import convert_to_rgb
 
-from headserve.client import Batch, Client, InvalidArgumentError
+from headserve.client import AsyncClient, Batch, Client, InvalidArgumentError
 from headserve.server.app import Settings
 from headserve.server.efficientnet import center_crop_box, network, preprocess, weights_file
 from headserve.server.limits import RequestLimits
+from headserve.server.scheduler import Limits
 
 
 @pytest.fixture(scope="module", params=VISION_ARCHS)
@@ -80,10 +85,52 @@ def test_images_batch_across_calls_and_heads_and_a_mixed_batch_equals_separate_o
         np.testing.assert_allclose(together, alone, atol=1e-5)
         runner = server.core.runner
         before = runner.rows_computed
-        both = client.classify([images[0]], heads=["classify"])  # a head of each task ...
-        vectors = client.encode([images[0], images[0]])  # ... and the same image twice
-        assert both and np.allclose(vectors.vectors[0], vectors.vectors[1])
-        assert runner.rows_computed - before <= 2  # equal images are computed once per pass
+        vectors = client.encode([images[0], images[0]])  # the same image twice in one call
+        np.testing.assert_array_equal(vectors.vectors[0], vectors.vectors[1])
+        assert runner.rows_computed - before == 1  # computed once
+
+
+def test_an_encode_and_a_classify_of_one_image_share_one_backbone_row(
+    tmp_path: Path,
+) -> None:
+    """Call A holds the one model worker; meanwhile an Encode and a Classify of the same
+    image queue; released, they run in one pass in which that image is one row."""
+    folder = make_vision(tmp_path, "resnet")
+    server = ServerThread(Settings(model_dir=folder, device="cpu", limits=Limits(workers=1)))
+    first, same = gallery()[0], gallery()[1]
+    assert server.core is not None
+    runner, scheduler = server.core.runner, server.core.scheduler
+
+    async def main(gate: threading.Event) -> None:
+        async with AsyncClient(server.target, max_retries=0, timeout=30) as client:
+            holding = asyncio.ensure_future(client.encode([first]))
+            await _eventually(lambda: scheduler.busy)  # `first` is on the (held) model
+            encoded_ = asyncio.ensure_future(client.encode([same]))
+            classified = asyncio.ensure_future(client.classify([same]))
+            await _eventually(lambda: scheduler.queued == 2)
+            gate.set()
+            await asyncio.gather(holding, encoded_, classified)
+            assert len((await encoded_).vectors) == 1 and len(await classified) == 1
+
+    before = runner.rows_computed
+    try:
+        with held(runner) as gate:
+            asyncio.run(main(gate))
+        assert runner.rows_computed - before == 2  # `first`, then `same` once for both heads
+        # the batching metrics count image passes as they count text ones
+        registry = scheduler.metrics.registry
+        assert registry.get_sample_value("headserve_batch_rows_count") == 2
+        # rows as scheduled, one per head (1 + 2); the runner computed the distinct ones (2)
+        assert registry.get_sample_value("headserve_batch_rows_sum") == 3
+    finally:
+        server.stop()
+
+
+async def _eventually(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def test_a_stream_of_images_answers_each_request_and_a_bad_one_alone(vision) -> None:  # type: ignore[no-untyped-def]

@@ -34,8 +34,8 @@ def test_packed_equals_padded(families, arch: str) -> None:  # type: ignore[no-u
         enc = backbone.tokenizer(text, pair, return_token_type_ids=True)
         rows.append(Row(tuple(enc["input_ids"]), tuple(enc["token_type_ids"])))
     with torch.inference_mode():
-        packed, mask, ids, computed, _ = backbone.run_packed(rows, pack_tokens=24)
-        padded, padded_mask, padded_ids, padded_computed, _ = backbone.run_padded(rows)
+        packed, mask, ids, computed = backbone.run_packed(rows, pack_tokens=24)[:4]
+        padded, padded_mask, padded_ids, padded_computed = backbone.run_padded(rows)[:4]
         assert torch.equal(mask, padded_mask) and torch.equal(ids, padded_ids)
         real = sum(len(r.input_ids) for r in rows)
         assert padded_computed == len(rows) * max(len(r.input_ids) for r in rows)

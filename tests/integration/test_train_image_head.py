@@ -8,6 +8,7 @@ import csv
 import io
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from transformers.image_transforms import convert_to_rgb
 
 from headserve.client import Client
 from headserve.plugins import artifact
-from headserve.plugins.contract import HeadSpec
+from headserve.plugins.artifact import Network
+from headserve.plugins.contract import HeadSpec, Row
 from headserve.server.app import Settings
 from headserve.server.training.command import TrainOptions, train_head
 from headserve.server.training.fit import FitSettings
@@ -153,3 +155,47 @@ def test_the_cli_trains_on_an_image_folder(resnet: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "trained a classify head" in done.stdout
     assert (tmp_path / "head" / "head.json").is_file()
+
+
+def test_a_tail_head_retrains_the_last_block_and_serves_on_the_shared_pass(
+    tmp_path: Path,
+) -> None:
+    """The tutorial's fine-tuning: EfficientNet-Lite0's last block, copied and retrained under
+    a linear layer, served on the shared pass's intermediate features (one backbone pass for
+    it and the ImageNet head), giving the trainer's own probabilities."""
+    folder = image_folder(tmp_path / "data", per_class=6)
+    options = _options(tmp_path, Path("efficientnet-lite0"), folder, network=Network("tail"))
+    report = train_head(replace(options, fit=FitSettings(epochs=3, lr=1e-3, patience=3)))
+    assert (report.meta.pooling, report.meta.network.kind) == ("intermediate", "tail")
+    heads = (HeadSpec("imagenet", "classify"), HeadSpec("colours", "trained_classify", report.out))
+    server = ServerThread(Settings(model_dir=Path("efficientnet-lite0"), heads=heads, device="cpu"))
+    try:
+        tests = [swatch(COLOURS[name], 7000 + i) for i in range(2) for name in COLOURS]
+        with Client(server.target) as client:
+            before = server.core.runner.rows_computed
+            served = client.classify(tests, heads=["colours", "imagenet"])
+            assert server.core.runner.rows_computed - before == len(tests)  # one pass for both
+        backbone = server.core.backbone
+        rows = [Row((), pixels=backbone.read_image(d, 10**8)) for d in tests]
+        with torch.inference_mode():
+            computed = backbone.run(rows)
+            # the shared pass's tail IS the network's own last block: pooled features agree
+            fresh = backbone.tail().eval()
+            np.testing.assert_allclose(
+                fresh(computed.intermediate).numpy(), computed.pooled.numpy(), atol=1e-5
+            )
+            _, network = artifact.load(report.out, backbone.tail())
+            want = network(computed.intermediate).softmax(-1).numpy()
+    finally:
+        server.stop()
+    for result, row in zip(served, want, strict=True):
+        scores = {s.label: s.probability for s in result.heads[0].labels}
+        np.testing.assert_allclose([scores["blue"], scores["red"]], row, atol=1e-5)
+        assert len(result.heads[1].labels) == 1000
+
+
+def test_a_tail_on_a_backbone_without_one_is_refused(resnet: Path, tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "data", per_class=3)
+    options = _options(tmp_path, resnet, folder, network=Network("tail"))
+    with pytest.raises(ValueError, match="offers no trainable tail"):
+        train_head(options)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from pictures import gallery, make_vision
 from serving import ServerThread
 
 from headserve.client import (
@@ -71,7 +72,7 @@ def _settings(family, **kwargs) -> Settings:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
+def endpoint(families, tmp_path_factory) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
     from ray import serve
@@ -88,13 +89,22 @@ def endpoint(families) -> Iterator[Endpoint]:  # type: ignore[no-untyped-def]
             threads=1,
             limits=Limits(workers=1, max_queue_items=64, max_batch_items=64),
         ),
+        # an image backbone (a tiny random ResNet), behind the same proxy, with tokens
+        "images": Settings(
+            model_dir=make_vision(tmp_path_factory.mktemp("ray-resnet"), "resnet"),
+            device="cpu",
+            threads=1,
+            limits=Limits(workers=1),
+            security=Security(tokens=(TOKEN,)),
+        ),
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray_serve.start(port, http_options={"port": _free_port()})
-        # two backbones with 2 replicas each at half a CPU fill the 2 CPUs; "mini", there
-        # for the overload test only, asks for no CPU so that it fits beside them
-        for name, replicas, cpus in (("en", 2, 0.5), ("other", 2, 0.5), ("mini", 1, 0)):
+        # two backbones with 2 replicas each at half a CPU fill the 2 CPUs; "mini" (for the
+        # overload test) and "images" ask for no CPU so that they fit beside them
+        apps = (("en", 2, 0.5), ("other", 2, 0.5), ("mini", 1, 0), ("images", 1, 0))
+        for name, replicas, cpus in apps:
             app = ray_serve.application(
                 settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": cpus}
             )
@@ -222,6 +232,36 @@ def test_overload_keeps_its_code_and_reason_through_the_proxy(endpoint: Endpoint
     assert isinstance(refused, ResourceExhaustedError), "C was not refused"
     assert refused.reason == "OVERLOADED" and "queue full" in refused.message
     assert refused.request_id is not None
+
+
+def test_image_items_answer_through_the_proxy_as_the_standalone_server_does(
+    endpoint: Endpoint,
+) -> None:
+    images = gallery()
+    standalone = ServerThread(endpoint.settings["images"])
+    try:
+        with (
+            Client(endpoint.target, application="images", token=TOKEN) as ray_client,
+            Client(standalone.target, token=TOKEN) as local,
+        ):
+            assert ray_client.model_info().backbone.modality == "image"
+            got, want = ray_client.encode(images), local.encode(images)
+            np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+            got_cls, want_cls = ray_client.classify(images), local.classify(images)
+            for a, b in zip(got_cls, want_cls, strict=True):
+                want_scores = {s.label: s.probability for s in b.heads[0].labels}
+                for score in a.heads[0].labels:
+                    assert abs(score.probability - want_scores[score.label]) < 1e-5
+            batches = [Batch(images[:2], id="a"), Batch([b"not an image"], id="b")]
+            results = list(ray_client.classify_stream(batches))
+            assert [r.id for r in results] == ["a", "b"] and results[0].error is None
+            assert isinstance(results[1].error, InvalidArgumentError)
+            assert results[1].error.field == "items[0].image"
+        with Client(endpoint.target, application="images", max_retries=0) as anonymous:
+            with pytest.raises(UnauthenticatedError):
+                anonymous.encode(images[:1])
+    finally:
+        standalone.stop()
 
 
 def test_tokens_are_checked_in_the_replica(endpoint: Endpoint) -> None:

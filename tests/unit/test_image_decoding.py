@@ -50,6 +50,7 @@ def test_transparency_is_laid_on_white_and_a_gif_gives_its_first_frame() -> None
         (encoded(picture(64, 64), "JPEG")[:300], "cannot be decoded"),
         (encoded(picture(64, 64), "GIF")[:40], "cannot be decoded|not an image"),
         (bomb(), "pixels"),
+        (bomb(0, 5), "no pixels|not an image|cannot be decoded"),  # a zero-size header
         (bomb(3000, 3000), "more than this server decodes"),  # under PIL's own limit, over ours
         (encoded(picture(64, 64), "TIFF"), "not an image"),  # a format the server does not take
     ],
