@@ -476,6 +476,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             load_seconds=b.load_seconds,
             kind=b.kind,
             modality=b.modality or "text",
+            runtime=b.runtime,
             image=ImageInputInfo(
                 height=b.image.height,
                 width=b.image.width,

@@ -458,6 +458,8 @@ class BackboneInfo:
     """What an item must be: ``"text"`` or ``"image"``."""
     image: ImageInputInfo | None = None
     """An image backbone's input size and preprocessing."""
+    runtime: str = ""
+    """What runs the pass: ``"torch"``, ``"torch (traced)"``, ``"onnxruntime 1.32.0"``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,8 @@ class LoadOptions:
     dtype: str | None = None  # "float32" (default), "float16", "bfloat16"
     allow_pickle: bool = False  # pickle weights may be loaded (they can run code)
     trace: bool = True  # the kind may trace or compile its pass (checked against eager)
+    runtime: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto", for kinds that offer it
+    threads: int = 1  # intra-op threads of each model worker (the server's thread plan)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class Backbone(abc.ABC):
     # CNN's activations outgrow the caches); the server uses it unless --max-batch-items is
     # set to something else. None: no such limit.
     cpu_batch_rows: int | None = None
+
+    @property
+    def runtime(self) -> str:
+        """What runs the pass, e.g. "torch", "torch (traced)", "onnxruntime 1.32.0"."""
+        return "torch"
 
     @property
     def hidden_size(self) -> int:

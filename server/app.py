@@ -36,7 +36,7 @@ from headserve.v1 import (
     token_predictor_pb2_grpc,
 )
 
-from .backbone import default_model_dir
+from .backbone import default_model_dir, pick_device
 from .backbone_kinds import choose_kind
 from .core import Core
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
@@ -127,6 +127,8 @@ class Settings:
     security: Security = Security()
     allow_pickle: bool = False  # load pickle checkpoints (they can run code); safetensors only
     trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
+    runtime: str = "auto"  # "onnx": the packed pass on ONNX Runtime, checked (onnx_pass.py);
+    # "auto": ONNX Runtime for a float32 text backbone on a CPU when installed, else torch
     threads: int | None = None  # torch threads per model worker; None: see threads.py
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
@@ -163,6 +165,7 @@ def build_core(
     check_defaults(settings.heads, plugins)
     kind = choose_kind(source, settings.backbone_kind)
     specs = settings.heads or kind.default_heads(source)
+    threads = plan(pick_device(settings.device), settings.limits.workers, settings.threads)
     backbone = kind.load(
         source,
         LoadOptions(
@@ -170,6 +173,8 @@ def build_core(
             dtype=settings.dtype,
             allow_pickle=settings.allow_pickle,
             trace=settings.trace,
+            runtime=settings.runtime,
+            threads=threads.threads,
         ),
     )
     registry = load_heads(
@@ -182,7 +187,6 @@ def build_core(
     )
     require(registry, settings.require_heads)
     release_freed_memory()
-    threads = plan(backbone.device, settings.limits.workers, settings.threads)
     set_torch_threads(threads.threads)
     limits = replace(settings.limits, workers=threads.workers)
     cap = backbone.cpu_batch_rows

@@ -4,6 +4,7 @@ Built-in kind "transformers-text" (plugins/backbones.py is the contract it imple
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
@@ -24,14 +25,17 @@ from transformers import (
 from headserve.plugins.backbones import Backbone, LoadOptions
 from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
 
+from . import onnx_pass
 from .config import default_heads
 from .families import first_position, usable_positions
+from .onnx_pass import OrtPass
 from .packing import Computed, Packed, pack, padded, unpack
 from .traced import PackedInputs
 from .traced import trace as trace_packed_pass
 
 log = logging.getLogger(__name__)
 
+RUNTIMES = ("auto", "torch", "onnx")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -80,6 +84,14 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
+def auto_runtime(device: str | None, dtype: str | None) -> str:
+    """ONNX Runtime where it is faster (measured: a float32 text backbone on a CPU, 1.5x torch's
+    traced pass at 1 and 64 callers, BENCHMARKS.md) and installed; torch elsewhere."""
+    on_cpu = pick_device(device).type == "cpu" and dtype in (None, "", "auto", "float32")
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    return "onnx" if on_cpu and installed else "torch"
+
+
 def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name in (None, "", "auto"):
         return torch.float32
@@ -105,6 +117,7 @@ class TextBackbone(Backbone):
     pack_tokens: int = 128  # longest packed sequence (unless a row is longer)
     allow_pickle: bool = False
     traced: torch.jit.ScriptModule | None = None  # the packed pass as a checked trace
+    ort: OrtPass | None = None  # the packed pass on ONNX Runtime (--runtime onnx), checked
 
     @classmethod
     def load(
@@ -115,10 +128,19 @@ class TextBackbone(Backbone):
         dtype: str | None = None,
         allow_pickle: bool = False,
         trace: bool = True,
+        runtime: str = "torch",
+        threads: int = 1,
+        onnx_cache: Path | None = None,
     ) -> TextBackbone:
         """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
         checkpoint can run code when loaded); never remote code. On a CPU with packing, the
-        packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py)."""
+        packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py),
+        or, with `runtime` "onnx", on ONNX Runtime with `threads` intra-op threads
+        (onnx_pass.py; its export cached in `onnx_cache`)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+        if runtime == "auto":
+            runtime = auto_runtime(device, dtype)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         started = time.perf_counter()
         if not (source / "config.json").is_file():
@@ -160,7 +182,9 @@ class TextBackbone(Backbone):
             allow_pickle=allow_pickle,
         )
         backbone.packing = backbone._probe_packing()
-        if trace and backbone.packing and torch_device.type == "cpu":
+        if runtime == "onnx":
+            backbone.ort = backbone._onnx(threads, onnx_cache or onnx_pass.default_cache_dir())
+        if trace and backbone.packing and torch_device.type == "cpu" and backbone.ort is None:
             backbone.traced = backbone._trace()
         log.info(
             "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs%s",
@@ -171,9 +195,15 @@ class TextBackbone(Backbone):
             torch_device,
             str(torch_dtype).removeprefix("torch."),
             seconds,
-            ", packed pass traced" if backbone.traced is not None else "",
+            f", packed pass on {backbone.runtime}" if backbone.runtime != "torch" else "",
         )
         return backbone
+
+    @property
+    def runtime(self) -> str:
+        if self.ort is not None:
+            return f"onnxruntime {self.ort.version}"
+        return "torch (traced)" if self.traced is not None else "torch"
 
     @property
     def config(self) -> PretrainedConfig:
@@ -218,7 +248,11 @@ class TextBackbone(Backbone):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states [rows, tokens, hidden] for a batch already on the device."""
-        if self.traced is not None and position_ids is not None and attention_mask.dim() == 4:
+        packed = position_ids is not None and attention_mask.dim() == 4
+        if self.ort is not None and packed:
+            assert token_type_ids is not None and position_ids is not None
+            return self.ort(input_ids, attention_mask, token_type_ids, position_ids)
+        if self.traced is not None and packed:
             return self.traced(input_ids, attention_mask, token_type_ids, position_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self.wants_token_types:
@@ -233,7 +267,7 @@ class TextBackbone(Backbone):
         Short rows are packed several to a sequence when the model allows it (see
         packing.py); either way each row's states are exactly its own.
         """
-        if self.packing and (len(rows) > 1 or self.traced is not None):
+        if self.packing and (len(rows) > 1 or self.traced is not None or self.ort is not None):
             return self.run_packed(rows, self.pack_tokens)
         return self.run_padded(rows)
 
@@ -285,6 +319,40 @@ class TextBackbone(Backbone):
         if error > self._tolerance:
             log.info("row packing off for %s: differs by %.2e", self.config.model_type, error)
         return error <= self._tolerance
+
+    def _onnx(self, threads: int, cache: Path) -> OrtPass | None:
+        """The packed pass on ONNX Runtime, checked as the trace is, or None (warned)."""
+        reason = (
+            "the backbone is not on the CPU"
+            if self.device.type != "cpu"
+            else "it runs float32 only"
+            if self.dtype != torch.float32
+            else "this model does not take packed rows"
+            if not self.packing
+            else None
+        )
+        if reason is not None:
+            log.warning("--runtime onnx: not used, the backbone runs on torch: %s", reason)
+            return None
+        from headserve.plugins.artifact import backbone_fingerprint
+
+        digest = backbone_fingerprint(self.source, self.model).removeprefix("sha256:")
+        name = f"{self.config.model_type}-{digest[:32]}-opset{onnx_pass.OPSET}.onnx"
+
+        def inputs(texts: Sequence[str]) -> PackedInputs:
+            return self._pack(self.rows_of(texts), self.pack_tokens, balance=True).inputs(
+                self.device
+            )
+
+        return onnx_pass.load(
+            self.model,
+            token_types=self.wants_token_types,
+            example=inputs(_TRACE_EXAMPLE),
+            checks=[inputs(texts) for texts in _TRACE_CHECKS],
+            tolerance=self._tolerance,
+            path=cache / name,
+            threads=threads,
+        )
 
     def _trace(self) -> torch.jit.ScriptModule | None:
         """The packed pass as a checked trace (traced.py), or None."""
@@ -350,6 +418,8 @@ class TextKind:
             dtype=options.dtype,
             allow_pickle=options.allow_pickle,
             trace=options.trace,
+            runtime=options.runtime,
+            threads=options.threads,
         )
 
     def default_heads(self, source: str) -> tuple[HeadSpec, ...]:

@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
             "--dtype", choices=["float32", "float16", "bfloat16"], help="default float32"
         )
         p.add_argument(
+            "--runtime",
+            choices=["auto", "torch", "onnx"],
+            default="auto",
+            help="what runs a text backbone's pass: torch (traced on a CPU), or ONNX Runtime "
+            "(exported once, cached in ~/.cache/headserve/onnx, checked against torch at "
+            "every start; torch if it differs). auto (default): onnx for float32 on a CPU "
+            "when onnxruntime is installed, torch elsewhere",
+        )
+        p.add_argument(
             "--allow-untrained",
             action="store_true",
             help="serve heads whose weights are missing from their checkpoint (random)",
@@ -392,6 +401,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         model_dir=args.model_dir,
         backbone_kind=args.backbone_kind,
+        runtime=args.runtime,
         heads=head_specs(args.head, args.config),
         device=args.device,
         dtype=args.dtype,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PackedInputs = tuple[torch.Tensor, ...]  # ids, block-diagonal mask, token types, positions
 
 
-class _PackedPass(torch.nn.Module):
+class PackedPass(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, token_types: bool) -> None:
         super().__init__()
         self.model = model
@@ -59,7 +59,7 @@ def trace(
 ) -> torch.jit.ScriptModule | None:
     """`model`'s packed pass traced on `example`, or None (the reason logged) unless the
     trace's states are within `tolerance` of the model's on every input of `checks`."""
-    module = _PackedPass(model, token_types).eval()
+    module = PackedPass(model, token_types).eval()
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the checks below decide

@@ -83,6 +83,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             load_seconds=backbone.load_seconds,
             kind=backbone.kind,
             modality=backbone.modality,
+            runtime=backbone.runtime,
             image=pb.ImageInputInfo(
                 height=image.height,
                 width=image.width,

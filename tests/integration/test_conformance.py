@@ -31,7 +31,12 @@ from headserve.plugins.tasks import (
 from headserve.server.app import Settings, build_core
 from headserve.server.runner import Work
 
-TOL = 1e-5
+
+def tol(core) -> float:  # type: ignore[no-untyped-def]
+    """1e-5 on torch; ONNX Runtime's kernels round differently: 1e-4 there (the issue's bound)."""
+    return 1e-4 if core.backbone.runtime.startswith("onnxruntime") else 1e-5
+
+
 TEXTS = [
     TextItem("Alice works in Paris at the bank."),
     TextItem("The quick brown fox", "jumps over the lazy dog."),
@@ -45,9 +50,12 @@ LONG_CONTEXT = " ".join(
 )
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def setup(request, families):  # type: ignore[no-untyped-def]
-    family = families[request.param]
+@pytest.fixture(
+    scope="module", params=[(arch, runtime) for runtime in ("torch", "onnx") for arch in ARCHS]
+)
+def setup(request, families, tmp_path_factory):  # type: ignore[no-untyped-def]
+    arch, runtime = request.param
+    family = families[arch]
     heads = (
         HeadSpec("encode", "encode", family.backbone, {"pooling": "cls"}),
         HeadSpec("mlm", "mlm", family.mlm),
@@ -55,7 +63,12 @@ def setup(request, families):  # type: ignore[no-untyped-def]
         HeadSpec("tags", "classify", family.multilabel),
         HeadSpec("qa", "qa", family.qa),
     )
-    core = build_core(Settings(model_dir=family.backbone, heads=heads, device="cpu"))
+    with pytest.MonkeyPatch.context() as patch:  # the ONNX export goes to a fresh cache
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        core = build_core(
+            Settings(model_dir=family.backbone, heads=heads, device="cpu", runtime=runtime)
+        )
+    assert core.backbone.runtime.startswith("onnxruntime" if runtime == "onnx" else "torch")
     tokenizer = AutoTokenizer.from_pretrained(str(family.backbone))
     return family, core, tokenizer
 
@@ -82,12 +95,12 @@ def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def
         for item, (embedding,) in zip(TEXTS, results):
             states = reference(**_inputs(tokenizer, item)).last_hidden_state[0].numpy()
             if pooling == "none":
-                np.testing.assert_allclose(embedding.token_states, states, atol=TOL)
+                np.testing.assert_allclose(embedding.token_states, states, atol=tol(core))
                 assert len(embedding.tokens) == states.shape[0]
             elif pooling == "cls":
-                np.testing.assert_allclose(embedding.vector, states[0], atol=TOL)
+                np.testing.assert_allclose(embedding.vector, states[0], atol=tol(core))
             else:
-                np.testing.assert_allclose(embedding.vector, states.mean(0), atol=TOL)
+                np.testing.assert_allclose(embedding.vector, states.mean(0), atol=tol(core))
     ((normalized,),) = _run(
         core, "encode", [None], TEXTS[:1], EncodeOptions(pooling="mean", normalize=True)
     )
@@ -108,7 +121,7 @@ def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-
     for item, (with_logits,), (prediction,) in zip(items, full, picked):
         enc = _inputs(tokenizer, item)
         logits = reference(**enc).logits[0]
-        np.testing.assert_allclose(with_logits.logits, logits.numpy(), atol=TOL)
+        np.testing.assert_allclose(with_logits.logits, logits.numpy(), atol=tol(core))
         positions = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
         assert [m.position for m in prediction.masks] == positions
         for m in prediction.masks:
@@ -116,7 +129,7 @@ def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-
             top = probs.topk(3)
             assert [c.token_id for c in m.candidates] == top.indices.tolist()
             np.testing.assert_allclose(
-                [c.probability for c in m.candidates], top.values.numpy(), atol=TOL
+                [c.probability for c in m.candidates], top.values.numpy(), atol=tol(core)
             )
             assert item.text[m.span[0] : m.span[1]] == mask
 
@@ -139,8 +152,8 @@ def test_classify_matches_automodel_for_sequence_classification(setup) -> None: 
         )
         got_single = dict(one.labels)
         got_multi = dict(tags.labels)
-        np.testing.assert_allclose([got_single[l] for l in LABELS], expected_single, atol=TOL)
-        np.testing.assert_allclose([got_multi[l] for l in LABELS], expected_multi, atol=TOL)
+        np.testing.assert_allclose([got_single[l] for l in LABELS], expected_single, atol=tol(core))
+        np.testing.assert_allclose([got_multi[l] for l in LABELS], expected_multi, atol=tol(core))
         assert [p for _, p in one.labels] == sorted(got_single.values(), reverse=True)
 
 
@@ -161,8 +174,8 @@ def test_qa_matches_automodel_for_question_answering_over_windows(setup) -> None
         if row.token_type_ids is not None and family.arch == "bert":
             kwargs["token_type_ids"] = torch.tensor([row.token_type_ids])
         ref = reference(**kwargs)
-        np.testing.assert_allclose(start, ref.start_logits[0].numpy(), atol=TOL)
-        np.testing.assert_allclose(end, ref.end_logits[0].numpy(), atol=TOL)
+        np.testing.assert_allclose(start, ref.start_logits[0].numpy(), atol=tol(core))
+        np.testing.assert_allclose(end, ref.end_logits[0].numpy(), atol=tol(core))
         windows.append(
             Window(ref.start_logits[0].numpy(), ref.end_logits[0].numpy(), mask, offsets)
         )
@@ -175,7 +188,7 @@ def test_qa_matches_automodel_for_question_answering_over_windows(setup) -> None
         (a.start, a.end, a.text) for a in expected
     ]
     np.testing.assert_allclose(
-        [a.score for a in answer.answers], [a.score for a in expected], atol=TOL
+        [a.score for a in answer.answers], [a.score for a in expected], atol=tol(core)
     )
     for a in answer.answers:
         assert LONG_CONTEXT[a.start : a.end] == a.text
@@ -212,7 +225,7 @@ def test_mixed_batch_equals_items_run_alone(setup) -> None:  # type: ignore[no-u
     for job, together in zip(jobs, mixed):
         (alone,) = core.runner.compute([job])
         for a, b in zip(np.atleast_1d(_flat(alone)), np.atleast_1d(_flat(together))):
-            np.testing.assert_allclose(a, b, atol=TOL)
+            np.testing.assert_allclose(a, b, atol=tol(core))
 
 
 def _flat(output):  # type: ignore[no-untyped-def]

@@ -53,6 +53,7 @@ class BackboneInfo(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MODALITY_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The checkpoint folder it was loaded from."""
     model_type: _builtins.str
@@ -75,6 +76,8 @@ class BackboneInfo(_message.Message):
     """
     modality: _builtins.str
     """What an item must be: "text" or "image"."""
+    runtime: _builtins.str
+    """What runs the backbone's pass: "torch", "torch (traced)", "onnxruntime 1.32.0"."""
     @_builtins.property
     def image(self) -> Global___ImageInputInfo:
         """For an image backbone: its input and preprocessing."""
@@ -96,10 +99,11 @@ class BackboneInfo(_message.Message):
         kind: _builtins.str = ...,
         modality: _builtins.str = ...,
         image: Global___ImageInputInfo | None = ...,
+        runtime: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "hidden_size", b"hidden_size", "image", b"image", "kind", b"kind", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "modality", b"modality", "model_type", b"model_type", "num_layers", b"num_layers", "parameters", b"parameters", "source", b"source", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "hidden_size", b"hidden_size", "image", b"image", "kind", b"kind", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "modality", b"modality", "model_type", b"model_type", "num_layers", b"num_layers", "parameters", b"parameters", "runtime", b"runtime", "source", b"source", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
