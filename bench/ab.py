@@ -35,7 +35,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_one(
-    headserve: str, serve_args: str, seconds: float, callers: int, mix: str, cpu: bool
+    headserve: str,
+    serve_args: str,
+    seconds: float,
+    callers: int,
+    mix: str,
+    cpu: bool,
+    load_args: str = "",
 ) -> dict:
     log: list[str] = []
     server, target = start(
@@ -52,9 +58,10 @@ def run_one(
         log,
     )
     watch = ["--server-pid", str(server.pid), "--metrics", metrics_url("".join(log))] if cpu else []
+    shape = load_args.split() or ["--concurrency", str(callers), "--mix", mix]
     try:
-        load(target, 2.0, "--concurrency", str(callers), "--mix", mix)  # warm-up, not counted
-        result = load(target, seconds, "--concurrency", str(callers), "--mix", mix, *watch)
+        load(target, 2.0, *shape)  # warm-up, not counted
+        result = load(target, seconds, *shape, *watch)
     finally:
         stop(server)
     if cpu:  # one sentence per call
@@ -79,6 +86,12 @@ def main() -> None:
     parser.add_argument(
         "--collector", action="store_true", help="an OTLP trace receiver, at {otlp} in options"
     )
+    parser.add_argument(
+        "--load",
+        default="",
+        help="bench/load.py options instead of --callers/--mix, e.g. a lone stream of "
+        '32-sentence batches: "--stream-batch 32 --stream-window 1"',
+    )
     args = parser.parse_args()
     collector = None
     if args.collector:
@@ -98,6 +111,7 @@ def main() -> None:
                 args.callers,
                 args.mix,
                 args.cpu,
+                args.load,
             )
             for v in order
         }
@@ -113,6 +127,7 @@ def main() -> None:
         "b_bin": args.b_bin,
         "callers": args.callers,
         "mix": args.mix,
+        "load": args.load,
         "seconds": args.seconds,
         "rounds": rounds,
         "ratios": ratios,
@@ -120,7 +135,8 @@ def main() -> None:
     }
     args.json.parent.mkdir(exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"A: `{args.a or '(defaults)'}`  B: `{args.b}`  {args.callers} callers, {args.mix}")
+    shape = f"load `{args.load}`" if args.load else f"{args.callers} callers, {args.mix}"
+    print(f"A: `{args.a or '(defaults)'}`  B: `{args.b}`  {shape}")
     for v in ("a", "b"):
         if getattr(args, f"{v}_bin") != HEADSERVE:
             print(f"{v.upper()} runs {getattr(args, f'{v}_bin')}")

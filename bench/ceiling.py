@@ -94,6 +94,13 @@ def main() -> None:
         help="WORKERSxTHREADS, comma-separated",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--runtime",
+        choices=["eager", "torch", "onnx"],
+        default="eager",
+        help="eager: transformers' model on padded batches (the original ceiling); torch or "
+        "onnx: the server's own backbone pass (packed rows; traced torch or ONNX Runtime)",
+    )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -111,6 +118,8 @@ def main() -> None:
     for layout in args.layouts.split(","):
         workers, threads = (int(n) for n in layout.split("x"))
         torch.set_num_threads(threads)  # worker threads take it when they first compute
+        if args.runtime != "eager":  # ONNX Runtime's threads are the session's: load per layout
+            model = ServerPass(folder, args.runtime, threads)
         for size in args.sizes.split(","):
             rows.append(measure(model, tokenized, int(size), args.seconds, workers))
             r = rows[-1]
@@ -128,6 +137,28 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+class ServerPass:
+    """The server's backbone pass (TextBackbone.run on the batch's rows), called like the
+    model: what headserve's workers compute, with `runtime` torch (traced) or onnx."""
+
+    def __init__(self, folder: str, runtime: str, threads: int) -> None:
+        from pathlib import Path
+
+        from headserve.server.backbone import TextBackbone
+
+        self.backbone = TextBackbone.load(
+            Path(folder), device="cpu", runtime=runtime, threads=threads
+        )
+        print(f"backbone pass on {self.backbone.runtime}, {threads} threads", flush=True)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        from headserve.plugins.contract import Row
+
+        lengths = attention_mask.sum(1).tolist()
+        rows = [Row(tuple(ids[:n].tolist())) for ids, n in zip(input_ids, lengths, strict=True)]
+        return self.backbone.run(rows)
 
 
 def _on_device(model, device: str):  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ from .clock import Clock, LoopClock, Timer
 from .errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from .memory import release_freed_memory
 from .metrics import Metrics
-from .runner import BatchRun, PassReport, Work
+from .runner import BatchRun, PassReport, Work, row_key
 from .threads import ModelThreads
 
 log = logging.getLogger(__name__)
@@ -317,12 +317,19 @@ class Scheduler:
             except BaseException:
                 free.release()
                 raise
-            number += 1
             started = self._started
             assert started is not None  # stop() cancels this loop before it forgets it
-            task = asyncio.ensure_future(self._compute(batch, number, started.workers, free))
-            started.computing.add(task)
-            task.add_done_callback(started.computing.discard)
+            # workers idle besides the one just taken: a lone batch is shared with them, so
+            # one large request alone gets every core (BENCHMARKS.md, "Issue 18")
+            idle = self.workers - len(started.computing) - 1
+            parts = shares(batch, idle + 1) if idle > 0 and not self._pending else [batch]
+            for index, part in enumerate(parts):
+                if index:
+                    await free.acquire()  # an idle worker's: at once
+                number += 1
+                task = asyncio.ensure_future(self._compute(part, number, started.workers, free))
+                started.computing.add(task)
+                task.add_done_callback(started.computing.discard)
 
     async def _next_batch(self) -> list[_Pending]:
         """The next batch, once rows wait and either a batch is full or the oldest has
@@ -453,6 +460,24 @@ class Scheduler:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+
+def shares(batch: list[_Pending], workers: int) -> list[list[_Pending]]:
+    """`batch` dealt to at most `workers` batches of about equal tokens, longest rows first;
+    rows equal for the backbone stay together (they are computed once per pass)."""
+    groups: dict[object, list[_Pending]] = {}
+    for p in batch:
+        groups.setdefault(row_key(p.work.row), []).append(p)
+    count = min(workers, len(groups))
+    if count < 2:
+        return [batch]
+    parts: list[list[_Pending]] = [[] for _ in range(count)]
+    tokens = [0] * count
+    for group in sorted(groups.values(), key=lambda g: -g[0].length):
+        lightest = tokens.index(min(tokens))
+        parts[lightest] += group
+        tokens[lightest] += group[0].length
+    return parts
 
 
 @dataclass

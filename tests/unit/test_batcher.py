@@ -285,3 +285,33 @@ def test_memory_is_trimmed_once_idle_after_a_busy_spell() -> None:
         assert b.workers.calls.count("_timed") == TRIM_AFTER_BATCHES + 1
 
     run(Limits(max_wait_ms=0), test, hold=False)
+
+
+def test_a_lone_batch_is_shared_with_the_idle_workers() -> None:
+    """One call of six rows and two idle workers: two batches of about equal tokens run at
+    once (a lone large request gets every core), the longest rows dealt first."""
+
+    async def test(b: Bench) -> None:
+        call = b.submit(9, 1, 8, 2, 7, 3)
+        await until(lambda: b.computing() == 2)
+        assert b.scheduler.running == 2
+        b.workers.release(2)
+        outputs, _ = await call
+        assert outputs == [9, 1, 8, 2, 7, 3]  # answered in the call's order
+
+    b = run(Limits(max_wait_ms=0, workers=2), test, workers=2)
+    lengths = sorted(sorted(len(w.row.input_ids) for w in batch) for batch in b.runner.batches)
+    assert lengths == [[1, 2, 3, 9], [7, 8]]  # 15 tokens each
+
+
+def test_a_batch_is_not_split_while_other_rows_wait_for_the_other_worker() -> None:
+    async def test(b: Bench) -> None:
+        first = b.submit(5)  # takes worker 1 (held)
+        await until(lambda: b.computing() == 1)
+        second = b.submit(4, 4, 4)
+        await until(lambda: b.computing() == 2)  # worker 2: the three rows together
+        b.workers.release(2)
+        await asyncio.gather(first, second)
+
+    b = run(Limits(max_wait_ms=0, workers=2), test, workers=2)
+    assert [len(batch) for batch in b.runner.batches] == [1, 3]
