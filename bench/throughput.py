@@ -91,12 +91,26 @@ def main() -> None:
     parser.add_argument(
         "--mixed-rounds", type=int, default=3, help="pairs of mixed and Encode-alone runs"
     )
+    parser.add_argument(
+        "--ceiling-args",
+        default="",
+        help='more bench/ceiling.py options, e.g. "--runtime onnx" (the server\'s own pass on '
+        "ONNX Runtime, its default on a CPU) or --sizes",
+    )
     args = parser.parse_args()
     callers = [int(c) for c in args.callers.split(",")]
     results: dict = {"seconds": args.seconds}
 
     ceiling = subprocess.run(
-        [PY, str(HERE / "ceiling.py"), "--seconds", str(args.seconds), "--json", "/dev/stdout"],
+        [
+            PY,
+            str(HERE / "ceiling.py"),
+            "--seconds",
+            str(args.seconds),
+            "--json",
+            "/dev/stdout",
+            *args.ceiling_args.split(),
+        ],
         capture_output=True,
         text=True,
         env=ENV,
@@ -176,6 +190,8 @@ def mixed_table(rounds: list[dict]) -> list[str]:
     per second (the mix's rows are longer: AnswerQuestion's hold a question and a context),
     and in sentences per second per core the model got (the machine's load moves between
     runs, and takes cores from the model)."""
+    if not rounds:  # --mixed-rounds 0
+        return []
     lines = [
         "Mixed against Encode alone, 64 callers, alternating pairs:",
         "",
