@@ -306,7 +306,7 @@ def _busiest(pids: set[int], seconds: float) -> int:
 def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Runs last. A stream runs on one of the two replicas of "other" while four callers send
+    """Runs last. A stream runs on one of the two replicas of "other" while eight callers send
     unary calls to both; the stream's replica is killed (SIGKILL). The stream ends with an
     error after answering only ids it was sent; every unary call succeeds, those caught on
     the dead replica through the client's retry (Ray's proxy answers them INTERNAL, without
@@ -353,8 +353,8 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
         with Client(endpoint.target, application="other", token=TOKEN, max_retries=10) as client:
             while not stop.is_set():
                 try:
-                    rows = [f"caller {n} row {i} " * 3 for i in range(32)]
-                    assert len(client.encode(rows, timeout=120)) == 32
+                    rows = [f"caller {n} row {i} " * 3 for i in range(64)]
+                    assert len(client.encode(rows, timeout=120)) == 64
                     unary_done[0] += 1
                 except Exception as exc:
                     unary_errors.append(exc)
@@ -366,7 +366,9 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
         assert time.monotonic() < deadline and streaming.is_alive()
         time.sleep(0.05)
     victim = _busiest(pids, 1.0)  # the stream keeps its replica busy; the other one idles
-    callers = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    # 8 callers of 64-row calls: Serve's router spreads them over both replicas (it sends
+    # each to the less busy one), so the killed one is running some when it dies
+    callers = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
     for thread in callers:
         thread.start()
     time.sleep(1.0)
@@ -384,7 +386,7 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
     assert answered == sent[: len(answered)]
     assert not unary_errors, unary_errors
     assert unary_done[0] > 4
-    # calls of 32 rows keep both replicas busy, so some are running on the one killed: Ray's
+    # calls of 64 rows keep both replicas busy, so some are running on the one killed: Ray's
     # proxy answers them INTERNAL without headserve's details, and the client retried them
     assert retried, "no unary call was caught on the dead replica"
     assert all(not e.reason for e in retried), retried  # none of headserve's own errors
