@@ -199,7 +199,7 @@ def cost_per_image(heads: dict[str, Path], batch: int = 32, rounds: int = 20) ->
         computed = backbone.run(rows)
         costs = {"backbone pass (shared)": timed(lambda: backbone.run(rows))}
         for name, folder in heads.items():
-            meta, network = artifact.load(folder, backbone.tail())
+            meta, network = artifact.load(folder, backbone.tail)
             inputs = computed.intermediate if meta.pooling == "intermediate" else computed.pooled
             costs[f"head {name} ({meta.network.kind})"] = timed(partial(network, inputs))
     return {k: round(v, 4) for k, v in costs.items()}

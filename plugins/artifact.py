@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -132,13 +132,17 @@ def read_meta(folder: Path) -> HeadMeta:
         raise ArtifactError(f"{folder / META}: missing or bad field {exc}") from exc
 
 
-def load(folder: Path, tail: nn.Module | None = None) -> tuple[HeadMeta, nn.Module]:
+def load(
+    folder: Path, tail: Callable[[], nn.Module | None] | None = None
+) -> tuple[HeadMeta, nn.Module]:
     """The artifact's metadata and its network, weights loaded, in eval mode (CPU, float32).
-    A "tail" network is built on `tail` (a fresh copy of the backbone's, BackboneView.tail)."""
+    A "tail" network is built on what `tail` makes (BackboneView.tail: a fresh copy of the
+    backbone's last block(s)); it is called only for such a network."""
     from safetensors.torch import load_file
 
     meta = read_meta(folder)
-    module = meta.network.build(meta.hidden_size, meta.outputs, tail)
+    made = tail() if tail is not None and meta.network.kind == "tail" else None
+    module = meta.network.build(meta.hidden_size, meta.outputs, made)
     try:
         module.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, RuntimeError) as exc:

@@ -49,8 +49,7 @@ def pool(features: Features, how: str) -> torch.Tensor:
 def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, str]:
     """The artifact's network on the backbone's device, after the backbone checks."""
     view = context.backbone
-    tail = view.tail() if view.tail is not None and _wants_tail(context.source) else None
-    meta, module = artifact.load(context.source, tail)
+    meta, module = artifact.load(context.source, view.tail)
     if meta.task != task:
         raise ArtifactError(f"{context.source} holds a {meta.task} head, not {task}")
     if meta.hidden_size != view.hidden_size:
@@ -82,10 +81,6 @@ def _load(context: LoadContext, task: str) -> tuple[HeadMeta, torch.nn.Module, s
         log.warning("%s; served anyway (force=true)", message)
         note = "FORCED onto a backbone it was not trained on; "
     return meta, module.to(view.device), note
-
-
-def _wants_tail(folder: Any) -> bool:
-    return artifact.read_meta(folder).network.kind == "tail"
 
 
 def _metrics_note(meta: HeadMeta) -> str:

@@ -184,7 +184,7 @@ def test_a_tail_head_retrains_the_last_block_and_serves_on_the_shared_pass(
             np.testing.assert_allclose(
                 fresh(computed.intermediate).numpy(), computed.pooled.numpy(), atol=1e-5
             )
-            _, network = artifact.load(report.out, backbone.tail())
+            _, network = artifact.load(report.out, backbone.tail)
             want = network(computed.intermediate).softmax(-1).numpy()
     finally:
         server.stop()
