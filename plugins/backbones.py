@@ -59,6 +59,7 @@ class LoadOptions:
     trace: bool = True  # the kind may trace or compile its pass (checked against eager)
     runtime: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto", for kinds that offer it
     threads: int = 1  # intra-op threads of each model worker (the server's thread plan)
+    quantize: str = "none"  # "int8" for kinds that offer it; a kind that does not refuses it
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class Settings:
     trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
     runtime: str = "auto"  # "onnx": the packed pass on ONNX Runtime, checked (onnx_pass.py);
     # "auto": ONNX Runtime for a float32 text backbone on a CPU when installed, else torch
+    quantize: str = "none"  # "int8": ONNX Runtime with int8 weights (quantize.py)
     threads: int | None = None  # torch threads per model worker; None: see threads.py
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
@@ -175,6 +176,7 @@ def build_core(
             trace=settings.trace,
             runtime=settings.runtime,
             threads=threads.threads,
+            quantize=settings.quantize,
         ),
     )
     registry = load_heads(

@@ -25,7 +25,7 @@ from transformers import (
 from headserve.plugins.backbones import Backbone, LoadOptions
 from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
 
-from . import onnx_pass
+from . import onnx_pass, quantize
 from .config import default_heads
 from .families import first_position, usable_positions
 from .onnx_pass import OrtPass
@@ -36,6 +36,7 @@ from .traced import trace as trace_packed_pass
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx")
+QUANTIZE = ("none", "int8")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -131,16 +132,25 @@ class TextBackbone(Backbone):
         runtime: str = "torch",
         threads: int = 1,
         onnx_cache: Path | None = None,
+        quantize: str = "none",
     ) -> TextBackbone:
         """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
         checkpoint can run code when loaded); never remote code. On a CPU with packing, the
         packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py),
         or, with `runtime` "onnx", on ONNX Runtime with `threads` intra-op threads
-        (onnx_pass.py; its export cached in `onnx_cache`)."""
+        (onnx_pass.py; its export cached in `onnx_cache`), with int8 weights if `quantize`
+        is "int8" (quantize.py)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+        if quantize not in QUANTIZE:
+            raise ValueError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE)}")
         if runtime == "auto":
             runtime = auto_runtime(device, dtype)
+        if quantize != "none" and runtime != "onnx":
+            raise ValueError(
+                f"--quantize {quantize} runs on ONNX Runtime: it needs --runtime onnx (or auto) "
+                "with a float32 backbone on the CPU and onnxruntime installed"
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         started = time.perf_counter()
         if not (source / "config.json").is_file():
@@ -183,7 +193,10 @@ class TextBackbone(Backbone):
         )
         backbone.packing = backbone._probe_packing()
         if runtime == "onnx":
-            backbone.ort = backbone._onnx(threads, onnx_cache or onnx_pass.default_cache_dir())
+            cache = onnx_cache or onnx_pass.default_cache_dir()
+            backbone.ort = backbone._onnx(threads, cache)
+            if quantize == "int8":
+                backbone._quantize(threads, cache)
         if trace and backbone.packing and torch_device.type == "cpu" and backbone.ort is None:
             backbone.traced = backbone._trace()
         log.info(
@@ -202,7 +215,8 @@ class TextBackbone(Backbone):
     @property
     def runtime(self) -> str:
         if self.ort is not None:
-            return f"onnxruntime {self.ort.version}"
+            scheme = f", {self.ort.scheme}" if self.ort.scheme else ""
+            return f"onnxruntime {self.ort.version}{scheme}"
         return "torch (traced)" if self.traced is not None else "torch"
 
     @property
@@ -354,6 +368,39 @@ class TextBackbone(Backbone):
             threads=threads,
         )
 
+    def _quantize(self, threads: int, cache: Path) -> None:
+        """Swap the float32 ONNX pass for its int8 version (quantize.py; made once, cached
+        beside it) if, on the check texts, every row's mean-pooled vector keeps a cosine of
+        at least quantize.MIN_COSINE with torch's; else keep float32, warned."""
+        if self.ort is None:
+            log.warning("--quantize int8: not applied, the backbone does not run on ONNX Runtime")
+            return
+        float_pass = self.ort
+        path = float_pass.path.with_name(float_pass.path.stem + "-int8.onnx")
+        try:
+            if not path.is_file():
+                quantize.int8(
+                    float_pass.path, path, intermediate_size=self.config.intermediate_size
+                )
+                log.info("backbone quantized to int8: %s", path)
+            self.ort = OrtPass(path, threads, scheme=quantize.SCHEME)
+            rows = [row for texts in _TRACE_CHECKS for row in self.rows_of(texts)]
+            with torch.inference_mode():
+                got, want = self.run(rows), self.run_padded(rows)
+            cosine = float(quantize.pooled_cosine(got, want).min())
+        except Exception as exc:  # onnx missing, no MatMul of that width, a broken file...
+            self.ort = float_pass
+            log.warning("--quantize int8: not applied, the backbone runs float32: %r", exc)
+            return
+        if cosine < quantize.MIN_COSINE:
+            self.ort = float_pass
+            log.warning(
+                "--quantize int8: not applied, the backbone runs float32: a check row's "
+                "mean-pooled cosine with float32 is %.4f (under %.2f)",
+                cosine,
+                quantize.MIN_COSINE,
+            )
+
     def _trace(self) -> torch.jit.ScriptModule | None:
         """The packed pass as a checked trace (traced.py), or None."""
 
@@ -420,6 +467,7 @@ class TextKind:
             trace=options.trace,
             runtime=options.runtime,
             threads=options.threads,
+            quantize=options.quantize,
         )
 
     def default_heads(self, source: str) -> tuple[HeadSpec, ...]:

@@ -40,7 +40,7 @@ from headserve.plugins.contract import (
 )
 
 from .backbone import pick_device, pick_dtype
-from .image_backbone import ImageBackbone, ImageFeatures
+from .image_backbone import ImageBackbone, ImageFeatures, refuse_quantize
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def network(name: str) -> Any:
 
 
 def load(name: str, options: LoadOptions) -> EfficientNetBackbone:
+    refuse_quantize(options)
     started = time.perf_counter()
     path = weights_file(name)
     device = pick_device(options.device)

@@ -16,10 +16,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headserve.plugins.backbones import Backbone, Computed, ImageInput
+from headserve.plugins.backbones import Backbone, Computed, ImageInput, LoadOptions
 from headserve.plugins.contract import BackboneView, LinearClassifier, Pixels, Row
 
 from .images import decode, digest
+
+
+def refuse_quantize(options: LoadOptions) -> None:
+    """Image backbones run on torch, unquantized: --quantize is refused, not ignored."""
+    if options.quantize != "none":
+        raise ValueError(
+            f"--quantize {options.quantize}: image backbones run on torch in float; "
+            "quantization is for text backbones on ONNX Runtime"
+        )
 
 
 class ImageFeatures(NamedTuple):

@@ -45,7 +45,7 @@ def default_cache_dir() -> Path:
 class OrtPass:
     """An ONNX Runtime session that runs the packed pass, callable like the trace."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, scheme: str = "") -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -53,6 +53,7 @@ class OrtPass:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.path = path
+        self.scheme = scheme  # how the weights are quantized; "": float32
         self.version = ort.__version__
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         # the exporter drops an input the model does not read (DistilBERT's token types)

@@ -36,7 +36,7 @@ from headserve.plugins.contract import (
 )
 
 from .backbone import pick_device, pick_dtype, refuse_pickle
-from .image_backbone import ImageBackbone, ImageFeatures
+from .image_backbone import ImageBackbone, ImageFeatures, refuse_quantize
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ def _checkpoint_classifier(folder: Path, config: PretrainedConfig) -> LinearClas
 
 def load(source: Path, options: LoadOptions) -> VisionBackbone:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    refuse_quantize(options)
     started = time.perf_counter()
     model_type = _model_type(source)
     if model_type not in MODEL_TYPES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -159,6 +160,30 @@ def test_info_prints_what_would_be_served() -> None:
     assert [h["name"] for h in info["heads"]] == ["enc"]
     assert info["failedPlugins"][0]["plugin"] == "bogus"
     assert "no plugin 'no-such-plugin'" in info["failedPlugins"][0]["reason"]
+
+
+def test_info_reports_the_int8_runtime(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [HEADSERVE, "info", "--head", "enc=encode", "--quantize", "int8", "--runtime", "onnx"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},  # the export and int8 files
+    )
+    assert run.returncode == 0, run.stderr
+    runtime = json.loads(run.stdout)["backbone"]["runtime"]
+    assert runtime.startswith("onnxruntime") and "int8" in runtime
+    assert len(list((tmp_path / "headserve" / "onnx").glob("*-int8.onnx"))) == 1
+
+
+def test_quantize_with_the_torch_runtime_stops_the_server_saying_why() -> None:
+    run = subprocess.run(
+        [HEADSERVE, "info", "--quantize", "int8", "--runtime", "torch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "--quantize int8 runs on ONNX Runtime" in run.stderr
 
 
 def test_duplicate_head_names_stop_the_server_naming_both() -> None:

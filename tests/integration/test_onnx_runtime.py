@@ -1,7 +1,7 @@
 """--runtime onnx: the packed pass is exported once per backbone (cached by its weights'
 fingerprint), checked against torch at every load, and refused with a warning (torch runs)
-when the cached file is broken or computes something else. Exactness of every head with it:
-test_conformance.py."""
+when the cached file is broken or computes something else; --quantize int8 on it. Exactness of
+every head with it: test_conformance.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import minilm_dir
 from transformers import AutoConfig, AutoModel
 
+from headserve.plugins.backbones import LoadOptions
+from headserve.server import quantize
 from headserve.server.backbone import TextBackbone
 
 LOGGER = "headserve.server.onnx_pass"
@@ -83,3 +86,68 @@ def test_onnx_is_float32_on_the_cpu_only(bert, tmp_path: Path, caplog, dtype: st
         bert.backbone, device="cpu", dtype=dtype, runtime="onnx", onnx_cache=tmp_path
     )
     assert backbone.ort is None and "float32 only" in caplog.text
+
+
+SENTENCES = [  # varied lengths and registers; the int8 check at load uses other texts
+    "The plot is thin, but the acting carries it.",
+    "An utterly charming, funny and heartfelt film that I would happily watch again.",
+    "Boring.",
+    "It's the kind of movie that makes you wonder why anyone greenlit it in the first place.",
+    "A masterpiece of quiet, patient storytelling.",
+    "The soundtrack is great; everything else is forgettable.",
+    "what a waste of two hours",
+    "Visually stunning, emotionally hollow, and at least twenty minutes too long for its story.",
+]
+
+
+def _pooled(backbone: TextBackbone, texts: list[str]) -> torch.Tensor:
+    with torch.inference_mode():
+        computed = backbone.run(backbone.rows_of(texts))
+    mask = computed.mask.unsqueeze(-1).float()
+    return torch.nn.functional.normalize((computed.hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def test_int8_keeps_the_packaged_models_vectors_and_is_cached(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="headserve.server.backbone")
+    exact = _load(minilm_dir(), tmp_path)
+    int8 = TextBackbone.load(
+        minilm_dir(), device="cpu", runtime="onnx", quantize="int8", onnx_cache=tmp_path
+    )
+    assert "int8" in int8.runtime and "int8" not in exact.runtime
+    (quantized,) = tmp_path.glob("*-int8.onnx")
+    assert "quantized to int8" in caplog.text
+    cosine = (_pooled(int8, SENTENCES) * _pooled(exact, SENTENCES)).sum(-1)
+    # the issue's bar over 2,000 sentences is 0.995 mean and 0.98 worst (bench/int8.py)
+    assert float(cosine.min()) >= 0.98 and float(cosine.mean()) >= 0.99
+    assert float(cosine.min()) < 0.99999  # int8 weights really ran: not float32's vectors
+    stamp = quantized.stat().st_mtime_ns
+    again = TextBackbone.load(
+        minilm_dir(), device="cpu", runtime="onnx", quantize="int8", onnx_cache=tmp_path
+    )
+    assert "int8" in again.runtime and quantized.stat().st_mtime_ns == stamp
+
+
+def test_int8_that_fails_its_check_at_load_stays_float32(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(quantize, "MIN_COSINE", 1.0001)  # no quantized row can reach it
+    caplog.set_level(logging.WARNING, logger="headserve.server.backbone")
+    backbone = TextBackbone.load(
+        minilm_dir(), device="cpu", runtime="onnx", quantize="int8", onnx_cache=tmp_path
+    )
+    assert backbone.ort is not None and backbone.ort.scheme == ""
+    assert "int8" not in backbone.runtime and "not applied" in caplog.text
+
+
+def test_int8_without_onnx_runtime_is_refused(bert) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="--quantize int8 runs on ONNX Runtime"):
+        TextBackbone.load(bert.backbone, device="cpu", runtime="torch", quantize="int8")
+    with pytest.raises(ValueError, match="--quantize 'int4'"):
+        TextBackbone.load(bert.backbone, device="cpu", quantize="int4")
+
+
+def test_image_backbones_refuse_quantize() -> None:
+    from headserve.server.efficientnet import load
+
+    with pytest.raises(ValueError, match="--quantize int8: image backbones"):
+        load("efficientnet-lite0", LoadOptions(quantize="int8"))
