@@ -42,7 +42,7 @@ from .core import Core
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .event_loop import kind_of
 from .heads import check_defaults, check_unique_names, load_heads, require
-from .interceptor import CallInterceptor
+from .interceptor import CallInterceptor, RequestIdIn
 from .limits import RequestLimits
 from .logs import tag_records
 from .memory import freeze_loaded_objects, release_freed_memory
@@ -135,6 +135,7 @@ class Settings:
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
     metrics_host: str = "127.0.0.1"
     access_log: bool = True  # a log line per finished call and per stream request
+    request_id_in: RequestIdIn = "initial"  # where a unary call's id goes back (interceptor.py)
     otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
@@ -260,6 +261,7 @@ async def create_server(
     security: Security | None = None,
     *,
     access_log: bool = True,
+    request_id_in: RequestIdIn = "initial",
     tracing: Tracing | None = None,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
@@ -272,6 +274,7 @@ async def create_server(
     # Outermost first: the RPC's span, then its request id and access log, then who may call.
     calls = CallInterceptor(
         access_log=access_log,
+        request_id_in=request_id_in,
         on_start=tracing.call_started if tracing else None,
         on_end=tracing.call_ended if tracing else None,
     )
@@ -393,6 +396,7 @@ async def serve(settings: Settings, address: str) -> None:
             settings.request_limits,
             settings.security,
             access_log=settings.access_log,
+            request_id_in=settings.request_id_in,
             tracing=tracing,
         )
         await _serve(server, settings, address, metrics, exporter, tracing)

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from . import event_loop, logs
 from .config import ConfigError, head_specs
+from .interceptor import REQUEST_ID_IN
 from .limits import RequestLimits
 from .scheduler import Limits
 from .security import Security, SecurityError, read_tokens
@@ -216,6 +217,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a log line per finished call and per stream request (headserve.access)",
     )
     serve.add_argument(
+        "--request-id-metadata",
+        choices=REQUEST_ID_IN,
+        default="initial",
+        help="where a unary call's x-request-id goes back: in the initial metadata, sent "
+        "first (default), or in the trailing metadata with the response or the error, which "
+        "saves the server a write per call (BENCHMARKS.md); a stream always gets it first",
+    )
+    serve.add_argument(
         "--otlp-endpoint",
         metavar="URL",
         help="send OpenTelemetry traces over OTLP/gRPC to URL, e.g. http://localhost:4317 "
@@ -405,6 +414,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             access_log=args.access_log == "on",
+            request_id_in=args.request_id_metadata,
             otlp_endpoint=args.otlp_endpoint,
         )
     return Settings(

@@ -3,7 +3,10 @@
 The request id is the caller's `x-request-id` metadata, or one the server makes. It goes
 back in the response's initial metadata, sent before anything else, so the caller has it
 whether the call succeeds or fails; it is in `call_info.CURRENT` for the rest of the
-server (error details, log lines, spans).
+server (error details, log lines, spans). With `request_id_in="trailing"` a unary call
+carries it in its trailing metadata instead, with the response or the error: sending
+initial metadata first is a write of its own, about 0.2 ms of the server's CPU per call
+(BENCHMARKS.md). A stream always gets it first.
 
 One access-log line per finished call, on the `headserve.access` logger: the RPC, its
 status code, items, input tokens, queue and inference milliseconds (from the response's
@@ -21,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
 import grpc
 
@@ -39,6 +42,8 @@ SERVED_PREFIX = "/headserve.v1."  # the services whose calls get ids and access-
 
 CallHook = Callable[[CallInfo], None]  # told of each call's id as it starts (tracing)
 EndHook = Callable[[str, str], None]  # told of each call's status code name and details
+RequestIdIn = Literal["initial", "trailing"]  # where a unary call's id goes back
+REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 
 @dataclass
@@ -84,10 +89,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self,
         *,
         access_log: bool = True,
+        request_id_in: RequestIdIn = "initial",
         on_start: CallHook | None = None,
         on_end: EndHook | None = None,
     ) -> None:
         self._log = access_log
+        self._unary_id_first = request_id_in == "initial"
         self._on_start = on_start
         self._on_end = on_end
         # A method's handler is the same object for every call: wrap it once.
@@ -126,12 +133,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(self._stream(stream, rpc), **codecs)
         return handler  # headserve.v1 has no other kind of RPC
 
-    async def _start(self, rpc: str, context: grpc.aio.ServicerContext) -> CallInfo:
-        """The call's id, set for everything it runs and sent back to the caller first."""
+    async def _start(
+        self, rpc: str, context: grpc.aio.ServicerContext, *, first: bool = True
+    ) -> CallInfo:
+        """The call's id, set for everything it runs and sent back to the caller: `first`, in
+        the initial metadata; else in the trailing metadata, with the call's end."""
         call, refused = begin_call(context.invocation_metadata(), rpc)
         if self._on_start is not None:
             self._on_start(call)
-        await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+        metadata = ((REQUEST_ID_KEY, call.request_id),)
+        if first:
+            await context.send_initial_metadata(metadata)
+        else:  # an error's status adds the id to its own trailing metadata (status.abort)
+            context.set_trailing_metadata(metadata)
         if refused is not None:
             await abort(context, refused)
         return call
@@ -143,7 +157,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             totals = _Totals()
             response, cancelled = None, False
             try:
-                await self._start(rpc, context)
+                await self._start(rpc, context, first=self._unary_id_first)
                 response = await behavior(request, context)
                 return response
             except asyncio.CancelledError:

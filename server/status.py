@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .call_info import current_request_id
+from .call_info import REQUEST_ID_KEY, current_request_id
 from .errors import (
     DeadlineExceeded,
     HeadFailed,
@@ -94,5 +94,11 @@ class Abortable(Protocol):
 
 
 async def abort(context: Abortable, exc: BaseException) -> None:
-    """End a unary call with the status for `exc` (raises, as context.abort does)."""
-    await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+    """End a unary call with the status for `exc` (raises, as context.abort does). Its
+    trailing metadata carries the call's request id too, beside the status details."""
+    status = rpc_status.to_status(to_status(exc))
+    request_id = current_request_id()
+    if request_id is not None:
+        trailing = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
+        status = status._replace(trailing_metadata=trailing)  # a namedtuple
+    await context.abort_with_status(status)

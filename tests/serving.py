@@ -44,10 +44,17 @@ class ServerThread:
         self._thread.start()
         limits = settings.request_limits if settings is not None else RequestLimits()
         security = settings.security if settings is not None else None
-        access_log = settings.access_log if settings is not None else True
+        settings_or_default = settings or Settings()
         self.tracing = tracing
         self.server: Server = self.call(
-            create_server("127.0.0.1:0", limits, security, access_log=access_log, tracing=tracing)
+            create_server(
+                "127.0.0.1:0",
+                limits,
+                security,
+                access_log=settings_or_default.access_log,
+                request_id_in=settings_or_default.request_id_in,
+                tracing=tracing,
+            )
         )
         self.target = f"127.0.0.1:{self.server.port}"
         self.core = None

@@ -1,5 +1,5 @@
 """Every call has a request id: the caller's or the server's, given back in the initial
-metadata, on the typed client's results and errors, in the error details and in every log
+metadata (or the trailing metadata, as asked), on the typed client's results and errors, in the error details and in every log
 line about the call; and one access-log line per call and per stream request."""
 
 from __future__ import annotations
@@ -122,6 +122,58 @@ def test_an_internal_error_carries_the_id_too(bert, access) -> None:  # type: ig
         (worker,) = [r for r in access.records if r.getMessage().startswith("backbone failed")]
         assert worker.request_ids == (request_id,)  # type: ignore[attr-defined]
         assert worker.threadName.startswith("headserve-model")
+    finally:
+        thread.stop()
+
+
+def _metadata_id(metadata) -> str | None:  # type: ignore[no-untyped-def]
+    return next((m.value for m in metadata or () if m.key == "x-request-id"), None)
+
+
+def test_a_failed_unary_call_has_its_id_in_the_trailing_metadata_too(
+    server: ServerThread,
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Encode(encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=" ")]))
+    request_id = _metadata_id(failed.value.initial_metadata())  # type: ignore[attr-defined]
+    assert request_id is not None and SERVER_MADE.match(request_id)
+    assert _metadata_id(failed.value.trailing_metadata()) == request_id  # type: ignore[attr-defined]
+    status = rpc_status.from_call(failed.value)  # type: ignore[arg-type]
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_trailing_request_ids_go_back_with_the_end_of_a_unary_call(bert) -> None:  # type: ignore[no-untyped-def]
+    """`--request-id-metadata trailing`: no initial metadata of its own for a unary call (a
+    write saved), the id in the trailing metadata of a result and of an error; a stream
+    still gets it first."""
+    thread = ServerThread(_settings(bert, request_id_in="trailing"))
+    try:
+        with grpc.insecure_channel(thread.target) as channel:
+            stub = encoder_pb2_grpc.EncoderStub(channel)
+            request = encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text="hello")])
+            _, call = stub.Encode.with_call(request, metadata=[("x-request-id", "t-1")])
+            assert _metadata_id(call.initial_metadata()) is None
+            assert _metadata_id(call.trailing_metadata()) == "t-1"
+            bad = encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=" ")])
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Encode(bad)
+            request_id = _metadata_id(failed.value.trailing_metadata())  # type: ignore[attr-defined]
+            assert request_id is not None and SERVER_MADE.match(request_id)
+            status = rpc_status.from_call(failed.value)  # type: ignore[arg-type]
+            assert status is not None and "items[0].text" in status.message
+            replies = stub.EncodeStream(
+                iter([encoder_pb2.EncodeRequest(id="s", items=request.items)])
+            )
+            assert SERVER_MADE.match(_metadata_id(replies.initial_metadata()) or "")
+            assert [r.id for r in replies] == ["s"]
+        with Client(thread.target, max_retries=0) as client:  # the typed client reads both
+            assert client.encode(["hello"]).request_id is not None
+            with pytest.raises(InvalidArgumentError) as error:
+                client.encode(["  "])
+            assert error.value.request_id is not None
+            assert error.value.request_id == error.value.metadata["request_id"]
     finally:
         thread.stop()
 
