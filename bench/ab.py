@@ -23,15 +23,13 @@ trace receiver (tests/otlp.py) in this process and puts its address where an opt
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from load import MIXES, metrics_url
-from throughput import HEADSERVE, load, start, stop
-
-HERE = Path(__file__).resolve().parent
+from load import MIXES, brief, run_load
+from report import RESULTS, markdown_head, write_json
+from servers import HEADSERVE, served
 
 
 def run_one(
@@ -43,27 +41,10 @@ def run_one(
     cpu: bool,
     load_args: str = "",
 ) -> dict:
-    log: list[str] = []
-    server, target = start(
-        [
-            headserve,
-            "serve",
-            "--port",
-            "0",
-            "--allow-untrained",
-            *(["--metrics-port", "0"] if cpu else []),
-            *serve_args.split(),
-        ],
-        r"serving on port (\d+)",
-        log,
-    )
-    watch = ["--server-pid", str(server.pid), "--metrics", metrics_url("".join(log))] if cpu else []
     shape = load_args.split() or ["--concurrency", str(callers), "--mix", mix]
-    try:
-        load(target, 2.0, *shape)  # warm-up, not counted
-        result = load(target, seconds, *shape, *watch)
-    finally:
-        stop(server)
+    with served(serve_args.split(), metrics=cpu, headserve=headserve) as (target, watch):
+        run_load(target, 2.0, *shape)  # warm-up, not counted
+        result = run_load(target, seconds, *shape, *watch)
     if cpu:  # one sentence per call
         result["server_other_ms_per_call"] = (
             1e3 * result["server"]["server_other_cores"] / result["sentences_s"]
@@ -79,7 +60,7 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--mix", choices=MIXES, default="encode")
     parser.add_argument("--seconds", type=float, default=12.0, help="per load run")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "ab.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "ab.json")
     parser.add_argument("--a-bin", default=HEADSERVE, help="the `headserve` executable of A")
     parser.add_argument("--b-bin", default=HEADSERVE, help="the `headserve` executable of B")
     parser.add_argument("--cpu", action="store_true", help="also the server's CPU per call")
@@ -95,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     collector = None
     if args.collector:
-        sys.path.insert(0, str(HERE.parent / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from otlp import Collector
 
         collector = Collector()
@@ -133,23 +114,19 @@ def main() -> None:
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),
     }
-    args.json.parent.mkdir(exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     shape = f"load `{args.load}`" if args.load else f"{args.callers} callers, {args.mix}"
     print(f"A: `{args.a or '(defaults)'}`  B: `{args.b}`  {shape}")
     for v in ("a", "b"):
         if getattr(args, f"{v}_bin") != HEADSERVE:
             print(f"{v.upper()} runs {getattr(args, f'{v}_bin')}")
     print()
-    print("| round | order | A sent/s (p50 / p99 ms) | B sent/s (p50 / p99 ms) | B / A |")
-    print("|---|---|---|---|---|")
+    print(
+        *markdown_head("round | order | A sent/s (p50 / p99 ms) | B sent/s (p50 / p99 ms) | B / A"),
+        sep="\n",
+    )
     for i, (r, ratio) in enumerate(zip(rounds, ratios, strict=True)):
-        a, b = r["a"], r["b"]
-        print(
-            f"| {i + 1} | {r['order']} | {a['sentences_s']:.1f} ({a['p50_ms']:.0f} / "
-            f"{a['p99_ms']:.0f}) | {b['sentences_s']:.1f} ({b['p50_ms']:.0f} / "
-            f"{b['p99_ms']:.0f}) | {ratio:.2f} |"
-        )
+        print(f"| {i + 1} | {r['order']} | {brief(r['a'])} | {brief(r['b'])} | {ratio:.2f} |")
     print(f"\nB / A, median of {len(ratios)} rounds: {out['median_ratio']:.2f}")
     if args.cpu:
         for v in ("a", "b"):

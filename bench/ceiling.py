@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import random
 import threading
@@ -22,19 +21,19 @@ import time
 
 import torch
 from data import sentences
+from report import write_json
 from transformers import AutoModel, AutoTokenizer
 
 
 def measure(  # type: ignore[no-untyped-def]
     model, tokenized: list[list[int]], batch_size: int, seconds: float, workers: int = 1
 ) -> dict[str, float]:
-    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i]))
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    batches = length_sorted(tokenized, batch_size)
     # Length-sorted batches, taken in a shuffled order: any stretch of time, not only whole
     # passes, sees representative lengths (in sorted order, a run that stops part-way
     # through a pass would favour the short sentences).
     random.Random(0).shuffle(batches)
-    tensors = [_padded(tokenized, batch) for batch in batches]
+    tensors = [padded(tokenized, batch) for batch in batches]
     queue = itertools.cycle(range(len(batches)))
     lock = threading.Lock()
     done = tokens = 0
@@ -70,7 +69,14 @@ def measure(  # type: ignore[no-untyped-def]
     }
 
 
-def _padded(tokenized: list[list[int]], batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def length_sorted(tokenized: list[list[int]], size: int) -> list[list[int]]:
+    """Indices into `tokenized`, shortest first, in batches of `size`."""
+    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i]))
+    return [order[k : k + size] for k in range(0, len(order), size)]
+
+
+def padded(tokenized: list[list[int]], batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows `batch` of `tokenized`, padded to the longest: (input ids, attention mask)."""
     width = max(len(tokenized[i]) for i in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -132,11 +138,11 @@ def main() -> None:
     result = {"rows": rows, "best": best}
     print(
         f"best: {best['workers']} x {best['threads']} threads, batch {best['batch_size']}, "
-        f"{best['sentences_s']:.1f} sentences/s"
+        f"{best['sentences_s']:.1f} sentences/s",
+        flush=True,  # before the JSON, when --json is /dev/stdout (throughput.py)
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
 
 
 class ServerPass:

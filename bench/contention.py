@@ -13,13 +13,14 @@ TorchScript trace instead of transformers' Python. Prints sentences/s of each.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import threading
 import time
 
 import torch
+from ceiling import length_sorted, padded
 from data import sentences
+from report import markdown_head, write_json
 from transformers import AutoModel, AutoTokenizer
 
 BATCH = 32
@@ -89,15 +90,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
     tokenized = [tokenizer(t, truncation=True)["input_ids"] for t in sentences(2000)]
-    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i]))
-    batches = []
-    for k in range(0, len(order), BATCH):
-        chunk = [tokenized[i] for i in order[k : k + BATCH]]
-        ids = torch.zeros((len(chunk), max(map(len, chunk))), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, row in enumerate(chunk):
-            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
-        batches.append((ids, mask))
+    batches = [padded(tokenized, batch) for batch in length_sorted(tokenized, BATCH)]
     with torch.inference_mode():
         traced = torch.jit.trace(_Pass(model).eval(), batches[5], check_trace=False)
         for ids, mask in batches[::10]:  # the trace is exact on other shapes
@@ -114,16 +107,15 @@ def main() -> None:
                 rate = run(forward, batches, args.seconds, beside)
                 results.setdefault(f"{name}, {beside}", []).append(rate)
                 print(f"{name:>6} {beside:>7}: {rate:6.1f} sentences/s", flush=True)
-    print("\n| backbone pass | alone | + busy thread, same process | + busy process |")
-    print("|---|---:|---:|---:|")
+    columns = "backbone pass | alone | + busy thread, same process | + busy process"
+    print("", *markdown_head(columns, "lrrr"), sep="\n")
     for name in ("eager", "traced"):
         cells = [results[f"{name}, {b}"] for b in ("alone", "thread", "process")]
         alone = sum(cells[0]) / len(cells[0])
         text = [f"{sum(c) / len(c):.1f} ({sum(c) / len(c) / alone:.2f})" for c in cells]
         print(f"| {name} | " + " | ".join(text) + " |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def sentences(n: int | None = None) -> list[str]:
     return rows if n is None else rows[:n]
 
 
+def masked(text: str, mask: str = "[MASK]") -> str:
+    """`text` with its middle word replaced by `mask`."""
+    words = text.split()
+    words[len(words) // 2] = mask
+    return " ".join(words)
+
+
 def write_sentiment_csv(path: Path) -> tuple[int, int]:
     """text,label rows: "positive" for a mean rating above 0, "negative" below.
 

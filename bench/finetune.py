@@ -14,7 +14,6 @@ CPU with torch's threads set to the cores; side by side in one process.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 from data import CACHE, write_sentiment_csv
+from report import markdown_head, write_json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from headserve.plugins.artifact import Network
@@ -150,17 +150,14 @@ def main() -> None:
         f"\n{len(examples)} examples ({len(train)} train, {len(val)} held out), "
         f"{threads} torch threads\n"
     )
-    print("| method | held-out accuracy | macro-F1 | training time s | bytes to ship |")
-    print("|---|---:|---:|---:|---:|")
+    columns = "method | held-out accuracy | macro-F1 | training time s | bytes to ship"
+    print(*markdown_head(columns, "lrrrr"), sep="\n")
     for name, r in results.items():
         print(
             f"| {name} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['seconds']:.1f} | "
             f"{int(r['bytes']):,} |"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps({"examples": len(examples), "threads": threads, "results": results}, indent=2)
-    )
+    write_json(args.json, {"examples": len(examples), "threads": threads, "results": results})
 
 
 if __name__ == "__main__":

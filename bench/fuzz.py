@@ -21,15 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from report import markdown_head
+
 ROOT = Path(__file__).resolve().parent.parent
 MIN_CASES = 10_000
 
 
 def table(report: dict) -> str:  # type: ignore[type-arg]
-    lines = [
-        "| RPC | cases | outcomes | requests in the stream |",
-        "|---|---:|---|---|",
-    ]
+    lines = markdown_head("RPC | cases | outcomes | requests in the stream", "lr")
     for rpc, row in report["rpcs"].items():
         outcomes = ", ".join(f"{code} {n:,}" for code, n in row["outcomes"].items())
         requests = ", ".join(f"{code} {n:,}" for code, n in row.get("requests", {}).items())

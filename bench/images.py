@@ -29,8 +29,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from load import headserve_server  # noqa: E402
 from pictures import photo  # noqa: E402
+from report import RESULTS, write_json  # noqa: E402
+from servers import headserve_server  # noqa: E402
 
 from headserve.client import AsyncClient  # noqa: E402
 from headserve.plugins.backbones import LoadOptions  # noqa: E402
@@ -39,7 +40,6 @@ from headserve.server.efficientnet import load  # noqa: E402
 from headserve.server.threads import cores, set_torch_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "images.json"
 
 
 def jpeg(variant: int = 0) -> bytes:
@@ -141,8 +141,7 @@ def main() -> None:
         "image": f"256 variants of a JPEG of {len(images[0])} bytes, 451x300",
         "command": "python bench/images.py " + " ".join(sys.argv[1:]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "images.json", report)
     print(json.dumps(report, indent=2))
 
 

@@ -25,7 +25,6 @@ Written to bench/results/int8.json.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from transformers import AutoModelForMaskedLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data import sentences, write_sentiment_csv  # noqa: E402
+from report import RESULTS, write_json  # noqa: E402
 
 from headserve.plugins import artifact  # noqa: E402
 from headserve.plugins.contract import Row  # noqa: E402
@@ -214,9 +214,7 @@ def main() -> None:
     report = {"all-MiniLM-L6-v2": measure(default_model_dir(), texts, SENTIMENT)}
     if args.mlm_extra:
         report[args.mlm_extra.parent.name] = measure(args.mlm_extra, texts, None)
-    out = HERE / "results" / "int8.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "int8.json", report)
 
 
 if __name__ == "__main__":

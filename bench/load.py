@@ -13,15 +13,16 @@ object: sentences/s, p50/p99 latency (ms), errors. With --server-pid and --metri
 its mean batch, and where the cores went (model workers, the rest of the server, this
 load generator, the machine's busy and stolen time).
 
-Below the CLI's own code are the pieces bench/overload.py and bench/soak.py share: per-call
-records, closed- and open-loop load, a server subprocess, and a VmRSS sampler.
+Below the CLI's own code are the pieces other scripts share: this generator run in a
+subprocess (`run_load`: throughput.py, ab.py, ray_proxy.py), and for bench/overload.py and
+bench/soak.py per-call records, closed- and open-loop load, a VmRSS sampler and a recorded run
+of a server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -31,15 +32,17 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from data import sentences
+from data import masked, sentences
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from report import write_json
+from servers import ENV, headserve_server, log_problems
 
 from headserve.v1 import (
     classifier_pb2,
@@ -52,13 +55,6 @@ from headserve.v1 import (
     token_predictor_pb2,
     token_predictor_pb2_grpc,
 )
-
-
-def _masked(text: str) -> str:
-    words = text.split()
-    words[len(words) // 2] = "[MASK]"
-    return " ".join(words)
-
 
 MIXES = ("encode", "classify", "qa", "predict", "mixed")  # --mix: one RPC alone, or all four
 
@@ -90,7 +86,7 @@ def calls(
             timeout=timeout,
         ),
         "predict": lambda t: mlm.PredictTokens(
-            token_predictor_pb2.PredictTokensRequest(items=[common_pb2.TextInput(text=_masked(t))]),
+            token_predictor_pb2.PredictTokensRequest(items=[common_pb2.TextInput(text=masked(t))]),
             timeout=timeout,
         ),
     }
@@ -117,12 +113,6 @@ class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamStreamClien
 
 def _channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, interceptors=[_Metadata()] if APPLICATION else None)
-
-
-def metrics_url(server_log: str) -> str:
-    """The /metrics URL a `headserve serve --metrics-port` logged."""
-    (url,) = re.findall(r"metrics on (\S+)", server_log)
-    return url
 
 
 def scrape(url: str, timeout: float = 10.0) -> list[Sample]:
@@ -256,20 +246,38 @@ async def stream(
 def _summary(
     done: int, latencies: list[float], elapsed: float, errors: int, **extra: object
 ) -> dict:
-    ordered = sorted(latencies) or [float("nan")]
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3  # noqa: E731
     return {
         **extra,
         "sentences": done,
         "seconds": elapsed,
         "sentences_s": done / elapsed,
-        "p50_ms": pick(0.50),
-        "p99_ms": pick(0.99),
+        "p50_ms": percentile(latencies, 0.50) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
         "errors": errors,
     }
 
 
-# --- Per-call records, open-loop load, the server and its memory (overload.py, soak.py) ---------
+def run_load(target: str, seconds: float, *options: str) -> dict:
+    """This load generator in a subprocess of its own, against `target` for `seconds`, with
+    more of its command-line `options`: its JSON summary."""
+    script = str(Path(__file__).resolve())
+    run = subprocess.run(
+        [sys.executable, script, target, "--seconds", str(seconds), *options],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=seconds + 120,
+        check=True,
+    )
+    return json.loads(run.stdout)
+
+
+def brief(result: dict) -> str:
+    """A `run_load` summary in a table cell: sentences/s (p50 / p99 ms)."""
+    return f"{result['sentences_s']:.1f} ({result['p50_ms']:.0f} / {result['p99_ms']:.0f})"
+
+
+# --- Per-call records, open-loop load, the server's memory and CPU (overload.py, soak.py) ------
 
 
 @dataclass(slots=True)
@@ -335,7 +343,7 @@ def by_code(calls: Sequence[Call]) -> dict[str, int]:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The nearest-rank quantile `q` (0..1) of `values`, as `_summary` takes it; NaN if empty."""
+    """The nearest-rank quantile `q` (0..1) of `values`; NaN if empty."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
@@ -383,10 +391,37 @@ class OpenLoop:
     started: float
     dispatch_seconds: float
     wanted: int
-    sent: int
     skipped_outstanding: int
     unfinished: int  # still unanswered `drain_timeout` after the last send: cancelled
     max_outstanding_seen: int
+    max_outstanding: int
+
+    @property
+    def sent(self) -> int:
+        return self.wanted - self.skipped_outstanding
+
+    @property
+    def offered_rate(self) -> float:
+        """Calls/s really sent."""
+        return self.sent / self.dispatch_seconds
+
+    @property
+    def send_lag_ms(self) -> list[float]:
+        """How late each call was sent after its scheduled time, in ms."""
+        return [(c.sent - c.scheduled) * 1e3 for c in self.recorder.calls]
+
+    def sending(self) -> dict[str, float]:
+        """How the sending went: calls sent and skipped, outstanding, send lag p50 and p99."""
+        lag_ms = self.send_lag_ms
+        return {
+            "sent": self.sent,
+            "skipped_max_outstanding": self.skipped_outstanding,
+            "max_outstanding": self.max_outstanding,
+            "max_outstanding_seen": self.max_outstanding_seen,
+            "unfinished": self.unfinished,
+            "send_lag_p50_ms": percentile(lag_ms, 0.5),
+            "send_lag_p99_ms": percentile(lag_ms, 0.99),
+        }
 
 
 async def open_loop(
@@ -436,56 +471,8 @@ async def open_loop(
         for waiting in pending:
             waiting.cancel()
     return OpenLoop(
-        recorder, rate, started, dispatch_seconds, n, n - skipped, skipped, unfinished, most
+        recorder, rate, started, dispatch_seconds, n, skipped, unfinished, most, max_outstanding
     )
-
-
-HEADSERVE = str(Path(sys.executable).parent / "headserve")
-
-
-@contextlib.contextmanager
-def headserve_server(
-    args: Sequence[str], log_path: Path, timeout: float = 180.0
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`headserve serve --port 0 ARGS`, its log in `log_path`: (process, "127.0.0.1:PORT")
-    once the "listening on port N" line is logged and health says SERVING; SIGTERM on exit."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [HEADSERVE, "serve", "--port", "0", *args], stdout=log, stderr=log, env=env
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        port = None
-        while port is None:
-            found = re.search(r"listening on port (\d+)", log_path.read_text(errors="replace"))
-            if found:
-                port = int(found.group(1))
-            elif proc.poll() is not None:
-                raise RuntimeError(f"headserve serve exited:\n{log_path.read_text()}")
-            elif time.monotonic() > deadline:
-                raise TimeoutError("headserve serve logged no port in time")
-            else:
-                time.sleep(0.1)
-        target = f"127.0.0.1:{port}"
-        with grpc.insecure_channel(target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            serving = health_pb2.HealthCheckResponse.SERVING
-            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != serving:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"headserve serve never SERVING:\n{log_path.read_text()}")
-                time.sleep(0.2)
-        yield proc, target
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def vmrss_kib(pid: int) -> int:
@@ -561,24 +548,6 @@ class RssSampler(threading.Thread):
         return [kib for t, kib in self.samples if start <= t <= end]
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with every NaN or infinite float as None, so that the JSON written is strict."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def log_problems(log_path: Path, limit: int = 10) -> dict[str, object]:
-    """Lines of a server log at WARNING or above, or with a traceback: a count and the first few."""
-    lines = log_path.read_text(errors="replace").splitlines()
-    bad = [line for line in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", line)]
-    return {"count": len(bad), "first": bad[:limit]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target")
@@ -637,8 +606,7 @@ def run_recorded(
         "server_log_problems": log_problems(log_path),
         **result,
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
+    write_json(json_path, result, strict=True)
     print(render(result))
     problems = result["server_log_problems"]
     if problems["count"]:

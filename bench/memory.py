@@ -31,15 +31,12 @@ import argparse
 import ctypes
 import json
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +117,6 @@ def texts(n: int = 8) -> list[str]:
     return sentences(n)
 
 
-def masked(text: str, mask: str) -> str:
-    words = text.split()
-    words[len(words) // 2] = mask
-    return " ".join(words)
-
-
 def quiet_transformers() -> None:
     import transformers
 
@@ -188,6 +179,8 @@ def worker_task_models() -> None:
 
 def headserve_work(heads: dict[str, Any], mask: str) -> list[Any]:
     """Rows for every head: encode, mlm (one word masked), classify; qa on sentence contexts."""
+    from data import masked
+
     from headserve.plugins.tasks import (
         ClassifyOptions,
         EncodeOptions,
@@ -294,72 +287,28 @@ def run_worker(name: str, timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1].removeprefix(MARK))
 
 
-@contextmanager
-def server_process(timeout: float, *extra: str) -> Iterator[tuple[int, int]]:
-    """A `headserve serve` subprocess on a free port: yields (pid, port); SIGTERM on exit."""
-    command = [
-        str(Path(sys.executable).with_name("headserve")),
-        "serve",
-        "--port",
-        "0",
-        "--allow-untrained",
-        "--device",
-        "cpu",
-        "--threads",
-        str(THREADS),
-        *extra,
-    ]
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, env=child_env(), stdout=log, stderr=log, text=True)
-        try:
-            yield process.pid, wait_for_port(process, log, timeout)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_for_port(process: subprocess.Popen[str], log: Any, timeout: float) -> int:
-    """The port from the server's "listening on port N" log line."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log.seek(0)
-        found = re.search(r"listening on port (\d+)", log.read())
-        if found:
-            return int(found.group(1))
-        if process.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"headserve serve exited ({process.returncode}):\n{log.read()}")
-        time.sleep(0.1)
-    raise TimeoutError("headserve serve did not log its port in time")
-
-
 def run_server(timeout: float, *extra: str) -> dict[str, Any]:
-    """The real gRPC server: wait for SERVING, one Encode call, then its /proc numbers."""
+    """The real gRPC server: wait for SERVING, one Encode call (on the same one connection),
+    then its /proc numbers."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from servers import headserve_server, wait_serving
 
     from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with server_process(timeout, *extra) as (pid, port):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            serving = health_pb2.HealthCheckResponse.SERVING
-            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != serving:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("headserve serve did not turn SERVING in time")
-                time.sleep(0.2)
-            request = encoder_pb2.EncodeRequest(
-                items=[common_pb2.TextInput(text=t) for t in texts()]
-            )
-            response = encoder_pb2_grpc.EncoderStub(channel).Encode(request, timeout=60)
-            if len(response.results) != len(request.items):
-                raise RuntimeError("Encode returned the wrong number of results")
-        return {**read_status(pid), "mappings": checkpoint_mappings(pid)}
+    args = ["--allow-untrained", "--device", "cpu", "--threads", str(THREADS), *extra]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "serve.log"
+        with headserve_server(args, log, timeout, child_env(), serving=False) as (proc, target):
+            with grpc.insecure_channel(target) as channel:
+                wait_serving(channel, proc, log, deadline)
+                request = encoder_pb2.EncodeRequest(
+                    items=[common_pb2.TextInput(text=t) for t in texts()]
+                )
+                response = encoder_pb2_grpc.EncoderStub(channel).Encode(request, timeout=60)
+                if len(response.results) != len(request.items):
+                    raise RuntimeError("Encode returned the wrong number of results")
+            return {**read_status(proc.pid), "mappings": checkpoint_mappings(proc.pid)}
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -374,13 +323,15 @@ def mib(kib: float) -> str:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
+    from report import markdown_head  # in the parent only: the workers' imports are measured
+
     base = results[BASELINE]["VmRSS"]
     backbone_net = results[BACKBONE]["VmRSS"] - base
-    lines = [
-        "| configuration | RSS MiB | peak MiB | PSS MiB | RSS net of imports MiB "
-        "| net / backbone net |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    lines = markdown_head(
+        "configuration | RSS MiB | peak MiB | PSS MiB | RSS net of imports MiB "
+        "| net / backbone net",
+        "lrrrrr",
+    )
     for name, r in results.items():
         net = r["VmRSS"] - base
         ratio = "-" if name == BASELINE else f"{net / backbone_net:.2f}x"
@@ -403,11 +354,13 @@ def headline(results: dict[str, dict[str, float]], name: str) -> dict[str, float
 
 
 def steps_table(steps: list[dict[str, Any]]) -> str:
-    lines = [
-        "| step | RSS MiB | peak MiB | PSS MiB | anon MiB | file MiB | live tensors MiB "
-        "| checkpoint maps |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    from report import markdown_head
+
+    lines = markdown_head(
+        "step | RSS MiB | peak MiB | PSS MiB | anon MiB | file MiB | live tensors MiB "
+        "| checkpoint maps",
+        "lrrrrrrr",
+    )
     for s in steps:
         lines.append(
             f"| {s['step']} | {mib(s['VmRSS'])} | {mib(s['VmHWM'])} | {mib(s['Pss'])} "
@@ -483,7 +436,9 @@ def main() -> None:
     out = measure(args.repeats, args.timeout, args.steps)
     print_report(out)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        from report import write_json
+
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

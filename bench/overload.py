@@ -48,14 +48,14 @@ from load import (
     closed_loop,
     cpu_seconds,
     machine_ticks,
-    metrics_url,
     open_loop,
     percentile,
     run_recorded,
     scrape,
 )
+from report import RESULTS, markdown_head
+from servers import metrics_url
 
-HERE = Path(__file__).resolve().parent
 WINDOW_S = 0.2
 RECOVERED_WITHIN = 1.5
 
@@ -273,7 +273,6 @@ async def burst_and_recovery(
     ok = [c for c in sent if c.code == "OK"]
     refused = [c for c in sent if c.code == "RESOURCE_EXHAUSTED"]
     half = b0 + burst.dispatch_seconds / 2
-    lag_ms = [(c.sent - c.scheduled) * 1e3 for c in sent]
     rows = windows(recovery.calls, burst_end, recovery_end)
     limit = RECOVERED_WITHIN * pre_p50
     back = recovery_time(rows, limit)
@@ -284,16 +283,10 @@ async def burst_and_recovery(
         "burst": {
             "factor": args.factor,
             "target_rate": burst.rate,
-            "offered_rate": burst.sent / burst.dispatch_seconds,
+            "offered_rate": burst.offered_rate,
             "seconds": burst.dispatch_seconds,
             "wanted": burst.wanted,
-            "sent": burst.sent,
-            "skipped_max_outstanding": burst.skipped_outstanding,
-            "max_outstanding": args.max_outstanding,
-            "max_outstanding_seen": burst.max_outstanding_seen,
-            "unfinished": burst.unfinished,
-            "send_lag_p50_ms": percentile(lag_ms, 0.5),
-            "send_lag_p99_ms": percentile(lag_ms, 0.99),
+            **burst.sending(),
             "codes": by_code(sent),
             "messages": burst.recorder.messages,
             "debug": burst.recorder.debug,
@@ -440,8 +433,7 @@ def table(r: dict[str, Any]) -> str:
         [
             f"Command: `{r['command']}`",
             "",
-            "| measure | value |",
-            "|---|---|",
+            *markdown_head("measure | value"),
             f"| sustainable rate ({s['callers']} closed-loop callers, {s['seconds']:.1f} s) "
             f"| {s['sentences_s']:.1f} sent/s, p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms |",
             f"| burst: target {b['factor']:g}x | {b['target_rate']:.0f} calls/s for "
@@ -491,8 +483,9 @@ def table(r: dict[str, Any]) -> str:
             "",
             "Burst, per second of send time (calls/s; latency ms):",
             "",
-            "| s | offered | accepted | refused | accepted p50 / p99 | refused p50 / p99 |",
-            "|---|---|---|---|---|---|",
+            *markdown_head(
+                "s | offered | accepted | refused | accepted p50 / p99 | refused p50 / p99"
+            ),
             *(
                 f"| {w['t_s']} | {w['sent_s']:.0f} | {w['ok_s']:.0f} | {w['refused_s']:.0f} "
                 f"| {w['ok_p50_ms']:.0f} / {w['ok_p99_ms']:.0f} "
@@ -504,8 +497,7 @@ def table(r: dict[str, Any]) -> str:
             "between scrapes a second apart, s from the burst's start; bounds are histogram "
             "buckets):",
             "",
-            "| s | timer samples | p99 within ms | max within ms | over 20 ms % |",
-            "|---|---|---|---|---|",
+            *markdown_head("s | timer samples | p99 within ms | max within ms | over 20 ms %"),
             *(
                 f"| {w['t_s']} | {w['samples']:.0f} | {w['p99_le_ms']:g} | {w['max_le_ms']:g} "
                 f"| {w['over_20ms_pct']:.0f} |"
@@ -519,9 +511,10 @@ def table(r: dict[str, Any]) -> str:
                     "",
                     "Every burst (the table above is the first):",
                     "",
-                    "| burst | offered/s | outcomes | refused p99 ms | accepted p99 ms "
-                    "| recovered after | VmRSS max / after MiB |",
-                    "|---|---|---|---|---|---|---|",
+                    *markdown_head(
+                        "burst | offered/s | outcomes | refused p99 ms | accepted p99 ms "
+                        "| recovered after | VmRSS max / after MiB"
+                    ),
                     *(
                         f"| {i + 1} | {x['offered_rate']:.0f} "
                         f"| {', '.join(f'{k} {v}' for k, v in x['codes'].items())} "
@@ -560,7 +553,7 @@ def main() -> None:
         default=0,
         help="run this load generator at this nice (after its warm-up; the server keeps 0)",
     )
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "overload.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "overload.json")
     args = parser.parse_args()
     serve_args = [
         "--max-queue-items",

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from data import sentences
+from report import markdown_head
 
 from headserve.plugins.contract import HeadSpec, Row
 from headserve.plugins.tasks import EncodeOptions, TextItem
@@ -56,10 +57,11 @@ def main() -> None:
     every = [Work(head, head.prepare(TextItem(t), EncodeOptions()).rows[0]) for t in sentences()]
     rng = random.Random(0)
     names = list(LAYOUTS)
-    print(
-        "| batches | padded sent/CPU-s | packed, fixed | packed, balanced "
-        "| balanced / fixed (paired) | fixed / padded (paired) |\n|---|---|---|---|---|---|"
+    columns = (
+        "batches | padded sent/CPU-s | packed, fixed | packed, balanced "
+        "| balanced / fixed (paired) | fixed / padded (paired)"
     )
+    print(*markdown_head(columns), sep="\n")
     for label in ("16", "32", "64", "8-24 at random"):
         rates: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.rounds):

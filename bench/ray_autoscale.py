@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ray_local import APP, cores, deploy, local_serve
+from report import RESULTS, write_json
+
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _replicas(serve: object, app: str) -> dict[str, int]:
@@ -43,25 +38,14 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=45.0, help="seconds watched after it")
     parser.add_argument("--max-replicas", type=int, default=2)
     parser.add_argument("--target", type=float, default=8.0, help="target_ongoing_requests")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "ray_autoscale.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "ray_autoscale.json")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from ray import serve
-
-    from headserve.server import ray_serve
-    from headserve.server.cli import serve_settings
-
-    cores = len(os.sched_getaffinity(0))
-    port = _free_port()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     timeline = []
-    try:
-        ray_serve.start(port, http_options={"port": _free_port()})
-        app = ray_serve.application(
-            serve_settings(["--allow-untrained"]),
-            max_ongoing_requests=256,
-            ray_actor_options={"num_cpus": cores / args.max_replicas},
+    with local_serve() as port:
+        from ray import serve
+
+        deploy(
+            cores() / args.max_replicas,
             autoscaling_config={
                 "min_replicas": 1,
                 "max_replicas": args.max_replicas,
@@ -72,14 +56,13 @@ def main() -> None:
                 "look_back_period_s": 5,
             },
         )
-        serve.run(app, name="headserve", route_prefix="/headserve")
         load = subprocess.Popen(
             [
                 sys.executable,
                 str(HERE / "load.py"),
                 f"127.0.0.1:{port}",
                 "--application",
-                "headserve",
+                APP,
                 "--concurrency",
                 str(args.callers),
                 "--seconds",
@@ -92,15 +75,12 @@ def main() -> None:
         print("  t (s) | load | replicas by state")
         while time.monotonic() - started < args.load_seconds + args.after:
             loading = load.poll() is None
-            states = _replicas(serve, "headserve")
+            states = _replicas(serve, APP)
             t = time.monotonic() - started
             timeline.append({"t": round(t, 1), "load": loading, "replicas": states})
             print(f"{t:7.1f} | {'on ' if loading else 'off'}  | {states}", flush=True)
             time.sleep(1.0)
         result = json.loads(load.communicate()[0] or "{}")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     running = [sum(v for k, v in e["replicas"].items() if "RUNNING" in k) for e in timeline]
     during = [r for r, e in zip(running, timeline, strict=True) if e["load"]]
     print(
@@ -108,8 +88,7 @@ def main() -> None:
         f"at the end {running[-1]}; load: {result.get('sentences_s', 0):.1f} sentences/s, "
         f"{result.get('errors', 0)} failed calls"
     )
-    args.json.parent.mkdir(exist_ok=True)
-    args.json.write_text(json.dumps({"timeline": timeline, "load": result}, indent=2) + "\n")
+    write_json(args.json, {"timeline": timeline, "load": result})
 
 
 if __name__ == "__main__":

@@ -16,22 +16,16 @@ and p99, Ray / standalone per round and the median; everything to bench/results/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
 import time
 from pathlib import Path
 
-from throughput import HEADSERVE, load, start, stop
-
-HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from load import brief, run_load
+from ray_local import APP, cores, deploy, local_serve
+from report import RESULTS, markdown_head, write_json
+from servers import served
 
 
 def _direct_port(first: int = 40000, last: int = 41000) -> int:
@@ -44,14 +38,9 @@ def _direct_port(first: int = 40000, last: int = 41000) -> int:
 
 
 def standalone(seconds: float, callers: int) -> dict:
-    server, target = start(
-        [HEADSERVE, "serve", "--port", "0", "--allow-untrained"], r"serving on port (\d+)"
-    )
-    try:
-        load(target, 2.0, "--concurrency", str(callers))  # warm-up, not counted
-        return load(target, seconds, "--concurrency", str(callers))
-    finally:
-        stop(server)
+    with served([]) as (target, _):
+        run_load(target, 2.0, "--concurrency", str(callers))  # warm-up, not counted
+        return run_load(target, seconds, "--concurrency", str(callers))
 
 
 def main() -> None:
@@ -61,70 +50,53 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--direct-ingress", action="store_true", help="the replica's own port")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "ray_proxy.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "ray_proxy.json")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.direct_ingress:  # before Ray starts: its processes read it
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
-    import ray
-    from ray import serve
-
-    from headserve.server import ray_serve
-    from headserve.server.cli import serve_settings
-
-    cores = len(os.sched_getaffinity(0))
-    port = _free_port()
-    target = f"127.0.0.1:{port}"
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     results = []
-    try:
-        ray_serve.start(port, http_options={"port": _free_port()})
+    with local_serve() as port:
+        from ray import serve
+
+        target = f"127.0.0.1:{port}"
         for replicas in args.replicas:
-            serve.delete("headserve")  # the previous count's replicas hold the CPUs it asks for
+            serve.delete(APP)  # the previous count's replicas hold the CPUs it asks for
             started = time.perf_counter()
-            app = ray_serve.application(
-                serve_settings(["--allow-untrained"]),
-                num_replicas=replicas,
-                max_ongoing_requests=256,
-                ray_actor_options={"num_cpus": cores / replicas},
-            )
-            serve.run(app, name="headserve", route_prefix="/headserve")
+            deploy(cores() / replicas, num_replicas=replicas)
             deployed = time.perf_counter() - started
             through_ray: tuple[str, ...] = ("--concurrency", str(args.callers))
             if args.direct_ingress:
                 target = f"127.0.0.1:{_direct_port()}"
             else:
-                through_ray += ("--application", "headserve")
-            load(target, 2.0, *through_ray)  # warm-up, not counted
+                through_ray += ("--application", APP)
+            run_load(target, 2.0, *through_ray)  # warm-up, not counted
             for n in range(args.rounds):
                 order = ("standalone", "ray") if n % 2 == 0 else ("ray", "standalone")
                 runs = {
                     side: standalone(args.seconds, args.callers)
                     if side == "standalone"
-                    else load(target, args.seconds, *through_ray)
+                    else run_load(target, args.seconds, *through_ray)
                     for side in order
                 }
                 results.append(
                     {"replicas": replicas, "order": order, "deployed_s": deployed, **runs}
                 )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    args.json.parent.mkdir(exist_ok=True)
-    args.json.write_text(json.dumps({"callers": args.callers, "rounds": results}, indent=2) + "\n")
+    write_json(args.json, {"callers": args.callers, "rounds": results})
     via = "direct ingress (the replica's own port)" if args.direct_ingress else "the proxy"
-    print(f"Encode, {args.callers} callers, {cores} cores; Ray through {via}\n")
+    print(f"Encode, {args.callers} callers, {cores()} cores; Ray through {via}\n")
     print(
-        "| replicas | order | standalone sent/s (p50 / p99 ms) | Ray sent/s (p50 / p99 ms) | Ray / standalone |"
+        *markdown_head(
+            "replicas | order | standalone sent/s (p50 / p99 ms) | Ray sent/s (p50 / p99 ms) "
+            "| Ray / standalone"
+        ),
+        sep="\n",
     )
-    print("|---|---|---|---|---|")
     for r in results:
         a, b = r["standalone"], r["ray"]
         print(
-            f"| {r['replicas']} | {' then '.join(r['order'])} | {a['sentences_s']:.1f} "
-            f"({a['p50_ms']:.0f} / {a['p99_ms']:.0f}) | {b['sentences_s']:.1f} "
-            f"({b['p50_ms']:.0f} / {b['p99_ms']:.0f}) | {b['sentences_s'] / a['sentences_s']:.2f} |"
+            f"| {r['replicas']} | {' then '.join(r['order'])} | {brief(a)} | {brief(b)} "
+            f"| {b['sentences_s'] / a['sentences_s']:.2f} |"
         )
     for replicas in args.replicas:
         ratios = [

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -44,19 +43,11 @@ from typing import Any
 
 import grpc
 from data import sentences
-from load import (
-    by_code,
-    calls,
-    cpu_seconds,
-    headserve_server,
-    json_safe,
-    machine_ticks,
-    open_loop,
-    percentile,
-)
+from load import by_code, calls, cpu_seconds, machine_ticks, open_loop, percentile
 from overload import ms_stats
+from report import RESULTS, markdown_head, write_json
+from servers import headserve_server
 
-HERE = Path(__file__).resolve().parent
 NICE = 19  # headserve's model workers' default (--worker-nice)
 BURNERS = {"bare": None, "bare + burn": "burn", "bare + model": "model"}  # what runs beside
 CELLS = (*BURNERS, "headserve")
@@ -190,13 +181,13 @@ async def burst(target: str, pid: int, texts: list[str], args: argparse.Namespac
     every = result.recorder.calls
     ticks = max(1, total2 - total)
     return {
-        "offered_rate": result.sent / result.dispatch_seconds,
+        "offered_rate": result.offered_rate,
         "skipped_max_outstanding": result.skipped_outstanding,
         "codes": by_code(every),
         "messages": result.recorder.messages,
         "refused": ms_stats([c for c in every if c.code == "RESOURCE_EXHAUSTED"]),
         "accepted_s": sum(c.code == "OK" for c in every) / result.dispatch_seconds,
-        "send_lag_p99_ms": percentile([(c.sent - c.scheduled) * 1e3 for c in every], 0.99),
+        "send_lag_p99_ms": percentile(result.send_lag_ms, 0.99),
         "server_pct": 100 * (server2 - server) / seconds,
         "loop_ran_pct": 100 * (ran2 - ran) / 1e9 / seconds,
         "loop_waited_pct": 100 * (waited2 - waited) / 1e9 / seconds,
@@ -217,12 +208,12 @@ def cell(name: str, texts: list[str], args: argparse.Namespace) -> dict:
 
 
 def table(rounds: list[dict[str, dict]]) -> str:
-    lines = [
-        "| round | server | offered calls/s | refused | refused p50 / p99 / max ms "
+    lines = markdown_head(
+        "round | server | offered calls/s | refused | refused p50 / p99 / max ms "
         "| accepted/s | server CPU % | event loop on a core / waiting for one % "
-        "| machine busy / stolen % |",
-        "|---|---|---:|---:|---|---:|---:|---|---|",
-    ]
+        "| machine busy / stolen %",
+        "llrrlrr",
+    )
     for number, cells in enumerate(rounds, 1):
         for name, r in cells.items():
             f = r["refused"]
@@ -246,7 +237,7 @@ def main() -> None:
     parser.add_argument("--max-calls", type=int, default=128, help="maximum_concurrent_rpcs")
     parser.add_argument("--max-outstanding", type=int, default=4096)
     parser.add_argument("--call-timeout", type=float, default=30.0)
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "refusal_floor.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "refusal_floor.json")
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--burners", choices=("burn", "model"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,19 +256,13 @@ def main() -> None:
         print(f"round {number + 1} done", file=sys.stderr, flush=True)
     print(table(rounds))
     command = " ".join([".venv/bin/python bench/refusal_floor.py", *sys.argv[1:]])
-    args.json.write_text(
-        json.dumps(
-            json_safe(
-                {
-                    "command": command,
-                    "when": time.strftime("%Y-%m-%d %H:%M"),
-                    "cores": os.cpu_count(),
-                    "rounds": rounds,
-                }
-            ),
-            indent=1,
-        )
-    )
+    result = {
+        "command": command,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "cores": os.cpu_count(),
+        "rounds": rounds,
+    }
+    write_json(args.json, result, indent=1, strict=True)
 
 
 if __name__ == "__main__":

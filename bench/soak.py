@@ -42,8 +42,8 @@ from load import (
     percentile,
     run_recorded,
 )
+from report import RESULTS, markdown_head
 
-HERE = Path(__file__).resolve().parent
 SLOW_MS = 1000.0  # a 5 s step with a p99 over this is listed with its stolen time
 RPCS = ["Encode", "Classify", "AnswerQuestion", "PredictTokens"]  # the order of calls(, "mixed")
 
@@ -123,20 +123,13 @@ async def measure(args: argparse.Namespace, target: str, sampler: RssSampler) ->
                 **cpu_between(sampler.cpu, lo, hi),
             }
         )
-    lag_ms = [(c.sent - c.scheduled) * 1e3 for c in done]
     codes = by_code(done)
     result["soak"] = {
         "load": args.load,
         "target_rate": rate,
-        "offered_rate": soak.sent / seconds,
+        "offered_rate": soak.offered_rate,
         "seconds": seconds,
-        "sent": soak.sent,
-        "skipped_max_outstanding": soak.skipped_outstanding,
-        "max_outstanding": args.max_outstanding,
-        "max_outstanding_seen": soak.max_outstanding_seen,
-        "unfinished": soak.unfinished,
-        "send_lag_p50_ms": percentile(lag_ms, 0.5),
-        "send_lag_p99_ms": percentile(lag_ms, 0.99),
+        **soak.sending(),
         "ok_s": codes.get("OK", 0) / seconds,
         **latency(done),
         "codes": codes,
@@ -192,8 +185,7 @@ def table(r: dict[str, Any]) -> str:
         [
             f"Command: `{r['command']}`",
             "",
-            "| measure | value |",
-            "|---|---|",
+            *markdown_head("measure | value"),
             f"| capacity ({c['callers']} closed-loop callers of the mix, {c['seconds']:.1f} s) "
             f"| {c['calls_s']:.1f} calls/s, p50 {c['p50_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms |",
             f"| soak: target {s['load']:g}x capacity | {s['target_rate']:.1f} calls/s for "
@@ -213,9 +205,10 @@ def table(r: dict[str, Any]) -> str:
             f"{m['after_warmup_mib']:.1f} / {m['max_mib']:.1f} / {m['end_mib']:.1f} MiB "
             f"(growth {m['growth_pct']:+.1f}%) |",
             "",
-            "| from s | sent/s | answered/s | p50 ms | p99 ms | errors | VmRSS MiB at the end "
-            "| server CPU % of a core | machine busy / stolen % |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *markdown_head(
+                "from s | sent/s | answered/s | p50 ms | p99 ms | errors | VmRSS MiB at the end "
+                "| server CPU % of a core | machine busy / stolen %"
+            ),
             *(
                 f"| {w['t_s']:g} | {w['sent_s']:.1f} | {w['ok_s']:.1f} | {w['p50_ms']:.0f} "
                 f"| {w['p99_ms']:.0f} | {w['errors'] or 'none'} | {w['rss_mib']:.1f} "
@@ -229,8 +222,9 @@ def table(r: dict[str, Any]) -> str:
             f"{pct(s['spells']['steal_pct_p50'])} / {pct(s['spells']['steal_pct_p90'])} / "
             f"{pct(s['spells']['steal_pct_max'])} %:",
             "",
-            "| from s | errors | p99 ms | server CPU % of a core | machine busy / stolen % |",
-            "|---|---|---|---|---|",
+            *markdown_head(
+                "from s | errors | p99 ms | server CPU % of a core | machine busy / stolen %"
+            ),
             *(
                 [
                     f"| {x['t_s']:g} | {x['errors']} | {x['p99_ms']:.0f} | {pct(x['server_pct'])} "
@@ -256,7 +250,7 @@ def main() -> None:
     parser.add_argument("--call-timeout", type=float, default=30.0, help="every call's deadline")
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--serve-args", default="", help="extra `headserve serve` options")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "soak.json")
+    parser.add_argument("--json", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
     serve_args = ["--allow-untrained", *args.serve_args.split()]
     run_recorded(

@@ -3,12 +3,16 @@
     make bench      # or: .venv/bin/python bench/throughput.py [--seconds 15]
 
 1. the ceiling: the backbone alone (bench/ceiling.py);
-2. headserve Encode with 1, 8, 32 and 64 concurrent one-sentence callers, and one
-   stream of 32-sentence batches (bench/load.py against `headserve serve`);
+2. headserve Encode with 1, 8, 32 and 64 concurrent one-sentence callers, one stream of
+   32-sentence batches with 4 in flight, and a lone 32-sentence batch at a time (one
+   stream, one batch in flight: what one caller sending batches in turn gets)
+   (bench/load.py against `headserve serve`);
 3. the naive server (bench/naive_server.py) under the same callers;
 4. the mixed workload (Encode, Classify, AnswerQuestion, PredictTokens in equal shares),
    against Encode alone, on the same server and sentences, in --mixed-rounds alternating
-   pairs.
+   pairs;
+5. with --baseline-args (e.g. "--runtime torch"): a second headserve with those options,
+   Encode at 64 callers against the first, in --baseline-rounds alternating pairs.
 Each server runs in its own process and the load generator in another. Results go to
 bench/results/throughput.json and Markdown tables on stdout. The second table says, for each
 headserve load, what the server's metrics (--metrics-port) and /proc saw during it: the mean
@@ -21,66 +25,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-from load import metrics_url
+from load import run_load
+from report import RESULTS, markdown_head, write_json
+from servers import ENV, running, served
 
 HERE = Path(__file__).resolve().parent
-PY = sys.executable
-HEADSERVE = str(Path(PY).parent / "headserve")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
-
-
-def start(
-    cmd: list[str], ready: str, log: list[str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a server; wait for the log line matching `ready` (its group 1 is the port).
-    The lines up to it go to `log`, when given."""
-    proc = subprocess.Popen(
-        cmd, stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{cmd} exited before it was ready")
-        if log is not None:
-            log.append(line)
-        found = re.search(ready, line)
-        if found:  # keep draining the log so the server never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, f"127.0.0.1:{found.group(1)}"
-    proc.kill()
-    raise TimeoutError(f"{cmd} not ready in 180 s")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def load(target: str, seconds: float, *args: str) -> dict:
-    run = subprocess.run(
-        [PY, str(HERE / "load.py"), target, "--seconds", str(seconds), *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=seconds + 120,
-        check=True,
-    )
-    return json.loads(run.stdout)
+STREAMS = (  # (row name, results key)
+    ("1 stream, 32-sentence batches, 4 in flight", "headserve_stream"),
+    ("1 stream, one 32-sentence batch at a time", "headserve_lone_batch"),
+)
 
 
 def main() -> None:
@@ -97,13 +55,20 @@ def main() -> None:
         help='more bench/ceiling.py options, e.g. "--runtime onnx" (the server\'s own pass on '
         "ONNX Runtime, its default on a CPU) or --sizes",
     )
+    parser.add_argument(
+        "--baseline-args",
+        default="",
+        help="`headserve serve` options of a second server to compare at 64 callers, e.g. "
+        '"--runtime torch"',
+    )
+    parser.add_argument("--baseline-rounds", type=int, default=3)
     args = parser.parse_args()
     callers = [int(c) for c in args.callers.split(",")]
     results: dict = {"seconds": args.seconds}
 
     ceiling = subprocess.run(
         [
-            PY,
+            sys.executable,
             str(HERE / "ceiling.py"),
             "--seconds",
             str(args.seconds),
@@ -119,43 +84,56 @@ def main() -> None:
     )
     results["ceiling"] = json.loads(ceiling.stdout[ceiling.stdout.index("{") :])
 
-    log: list[str] = []
-    server, target = start(
-        [HEADSERVE, "serve", "--port", "0", "--allow-untrained", "--metrics-port", "0"]
-        + args.serve_args.split(),
-        r"serving on port (\d+)",
-        log,
-    )
-    metrics = metrics_url("".join(log))
-    watch = ("--server-pid", str(server.pid), "--metrics", metrics)
-    try:
+    with served(args.serve_args.split(), metrics=True) as (target, watch):
         results["headserve"] = [
-            load(target, args.seconds, "--concurrency", str(c), *watch) for c in callers
+            run_load(target, args.seconds, "--concurrency", str(c), *watch) for c in callers
         ]
-        results["headserve_stream"] = load(target, args.seconds, "--stream-batch", "32", *watch)
+        results["headserve_stream"] = run_load(target, args.seconds, "--stream-batch", "32", *watch)
+        results["headserve_lone_batch"] = run_load(
+            target, args.seconds, "--stream-batch", "32", "--stream-window", "1", *watch
+        )
         # Mixed against Encode alone in alternating pairs (order swapped each round), so
         # that a change in the machine's load between two runs shows as spread, not as effect.
         results["mixed_rounds"] = []
         for n in range(args.mixed_rounds):
             pair = {}
             for mix in ("encode", "mixed") if n % 2 == 0 else ("mixed", "encode"):
-                pair[mix] = load(target, args.seconds, "--concurrency", "64", "--mix", mix, *watch)
+                pair[mix] = run_load(
+                    target, args.seconds, "--concurrency", "64", "--mix", mix, *watch
+                )
             results["mixed_rounds"].append(pair)
-    finally:
-        stop(server)
 
-    naive, target = start(
-        [PY, str(HERE / "naive_server.py"), "--port", "50061"], r"listening on port (\d+)"
-    )
-    try:
-        results["naive"] = [load(target, args.seconds, "--concurrency", str(c)) for c in callers]
-    finally:
-        stop(naive)
+    if args.baseline_args:
+        results["baseline_args"] = args.baseline_args
+        results["baseline_rounds"] = baseline_rounds(args)
 
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    naive = [sys.executable, str(HERE / "naive_server.py"), "--port", "50061"]
+    with running(naive, r"listening on port (\d+)") as (_, target):
+        results["naive"] = [
+            run_load(target, args.seconds, "--concurrency", str(c)) for c in callers
+        ]
+
+    write_json(RESULTS / "throughput.json", results)
     print(table(results))
+
+
+def baseline_rounds(args: argparse.Namespace) -> list[dict]:
+    """Encode at 64 callers on this server and on one started with --baseline-args, in
+    alternating pairs (both servers up, one loaded at a time)."""
+    shape = ("--concurrency", "64")
+    rounds = []
+    with (
+        served(args.serve_args.split()) as (target, _),
+        served(args.baseline_args.split()) as (baseline, _),
+    ):
+        for n in range(args.baseline_rounds):
+            pair = {}
+            for side in ("headserve", "baseline") if n % 2 == 0 else ("baseline", "headserve"):
+                pair[side] = run_load(
+                    target if side == "headserve" else baseline, args.seconds, *shape
+                )
+            rounds.append(pair)
+    return rounds
 
 
 def table(r: dict) -> str:
@@ -166,8 +144,10 @@ def table(r: dict) -> str:
         f"{best['workers']} worker(s) x {best['threads']} torch thread(s)): "
         f"{ceiling:.1f} sentences/s, {best['tokens_s']:.0f} tokens/s",
         "",
-        "| load | headserve sent/s | p50 ms | p99 ms | of ceiling | naive sent/s | naive p99 ms | headserve / naive |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_head(
+            "load | headserve sent/s | p50 ms | p99 ms | of ceiling | naive sent/s "
+            "| naive p99 ms | headserve / naive"
+        ),
     ]
     for h, n in zip(r["headserve"], r["naive"], strict=True):
         lines.append(
@@ -175,12 +155,13 @@ def table(r: dict) -> str:
             f"| {h['sentences_s'] / ceiling:.2f} | {n['sentences_s']:.1f} | {n['p99_ms']:.0f} "
             f"| {h['sentences_s'] / n['sentences_s']:.2f}x |"
         )
-    s = r["headserve_stream"]
-    lines.append(
-        f"| 1 stream, 32-sentence batches | {s['sentences_s']:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} "
-        f"| {s['sentences_s'] / ceiling:.2f} | | | |"
-    )
-    lines += ["", *mixed_table(r["mixed_rounds"]), "", *cores_table(r)]
+    for name, key in STREAMS:
+        s = r[key]
+        lines.append(
+            f"| {name} | {s['sentences_s']:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} "
+            f"| {s['sentences_s'] / ceiling:.2f} | | | |"
+        )
+    lines += ["", *mixed_table(r["mixed_rounds"]), *baseline_table(r), "", *cores_table(r)]
     return "\n".join(lines)
 
 
@@ -195,9 +176,10 @@ def mixed_table(rounds: list[dict]) -> list[str]:
     lines = [
         "Mixed against Encode alone, 64 callers, alternating pairs:",
         "",
-        "| round | mixed sent/s | Encode sent/s | ratio | in backbone tokens/s | "
-        "per model core | machine stolen %, mixed / Encode |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_head(
+            "round | mixed sent/s | Encode sent/s | ratio | in backbone tokens/s "
+            "| per model core | machine stolen %, mixed / Encode"
+        ),
     ]
     ratios = []
     for n, pair in enumerate(rounds, 1):
@@ -215,6 +197,24 @@ def mixed_table(rounds: list[dict]) -> list[str]:
     return lines
 
 
+def baseline_table(r: dict) -> list[str]:
+    rounds = r.get("baseline_rounds")
+    if not rounds:
+        return []
+    lines = [
+        "",
+        f"Encode at 64 callers against `headserve serve {r['baseline_args']}`, alternating:",
+        "",
+        *markdown_head("round | headserve sent/s | baseline sent/s | ratio"),
+    ]
+    ratios = []
+    for n, pair in enumerate(rounds, 1):
+        h, b = pair["headserve"]["sentences_s"], pair["baseline"]["sentences_s"]
+        ratios.append(h / b)
+        lines.append(f"| {n} | {h:.1f} | {b:.1f} | {h / b:.2f} |")
+    return [*lines, "", f"Median headserve / baseline: **{statistics.median(ratios):.2f}**"]
+
+
 def cores_table(r: dict) -> list[str]:
     """Where the two cores went during each headserve load, from the server's metrics and /proc:
     the model's speed per core it got, against the ceiling's per core it got."""
@@ -223,14 +223,15 @@ def cores_table(r: dict) -> list[str]:
     lines = [
         f"Where the cores went (ceiling: {best['cores']:.2f} cores, {per_core:.1f} sentences/s per core):",
         "",
-        "| load | mean batch rows | workers computing % | model cores "
-        "| sent/s per model core (of ceiling's) "
-        "| rest of server cores | load generator cores | machine busy / stolen % |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_head(
+            "load | mean batch rows | workers computing % | model cores "
+            "| sent/s per model core (of ceiling's) "
+            "| rest of server cores | load generator cores | machine busy / stolen %"
+        ),
     ]
     loads = [
         *((f"{h['concurrency']} callers", h) for h in r["headserve"]),
-        ("1 stream, 32-sentence batches", r["headserve_stream"]),
+        *((name, r[key]) for name, key in STREAMS),
         *(
             (f"mixed, 64 callers, round {n}", p["mixed"])
             for n, p in enumerate(r["mixed_rounds"], 1)
