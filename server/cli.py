@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
             choices=["none", "int8"],
             default="none",
             help="int8: a text backbone's pass on ONNX Runtime with int8 weights (dynamic, per "
-            "channel, feed-forward outputs kept float32; 1.25-1.3x float32 on the packaged "
+            "channel, feed-forward outputs kept float32; 1.25-1.5x float32 on the packaged "
             "MiniLM, vectors' cosine to float32 0.996 on average, 0.987 at worst: "
             "BENCHMARKS.md). Checked at every start; float32 if a check row falls under 0.98",
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -73,10 +74,17 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
+    """A value as a text line shows it: quoted (JSON) when empty or holding a space, a quote
+    or an equals sign. Called for every field of every access-log line: kept cheap."""
+    if isinstance(value, int | float):
+        return str(value)
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     text = str(value)
-    return json.dumps(text) if not text or any(c in text for c in ' "=') else text
+    return json.dumps(text) if not text or _QUOTED.search(text) else text
+
+
+_QUOTED = re.compile('[ "=]')
 
 
 class JsonFormatter(logging.Formatter):
