@@ -43,6 +43,7 @@ test: install
 # Long runs: throughput, packing, memory and the frozen-head/fine-tuning trade-off; see BENCHMARKS.md.
 bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/call_cost.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/memory.py
