@@ -69,6 +69,7 @@ from .types import (
     TokenCandidate,
     Tokenization,
     TokenPrediction,
+    TruncationSide,
     Usage,
 )
 
@@ -105,6 +106,7 @@ __all__ = [
     "PermissionDeniedError",
     "PluginFailure",
     "Pooling",
+    "TruncationSide",
     "PredictTokensResult",
     "QuestionAnswer",
     "QuestionContext",

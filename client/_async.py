@@ -39,6 +39,7 @@ from .types import (
     StreamResult,
     TextItem,
     Tokenization,
+    TruncationSide,
 )
 
 __all__ = ["AsyncClient"]
@@ -146,10 +147,16 @@ class AsyncClient:
         normalize: bool | None = None,
         truncate: bool = False,
         head: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_side: TruncationSide | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``); see :meth:`Client.encode`."""
-        options = _convert.encode_options(pooling, normalize, truncate, head)
+        options = _convert.encode_options(
+            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+        )
         request = _convert.encode_request(items, options)
         return await self._unary(
             lambda stubs: stubs.encoder.Encode, request, _convert.encode_result, timeout
@@ -268,10 +275,16 @@ class AsyncClient:
         normalize: bool | None = None,
         truncate: bool = False,
         head: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_side: TruncationSide | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches; see :meth:`Client.encode_stream`."""
-        options = _convert.encode_options(pooling, normalize, truncate, head)
+        options = _convert.encode_options(
+            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+        )
         return self._stream(
             lambda stubs: stubs.encoder.EncodeStream,
             batches,

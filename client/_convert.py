@@ -61,6 +61,7 @@ from .types import (
     TokenCandidate,
     Tokenization,
     TokenPrediction,
+    TruncationSide,
     Usage,
 )
 
@@ -128,14 +129,41 @@ def encode_request(
     return encoder_pb2.EncodeRequest(items=text_inputs(items), options=options, id=id)
 
 
+_TRUNCATION_SIDE: dict[str | None, encoder_pb2.TruncationSide.ValueType] = {
+    None: encoder_pb2.TRUNCATION_SIDE_UNSPECIFIED,
+    "right": encoder_pb2.TRUNCATION_SIDE_RIGHT,
+    "left": encoder_pb2.TRUNCATION_SIDE_LEFT,
+}
+
+
 def encode_options(
-    pooling: Pooling | None, normalize: bool | None, truncate: bool, head: str | None
+    pooling: Pooling | None,
+    normalize: bool | None,
+    truncate: bool,
+    head: str | None,
+    dimensions: int | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    truncation_side: TruncationSide | None = None,
 ) -> encoder_pb2.EncodeOptions:
-    """``EncodeOptions``; ``None`` leaves pooling / normalize / head to the server."""
+    """``EncodeOptions``; ``None`` leaves an option to the server."""
     if pooling not in _POOLING:
         raise ValueError(f"pooling must be 'cls', 'mean', 'none' or None, not {pooling!r}")
+    if truncation_side not in _TRUNCATION_SIDE:
+        raise ValueError(
+            f"truncation_side must be 'right', 'left' or None, not {truncation_side!r}"
+        )
+    if dimensions is not None and dimensions < 1:
+        raise ValueError(f"dimensions must be at least 1 (or None for all), not {dimensions}")
     return encoder_pb2.EncodeOptions(
-        pooling=_POOLING[pooling], normalize=normalize, truncate=truncate, head=head or ""
+        pooling=_POOLING[pooling],
+        normalize=normalize,
+        truncate=truncate,
+        head=head or "",
+        dimensions=dimensions or 0,
+        prompt_name=prompt_name or "",
+        prompt=prompt,
+        truncation_side=_TRUNCATION_SIDE[truncation_side],
     )
 
 

@@ -31,6 +31,7 @@ from .types import (
     StreamResult,
     TextItem,
     Tokenization,
+    TruncationSide,
 )
 
 __all__ = ["Client"]
@@ -169,6 +170,10 @@ class Client:
         normalize: bool | None = None,
         truncate: bool = False,
         head: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_side: TruncationSide | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``), one result per item, in order.
@@ -179,9 +184,18 @@ class Client:
             normalize: L2-normalise pooled vectors; ``None``: the head's default.
             truncate: cut inputs longer than the model's window instead of refusing them.
             head: encode head to use; ``None``: the server's default.
+            dimensions: keep each pooled vector's first N values (Matryoshka), then normalise
+                them if ``normalize`` is true; ``None``: all.
+            prompt_name: a prompt the head's checkpoint names (``"query"``), put before every
+                text; ``None``: the server's default prompt, if any.
+            prompt: a prompt written out (``"query: "``); ``""`` for none. Not with
+                ``prompt_name``.
+            truncation_side: which end ``truncate`` cuts, ``"right"`` (default) or ``"left"``.
             timeout: overrides the client's timeout for this call.
         """
-        options = _convert.encode_options(pooling, normalize, truncate, head)
+        options = _convert.encode_options(
+            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+        )
         request = _convert.encode_request(items, options)
         return self._unary(self._stubs.encoder.Encode, request, _convert.encode_result, timeout)
 
@@ -334,6 +348,10 @@ class Client:
         normalize: bool | None = None,
         truncate: bool = False,
         head: str | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_side: TruncationSide | None = None,
         timeout: float | None = None,
     ) -> Iterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches: one :class:`StreamResult` per batch.
@@ -342,7 +360,9 @@ class Client:
         ``error`` is set and the stream goes on. The options apply to every batch. ``timeout``
         bounds the whole stream (default: none). A failure of the stream itself raises.
         """
-        options = _convert.encode_options(pooling, normalize, truncate, head)
+        options = _convert.encode_options(
+            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+        )
         return self._stream(
             self._stubs.encoder.EncodeStream,
             batches,

@@ -39,6 +39,7 @@ __all__ = [
     "ParameterInfo",
     "PluginFailure",
     "Pooling",
+    "TruncationSide",
     "PredictTokensResult",
     "QuestionAnswer",
     "QuestionContext",
@@ -60,6 +61,9 @@ ItemT_co = TypeVar("ItemT_co", covariant=True)
 
 Pooling: TypeAlias = Literal["cls", "mean", "none"]
 """How ``encode`` pools token states: first token, mean over real tokens, or not at all."""
+
+TruncationSide: TypeAlias = Literal["right", "left"]
+"""Which end of a too-long input ``truncate`` cuts: the end of the text, or its start."""
 
 TextItem: TypeAlias = str | tuple[str, str] | bytes | os.PathLike[str]
 """One input of encode, classify, run...: a text, a ``(text, text_pair)`` pair, or, for a

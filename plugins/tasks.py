@@ -15,6 +15,7 @@ import numpy as np
 from .contract import InvalidInput, Pixels
 
 Pooling = Literal["default", "cls", "mean", "none"]
+TruncationSide = Literal["right", "left"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class EncodeOptions:
     pooling: Pooling = "default"
     normalize: bool | None = None
     truncate: bool = False
+    dimensions: int = 0  # keep the first N values of a pooled vector; 0: all
+    prompt_name: str | None = None  # a prompt the head's checkpoint names; None: its default
+    prompt: str | None = None  # a prompt written out; "" for none
+    truncation_side: TruncationSide = "right"
+
+    def __post_init__(self) -> None:
+        _at_least("options.dimensions", self.dimensions, 0)
+        if self.prompt_name and self.prompt is not None:
+            raise InvalidInput("options.prompt", "give prompt or prompt_name, not both")
+        if self.dimensions and self.pooling == "none":
+            raise InvalidInput("options.dimensions", "cuts pooled vectors: not with POOLING_NONE")
 
 
 @dataclass(frozen=True)

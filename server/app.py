@@ -122,6 +122,7 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     allow_untrained: bool = False
+    default_prompt_name: str | None = None  # encode heads' prompt when a call names none
     limits: Limits = Limits()
     request_limits: RequestLimits = RequestLimits()
     security: Security = Security()
@@ -167,6 +168,15 @@ def build_core(
     check_defaults(settings.heads, plugins)
     kind = choose_kind(source, settings.backbone_kind)
     specs = settings.heads or kind.default_heads(source)
+    if settings.default_prompt_name:  # every encode head's, unless its own spec names one
+        specs = tuple(
+            replace(
+                spec, options={"default_prompt_name": settings.default_prompt_name, **spec.options}
+            )
+            if spec.plugin == "encode"
+            else spec
+            for spec in specs
+        )
     threads = plan(pick_device(settings.device), settings.limits.workers, settings.threads)
     backbone = kind.load(
         source,

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="serve heads whose weights are missing from their checkpoint (random)",
         )
+        p.add_argument(
+            "--default-prompt-name",
+            metavar="NAME",
+            help="the prompt encode heads put before a text when a call names none: one of "
+            "the checkpoint's named prompts (config_sentence_transformers.json), e.g. query",
+        )
         plugins_arg(p)
         p.add_argument(
             "--allow-pickle",
@@ -426,6 +432,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         device=args.device,
         dtype=args.dtype,
         allow_untrained=args.allow_untrained,
+        default_prompt_name=args.default_prompt_name,
         plugins=_allow_list(args.plugins),
         require_heads=tuple(args.require_head),
         allow_pickle=args.allow_pickle,

@@ -45,6 +45,10 @@ class Tokenized:
 
 
 def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
+    """What a head's refusal of item `index` names: the item's field, or the call's option
+    (a field "options.X": an option the head cannot honour, whatever the item)."""
+    if exc.field.startswith("options."):
+        return InvalidArgument(exc.field, exc.message)
     return InvalidArgument(f"items[{index}].{exc.field}", exc.message, item=index)
 
 

@@ -31,6 +31,13 @@ _POOLING = {
 }
 
 
+_TRUNCATION_SIDE = {
+    pb.TRUNCATION_SIDE_UNSPECIFIED: "right",
+    pb.TRUNCATION_SIDE_RIGHT: "right",
+    pb.TRUNCATION_SIDE_LEFT: "left",
+}
+
+
 def _embedding(e: Embedding) -> pb.Embedding:
     if e.token_states is not None:
         return pb.Embedding(token_states=tensor(e.token_states), tokens=e.tokens)
@@ -60,11 +67,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         o = request.options
         if o.pooling not in _POOLING:
             raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
+        if o.truncation_side not in _TRUNCATION_SIDE:
+            raise InvalidArgument(
+                "options.truncation_side", f"unknown truncation side {o.truncation_side}"
+            )
         opts = options(
             EncodeOptions,
             pooling=_POOLING[o.pooling],
             normalize=o.normalize if o.HasField("normalize") else None,
             truncate=o.truncate,
+            dimensions=o.dimensions,
+            prompt_name=o.prompt_name or None,
+            prompt=o.prompt if o.HasField("prompt") else None,
+            truncation_side=_TRUNCATION_SIDE[o.truncation_side],
         )
         outcome = await core.run(
             "encode",

@@ -59,7 +59,7 @@ def _edit(path: str, old: str, new: str) -> Callable[[Path], None]:
 
 BREAKS = {
     "a field renumbered": (
-        _edit("headserve/v1/encoder.proto", "string head = 4;", "string head = 5;"),
+        _edit("headserve/v1/encoder.proto", "string head = 4;", "string head = 99;"),
         r'Field "4" with name "head" on message "EncodeOptions" was deleted',
     ),
     "a field removed": (
@@ -106,7 +106,7 @@ def test_buf_breaking_lets_additive_changes_through(tmp_path: Path) -> None:
     _edit(  # a new field, with a new number
         "headserve/v1/encoder.proto",
         "string head = 4;",
-        "string head = 4;\n  // Keep the first N dimensions.\n  optional int32 dimensions = 5;",
+        "string head = 4;\n  // A new option.\n  optional int32 a_new_option = 98;",
     )(copy)
     _edit(  # a new RPC on an existing service
         "headserve/v1/encoder.proto",

@@ -373,10 +373,18 @@ def _oversized_question() -> question_answerer_pb2.QuestionContext:
 
 
 def encode_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
-    def build(items, pooling, normalize, truncate, head, id):  # type: ignore[no-untyped-def]
+    def build(items, pooling, normalize, truncate, head, id, extra):  # type: ignore[no-untyped-def]
         options = encoder_pb2.EncodeOptions(pooling=pooling, truncate=truncate, head=head)
         if normalize is not None:
             options.normalize = normalize
+        dimensions, prompt_name, prompt, side = extra
+        options.dimensions, options.prompt_name, options.truncation_side = (
+            dimensions,
+            prompt_name,
+            side,
+        )
+        if prompt is not None:
+            options.prompt = prompt
         return Case(encoder_pb2.EncodeRequest(items=items, options=options, id=id))
 
     return st.builds(
@@ -388,6 +396,16 @@ def encode_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
         st.booleans(),
         head_names("encode"),
         request_ids(),
+        # dimensions, prompt_name, prompt, truncation_side: mostly unset
+        mostly(
+            st.just((0, "", None, 0)),
+            st.tuples(
+                st.one_of(st.sampled_from([1, 16, 384, 385]), st.integers(0, 2**32 - 1)),
+                st.one_of(st.just(""), st.sampled_from(["query"]), st.text(ANY_CHAR, max_size=8)),
+                st.one_of(st.none(), texts()),
+                mostly(st.sampled_from([0, 1, 2]), int32s(3)),
+            ),
+        ),
     )
 
 

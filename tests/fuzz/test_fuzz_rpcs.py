@@ -154,7 +154,7 @@ def check_encode(request: Any, reply: Any, model: Model) -> None:
             assert 2 <= len(embedding.tokens) <= model.max_length
             assert all(math.isfinite(v) for v in _floats(embedding.token_states))
         else:
-            assert len(embedding.vector) == model.hidden_size
+            assert len(embedding.vector) == (options.dimensions or model.hidden_size)
             assert all(math.isfinite(v) for v in embedding.vector)
             if options.HasField("normalize") and options.normalize:
                 assert math.isclose(math.hypot(*embedding.vector), 1.0, abs_tol=1e-4)

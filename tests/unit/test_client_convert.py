@@ -163,6 +163,22 @@ def test_encode_options_map_pooling_and_leave_unset_to_the_server():
         _convert.encode_options("max", None, False, None)  # type: ignore[arg-type]
 
 
+def test_encode_options_dimensions_prompts_and_truncation_side():
+    default = _convert.encode_options(None, None, False, None)
+    assert (default.dimensions, default.prompt_name) == (0, "")
+    assert not default.HasField("prompt")  # None: the server's default prompt
+    assert default.truncation_side == encoder_pb2.TRUNCATION_SIDE_UNSPECIFIED
+    chosen = _convert.encode_options(None, True, True, None, 128, "query", None, "left")
+    assert (chosen.dimensions, chosen.prompt_name) == (128, "query")
+    assert chosen.truncation_side == encoder_pb2.TRUNCATION_SIDE_LEFT
+    none = _convert.encode_options(None, None, False, None, prompt="")
+    assert none.HasField("prompt") and none.prompt == ""  # "": no prompt at all
+    with pytest.raises(ValueError, match="truncation_side"):
+        _convert.encode_options(None, None, False, None, truncation_side="middle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dimensions"):
+        _convert.encode_options(None, None, False, None, dimensions=0)
+
+
 def test_classify_heads_a_lone_string_is_one_head():
     assert list(_convert.classify_options("sentiment", 0, False).heads) == ["sentiment"]
     assert list(_convert.classify_options(("b", "a"), 2, False).heads) == ["b", "a"]

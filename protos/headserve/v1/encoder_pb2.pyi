@@ -52,6 +52,28 @@ POOLING_NONE: Pooling.ValueType  # 3
 """No pooling: every token's final hidden state."""
 Global___Pooling: _TypeAlias = Pooling  # noqa: Y015
 
+class _TruncationSide:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TruncationSideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TruncationSide.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRUNCATION_SIDE_UNSPECIFIED: _TruncationSide.ValueType  # 0
+    """The right: the end of the text is cut."""
+    TRUNCATION_SIDE_RIGHT: _TruncationSide.ValueType  # 1
+    TRUNCATION_SIDE_LEFT: _TruncationSide.ValueType  # 2
+    """The left: the start of the text is cut (the end is kept)."""
+
+class TruncationSide(_TruncationSide, metaclass=_TruncationSideEnumTypeWrapper):
+    """Which end of an input too long for the model's window `truncate` cuts."""
+
+TRUNCATION_SIDE_UNSPECIFIED: TruncationSide.ValueType  # 0
+"""The right: the end of the text is cut."""
+TRUNCATION_SIDE_RIGHT: TruncationSide.ValueType  # 1
+TRUNCATION_SIDE_LEFT: TruncationSide.ValueType  # 2
+"""The left: the start of the text is cut (the end is kept)."""
+Global___TruncationSide: _TypeAlias = TruncationSide  # noqa: Y015
+
 @_typing.final
 class EncodeOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -60,6 +82,10 @@ class EncodeOptions(_message.Message):
     NORMALIZE_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    PROMPT_NAME_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     pooling: Global___Pooling.ValueType
     normalize: _builtins.bool
     """L2-normalise pooled vectors. Unset: the head's default."""
@@ -67,6 +93,26 @@ class EncodeOptions(_message.Message):
     """Cut inputs longer than the model's window instead of refusing them."""
     head: _builtins.str
     """Encode head to use; empty: the server's default encoder."""
+    dimensions: _builtins.int
+    """Keep the first `dimensions` values of each pooled vector (Matryoshka
+    embeddings), then L2-normalise them if `normalize` is true. 0: all. More
+    than the model's hidden size, or with POOLING_NONE: INVALID_ARGUMENT.
+    With `normalize` unset, a checkpoint that normalises (a sentence-transformers
+    Normalize module) cuts its normalised vector, as sentence-transformers'
+    truncate_dim does.
+    """
+    prompt_name: _builtins.str
+    """A prompt the encode head's checkpoint names (the "prompts" of its
+    config_sentence_transformers.json, e.g. "query"), put before every text.
+    Empty: the server's --default-prompt-name, else the checkpoint's
+    default_prompt_name, else no prompt. An unknown name: INVALID_ARGUMENT.
+    """
+    prompt: _builtins.str
+    """A prompt written out (e.g. "query: "), put before every text; set to ""
+    for no prompt at all. Not with prompt_name. A checkpoint whose pooling
+    excludes the prompt (include_prompt false) pools the text's tokens only.
+    """
+    truncation_side: Global___TruncationSide.ValueType
     def __init__(
         self,
         *,
@@ -74,14 +120,23 @@ class EncodeOptions(_message.Message):
         normalize: _builtins.bool | None = ...,
         truncate: _builtins.bool = ...,
         head: _builtins.str = ...,
+        dimensions: _builtins.int = ...,
+        prompt_name: _builtins.str = ...,
+        prompt: _builtins.str | None = ...,
+        truncation_side: Global___TruncationSide.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "normalize", b"normalize"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "normalize", b"normalize", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "dimensions", b"dimensions", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "prompt", b"prompt", "prompt_name", b"prompt_name", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
+    _WhichOneofReturnType__prompt: _TypeAlias = _typing.Literal["prompt"]  # noqa: Y015
+    _WhichOneofArgType__prompt: _TypeAlias = _typing.Literal["_prompt", b"_prompt"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__normalize) -> _WhichOneofReturnType__normalize | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt) -> _WhichOneofReturnType__prompt | None: ...
 
 Global___EncodeOptions: _TypeAlias = EncodeOptions  # noqa: Y015
 
