@@ -156,6 +156,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             totals = _Totals()
             response, cancelled = None, False
+            peer = context.peer() if self._log else ""  # asked now: see _end
             try:
                 await self._start(rpc, context, first=self._unary_id_first)
                 response = await behavior(request, context)
@@ -166,7 +167,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if self._log:
                     totals.add(len(getattr(request, "items", ())), response)
-                self._end("call", rpc, context, cancelled, totals.fields)
+                self._end("call", rpc, context, cancelled, totals.fields, peer)
 
         return unary
 
@@ -180,6 +181,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         ) -> AsyncIterator[Any]:
             totals = _Totals()
             read: deque[tuple[str, int, float]] = deque()  # answered in order, one reply each
+            peer = context.peer() if self._log else ""  # asked now: see _end
 
             async def counted() -> AsyncIterator[Any]:
                 async for request in requests:
@@ -191,7 +193,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await self._start(rpc, context)
                 async for reply in behavior(counted(), context):
                     if self._log and read:
-                        self._log_message(rpc, context, read.popleft(), reply, totals)
+                        self._log_message(rpc, peer, read.popleft(), reply, totals)
                     yield reply
             except asyncio.CancelledError:
                 cancelled = True
@@ -203,6 +205,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     context,
                     cancelled,
                     lambda: {"messages": totals.messages, **totals.fields()},
+                    peer,
                 )
 
         return stream
@@ -214,18 +217,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         context: grpc.aio.ServicerContext,
         cancelled: bool,
         fields: Callable[[], dict[str, Any]],
+        peer: str,
     ) -> None:
-        """A finished call: its status to tracing, its line to the access log."""
+        """A finished call: its status to tracing, its line to the access log. The caller's
+        address (`peer`) is asked of gRPC as the call starts: asked of a call already ended
+        (a stream refused as it opened), grpc.aio's context crashed the process once."""
         code, details = _final_status(context, cancelled)
         if self._on_end is not None:
             self._on_end(code, details)
         if self._log:
-            _log_line(kind, rpc, code, fields(), context.peer())
+            _log_line(kind, rpc, code, fields(), peer)
 
     def _log_message(
         self,
         rpc: str,
-        context: grpc.aio.ServicerContext,
+        peer: str,
         request: tuple[str, int, float],
         reply: Any,
         totals: _Totals,
@@ -238,7 +244,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         one.add(items, response)
         code = reply.error.code if failed else grpc.StatusCode.OK.value[0]
         fields = {"message_id": message_id, **one.fields()}
-        _log_line("stream message", rpc, _NAMES.get(code, str(code)), fields, context.peer())
+        _log_line("stream message", rpc, _NAMES.get(code, str(code)), fields, peer)
 
 
 _NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
