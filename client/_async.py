@@ -35,6 +35,7 @@ from .types import (
     Pooling,
     PredictTokensResult,
     QuestionItem,
+    RerankResult,
     RunResult,
     StreamResult,
     TextItem,
@@ -196,6 +197,23 @@ class AsyncClient:
         request = _convert.classify_request(items, options)
         return await self._unary(
             lambda stubs: stubs.classifier.Classify, request, _convert.classify_result, timeout
+        )
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        head: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RerankResult:
+        """``documents`` ordered by relevance to ``query``; see :meth:`Client.rerank`."""
+        request = _convert.rerank_request(query, documents, head, top_n, return_documents, truncate)
+        return await self._unary(
+            lambda stubs: stubs.ranker.Rerank, request, _convert.rerank_result, timeout
         )
 
     async def answer_question(

@@ -23,6 +23,7 @@ from headserve.v1 import (
     heads_pb2,
     models_pb2,
     question_answerer_pb2,
+    ranker_pb2,
     token_predictor_pb2,
 )
 
@@ -51,7 +52,9 @@ from .types import (
     QuestionAnswer,
     QuestionContext,
     QuestionItem,
+    RankedDocument,
     RequestLimits,
+    RerankResult,
     RunResult,
     SchedulerInfo,
     Span,
@@ -380,6 +383,39 @@ def classify_result(message: classifier_pb2.ClassifyResponse) -> ClassifyResult:
             )
             for c in message.results
         ),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def rerank_request(
+    query: str,
+    documents: Sequence[str],
+    head: str | None,
+    top_n: int | None,
+    return_documents: bool,
+    truncate: bool,
+    id: str = "",
+) -> ranker_pb2.RerankRequest:
+    """A ``RerankRequest`` (``id`` only matters in a stream)."""
+    if isinstance(documents, str):
+        raise TypeError("documents must be a sequence of strings, not one string")
+    if top_n is not None and top_n < 1:
+        raise ValueError(f"top_n must be at least 1 (or None for all), not {top_n}")
+    options = ranker_pb2.RerankOptions(
+        head=head or "", top_n=top_n or 0, return_documents=return_documents, truncate=truncate
+    )
+    return ranker_pb2.RerankRequest(query=query, documents=documents, options=options, id=id)
+
+
+def rerank_result(message: ranker_pb2.RerankResponse) -> RerankResult:
+    """:class:`RerankResult` from ``RerankResponse``."""
+    return RerankResult(
+        results=tuple(
+            RankedDocument(index=r.index, score=r.score, document=r.document or None)
+            for r in message.results
+        ),
+        head=message.head,
         usage=usage(message.usage),
         timing=timing(message.timing),
     )

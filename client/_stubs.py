@@ -11,6 +11,7 @@ from headserve.v1 import (
     heads_pb2_grpc,
     models_pb2_grpc,
     question_answerer_pb2_grpc,
+    ranker_pb2_grpc,
     token_predictor_pb2_grpc,
 )
 
@@ -31,6 +32,7 @@ class Stubs:
     question_answerer: Any
     models: Any
     heads: Any
+    ranker: Any
 
     @classmethod
     def over(cls, channel: Any) -> Stubs:
@@ -42,4 +44,5 @@ class Stubs:
             question_answerer=question_answerer_pb2_grpc.QuestionAnswererStub(channel),
             models=models_pb2_grpc.ModelsStub(channel),
             heads=heads_pb2_grpc.HeadsStub(channel),
+            ranker=ranker_pb2_grpc.RankerStub(channel),
         )

@@ -27,6 +27,7 @@ from .types import (
     Pooling,
     PredictTokensResult,
     QuestionItem,
+    RerankResult,
     RunResult,
     StreamResult,
     TextItem,
@@ -249,6 +250,30 @@ class Client:
         return self._unary(
             self._stubs.classifier.Classify, request, _convert.classify_result, timeout
         )
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        head: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RerankResult:
+        """``documents`` ordered by relevance to ``query``, best first, each with its index.
+
+        Args:
+            head: the head that scores: a classify head as a cross-encoder of (query,
+                document) pairs, or an encode head by cosine; ``None``: the server's default.
+            top_n: keep the ``top_n`` best; ``None``: all.
+            return_documents: each result carries its document's text.
+            truncate: cut inputs longer than the model's window instead of refusing them.
+            timeout: overrides the client's timeout for this call.
+        """
+        request = _convert.rerank_request(query, documents, head, top_n, return_documents, truncate)
+        return self._unary(self._stubs.ranker.Rerank, request, _convert.rerank_result, timeout)
 
     def answer_question(
         self,

@@ -39,6 +39,8 @@ __all__ = [
     "ParameterInfo",
     "PluginFailure",
     "Pooling",
+    "RankedDocument",
+    "RerankResult",
     "TruncationSide",
     "PredictTokensResult",
     "QuestionAnswer",
@@ -315,6 +317,38 @@ class ClassifyResult(_PerItem[Classification]):
 
     def _per_item(self) -> tuple[Classification, ...]:
         return self.classifications
+
+
+# --- rerank -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    """One document of a ``rerank``: its index in the call, its score, and its text when
+    asked (``return_documents``)."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult(_PerItem[RankedDocument]):
+    """Result of ``rerank``: the documents best first (``results``), and the head that scored.
+
+    The result is also a sequence of them: ``len(result)``, ``result[0]``, ``for d in result``.
+    """
+
+    results: tuple[RankedDocument, ...]
+    head: str
+    usage: Usage
+    timing: Timing
+    request_id: str | None = None
+    """The call's request id (the server's ``x-request-id``): in its log lines, trace and
+    error details. ``None`` from a server that sends none."""
+
+    def _per_item(self) -> tuple[RankedDocument, ...]:
+        return self.results
 
 
 # --- answer question ----------------------------------------------------------------------------

@@ -3,11 +3,16 @@
 Single-label heads give a softmax over the labels; multi-label heads (the
 checkpoint's `problem_type` is "multi_label_classification", or the head option
 `multi_label=true`) an independent sigmoid per label.
+
+As a cross-encoder (Ranker.Rerank) the head scores a (query, document) pair by
+`rerank_score`: `sigmoid` (of a one-logit head's logit), `logit` (that logit itself),
+or `label:NAME` (that label's probability). Default: sigmoid for one logit, the second
+label's probability for two labels (a "not relevant" / "relevant" head).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -38,6 +43,7 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
             if multi is not None
             else config.problem_type == "multi_label_classification"
         )
+        self.rerank_score = ranking_score(options, self.labels)
         self.trained = not self._model.missing
         if not self.trained:
             self.detail = "classifier weights missing from the checkpoint: " + ", ".join(
@@ -53,16 +59,44 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
             logits = model(
                 input_ids=features.input_ids, attention_mask=features.attention_mask
             ).logits.float()
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        return list(probs.cpu())
+        return list(logits.cpu())
 
     def finish(
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
-        (probs,) = outputs
+        (logits,) = outputs
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
         return Classification.ranked(
-            self.name, self.multi_label, self.labels, probs.tolist(), options.top_k
+            self.name, self.multi_label, self.labels, probs.tolist(), options.top_k, logits.tolist()
         )
+
+    def relevance(self, classification: Classification) -> float:
+        """A (query, document) pair's score as a cross-encoder (see the module's docstring)."""
+        score = self.rerank_score
+        assert score is not None  # the ranker asks only a head that says how it ranks
+        if score == "sigmoid":
+            return float(torch.tensor(classification.logits[0]).sigmoid())
+        if score == "logit":
+            return classification.logits[0]
+        return dict(classification.labels)[score.removeprefix("label:")]
+
+
+def ranking_score(options: Mapping[str, str], labels: Sequence[str]) -> str | None:
+    """How a classify head scores a pair as a cross-encoder: its `rerank_score` option, or
+    the default for its labels (None: it cannot tell). A bad option is a ValueError."""
+    score = options.get("rerank_score")
+    if score is None:
+        if len(labels) == 1:
+            return "sigmoid"
+        return f"label:{labels[1]}" if len(labels) == 2 else None
+    if score in {"sigmoid", "logit"} and len(labels) == 1:
+        return score
+    if score.startswith("label:") and score.removeprefix("label:") in labels:
+        return score
+    raise ValueError(
+        f"rerank_score={score!r}: choose sigmoid or logit (a one-logit head) or label:NAME "
+        f"with NAME one of {', '.join(labels)}"
+    )
 
 
 class ClassifyPlugin:

@@ -128,6 +128,7 @@ class Classification:
     head: str
     multi_label: bool
     labels: tuple[tuple[str, float], ...]  # best first
+    logits: tuple[float, ...] = ()  # every label's, in the head's label order (when it has them)
 
     @classmethod
     def ranked(
@@ -137,12 +138,14 @@ class Classification:
         names: Sequence[str],
         probs: Sequence[float],
         top_k: int = 0,
+        logits: Sequence[float] = (),
     ) -> Classification:
         """The labels by probability, best first; the `top_k` best when it is not 0."""
         order = sorted(range(len(names)), key=lambda i: -float(probs[i]))
         if top_k:
             order = order[:top_k]
-        return cls(head, multi_label, tuple((names[i], float(probs[i])) for i in order))
+        ranked = tuple((names[i], float(probs[i])) for i in order)
+        return cls(head, multi_label, ranked, tuple(float(v) for v in logits))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from . import artifact
 from .artifact import ArtifactError, HeadMeta
-from .classify import ClassifyHead
+from .classify import ClassifyHead, ranking_score
 from .contract import CONTRACT_VERSION, Features, LoadContext, Prepared, Row
 from .image_heads import image_row
 from .qa import QuestionAnsweringHead
@@ -102,6 +102,7 @@ class TrainedClassifyHead(ClassifyHead):
             raise ArtifactError(f"{context.source}: unknown pooling {self.meta.pooling!r}")
         self.labels = self.meta.labels
         self.multi_label = False
+        self.rerank_score = ranking_score(context.spec.options, self.labels)
         self.trained = True
         self.detail = note + _metrics_note(self.meta)
 
@@ -114,7 +115,7 @@ class TrainedClassifyHead(ClassifyHead):
         return self.network(pool(features, self.meta.pooling))
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
-        return list(self.logits(features).float().softmax(-1).cpu())
+        return list(self.logits(features).float().cpu())  # the softmax: in finish
 
 
 class TrainedQuestionAnsweringHead(QuestionAnsweringHead):

@@ -32,6 +32,8 @@ from headserve.v1 import (
     models_pb2_grpc,
     question_answerer_pb2,
     question_answerer_pb2_grpc,
+    ranker_pb2,
+    ranker_pb2_grpc,
     token_predictor_pb2,
     token_predictor_pb2_grpc,
 )
@@ -55,6 +57,7 @@ from .servicers.encoder import EncoderServicer
 from .servicers.heads import HeadsServicer
 from .servicers.models import ModelsServicer
 from .servicers.question_answerer import QuestionAnswererServicer
+from .servicers.ranker import RankerServicer
 from .servicers.token_predictor import TokenPredictorServicer
 from .threads import plan, set_torch_threads
 
@@ -74,6 +77,7 @@ SERVICES: dict[str, str | None] = {
     question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"].full_name: "qa",
     heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name: GENERIC,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name: None,
+    ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name: "encode",  # its default ranker
 }
 
 
@@ -110,6 +114,11 @@ SERVICERS = (
         models_pb2.DESCRIPTOR.services_by_name["Models"],
         ModelsServicer,
         models_pb2_grpc.add_ModelsServicer_to_server,
+    ),
+    (
+        ranker_pb2.DESCRIPTOR.services_by_name["Ranker"],
+        RankerServicer,
+        ranker_pb2_grpc.add_RankerServicer_to_server,
     ),
 )
 

@@ -19,6 +19,7 @@ class InvalidArgument(HeadserveError):
     def __init__(self, field: str, message: str, *, item: int | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.description = message  # what is wrong with the field, without its name
         self.item = item
 
 

@@ -14,6 +14,8 @@ from .discovery import FailedPlugin, LoadedPlugin, StartupError
 from .errors import HeadNotFound, HeadNotUsable, InvalidArgument
 from .generic import schema_problem
 
+RANKING_TASKS = ("classify", "encode")  # the heads a Rerank call may name
+
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +98,22 @@ class HeadRegistry:
             served = next((h for h in self.of_task(task) if h.is_default), None)
             if served is None:
                 raise HeadNotFound(f"this server has no {task} head", head="")
+        return self._usable(served)
+
+    def resolve_ranker(self, name: str | None) -> Head:
+        """The head a Rerank call names: a classify head (a cross-encoder) or an encode head
+        (cosine). None: the first classify head configured to rank (`rerank_score`), else
+        the default encode head."""
+        if not name:
+            ranking = [h for h in self.of_task("classify") if h.spec.options.get("rerank_score")]
+            return self._usable(ranking[0]) if ranking else self.resolve("encode", None)
+        served = self.heads.get(name)
+        if served is None or served.plugin.plugin.task not in RANKING_TASKS:
+            known = [h.spec.name for task in RANKING_TASKS for h in self.of_task(task)]
+            raise HeadNotFound(
+                f"no classify or encode head named {name!r} (served: {', '.join(known) or 'none'})",
+                head=name,
+            )
         return self._usable(served)
 
     def _usable(self, served: ServedHead) -> Head:

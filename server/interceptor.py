@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeAlias, cast
 import grpc
 
 from .call_info import REQUEST_ID_KEY, CallInfo, begin_call
+from .servicers._calls import items_in
 from .status import abort
 
 # what an aio server interceptor is handed: the next step, which finds a method's handler
@@ -166,7 +167,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 if self._log:
-                    totals.add(len(getattr(request, "items", ())), response)
+                    totals.add(items_in(request), response)
                 self._end("call", rpc, context, cancelled, totals.fields, peer)
 
         return unary
@@ -185,7 +186,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def counted() -> AsyncIterator[Any]:
                 async for request in requests:
-                    read.append((request.id, len(request.items), time.perf_counter()))
+                    read.append((request.id, items_in(request), time.perf_counter()))
                     yield request
 
             cancelled = False

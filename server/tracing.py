@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from .call_info import CURRENT, CallInfo
+from .servicers._calls import items_in
 from .status import code_of
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class Tracing:
         async def traced(request: Any, stream_call: Any) -> T:
             attributes = {
                 "headserve.stream.message_id": request.id,
-                "headserve.items": len(request.items),
+                "headserve.items": items_in(request),
             }
             if call is not None:
                 attributes["headserve.request_id"] = call.request_id

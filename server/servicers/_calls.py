@@ -34,13 +34,19 @@ class Response(Protocol):
 
 
 class BatchRequest(Protocol):
-    """What every task's request message has: an id (streams) and its items."""
+    """What every task's request message has: an id (streams) and its items (a Rerank
+    request's are its documents: see `items_in`)."""
 
     @property
     def id(self) -> str: ...
 
-    @property
-    def items(self) -> Sized: ...
+
+def items_in(request: Any) -> int:
+    """How many items a request message carries: its `items`, or a Rerank's documents."""
+    items: Sized | None = getattr(request, "items", None)
+    if items is None:
+        items = getattr(request, "documents", ())
+    return len(items)
 
 
 Req = TypeVar("Req", bound=BatchRequest)
@@ -204,7 +210,7 @@ async def _answer_stream(
     async def read() -> None:
         try:
             async for request in requests:
-                n = max(1, len(request.items))
+                n = max(1, items_in(request))
                 await budget.acquire(n)
                 task = asyncio.ensure_future(handle(request, call))
                 task.add_done_callback(budget.releaser(n))

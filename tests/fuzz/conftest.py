@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from checkpoints import LABELS
 from hypothesis import HealthCheck, settings
 from outcomes import OUTCOMES, PROFILE_ENV, Outcomes
 from serving import ServerThread
@@ -72,6 +73,8 @@ def fuzz_server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("classify", "classify", bert.classify),
         HeadSpec("qa", "qa", bert.qa),
         HeadSpec("ner", "token_classification", bert.ner),
+        # a cross-encoder for Ranker.Rerank: the classifier's first label ranks
+        HeadSpec("rank", "classify", bert.classify, {"rerank_score": f"label:{LABELS[0]}"}),
     )
     thread = ServerThread(
         Settings(model_dir=bert.backbone, heads=heads, device="cpu", request_limits=LIMITS)

@@ -28,6 +28,7 @@ from headserve.v1 import (
     heads_pb2,
     models_pb2,
     question_answerer_pb2,
+    ranker_pb2,
     token_predictor_pb2,
 )
 
@@ -43,7 +44,7 @@ MAX_ITEMS = LIMITS.max_request_items
 MAX_CHARS = LIMITS.max_item_chars
 MAX_MESSAGE_BYTES = LIMITS.max_message_bytes
 INT32 = (-(2**31), 2**31 - 1)
-HEADS = ("encode", "mlm", "classify", "qa", "ner")
+HEADS = ("encode", "mlm", "classify", "qa", "ner", "rank")
 
 
 class Case:
@@ -572,6 +573,29 @@ def tokenize_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
         batches(text_inputs(masked_texts()), _oversized_text_input if oversize else None),
         optional_bools(),
         st.booleans(),
+    )
+
+
+def rerank_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
+    def build(query, documents, head, top_n, return_documents, truncate, id):  # type: ignore[no-untyped-def]
+        options = ranker_pb2.RerankOptions(
+            head=head, top_n=top_n, return_documents=return_documents, truncate=truncate
+        )
+        return Case(
+            ranker_pb2.RerankRequest(query=query, documents=documents, options=options, id=id)
+        )
+
+    big = (lambda: "x" * (MAX_MESSAGE_BYTES + 1024)) if oversize else None
+    return st.builds(
+        build,
+        texts(),
+        batches(texts(), big),
+        # a cross-encoder, an encode head, the default; else one that cannot rank
+        mostly(st.sampled_from(["rank", "encode", ""]), head_names("classify")),
+        mostly(st.integers(0, 4), int32s()),
+        st.booleans(),
+        st.booleans(),
+        request_ids(),
     )
 
 

@@ -47,6 +47,8 @@ from headserve.v1 import (
     models_pb2_grpc,
     question_answerer_pb2,
     question_answerer_pb2_grpc,
+    ranker_pb2,
+    ranker_pb2_grpc,
     token_predictor_pb2,
     token_predictor_pb2_grpc,
 )
@@ -161,6 +163,20 @@ def check_encode(request: Any, reply: Any, model: Model) -> None:
     _usage_timing(reply, len(request.items))
     if options.pooling == encoder_pb2.POOLING_NONE:
         assert reply.usage.input_tokens == sum(len(e.tokens) for e in reply.results)
+
+
+def check_rerank(request: Any, reply: Any, model: Model) -> None:
+    documents, top_n = request.documents, request.options.top_n
+    assert len(reply.results) == (min(top_n, len(documents)) if top_n else len(documents))
+    indices = [r.index for r in reply.results]
+    assert len(set(indices)) == len(indices) and all(0 <= i < len(documents) for i in indices)
+    scores = [r.score for r in reply.results]
+    assert all(math.isfinite(s) for s in scores) and scores == sorted(scores, reverse=True)
+    for result in reply.results:
+        shown = documents[result.index] if request.options.return_documents else ""
+        assert result.document == shown
+    assert reply.head in {"rank", "encode"}
+    _usage_timing(reply, len(documents))
 
 
 def check_predict(request: Any, reply: Any, model: Model) -> None:
@@ -299,6 +315,7 @@ def rpcs(channel: grpc.Channel) -> dict[str, Rpc]:
     answerer = question_answerer_pb2_grpc.QuestionAnswererStub(channel)
     heads = heads_pb2_grpc.HeadsStub(channel)
     models = models_pb2_grpc.ModelsStub(channel)
+    ranker = ranker_pb2_grpc.RankerStub(channel)
     one = [ALICE]
     found = [
         Rpc(
@@ -341,6 +358,13 @@ def rpcs(channel: grpc.Channel) -> dict[str, Rpc]:
             heads.RunStream,
         ),
         Rpc("Tokenize", models.Tokenize, check_tokenize, models_pb2.TokenizeRequest(items=one)),
+        Rpc(
+            "Rerank",
+            ranker.Rerank,
+            check_rerank,
+            ranker_pb2.RerankRequest(query="Who?", documents=["Alice.", "Bob."]),
+            ranker.RerankStream,
+        ),
     ]
     return {rpc.name: rpc for rpc in found}
 
@@ -517,6 +541,20 @@ def test_heads_run_stream(
     fuzz_stream(rpcs["Run"], cases, model, outcomes)
 
 
+@given(case=S.rerank_requests(), timeout=S.timeouts())
+def test_rerank(
+    case: S.Case, timeout: float, rpcs: dict[str, Rpc], model: Model, outcomes: Outcomes
+) -> None:
+    fuzz_unary(rpcs["Rerank"], case, timeout, model, outcomes)
+
+
+@given(cases=S.streams(S.rerank_requests(oversize=False)))
+def test_rerank_stream(
+    cases: list[S.Case], rpcs: dict[str, Rpc], model: Model, outcomes: Outcomes
+) -> None:
+    fuzz_stream(rpcs["Rerank"], cases, model, outcomes)
+
+
 # Every method of every service, by its path, and the RPC whose good call follows.
 METHODS = {
     "/headserve.v1.Encoder/Encode": "Encode",
@@ -531,6 +569,8 @@ METHODS = {
     "/headserve.v1.Heads/RunStream": "Run",
     "/headserve.v1.Models/GetModelInfo": "Tokenize",
     "/headserve.v1.Models/Tokenize": "Tokenize",
+    "/headserve.v1.Ranker/Rerank": "Rerank",
+    "/headserve.v1.Ranker/RerankStream": "Rerank",
 }
 
 
@@ -542,6 +582,7 @@ def test_methods_are_all_covered() -> None:
         question_answerer_pb2,
         heads_pb2,
         models_pb2,
+        ranker_pb2,
     )
     paths = {
         f"/{service.full_name}/{method.name}"

@@ -143,6 +143,17 @@ def test_every_rpc_answers_through_the_proxy_as_the_standalone_server_does(
             assert [o.fields for o in got_ner] == [o.fields for o in want_ner]
             got_tok, want_tok = ray_client.tokenize(TEXTS), local.tokenize(TEXTS)
             assert [t.ids for t in got_tok] == [t.ids for t in want_tok]
+            got_rank, want_rank = (
+                c.rerank("Where does Alice work?", TEXTS, return_documents=True)
+                for c in (ray_client, local)
+            )
+            assert [d.index for d in got_rank] == [d.index for d in want_rank]
+            assert (
+                got_rank.head == want_rank.head and got_rank[0].document == TEXTS[got_rank[0].index]
+            )
+            np.testing.assert_allclose(
+                [d.score for d in got_rank], [d.score for d in want_rank], atol=1e-5
+            )
             for stream in (
                 ray_client.encode_stream,
                 ray_client.classify_stream,
