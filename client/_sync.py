@@ -175,6 +175,8 @@ class Client:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: TruncationSide | None = None,
+        sparse_top_k: int | None = None,
+        sparse_min_weight: float | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``), one result per item, in order.
@@ -192,10 +194,22 @@ class Client:
             prompt: a prompt written out (``"query: "``); ``""`` for none. Not with
                 ``prompt_name``.
             truncation_side: which end ``truncate`` cuts, ``"right"`` (default) or ``"left"``.
+            sparse_top_k: a sparse head's heaviest terms to keep; ``None``: all (over
+                ``sparse_min_weight``). Results carry ``Embedding.sparse``.
+            sparse_min_weight: a sparse head's terms must weigh more than this.
             timeout: overrides the client's timeout for this call.
         """
         options = _convert.encode_options(
-            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+            pooling,
+            normalize,
+            truncate,
+            head,
+            dimensions,
+            prompt_name,
+            prompt,
+            truncation_side,
+            sparse_top_k,
+            sparse_min_weight,
         )
         request = _convert.encode_request(items, options)
         return self._unary(self._stubs.encoder.Encode, request, _convert.encode_result, timeout)
@@ -377,6 +391,8 @@ class Client:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncation_side: TruncationSide | None = None,
+        sparse_top_k: int | None = None,
+        sparse_min_weight: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches: one :class:`StreamResult` per batch.
@@ -386,7 +402,16 @@ class Client:
         bounds the whole stream (default: none). A failure of the stream itself raises.
         """
         options = _convert.encode_options(
-            pooling, normalize, truncate, head, dimensions, prompt_name, prompt, truncation_side
+            pooling,
+            normalize,
+            truncate,
+            head,
+            dimensions,
+            prompt_name,
+            prompt,
+            truncation_side,
+            sparse_top_k,
+            sparse_min_weight,
         )
         return self._stream(
             self._stubs.encoder.EncodeStream,

@@ -39,6 +39,7 @@ __all__ = [
     "ParameterInfo",
     "PluginFailure",
     "Pooling",
+    "SparseVector",
     "RankedDocument",
     "RerankResult",
     "TruncationSide",
@@ -171,14 +172,30 @@ class _PerItem(Generic[T]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Embedding:
-    """One item's embedding: a pooled vector, or per-token states with ``pooling="none"``."""
+    """One item's embedding: a pooled vector, or per-token states with ``pooling="none"``,
+    or, from a sparse head, its terms and weights (``sparse``)."""
 
     vector: npt.NDArray[np.float32] | None
-    """Pooled vector, shape ``[hidden_size]``; ``None`` with ``pooling="none"``."""
+    """Pooled vector, shape ``[hidden_size]``; ``None`` with ``pooling="none"`` or sparse."""
     token_states: npt.NDArray[Any] | None
     """With ``pooling="none"``: hidden states, shape ``[tokens, hidden_size]``; else ``None``."""
     tokens: tuple[str, ...]
     """With ``pooling="none"``: the token of each row of ``token_states``."""
+    sparse: SparseVector | None = None
+    """From a sparse head (SPLADE): vocabulary terms and weights, heaviest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    """A sparse head's vector: vocabulary ids, their tokens and weights, heaviest first."""
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def as_dict(self) -> dict[int, float]:
+        """``{token_id: weight}``, as sparse-vector stores take it."""
+        return dict(zip(self.token_ids, self.weights, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

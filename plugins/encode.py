@@ -147,6 +147,12 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         return count
 
     def prepare(self, item: TextItem, options: EncodeOptions) -> Prepared:
+        for name, given in (
+            ("options.sparse_top_k", options.sparse_top_k),
+            ("options.sparse_min_weight", options.sparse_min_weight),
+        ):
+            if given:
+                raise InvalidInput(name, f"for a sparse head: {self.name!r} is dense")
         pooling = self.default_pooling if options.pooling == "default" else options.pooling
         hidden = self._backbone.hidden_size
         if options.dimensions > hidden:

@@ -6,6 +6,7 @@ never see protobuf. Options validate themselves and name the bad field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,9 +56,16 @@ class EncodeOptions:
     prompt_name: str | None = None  # a prompt the head's checkpoint names; None: its default
     prompt: str | None = None  # a prompt written out; "" for none
     truncation_side: TruncationSide = "right"
+    sparse_top_k: int = 0  # a sparse head: its heaviest terms; 0: all over sparse_min_weight
+    sparse_min_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least("options.dimensions", self.dimensions, 0)
+        _at_least("options.sparse_top_k", self.sparse_top_k, 0)
+        if not math.isfinite(self.sparse_min_weight) or self.sparse_min_weight < 0:
+            raise InvalidInput(
+                "options.sparse_min_weight", f"must be a number >= 0, got {self.sparse_min_weight}"
+            )
         if self.prompt_name and self.prompt is not None:
             raise InvalidInput("options.prompt", "give prompt or prompt_name, not both")
         if self.dimensions and self.pooling == "none":
@@ -101,6 +109,16 @@ class Embedding:
     vector: np.ndarray | None  # pooled: [hidden_size]
     token_states: np.ndarray | None = None  # pooling "none": [tokens, hidden_size]
     tokens: tuple[str, ...] = ()
+    sparse: SparseVector | None = None  # a sparse head's terms (vector is then None)
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Vocabulary terms and their weights, heaviest first."""
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    weights: tuple[float, ...]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,12 @@ _TRUNCATION_SIDE = {
 
 
 def _embedding(e: Embedding) -> pb.Embedding:
+    if e.sparse is not None:
+        terms = e.sparse
+        sparse = pb.SparseVector(
+            token_ids=terms.token_ids, tokens=terms.tokens, weights=terms.weights
+        )
+        return pb.Embedding(sparse=sparse)
     if e.token_states is not None:
         return pb.Embedding(token_states=tensor(e.token_states), tokens=e.tokens)
     assert e.vector is not None
@@ -80,6 +86,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             prompt_name=o.prompt_name or None,
             prompt=o.prompt if o.HasField("prompt") else None,
             truncation_side=_TRUNCATION_SIDE[o.truncation_side],
+            sparse_top_k=o.sparse_top_k,
+            sparse_min_weight=o.sparse_min_weight,
         )
         outcome = await core.run(
             "encode",

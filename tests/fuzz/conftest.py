@@ -75,6 +75,7 @@ def fuzz_server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("ner", "token_classification", bert.ner),
         # a cross-encoder for Ranker.Rerank: the classifier's first label ranks
         HeadSpec("rank", "classify", bert.classify, {"rerank_score": f"label:{LABELS[0]}"}),
+        HeadSpec("sparse", "sparse", bert.mlm),  # SPLADE pooling of an untrained-for-it MLM
     )
     thread = ServerThread(
         Settings(model_dir=bert.backbone, heads=heads, device="cpu", request_limits=LIMITS)

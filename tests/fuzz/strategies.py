@@ -44,7 +44,7 @@ MAX_ITEMS = LIMITS.max_request_items
 MAX_CHARS = LIMITS.max_item_chars
 MAX_MESSAGE_BYTES = LIMITS.max_message_bytes
 INT32 = (-(2**31), 2**31 - 1)
-HEADS = ("encode", "mlm", "classify", "qa", "ner", "rank")
+HEADS = ("encode", "mlm", "classify", "qa", "ner", "rank", "sparse")
 
 
 class Case:
@@ -378,12 +378,10 @@ def encode_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
         options = encoder_pb2.EncodeOptions(pooling=pooling, truncate=truncate, head=head)
         if normalize is not None:
             options.normalize = normalize
-        dimensions, prompt_name, prompt, side = extra
-        options.dimensions, options.prompt_name, options.truncation_side = (
-            dimensions,
-            prompt_name,
-            side,
-        )
+        dimensions, prompt_name, prompt, side, (top_k, min_weight) = extra
+        options.dimensions, options.prompt_name = dimensions, prompt_name
+        options.truncation_side, options.sparse_top_k = side, top_k
+        options.sparse_min_weight = min_weight
         if prompt is not None:
             options.prompt = prompt
         return Case(encoder_pb2.EncodeRequest(items=items, options=options, id=id))
@@ -398,13 +396,18 @@ def encode_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
         head_names("encode"),
         request_ids(),
         # dimensions, prompt_name, prompt, truncation_side: mostly unset
+        # dimensions, prompt_name, prompt, truncation_side, (sparse_top_k, sparse_min_weight)
         mostly(
-            st.just((0, "", None, 0)),
+            st.just((0, "", None, 0, (0, 0.0))),
             st.tuples(
                 st.one_of(st.sampled_from([1, 16, 384, 385]), st.integers(0, 2**32 - 1)),
                 st.one_of(st.just(""), st.sampled_from(["query"]), st.text(ANY_CHAR, max_size=8)),
                 st.one_of(st.none(), texts()),
                 mostly(st.sampled_from([0, 1, 2]), int32s(3)),
+                st.tuples(
+                    st.one_of(st.sampled_from([0, 1, 5]), st.integers(0, 2**32 - 1)),
+                    st.one_of(st.sampled_from([0.0, 0.5]), st.floats(width=32)),
+                ),
             ),
         ),
     )

@@ -149,6 +149,15 @@ def check_encode(request: Any, reply: Any, model: Model) -> None:
     assert len(reply.results) == len(request.items)
     options = request.options
     for embedding in reply.results:
+        if embedding.HasField("sparse"):  # the sparse head
+            sparse = embedding.sparse
+            weights = list(sparse.weights)
+            assert len(sparse.token_ids) == len(sparse.tokens) == len(weights)
+            assert all(math.isfinite(w) and w > options.sparse_min_weight for w in weights)
+            assert weights == sorted(weights, reverse=True)
+            assert not options.sparse_top_k or len(weights) <= options.sparse_top_k
+            assert all(0 <= i < model.vocab_size for i in sparse.token_ids)
+            continue
         if options.pooling == encoder_pb2.POOLING_NONE:
             assert not embedding.vector
             shape = _tensor_shape(embedding.token_states, common_pb2.DTYPE_FLOAT32, 4)

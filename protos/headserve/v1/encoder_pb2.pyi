@@ -86,6 +86,8 @@ class EncodeOptions(_message.Message):
     PROMPT_NAME_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
+    SPARSE_TOP_K_FIELD_NUMBER: _builtins.int
+    SPARSE_MIN_WEIGHT_FIELD_NUMBER: _builtins.int
     pooling: Global___Pooling.ValueType
     normalize: _builtins.bool
     """L2-normalise pooled vectors. Unset: the head's default."""
@@ -113,6 +115,14 @@ class EncodeOptions(_message.Message):
     excludes the prompt (include_prompt false) pools the text's tokens only.
     """
     truncation_side: Global___TruncationSide.ValueType
+    sparse_top_k: _builtins.int
+    """A sparse head's (SPLADE) terms: keep the sparse_top_k heaviest; 0: every
+    term heavier than sparse_min_weight. Not for a dense head.
+    """
+    sparse_min_weight: _builtins.float
+    """A sparse head's terms: keep those heavier than this (0: every term with a
+    weight). Not for a dense head.
+    """
     def __init__(
         self,
         *,
@@ -124,10 +134,12 @@ class EncodeOptions(_message.Message):
         prompt_name: _builtins.str = ...,
         prompt: _builtins.str | None = ...,
         truncation_side: Global___TruncationSide.ValueType = ...,
+        sparse_top_k: _builtins.int = ...,
+        sparse_min_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "normalize", b"normalize", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "dimensions", b"dimensions", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "prompt", b"prompt", "prompt_name", b"prompt_name", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "dimensions", b"dimensions", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "prompt", b"prompt", "prompt_name", b"prompt_name", "sparse_min_weight", b"sparse_min_weight", "sparse_top_k", b"sparse_top_k", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
@@ -139,6 +151,38 @@ class EncodeOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt) -> _WhichOneofReturnType__prompt | None: ...
 
 Global___EncodeOptions: _TypeAlias = EncodeOptions  # noqa: Y015
+
+@_typing.final
+class SparseVector(_message.Message):
+    """A sparse head's vector: vocabulary terms and their weights, heaviest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The vocabulary's token for each id."""
+
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        tokens: _abc.Iterable[_builtins.str] | None = ...,
+        weights: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_ids", b"token_ids", "tokens", b"tokens", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SparseVector: _TypeAlias = SparseVector  # noqa: Y015
 
 @_typing.final
 class EncodeRequest(_message.Message):
@@ -175,6 +219,7 @@ class Embedding(_message.Message):
     VECTOR_FIELD_NUMBER: _builtins.int
     TOKEN_STATES_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
+    SPARSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Pooled vector (CLS or MEAN pooling)."""
@@ -187,16 +232,21 @@ class Embedding(_message.Message):
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """POOLING_NONE: the tokens the rows of token_states belong to."""
 
+    @_builtins.property
+    def sparse(self) -> Global___SparseVector:
+        """A sparse head's vector (vector and token_states are then empty)."""
+
     def __init__(
         self,
         *,
         vector: _abc.Iterable[_builtins.float] | None = ...,
         token_states: _common_pb2.Tensor | None = ...,
         tokens: _abc.Iterable[_builtins.str] | None = ...,
+        sparse: Global___SparseVector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["token_states", b"token_states"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse", "token_states", b"token_states"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_states", b"token_states", "tokens", b"tokens", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse", "token_states", b"token_states", "tokens", b"tokens", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
