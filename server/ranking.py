@@ -2,14 +2,16 @@
 
 A classify head scores each (query, document) pair as a cross-encoder: the head says which
 logit or label is the score (`PairScorer`). An encode head scores the cosine of the query's
-vector and each document's. Either way it is one `Core.run`: the pairs, or the query and
-the documents, batch with every other call's rows in the same backbone passes.
+vector and each document's. The pairs (or the query and the documents, as two `Core.run`s at
+once) batch with every other call's rows in the same backbone passes; the documents alone
+count against --max-request-items.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -64,36 +66,43 @@ async def rerank(
             "query", f"this server's backbone ({core.backbone.kind}) reads images: rerank is text"
         )
     ranker = core.registry.resolve_ranker(head)
-    try:
-        if ranker.task == "classify":
-            if not isinstance(ranker, PairScorer) or ranker.rerank_score is None:
-                raise InvalidArgument(
-                    "options.head",
-                    f"head {ranker.name!r} cannot rank: a classify head of one logit or two "
-                    "labels, or one configured with rerank_score=label:NAME, can",
-                )
-            outcome = await core.run(
-                "classify",
-                [ranker.name],
-                [TextItem(query, document) for document in documents],
-                ClassifyOptions(truncate=truncate),
-                deadline=deadline,
-                wait_for_room=wait_for_room,
+
+    def run(task: str, items: list[TextItem], options: object) -> Awaitable[Outcome]:
+        return core.run(
+            task, [ranker.name], items, options, deadline=deadline, wait_for_room=wait_for_room
+        )
+
+    if ranker.task == "classify":
+        if not isinstance(ranker, PairScorer) or ranker.rerank_score is None:
+            raise InvalidArgument(
+                "options.head",
+                f"head {ranker.name!r} cannot rank: a classify head of one logit or two "
+                "labels, or one configured with rerank_score=label:NAME, can",
             )
-            scores = [ranker.relevance(result[0]) for result in outcome.results]
-        else:
-            outcome = await core.run(
-                "encode",
-                [ranker.name],
-                [TextItem(query), *(TextItem(document) for document in documents)],
-                EncodeOptions(normalize=True, truncate=truncate),
-                deadline=deadline,
-                wait_for_room=wait_for_room,
-            )
-            vectors = np.stack([_vector(result[0]) for result in outcome.results])
-            scores = (vectors[1:] @ vectors[0]).tolist()
-    except InvalidArgument as exc:
-        raise _named(exc, pairs=ranker.task == "classify") from exc
+        pairs = [TextItem(query, document) for document in documents]
+        outcome = await _named(run("classify", pairs, ClassifyOptions(truncate=truncate)), 0)
+        scores = [ranker.relevance(result[0]) for result in outcome.results]
+    else:  # the query and the documents as two calls at once: their rows batch together,
+        # and the documents alone count against --max-request-items, as the pairs do
+        options = EncodeOptions(normalize=True, truncate=truncate)
+        texts = [TextItem(document) for document in documents]
+        asked, answered = await asyncio.gather(
+            _named(run("encode", [TextItem(query)], options), None),
+            _named(run("encode", texts, options), 0),
+            return_exceptions=True,
+        )
+        for failed in (asked, answered):
+            if isinstance(failed, BaseException):
+                raise failed
+        assert isinstance(asked, Outcome) and isinstance(answered, Outcome)
+        vectors = np.stack([_vector(result[0]) for result in answered.results])
+        scores = (vectors @ _vector(asked.results[0][0])).tolist()
+        outcome = Outcome(
+            answered.results,
+            asked.input_tokens + answered.input_tokens,
+            max(asked.queue_ms, answered.queue_ms),
+            max(asked.inference_ms, answered.inference_ms),  # mostly the same batches
+        )
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     return Ranking(ranker.name, [(i, float(scores[i])) for i in order], outcome)
 
@@ -106,14 +115,18 @@ def _vector(embedding: Embedding) -> np.ndarray:
 _ITEM = re.compile(r"items\[(\d+)\]\..*")
 
 
-def _named(exc: InvalidArgument, *, pairs: bool) -> InvalidArgument:
-    """An item's error as the caller sent it: the query, or documents[i]."""
-    found = _ITEM.fullmatch(exc.field)
-    if found is None:
-        return exc
-    index = int(found[1])
-    if pairs:  # the query was checked first: what is wrong is this pair, its document
-        return InvalidArgument(f"documents[{index}]", exc.description, item=index)
-    if index == 0:
-        return InvalidArgument("query", exc.description)
-    return InvalidArgument(f"documents[{index - 1}]", exc.description, item=index - 1)
+async def _named(call: Awaitable[Outcome], documents_from: int | None) -> Outcome:
+    """`call`'s outcome; an item's error as the caller sent it: documents[i] (the call's
+    items from `documents_from` on, or the pairs), or, None, the query."""
+    try:
+        return await call
+    except InvalidArgument as exc:
+        if documents_from is None:
+            raise InvalidArgument("query", exc.description) from exc
+        if exc.field == "items":  # their count
+            raise InvalidArgument("documents", exc.description) from exc
+        found = _ITEM.fullmatch(exc.field)
+        if found is None:
+            raise
+        index = int(found[1]) - documents_from
+        raise InvalidArgument(f"documents[{index}]", exc.description, item=index) from exc

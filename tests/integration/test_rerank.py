@@ -156,6 +156,26 @@ def test_bad_requests_name_the_field(client, query, documents, head, field) -> N
     assert client.rerank(QUERY, DOCUMENTS[:2]).results  # and the server goes on
 
 
+def test_the_documents_count_against_the_request_item_limit(bert) -> None:  # type: ignore[no-untyped-def]
+    from headserve.server.limits import RequestLimits
+
+    heads = (HeadSpec("encode", "encode"),)
+    limits = RequestLimits(max_request_items=3)
+    thread = ServerThread(
+        Settings(model_dir=bert.backbone, heads=heads, device="cpu", request_limits=limits)
+    )
+    try:
+        with Client(thread.target, max_retries=0) as client:
+            assert len(client.rerank(QUERY, DOCUMENTS[:3])) == 3  # the query is not an item
+            with pytest.raises(InvalidArgumentError) as refused:
+                client.rerank(QUERY, DOCUMENTS[:4])
+            assert refused.value.field == "documents" and "--max-request-items" in str(
+                refused.value
+            )
+    finally:
+        thread.stop()
+
+
 def test_a_long_document_is_cut_when_asked(client) -> None:  # type: ignore[no-untyped-def]
     result = client.rerank(QUERY, [DOCUMENTS[0], "word " * 600], head="sigmoid", truncate=True)
     assert len(result) == 2
