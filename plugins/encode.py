@@ -13,6 +13,7 @@ sentence-transformers cuts, when that is shorter than the model's window.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
                 f"default prompt {self.default_prompt_name!r} is not one of the checkpoint's "
                 f"prompts ({', '.join(sorted(self.prompts)) or 'it names none'})"
             )
-        self._prompt_tokens: dict[str, int] = {}
+        # counted once per prompt; calls may write any prompt, so the cache is bounded
+        self._count_prompt_tokens = functools.lru_cache(maxsize=256)(self._count_tokens)
         self.detail = f"default pooling {self.default_pooling}, normalize {self.default_normalize}"
         if self.prompts:
             self.detail += f", prompts {', '.join(sorted(self.prompts))}"
@@ -138,13 +140,12 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         does: the prompt tokenized alone, less a special token it ends with."""
         if not prompt or self.include_prompt:
             return 0
-        count = self._prompt_tokens.get(prompt)
-        if count is None:
-            tokenizer = self._backbone.tokenizer
-            ids = tokenizer(prompt)["input_ids"]
-            count = len(ids) - (1 if ids and ids[-1] in tokenizer.all_special_ids else 0)
-            self._prompt_tokens[prompt] = count
-        return count
+        return self._count_prompt_tokens(prompt)
+
+    def _count_tokens(self, prompt: str) -> int:
+        tokenizer = self._backbone.tokenizer
+        ids = tokenizer(prompt)["input_ids"]
+        return len(ids) - (1 if ids and ids[-1] in tokenizer.all_special_ids else 0)
 
     def prepare(self, item: TextItem, options: EncodeOptions) -> Prepared:
         for name, given in (

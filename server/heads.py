@@ -105,8 +105,9 @@ class HeadRegistry:
         (cosine). None: the first classify head configured to rank (`rerank_score`), else
         the default encode head."""
         if not name:
-            ranking = [h for h in self.of_task("classify") if h.spec.options.get("rerank_score")]
-            return self._usable(ranking[0]) if ranking else self.resolve("encode", None)
+            configured = (h for h in self.of_task("classify") if h.spec.options.get("rerank_score"))
+            first = next(configured, None)
+            return self._usable(first) if first else self.resolve("encode", None)
         served = self.heads.get(name)
         if served is None or served.plugin.plugin.task not in RANKING_TASKS:
             known = [h.spec.name for task in RANKING_TASKS for h in self.of_task(task)]
