@@ -31,11 +31,13 @@ from .types import (
     Batch,
     ClassifyResult,
     EncodeResult,
+    HeadSpec,
     ModelInfo,
     Pooling,
     PredictTokensResult,
     QuestionItem,
     RerankResult,
+    RunHeadsResult,
     RunResult,
     StreamResult,
     TextItem,
@@ -271,6 +273,21 @@ class AsyncClient:
             lambda stubs: stubs.heads.Run, request, _convert.run_result, timeout
         )
 
+    async def run_heads(
+        self,
+        items: Sequence[TextItem],
+        heads: Sequence[HeadSpec],
+        *,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RunHeadsResult:
+        """Several heads of any tasks on the same items, one backbone pass; see
+        :meth:`Client.run_heads`."""
+        request = _convert.run_heads_request(items, heads, truncate)
+        return await self._unary(
+            lambda stubs: stubs.heads.RunHeads, request, _convert.run_heads_result, timeout
+        )
+
     async def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
         return await self._unary(
@@ -411,6 +428,24 @@ class AsyncClient:
             batches,
             lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
             _convert.run_stream_result,
+            timeout,
+        )
+
+    def run_heads_stream(
+        self,
+        batches: Iterable[Batch[TextItem]] | AsyncIterable[Batch[TextItem]],
+        heads: Sequence[HeadSpec],
+        *,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamResult[RunHeadsResult]]:
+        """``run_heads`` over a stream of batches; see :meth:`Client.run_heads_stream`."""
+        calls = [_convert.head_call(h, index) for index, h in enumerate(heads)]
+        return self._stream(
+            lambda stubs: stubs.heads.RunHeadsStream,
+            batches,
+            lambda batch: _convert.run_heads_request(batch.items, (), truncate, batch.id, calls),
+            _convert.run_heads_stream_result,
             timeout,
         )
 

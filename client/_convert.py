@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
+import grpc
 import numpy as np
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
@@ -31,15 +32,23 @@ from . import errors
 from ._tensor import decode_tensor
 from .types import (
     Answer,
+    AnswerQuestionHead,
     AnswerQuestionResult,
     BackboneInfo,
     Classification,
+    ClassifyHead,
     ClassifyResult,
     Embedding,
+    EncodeHead,
     EncodeResult,
+    GenericHead,
     HeadClassification,
     HeadInfo,
     HeadOutput,
+    HeadRan,
+    HeadResult,
+    HeadSpec,
+    HeadValue,
     ImageInputInfo,
     LabelScore,
     MaskPrediction,
@@ -48,6 +57,7 @@ from .types import (
     ParameterInfo,
     PluginFailure,
     Pooling,
+    PredictTokensHead,
     PredictTokensResult,
     QuestionAnswer,
     QuestionContext,
@@ -55,6 +65,7 @@ from .types import (
     RankedDocument,
     RequestLimits,
     RerankResult,
+    RunHeadsResult,
     RunResult,
     SchedulerInfo,
     Span,
@@ -375,22 +386,20 @@ def predict_tokens_result(
     )
 
 
+def head_classification(message: classifier_pb2.HeadClassification) -> HeadClassification:
+    """:class:`HeadClassification` from its message."""
+    return HeadClassification(
+        head=message.head,
+        multi_label=message.multi_label,
+        labels=tuple(LabelScore(label=s.label, probability=s.probability) for s in message.labels),
+    )
+
+
 def classify_result(message: classifier_pb2.ClassifyResponse) -> ClassifyResult:
     """:class:`ClassifyResult` from ``ClassifyResponse``."""
     return ClassifyResult(
         classifications=tuple(
-            Classification(
-                heads=tuple(
-                    HeadClassification(
-                        head=h.head,
-                        multi_label=h.multi_label,
-                        labels=tuple(
-                            LabelScore(label=s.label, probability=s.probability) for s in h.labels
-                        ),
-                    )
-                    for h in c.heads
-                )
-            )
+            Classification(heads=tuple(head_classification(h) for h in c.heads))
             for c in message.results
         ),
         usage=usage(message.usage),
@@ -431,23 +440,23 @@ def rerank_result(message: ranker_pb2.RerankResponse) -> RerankResult:
     )
 
 
+def question_answer(message: question_answerer_pb2.QuestionAnswer) -> QuestionAnswer:
+    """:class:`QuestionAnswer` from its message."""
+    return QuestionAnswer(
+        answers=tuple(
+            Answer(text=a.text, score=a.score, start=a.start, end=a.end, no_answer=a.no_answer)
+            for a in message.answers
+        ),
+        windows=message.windows,
+    )
+
+
 def answer_question_result(
     message: question_answerer_pb2.AnswerQuestionResponse,
 ) -> AnswerQuestionResult:
     """:class:`AnswerQuestionResult` from ``AnswerQuestionResponse``."""
     return AnswerQuestionResult(
-        answers=tuple(
-            QuestionAnswer(
-                answers=tuple(
-                    Answer(
-                        text=a.text, score=a.score, start=a.start, end=a.end, no_answer=a.no_answer
-                    )
-                    for a in qa.answers
-                ),
-                windows=qa.windows,
-            )
-            for qa in message.results
-        ),
+        answers=tuple(question_answer(qa) for qa in message.results),
         usage=usage(message.usage),
         timing=timing(message.timing),
     )
@@ -492,6 +501,103 @@ def run_result(message: heads_pb2.RunResponse) -> RunResult:
         head=message.head,
         task=message.task,
         outputs=tuple(head_output(o) for o in message.results),
+        usage=usage(message.usage),
+        timing=timing(message.timing),
+    )
+
+
+def run_heads_request(
+    items: Sequence[TextItem],
+    heads: Sequence[HeadSpec],
+    truncate: bool,
+    id: str = "",
+    calls: Sequence[heads_pb2.HeadCall] | None = None,
+) -> heads_pb2.RunHeadsRequest:
+    """A ``RunHeadsRequest``: a head given by name alone takes its task's default options.
+    ``calls``: the heads already converted (a stream converts them once)."""
+    if isinstance(heads, str):
+        raise TypeError("heads must be a sequence of heads, not one string")
+    if calls is None:
+        calls = [head_call(h, index) for index, h in enumerate(heads)]
+    return heads_pb2.RunHeadsRequest(
+        items=text_inputs(items), heads=calls, truncate=truncate, id=id
+    )
+
+
+def head_call(spec: HeadSpec, index: int = 0) -> heads_pb2.HeadCall:
+    """A ``HeadCall`` from a head's name or its options (:class:`EncodeHead`...)."""
+    if isinstance(spec, str):
+        return heads_pb2.HeadCall(head=spec)
+    if isinstance(spec, EncodeHead):
+        encode = encode_options(
+            spec.pooling,
+            spec.normalize,
+            spec.truncate,
+            None,
+            spec.dimensions,
+            spec.prompt_name,
+            spec.prompt,
+            spec.truncation_side,
+            spec.sparse_top_k,
+            spec.sparse_min_weight,
+        )
+        return heads_pb2.HeadCall(head=spec.head, encode=encode)
+    if isinstance(spec, ClassifyHead):
+        classify = classify_options((), spec.top_k, spec.truncate)
+        return heads_pb2.HeadCall(head=spec.head, classify=classify)
+    if isinstance(spec, PredictTokensHead):
+        predict = predict_tokens_options(spec.top_k, spec.return_logits, spec.truncate, None)
+        return heads_pb2.HeadCall(head=spec.head, predict_tokens=predict)
+    if isinstance(spec, AnswerQuestionHead):
+        answer = answer_question_options(
+            spec.top_k, spec.max_answer_length, spec.doc_stride, spec.allow_no_answer, None
+        )
+        return heads_pb2.HeadCall(head=spec.head, answer_question=answer)
+    if isinstance(spec, GenericHead):
+        return heads_pb2.HeadCall(head=spec.head, params=run_options(spec.options))
+    raise TypeError(
+        f"heads[{index}]: expected a head name or EncodeHead, ClassifyHead, PredictTokensHead, "
+        f"AnswerQuestionHead or GenericHead, got {spec!r}"
+    )
+
+
+def head_result(message: heads_pb2.HeadResult, head: str) -> HeadResult:
+    """:class:`HeadResult`: the head's value for one item, or its error."""
+    kind = message.WhichOneof("result")
+    value: HeadValue
+    if kind == "embedding":
+        value = embedding(message.embedding)
+    elif kind == "classification":
+        value = head_classification(message.classification)
+    elif kind == "prediction":
+        value = token_prediction(message.prediction)
+    elif kind == "answer":
+        value = question_answer(message.answer)
+    elif kind == "output":
+        value = head_output(message.output)
+    elif kind == "error":
+        return HeadResult(head=head, error=errors.from_status(message.error))
+    else:  # a newer server's kind of result: say so rather than guess
+        error = errors.InternalError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"head {head!r} returned a kind of result this client cannot read: upgrade it",
+        )
+        return HeadResult(head=head, error=error)
+    return HeadResult(head=head, value=value)
+
+
+def run_heads_result(message: heads_pb2.RunHeadsResponse) -> RunHeadsResult:
+    """:class:`RunHeadsResult` from ``RunHeadsResponse``."""
+    heads = tuple(HeadRan(head=h.head, task=h.task) for h in message.heads)
+    return RunHeadsResult(
+        results=tuple(
+            tuple(
+                head_result(cell, heads[j].head if j < len(heads) else "")
+                for j, cell in enumerate(per_item.heads)
+            )
+            for per_item in message.results
+        ),
+        heads=heads,
         usage=usage(message.usage),
         timing=timing(message.timing),
     )
@@ -675,3 +781,10 @@ def answer_question_stream_result(
 def run_stream_result(message: heads_pb2.RunStreamResponse) -> StreamResult[RunResult]:
     """:class:`StreamResult` of a ``RunStreamResponse``."""
     return stream_result(message, run_result)
+
+
+def run_heads_stream_result(
+    message: heads_pb2.RunHeadsStreamResponse,
+) -> StreamResult[RunHeadsResult]:
+    """:class:`StreamResult` of a ``RunHeadsStreamResponse``."""
+    return stream_result(message, run_heads_result)

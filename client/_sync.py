@@ -23,11 +23,13 @@ from .types import (
     Batch,
     ClassifyResult,
     EncodeResult,
+    HeadSpec,
     ModelInfo,
     Pooling,
     PredictTokensResult,
     QuestionItem,
     RerankResult,
+    RunHeadsResult,
     RunResult,
     StreamResult,
     TextItem,
@@ -356,6 +358,41 @@ class Client:
         request = _convert.run_request(items, head, _convert.run_options(options), truncate)
         return self._unary(self._stubs.heads.Run, request, _convert.run_result, timeout)
 
+    def run_heads(
+        self,
+        items: Sequence[TextItem],
+        heads: Sequence[HeadSpec],
+        *,
+        truncate: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> RunHeadsResult:
+        """Run several heads, of any tasks, on the same items: the backbone reads each item
+        once for all of them. Per item, one :class:`HeadResult` per head, in order; a head
+        that refuses an item (or its options) gets its own error there, and the other heads'
+        results stand.
+
+        Example::
+
+            result = client.run_heads(
+                ["Ada lives in London."],
+                [EncodeHead("encode", dimensions=64), "sentiment", GenericHead("ner")],
+            )
+            vector = result[0][0].unwrap_as(Embedding).vector
+            label = result[0][1].unwrap_as(HeadClassification).top
+            entities = result[0][2].unwrap_as(HeadOutput)["entities"]
+
+        Args:
+            items: texts or ``(text, text_pair)`` pairs; a question-answering head reads a
+                pair as ``(question, context)``.
+            heads: each a head's name (its task's default options) or an
+                :class:`EncodeHead`, :class:`ClassifyHead`, :class:`PredictTokensHead`,
+                :class:`AnswerQuestionHead` or :class:`GenericHead` with its options.
+            truncate: cut inputs longer than the model's window, for every head.
+            timeout: overrides the client's timeout for this call.
+        """
+        request = _convert.run_heads_request(items, heads, truncate)
+        return self._unary(self._stubs.heads.RunHeads, request, _convert.run_heads_result, timeout)
+
     def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
         return self._unary(
@@ -506,6 +543,25 @@ class Client:
             batches,
             lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
             _convert.run_stream_result,
+            timeout,
+        )
+
+    def run_heads_stream(
+        self,
+        batches: Iterable[Batch[TextItem]],
+        heads: Sequence[HeadSpec],
+        *,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[StreamResult[RunHeadsResult]]:
+        """``run_heads`` over a stream of batches (see :meth:`encode_stream`); ``heads`` and
+        ``truncate`` apply to every batch."""
+        calls = [_convert.head_call(h, index) for index, h in enumerate(heads)]
+        return self._stream(
+            self._stubs.heads.RunHeadsStream,
+            batches,
+            lambda batch: _convert.run_heads_request(batch.items, (), truncate, batch.id, calls),
+            _convert.run_heads_stream_result,
             timeout,
         )
 

@@ -28,8 +28,18 @@ __all__ = [
     "ClassifyResult",
     "Embedding",
     "EncodeResult",
+    "AnswerQuestionHead",
+    "ClassifyHead",
+    "EncodeHead",
+    "GenericHead",
     "HeadClassification",
     "HeadInfo",
+    "HeadRan",
+    "HeadResult",
+    "HeadSpec",
+    "HeadValue",
+    "PredictTokensHead",
+    "RunHeadsResult",
     "ImageInputInfo",
     "HeadOutput",
     "LabelScore",
@@ -485,6 +495,143 @@ class RunResult(_PerItem[HeadOutput]):
 
     def _per_item(self) -> tuple[HeadOutput, ...]:
         return self.outputs
+
+
+# --- run_heads (several heads, one backbone pass) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeHead:
+    """An encode head in a ``run_heads`` call, with the options of :meth:`Client.encode`."""
+
+    head: str
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    truncate: bool = False
+    dimensions: int | None = None
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncation_side: TruncationSide | None = None
+    sparse_top_k: int | None = None
+    sparse_min_weight: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyHead:
+    """A classify head in a ``run_heads`` call, with the options of :meth:`Client.classify`."""
+
+    head: str
+    top_k: int = 0
+    truncate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PredictTokensHead:
+    """A masked-LM head in a ``run_heads`` call (options of :meth:`Client.predict_tokens`)."""
+
+    head: str
+    top_k: int | None = None
+    return_logits: bool = False
+    truncate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuestionHead:
+    """A question-answering head in a ``run_heads`` call: it reads an item ``(question,
+    context)`` (options of :meth:`Client.answer_question`)."""
+
+    head: str
+    top_k: int | None = None
+    max_answer_length: int | None = None
+    doc_stride: int | None = None
+    allow_no_answer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenericHead:
+    """A head of any other task in a ``run_heads`` call, with its own JSON options (as
+    :meth:`Client.run` takes them)."""
+
+    head: str
+    options: Mapping[str, Any] | None = None
+
+
+HeadSpec: TypeAlias = (
+    str | EncodeHead | ClassifyHead | PredictTokensHead | AnswerQuestionHead | GenericHead
+)
+"""A head of a ``run_heads`` call: its name alone (its task's default options), or its name
+with options of its task."""
+
+HeadValue: TypeAlias = (
+    Embedding | HeadClassification | TokenPrediction | QuestionAnswer | HeadOutput
+)
+"""What one head returns for one item, by task: encode, classify, mlm, qa, any other."""
+
+V = TypeVar("V", Embedding, HeadClassification, TokenPrediction, QuestionAnswer, HeadOutput)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeadResult:
+    """One head's outcome for one item: exactly one of ``value`` and ``error`` is set. An
+    error is that head's alone (it refused the item or its options, or failed): the other
+    heads' results for the item stand."""
+
+    head: str
+    value: HeadValue | None = None
+    error: HeadserveError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> HeadValue:
+        """The value, or raise the head's error."""
+        if self.error is not None:
+            raise self.error
+        if self.value is None:  # unreachable for results the client builds
+            raise ValueError(f"head {self.head!r} returned neither a value nor an error")
+        return self.value
+
+    def unwrap_as(self, kind: type[V]) -> V:
+        """The value as ``kind`` (``Embedding``, ``HeadClassification``...), or raise the
+        head's error; a ``TypeError`` if the head returned another kind."""
+        value = self.unwrap()
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"head {self.head!r} returned {type(value).__name__}, not {kind.__name__}"
+            )
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRan:
+    """A head of a ``run_heads`` call as the server resolved it."""
+
+    head: str
+    task: str
+    """Its task (``"encode"``, ``"classify"``, ``"mlm"``, ``"qa"`` or a plugin's);
+    ``""`` when the server serves no head of that name."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunHeadsResult(_PerItem[tuple[HeadResult, ...]]):
+    """Result of ``run_heads``: per item, one :class:`HeadResult` per head, in the order the
+    heads were given. ``result[i][j]`` is head ``j`` on item ``i``; ``result.column(j)``
+    is head ``j`` on every item."""
+
+    results: tuple[tuple[HeadResult, ...], ...]
+    heads: tuple[HeadRan, ...]
+    usage: Usage
+    """Tokens the backbone read: an item's input shared by several heads counts once."""
+    timing: Timing
+    request_id: str | None = None
+
+    def _per_item(self) -> tuple[tuple[HeadResult, ...], ...]:
+        return self.results
+
+    def column(self, head: int) -> tuple[HeadResult, ...]:
+        """Head ``head`` (its position in the call) on every item, in order."""
+        return tuple(per_item[head] for per_item in self.results)
 
 
 # --- models -------------------------------------------------------------------------------------

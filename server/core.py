@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Head, InvalidInput, Prepared
-from headserve.plugins.tasks import ImageItem, TextItem
+from headserve.plugins.tasks import ImageItem, QAItem, TextItem
 
-from .errors import HeadFailed, HeadserveError, InvalidArgument
+from .config import BUILTIN_TASKS
+from .errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
 from .limits import RequestLimits
 from .runner import Runner, Work, row_key
-from .scheduler import Scheduler
+from .scheduler import Scheduler, Stats
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -33,6 +34,16 @@ class Outcome:
     input_tokens: int
     queue_ms: float
     inference_ms: float
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """One head of a many-heads call (Core.run_heads): the head and its options, or why it
+    cannot run (an unknown name, options it refuses): then every item gets that error."""
+
+    head: Head | None
+    options: Any = None
+    error: HeadserveError | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,31 @@ def _item_error(index: int, exc: InvalidInput) -> InvalidArgument:
     if exc.field.startswith("options."):
         return InvalidArgument(exc.field, exc.message)
     return InvalidArgument(f"items[{index}].{exc.field}", exc.message, item=index)
+
+
+def _as_item(head: Head, item: Any, index: int) -> Any:
+    """An item as `head` takes it: a question-answering head reads a text pair as
+    (question, context)."""
+    if head.task != "qa" or not isinstance(item, TextItem):
+        return item
+    if item.text_pair is None:
+        raise InvalidArgument(
+            f"items[{index}].text_pair",
+            f"question-answering head {head.name!r} reads the item's text as the question and "
+            "its text_pair as the context: send a text_pair",
+            item=index,
+        )
+    return QAItem(item.text, item.text_pair)
+
+
+def _settled(outputs: Sequence[Any]) -> None:
+    """Raise what fails a whole many-heads call among rows that failed one by one: its
+    deadline, or its cancellation. A head's failure on a row stays that head's."""
+    for output in outputs:
+        if isinstance(output, DeadlineExceeded) or (
+            isinstance(output, BaseException) and not isinstance(output, Exception)
+        ):
+            raise output
 
 
 def _prepare(head: Head, item: Any, options: Any) -> Prepared:
@@ -113,7 +149,7 @@ class Core:
             seen.add(name)
         heads = [self.registry.resolve(task, name) for name in head_names]
         return await self._run(
-            heads, items, options, deadline=deadline, wait_for_room=wait_for_room
+            heads, items, [options] * len(heads), deadline=deadline, wait_for_room=wait_for_room
         )
 
     async def run_head(
@@ -133,61 +169,142 @@ class Core:
         self.request_limits.check_items(items)
         options = parse_params(head, params, truncate=truncate)
         outcome = await self._run(
-            [head], items, options, deadline=deadline, wait_for_room=wait_for_room
+            [head], items, [options], deadline=deadline, wait_for_room=wait_for_room
         )
         for per_item in outcome.results:
             per_item[0] = check_output(head, per_item[0])
         return head, outcome
 
+    async def run_heads(
+        self,
+        plans: Sequence[HeadPlan],
+        items: Sequence[TextItem | ImageItem],
+        *,
+        deadline: float | None = None,
+        wait_for_room: bool = False,
+    ) -> Outcome:
+        """Several heads of any tasks on the same items, in one backbone pass per item.
+        Per item and head its result or the HeadserveError that failed that head alone (a
+        plan's error, the head's refusal of the item, its failure); what fails the call
+        (no items, too many, a full queue, its deadline) is raised."""
+        if not items:
+            raise InvalidArgument("items", "empty batch: send at least one item")
+        if not plans:
+            raise InvalidArgument("heads", "no heads: name at least one")
+        self.request_limits.check_items(items)
+        runnable = [p for p in plans if p.head is not None]
+        outcome = await self._run(
+            [p.head for p in runnable if p.head is not None],
+            items,
+            [p.options for p in runnable],
+            deadline=deadline,
+            wait_for_room=wait_for_room,
+            isolate=True,
+        )
+        results: list[list[Any]] = []
+        for per_item in outcome.results:
+            computed = iter(per_item)
+            row: list[Any] = []
+            for plan in plans:
+                if plan.head is None:
+                    row.append(plan.error)
+                    continue
+                result = next(computed)
+                if plan.head.task not in BUILTIN_TASKS and not isinstance(result, Exception):
+                    try:
+                        result = check_output(plan.head, result)
+                    except HeadFailed as exc:
+                        result = exc
+                row.append(result)
+            results.append(row)
+        return replace(outcome, results=results)
+
     async def _run(
         self,
         heads: Sequence[Head],
         items: Sequence[Any],
-        options: Any,
+        options: Sequence[Any],
         *,
         deadline: float | None,
         wait_for_room: bool,
+        isolate: bool = False,
     ) -> Outcome:
+        """Results per item and head (`options` per head). `isolate`: an item's failure
+        with one head is that cell's HeadserveError, not the call's."""
         if not wait_for_room:  # each item needs at least one row per head
-            self.scheduler.refuse_if_full(len(items) * len(heads))
+            self.scheduler.refuse_if_full(len(items) * max(1, len(heads)))
         tracing = self.tracing
         started = time.perf_counter()
         items = await self._read_images(items)
-        prepared: list[list[Prepared]] = []
+        prepared: list[list[Prepared | HeadserveError]] = []
         for index, item in enumerate(items):
+            cells: list[Prepared | HeadserveError] = []
+            for head, opts in zip(heads, options, strict=True):
+                try:
+                    cells.append(_prepare(head, _as_item(head, item, index), opts))
+                except InvalidInput as exc:
+                    if not isolate:
+                        raise _item_error(index, exc) from exc
+                    cells.append(_item_error(index, exc))
+                except HeadserveError as exc:
+                    if not isolate:
+                        raise
+                    cells.append(exc)
+            ready = [c for c in cells if isinstance(c, Prepared)]
             try:
-                prepared.append([_prepare(head, item, options) for head in heads])
-            except InvalidInput as exc:
-                raise _item_error(index, exc) from exc
-            self.request_limits.check_tokens(index, prepared[-1])
+                self.request_limits.check_tokens(index, ready)
+            except HeadserveError as exc:
+                if not isolate:
+                    raise
+                cells = [exc if isinstance(c, Prepared) else c for c in cells]
+            prepared.append(cells)
         work = [
             Work(head, row)
             for per_item in prepared
             for head, p in zip(heads, per_item, strict=True)
+            if isinstance(p, Prepared)
             for row in p.rows
         ]
         if tracing is not None:
             names = [head.name for head in heads]
             tracing.prepared(started, time.perf_counter(), len(items), names)
-        outputs, stats = await self.scheduler.submit(
-            work, deadline=deadline, wait_for_room=wait_for_room
-        )
+        outputs: list[Any] = []  # every cell refused: nothing to compute
+        stats = Stats(0.0, 0.0)
+        if work:
+            outputs, stats = await self.scheduler.submit(
+                work, deadline=deadline, wait_for_room=wait_for_room, return_exceptions=isolate
+            )
+        if isolate:
+            _settled(outputs)
         if tracing is not None:
             tracing.computed(stats, names, len(work))
         results: list[list[Any]] = []
         position = 0
         for per_item in prepared:
-            finished = []
-            for head, p in zip(heads, per_item, strict=True):
+            finished: list[Any] = []
+            for head, p, opts in zip(heads, per_item, options, strict=True):
+                if not isinstance(p, Prepared):
+                    finished.append(p)
+                    continue
                 rows = outputs[position : position + len(p.rows)]
                 position += len(p.rows)
-                finished.append(_finish(head, p, rows, options))
+                failed = next((r for r in rows if isinstance(r, Exception)), None)
+                if failed is not None:  # isolate only: else submit raised it
+                    finished.append(failed)
+                    continue
+                try:
+                    finished.append(_finish(head, p, rows, opts))
+                except HeadserveError as exc:
+                    if not isolate:
+                        raise
+                    finished.append(exc)
             results.append(finished)
         # Rows shared by several heads were computed once: count each once.
         unique_rows = {
             (index, row_key(row)): row.length
             for index, per_item in enumerate(prepared)
             for p in per_item
+            if isinstance(p, Prepared)
             for row in p.rows
         }
         tokens = sum(unique_rows.values())

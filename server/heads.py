@@ -100,6 +100,16 @@ class HeadRegistry:
                 raise HeadNotFound(f"this server has no {task} head", head="")
         return self._usable(served)
 
+    def resolve_any(self, name: str, field: str = "head") -> Head:
+        """The head `name`, of any task (a RunHeads call's heads); `field` names it in errors."""
+        if not name:
+            raise InvalidArgument(field, "name the head to run (GetModelInfo lists them)")
+        served = self.heads.get(name)
+        if served is None:
+            known = ", ".join(self.heads) or "none"
+            raise HeadNotFound(f"no head named {name!r} (served: {known})", head=name)
+        return self._usable(served)
+
     def resolve_ranker(self, name: str | None) -> Head:
         """The head a Rerank call names: a classify head (a cross-encoder) or an encode head
         (cosine). None: the first classify head configured to rank (`rerank_score`), else

@@ -219,11 +219,17 @@ class Scheduler:
             )
 
     async def submit(
-        self, work: Sequence[Work], *, deadline: float | None = None, wait_for_room: bool = False
+        self,
+        work: Sequence[Work],
+        *,
+        deadline: float | None = None,
+        wait_for_room: bool = False,
+        return_exceptions: bool = False,
     ) -> tuple[list[Any], Stats]:
         """Outputs for `work`, in order. Full queue: Overloaded, or wait (streams).
 
-        `deadline` is on the clock; rows still queued then fail with DeadlineExceeded."""
+        `deadline` is on the clock; rows still queued then fail with DeadlineExceeded. A row
+        that failed raises its exception, or with `return_exceptions` is it, in its place."""
         if self._started is None:
             raise RuntimeError("the scheduler is not started")
         if not wait_for_room:
@@ -246,7 +252,9 @@ class Scheduler:
         if deadline is not None:
             expiry = self.clock.call_later(deadline - now, lambda: self._expire(pending))
         try:
-            outputs = await asyncio.gather(*(p.future for p in pending))
+            outputs = await asyncio.gather(
+                *(p.future for p in pending), return_exceptions=return_exceptions
+            )
         except BaseException:
             for p in pending:  # still queued: leave the queue now; computed: harmless
                 self._drop(p, "cancelled")

@@ -13,17 +13,20 @@ from headserve.v1 import classifier_pb2_grpc
 from ._calls import Call, CoreHolder, options, ready, stream, text_items, unary, usage_timing
 
 
-def _classification(per_head: Sequence[Classification]) -> pb.Classification:
-    return pb.Classification(
-        heads=[
-            pb.HeadClassification(
-                head=c.head,
-                multi_label=c.multi_label,
-                labels=[pb.LabelScore(label=label, probability=p) for label, p in c.labels],
-            )
-            for c in per_head
-        ]
+def head_classification(c: Classification) -> pb.HeadClassification:
+    return pb.HeadClassification(
+        head=c.head,
+        multi_label=c.multi_label,
+        labels=[pb.LabelScore(label=label, probability=p) for label, p in c.labels],
     )
+
+
+def _classification(per_head: Sequence[Classification]) -> pb.Classification:
+    return pb.Classification(heads=[head_classification(c) for c in per_head])
+
+
+def classify_options(o: pb.ClassifyOptions) -> ClassifyOptions:
+    return options(ClassifyOptions, top_k=o.top_k, truncate=o.truncate)
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
@@ -46,7 +49,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     async def _classify(self, request: pb.ClassifyRequest, call: Call) -> pb.ClassifyResponse:
         core = ready(self._state)
         o = request.options
-        opts = options(ClassifyOptions, top_k=o.top_k, truncate=o.truncate)
+        opts = classify_options(o)
         heads: list[str | None] = list(o.heads) or [None]
         outcome = await core.run(
             "classify",

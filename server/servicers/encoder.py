@@ -38,7 +38,7 @@ _TRUNCATION_SIDE = {
 }
 
 
-def _embedding(e: Embedding) -> pb.Embedding:
+def embedding(e: Embedding) -> pb.Embedding:
     if e.sparse is not None:
         terms = e.sparse
         sparse = pb.SparseVector(
@@ -49,6 +49,28 @@ def _embedding(e: Embedding) -> pb.Embedding:
         return pb.Embedding(token_states=tensor(e.token_states), tokens=e.tokens)
     assert e.vector is not None
     return pb.Embedding(vector=e.vector.tolist())
+
+
+def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
+    """A request's EncodeOptions as the encode heads take them."""
+    if o.pooling not in _POOLING:
+        raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
+    if o.truncation_side not in _TRUNCATION_SIDE:
+        raise InvalidArgument(
+            "options.truncation_side", f"unknown truncation side {o.truncation_side}"
+        )
+    return options(
+        EncodeOptions,
+        pooling=_POOLING[o.pooling],
+        normalize=o.normalize if o.HasField("normalize") else None,
+        truncate=o.truncate,
+        dimensions=o.dimensions,
+        prompt_name=o.prompt_name or None,
+        prompt=o.prompt if o.HasField("prompt") else None,
+        truncation_side=_TRUNCATION_SIDE[o.truncation_side],
+        sparse_top_k=o.sparse_top_k,
+        sparse_min_weight=o.sparse_min_weight,
+    )
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
@@ -71,24 +93,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def _encode(self, request: pb.EncodeRequest, call: Call) -> pb.EncodeResponse:
         core = ready(self._state)
         o = request.options
-        if o.pooling not in _POOLING:
-            raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
-        if o.truncation_side not in _TRUNCATION_SIDE:
-            raise InvalidArgument(
-                "options.truncation_side", f"unknown truncation side {o.truncation_side}"
-            )
-        opts = options(
-            EncodeOptions,
-            pooling=_POOLING[o.pooling],
-            normalize=o.normalize if o.HasField("normalize") else None,
-            truncate=o.truncate,
-            dimensions=o.dimensions,
-            prompt_name=o.prompt_name or None,
-            prompt=o.prompt if o.HasField("prompt") else None,
-            truncation_side=_TRUNCATION_SIDE[o.truncation_side],
-            sparse_top_k=o.sparse_top_k,
-            sparse_min_weight=o.sparse_min_weight,
-        )
+        opts = encode_options(o)
         outcome = await core.run(
             "encode",
             [o.head or None],
@@ -98,5 +103,5 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             wait_for_room=call.wait_for_room,
         )
         return pb.EncodeResponse(
-            results=[_embedding(r[0]) for r in outcome.results], **usage_timing(outcome)
+            results=[embedding(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

@@ -13,13 +13,23 @@ from headserve.v1 import question_answerer_pb2_grpc
 from ._calls import Call, CoreHolder, options, ready, stream, unary, usage_timing
 
 
-def _answers(qa: QuestionAnswer) -> pb.QuestionAnswer:
+def answers(qa: QuestionAnswer) -> pb.QuestionAnswer:
     return pb.QuestionAnswer(
         answers=[
             pb.Answer(text=a.text, score=a.score, start=a.start, end=a.end, no_answer=a.no_answer)
             for a in qa.answers
         ],
         windows=qa.windows,
+    )
+
+
+def qa_options(o: pb.AnswerQuestionOptions) -> QAOptions:
+    return options(
+        QAOptions,
+        top_k=o.top_k or None,
+        max_answer_length=o.max_answer_length or None,
+        doc_stride=o.doc_stride or None,
+        allow_no_answer=o.allow_no_answer,
     )
 
 
@@ -47,13 +57,7 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
     ) -> pb.AnswerQuestionResponse:
         core = ready(self._state)
         o = request.options
-        opts = options(
-            QAOptions,
-            top_k=o.top_k or None,
-            max_answer_length=o.max_answer_length or None,
-            doc_stride=o.doc_stride or None,
-            allow_no_answer=o.allow_no_answer,
-        )
+        opts = qa_options(o)
         items = [QAItem(i.question, i.context) for i in request.items]
         outcome = await core.run(
             "qa",
@@ -64,5 +68,5 @@ class QuestionAnswererServicer(question_answerer_pb2_grpc.QuestionAnswererServic
             wait_for_room=call.wait_for_room,
         )
         return pb.AnswerQuestionResponse(
-            results=[_answers(r[0]) for r in outcome.results], **usage_timing(outcome)
+            results=[answers(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

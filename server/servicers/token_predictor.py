@@ -23,7 +23,7 @@ from ._calls import (
 )
 
 
-def _prediction(p: TokenPrediction) -> pb.TokenPrediction:
+def prediction(p: TokenPrediction) -> pb.TokenPrediction:
     masks = [
         pb.MaskPrediction(
             position=m.position,
@@ -38,6 +38,12 @@ def _prediction(p: TokenPrediction) -> pb.TokenPrediction:
     if p.logits is None:
         return pb.TokenPrediction(masks=masks)
     return pb.TokenPrediction(masks=masks, logits=tensor(p.logits))
+
+
+def predict_options(o: pb.PredictTokensOptions) -> PredictOptions:
+    return options(
+        PredictOptions, top_k=o.top_k or None, return_logits=o.return_logits, truncate=o.truncate
+    )
 
 
 class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
@@ -64,12 +70,7 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
     ) -> pb.PredictTokensResponse:
         core = ready(self._state)
         o = request.options
-        opts = options(
-            PredictOptions,
-            top_k=o.top_k or None,
-            return_logits=o.return_logits,
-            truncate=o.truncate,
-        )
+        opts = predict_options(o)
         outcome = await core.run(
             "mlm",
             [o.head or None],
@@ -79,5 +80,5 @@ class TokenPredictorServicer(token_predictor_pb2_grpc.TokenPredictorServicer):
             wait_for_room=call.wait_for_room,
         )
         return pb.PredictTokensResponse(
-            results=[_prediction(r[0]) for r in outcome.results], **usage_timing(outcome)
+            results=[prediction(r[0]) for r in outcome.results], **usage_timing(outcome)
         )

@@ -47,4 +47,4 @@ def test_the_readme_python_example_runs_against_the_default_server(
     assert re.fullmatch(r"\(2, 384\) [0-9a-f]{32}", lines[0]), lines
     label, probability = lines[1].split()
     assert label == "positive" and 0.5 < float(probability) <= 1.0
-    assert lines[2:] == ["0 (1, 384)", "1 (1, 384)", "(1, 128)", "1 encode"]
+    assert lines[2:] == ["0 (1, 384)", "1 (1, 384)", "(1, 128)", "1 encode", "(64,) positive"]

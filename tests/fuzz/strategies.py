@@ -564,6 +564,73 @@ def run_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
     )
 
 
+# A head and the options field of its task (HeadCall.options), for RunHeads.
+MATCHED_OPTIONS = (
+    ("encode", "encode"),
+    ("sparse", "encode"),
+    ("classify", "classify"),
+    ("rank", "classify"),
+    ("mlm", "predict_tokens"),
+    ("qa", "answer_question"),
+    ("ner", "params"),
+)
+OPTION_FIELDS = (None, "encode", "classify", "predict_tokens", "answer_question", "params")
+
+
+def head_calls() -> st.SearchStrategy[heads_pb2.HeadCall]:
+    """A head with options of its task, mostly; else any head (or name) with any options."""
+
+    def build(head_and_field, encode, classify, predict, qa, params):  # type: ignore[no-untyped-def]
+        head, field = head_and_field
+        call = heads_pb2.HeadCall(head=head)
+        chosen = {
+            "encode": encode.message.options,
+            "classify": classify.message.options,
+            "predict_tokens": predict.message.options,
+            "answer_question": qa.message.options,
+            "params": structs(params),
+        }.get(field)
+        if chosen is not None:
+            getattr(call, field).CopyFrom(chosen)
+        return call
+
+    matched = st.sampled_from(MATCHED_OPTIONS).flatmap(
+        lambda pair: st.sampled_from([pair, (pair[0], None)])
+    )
+    any_pair = st.tuples(
+        st.one_of(st.sampled_from(HEADS), st.text(ANY_CHAR, max_size=12)),
+        st.sampled_from(OPTION_FIELDS),
+    )
+    return st.builds(
+        build,
+        mostly(matched, any_pair),
+        encode_requests(oversize=False),
+        classify_requests(oversize=False).map(lambda c: _without_heads(c)),
+        predict_requests(oversize=False),
+        qa_requests(oversize=False),
+        run_options(),
+    )
+
+
+def _without_heads(case: Case) -> Case:
+    """A ClassifyOptions' heads list is refused in a HeadCall: mostly leave it empty."""
+    if len(case.message.options.heads) and case.message.options.heads[0] != "classify":
+        del case.message.options.heads[:]
+    return case
+
+
+def run_heads_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
+    return st.builds(
+        lambda items, heads, truncate, id: Case(
+            heads_pb2.RunHeadsRequest(items=items, heads=heads, truncate=truncate, id=id)
+        ),
+        batches(text_inputs(masked_texts()), _oversized_text_input if oversize else None),
+        mostly(st.lists(head_calls(), min_size=1, max_size=4), st.lists(head_calls(), max_size=8)),
+        st.booleans(),
+        request_ids(),
+    )
+
+
 def tokenize_requests(*, oversize: bool = True) -> st.SearchStrategy[Case]:
     def build(items, add, truncate):  # type: ignore[no-untyped-def]
         request = models_pb2.TokenizeRequest(items=items, truncate=truncate)

@@ -279,6 +279,91 @@ def check_run(request: Any, reply: Any, model: Model) -> None:
     assert reply.usage.input_tokens == tokens
 
 
+# The result each task's head answers with in a RunHeads cell.
+RESULT_OF_TASK = {
+    "encode": "embedding",
+    "classify": "classification",
+    "mlm": "prediction",
+    "qa": "answer",
+    "token_classification": "output",
+}
+
+
+def check_run_heads(request: Any, reply: Any, model: Model) -> None:
+    """Per item one cell per head: an error (documented, never INTERNAL), or a result of
+    the head's task that passes that task's own RPC's checks."""
+    assert [h.head for h in reply.heads] == [c.head for c in request.heads]
+    assert len(reply.results) == len(request.items)
+    for item, per_item in zip(request.items, reply.results, strict=True):
+        assert len(per_item.heads) == len(request.heads)
+        for call, ran, cell in zip(request.heads, reply.heads, per_item.heads, strict=True):
+            kind = cell.WhichOneof("result")
+            if kind == "error":
+                assert cell.error.code in DOCUMENTED_IN_STREAM, cell.error
+                assert cell.error.message
+                continue
+            assert ran.task and kind == RESULT_OF_TASK[ran.task], (ran, kind)
+            _check_cell(request, call, item, cell, model)
+    assert math.isfinite(reply.timing.queue_ms) and reply.timing.queue_ms >= 0
+
+
+def _check_cell(request: Any, call: Any, item: Any, cell: Any, model: Model) -> None:
+    """A cell held to the checks of its task's own RPC, as a one-item call of it."""
+    truncate = request.truncate
+    if cell.HasField("embedding"):
+        options = encoder_pb2.EncodeOptions()
+        options.CopyFrom(call.encode)
+        e = cell.embedding
+        tokens = len(e.tokens) if options.pooling == encoder_pb2.POOLING_NONE else 2
+        check_encode(
+            encoder_pb2.EncodeRequest(items=[item], options=options),
+            encoder_pb2.EncodeResponse(results=[e], usage=common_pb2.Usage(input_tokens=tokens)),
+            model,
+        )
+    elif cell.HasField("classification"):
+        options = classifier_pb2.ClassifyOptions(heads=[call.head], top_k=call.classify.top_k)
+        response = classifier_pb2.Classification(heads=[cell.classification])
+        check_classify(
+            classifier_pb2.ClassifyRequest(items=[item], options=options),
+            classifier_pb2.ClassifyResponse(
+                results=[response], usage=common_pb2.Usage(input_tokens=2)
+            ),
+            model,
+        )
+    elif cell.HasField("prediction"):
+        options = token_predictor_pb2.PredictTokensOptions()
+        options.CopyFrom(call.predict_tokens)
+        options.truncate = options.truncate or truncate
+        check_predict(
+            token_predictor_pb2.PredictTokensRequest(items=[item], options=options),
+            token_predictor_pb2.PredictTokensResponse(
+                results=[cell.prediction], usage=common_pb2.Usage(input_tokens=2)
+            ),
+            model,
+        )
+    elif cell.HasField("answer"):
+        pair = question_answerer_pb2.QuestionContext(question=item.text, context=item.text_pair)
+        check_qa(
+            question_answerer_pb2.AnswerQuestionRequest(items=[pair], options=call.answer_question),
+            question_answerer_pb2.AnswerQuestionResponse(
+                results=[cell.answer], usage=common_pb2.Usage(input_tokens=2)
+            ),
+            model,
+        )
+    else:
+        tokens = int(_json(cell.output.fields)["tokens"])
+        check_run(
+            heads_pb2.RunRequest(head="ner", items=[item], options=call.params),
+            heads_pb2.RunResponse(
+                head="ner",
+                task="token_classification",
+                results=[cell.output],
+                usage=common_pb2.Usage(input_tokens=tokens),
+            ),
+            model,
+        )
+
+
 def check_tokenize(request: Any, reply: Any, model: Model) -> None:
     assert len(reply.results) == len(request.items)
     special = request.add_special_tokens if request.HasField("add_special_tokens") else True
@@ -365,6 +450,18 @@ def rpcs(channel: grpc.Channel) -> dict[str, Rpc]:
             check_run,
             heads_pb2.RunRequest(head="ner", items=one),
             heads.RunStream,
+        ),
+        Rpc(
+            "RunHeads",
+            heads.RunHeads,
+            check_run_heads,
+            heads_pb2.RunHeadsRequest(
+                items=[common_pb2.TextInput(text=f"Alice works in {MASK}.")],
+                heads=[
+                    heads_pb2.HeadCall(head=name) for name in ("encode", "classify", "mlm", "ner")
+                ],
+            ),
+            heads.RunHeadsStream,
         ),
         Rpc("Tokenize", models.Tokenize, check_tokenize, models_pb2.TokenizeRequest(items=one)),
         Rpc(
@@ -550,6 +647,20 @@ def test_heads_run_stream(
     fuzz_stream(rpcs["Run"], cases, model, outcomes)
 
 
+@given(case=S.run_heads_requests(), timeout=S.timeouts())
+def test_run_heads(
+    case: S.Case, timeout: float, rpcs: dict[str, Rpc], model: Model, outcomes: Outcomes
+) -> None:
+    fuzz_unary(rpcs["RunHeads"], case, timeout, model, outcomes)
+
+
+@given(cases=S.streams(S.run_heads_requests(oversize=False)))
+def test_run_heads_stream(
+    cases: list[S.Case], rpcs: dict[str, Rpc], model: Model, outcomes: Outcomes
+) -> None:
+    fuzz_stream(rpcs["RunHeads"], cases, model, outcomes)
+
+
 @given(case=S.rerank_requests(), timeout=S.timeouts())
 def test_rerank(
     case: S.Case, timeout: float, rpcs: dict[str, Rpc], model: Model, outcomes: Outcomes
@@ -576,6 +687,8 @@ METHODS = {
     "/headserve.v1.QuestionAnswerer/AnswerQuestionStream": "AnswerQuestion",
     "/headserve.v1.Heads/Run": "Run",
     "/headserve.v1.Heads/RunStream": "Run",
+    "/headserve.v1.Heads/RunHeads": "RunHeads",
+    "/headserve.v1.Heads/RunHeadsStream": "RunHeads",
     "/headserve.v1.Models/GetModelInfo": "Tokenize",
     "/headserve.v1.Models/Tokenize": "Tokenize",
     "/headserve.v1.Ranker/Rerank": "Rerank",

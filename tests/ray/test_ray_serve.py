@@ -23,7 +23,10 @@ from headserve.client import (
     AsyncClient,
     Batch,
     Client,
+    Embedding,
     FailedPreconditionError,
+    HeadClassification,
+    HeadOutput,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -154,10 +157,32 @@ def test_every_rpc_answers_through_the_proxy_as_the_standalone_server_does(
             np.testing.assert_allclose(
                 [d.score for d in got_rank], [d.score for d in want_rank], atol=1e-5
             )
+            many = ["encode", "classify", "ner", "nope"]
+            got_many, want_many = (c.run_heads(TEXTS, many) for c in (ray_client, local))
+            assert [h.task for h in got_many.heads] == [
+                "encode",
+                "classify",
+                "token_classification",
+                "",
+            ]
+            for got_item, want_item in zip(got_many, want_many, strict=True):
+                np.testing.assert_allclose(
+                    got_item[0].unwrap_as(Embedding).vector,  # type: ignore[arg-type]
+                    want_item[0].unwrap_as(Embedding).vector,  # type: ignore[arg-type]
+                    atol=1e-5,
+                )
+                assert got_item[1].unwrap_as(HeadClassification).top == (
+                    want_item[1].unwrap_as(HeadClassification).top
+                )
+                assert got_item[2].unwrap_as(HeadOutput).fields == (
+                    want_item[2].unwrap_as(HeadOutput).fields
+                )
+                assert isinstance(got_item[3].error, NotFoundError)
             for stream in (
                 ray_client.encode_stream,
                 ray_client.classify_stream,
                 lambda batches: ray_client.run_stream(batches, head="ner"),
+                lambda batches: ray_client.run_heads_stream(batches, ["encode", "ner"]),
             ):
                 results = list(stream([Batch([t], id=str(i)) for i, t in enumerate(TEXTS)]))
                 assert [r.id for r in results] == ["0", "1"]

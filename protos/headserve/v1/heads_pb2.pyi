@@ -7,6 +7,10 @@ A head plugin of any task (token classification, similarity, tagging...)
 that declares an output schema is served here by name. Its items ride the
 same backbone passes as every other head's. GetModelInfo lists each head's
 output schema (HeadInfo.outputs) and options (HeadInfo.parameters).
+
+RunHeads runs several heads, of any tasks (built-in or not), on the same
+items in ONE backbone pass per item: per item, one result per head, each the
+head's output or an error for that head alone.
 """
 
 from collections import abc as _abc
@@ -15,7 +19,11 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
+from headserve.v1 import classifier_pb2 as _classifier_pb2
 from headserve.v1 import common_pb2 as _common_pb2
+from headserve.v1 import encoder_pb2 as _encoder_pb2
+from headserve.v1 import question_answerer_pb2 as _question_answerer_pb2
+from headserve.v1 import token_predictor_pb2 as _token_predictor_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -180,3 +188,255 @@ class RunStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___RunStreamResponse: _TypeAlias = RunStreamResponse  # noqa: Y015
+
+@_typing.final
+class HeadCall(_message.Message):
+    """One head of a RunHeads call, with the options of its task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    ENCODE_FIELD_NUMBER: _builtins.int
+    CLASSIFY_FIELD_NUMBER: _builtins.int
+    PREDICT_TOKENS_FIELD_NUMBER: _builtins.int
+    ANSWER_QUESTION_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    """The head, by name (required), as GetModelInfo lists it. The same head may
+    be asked twice with different options.
+    """
+    @_builtins.property
+    def encode(self) -> _encoder_pb2.EncodeOptions: ...
+    @_builtins.property
+    def classify(self) -> _classifier_pb2.ClassifyOptions: ...
+    @_builtins.property
+    def predict_tokens(self) -> _token_predictor_pb2.PredictTokensOptions: ...
+    @_builtins.property
+    def answer_question(self) -> _question_answerer_pb2.AnswerQuestionOptions: ...
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """A generic head's options, as RunRequest.options."""
+
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        encode: _encoder_pb2.EncodeOptions | None = ...,
+        classify: _classifier_pb2.ClassifyOptions | None = ...,
+        predict_tokens: _token_predictor_pb2.PredictTokensOptions | None = ...,
+        answer_question: _question_answerer_pb2.AnswerQuestionOptions | None = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_question", b"answer_question", "classify", b"classify", "encode", b"encode", "options", b"options", "params", b"params", "predict_tokens", b"predict_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_question", b"answer_question", "classify", b"classify", "encode", b"encode", "head", b"head", "options", b"options", "params", b"params", "predict_tokens", b"predict_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["encode", "classify", "predict_tokens", "answer_question", "params"]  # noqa: Y015
+    _WhichOneofArgType_options: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_options) -> _WhichOneofReturnType_options | None: ...
+
+Global___HeadCall: _TypeAlias = HeadCall  # noqa: Y015
+
+@_typing.final
+class RunHeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    truncate: _builtins.bool
+    """Cut items longer than the model's max_length for every head (a head's own
+    options may ask it for that head alone).
+    """
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TextInput]:
+        """A question-answering head reads an item's text as the question and its
+        text_pair as the context.
+        """
+
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadCall]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_common_pb2.TextInput] | None = ...,
+        heads: _abc.Iterable[Global___HeadCall] | None = ...,
+        id: _builtins.str = ...,
+        truncate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "id", b"id", "items", b"items", "truncate", b"truncate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunHeadsRequest: _TypeAlias = RunHeadsRequest  # noqa: Y015
+
+@_typing.final
+class HeadResult(_message.Message):
+    """One head's result for one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    CLASSIFICATION_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def embedding(self) -> _encoder_pb2.Embedding: ...
+    @_builtins.property
+    def classification(self) -> _classifier_pb2.HeadClassification: ...
+    @_builtins.property
+    def prediction(self) -> _token_predictor_pb2.TokenPrediction: ...
+    @_builtins.property
+    def answer(self) -> _question_answerer_pb2.QuestionAnswer: ...
+    @_builtins.property
+    def output(self) -> Global___HeadOutput:
+        """A generic head's output."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why this head has no result for this item (its field violations name the
+        item, or the head's options as heads[j]...): the other heads' results
+        stand.
+        """
+
+    def __init__(
+        self,
+        *,
+        embedding: _encoder_pb2.Embedding | None = ...,
+        classification: _classifier_pb2.HeadClassification | None = ...,
+        prediction: _token_predictor_pb2.TokenPrediction | None = ...,
+        answer: _question_answerer_pb2.QuestionAnswer | None = ...,
+        output: Global___HeadOutput | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "classification", b"classification", "embedding", b"embedding", "error", b"error", "output", b"output", "prediction", b"prediction", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "classification", b"classification", "embedding", b"embedding", "error", b"error", "output", b"output", "prediction", b"prediction", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["embedding", "classification", "prediction", "answer", "output", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___HeadResult: _TypeAlias = HeadResult  # noqa: Y015
+
+@_typing.final
+class ItemHeadResults(_message.Message):
+    """One item's results: one per head, in the order of RunHeadsRequest.heads."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadResult]: ...
+    def __init__(
+        self,
+        *,
+        heads: _abc.Iterable[Global___HeadResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemHeadResults: _TypeAlias = ItemHeadResults  # noqa: Y015
+
+@_typing.final
+class HeadRan(_message.Message):
+    """A head of the call as the server resolved it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    task: _builtins.str
+    """Its task ("encode", "classify", "mlm", "qa", or a generic head's); empty
+    when no head of that name is served.
+    """
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        task: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeadRan: _TypeAlias = HeadRan  # noqa: Y015
+
+@_typing.final
+class RunHeadsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TIMING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemHeadResults]:
+        """One per item, in order."""
+
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadRan]:
+        """One per head, in the order asked."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Tokens the backbone read: an item's row shared by several heads counts once."""
+
+    @_builtins.property
+    def timing(self) -> _common_pb2.Timing: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ItemHeadResults] | None = ...,
+        heads: _abc.Iterable[Global___HeadRan] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+        timing: _common_pb2.Timing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timing", b"timing", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "results", b"results", "timing", b"timing", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunHeadsResponse: _TypeAlias = RunHeadsResponse  # noqa: Y015
+
+@_typing.final
+class RunHeadsStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___RunHeadsResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        response: Global___RunHeadsResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "id", b"id", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___RunHeadsStreamResponse: _TypeAlias = RunHeadsStreamResponse  # noqa: Y015

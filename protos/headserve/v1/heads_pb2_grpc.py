@@ -44,6 +44,16 @@ class HeadsStub:
                 request_serializer=headserve_dot_v1_dot_heads__pb2.RunRequest.SerializeToString,
                 response_deserializer=headserve_dot_v1_dot_heads__pb2.RunStreamResponse.FromString,
                 _registered_method=True)
+        self.RunHeads = channel.unary_unary(
+                '/headserve.v1.Heads/RunHeads',
+                request_serializer=headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.SerializeToString,
+                response_deserializer=headserve_dot_v1_dot_heads__pb2.RunHeadsResponse.FromString,
+                _registered_method=True)
+        self.RunHeadsStream = channel.stream_stream(
+                '/headserve.v1.Heads/RunHeadsStream',
+                request_serializer=headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.SerializeToString,
+                response_deserializer=headserve_dot_v1_dot_heads__pb2.RunHeadsStreamResponse.FromString,
+                _registered_method=True)
 
 
 class HeadsServicer:
@@ -64,6 +74,21 @@ class HeadsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunHeads(self, request, context):
+        """Several heads of any tasks on the same items, the backbone run once per
+        item for all of them. Per item, one result per head, in the order asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunHeadsStream(self, request_iterator, context):
+        """RunHeads on a stream: responses echo each request's id, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +101,16 @@ def add_HeadsServicer_to_server(servicer, server):
                     servicer.RunStream,
                     request_deserializer=headserve_dot_v1_dot_heads__pb2.RunRequest.FromString,
                     response_serializer=headserve_dot_v1_dot_heads__pb2.RunStreamResponse.SerializeToString,
+            ),
+            'RunHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunHeads,
+                    request_deserializer=headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.FromString,
+                    response_serializer=headserve_dot_v1_dot_heads__pb2.RunHeadsResponse.SerializeToString,
+            ),
+            'RunHeadsStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunHeadsStream,
+                    request_deserializer=headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.FromString,
+                    response_serializer=headserve_dot_v1_dot_heads__pb2.RunHeadsStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +167,60 @@ class Heads:
             '/headserve.v1.Heads/RunStream',
             headserve_dot_v1_dot_heads__pb2.RunRequest.SerializeToString,
             headserve_dot_v1_dot_heads__pb2.RunStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headserve.v1.Heads/RunHeads',
+            headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.SerializeToString,
+            headserve_dot_v1_dot_heads__pb2.RunHeadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunHeadsStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/headserve.v1.Heads/RunHeadsStream',
+            headserve_dot_v1_dot_heads__pb2.RunHeadsRequest.SerializeToString,
+            headserve_dot_v1_dot_heads__pb2.RunHeadsStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,10 @@ A head plugin of any task (token classification, similarity, tagging...)
 that declares an output schema is served here by name. Its items ride the
 same backbone passes as every other head's. GetModelInfo lists each head's
 output schema (HeadInfo.outputs) and options (HeadInfo.parameters).
+
+RunHeads runs several heads, of any tasks (built-in or not), on the same
+items in ONE backbone pass per item: per item, one result per head, each the
+head's output or an error for that head alone.
 """
 
 from collections import abc as _abc
@@ -43,6 +47,12 @@ class HeadsStub:
     """Each request is a batch with a client-chosen id; each response echoes the
     id and carries the outputs or an error for that request alone.
     """
+    RunHeads: _grpc.UnaryUnaryMultiCallable[_heads_pb2.RunHeadsRequest, _heads_pb2.RunHeadsResponse]
+    """Several heads of any tasks on the same items, the backbone run once per
+    item for all of them. Per item, one result per head, in the order asked.
+    """
+    RunHeadsStream: _grpc.StreamStreamMultiCallable[_heads_pb2.RunHeadsRequest, _heads_pb2.RunHeadsStreamResponse]
+    """RunHeads on a stream: responses echo each request's id, in order."""
 
 @_typing.type_check_only
 class HeadsAsyncStub(HeadsStub):
@@ -53,6 +63,12 @@ class HeadsAsyncStub(HeadsStub):
     """Each request is a batch with a client-chosen id; each response echoes the
     id and carries the outputs or an error for that request alone.
     """
+    RunHeads: _aio.UnaryUnaryMultiCallable[_heads_pb2.RunHeadsRequest, _heads_pb2.RunHeadsResponse]  # type: ignore[assignment]
+    """Several heads of any tasks on the same items, the backbone run once per
+    item for all of them. Per item, one result per head, in the order asked.
+    """
+    RunHeadsStream: _aio.StreamStreamMultiCallable[_heads_pb2.RunHeadsRequest, _heads_pb2.RunHeadsStreamResponse]  # type: ignore[assignment]
+    """RunHeads on a stream: responses echo each request's id, in order."""
 
 class HeadsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +88,23 @@ class HeadsServicer(metaclass=_abc_1.ABCMeta):
         """Each request is a batch with a client-chosen id; each response echoes the
         id and carries the outputs or an error for that request alone.
         """
+
+    @_abc_1.abstractmethod
+    def RunHeads(
+        self,
+        request: _heads_pb2.RunHeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_heads_pb2.RunHeadsResponse, _abc.Awaitable[_heads_pb2.RunHeadsResponse]]:
+        """Several heads of any tasks on the same items, the backbone run once per
+        item for all of them. Per item, one result per head, in the order asked.
+        """
+
+    @_abc_1.abstractmethod
+    def RunHeadsStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_heads_pb2.RunHeadsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_heads_pb2.RunHeadsStreamResponse], _abc.AsyncIterator[_heads_pb2.RunHeadsStreamResponse]]:
+        """RunHeads on a stream: responses echo each request's id, in order."""
 
 def add_HeadsServicer_to_server(servicer: HeadsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
