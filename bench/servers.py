@@ -64,12 +64,17 @@ def running(
 
 @contextlib.contextmanager
 def served(
-    serve_args: Sequence[str], *, metrics: bool = False, headserve: str = HEADSERVE
+    serve_args: Sequence[str],
+    *,
+    metrics: bool = False,
+    headserve: str = HEADSERVE,
+    log: list[str] | None = None,
 ) -> Iterator[tuple[str, tuple[str, ...]]]:
     """`headserve serve --port 0 --allow-untrained [--metrics-port 0] SERVE_ARGS`, `running`
     until it logs "serving on port N": yields its target and, with `metrics`, the load.py
-    options that watch it (--server-pid, --metrics; empty without)."""
-    log: list[str] = []
+    options that watch it (--server-pid, --metrics; empty without). Its log lines up to
+    then go to `log`, when given."""
+    log = log if log is not None else []
     command = [headserve, "serve", "--port", "0", "--allow-untrained"]
     command += [*(["--metrics-port", "0"] if metrics else []), *serve_args]
     with running(command, r"serving on port (\d+)", log) as (proc, target):

@@ -62,6 +62,7 @@ from .servicers.token_predictor import TokenPredictorServicer
 from .threads import plan, set_torch_threads
 
 if TYPE_CHECKING:
+    from .http_server import HttpServer
     from .tracing import Tracing
 
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
@@ -144,6 +145,7 @@ class Settings:
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
     metrics_host: str = "127.0.0.1"
+    http_port: int | None = None  # OpenAI-style HTTP (openai_http.py); None: off
     access_log: bool = True  # a log line per finished call and per stream request
     request_id_in: RequestIdIn = "initial"  # where a unary call's id goes back (interceptor.py)
     otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
@@ -245,6 +247,7 @@ class Server:
     port: int
     state: ServerState
     health: HealthServicer
+    http: HttpServer | None = None  # --http-port: the OpenAI-style endpoint
 
     async def mark_ready(self, core: Core) -> None:
         await core.scheduler.start()
@@ -269,7 +272,10 @@ class Server:
         accepted is answered within `grace` seconds (None: cancel at once)."""
         await self.health.enter_graceful_shutdown()
         self.state.draining.set()
-        await self.grpc_server.stop(grace)
+        if self.http is not None:  # both transports drain at once
+            await asyncio.gather(self.grpc_server.stop(grace), self.http.stop())
+        else:
+            await self.grpc_server.stop(grace)
         if self.state.core is not None:
             await self.state.core.scheduler.stop()
 
@@ -282,8 +288,11 @@ async def create_server(
     access_log: bool = True,
     request_id_in: RequestIdIn = "initial",
     tracing: Tracing | None = None,
+    http_port: int | None = None,
+    grace: float = 10.0,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
+    With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
 
     Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
@@ -341,7 +350,30 @@ async def create_server(
         await server.stop(None)
         raise StartupError(f"cannot listen on {address}")
     await server.start()
-    return Server(server, port, state, health)
+    http = None
+    if http_port is not None:
+        try:
+            http = await _start_http(state, security, address, http_port, grace, access_log)
+        except StartupError:
+            await server.stop(None)
+            raise
+    return Server(server, port, state, health, http)
+
+
+async def _start_http(
+    state: ServerState,
+    security: Security,
+    address: str,
+    port: int,
+    grace: float,
+    access_log: bool,
+) -> HttpServer:
+    from .http_server import HttpServer
+    from .openai_http import OpenAIHttp
+
+    host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+    app = OpenAIHttp(state, security, access_log=access_log).app()
+    return await HttpServer.start(app, host, port, security, grace=grace)
 
 
 def _check_can_listen(address: str) -> None:
@@ -417,7 +449,11 @@ async def serve(settings: Settings, address: str) -> None:
             access_log=settings.access_log,
             request_id_in=settings.request_id_in,
             tracing=tracing,
+            http_port=settings.http_port,
+            grace=settings.grace_seconds,
         )
+        if server.http is not None:
+            log.info("OpenAI-style HTTP on port %d (/v1/embeddings)", server.http.port)
         await _serve(server, settings, address, metrics, exporter, tracing)
     finally:
         if server is not None:

@@ -212,6 +212,13 @@ def _parser() -> argparse.ArgumentParser:
         "0 picks a free port)",
     )
     serve.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve the OpenAI-style HTTP API on this port (POST /v1/embeddings, "
+        "/v1/rerank; GET /v1/models, /health), on the same host, TLS and tokens as gRPC "
+        "(default: off; 0 picks a free port)",
+    )
+    serve.add_argument(
         "--metrics-host",
         default="127.0.0.1",
         help="address the metrics endpoint binds to (it has no authentication)",
@@ -419,6 +426,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             grace_seconds=args.grace,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            http_port=args.http_port,
             access_log=args.access_log == "on",
             request_id_in=args.request_id_metadata,
             otlp_endpoint=args.otlp_endpoint,

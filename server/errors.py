@@ -23,6 +23,11 @@ class InvalidArgument(HeadserveError):
         self.item = item
 
 
+class TooLarge(InvalidArgument):
+    """Over a size limit of the server's (--max-request-items, --max-item-chars...): on gRPC
+    INVALID_ARGUMENT like any bad input; over HTTP 413."""
+
+
 class HeadNotFound(HeadserveError):
     reason = "HEAD_NOT_FOUND"
 

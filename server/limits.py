@@ -15,7 +15,7 @@ from typing import Any
 
 from headserve.plugins.contract import Prepared
 
-from .errors import InvalidArgument, Overloaded
+from .errors import InvalidArgument, Overloaded, TooLarge
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RequestLimits:
     def check_items(self, items: Sequence[Any]) -> None:
         """The item count and every text field's length."""
         if len(items) > self.max_request_items:
-            raise InvalidArgument(
+            raise TooLarge(
                 "items",
                 f"{len(items)} items, more than this server takes in one request "
                 f"({self.max_request_items}, --max-request-items); split the batch",
@@ -45,7 +45,7 @@ class RequestLimits:
         for index, item in enumerate(items):
             for name, value in vars(item).items():
                 if isinstance(value, str) and len(value) > self.max_item_chars:
-                    raise InvalidArgument(
+                    raise TooLarge(
                         f"items[{index}].{name}",
                         f"is {len(value):,} characters, more than this server takes "
                         f"({self.max_item_chars:,}, --max-item-chars)",
@@ -57,7 +57,7 @@ class RequestLimits:
         tokens = sum(row.length for p in prepared for row in p.rows)
         if tokens > self.max_item_tokens:
             rows = sum(len(p.rows) for p in prepared)
-            raise InvalidArgument(
+            raise TooLarge(
                 f"items[{index}]",
                 f"needs {tokens:,} backbone tokens ({rows} rows), more than this server "
                 f"takes for one item ({self.max_item_tokens:,}, --max-item-tokens); "

@@ -90,6 +90,12 @@ class Metrics:
             ["head"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "headserve_http_requests",
+            "Requests answered by the OpenAI-style HTTP endpoint, by route and HTTP status",
+            ["route", "status"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "headserve_event_loop_lag_seconds",
             "How late a periodic timer on the event loop ran: the wait any call's next step "

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -130,6 +131,16 @@ class Tracing:
             return
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{code}: {details}"))
+
+    @contextmanager
+    def http_span(self, name: str, headers: dict[str, str]) -> Iterator[Any]:
+        """A server span for one HTTP request, continuing the caller's `traceparent`."""
+        from opentelemetry import propagate
+
+        context = propagate.extract(headers)
+        kind = self._trace.SpanKind.SERVER
+        with self.tracer.start_as_current_span(name, context=context, kind=kind) as span:
+            yield span
 
     # --- spans headserve adds ---------------------------------------------------------------
 

@@ -38,7 +38,10 @@ def on_core(core: Core, call: Callable[[], Awaitable[T]]) -> T:
 
 
 class ServerThread:
-    def __init__(self, settings: Settings | None, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None, tracing: Tracing | None = None, *, load: bool = True
+    ) -> None:
+        """`load=False`: serving, but NOT_SERVING until `ready` (the model still loading)."""
         self.loop = new_event_loop(default_kind())  # the loop `headserve serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -54,11 +57,12 @@ class ServerThread:
                 access_log=settings_or_default.access_log,
                 request_id_in=settings_or_default.request_id_in,
                 tracing=tracing,
+                http_port=settings_or_default.http_port,
             )
         )
         self.target = f"127.0.0.1:{self.server.port}"
         self.core = None
-        if settings is not None:
+        if settings is not None and load:
             self.ready(settings)
 
     def ready(self, settings: Settings) -> None:

@@ -7,6 +7,7 @@ at it.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def _python_example() -> str:
 
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[CliServer]:
-    server = start_cli_server([])
+    server = start_cli_server(["--http-port", "0"])  # the HTTP section's server
     yield server
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=30)
@@ -48,3 +49,20 @@ def test_the_readme_python_example_runs_against_the_default_server(
     label, probability = lines[1].split()
     assert label == "positive" and 0.5 < float(probability) <= 1.0
     assert lines[2:] == ["0 (1, 384)", "1 (1, 384)", "(1, 128)", "1 encode", "(64,) positive"]
+
+
+def test_the_readme_curl_to_v1_embeddings_answers_as_it_shows(default_server: CliServer) -> None:
+    section = README.read_text().split("## Call it over HTTP (OpenAI-style)", 1)[1]
+    (block,) = re.findall(r"```sh\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    command = "\n".join(line for line in block.splitlines() if not line.startswith("#"))
+    assert "curl" in command and "localhost:8080/v1/embeddings" in command
+    (port,) = re.findall(r"OpenAI-style HTTP on port (\d+)", "".join(default_server.log))
+    command = command.replace("localhost:8080", f"127.0.0.1:{port}")
+    run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    (data,) = answer["data"]
+    assert (answer["object"], answer["model"], data["index"]) == ("list", "encode", 0)
+    vector = data["embedding"]
+    assert len(vector) == 64 and abs(sum(v * v for v in vector) - 1) < 1e-4  # unit length
+    assert answer["usage"]["prompt_tokens"] == answer["usage"]["total_tokens"] > 2

@@ -78,7 +78,13 @@ def fuzz_server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("sparse", "sparse", bert.mlm),  # SPLADE pooling of an untrained-for-it MLM
     )
     thread = ServerThread(
-        Settings(model_dir=bert.backbone, heads=heads, device="cpu", request_limits=LIMITS)
+        Settings(
+            model_dir=bert.backbone,
+            heads=heads,
+            device="cpu",
+            request_limits=LIMITS,
+            http_port=0,  # the OpenAI-style endpoint too (test_fuzz_http.py)
+        )
     )
     yield thread
     thread.stop()

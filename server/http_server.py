@@ -1,0 +1,94 @@
+"""uvicorn serving the OpenAI-style HTTP app (openai_http.py) on the gRPC server's event loop.
+
+    headserve serve --http-port 8080
+
+It binds the host of the gRPC address, with the same TLS (and mutual TLS) as gRPC. The
+headserve server owns SIGTERM and SIGINT (its drain), so uvicorn is kept from taking them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from .discovery import StartupError
+from .security import Security
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the headserve server's signal handlers stay in place
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class HttpServer:
+    """A started uvicorn server; `stop` lets its requests finish within the grace."""
+
+    def __init__(self, server: _Uvicorn, task: asyncio.Future[None], port: int) -> None:
+        self._server = server
+        self._task = task
+        self.port = port
+
+    @classmethod
+    async def start(
+        cls, app: Any, host: str, port: int, security: Security, *, grace: float
+    ) -> HttpServer:
+        sock = _bind(host, port)
+        tls: dict[str, Any] = {}
+        if security.tls_cert is not None:
+            tls = dict(ssl_certfile=str(security.tls_cert), ssl_keyfile=str(security.tls_key))
+            if security.tls_client_ca is not None:
+                tls.update(
+                    ssl_ca_certs=str(security.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED
+                )
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,  # openai_http.py logs each request with its id
+            log_config=None,  # headserve's logging, as configured
+            server_header=False,
+            timeout_graceful_shutdown=max(1, math.ceil(grace)),
+            **tls,
+        )
+        server = _Uvicorn(config)
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():  # a TLS file it cannot read, say
+                sock.close()
+                exc = task.exception()
+                raise StartupError(f"cannot serve HTTP on {host}:{port}: {exc}") from exc
+            await asyncio.sleep(0.01)
+        bound = sock.getsockname()[1]
+        return cls(server, task, bound)
+
+    async def stop(self) -> None:
+        """Stop taking connections; answer what was taken (uvicorn's graceful shutdown)."""
+        self._server.should_exit = True
+        try:
+            await self._task
+        except Exception:  # already logged by uvicorn; stopping must go on
+            log.exception("the HTTP server stopped with an error")

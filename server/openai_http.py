@@ -1,0 +1,409 @@
+"""OpenAI-style HTTP beside gRPC, in the same process: the JSON shapes every SDK speaks.
+
+    POST /v1/embeddings   OpenAI's request and response (input: a string, strings, or token
+                          id arrays; model, dimensions, encoding_format float or base64)
+    POST /v1/rerank       the Cohere / Jina shape (query, documents, top_n, return_documents)
+    GET  /v1/models       the heads this server serves, as OpenAI lists models
+    GET  /health          200 while serving; 503 while loading or draining
+
+Every call runs on the gRPC server's Core: the same scheduler (HTTP and gRPC rows share
+batches), heads, request limits, bearer tokens and request ids; with tracing on, each
+request is a server span continuing the caller's traceparent. An error is OpenAI's JSON
+(`{"error": {"message", "type", "param", "code"}}`) with the HTTP status its meaning has:
+400 bad input, 401 no valid token, 404 no such model, 413 over a size limit, 429 the queue is
+full, 503 loading or draining. http_server.py serves this app with uvicorn.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from headserve.plugins.tasks import EncodeOptions, TextItem
+
+from .call_info import REQUEST_ID_KEY, begin_call
+from .core import Core
+from .errors import (
+    DeadlineExceeded,
+    HeadFailed,
+    HeadNotFound,
+    HeadNotUsable,
+    HeadserveError,
+    InvalidArgument,
+    OutOfMemory,
+    Overloaded,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
+from .ranking import rerank
+from .security import Security, TokenAuth
+
+if TYPE_CHECKING:
+    from .app import ServerState
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("headserve.access")  # a line per request, as gRPC calls get
+
+# Each error's HTTP status and OpenAI error type; the first class that matches wins.
+_HTTP_OF: tuple[tuple[type[HeadserveError], int, str], ...] = (
+    (TooLarge, 413, "invalid_request_error"),
+    (InvalidArgument, 400, "invalid_request_error"),
+    (HeadNotFound, 404, "invalid_request_error"),
+    (HeadNotUsable, 400, "invalid_request_error"),
+    (Unauthenticated, 401, "authentication_error"),
+    (Overloaded, 429, "rate_limit_error"),
+    (Unavailable, 503, "service_unavailable"),
+    (DeadlineExceeded, 504, "timeout"),
+    (OutOfMemory, 413, "invalid_request_error"),  # one row too large for the device
+    (HeadFailed, 500, "server_error"),
+)
+_ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health")
+DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
+
+
+def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
+    """OpenAI's error JSON for `exc`, with its HTTP status; anything not ours is a bug: 500."""
+    status, kind = next(
+        ((s, k) for cls, s, k in _HTTP_OF if isinstance(exc, cls)), (500, "server_error")
+    )
+    if isinstance(exc, HeadserveError):
+        message, code = exc.message, exc.reason.lower()
+    else:
+        log.error("internal error", exc_info=exc)
+        message, code = f"internal error: {exc!r}", "internal"
+    param = exc.field if isinstance(exc, InvalidArgument) else None
+    if isinstance(exc, HeadNotFound):
+        param, code = "model", "model_not_found"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    headers = {REQUEST_ID_KEY: request_id} if request_id else {}
+    if status == 429:
+        headers["retry-after"] = "1"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class OpenAIHttp:
+    """The routes, over the gRPC server's state (its Core once the model is loaded)."""
+
+    def __init__(self, state: ServerState, security: Security, *, access_log: bool = True) -> None:
+        self._state = state
+        self._access_log = access_log
+        self._limits = state.request_limits
+        self._auth = TokenAuth(security.tokens, open_health=security.open_health)
+        self._tokens = bool(security.tokens)
+        self._open_health = security.open_health
+        self.started = int(time.time())
+
+    def app(self) -> Starlette:
+        def route(path: str, handle: Callable[..., Awaitable[Any]], method: str) -> Route:
+            return Route(path, self._endpoint(path, handle), methods=[method])
+
+        return Starlette(
+            routes=[
+                route("/v1/embeddings", self._embeddings, "POST"),
+                route("/v1/rerank", self._rerank, "POST"),
+                route("/v1/models", self._models, "GET"),
+                route("/health", self._health, "GET"),
+            ],
+            exception_handlers={404: _not_found, 405: _wrong_method},
+        )
+
+    # --- one request: id, token, span, errors --------------------------------------------------
+
+    def _endpoint(
+        self, path: str, handle: Callable[[Request], Awaitable[Any]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            call, refused = begin_call(request.headers.items(), f"HTTP {path}")
+            started = time.perf_counter()
+            with self._span(request, path) as span:
+                try:
+                    if refused is not None:
+                        raise refused
+                    if self._tokens and not (path == "/health" and self._open_health):
+                        given = request.headers.get("authorization", "")
+                        if not self._auth.allows([("authorization", given)]):
+                            raise Unauthenticated(DENIED)
+                    body = await handle(request)
+                    response: Response = body if isinstance(body, Response) else JSONResponse(body)
+                    response.headers[REQUEST_ID_KEY] = call.request_id
+                except Exception as exc:
+                    response = error_response(exc, call.request_id)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status_code)
+                    span.set_attribute("headserve.request_id", call.request_id)
+            core = self._state.core
+            if core is not None:
+                route = path if path in _ROUTES else "other"
+                core.scheduler.metrics.http_requests.labels(route, str(response.status_code)).inc()
+            if self._access_log:
+                access.info(
+                    "HTTP %s %s %d %.1fms",
+                    request.method,
+                    path,
+                    response.status_code,
+                    (time.perf_counter() - started) * 1e3,
+                )
+            return response
+
+        return endpoint
+
+    @contextmanager
+    def _span(self, request: Request, path: str) -> Iterator[Any]:
+        tracing = self._state.tracing
+        if tracing is None:
+            with nullcontext():
+                yield None
+            return
+        with tracing.http_span(f"{request.method} {path}", dict(request.headers)) as span:
+            yield span
+
+    def _core(self) -> Core:
+        if self._state.draining.is_set():
+            raise Unavailable("the server is shutting down; send this to another server")
+        core = self._state.core
+        if core is None:
+            raise Unavailable("the model is still loading; retry shortly")
+        return core
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object; a body over the message limit is refused unread."""
+        limit = self._limits.max_message_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise TooLarge("body", f"{int(declared):,} bytes, more than {limit:,}")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge("body", f"more than {limit:,} bytes")
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument("body", f"is not JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidArgument("body", "must be a JSON object")
+        return parsed
+
+    # --- the routes ----------------------------------------------------------------------------
+
+    async def _health(self, request: Request) -> Response:
+        if self._state.draining.is_set():
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if self._state.core is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def _models(self, request: Request) -> dict[str, Any]:
+        core = self._core()
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "headserve",
+                "task": served.plugin.plugin.task,
+            }
+            for name, served in core.registry.heads.items()
+            if core.registry.usable(served)
+        ]
+        return {"object": "list", "data": data}
+
+    async def _embeddings(self, request: Request) -> dict[str, Any]:
+        body = await self._json(request)
+        core = self._core()
+        items = self._inputs(core, body.get("input"))
+        model = _optional(body, "model", str)
+        head = core.registry.resolve("encode", model or None)
+        encoding = _optional(body, "encoding_format", str) or "float"
+        if encoding not in ("float", "base64"):
+            raise InvalidArgument("encoding_format", f"{encoding!r}: choose float or base64")
+        dimensions = _optional(body, "dimensions", int) or 0
+        if "dimensions" in body and dimensions < 1:
+            raise InvalidArgument("dimensions", f"must be at least 1, got {body['dimensions']}")
+        # OpenAI's shortened vectors are unit length: a head that normalises normalises them
+        normalize = bool(getattr(head, "default_normalize", False)) if dimensions else None
+        options = EncodeOptions(dimensions=dimensions, normalize=normalize)
+        try:
+            outcome = await core.run("encode", [head.name], items, options)
+        except InvalidArgument as exc:  # an item's field, named as OpenAI's input
+            raise _as_input(exc) from exc
+        data = []
+        for index, (embedding,) in enumerate(outcome.results):
+            if embedding.vector is None:
+                raise InvalidArgument(
+                    "model",
+                    f"head {head.name!r} returns sparse or per-token vectors, not one vector "
+                    "per input: call gRPC Encode for those",
+                )
+            vector = np.asarray(embedding.vector, dtype="<f4")
+            value: Any = (
+                base64.b64encode(vector.tobytes()).decode("ascii")
+                if encoding == "base64"
+                else vector.tolist()
+            )
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        tokens = outcome.input_tokens
+        return {
+            "object": "list",
+            "data": data,
+            "model": head.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _inputs(self, core: Core, given: Any) -> list[TextItem]:
+        """OpenAI's `input`: a string, a list of strings, a list of token ids, or a list of
+        such lists. Token ids are this backbone's own, read back into text."""
+        if isinstance(given, str):
+            texts: list[Any] = [given]
+        elif isinstance(given, list) and given and all(_is_int(t) for t in given):
+            texts = [given]  # one token array
+        elif isinstance(given, list):
+            texts = given
+        else:
+            raise InvalidArgument("input", "give a string, a list of strings or of token arrays")
+        if not texts:
+            raise InvalidArgument("input", "is empty: send at least one input")
+        if len(texts) > self._limits.max_request_items:
+            raise TooLarge(
+                "input",
+                f"{len(texts)} inputs, more than this server takes in one request "
+                f"({self._limits.max_request_items}, --max-request-items); split them",
+            )
+        return [TextItem(self._text(core, index, t)) for index, t in enumerate(texts)]
+
+    def _text(self, core: Core, index: int, given: Any) -> str:
+        if isinstance(given, str):
+            return given
+        tokenizer = core.backbone.tokenizer
+        if not isinstance(given, list) or not given or not all(_is_int(t) for t in given):
+            raise InvalidArgument(
+                f"input[{index}]", "must be a string or a non-empty array of token ids"
+            )
+        if tokenizer is None:
+            raise InvalidArgument(f"input[{index}]", "this backbone reads images, not tokens")
+        vocabulary = len(tokenizer)
+        for position, token in enumerate(given):
+            if not 0 <= token < vocabulary:
+                raise InvalidArgument(
+                    f"input[{index}][{position}]",
+                    f"token id {token} is outside this model's vocabulary (0..{vocabulary - 1})",
+                )
+        return str(tokenizer.decode(given, skip_special_tokens=True))
+
+    async def _rerank(self, request: Request) -> dict[str, Any]:
+        body = await self._json(request)
+        core = self._core()
+        query = body.get("query")
+        if not isinstance(query, str):
+            raise InvalidArgument("query", "must be a string")
+        documents = _documents(body.get("documents"))
+        if len(documents) > self._limits.max_request_items:
+            raise TooLarge(
+                "documents",
+                f"{len(documents)} documents, more than this server takes in one request "
+                f"({self._limits.max_request_items}, --max-request-items); split them",
+            )
+        top_n = _optional(body, "top_n", int)
+        if top_n is not None and top_n < 1:
+            raise InvalidArgument("top_n", f"must be at least 1, got {top_n}")
+        return_documents = _optional(body, "return_documents", bool) or False
+        truncate = _optional(body, "truncate", bool) or False
+        ranking = await rerank(
+            core,
+            query,
+            documents,
+            head=_optional(body, "model", str) or None,
+            truncate=truncate,
+            deadline=None,
+            wait_for_room=False,
+        )
+        kept = ranking.order[:top_n] if top_n else ranking.order
+        results = []
+        for index, score in kept:
+            result: dict[str, Any] = {"index": index, "relevance_score": score}
+            if return_documents:
+                result["document"] = {"text": documents[index]}
+            results.append(result)
+        tokens = ranking.outcome.input_tokens
+        return {
+            "model": ranking.head,
+            "results": results,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+def _as_input(exc: InvalidArgument) -> InvalidArgument:
+    """`items[3].text` named as `input[3]`; other fields as they are."""
+    if not exc.field.startswith("items"):
+        return exc
+    field = "input" + exc.field.removeprefix("items").removesuffix(".text")
+    return type(exc)(field, exc.description, item=exc.item)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
+    """`body[name]` if it is of `kind` (an integral float counts as an int); None if absent
+    or null; else InvalidArgument naming it."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if kind is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise InvalidArgument(name, f"must be {'an' if kind is int else 'a'} {kind.__name__}")
+
+
+def _documents(given: Any) -> list[str]:
+    """Cohere's documents (strings) or Jina's and Cohere v1's ({"text": ...} objects)."""
+    if not isinstance(given, list) or not given:
+        raise InvalidArgument("documents", "give a non-empty list of strings")
+    documents = []
+    for index, document in enumerate(given):
+        if isinstance(document, dict) and isinstance(document.get("text"), str):
+            document = document["text"]
+        if not isinstance(document, str):
+            raise InvalidArgument(f"documents[{index}]", 'must be a string or {"text": ...}')
+        documents.append(document)
+    return documents
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    body = {
+        "error": {
+            "message": f"no route {request.url.path}: this server serves /v1/embeddings, "
+            "/v1/rerank, /v1/models and /health",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "not_found",
+        }
+    }
+    return JSONResponse(body, status_code=404)
+
+
+async def _wrong_method(request: Request, exc: Exception) -> Response:
+    body = {
+        "error": {
+            "message": f"{request.method} is not allowed on {request.url.path}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "method_not_allowed",
+        }
+    }
+    return JSONResponse(body, status_code=405)
