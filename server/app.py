@@ -219,6 +219,7 @@ def build_core(
     runner = Runner(backbone)
     metrics = metrics or Metrics()
     metrics.count_oom_splits(lambda: runner.oom_splits)
+    metrics.count_backbone_rows(lambda: runner.rows_computed)
     scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing)
     log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
     log.info(

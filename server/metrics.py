@@ -117,6 +117,18 @@ class Metrics:
         self._running.set_function(running)
         self._workers.set(workers)
 
+    def count_backbone_rows(self, read: Callable[[], int]) -> None:
+        """headserve_backbone_rows_total, read from the runner's own count at scrape time:
+        distinct rows through the backbone, where headserve_batch_rows counts them as
+        scheduled (one per head: rows the heads share are computed once)."""
+        self.registry.register(
+            _ReadCounter(
+                "headserve_backbone_rows",
+                "Distinct rows the backbone computed (a row asked of several heads counts once)",
+                read,
+            )
+        )
+
     def count_oom_splits(self, read: Callable[[], int]) -> None:
         """headserve_oom_splits_total, read from the runner's own count at scrape time."""
         self.registry.register(

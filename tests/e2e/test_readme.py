@@ -1,8 +1,8 @@
-"""A newcomer's first five minutes: `make serve`, then the README's Python example as written.
+"""A newcomer's first five minutes: `make serve`, then the README's Python example and its curl
+to /v1/embeddings as written.
 
-The server is started as `make serve` starts it (`headserve serve`, no arguments: the
-packaged model and its heads); only the port differs, so the example's address is pointed
-at it.
+The server is started as `make serve` starts it (`headserve serve --http-port`: the packaged
+model and its heads); only the ports differ, so the examples' addresses are pointed at them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _python_example() -> str:
 
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[CliServer]:
-    server = start_cli_server(["--http-port", "0"])  # the HTTP section's server
+    server = start_cli_server(["--http-port", "0"])  # as `make serve`, on free ports
     yield server
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=30)

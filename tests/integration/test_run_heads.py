@@ -87,6 +87,8 @@ def test_each_head_equals_its_own_service_in_one_backbone_pass(server: ServerThr
     # the backbone read each item once for all four heads; alone, once per head
     assert (rows, batches) == (len(TEXTS), 1)
     assert rows_alone == len(TEXTS) * len(HEADS)
+    distinct = core.scheduler.metrics.registry.get_sample_value("headserve_backbone_rows_total")
+    assert distinct == runner.rows_computed  # what operators see of the rows shared
     assert [(h.head, h.task) for h in result.heads] == [
         ("encode", "encode"),
         ("classify", "classify"),
