@@ -16,6 +16,7 @@ full, 503 loading or draining. http_server.py serves this app with uvicorn.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -57,6 +58,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 access = logging.getLogger("headserve.access")  # a line per request, as gRPC calls get
 
+
+class Cancelled(HeadserveError):
+    """The caller went away: nobody reads this answer (nginx's 499)."""
+
+    reason = "CANCELLED"
+
+
 # Each error's HTTP status and OpenAI error type; the first class that matches wins.
 _HTTP_OF: tuple[tuple[type[HeadserveError], int, str], ...] = (
     (TooLarge, 413, "invalid_request_error"),
@@ -69,6 +77,7 @@ _HTTP_OF: tuple[tuple[type[HeadserveError], int, str], ...] = (
     (DeadlineExceeded, 504, "timeout"),
     (OutOfMemory, 413, "invalid_request_error"),  # one row too large for the device
     (HeadFailed, 500, "server_error"),
+    (Cancelled, 499, "cancelled"),
 )
 _ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health")
 DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
@@ -107,7 +116,9 @@ class OpenAIHttp:
         self.started = int(time.time())
 
     def app(self) -> Starlette:
-        def route(path: str, handle: Callable[..., Awaitable[Any]], method: str) -> Route:
+        def route(
+            path: str, handle: Callable[[Request, Any], Awaitable[Any]], method: str
+        ) -> Route:
             return Route(path, self._endpoint(path, handle), methods=[method])
 
         return Starlette(
@@ -123,7 +134,7 @@ class OpenAIHttp:
     # --- one request: id, token, span, errors --------------------------------------------------
 
     def _endpoint(
-        self, path: str, handle: Callable[[Request], Awaitable[Any]]
+        self, path: str, handle: Callable[[Request, Any], Awaitable[Any]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             call, refused = begin_call(request.headers.items(), f"HTTP {path}")
@@ -136,7 +147,7 @@ class OpenAIHttp:
                         given = request.headers.get("authorization", "")
                         if not self._auth.allows([("authorization", given)]):
                             raise Unauthenticated(DENIED)
-                    body = await handle(request)
+                    body = await self._unless_gone(request, handle)
                     response: Response = body if isinstance(body, Response) else JSONResponse(body)
                     response.headers[REQUEST_ID_KEY] = call.request_id
                 except Exception as exc:
@@ -159,6 +170,24 @@ class OpenAIHttp:
             return response
 
         return endpoint
+
+    async def _unless_gone(
+        self, request: Request, handle: Callable[[Request, Any], Awaitable[Any]]
+    ) -> Any:
+        """`handle(request, its JSON body)`, cancelled if the caller disconnects first: its
+        rows leave the queue, as a cancelled gRPC call's do."""
+        body = await self._json(request) if request.method == "POST" else None
+        work = asyncio.ensure_future(handle(request, body))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise Cancelled("the caller disconnected before the answer")
+        return work.result()
 
     @contextmanager
     def _span(self, request: Request, path: str) -> Iterator[Any]:
@@ -199,14 +228,14 @@ class OpenAIHttp:
 
     # --- the routes ----------------------------------------------------------------------------
 
-    async def _health(self, request: Request) -> Response:
+    async def _health(self, request: Request, body: None) -> Response:
         if self._state.draining.is_set():
             return JSONResponse({"status": "draining"}, status_code=503)
         if self._state.core is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def _models(self, request: Request) -> dict[str, Any]:
+    async def _models(self, request: Request, body: None) -> dict[str, Any]:
         core = self._core()
         data = [
             {
@@ -221,8 +250,7 @@ class OpenAIHttp:
         ]
         return {"object": "list", "data": data}
 
-    async def _embeddings(self, request: Request) -> dict[str, Any]:
-        body = await self._json(request)
+    async def _embeddings(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
         core = self._core()
         items = self._inputs(core, body.get("input"))
         model = _optional(body, "model", str)
@@ -303,8 +331,7 @@ class OpenAIHttp:
                 )
         return str(tokenizer.decode(given, skip_special_tokens=True))
 
-    async def _rerank(self, request: Request) -> dict[str, Any]:
-        body = await self._json(request)
+    async def _rerank(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
         core = self._core()
         query = body.get("query")
         if not isinstance(query, str):
@@ -343,6 +370,12 @@ class OpenAIHttp:
             "results": results,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+async def _disconnected(request: Request) -> None:
+    """Once the body is read, the next ASGI message is the caller's disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _as_input(exc: InvalidArgument) -> InvalidArgument:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import ssl
 import threading
 import time
@@ -362,3 +363,45 @@ def test_stopping_answers_the_requests_in_flight(bert) -> None:  # type: ignore[
     thread.loop.call_soon_threadsafe(thread.loop.stop)
     status, body, _ = outcome["result"]
     assert status == 200 and len(body["data"]) == 3
+
+
+def test_a_caller_that_disconnects_takes_its_rows_off_the_queue(bert) -> None:  # type: ignore[no-untyped-def]
+    thread = ServerThread(_settings(bert, limits=Limits(workers=1)))
+    try:
+        core = thread.core
+        assert core is not None and thread.server.http is not None
+        scheduler, registry = core.scheduler, core.scheduler.metrics.registry
+        body = json.dumps({"input": TEXTS}).encode()
+        head = (
+            "POST /v1/embeddings HTTP/1.1\r\nHost: headserve\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with Client(thread.target) as grpc_client, held(core.runner) as gate:
+            with ThreadPoolExecutor(1) as pool:
+                blocker = pool.submit(grpc_client.encode, ["hold the model"])
+                _until(lambda: scheduler.busy)
+                with socket.create_connection(("127.0.0.1", thread.server.http.port)) as sock:
+                    sock.sendall(head.encode() + body)
+                    _until(lambda: scheduler.queued == len(TEXTS))
+                _until(lambda: scheduler.queued == 0)  # gone before the model reached them
+                gate.set()
+                blocker.result(timeout=60)
+        dropped = registry.get_sample_value("headserve_rows_dropped_total", {"reason": "cancelled"})
+        assert dropped == len(TEXTS)
+        _until(
+            lambda: (
+                registry.get_sample_value(
+                    "headserve_http_requests_total", {"route": "/v1/embeddings", "status": "499"}
+                )
+                == 1
+            )
+        )
+    finally:
+        thread.stop()
+
+
+def _until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
