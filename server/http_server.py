@@ -9,6 +9,7 @@ headserve server owns SIGTERM and SIGINT (its drain), so uvicorn is kept from ta
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import socket
@@ -39,7 +40,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+        raise StartupError(f"cannot serve HTTP on {host}:{port}: {why}") from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock

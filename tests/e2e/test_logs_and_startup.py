@@ -121,6 +121,15 @@ def test_a_port_in_use_ends_with_one_clear_line() -> None:
     assert f"cannot start: cannot listen on 127.0.0.1:{port}: the port is in use" in line
 
 
+def test_an_http_port_in_use_ends_with_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (line,) = _failed_start("--port", "0", "--http-port", str(port))
+    assert f"cannot start: cannot serve HTTP on 127.0.0.1:{port}: the port is in use" in line
+
+
 def test_a_second_server_on_the_same_port_does_not_start() -> None:
     """gRPC would let it share the port (SO_REUSEPORT) and take half the calls silently."""
     first = start_cli_server(["--plugins", "encode"])
