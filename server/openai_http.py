@@ -2,7 +2,8 @@
 
     POST /v1/embeddings   OpenAI's request and response (input: a string, strings, or token
                           id arrays; model, dimensions, encoding_format float or base64)
-    POST /v1/rerank       the Cohere / Jina shape (query, documents, top_n, return_documents)
+    POST /v1/rerank       the Cohere / Jina shape (query, documents, top_n, return_documents);
+                          /v2/rerank too, Cohere's v2 path
     GET  /v1/models       the heads this server serves, as OpenAI lists models
     GET  /health          200 while serving; 503 while loading or draining
 
@@ -34,7 +35,7 @@ from starlette.routing import Route
 
 from headserve.plugins.tasks import EncodeOptions, TextItem
 
-from .call_info import REQUEST_ID_KEY, begin_call
+from .call_info import REQUEST_ID_KEY, begin_call, current_request_id
 from .core import Core
 from .errors import (
     DeadlineExceeded,
@@ -79,7 +80,7 @@ _HTTP_OF: tuple[tuple[type[HeadserveError], int, str], ...] = (
     (HeadFailed, 500, "server_error"),
     (Cancelled, 499, "cancelled"),
 )
-_ROUTES = ("/v1/embeddings", "/v1/rerank", "/v1/models", "/health")
+_ROUTES = ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/v1/models", "/health")
 DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
 
 
@@ -125,6 +126,7 @@ class OpenAIHttp:
             routes=[
                 route("/v1/embeddings", self._embeddings, "POST"),
                 route("/v1/rerank", self._rerank, "POST"),
+                route("/v2/rerank", self._rerank, "POST"),  # Cohere's v2 path, the same shape
                 route("/v1/models", self._models, "GET"),
                 route("/health", self._health, "GET"),
             ],
@@ -366,6 +368,7 @@ class OpenAIHttp:
             results.append(result)
         tokens = ranking.outcome.input_tokens
         return {
+            "id": current_request_id(),
             "model": ranking.head,
             "results": results,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
@@ -421,7 +424,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     body = {
         "error": {
             "message": f"no route {request.url.path}: this server serves /v1/embeddings, "
-            "/v1/rerank, /v1/models and /health",
+            "/v1/rerank (and /v2/rerank), /v1/models and /health",
             "type": "invalid_request_error",
             "param": None,
             "code": "not_found",

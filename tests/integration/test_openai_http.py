@@ -1,5 +1,5 @@
-"""The OpenAI-style HTTP endpoint (--http-port), called with the official `openai` package and
-plain HTTP: its vectors equal gRPC Encode's on the same server (held to sentence-transformers
+"""The OpenAI-style HTTP endpoint (--http-port), called with the official `openai` and `cohere`
+packages and plain HTTP: its vectors equal gRPC Encode's on the same server (held to sentence-transformers
 and transformers in their own tests), float and base64; rerank in the Cohere / Jina shape
 equals gRPC Rerank; errors are OpenAI's JSON with the right status; tokens, TLS, limits, the
 shared scheduler, metrics and tracing are gRPC's."""
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cohere
 import numpy as np
 import openai
 import pytest
@@ -168,6 +169,24 @@ def test_rerank_in_the_cohere_shape_equals_grpc_rerank(server: ServerThread) -> 
     ]
     assert body["usage"]["total_tokens"] == want.usage.input_tokens
     assert len(headers["x-request-id"]) == 32
+
+
+def test_the_cohere_clients_rerank_against_it(server: ServerThread) -> None:
+    query = "Where does Alice work?"
+    with Client(server.target) as grpc_client:
+        want = grpc_client.rerank(query, TEXTS, head="classify")
+    v1 = cohere.Client(base_url=_base(server), api_key="unused", timeout=30)
+    got = v1.rerank(model="classify", query=query, documents=TEXTS, top_n=2, return_documents=True)
+    assert [(r.index, r.document.text if r.document else None) for r in got.results] == [
+        (d.index, TEXTS[d.index]) for d in want
+    ][:2]
+    np.testing.assert_allclose(
+        [r.relevance_score for r in got.results], [d.score for d in want][:2], atol=TOL
+    )
+    assert got.id is not None and len(got.id) == 32  # the request id
+    v2 = cohere.ClientV2(base_url=_base(server), api_key="unused", timeout=30)
+    got2 = v2.rerank(model="classify", query=query, documents=TEXTS)
+    assert [r.index for r in got2.results] == [d.index for d in want]
 
 
 def test_models_and_health(server: ServerThread) -> None:
