@@ -496,9 +496,11 @@ async def _serve(
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
-        await server.mark_ready(_loaded(loading))
-        freeze_loaded_objects()
+        core = _loaded(loading)
+        # watched from before the first call can come
         lag = None if exporter is None else asyncio.ensure_future(metrics.watch_event_loop())
+        freeze_loaded_objects()
+        await server.mark_ready(core)
         log.info("serving on port %d", server.port)
         await stopping
         if lag is not None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,7 +143,11 @@ def test_the_metrics_endpoint_counts_what_the_model_computed() -> None:
         assert value("headserve_queue_rows") == 0 and value("headserve_batches_running") == 0
         assert value("headserve_calls_refused_total") == 0
         assert value("process_resident_memory_bytes") > 100e6  # the model is in there
-        assert value("headserve_event_loop_lag_seconds_count") > 0  # the loop is watched
+        # the loop is watched: a 20 ms timer, running from before the server said SERVING
+        deadline = time.monotonic() + 10
+        while not _scraped(url, "headserve_event_loop_lag_seconds_count"):
+            assert time.monotonic() < deadline, "the event loop's lag is not observed"
+            time.sleep(0.05)
     finally:
         server.proc.kill()
 
@@ -195,3 +200,14 @@ def test_duplicate_head_names_stop_the_server_naming_both() -> None:
     )
     assert run.returncode != 0
     assert "/a" in run.stderr and "/b" in run.stderr
+
+
+def _scraped(url: str, name: str) -> float:
+    """The value of the unlabelled sample `name` that `url` shows now (0 if none)."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = reply.read().decode()
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return 0.0
