@@ -267,7 +267,9 @@ class OpenAIHttp:
         normalize = bool(getattr(head, "default_normalize", False)) if dimensions else None
         options = EncodeOptions(dimensions=dimensions, normalize=normalize)
         try:
-            outcome = await core.run("encode", [head.name], items, options)
+            outcome = await core.run(
+                "encode", [head.name], items, options, deadline=_deadline(request)
+            )
         except InvalidArgument as exc:  # an item's field, named as OpenAI's input
             raise _as_input(exc) from exc
         data = []
@@ -356,7 +358,7 @@ class OpenAIHttp:
             documents,
             head=_optional(body, "model", str) or None,
             truncate=truncate,
-            deadline=None,
+            deadline=_deadline(request),
             wait_for_room=False,
         )
         kept = ranking.order[:top_n] if top_n else ranking.order
@@ -387,6 +389,25 @@ def _as_input(exc: InvalidArgument) -> InvalidArgument:
         return exc
     field = "input" + exc.field.removeprefix("items").removesuffix(".text")
     return type(exc)(field, exc.description, item=exc.item)
+
+
+# OpenAI's SDKs send their read timeout, in seconds: past it the caller has given up, so it is
+# the request's deadline, as a gRPC call's (rows still queued then never reach the model).
+TIMEOUT_HEADER = "x-stainless-read-timeout"
+
+
+def _deadline(request: Request) -> float | None:
+    """The request's deadline on time.perf_counter() (the scheduler's clock), if it sent one."""
+    given = request.headers.get(TIMEOUT_HEADER)
+    if given is None:
+        return None
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidArgument(f"headers.{TIMEOUT_HEADER}", f"{given!r} is not a positive number")
+    return time.perf_counter() + seconds
 
 
 def _is_int(value: Any) -> bool:

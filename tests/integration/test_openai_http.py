@@ -419,6 +419,43 @@ def test_a_caller_that_disconnects_takes_its_rows_off_the_queue(bert) -> None:  
         thread.stop()
 
 
+def test_the_sdks_read_timeout_is_the_requests_deadline(bert) -> None:  # type: ignore[no-untyped-def]
+    thread = ServerThread(_settings(bert, limits=Limits(workers=1)))
+    try:
+        core = thread.core
+        assert core is not None
+        registry = core.scheduler.metrics.registry
+        url = _base(thread) + "/v1/embeddings"
+        with Client(thread.target) as grpc_client, held(core.runner) as gate:
+            with ThreadPoolExecutor(1) as pool:
+                blocker = pool.submit(grpc_client.encode, ["hold the model"])
+                _until(lambda: core.scheduler.busy)
+                request = urllib.request.Request(
+                    url,
+                    data=json.dumps({"input": TEXTS}).encode(),
+                    headers={"x-stainless-read-timeout": "0.3"},  # as openai's clients send it
+                )
+                with pytest.raises(urllib.error.HTTPError) as late:
+                    urllib.request.urlopen(request, timeout=30)
+                gate.set()
+                blocker.result(timeout=60)
+        assert late.value.code == 504
+        assert json.loads(late.value.read())["error"]["type"] == "timeout"
+        dropped = registry.get_sample_value("headserve_rows_dropped_total", {"reason": "deadline"})
+        assert dropped == len(TEXTS)  # they never reached the model
+        bad = urllib.request.Request(
+            url, data=b'{"input": "x"}', headers={"x-stainless-read-timeout": "soon"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=30)
+        assert refused.value.code == 400
+        assert json.loads(refused.value.read())["error"]["param"] == (
+            "headers.x-stainless-read-timeout"
+        )
+    finally:
+        thread.stop()
+
+
 def _until(condition: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
