@@ -15,58 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import re
 import statistics
-import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
 from data import sentences
-from load import percentile
+from load import side_by_side
 from report import RESULTS, write_json
 from servers import served
 
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 
-async def closed_loop(
-    call: Callable[[str], Awaitable[None]], texts: list[str], callers: int, seconds: float
-) -> dict[str, float]:
-    counter = itertools.count()
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        nonlocal errors
-        while time.perf_counter() < stop_at:
-            text = texts[next(counter) % len(texts)]
-            began = time.perf_counter()
-            try:
-                await call(text)
-            except Exception:  # counted: a run with errors is not a fair comparison
-                errors += 1
-                continue
-            latencies.append((time.perf_counter() - began) * 1e3)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    wall = time.perf_counter() - began
-    return {
-        "calls_s": len(latencies) / wall,
-        "p50_ms": percentile(latencies, 0.5),
-        "p99_ms": percentile(latencies, 0.99),
-        "errors": errors,
-    }
-
-
 async def measure(
     target: str, http_port: int, callers: int, seconds: float, rounds: int
 ) -> list[dict[str, dict[str, float]]]:
     texts = sentences(2000)
-    results = []
     async with (
         grpc.aio.insecure_channel(target) as channel,
         aiohttp.ClientSession(
@@ -88,23 +53,16 @@ async def measure(
                 if response.status != 200:
                     raise RuntimeError(f"HTTP {response.status}")
 
-        for warm in (by_grpc, by_http):  # warm-up, not counted
-            await closed_loop(warm, texts, callers, 2.0)
-        for n in range(rounds):
-            order = [("grpc", by_grpc), ("http", by_http)]
-            if n % 2:
-                order.reverse()
-            one: dict[str, dict[str, float]] = {}
-            for name, call in order:
-                one[name] = await closed_loop(call, texts, callers, seconds)
-            results.append(one)
-            print(
-                f"round {n + 1}: gRPC {one['grpc']['calls_s']:.0f} calls/s "
-                f"(p50 {one['grpc']['p50_ms']:.1f} ms), HTTP {one['http']['calls_s']:.0f} "
-                f"calls/s (p50 {one['http']['p50_ms']:.1f} ms): HTTP/gRPC "
-                f"{one['http']['calls_s'] / one['grpc']['calls_s']:.2f}",
-                flush=True,
-            )
+        results = await side_by_side(
+            [("grpc", by_grpc), ("http", by_http)], texts, callers, seconds, rounds
+        )
+    for n, one in enumerate(results):
+        print(
+            f"round {n + 1}: gRPC {one['grpc']['calls_s']:.0f} calls/s "
+            f"(p50 {one['grpc']['p50_ms']:.1f} ms), HTTP {one['http']['calls_s']:.0f} "
+            f"calls/s (p50 {one['http']['p50_ms']:.1f} ms): HTTP/gRPC "
+            f"{one['http']['calls_s'] / one['grpc']['calls_s']:.2f}"
+        )
     return results
 
 

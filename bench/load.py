@@ -381,6 +381,65 @@ async def closed_loop(
     return recorder
 
 
+async def timed_loop(
+    call: Callable[[str], Awaitable[Any]], texts: Sequence[str], callers: int, seconds: float
+) -> dict[str, float]:
+    """CALLERS closed-loop callers of `call`, one text each time, for SECONDS, whatever the
+    transport: calls/s, p50 and p99 of the calls that succeeded, and how many failed."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            text = texts[next(counter) % len(texts)]
+            began = time.perf_counter()
+            try:
+                await call(text)
+            except Exception:  # counted: a run with errors is not a fair comparison
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - began) * 1e3)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    wall = time.perf_counter() - began
+    return {
+        "calls": len(latencies),
+        "calls_s": len(latencies) / wall,
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "errors": errors,
+    }
+
+
+async def side_by_side(
+    ways: Sequence[tuple[str, Callable[[str], Awaitable[Any]]]],
+    texts: Sequence[str],
+    callers: int,
+    seconds: float,
+    rounds: int,
+    probe: Callable[[], float] | None = None,
+) -> list[dict[str, dict[str, float]]]:
+    """Each round runs `timed_loop` on every way, the order reversed every other round, after
+    2 s of warm-up each. With `probe` (a counter read off the server), each run also gets
+    `probe_per_call`: how much it grew per successful call."""
+    for _, warm in ways:
+        await timed_loop(warm, texts, callers, 2.0)
+    results = []
+    for n in range(rounds):
+        one: dict[str, dict[str, float]] = {}
+        for name, call in ways if n % 2 == 0 else list(reversed(ways)):
+            before = probe() if probe is not None else 0.0
+            one[name] = await timed_loop(call, texts, callers, seconds)
+            if probe is not None:
+                one[name]["probe_per_call"] = (probe() - before) / max(1, one[name]["calls"])
+        results.append(one)
+    return results
+
+
 @dataclass
 class OpenLoop:
     """What `open_loop` offered: calls wanted by the schedule, sent, and not sent because

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import statistics
-import time
-from collections.abc import Awaitable, Callable
 
 import grpc
 from data import sentences
-from load import percentile, scrape
+from load import scrape, side_by_side
 from report import RESULTS, write_json
 from servers import metrics_url, served
 
@@ -36,26 +33,6 @@ from headserve.v1 import (
 )
 
 
-async def closed_loop(
-    call: Callable[[str], Awaitable[None]], texts: list[str], callers: int, seconds: float
-) -> dict[str, float]:
-    counter = itertools.count()
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        while time.perf_counter() < stop_at:
-            text = texts[next(counter) % len(texts)]
-            began = time.perf_counter()
-            await call(text)
-            latencies.append((time.perf_counter() - began) * 1e3)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    wall = time.perf_counter() - began
-    return {"sentences_s": len(latencies) / wall, "p50_ms": percentile(latencies, 0.5)}
-
-
 def rows_so_far(url: str) -> float:
     """Distinct backbone rows computed so far."""
     return sum(s.value for s in scrape(url) if s.name == "headserve_backbone_rows_total")
@@ -63,7 +40,6 @@ def rows_so_far(url: str) -> float:
 
 async def measure(target: str, url: str, callers: int, seconds: float, rounds: int) -> list:
     texts = sentences(2000)
-    results = []
     async with grpc.aio.insecure_channel(target) as channel:
         heads = heads_pb2_grpc.HeadsStub(channel)
         encoder = encoder_pb2_grpc.EncoderStub(channel)
@@ -82,27 +58,22 @@ async def measure(target: str, url: str, callers: int, seconds: float, rounds: i
                 classifier_pb2.ClassifyRequest(items=items, options=options), timeout=60
             )
 
-        for warm in (together, apart):
-            await closed_loop(warm, texts, callers, 2.0)
-        for n in range(rounds):
-            order = [("run_heads", together), ("separate", apart)]
-            if n % 2:
-                order.reverse()
-            one = {}
-            for name, call in order:
-                rows = rows_so_far(url)
-                result = await closed_loop(call, texts, callers, seconds)
-                done = result["sentences_s"] * seconds
-                result["rows_per_sentence"] = (rows_so_far(url) - rows) / done
-                one[name] = result
-            results.append(one)
-            print(
-                f"round {n + 1}: RunHeads {one['run_heads']['sentences_s']:.0f} sentences/s "
-                f"({one['run_heads']['rows_per_sentence']:.2f} rows each), Encode + Classify "
-                f"{one['separate']['sentences_s']:.0f} ({one['separate']['rows_per_sentence']:.2f}"
-                f" rows each): {one['run_heads']['sentences_s'] / one['separate']['sentences_s']:.2f}",
-                flush=True,
-            )
+        results = await side_by_side(
+            [("run_heads", together), ("separate", apart)],
+            texts,
+            callers,
+            seconds,
+            rounds,
+            probe=lambda: rows_so_far(url),
+        )
+    for n, one in enumerate(results):  # a call is one sentence, both heads answered
+        together_, apart_ = one["run_heads"], one["separate"]
+        print(
+            f"round {n + 1}: RunHeads {together_['calls_s']:.0f} sentences/s "
+            f"({together_['probe_per_call']:.2f} rows each), Encode + Classify "
+            f"{apart_['calls_s']:.0f} ({apart_['probe_per_call']:.2f} rows each): "
+            f"{together_['calls_s'] / apart_['calls_s']:.2f}"
+        )
     return results
 
 
@@ -117,7 +88,7 @@ def main() -> None:
     with served(["--metrics-port", "0"], log=log) as (target, _):
         url = metrics_url("".join(log))
         rounds = asyncio.run(measure(target, url, args.callers, args.seconds, args.rounds))
-    ratios = [r["run_heads"]["sentences_s"] / r["separate"]["sentences_s"] for r in rounds]
+    ratios = [r["run_heads"]["calls_s"] / r["separate"]["calls_s"] for r in rounds]
     out = {"callers": args.callers, "rounds": rounds, "ratios": ratios}
     out["ratio_median"] = statistics.median(ratios)
     write_json(args.json, out)

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -195,8 +195,7 @@ class OpenAIHttp:
     def _span(self, request: Request, path: str) -> Iterator[Any]:
         tracing = self._state.tracing
         if tracing is None:
-            with nullcontext():
-                yield None
+            yield None
             return
         with tracing.http_span(f"{request.method} {path}", dict(request.headers)) as span:
             yield span
@@ -215,7 +214,7 @@ class OpenAIHttp:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise TooLarge("body", f"{int(declared):,} bytes, more than {limit:,}")
-        body = b""
+        body = bytearray()  # appended in place: a large body's chunks are not copied again
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
