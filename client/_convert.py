@@ -391,7 +391,15 @@ def head_classification(message: classifier_pb2.HeadClassification) -> HeadClass
     return HeadClassification(
         head=message.head,
         multi_label=message.multi_label,
-        labels=tuple(LabelScore(label=s.label, probability=s.probability) for s in message.labels),
+        labels=tuple(
+            LabelScore(
+                label=s.label,
+                probability=s.probability,
+                logit=s.logit if s.HasField("logit") else None,
+            )
+            for s in message.labels
+        ),
+        activation=message.activation,
     )
 
 

@@ -294,19 +294,24 @@ class PredictTokensResult(_PerItem[TokenPrediction]):
 
 @dataclass(frozen=True, slots=True)
 class LabelScore:
-    """A label and its probability (softmax, or a sigmoid per label for a multi-label head)."""
+    """A label and its score: a softmax over the labels, a sigmoid per label for a
+    multi-label or a one-label head (a cross-encoder's relevance), or the logit itself,
+    by the head's ``activation``; ``logit`` is the raw logit (``None``: the head gave none)."""
 
     label: str
     probability: float
+    logit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HeadClassification:
-    """What one classifier head said about an item, labels best first."""
+    """What one classifier head said about an item, labels best first; ``activation`` says how
+    its logits became probabilities ("softmax", "sigmoid", "none"; "" from older servers)."""
 
     head: str
     multi_label: bool
     labels: tuple[LabelScore, ...]
+    activation: str = ""
 
     @property
     def top(self) -> LabelScore | None:

@@ -60,6 +60,7 @@ class LoadOptions:
     runtime: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto", for kinds that offer it
     threads: int = 1  # intra-op threads of each model worker (the server's thread plan)
     quantize: str = "none"  # "int8" for kinds that offer it; a kind that does not refuses it
+    allow_unverified_family: bool = False  # serve a model family outside the verified table
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Single-label heads give a softmax over the labels; multi-label heads (the
 checkpoint's `problem_type` is "multi_label_classification", or the head option
-`multi_label=true`) an independent sigmoid per label.
+`multi_label=true`) an independent sigmoid per label; a one-label head the sigmoid of its
+logit (scores.py; the head option `activation` chooses another). Each label's logit comes
+with its score.
 
 As a cross-encoder (Ranker.Rerank) the head scores a (query, document) pair by
 `rerank_score`: `sigmoid` (of a one-logit head's logit), `logit` (that logit itself),
@@ -19,6 +21,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
 from .image_heads import ImageClassifyHead, load_image_classifier
+from .scores import activation, scores
 from .task_model import load_task_model
 from .tasks import Classification, ClassifyOptions, TextItem
 from .text import encode_text
@@ -43,12 +46,12 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
             if multi is not None
             else config.problem_type == "multi_label_classification"
         )
+        self.activation = activation(options, self.labels, self.multi_label)
+        self.settings = {"activation": self.activation}
         self.rerank_score = ranking_score(options, self.labels)
-        self.trained = not self._model.missing
+        self.trained = self._model.trained
         if not self.trained:
-            self.detail = "classifier weights missing from the checkpoint: " + ", ".join(
-                self._model.missing
-            )
+            self.detail = self._model.untrained("classifier")
 
     def prepare(self, item: TextItem, options: ClassifyOptions) -> Prepared:
         row, _ = encode_text(self._backbone, item, truncate=options.truncate)
@@ -65,9 +68,14 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
         (logits,) = outputs
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
         return Classification.ranked(
-            self.name, self.multi_label, self.labels, probs.tolist(), options.top_k, logits.tolist()
+            self.name,
+            self.multi_label,
+            self.labels,
+            scores(logits, self.activation).tolist(),
+            options.top_k,
+            logits.tolist(),
+            self.activation,
         )
 
     def relevance(self, classification: Classification) -> float:

@@ -253,6 +253,9 @@ class Head(abc.ABC, Generic[ItemT, OptionsT, ResultT]):
     multi_label: bool = False
     source: str = ""
     detail: str = ""  # a note for GetModelInfo, e.g. why it is untrained
+    # How it computes, for GetModelInfo and `headserve info`: e.g. {"pooling": "mean"} for an
+    # encode head, {"activation": "sigmoid"} for a classifier (added in contract 1, optional)
+    settings: Mapping[str, str] = {}  # noqa: RUF012 (read only: heads assign their own)
     # Generic heads only (tasks outside the built-in four): the output schema and options.
     outputs: tuple[OutputField, ...] = ()
     parameters: tuple[Parameter, ...] = ()

@@ -115,6 +115,10 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             )
         # counted once per prompt; calls may write any prompt, so the cache is bounded
         self._count_prompt_tokens = functools.lru_cache(maxsize=256)(self._count_tokens)
+        self.settings = {
+            "pooling": self.default_pooling,
+            "normalize": str(self.default_normalize).lower(),
+        }
         self.detail = f"default pooling {self.default_pooling}, normalize {self.default_normalize}"
         if self.prompts:
             self.detail += f", prompts {', '.join(sorted(self.prompts))}"

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from .contract import Features, Head, InvalidInput, LinearClassifier, LoadContext, Prepared, Row
+from .scores import activation, scores
 from .tasks import Classification, ClassifyOptions, Embedding, EncodeOptions, ImageItem
 
 
@@ -82,6 +83,8 @@ class ImageClassifyHead(Head[ImageItem, ClassifyOptions, Classification]):
         self.labels = classifier.labels
         multi = context.spec.options.get("multi_label")
         self.multi_label = _truthy(multi) if multi is not None else classifier.multi_label
+        self.activation = activation(context.spec.options, self.labels, self.multi_label)
+        self.settings = {"activation": self.activation}
         self.detail = f"{len(self.labels)} labels on the pooled image features"
 
     def prepare(self, item: ImageItem, options: ClassifyOptions) -> Prepared:
@@ -91,15 +94,20 @@ class ImageClassifyHead(Head[ImageItem, ClassifyOptions, Classification]):
         if features.pooled is None:
             raise ValueError("the backbone gave no pooled features")
         logits = torch.nn.functional.linear(features.pooled.float(), self._weight, self._bias)
-        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        return list(probs.cpu())
+        return list(logits.cpu())
 
     def finish(
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
-        (probs,) = outputs
+        (logits,) = outputs
         return Classification.ranked(
-            self.name, self.multi_label, self.labels, probs.tolist(), options.top_k
+            self.name,
+            self.multi_label,
+            self.labels,
+            scores(logits, self.activation).tolist(),
+            options.top_k,
+            logits.tolist(),
+            self.activation,
         )
 
 

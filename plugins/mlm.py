@@ -27,11 +27,9 @@ class MaskedLMHead(Head[TextItem, PredictOptions, TokenPrediction]):
         self._backbone = context.backbone
         self._tokenizer = context.backbone.tokenizer
         self._model = load_task_model(AutoModelForMaskedLM, context)
-        self.trained = not self._model.missing
+        self.trained = self._model.trained
         if not self.trained:
-            self.detail = "LM head weights missing from the checkpoint: " + ", ".join(
-                self._model.missing
-            )
+            self.detail = self._model.untrained("LM head")
         mask = self._tokenizer.mask_token
         if mask is None:
             raise ValueError("the tokenizer has no mask token")

@@ -97,11 +97,9 @@ class QuestionAnsweringHead(Head[QAItem, QAOptions, QuestionAnswer]):
         self.source = str(context.source)
         self._backbone = context.backbone
         self._model = load_task_model(AutoModelForQuestionAnswering, context)
-        self.trained = not self._model.missing
+        self.trained = self._model.trained
         if not self.trained:
-            self.detail = "QA weights missing from the checkpoint: " + ", ".join(
-                self._model.missing
-            )
+            self.detail = self._model.untrained("QA")
 
     def prepare(self, item: QAItem, options: QAOptions) -> Prepared:
         return windows(self._backbone, item, options.doc_stride)

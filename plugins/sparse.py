@@ -43,12 +43,10 @@ class SparseEncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         self._tokenizer = context.backbone.tokenizer
         self._model = load_task_model(AutoModelForMaskedLM, context)
         self._special = frozenset(self._tokenizer.all_special_ids)
-        self.trained = not self._model.missing
+        self.trained = self._model.trained
         self.detail = "sparse (SPLADE max pooling of the LM head)"
         if not self.trained:
-            self.detail += "; LM head weights missing from the checkpoint: " + ", ".join(
-                self._model.missing
-            )
+            self.detail += "; " + self._model.untrained("LM head")
 
     def prepare(self, item: TextItem, options: EncodeOptions) -> Prepared:
         refused = {

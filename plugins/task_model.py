@@ -63,6 +63,33 @@ class TaskModel:
     base: SharedOutputs
     missing: tuple[str, ...]  # head weights absent from the checkpoint (random)
     backbone_matches: bool
+    declared: tuple[str, ...] = ()  # the checkpoint's architectures (its config.json)
+
+    @property
+    def foreign(self) -> str | None:
+        """Why the checkpoint's head weights are not this task's (None: they are), by the
+        architecture its config declares: a tensor name says nothing of what was trained
+        (a ModernBERT classifier's `classifier.weight` fits its QA class too)."""
+        own = type(self.model).__name__
+        accepted = {own}
+        if own.endswith("ForMaskedLM"):  # BERT's pre-training class holds the same LM head
+            accepted.add(own.removesuffix("ForMaskedLM") + "ForPreTraining")
+        if not self.declared:
+            return f"its config.json declares no architecture (a {own} is needed)"
+        if accepted.isdisjoint(self.declared):
+            return f"its checkpoint is a {', '.join(self.declared)}, not a {own}"
+        return None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the head's weights were trained for its task (not random, not another's)."""
+        return not self.missing and self.foreign is None
+
+    def untrained(self, weights: str) -> str:
+        """GetModelInfo's detail for an untrained head; `weights` names them ("LM head")."""
+        if self.missing:
+            return f"{weights} weights missing from the checkpoint: " + ", ".join(self.missing)
+        return f"{weights} weights not trained for this task: {self.foreign}"
 
     @property
     def config(self) -> PretrainedConfig:
@@ -101,7 +128,7 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
     # A head loaded from the backbone's own folder has its weights by construction.
     same_folder = context.source.resolve() == view.source.resolve()
     backbone_matches = same_folder or _same_weights(own_base, view.module)
-    base = SharedOutputs(getattr(own_base, "pooler", None))
+    base = SharedOutputs(_pooler(own_base))
     setattr(model, prefix, base)
     del own_base  # the checkpoint's copy of the backbone: the shared one serves instead
     _share_tied_embeddings(model, view.module, known_tied=same_folder)
@@ -116,7 +143,31 @@ def load_task_model(auto_class: Any, context: LoadContext, **config_overrides: A
             context.spec.name,
             context.source,
         )
-    return TaskModel(model, base, missing, backbone_matches)
+    declared = tuple(getattr(model.config, "architectures", None) or ())
+    return TaskModel(model, base, missing, backbone_matches, declared)
+
+
+class _FirstTokenPooler(nn.Module):
+    """ALBERT's pooling: its base model's `pooler` is a bare Linear, applied to the first token
+    and followed by `pooler_activation` in the base model's forward."""
+
+    def __init__(self, dense: nn.Module, activation: nn.Module) -> None:
+        super().__init__()
+        self.dense = dense
+        self.activation = activation
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        pooled: torch.Tensor = self.activation(self.dense(hidden[:, 0]))
+        return pooled
+
+
+def _pooler(base: nn.Module) -> nn.Module | None:
+    """The base model's pooler as a module of the hidden states (what its forward computes)."""
+    pooler = getattr(base, "pooler", None)
+    activation = getattr(base, "pooler_activation", None)
+    if isinstance(pooler, nn.Linear) and activation is not None:
+        return _FirstTokenPooler(pooler, activation)
+    return pooler
 
 
 def _own_storage(model: nn.Module, shared: nn.Module) -> None:

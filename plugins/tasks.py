@@ -147,6 +147,8 @@ class Classification:
     multi_label: bool
     labels: tuple[tuple[str, float], ...]  # best first
     logits: tuple[float, ...] = ()  # every label's, in the head's label order (when it has them)
+    activation: str = ""  # "softmax", "sigmoid" or "none" (how logits became `labels`)
+    label_logits: tuple[float, ...] = ()  # the logit of each of `labels`, in their order
 
     @classmethod
     def ranked(
@@ -157,13 +159,16 @@ class Classification:
         probs: Sequence[float],
         top_k: int = 0,
         logits: Sequence[float] = (),
+        activation: str = "",
     ) -> Classification:
         """The labels by probability, best first; the `top_k` best when it is not 0."""
         order = sorted(range(len(names)), key=lambda i: -float(probs[i]))
         if top_k:
             order = order[:top_k]
         ranked = tuple((names[i], float(probs[i])) for i in order)
-        return cls(head, multi_label, ranked, tuple(float(v) for v in logits))
+        every = tuple(float(v) for v in logits)
+        picked = tuple(every[i] for i in order) if every else ()
+        return cls(head, multi_label, ranked, every, activation, picked)
 
 
 @dataclass(frozen=True)

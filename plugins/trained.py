@@ -21,6 +21,7 @@ from .classify import ClassifyHead, ranking_score
 from .contract import CONTRACT_VERSION, Features, LoadContext, Prepared, Row
 from .image_heads import image_row
 from .qa import QuestionAnsweringHead
+from .scores import activation
 from .tasks import ClassifyOptions
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class TrainedClassifyHead(ClassifyHead):
             raise ArtifactError(f"{context.source}: unknown pooling {self.meta.pooling!r}")
         self.labels = self.meta.labels
         self.multi_label = False
+        self.activation = activation(context.spec.options, self.labels, self.multi_label)
+        self.settings = {"activation": self.activation, "pooling": self.meta.pooling}
         self.rerank_score = ranking_score(context.spec.options, self.labels)
         self.trained = True
         self.detail = note + _metrics_note(self.meta)

@@ -132,6 +132,7 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     allow_untrained: bool = False
+    allow_unverified_family: bool = False  # serve a family outside the verified table
     default_prompt_name: str | None = None  # encode heads' prompt when a call names none
     limits: Limits = Limits()
     request_limits: RequestLimits = RequestLimits()
@@ -199,6 +200,7 @@ def build_core(
             runtime=settings.runtime,
             threads=threads.threads,
             quantize=settings.quantize,
+            allow_unverified_family=settings.allow_unverified_family,
         ),
     )
     registry = load_heads(

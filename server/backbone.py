@@ -1,11 +1,14 @@
-"""The text backbone kind: a BERT-family base model (transformers), its tokenizer and device.
+"""The text backbone kind: an encoder base model (transformers), its tokenizer and device.
 
-Built-in kind "transformers-text" (plugins/backbones.py is the contract it implements)."""
+Built-in kind "transformers-text" (plugins/backbones.py is the contract it implements). The
+encoder families it serves, and how each packs, are the table in families.py; a checkpoint
+of another family starts only with `--allow-unverified-family`."""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import time
@@ -21,16 +24,25 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerFast,
 )
+from transformers.models.auto import modeling_auto
 
 from headserve.plugins.backbones import Backbone, LoadOptions
 from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
 
 from . import onnx_pass, quantize
 from .config import default_heads
-from .families import first_position, usable_positions
+from .families import (
+    Family,
+    attention_window,
+    check_verified,
+    first_position,
+    unverified,
+    unverified_warning,
+    usable_positions,
+)
 from .onnx_pass import OrtPass
+from .packed_pass import PackedInputs, PackedPass, PaddedPass, packs
 from .packing import Computed, Packed, pack, padded, unpack
-from .traced import PackedInputs
 from .traced import trace as trace_packed_pass
 
 log = logging.getLogger(__name__)
@@ -115,10 +127,13 @@ class TextBackbone(Backbone):
     max_length: int
     load_seconds: float
     packing: bool  # rows packed several to a sequence (probed at load)
+    family: Family
+    packing_detail: str = ""  # why rows are not packed, when they are not
     pack_tokens: int = 128  # longest packed sequence (unless a row is longer)
     allow_pickle: bool = False
     traced: torch.jit.ScriptModule | None = None  # the packed pass as a checked trace
     ort: OrtPass | None = None  # the packed pass on ONNX Runtime (--runtime onnx), checked
+    _packed_pass: PackedPass | None = None
 
     @classmethod
     def load(
@@ -133,13 +148,15 @@ class TextBackbone(Backbone):
         threads: int = 1,
         onnx_cache: Path | None = None,
         quantize: str = "none",
+        allow_unverified_family: bool = False,
     ) -> TextBackbone:
         """Load from a local folder: safetensors weights only unless `allow_pickle` (a pickle
         checkpoint can run code when loaded); never remote code. On a CPU with packing, the
         packed pass runs as a checked TorchScript trace unless `trace` is False (traced.py),
         or, with `runtime` "onnx", on ONNX Runtime with `threads` intra-op threads
         (onnx_pass.py; its export cached in `onnx_cache`), with int8 weights if `quantize`
-        is "int8" (quantize.py)."""
+        is "int8" (quantize.py). A model_type outside the verified families (families.py)
+        raises UnverifiedFamily unless `allow_unverified_family`."""
         if runtime not in RUNTIMES:
             raise ValueError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
         if quantize not in QUANTIZE:
@@ -162,6 +179,9 @@ class TextBackbone(Backbone):
         config = AutoConfig.from_pretrained(
             str(source), local_files_only=True, trust_remote_code=False
         )
+        family = check_verified(
+            config.model_type, allowed=allow_unverified_family, source=source
+        ) or _unverified(config, source)
         tokenizer = AutoTokenizer.from_pretrained(
             str(source), local_files_only=True, trust_remote_code=False
         )
@@ -183,15 +203,25 @@ class TextBackbone(Backbone):
         backbone = cls(
             source=source,
             packing=False,
+            family=family,
             model=model,
             tokenizer=tokenizer,
             device=torch_device,
             dtype=torch_dtype,
-            max_length=_max_length(config, tokenizer),
+            max_length=_max_length(model, tokenizer, family),
             load_seconds=seconds,
             allow_pickle=allow_pickle,
         )
         backbone.packing = backbone._probe_packing()
+        if not family.traced:
+            trace = False
+            if runtime == "onnx":
+                log.warning(
+                    "--runtime onnx: not used, %s runs on torch: its pass does not export (%s)",
+                    family.name,
+                    family.notes,
+                )
+                runtime = "torch"
         if runtime == "onnx":
             cache = onnx_cache or onnx_pass.default_cache_dir()
             backbone.ort = backbone._onnx(threads, cache)
@@ -200,9 +230,10 @@ class TextBackbone(Backbone):
         if trace and backbone.packing and torch_device.type == "cpu" and backbone.ort is None:
             backbone.traced = backbone._trace()
         log.info(
-            "backbone %s (%s, %d layers, hidden %d) loaded on %s as %s in %.2fs%s",
+            "backbone %s (%s%s, %d layers, hidden %d) loaded on %s as %s in %.2fs%s",
             source,
-            config.model_type,
+            family.name,
+            "" if family.verified else ", unverified",
             backbone.num_layers,
             config.hidden_size,
             torch_device,
@@ -235,8 +266,26 @@ class TextBackbone(Backbone):
         return pad if pad is not None else 0
 
     @property
+    def position_pad_id(self) -> int:
+        """The padding index the model's positions count from (RoBERTa's rule): its own."""
+        return _position_pad_id(self.model, self.tokenizer)
+
+    @property
+    def packed_pass(self) -> PackedPass:
+        """The family's packed pass on the eager model (packed_pass.py)."""
+        if self._packed_pass is None:
+            self._packed_pass = PackedPass(self.model, self.family, self.wants_token_types)
+        return self._packed_pass
+
+    @property
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def one_segment(self) -> bool:
+        """The model embeds one token type at most (XLM-R, RoBERTa, DeBERTa-v3)."""
+        kinds = getattr(self.config, "type_vocab_size", None)
+        return kinds is not None and int(kinds) <= 1
 
     @property
     def wants_token_types(self) -> bool:
@@ -263,17 +312,38 @@ class TextBackbone(Backbone):
     ) -> torch.Tensor:
         """Last hidden states [rows, tokens, hidden] for a batch already on the device."""
         packed = position_ids is not None and attention_mask.dim() == 4
+        if token_type_ids is not None and self.one_segment:
+            # a pair's second segment, read as its tokenizer does for such a model (XLM-R's
+            # gives every token type 0): one token type cannot embed a second
+            token_type_ids = torch.zeros_like(token_type_ids)
         if self.ort is not None and packed:
             assert token_type_ids is not None and position_ids is not None
             return self.ort(input_ids, attention_mask, token_type_ids, position_ids)
         if self.traced is not None and packed:
             return self.traced(input_ids, attention_mask, token_type_ids, position_ids)
+        if packed:
+            assert token_type_ids is not None and position_ids is not None
+            return self.packed_pass(input_ids, attention_mask, token_type_ids, position_ids)
+        if self.ort is not None and not self.ort.packed and position_ids is None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            return self.ort(input_ids, attention_mask, types)
+        return self._eager(input_ids, attention_mask, token_type_ids, position_ids)
+
+    def _eager(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model's own pass on padded rows, as transformers runs it."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self.wants_token_types:
             kwargs["token_type_ids"] = token_type_ids
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        return self.model(**kwargs).last_hidden_state
+        hidden: torch.Tensor = self.model(**kwargs).last_hidden_state
+        return hidden
 
     def run(self, rows: Sequence[Row]) -> Computed:
         """Hidden states, attention mask and ids [rows, longest, ...] of distinct rows.
@@ -285,8 +355,14 @@ class TextBackbone(Backbone):
             return self.run_packed(rows, self.pack_tokens)
         return self.run_padded(rows)
 
-    def run_padded(self, rows: Sequence[Row]) -> Computed:
+    def run_padded(self, rows: Sequence[Row], *, eager: bool = False) -> Computed:
+        """`rows` padded to the longest; `eager`: by the model itself, whatever runtime the
+        backbone runs (the reference its checks hold the runtime to)."""
         ids, mask, types = (t.to(self.device) for t in padded(rows, self.pad_id))
+        if eager:
+            if self.one_segment:
+                types = torch.zeros_like(types)
+            return Computed(self._eager(ids, mask, types), mask, ids, ids.numel())
         return Computed(self.forward(ids, mask, types), mask, ids, ids.numel())
 
     def run_packed(
@@ -299,13 +375,29 @@ class TextBackbone(Backbone):
         return Computed(hidden, mask, ids.to(self.device), packed.ids.numel())
 
     def _pack(self, rows: Sequence[Row], pack_tokens: int, *, balance: bool) -> Packed:
-        start = first_position(self.config.model_type, self.pad_id)
+        start = first_position(self.family, self.position_pad_id)
         return pack(
             rows, pad=self.pad_id, first_position=start, pack_tokens=pack_tokens, balance=balance
         )
 
     def probe_rows(self) -> list[Row]:
         return self.rows_of(_TRACE_EXAMPLE)
+
+    @property
+    def check_length(self) -> int:
+        """Tokens of the load-time checks' long row: longer than any local-attention window
+        the config declares (a window the packed pass did not honour shows only there), and
+        than the relative-position ranges of MPNet (128) and DeBERTa (256); at most the
+        model's own limit."""
+        window = attention_window(self.config) or 0
+        return min(self.max_length, max(2 * window, 256) + 8)
+
+    def long_row(self) -> Row:
+        """One row of `check_length` tokens (the checks' long row)."""
+        words = " ".join(_TRACE_EXAMPLE)
+        text = " ".join([words] * (self.check_length // 8 + 1))
+        encoded = self.tokenizer(text, truncation=True, max_length=self.check_length)
+        return Row(tuple(encoded["input_ids"]))
 
     def rows_of(self, texts: Sequence[str]) -> list[Row]:
         """Rows of plain texts, within max_length: the load-time checks run on them."""
@@ -318,31 +410,36 @@ class TextBackbone(Backbone):
         return 1e-4 if self.dtype == torch.float32 else 2e-2
 
     def _probe_packing(self) -> bool:
-        """Whether packed rows give the same states as padded ones on this model."""
-        texts = ["hello world", "a slightly longer probe sentence, with a comma", "x", "one two"]
-        rows = self.rows_of(texts)
-        with torch.inference_mode():
-            try:
-                packed, mask = self.run_packed(rows, 64)[:2]
-            except Exception as exc:  # the model refuses 4D masks or position ids
-                log.info("row packing off for %s: %r", self.config.model_type, exc)
-                return False
-            padded = self.run_padded(rows).hidden
-        keep = mask.bool()
-        error = (packed[keep].float() - padded[keep].float()).abs().max().item()
-        if error > self._tolerance:
-            log.info("row packing off for %s: differs by %.2e", self.config.model_type, error)
-        return error <= self._tolerance
+        """Whether packed rows give the same states as padded ones on this model: short rows
+        several to a sequence, and a row longer than any local-attention window."""
+        reason = packs(self.model, self.family) if self.family.packed else "its family runs padded"
+        if reason is None:
+            rows = [*self.rows_of(_PROBE_TEXTS), self.long_row()]
+            with torch.inference_mode():
+                try:
+                    packed, mask = self.run_packed(rows, 64)[:2]
+                    padded = self.run_padded(rows).hidden
+                    keep = mask.bool()
+                    error = (packed[keep].float() - padded[keep].float()).abs().max().item()
+                    if error > self._tolerance:
+                        reason = f"packed rows differ from padded ones by {error:.2e}"
+                except Exception as exc:  # the model refuses 4D masks or position ids
+                    reason = f"packed rows fail: {exc!r}"
+        if reason is not None:
+            # a verified family is packed by the table: off means a checkpoint of its own
+            level = logging.WARNING if self.family.verified and self.family.packed else logging.INFO
+            log.log(level, "row packing off for %s: %s", self.family.name, reason)
+            self.packing_detail = reason
+        return reason is None
 
     def _onnx(self, threads: int, cache: Path) -> OrtPass | None:
-        """The packed pass on ONNX Runtime, checked as the trace is, or None (warned)."""
+        """The packed pass on ONNX Runtime, checked as the trace is, or None (warned); the
+        padded pass when rows do not pack (length-sorted padded batches, the scheduler's)."""
         reason = (
             "the backbone is not on the CPU"
             if self.device.type != "cpu"
             else "it runs float32 only"
             if self.dtype != torch.float32
-            else "this model does not take packed rows"
-            if not self.packing
             else None
         )
         if reason is not None:
@@ -351,18 +448,24 @@ class TextBackbone(Backbone):
         from headserve.plugins.artifact import backbone_fingerprint
 
         digest = backbone_fingerprint(self.source, self.model).removeprefix("sha256:")
-        name = f"{self.config.model_type}-{digest[:32]}-opset{onnx_pass.OPSET}.onnx"
-
-        def inputs(texts: Sequence[str]) -> PackedInputs:
-            return self._pack(self.rows_of(texts), self.pack_tokens, balance=True).inputs(
-                self.device
-            )
-
+        name = (
+            f"{self.config.model_type}-{digest[:32]}-opset{onnx_pass.OPSET}"
+            f"-pass{onnx_pass.PASS_VERSION}{'' if self.packing else '-padded'}.onnx"
+        )
+        module: PackedPass | PaddedPass
+        if self.packing:
+            rows = self.rows_of(_TRACE_EXAMPLE)
+            example = self._pack(rows, self.pack_tokens, balance=True).inputs(self.device)
+            checks = self._checks()
+            module = self.packed_pass
+        else:
+            example = padded(self.rows_of(_TRACE_EXAMPLE), self.pad_id)
+            checks = [padded(rows, self.pad_id) for rows in self._check_rows()]
+            module = PaddedPass(self.model, self.wants_token_types)
         return onnx_pass.load(
-            self.model,
-            token_types=self.wants_token_types,
-            example=inputs(_TRACE_EXAMPLE),
-            checks=[inputs(texts) for texts in _TRACE_CHECKS],
+            module,
+            example=example,
+            checks=checks,
             tolerance=self._tolerance,
             path=cache / name,
             threads=threads,
@@ -383,10 +486,11 @@ class TextBackbone(Backbone):
                     float_pass.path, path, intermediate_size=self.config.intermediate_size
                 )
                 log.info("backbone quantized to int8: %s", path)
-            self.ort = OrtPass(path, threads, scheme=quantize.SCHEME)
+            self.ort = OrtPass(path, threads, scheme=quantize.SCHEME, packed=float_pass.packed)
             rows = [row for texts in _TRACE_CHECKS for row in self.rows_of(texts)]
+            rows.append(self.long_row())
             with torch.inference_mode():
-                got, want = self.run(rows), self.run_padded(rows)
+                got, want = self.run(rows), self.run_padded(rows, eager=True)
             cosine = float(quantize.pooled_cosine(got, want).min())
         except Exception as exc:  # onnx missing, no MatMul of that width, a broken file...
             self.ort = float_pass
@@ -409,14 +513,28 @@ class TextBackbone(Backbone):
             return packed.inputs(self.device)
 
         return trace_packed_pass(
-            self.model,
-            token_types=self.wants_token_types,
+            self.packed_pass,
             example=inputs(_TRACE_EXAMPLE),
-            checks=[inputs(texts) for texts in _TRACE_CHECKS],
+            checks=self._checks(),
             tolerance=self._tolerance,
         )
 
+    def _check_rows(self) -> list[list[Row]]:
+        """The batches a trace or an export must agree with the model on: short rows of
+        several shapes, and the long row beside short ones."""
+        batches = [self.rows_of(texts) for texts in _TRACE_CHECKS]
+        batches.append([self.long_row(), *self.rows_of(_TRACE_CHECKS[0])])
+        return batches
 
+    def _checks(self) -> list[PackedInputs]:
+        """`_check_rows` packed."""
+        return [
+            self._pack(rows, self.pack_tokens, balance=True).inputs(self.device)
+            for rows in self._check_rows()
+        ]
+
+
+_PROBE_TEXTS = ["hello world", "a slightly longer probe sentence, with a comma", "x", "one two"]
 _TRACE_EXAMPLE = [  # lengths that pack several rows per sequence, with padding left over
     "hello world",
     "a slightly longer sentence, with a comma, to trace the packed pass",
@@ -431,11 +549,28 @@ _TRACE_CHECKS = [
 ]
 
 
-def _max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast) -> int:
+def _position_pad_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> int:
+    """The padding index of the model's embeddings: the config's pad_token_id, except where
+    the model's code fixes its own (MPNet's is always 1), else the tokenizer's."""
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    if pad is None:
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if pad is None:
+        pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0
+
+
+def _unverified(config: PretrainedConfig, source: Path) -> Family:
+    """The family of a checkpoint served with --allow-unverified-family, warned."""
+    log.warning("%s", unverified_warning(config.model_type, source))
+    return unverified(config.model_type)
+
+
+def _max_length(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, family: Family) -> int:
     """Longest input in tokens: the tokenizer's limit, bounded by the position embeddings."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    config: PretrainedConfig = getattr(model, "config")  # noqa: B009
     embeddings = getattr(config, "max_position_embeddings", None) or 512
-    positions = usable_positions(config.model_type, embeddings, pad)
+    positions = usable_positions(family, embeddings, _position_pad_id(model, tokenizer))
     limit = tokenizer.model_max_length
     if not isinstance(limit, int) or limit <= 0 or limit > positions:
         limit = positions
@@ -443,8 +578,8 @@ def _max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast) ->
 
 
 class TextKind:
-    """Entry point "transformers-text": a transformers checkpoint folder of the BERT family
-    (BERT, RoBERTa, DistilBERT, XLM-R, ELECTRA...) with a fast tokenizer."""
+    """Entry point "transformers-text": a transformers checkpoint folder of an encoder family
+    (families.py: BERT, RoBERTa, ModernBERT, MPNet, DeBERTa...) with a fast tokenizer."""
 
     name = "transformers-text"
     contract_version = CONTRACT_VERSION
@@ -468,11 +603,47 @@ class TextKind:
             runtime=options.runtime,
             threads=options.threads,
             quantize=options.quantize,
+            allow_unverified_family=options.allow_unverified_family,
         )
 
     def default_heads(self, source: str) -> tuple[HeadSpec, ...]:
-        """One head per built-in task; the packaged model gets the packaged sentiment head."""
-        return default_heads(packaged_model=_is_packaged(Path(source)))
+        """One head per built-in task the family has a transformers class for (NomicBERT has
+        no question answering: that head is left out with one line); the packaged model gets
+        the packaged sentiment head."""
+        folder = Path(source)
+        model_type = _model_type(folder)
+        kept = []
+        for spec in default_heads(packaged_model=_is_packaged(folder)):
+            if spec.source is None and not has_task_class(model_type, spec.plugin):
+                log.info(
+                    "default heads: no %s head: transformers has no %s class for %s",
+                    spec.name,
+                    spec.plugin,
+                    model_type,
+                )
+                continue
+            kept.append(spec)
+        return tuple(kept)
+
+
+_TASK_CLASSES = {
+    "mlm": modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    "classify": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "qa": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+}
+
+
+def has_task_class(model_type: str | None, task: str) -> bool:
+    """Whether transformers has `task`'s class for `model_type` (encode needs none)."""
+    names = _TASK_CLASSES.get(task)
+    return names is None or model_type in names
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _is_packaged(folder: Path) -> bool:

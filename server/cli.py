@@ -38,9 +38,10 @@ def _parser() -> argparse.ArgumentParser:
             nargs="?",
             type=Path,
             metavar="MODEL_DIR",
-            help="a local Hugging Face checkpoint folder (text: BERT family; images: ResNet, "
-            "ViT, ConvNeXt), or a model name such as efficientnet-lite0 (default: the packaged "
-            "all-MiniLM-L6-v2)",
+            help="a local Hugging Face checkpoint folder (text: an encoder family of "
+            "docs/backbones.md such as BERT, RoBERTa, ModernBERT, MPNet, DeBERTa; images: "
+            "ResNet, ViT, ConvNeXt), or a model name such as efficientnet-lite0 (default: the "
+            "packaged all-MiniLM-L6-v2)",
         )
         p.add_argument(
             "--backbone-kind",
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
             "channel, feed-forward outputs kept float32; 1.25-1.5x float32 on the packaged "
             "MiniLM, vectors' cosine to float32 0.996 on average, 0.987 at worst: "
             "BENCHMARKS.md). Checked at every start; float32 if a check row falls under 0.98",
+        )
+        p.add_argument(
+            "--allow-unverified-family",
+            action="store_true",
+            help="serve a text checkpoint whose model family is not in the verified table "
+            "(docs/backbones.md), with a warning saying what was not checked; decoder models "
+            "among them pool and classify wrongly with the encoder heads",
         )
         p.add_argument(
             "--allow-untrained",
@@ -440,6 +448,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         device=args.device,
         dtype=args.dtype,
         allow_untrained=args.allow_untrained,
+        allow_unverified_family=args.allow_unverified_family,
         default_prompt_name=args.default_prompt_name,
         plugins=_allow_list(args.plugins),
         require_heads=tuple(args.require_head),

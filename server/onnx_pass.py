@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .traced import PackedInputs, PackedPass
+from .packed_pass import PackedInputs, PackedPass, PaddedPass
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ AXES = {
     "positions": {0: "sequences", 1: "tokens"},
     "hidden": {0: "sequences", 1: "tokens"},
 }
+# The padded pass (a model whose rows cannot pack): ids, padding mask, token types
+PADDED_NAMES = ("ids", "mask", "types")
+PADDED_AXES = {name: {0: "rows", 1: "tokens"} for name in (*PADDED_NAMES, "hidden")}
 OPSET = 17
+PASS_VERSION = 2  # in the cached file's name: a pass that changed is exported again
 
 
 def default_cache_dir() -> Path:
@@ -43,9 +47,10 @@ def default_cache_dir() -> Path:
 
 
 class OrtPass:
-    """An ONNX Runtime session that runs the packed pass, callable like the trace."""
+    """An ONNX Runtime session that runs the packed pass (or, `packed` False, the padded
+    one), callable like the trace."""
 
-    def __init__(self, path: Path, threads: int, scheme: str = "") -> None:
+    def __init__(self, path: Path, threads: int, scheme: str = "", packed: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -54,6 +59,8 @@ class OrtPass:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.path = path
         self.scheme = scheme  # how the weights are quantized; "": float32
+        self.packed = packed
+        self.names = NAMES if packed else PADDED_NAMES
         self.version = ort.__version__
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         # the exporter drops an input the model does not read (DistilBERT's token types)
@@ -61,15 +68,19 @@ class OrtPass:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = {
-            name: t.numpy() for name, t in zip(NAMES, inputs, strict=True) if name in self.inputs
+            name: t.numpy()
+            for name, t in zip(self.names, inputs, strict=True)
+            if name in self.inputs
         }
         (hidden,) = self.session.run(["hidden"], feed)
         return torch.from_numpy(np.asarray(hidden))
 
 
-def export(model: torch.nn.Module, token_types: bool, example: PackedInputs, path: Path) -> None:
-    """Write the packed pass of `model` to `path` (atomically: a partial file is renamed)."""
-    module = PackedPass(model, token_types).eval()
+def export(
+    module: PackedPass | PaddedPass, example: PackedInputs, path: Path, packed: bool = True
+) -> None:
+    """Write the pass to `path` (atomically: a partial file is renamed)."""
+    module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     with torch.inference_mode(), warnings.catch_warnings():
@@ -78,9 +89,9 @@ def export(model: torch.nn.Module, token_types: bool, example: PackedInputs, pat
             module,
             example,
             str(partial),
-            input_names=list(NAMES),
+            input_names=list(NAMES if packed else PADDED_NAMES),
             output_names=["hidden"],
-            dynamic_axes=AXES,
+            dynamic_axes=AXES if packed else PADDED_AXES,
             opset_version=OPSET,
             dynamo=False,
         )
@@ -88,30 +99,28 @@ def export(model: torch.nn.Module, token_types: bool, example: PackedInputs, pat
 
 
 def load(
-    model: torch.nn.Module,
+    module: PackedPass | PaddedPass,
     *,
-    token_types: bool,
     example: PackedInputs,
     checks: Sequence[PackedInputs],
     tolerance: float,
     path: Path,
     threads: int,
 ) -> OrtPass | None:
-    """The checked ONNX Runtime pass of `model` (exported to `path` unless it is there), or
-    None, with a warning saying why, when it cannot be made or differs from the model."""
+    """The checked ONNX Runtime pass of `module` (exported to `path` unless it is there), or
+    None, with a warning saying why, when it cannot be made or differs from the module. A
+    padded pass is compared on real tokens only (padding's states mean nothing)."""
+    packed = isinstance(module, PackedPass)
     try:
         if not path.is_file():
-            export(model, token_types, example, path)
+            export(module, example, path, packed)
             log.info("backbone exported to ONNX: %s", path)
         else:
             log.info("backbone's ONNX export found in the cache: %s", path)
-        ort_pass = OrtPass(path, threads)
-        module = PackedPass(model, token_types).eval()
+        ort_pass = OrtPass(path, threads, packed=packed)
+        module.eval()
         with torch.inference_mode():
-            error = max(
-                float((ort_pass(*inputs).float() - module(*inputs).float()).abs().max())
-                for inputs in checks
-            )
+            error = max(_difference(ort_pass, module, inputs, packed) for inputs in checks)
     except Exception as exc:  # no exporter for an operator, a corrupt cache file...
         log.warning("--runtime onnx: not used, the backbone runs on torch: %r", exc)
         return None
@@ -124,3 +133,13 @@ def load(
         )
         return None
     return ort_pass
+
+
+def _difference(
+    ort_pass: OrtPass, module: torch.nn.Module, inputs: PackedInputs, packed: bool
+) -> float:
+    got, want = ort_pass(*inputs).float(), module(*inputs).float()
+    if not packed:
+        real = inputs[1].bool()
+        got, want = got[real], want[real]
+    return float((got - want).abs().max())

@@ -21,45 +21,22 @@ from collections.abc import Sequence
 
 import torch
 
+from .packed_pass import PackedInputs, PackedPass
+
 log = logging.getLogger(__name__)
-
-PackedInputs = tuple[torch.Tensor, ...]  # ids, block-diagonal mask, token types, positions
-
-
-class PackedPass(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, token_types: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.token_types = token_types
-
-    def forward(
-        self,
-        ids: torch.Tensor,
-        allowed: torch.Tensor,
-        types: torch.Tensor,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        if self.token_types:
-            out = self.model(
-                input_ids=ids, attention_mask=allowed, token_type_ids=types, position_ids=positions
-            )
-        else:
-            out = self.model(input_ids=ids, attention_mask=allowed, position_ids=positions)
-        hidden: torch.Tensor = out.last_hidden_state
-        return hidden
 
 
 def trace(
-    model: torch.nn.Module,
+    module: PackedPass,
     *,
-    token_types: bool,
     example: PackedInputs,
     checks: Sequence[PackedInputs],
     tolerance: float,
 ) -> torch.jit.ScriptModule | None:
-    """`model`'s packed pass traced on `example`, or None (the reason logged) unless the
-    trace's states are within `tolerance` of the model's on every input of `checks`."""
-    module = PackedPass(model, token_types).eval()
+    """The packed pass (packed_pass.py) traced on `example`, or None (the reason logged)
+    unless the trace's states are within `tolerance` of the module's on every input of
+    `checks`."""
+    module.eval()
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the checks below decide

@@ -1,13 +1,17 @@
 """Tiny random checkpoints for tests: one backbone, and task checkpoints sharing it.
 
-`make_family(root, arch)` writes, for "bert", "roberta" or "distilbert":
+`make_family(root, arch)` writes, for any text model_type of the verified families
+(server/families.py; ARCHS are the three most tests use):
   backbone/   the base model (AutoModel) and tokenizer
   mlm/        ...ForMaskedLM with the same base weights (LM head trained: present)
   classify/   ...ForSequenceClassification, 3 labels, same base weights
   multilabel/ ...ForSequenceClassification, problem_type multi_label_classification
-  qa/         ...ForQuestionAnswering, same base weights
+  qa/         ...ForQuestionAnswering, same base weights (where transformers has the class)
   ner/        ...ForTokenClassification, NER_LABELS (B-/I- tags), same base weights
-The windows are small (max_length 64) so long-context QA is cheap to test.
+The windows are small (max_length 64) so long-context QA is cheap to test; a family with a
+local-attention window gets one of 16 tokens, so rows up to 64 are four windows long.
+`initializer_range`: the conformance matrix uses 0.2 (ten times transformers' default), so a
+mask or a position that is wrong shows as a large error, not a rounding one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from transformers import (
 
 MAX_LENGTH = 64
 ARCHS = ("bert", "roberta", "distilbert")
+WINDOW = 16  # ModernBERT's local_attention in the tiny checkpoints
 LABELS = ("negative", "neutral", "positive")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
@@ -72,7 +77,52 @@ def make_tokenizer(arch: str, folder: Path):  # type: ignore[no-untyped-def]
     return tok
 
 
-def tiny_config(arch: str, vocab_size: int, **extra):  # type: ignore[no-untyped-def]
+# What each family's tiny config sets beyond the shared sizes. Position embeddings cover
+# MAX_LENGTH tokens after the first position (RoBERTa's rule: padding index + 1; MPNet's
+# padding index is always 1); XLM-RoBERTa and CamemBERT keep the BERT tokenizer (pad 0), whose
+# pairs carry token type 1 that their single token type cannot embed.
+FAMILY_CONFIGS: dict[str, dict[str, object]] = {
+    "bert": {},
+    "roberta": dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, positions=2),
+    "xlm-roberta": dict(pad_token_id=0, type_vocab_size=1, positions=1),
+    "camembert": dict(pad_token_id=0, positions=1),
+    "distilbert": {},
+    "albert": dict(embedding_size=16),
+    "electra": dict(embedding_size=16),
+    "nomic_bert": {},
+    "modernbert": dict(
+        num_hidden_layers=3,  # global, local, local
+        global_attn_every_n_layers=3,
+        local_attention=WINDOW,
+        pad_token_id=0,
+        cls_token_id=101,
+        sep_token_id=102,
+        bos_token_id=101,
+        eos_token_id=102,
+    ),
+    "mpnet": dict(positions=2),
+    "deberta-v2": dict(  # DeBERTa-v3's attention: log-bucketed, shared keys, normed
+        relative_attention=True,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=16,
+        max_relative_positions=MAX_LENGTH,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        type_vocab_size=0,
+    ),
+    "deberta": dict(
+        relative_attention=True,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        max_relative_positions=MAX_LENGTH,
+        type_vocab_size=0,
+    ),
+}
+
+
+def tiny_config(arch: str, vocab_size: int, initializer_range: float | None = None, **extra):  # type: ignore[no-untyped-def]
+    init = {} if initializer_range is None else {"initializer_range": initializer_range}
     if arch == "distilbert":
         return AutoConfig.for_model(
             "distilbert",
@@ -82,20 +132,19 @@ def tiny_config(arch: str, vocab_size: int, **extra):  # type: ignore[no-untyped
             n_heads=2,
             hidden_dim=64,
             max_position_embeddings=MAX_LENGTH,
+            **init,
             **extra,
         )
-    positions = MAX_LENGTH + 2 if arch == "roberta" else MAX_LENGTH
+    own = dict(FAMILY_CONFIGS[arch])
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=own.pop("num_hidden_layers", 2),
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=positions,
+        max_position_embeddings=MAX_LENGTH + int(own.pop("positions", 0)),  # type: ignore[call-overload]
     )
-    if arch == "roberta":
-        kwargs.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
-    return AutoConfig.for_model(arch, **kwargs, **extra)
+    return AutoConfig.for_model(arch, **kwargs, **own, **init, **extra)
 
 
 @dataclass(frozen=True)
@@ -107,14 +156,20 @@ class Family:
         return self.root / name
 
 
-def make_family(root: Path, arch: str, seed: int = 0) -> Family:
+def make_family(
+    root: Path, arch: str, seed: int = 0, initializer_range: float | None = None
+) -> Family:
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(arch, root)
     vocab = len(tokenizer)
+
+    def config(**extra):  # type: ignore[no-untyped-def]
+        return tiny_config(arch, vocab, initializer_range, **extra)
+
     label_map = dict(
         id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)}
     )
-    mlm = AutoModelForMaskedLM.from_config(tiny_config(arch, vocab))
+    mlm = AutoModelForMaskedLM.from_config(config())
     prefix = mlm.base_model_prefix
     base_state = getattr(mlm, prefix).state_dict()
 
@@ -125,26 +180,22 @@ def make_family(root: Path, arch: str, seed: int = 0) -> Family:
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
 
-    backbone = AutoModel.from_config(tiny_config(arch, vocab))
+    backbone = AutoModel.from_config(config())
     backbone.load_state_dict(base_state, strict=False)
     backbone.save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
     save(mlm, "mlm")
-    save(
-        AutoModelForSequenceClassification.from_config(tiny_config(arch, vocab, **label_map)),
-        "classify",
-    )
+    save(AutoModelForSequenceClassification.from_config(config(**label_map)), "classify")
     save(
         AutoModelForSequenceClassification.from_config(
-            tiny_config(arch, vocab, problem_type="multi_label_classification", **label_map)
+            config(problem_type="multi_label_classification", **label_map)
         ),
         "multilabel",
     )
-    save(AutoModelForQuestionAnswering.from_config(tiny_config(arch, vocab)), "qa")
+    if has_task_class(arch, "qa"):
+        save(AutoModelForQuestionAnswering.from_config(config()), "qa")
     ner = AutoModelForTokenClassification.from_config(
-        tiny_config(
-            arch,
-            vocab,
+        config(
             id2label=dict(enumerate(NER_LABELS)),
             label2id={l: i for i, l in enumerate(NER_LABELS)},
         )
@@ -153,3 +204,29 @@ def make_family(root: Path, arch: str, seed: int = 0) -> Family:
         ner.classifier.weight.mul_(25.0)
     save(ner, "ner")
     return Family(arch, root)
+
+
+def has_task_class(arch: str, task: str) -> bool:
+    """Whether transformers has the task class of `task` for the model_type `arch`."""
+    from transformers.models.auto import modeling_auto as auto
+
+    names = {
+        "mlm": auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        "classify": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        "qa": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+    }[task]
+    return arch in names
+
+
+def reference_inputs(model, encoding) -> dict:  # type: ignore[no-untyped-def]
+    """A tokenizer's `encoding` (tensors) as `model` reads it: token types dropped when its
+    forward takes none, and all 0 when its config embeds one token type at most (as such a
+    model's own tokenizer makes them: XLM-R's, RoBERTa's), which the server does too."""
+    import inspect
+
+    inputs = {k: v for k, v in encoding.items() if k in ("input_ids", "token_type_ids")}
+    types = inputs.pop("token_type_ids", None)
+    if types is not None and "token_type_ids" in inspect.signature(model.forward).parameters:
+        kinds = getattr(model.config, "type_vocab_size", 2)
+        inputs["token_type_ids"] = types if kinds > 1 else torch.zeros_like(types)
+    return inputs

@@ -14,10 +14,15 @@ from ._calls import Call, CoreHolder, options, ready, stream, text_items, unary,
 
 
 def head_classification(c: Classification) -> pb.HeadClassification:
+    logits: Sequence[float | None] = c.label_logits or [None] * len(c.labels)
     return pb.HeadClassification(
         head=c.head,
         multi_label=c.multi_label,
-        labels=[pb.LabelScore(label=label, probability=p) for label, p in c.labels],
+        labels=[
+            pb.LabelScore(label=label, probability=p, logit=logit)
+            for (label, p), logit in zip(c.labels, logits, strict=True)
+        ],
+        activation=c.activation,
     )
 
 

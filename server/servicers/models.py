@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import json
+from typing import Any
 
 import grpc
 
+from headserve.plugins.backbones import Backbone
 from headserve.v1 import common_pb2, models_pb2_grpc
 from headserve.v1 import models_pb2 as pb
 
 from ..core import Core
+from ..families import Family, family_of
 from ._calls import Call, CoreHolder, ready, text_items, unary
 
 _KINDS = {"value": pb.OutputField.KIND_VALUE, "tensor": pb.OutputField.KIND_TENSOR}
@@ -43,6 +46,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             multi_label=served.head.multi_label,
             is_default=served.is_default,
             detail=served.head.detail,
+            settings=dict(served.head.settings),
             outputs=[
                 pb.OutputField(
                     name=f.name,
@@ -84,6 +88,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             kind=backbone.kind,
             modality=backbone.modality,
             runtime=backbone.runtime,
+            **_family(backbone),
             image=pb.ImageInputInfo(
                 height=image.height,
                 width=image.width,
@@ -111,6 +116,28 @@ def model_info(core: Core) -> pb.ModelInfo:
         ),
         limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )
+
+
+def _family(backbone: Backbone) -> dict[str, Any]:
+    """BackboneInfo's family, verified and packing (families.py)."""
+    family = getattr(backbone, "family", None) or family_of(backbone.config.model_type)
+    if family is None:  # a third-party kind's model outside the table
+        name = str(backbone.config.model_type)
+        return {"family": name, "verified": False, "packing": _packing(backbone, None)}
+    return {
+        "family": family.name,
+        "verified": family.verified,
+        "packing": _packing(backbone, family),
+    }
+
+
+def _packing(backbone: Backbone, family: Family | None) -> str:
+    if backbone.modality == "image":
+        return "one image a row"
+    if backbone.packing:
+        return family.packing if family is not None else "packed"
+    why = getattr(backbone, "packing_detail", "")
+    return f"padded batches ({why})" if why else "padded batches"
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

@@ -731,3 +731,21 @@ def test_settings_are_validated_and_replace_copies():
         Settings.create(timeout=0, max_retries=1, metadata=())
     with pytest.raises(ValueError):
         settings.replace(timeout=NOT_GIVEN, max_retries=-1, metadata=NOT_GIVEN)
+
+
+def test_a_classification_carries_each_labels_logit_and_the_heads_activation() -> None:
+    from headserve.v1 import classifier_pb2
+
+    message = classifier_pb2.HeadClassification(
+        head="ce",
+        labels=[
+            classifier_pb2.LabelScore(label="relevant", probability=0.75, logit=1.0986),
+            classifier_pb2.LabelScore(label="older", probability=0.25),  # an older server
+        ],
+        activation="sigmoid",
+    )
+    result = _convert.head_classification(message)
+    assert result.activation == "sigmoid"
+    assert result.labels[0].logit == pytest.approx(1.0986, abs=1e-4)
+    assert result.labels[1].logit is None
+    assert _convert.head_classification(classifier_pb2.HeadClassification()).activation == ""

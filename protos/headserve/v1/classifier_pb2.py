@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadserve/v1/classifier.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"A\n\x0f\x43lassifyOptions\x12\r\n\x05heads\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"u\n\x0f\x43lassifyRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptions\x12\n\n\x02id\x18\x03 \x01(\t\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"a\n\x12HeadClassification\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x13\n\x0bmulti_label\x18\x02 \x01(\x08\x12(\n\x06labels\x18\x03 \x03(\x0b\x32\x18.headserve.v1.LabelScore\"A\n\x0e\x43lassification\x12/\n\x05heads\x18\x01 \x03(\x0b\x32 .headserve.v1.HeadClassification\"\x8b\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16\x43lassifyStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.ClassifyResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xb2\x01\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.headserve.v1.ClassifyRequest\x1a\x1e.headserve.v1.ClassifyResponse\x12Y\n\x0e\x43lassifyStream\x12\x1d.headserve.v1.ClassifyRequest\x1a$.headserve.v1.ClassifyStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadserve/v1/classifier.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"A\n\x0f\x43lassifyOptions\x12\r\n\x05heads\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"u\n\x0f\x43lassifyRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptions\x12\n\n\x02id\x18\x03 \x01(\t\"N\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x12\n\x05logit\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_logit\"u\n\x12HeadClassification\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x13\n\x0bmulti_label\x18\x02 \x01(\x08\x12(\n\x06labels\x18\x03 \x03(\x0b\x32\x18.headserve.v1.LabelScore\x12\x12\n\nactivation\x18\x04 \x01(\t\"A\n\x0e\x43lassification\x12/\n\x05heads\x18\x01 \x03(\x0b\x32 .headserve.v1.HeadClassification\"\x8b\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16\x43lassifyStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.ClassifyResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xb2\x01\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.headserve.v1.ClassifyRequest\x1a\x1e.headserve.v1.ClassifyResponse\x12Y\n\x0e\x43lassifyStream\x12\x1d.headserve.v1.ClassifyRequest\x1a$.headserve.v1.ClassifyStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,15 +39,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFYREQUEST']._serialized_start=166
   _globals['_CLASSIFYREQUEST']._serialized_end=283
   _globals['_LABELSCORE']._serialized_start=285
-  _globals['_LABELSCORE']._serialized_end=333
-  _globals['_HEADCLASSIFICATION']._serialized_start=335
-  _globals['_HEADCLASSIFICATION']._serialized_end=432
-  _globals['_CLASSIFICATION']._serialized_start=434
-  _globals['_CLASSIFICATION']._serialized_end=499
-  _globals['_CLASSIFYRESPONSE']._serialized_start=502
-  _globals['_CLASSIFYRESPONSE']._serialized_end=641
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=644
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=780
-  _globals['_CLASSIFIER']._serialized_start=783
-  _globals['_CLASSIFIER']._serialized_end=961
+  _globals['_LABELSCORE']._serialized_end=363
+  _globals['_HEADCLASSIFICATION']._serialized_start=365
+  _globals['_HEADCLASSIFICATION']._serialized_end=482
+  _globals['_CLASSIFICATION']._serialized_start=484
+  _globals['_CLASSIFICATION']._serialized_end=549
+  _globals['_CLASSIFYRESPONSE']._serialized_start=552
+  _globals['_CLASSIFYRESPONSE']._serialized_end=691
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=694
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=830
+  _globals['_CLASSIFIER']._serialized_start=833
+  _globals['_CLASSIFIER']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

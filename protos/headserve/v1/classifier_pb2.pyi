@@ -84,22 +84,31 @@ class LabelScore(_message.Message):
 
     LABEL_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
+    LOGIT_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     probability: _builtins.float
-    """Softmax over the labels for a single-label head, an independent sigmoid
-    per label for a multi-label head.
+    """The head's score of the label, by its activation (HeadClassification.activation):
+    softmax over the labels for a single-label head, an independent sigmoid per
+    label for a multi-label head or a one-label head (a cross-encoder's
+    relevance, as sentence-transformers' CrossEncoder reports it), the logit
+    itself for activation "none".
     """
+    logit: _builtins.float
+    """The label's raw logit, when the head has logits."""
     def __init__(
         self,
         *,
         label: _builtins.str = ...,
         probability: _builtins.float = ...,
+        logit: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_logit", b"_logit", "logit", b"logit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "probability", b"probability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_logit", b"_logit", "label", b"label", "logit", b"logit", "probability", b"probability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__logit: _TypeAlias = _typing.Literal["logit"]  # noqa: Y015
+    _WhichOneofArgType__logit: _TypeAlias = _typing.Literal["_logit", b"_logit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logit) -> _WhichOneofReturnType__logit | None: ...
 
 Global___LabelScore: _TypeAlias = LabelScore  # noqa: Y015
 
@@ -110,8 +119,13 @@ class HeadClassification(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     MULTI_LABEL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
     head: _builtins.str
     multi_label: _builtins.bool
+    activation: _builtins.str
+    """How logits became probabilities: "softmax", "sigmoid" or "none"; empty
+    when the head does not say.
+    """
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelScore]:
         """Best first."""
@@ -122,10 +136,11 @@ class HeadClassification(_message.Message):
         head: _builtins.str = ...,
         multi_label: _builtins.bool = ...,
         labels: _abc.Iterable[Global___LabelScore] | None = ...,
+        activation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "labels", b"labels", "multi_label", b"multi_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "head", b"head", "labels", b"labels", "multi_label", b"multi_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

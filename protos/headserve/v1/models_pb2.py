@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19headserve/v1/models.proto\x12\x0cheadserve.v1\x1a\x19headserve/v1/common.proto\"\x15\n\x13GetModelInfoRequest\"\xbe\x02\n\x0c\x42\x61\x63kboneInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x12\n\nmax_length\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x12\n\nparameters\x18\t \x01(\x03\x12\x12\n\nmask_token\x18\n \x01(\t\x12\x14\n\x0cload_seconds\x18\x0b \x01(\x01\x12\x0c\n\x04kind\x18\x0c \x01(\t\x12\x10\n\x08modality\x18\r \x01(\t\x12+\n\x05image\x18\x0e \x01(\x0b\x32\x1c.headserve.v1.ImageInputInfo\x12\x0f\n\x07runtime\x18\x0f \x01(\t\"a\n\x0eImageInputInfo\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x15\n\rpreprocessing\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\"\xb4\x02\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0f\n\x07trained\x18\x04 \x01(\x08\x12\x0e\n\x06usable\x18\x05 \x01(\x08\x12\x0e\n\x06plugin\x18\x06 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x13\n\x0bmulti_label\x18\n \x01(\x08\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12*\n\x07outputs\x18\r \x03(\x0b\x32\x19.headserve.v1.OutputField\x12/\n\nparameters\x18\x0e \x03(\x0b\x32\x1b.headserve.v1.ParameterInfo\"\xcc\x01\n\x0bOutputField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.headserve.v1.OutputField.Kind\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x10\n\x08optional\x18\x06 \x01(\x08\"=\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_VALUE\x10\x01\x12\x0f\n\x0bKIND_TENSOR\x10\x02\"b\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x05 \x03(\t\"/\n\rPluginFailure\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb8\x01\n\rSchedulerInfo\x12\x18\n\x10max_batch_tokens\x18\x01 \x01(\x05\x12\x17\n\x0fmax_batch_items\x18\x02 \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmax_queue_items\x18\x04 \x01(\x05\x12\x1e\n\x16stream_in_flight_items\x18\x05 \x01(\x05\x12\x15\n\rtorch_threads\x18\x06 \x01(\x05\x12\x0f\n\x07workers\x18\x07 \x01(\x05\"\xc7\x01\n\x11RequestLimitsInfo\x12\x19\n\x11max_request_items\x18\x01 \x01(\x05\x12\x16\n\x0emax_item_chars\x18\x02 \x01(\x05\x12\x17\n\x0fmax_item_tokens\x18\x03 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x1c\n\x14max_concurrent_calls\x18\x05 \x01(\x05\x12\x13\n\x0bmax_streams\x18\x06 \x01(\x05\x12\x18\n\x10max_image_pixels\x18\x07 \x01(\x03\"\xa7\x02\n\tModelInfo\x12,\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1a.headserve.v1.BackboneInfo\x12%\n\x05heads\x18\x02 \x03(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x33\n\x0e\x66\x61iled_plugins\x18\x03 \x03(\x0b\x32\x1b.headserve.v1.PluginFailure\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\x12\x17\n\x0f\x61llow_untrained\x18\x05 \x01(\x08\x12.\n\tscheduler\x18\x06 \x01(\x0b\x32\x1b.headserve.v1.SchedulerInfo\x12/\n\x06limits\x18\x07 \x01(\x0b\x32\x1f.headserve.v1.RequestLimitsInfo\"\x83\x01\n\x0fTokenizeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x42\x15\n\x13_add_special_tokens\"~\n\x0cTokenization\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12#\n\x07offsets\x18\x03 \x03(\x0b\x32\x12.headserve.v1.Span\x12\x16\n\x0etoken_type_ids\x18\x04 \x03(\x05\x12\x14\n\x0csequence_ids\x18\x05 \x03(\x05\"?\n\x10TokenizeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.headserve.v1.Tokenization2\x9f\x01\n\x06Models\x12J\n\x0cGetModelInfo\x12!.headserve.v1.GetModelInfoRequest\x1a\x17.headserve.v1.ModelInfo\x12I\n\x08Tokenize\x12\x1d.headserve.v1.TokenizeRequest\x1a\x1e.headserve.v1.TokenizeResponseBT\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19headserve/v1/models.proto\x12\x0cheadserve.v1\x1a\x19headserve/v1/common.proto\"\x15\n\x13GetModelInfoRequest\"\xf1\x02\n\x0c\x42\x61\x63kboneInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x12\n\nvocab_size\x18\x05 \x01(\x05\x12\x12\n\nmax_length\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x12\n\nparameters\x18\t \x01(\x03\x12\x12\n\nmask_token\x18\n \x01(\t\x12\x14\n\x0cload_seconds\x18\x0b \x01(\x01\x12\x0c\n\x04kind\x18\x0c \x01(\t\x12\x10\n\x08modality\x18\r \x01(\t\x12+\n\x05image\x18\x0e \x01(\x0b\x32\x1c.headserve.v1.ImageInputInfo\x12\x0f\n\x07runtime\x18\x0f \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x10 \x01(\t\x12\x10\n\x08verified\x18\x11 \x01(\x08\x12\x0f\n\x07packing\x18\x12 \x01(\t\"a\n\x0eImageInputInfo\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x15\n\rpreprocessing\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\"\x9d\x03\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0f\n\x07trained\x18\x04 \x01(\x08\x12\x0e\n\x06usable\x18\x05 \x01(\x08\x12\x0e\n\x06plugin\x18\x06 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x13\n\x0bmulti_label\x18\n \x01(\x08\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x0c \x01(\t\x12*\n\x07outputs\x18\r \x03(\x0b\x32\x19.headserve.v1.OutputField\x12/\n\nparameters\x18\x0e \x03(\x0b\x32\x1b.headserve.v1.ParameterInfo\x12\x36\n\x08settings\x18\x0f \x03(\x0b\x32$.headserve.v1.HeadInfo.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcc\x01\n\x0bOutputField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.headserve.v1.OutputField.Kind\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x10\n\x08optional\x18\x06 \x01(\x08\"=\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_VALUE\x10\x01\x12\x0f\n\x0bKIND_TENSOR\x10\x02\"b\n\rParameterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x05 \x03(\t\"/\n\rPluginFailure\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb8\x01\n\rSchedulerInfo\x12\x18\n\x10max_batch_tokens\x18\x01 \x01(\x05\x12\x17\n\x0fmax_batch_items\x18\x02 \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmax_queue_items\x18\x04 \x01(\x05\x12\x1e\n\x16stream_in_flight_items\x18\x05 \x01(\x05\x12\x15\n\rtorch_threads\x18\x06 \x01(\x05\x12\x0f\n\x07workers\x18\x07 \x01(\x05\"\xc7\x01\n\x11RequestLimitsInfo\x12\x19\n\x11max_request_items\x18\x01 \x01(\x05\x12\x16\n\x0emax_item_chars\x18\x02 \x01(\x05\x12\x17\n\x0fmax_item_tokens\x18\x03 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x1c\n\x14max_concurrent_calls\x18\x05 \x01(\x05\x12\x13\n\x0bmax_streams\x18\x06 \x01(\x05\x12\x18\n\x10max_image_pixels\x18\x07 \x01(\x03\"\xa7\x02\n\tModelInfo\x12,\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1a.headserve.v1.BackboneInfo\x12%\n\x05heads\x18\x02 \x03(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x33\n\x0e\x66\x61iled_plugins\x18\x03 \x03(\x0b\x32\x1b.headserve.v1.PluginFailure\x12\x16\n\x0eserver_version\x18\x04 \x01(\t\x12\x17\n\x0f\x61llow_untrained\x18\x05 \x01(\x08\x12.\n\tscheduler\x18\x06 \x01(\x0b\x32\x1b.headserve.v1.SchedulerInfo\x12/\n\x06limits\x18\x07 \x01(\x0b\x32\x1f.headserve.v1.RequestLimitsInfo\"\x83\x01\n\x0fTokenizeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x42\x15\n\x13_add_special_tokens\"~\n\x0cTokenization\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12#\n\x07offsets\x18\x03 \x03(\x0b\x32\x12.headserve.v1.Span\x12\x16\n\x0etoken_type_ids\x18\x04 \x03(\x05\x12\x14\n\x0csequence_ids\x18\x05 \x03(\x05\"?\n\x10TokenizeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.headserve.v1.Tokenization2\x9f\x01\n\x06Models\x12J\n\x0cGetModelInfo\x12!.headserve.v1.GetModelInfoRequest\x1a\x17.headserve.v1.ModelInfo\x12I\n\x08Tokenize\x12\x1d.headserve.v1.TokenizeRequest\x1a\x1e.headserve.v1.TokenizeResponseBT\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headserve.v1.models_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.headserve.v1P\001Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1'
+  _globals['_HEADINFO_SETTINGSENTRY']._loaded_options = None
+  _globals['_HEADINFO_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_GETMODELINFOREQUEST']._serialized_start=70
   _globals['_GETMODELINFOREQUEST']._serialized_end=91
   _globals['_BACKBONEINFO']._serialized_start=94
-  _globals['_BACKBONEINFO']._serialized_end=412
-  _globals['_IMAGEINPUTINFO']._serialized_start=414
-  _globals['_IMAGEINPUTINFO']._serialized_end=511
-  _globals['_HEADINFO']._serialized_start=514
-  _globals['_HEADINFO']._serialized_end=822
-  _globals['_OUTPUTFIELD']._serialized_start=825
-  _globals['_OUTPUTFIELD']._serialized_end=1029
-  _globals['_OUTPUTFIELD_KIND']._serialized_start=968
-  _globals['_OUTPUTFIELD_KIND']._serialized_end=1029
-  _globals['_PARAMETERINFO']._serialized_start=1031
-  _globals['_PARAMETERINFO']._serialized_end=1129
-  _globals['_PLUGINFAILURE']._serialized_start=1131
-  _globals['_PLUGINFAILURE']._serialized_end=1178
-  _globals['_SCHEDULERINFO']._serialized_start=1181
-  _globals['_SCHEDULERINFO']._serialized_end=1365
-  _globals['_REQUESTLIMITSINFO']._serialized_start=1368
-  _globals['_REQUESTLIMITSINFO']._serialized_end=1567
-  _globals['_MODELINFO']._serialized_start=1570
-  _globals['_MODELINFO']._serialized_end=1865
-  _globals['_TOKENIZEREQUEST']._serialized_start=1868
-  _globals['_TOKENIZEREQUEST']._serialized_end=1999
-  _globals['_TOKENIZATION']._serialized_start=2001
-  _globals['_TOKENIZATION']._serialized_end=2127
-  _globals['_TOKENIZERESPONSE']._serialized_start=2129
-  _globals['_TOKENIZERESPONSE']._serialized_end=2192
-  _globals['_MODELS']._serialized_start=2195
-  _globals['_MODELS']._serialized_end=2354
+  _globals['_BACKBONEINFO']._serialized_end=463
+  _globals['_IMAGEINPUTINFO']._serialized_start=465
+  _globals['_IMAGEINPUTINFO']._serialized_end=562
+  _globals['_HEADINFO']._serialized_start=565
+  _globals['_HEADINFO']._serialized_end=978
+  _globals['_HEADINFO_SETTINGSENTRY']._serialized_start=931
+  _globals['_HEADINFO_SETTINGSENTRY']._serialized_end=978
+  _globals['_OUTPUTFIELD']._serialized_start=981
+  _globals['_OUTPUTFIELD']._serialized_end=1185
+  _globals['_OUTPUTFIELD_KIND']._serialized_start=1124
+  _globals['_OUTPUTFIELD_KIND']._serialized_end=1185
+  _globals['_PARAMETERINFO']._serialized_start=1187
+  _globals['_PARAMETERINFO']._serialized_end=1285
+  _globals['_PLUGINFAILURE']._serialized_start=1287
+  _globals['_PLUGINFAILURE']._serialized_end=1334
+  _globals['_SCHEDULERINFO']._serialized_start=1337
+  _globals['_SCHEDULERINFO']._serialized_end=1521
+  _globals['_REQUESTLIMITSINFO']._serialized_start=1524
+  _globals['_REQUESTLIMITSINFO']._serialized_end=1723
+  _globals['_MODELINFO']._serialized_start=1726
+  _globals['_MODELINFO']._serialized_end=2021
+  _globals['_TOKENIZEREQUEST']._serialized_start=2024
+  _globals['_TOKENIZEREQUEST']._serialized_end=2155
+  _globals['_TOKENIZATION']._serialized_start=2157
+  _globals['_TOKENIZATION']._serialized_end=2283
+  _globals['_TOKENIZERESPONSE']._serialized_start=2285
+  _globals['_TOKENIZERESPONSE']._serialized_end=2348
+  _globals['_MODELS']._serialized_start=2351
+  _globals['_MODELS']._serialized_end=2510
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,9 @@ class BackboneInfo(_message.Message):
     MODALITY_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    PACKING_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The checkpoint folder it was loaded from."""
     model_type: _builtins.str
@@ -78,6 +81,16 @@ class BackboneInfo(_message.Message):
     """What an item must be: "text" or "image"."""
     runtime: _builtins.str
     """What runs the backbone's pass: "torch", "torch (traced)", "onnxruntime 1.32.0"."""
+    family: _builtins.str
+    """The model family, e.g. "BERT", "ModernBERT", "ResNet" (docs/backbones.md)."""
+    verified: _builtins.bool
+    """Whether the family is in the verified table; false only for a checkpoint
+    served with --allow-unverified-family.
+    """
+    packing: _builtins.str
+    """How rows share a pass, e.g. "packed, block-diagonal mask" or "padded
+    batches"; with the reason when a family that packs does not.
+    """
     @_builtins.property
     def image(self) -> Global___ImageInputInfo:
         """For an image backbone: its input and preprocessing."""
@@ -100,10 +113,13 @@ class BackboneInfo(_message.Message):
         modality: _builtins.str = ...,
         image: Global___ImageInputInfo | None = ...,
         runtime: _builtins.str = ...,
+        family: _builtins.str = ...,
+        verified: _builtins.bool = ...,
+        packing: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "hidden_size", b"hidden_size", "image", b"image", "kind", b"kind", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "modality", b"modality", "model_type", b"model_type", "num_layers", b"num_layers", "parameters", b"parameters", "runtime", b"runtime", "source", b"source", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "dtype", b"dtype", "family", b"family", "hidden_size", b"hidden_size", "image", b"image", "kind", b"kind", "load_seconds", b"load_seconds", "mask_token", b"mask_token", "max_length", b"max_length", "modality", b"modality", "model_type", b"model_type", "num_layers", b"num_layers", "packing", b"packing", "parameters", b"parameters", "runtime", b"runtime", "source", b"source", "verified", b"verified", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,6 +170,26 @@ Global___ImageInputInfo: _TypeAlias = ImageInputInfo  # noqa: Y015
 class HeadInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SettingsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -168,6 +204,7 @@ class HeadInfo(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: _builtins.str
     """"encode", "mlm", "classify", "qa", or a plugin's own task."""
@@ -199,6 +236,12 @@ class HeadInfo(_message.Message):
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterInfo]:
         """For a head served by Heads.Run: the options it takes (RunRequest.options)."""
 
+    @_builtins.property
+    def settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """How the head computes, e.g. {"pooling": "mean", "normalize": "true"} for an
+        encode head, {"activation": "sigmoid"} for a classifier.
+        """
+
     def __init__(
         self,
         *,
@@ -216,10 +259,11 @@ class HeadInfo(_message.Message):
         detail: _builtins.str = ...,
         outputs: _abc.Iterable[Global___OutputField] | None = ...,
         parameters: _abc.Iterable[Global___ParameterInfo] | None = ...,
+        settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "settings", b"settings", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

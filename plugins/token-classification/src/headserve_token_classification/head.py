@@ -73,9 +73,9 @@ class TokenClassificationHead(Head):
         self._model = load_task_model(AutoModelForTokenClassification, context)
         config = self._model.model.config
         self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
-        self.trained = not self._model.missing
+        self.trained = self._model.trained
         if not self.trained:
-            self.detail = "token classifier weights missing: " + ", ".join(self._model.missing)
+            self.detail = self._model.untrained("token classifier")
 
     def prepare(self, item: TextItem, options: RunOptions) -> Prepared:
         if item.text_pair is not None:
