@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
 from .image_heads import ImageClassifyHead, load_image_classifier
-from .scores import activation, scores
+from .scores import activation, classified
 from .task_model import load_task_model
 from .tasks import Classification, ClassifyOptions, TextItem
 from .text import encode_text
@@ -68,14 +68,8 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
         (logits,) = outputs
-        return Classification.ranked(
-            self.name,
-            self.multi_label,
-            self.labels,
-            scores(logits, self.activation).tolist(),
-            options.top_k,
-            logits.tolist(),
-            self.activation,
+        return classified(
+            self.name, self.multi_label, self.labels, logits, self.activation, options.top_k
         )
 
     def relevance(self, classification: Classification) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from .contract import Features, Head, InvalidInput, LinearClassifier, LoadContext, Prepared, Row
-from .scores import activation, scores
+from .scores import activation, classified
 from .tasks import Classification, ClassifyOptions, Embedding, EncodeOptions, ImageItem
 
 
@@ -100,14 +100,8 @@ class ImageClassifyHead(Head[ImageItem, ClassifyOptions, Classification]):
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
         (logits,) = outputs
-        return Classification.ranked(
-            self.name,
-            self.multi_label,
-            self.labels,
-            scores(logits, self.activation).tolist(),
-            options.top_k,
-            logits.tolist(),
-            self.activation,
+        return classified(
+            self.name, self.multi_label, self.labels, logits, self.activation, options.top_k
         )
 
 

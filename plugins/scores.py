@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .tasks import Classification
+
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
 
@@ -36,3 +38,24 @@ def scores(logits: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "softmax":
         return logits.softmax(-1)
     return logits
+
+
+def classified(
+    head: str,
+    multi_label: bool,
+    labels: Sequence[str],
+    logits: torch.Tensor,
+    activation: str,
+    top_k: int,
+) -> Classification:
+    """A classifier head's answer from its logits [labels]: scores by `activation`, best first,
+    each label's logit beside its score."""
+    return Classification.ranked(
+        head,
+        multi_label,
+        labels,
+        scores(logits, activation).tolist(),
+        top_k,
+        logits.tolist(),
+        activation,
+    )

@@ -117,47 +117,34 @@ FAMILIES: tuple[Family, ...] = (
         notes="torch runs it eagerly: its attention span is a Python number, which a trace "
         "or an ONNX export would freeze at one length",
     ),
-    Family(
-        "ResNet",
-        ("resnet",),
-        modality="image",
-        kind="transformers-image",
-        runtimes=("torch",),
-        packed=False,
-        poolings=("pooled",),
-        heads=IMAGE_HEADS,
-    ),
-    Family(
-        "ViT",
-        ("vit",),
-        modality="image",
-        kind="transformers-image",
-        runtimes=("torch",),
-        packed=False,
-        poolings=("pooled",),
-        heads=IMAGE_HEADS,
-        notes="pooled: the first token after the final layer norm",
-    ),
-    Family(
-        "ConvNeXt",
-        ("convnext",),
-        modality="image",
-        kind="transformers-image",
-        runtimes=("torch",),
-        packed=False,
-        poolings=("pooled",),
-        heads=IMAGE_HEADS,
-    ),
-    Family(
-        "EfficientNet-Lite",
-        ("efficientnet-lite",),
-        modality="image",
-        kind="efficientnet-lite",
-        runtimes=("torch",),
-        packed=False,
-        poolings=("pooled",),
-        heads=IMAGE_HEADS,
-        notes="the efficientnet-lite0..4 packages' weights, against the package's own model",
+    *(
+        Family(
+            name,
+            (model_type,),
+            modality="image",
+            kind=kind,
+            runtimes=("torch",),
+            packed=False,
+            poolings=("pooled",),
+            heads=IMAGE_HEADS,
+            notes=notes,
+        )
+        for name, model_type, kind, notes in (
+            ("ResNet", "resnet", "transformers-image", ""),
+            (
+                "ViT",
+                "vit",
+                "transformers-image",
+                "pooled: the first token after the final layer norm",
+            ),
+            ("ConvNeXt", "convnext", "transformers-image", ""),
+            (
+                "EfficientNet-Lite",
+                "efficientnet-lite",
+                "efficientnet-lite",
+                "the efficientnet-lite0..4 packages' weights, against the package's own model",
+            ),
+        )
     ),
 )
 

@@ -220,7 +220,7 @@ def test_efficientnet_lite0_classifies_the_cat_and_the_coffee(efficientnet: Serv
     assert coffee.heads[0].top.label == "espresso"
 
 
-def test_efficientnet_probabilities_equal_the_package_model(efficientnet: ServerThread) -> None:
+def test_efficientnet_features_and_probabilities_equal_the_package_model(efficientnet: ServerThread) -> None:
     images = [photo("chelsea.png"), photo("coffee.png"), *gallery()]
     model = network("efficientnet-lite0")
     model.load_state_dict(torch.load(weights_file("efficientnet-lite0"), weights_only=True))
@@ -230,9 +230,13 @@ def test_efficientnet_probabilities_equal_the_package_model(efficientnet: Server
         [preprocess(Image.fromarray(convert_to_rgb(i, return_numpy=True)), 224) for i in rgb]
     )
     with torch.inference_mode():
-        want = model(torch.from_numpy(batch)).softmax(-1).numpy()
+        pixels = torch.from_numpy(batch)
+        want = model(pixels).softmax(-1).numpy()
+        # the pooled features the package's own classifier (_fc) reads: the encode head's
+        pooled = model._avg_pooling(model.extract_features(pixels)).flatten(1).numpy()
     with Client(efficientnet.target) as client:
         results = client.classify(images, heads=["imagenet"])
+        np.testing.assert_allclose(client.encode(images).vectors, pooled, atol=1e-5)
     labels = [s.label for s in results[0].heads[0].labels]
     order = {label: i for i, label in enumerate(client_labels(efficientnet))}
     for result, row in zip(results, want, strict=True):
