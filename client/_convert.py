@@ -665,6 +665,9 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             kind=b.kind,
             modality=b.modality or "text",
             runtime=b.runtime,
+            family=b.family,
+            verified=b.verified,
+            packing=b.packing,
             image=ImageInputInfo(
                 height=b.image.height,
                 width=b.image.width,
@@ -691,6 +694,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
                 detail=h.detail,
                 outputs=tuple(output_field(o) for o in h.outputs),
                 parameters=tuple(parameter_info(p) for p in h.parameters),
+                settings=dict(h.settings),
             )
             for h in message.heads
         ),

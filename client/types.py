@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar
 
 import numpy as np
@@ -667,6 +667,13 @@ class BackboneInfo:
     """An image backbone's input size and preprocessing."""
     runtime: str = ""
     """What runs the pass: ``"torch"``, ``"torch (traced)"``, ``"onnxruntime 1.32.0"``."""
+    family: str = ""
+    """The model family, e.g. ``"BERT"``, ``"ModernBERT"`` ("" from older servers)."""
+    verified: bool = False
+    """Whether the family is in the server's verified table (docs/backbones.md); False for a
+    checkpoint served with ``--allow-unverified-family`` (and from older servers)."""
+    packing: str = ""
+    """How rows share a pass, e.g. ``"packed, block-diagonal mask"`` or ``"padded batches"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +743,8 @@ class HeadInfo:
     """For a head served by ``run``: what each output holds; empty for the built-in tasks."""
     parameters: tuple[ParameterInfo, ...] = ()
     """For a head served by ``run``: the options it takes."""
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """How the head computes, e.g. ``{"pooling": "mean"}``, ``{"activation": "sigmoid"}``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,7 +220,9 @@ def test_efficientnet_lite0_classifies_the_cat_and_the_coffee(efficientnet: Serv
     assert coffee.heads[0].top.label == "espresso"
 
 
-def test_efficientnet_features_and_probabilities_equal_the_package_model(efficientnet: ServerThread) -> None:
+def test_efficientnet_features_and_probabilities_equal_the_package_model(
+    efficientnet: ServerThread,
+) -> None:
     images = [photo("chelsea.png"), photo("coffee.png"), *gallery()]
     model = network("efficientnet-lite0")
     model.load_state_dict(torch.load(weights_file("efficientnet-lite0"), weights_only=True))

@@ -749,3 +749,25 @@ def test_a_classification_carries_each_labels_logit_and_the_heads_activation() -
     assert result.labels[0].logit == pytest.approx(1.0986, abs=1e-4)
     assert result.labels[1].logit is None
     assert _convert.head_classification(classifier_pb2.HeadClassification()).activation == ""
+
+
+def test_model_info_carries_the_family_and_each_heads_settings() -> None:
+    message = models_pb2.ModelInfo(
+        backbone=models_pb2.BackboneInfo(
+            model_type="modernbert",
+            family="ModernBERT",
+            verified=True,
+            packing="packed, block-diagonal mask; local layers' window in the mask",
+        ),
+        heads=[models_pb2.HeadInfo(name="e", task="encode", settings={"pooling": "mean"})],
+    )
+    info = _convert.model_info(message)
+    assert (info.backbone.family, info.backbone.verified) == ("ModernBERT", True)
+    assert info.backbone.packing.startswith("packed")
+    assert info.heads[0].settings == {"pooling": "mean"}
+    older = _convert.model_info(models_pb2.ModelInfo(heads=[models_pb2.HeadInfo(name="e")]))
+    assert (older.backbone.family, older.backbone.verified, older.heads[0].settings) == (
+        "",
+        False,
+        {},
+    )
