@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/call_cost.py
 	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/families.py
 	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py
