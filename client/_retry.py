@@ -1,8 +1,9 @@
 """When a failed unary call is tried again, and after how long.
 
-Only what may succeed a moment later is retried: UNAVAILABLE (the server is loading, stopping
-or unreachable), RESOURCE_EXHAUSTED for overload (``ErrorInfo.reason`` ``OVERLOADED``, or
-gRPC's own concurrent-call cap, which sends no reason), and an INTERNAL that headserve did not
+Only what may succeed a moment later is retried: what headserve's error table
+(``headserve.v1.errors``) marks so by the ``ErrorInfo.reason`` it sent (UNAVAILABLE: loading or
+draining; ``OVERLOADED``), and, without a headserve reason, UNAVAILABLE (unreachable),
+RESOURCE_EXHAUSTED from gRPC's own concurrent-call cap, and an INTERNAL that headserve did not
 send. A RESOURCE_EXHAUSTED with another reason is not: ``OUT_OF_MEMORY`` says one row does not
 fit on the device even alone, and a request over the message size limit stays over it.
 headserve's own INTERNAL always carries its ``ErrorInfo`` and is a bug, so it is not retried;
@@ -21,6 +22,8 @@ import time
 
 import grpc
 
+from headserve.v1.errors import by_reason
+
 from .errors import HeadserveError
 
 __all__ = [
@@ -35,7 +38,6 @@ __all__ = [
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
 )
-OVERLOADED = "OVERLOADED"
 INITIAL_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 4.0
 
@@ -47,7 +49,12 @@ def backoff(attempt: int) -> float:
 
 
 def may_succeed_later(error: HeadserveError) -> bool:
-    """Whether the same call, sent again, may succeed: the server was busy or unreachable."""
+    """Whether the same call, sent again, may succeed: the server was busy or unreachable.
+    An error headserve sent says so in its row of the contract's error table (its reason);
+    one it did not send (a proxy's, gRPC's own) is judged by its code."""
+    kind = by_reason(error.reason) if error.reason else None
+    if kind is not None and kind.grpc == error.code.name:
+        return kind.retry
     if error.code not in RETRYABLE_CODES:
         return False
     if error.code == grpc.StatusCode.UNAVAILABLE:
@@ -55,7 +62,7 @@ def may_succeed_later(error: HeadserveError) -> bool:
     if error.code == grpc.StatusCode.INTERNAL:
         return not error.reason  # not headserve's: a proxy lost the replica under the call
     if error.reason:
-        return error.reason == OVERLOADED
+        return False  # a reason headserve's table does not know
     # No headserve reason: gRPC refused it itself. Its concurrent-call cap is overload; a
     # message over the size limit ("Received message larger than max") is not.
     return "larger than max" not in error.message

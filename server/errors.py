@@ -1,20 +1,32 @@
-"""Errors the server raises, by meaning. status.py maps them to gRPC codes, in one place."""
+"""Errors the server raises, by meaning. Each names its row of the contract's error table
+(`headserve.v1.errors`: gRPC code, ErrorInfo reason, HTTP status, whether to retry), which
+status.py (gRPC) and openai_http.py (HTTP) read; a test fails when a class has no row."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from headserve.v1 import errors as table
+from headserve.v1.errors import ErrorKind
+
 
 class HeadserveError(Exception):
-    reason = "ERROR"
+    kind: ClassVar[ErrorKind] = table.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    @property
+    def reason(self) -> str:
+        """Its ErrorInfo reason (its kind's)."""
+        return self.kind.reason
+
 
 class InvalidArgument(HeadserveError):
     """Bad input or option. `field` is a path such as "items[3].text" or "options.top_k"."""
 
-    reason = "INVALID_ARGUMENT"
+    kind = table.INVALID_ARGUMENT
 
     def __init__(self, field: str, message: str, *, item: int | None = None) -> None:
         super().__init__(f"{field}: {message}")
@@ -27,9 +39,11 @@ class TooLarge(InvalidArgument):
     """Over a size limit of the server's (--max-request-items, --max-item-chars...): on gRPC
     INVALID_ARGUMENT like any bad input; over HTTP 413."""
 
+    kind = table.TOO_LARGE
+
 
 class HeadNotFound(HeadserveError):
-    reason = "HEAD_NOT_FOUND"
+    kind = table.HEAD_NOT_FOUND
 
     def __init__(self, message: str, *, head: str) -> None:
         super().__init__(message)
@@ -39,7 +53,7 @@ class HeadNotFound(HeadserveError):
 class HeadNotUsable(HeadserveError):
     """The head exists but cannot serve, e.g. its weights are untrained."""
 
-    reason = "HEAD_NOT_USABLE"
+    kind = table.HEAD_NOT_USABLE
 
     def __init__(self, message: str, *, head: str) -> None:
         super().__init__(message)
@@ -47,21 +61,22 @@ class HeadNotUsable(HeadserveError):
 
 
 class Unavailable(HeadserveError):
-    reason = "UNAVAILABLE"
+    kind = table.UNAVAILABLE
 
 
 class Unauthenticated(HeadserveError):
-    reason = "UNAUTHENTICATED"
+    kind = table.UNAUTHENTICATED
 
 
 class Overloaded(HeadserveError):
-    reason = "OVERLOADED"
+    kind = table.OVERLOADED
 
 
 class HeadFailed(HeadserveError):
-    """A head raised while computing a batch: a bug in that head, reported as INTERNAL."""
+    """A head raised while preparing, computing or finishing: a bug in that head, or a model
+    its code cannot run; reported as INTERNAL, naming the head."""
 
-    reason = "HEAD_FAILED"
+    kind = table.HEAD_FAILED
 
     def __init__(self, message: str, *, head: str) -> None:
         super().__init__(message)
@@ -69,10 +84,10 @@ class HeadFailed(HeadserveError):
 
 
 class DeadlineExceeded(HeadserveError):
-    reason = "DEADLINE_EXCEEDED"
+    kind = table.DEADLINE_EXCEEDED
 
 
 class OutOfMemory(HeadserveError):
     """Even one row did not fit in the model's memory (after splitting the batch)."""
 
-    reason = "OUT_OF_MEMORY"
+    kind = table.OUT_OF_MEMORY

@@ -34,18 +34,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from headserve.plugins.tasks import EncodeOptions, TextItem
+from headserve.v1 import errors as table
 
 from .call_info import REQUEST_ID_KEY, begin_call, current_request_id
 from .core import Core
 from .errors import (
-    DeadlineExceeded,
-    HeadFailed,
     HeadNotFound,
-    HeadNotUsable,
     HeadserveError,
     InvalidArgument,
-    OutOfMemory,
-    Overloaded,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -63,32 +59,18 @@ access = logging.getLogger("headserve.access")  # a line per request, as gRPC ca
 class Cancelled(HeadserveError):
     """The caller went away: nobody reads this answer (nginx's 499)."""
 
-    reason = "CANCELLED"
+    kind = table.CANCELLED
 
 
 # Each error's HTTP status and OpenAI error type; the first class that matches wins.
-_HTTP_OF: tuple[tuple[type[HeadserveError], int, str], ...] = (
-    (TooLarge, 413, "invalid_request_error"),
-    (InvalidArgument, 400, "invalid_request_error"),
-    (HeadNotFound, 404, "invalid_request_error"),
-    (HeadNotUsable, 400, "invalid_request_error"),
-    (Unauthenticated, 401, "authentication_error"),
-    (Overloaded, 429, "rate_limit_error"),
-    (Unavailable, 503, "service_unavailable"),
-    (DeadlineExceeded, 504, "timeout"),
-    (OutOfMemory, 413, "invalid_request_error"),  # one row too large for the device
-    (HeadFailed, 500, "server_error"),
-    (Cancelled, 499, "cancelled"),
-)
 _ROUTES = ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/v1/models", "/health")
 DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
     """OpenAI's error JSON for `exc`, with its HTTP status; anything not ours is a bug: 500."""
-    status, kind = next(
-        ((s, k) for cls, s, k in _HTTP_OF if isinstance(exc, cls)), (500, "server_error")
-    )
+    row = exc.kind if isinstance(exc, HeadserveError) else table.INTERNAL
+    status, kind = row.http, row.http_type
     if isinstance(exc, HeadserveError):
         message, code = exc.message, exc.reason.lower()
     else:

@@ -1,4 +1,5 @@
-"""The one place where errors become gRPC statuses (google.rpc.Status with details)."""
+"""Where errors become gRPC statuses (google.rpc.Status with details), by the contract's error
+table (headserve.v1.errors; openai_http.py reads the same table for HTTP)."""
 
 from __future__ import annotations
 
@@ -11,35 +12,14 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from headserve.v1 import errors as table
+
 from .call_info import REQUEST_ID_KEY, current_request_id
-from .errors import (
-    DeadlineExceeded,
-    HeadFailed,
-    HeadNotFound,
-    HeadNotUsable,
-    HeadserveError,
-    InvalidArgument,
-    OutOfMemory,
-    Overloaded,
-    Unauthenticated,
-    Unavailable,
-)
+from .errors import HeadserveError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "headserve"
-
-_CODES: tuple[tuple[type[HeadserveError], int], ...] = (
-    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
-    (HeadNotFound, code_pb2.NOT_FOUND),
-    (HeadNotUsable, code_pb2.FAILED_PRECONDITION),
-    (Overloaded, code_pb2.RESOURCE_EXHAUSTED),
-    (Unavailable, code_pb2.UNAVAILABLE),
-    (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
-    (OutOfMemory, code_pb2.RESOURCE_EXHAUSTED),
-    (HeadFailed, code_pb2.INTERNAL),
-    (Unauthenticated, code_pb2.UNAUTHENTICATED),
-)
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -49,8 +29,10 @@ def _pack(message: Message) -> any_pb2.Any:
 
 
 def code_of(exc: BaseException) -> int:
-    """The google.rpc code `exc` is answered with."""
-    return next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+    """The google.rpc code `exc` is answered with: its kind's (headserve.v1.errors)."""
+    kind = exc.kind if isinstance(exc, HeadserveError) else table.INTERNAL
+    code: int = code_pb2.Code.Value(kind.grpc)
+    return code
 
 
 def to_status(exc: BaseException) -> status_pb2.Status:
