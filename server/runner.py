@@ -96,7 +96,8 @@ class Runner:
     ) -> list[Any]:
         """Outputs for every work item, in order, in length-sorted batches.
 
-        Raises the first failure. For tests and benchmarks; the server goes through the scheduler.
+        Raises the first failure. What `headserve train-head` computes features with (and
+        tests and benchmarks); a served call goes through the scheduler instead.
         """
         order = sorted(range(len(work)), key=lambda i: len(work[i].row.input_ids))
         outputs: list[Any] = [None] * len(work)

@@ -243,13 +243,11 @@ def test_a_full_queue_is_429_and_http_rows_share_batches_with_grpc(bert) -> None
         with Client(thread.target) as grpc_client, held(core.runner) as gate:
             with ThreadPoolExecutor(3) as pool:
                 blocker = pool.submit(grpc_client.encode, ["hold the model"])
-                while not core.scheduler.busy:
-                    time.sleep(0.005)
+                _until(lambda: core.scheduler.busy)
                 before = core.runner.batches
                 by_grpc = pool.submit(grpc_client.encode, TEXTS[:2])
                 by_http = pool.submit(client.embeddings.create, model="encode", input=TEXTS[:2])
-                while core.scheduler.queued < 4:
-                    time.sleep(0.005)
+                _until(lambda: core.scheduler.queued >= 4)
                 with pytest.raises(openai.RateLimitError) as full:
                     client.embeddings.create(model="encode", input=["one more"])
                 assert full.value.status_code == 429
@@ -371,15 +369,16 @@ def test_stopping_answers_the_requests_in_flight(bert) -> None:  # type: ignore[
 
         caller = threading.Thread(target=call)
         caller.start()
-        while not core.scheduler.busy:
-            time.sleep(0.005)
+        _until(lambda: core.scheduler.busy)
         stopping = threading.Thread(target=lambda: thread.call(thread.server.stop(10)))
         stopping.start()
-        time.sleep(0.2)
+        _until(thread.server.state.draining.is_set)  # the drain has begun, the call is held
+        assert caller.is_alive() and "result" not in outcome
         gate.set()
         caller.join(timeout=30)
         stopping.join(timeout=30)
     thread.loop.call_soon_threadsafe(thread.loop.stop)
+    assert not stopping.is_alive(), "the drain did not finish"
     status, body, _ = outcome["result"]
     assert status == 200 and len(body["data"]) == 3
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 
 import grpc
@@ -12,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving import ServerThread
 
+import headserve.v1
 from headserve.client import (
     Batch,
     Client,
@@ -83,16 +86,23 @@ def test_not_serving_and_unavailable_until_the_backbone_is_loaded(bert) -> None:
         thread.stop()
 
 
+def _contract_services() -> set[str]:
+    """Every service of the headserve.v1 contract, read from its descriptors."""
+    names: set[str] = set()
+    for module in pkgutil.iter_modules(headserve.v1.__path__):
+        if module.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"headserve.v1.{module.name}").DESCRIPTOR
+            names |= {s.full_name for s in descriptor.services_by_name.values()}
+    return names
+
+
 def test_health_per_service(server: ServerThread) -> None:
-    for service in (
-        "",
-        "headserve.v1.Encoder",
-        "headserve.v1.TokenPredictor",
-        "headserve.v1.Classifier",
-        "headserve.v1.QuestionAnswerer",
-        "headserve.v1.Models",
-    ):
-        assert _health(server.target, service) == SERVING, service
+    services = _contract_services()
+    assert len(services) == 7
+    for service in ["", *sorted(services)]:
+        # Heads serves plugin tasks: this server has none (its RunHeads answers regardless)
+        want = NOT_SERVING if service == "headserve.v1.Heads" else SERVING
+        assert _health(server.target, service) == want, service
 
 
 def test_a_task_with_no_usable_head_is_not_serving(bert) -> None:  # type: ignore[no-untyped-def]
@@ -124,14 +134,11 @@ def test_reflection_lists_every_service(server: ServerThread) -> None:
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
     names = {s.name for s in reply.list_services_response.service}
-    assert {
-        "headserve.v1.Encoder",
-        "headserve.v1.TokenPredictor",
-        "headserve.v1.Classifier",
-        "headserve.v1.QuestionAnswerer",
-        "headserve.v1.Models",
+    assert names - _contract_services() == {
         "grpc.health.v1.Health",
-    } <= names
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert _contract_services() <= names
 
 
 # --- every RPC ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from headserve.client import Client
+from headserve.client import Client, HeadserveError
 from headserve.server.cli import serve_settings
 from headserve.server.ray_config import config
 
@@ -107,10 +107,13 @@ def _serve_run(families, tmp_path: Path, port: int) -> bool:  # type: ignore[no-
             for name in ("en", "other"):
                 try:
                     with Client(f"127.0.0.1:{port}", application=name, timeout=5) as client:
-                        types[name] = client.model_info().backbone.model_type
-                        assert len(client.encode(["served by Ray"])) == 1
-                except Exception:  # not up yet: the proxy or the application is starting
-                    time.sleep(1)
+                        info = client.model_info()
+                        encoded = client.encode(["served by Ray"])
+                except HeadserveError:  # a failed call, not an assertion: not up yet
+                    time.sleep(1)  # the proxy or the application is starting
+                    continue
+                types[name] = info.backbone.model_type
+                assert len(encoded) == 1
         assert types == {"en": "bert", "other": "roberta"}
         return True
     finally:

@@ -240,34 +240,46 @@ def test_the_application_metadata_picks_the_backbone(endpoint: Endpoint) -> None
 
 
 def test_overload_keeps_its_code_and_reason_through_the_proxy(endpoint: Endpoint) -> None:
-    """On "mini": call A's 64 long rows fill one batch and keep the model busy (about 3 s on
-    one thread here); call B's 64 rows then fill the queue; call C, sent 0.6 s after A, finds
-    no room: RESOURCE_EXHAUSTED with reason OVERLOADED, as the standalone server answers it."""
+    """On "mini" (one worker, a queue of 64 rows): calls A and B, 64 long rows each, fill the
+    model (about 3 s on one thread here) and the queue; a one-row call C, sent again every
+    50 ms while they are answered, finds no room: RESOURCE_EXHAUSTED with reason OVERLOADED,
+    as the standalone server answers it. (Should a C get in before B, B is the one refused,
+    with the same code and reason: whichever it is, the refusal must keep them.)"""
     long_text = " ".join(["the model reads every one of these words"] * 14)  # ~115 tokens
 
-    async def main() -> BaseException | None:
+    async def main() -> list[BaseException]:
         async with AsyncClient(endpoint.target, application="mini", max_retries=0) as client:
             await client.encode(["warm up"])
             # distinct rows: identical ones would be computed once
             first = asyncio.ensure_future(client.encode([f"{i} {long_text}" for i in range(64)]))
-            await asyncio.sleep(0.3)  # A is on the model
+            await asyncio.sleep(0.3)  # A first: its rows go to the model
             second = asyncio.ensure_future(client.encode([f"{long_text} {i}" for i in range(64)]))
-            await asyncio.sleep(0.3)  # B waits in the (now full) queue
-            try:
-                await client.encode(["one more call"])
-            except ResourceExhaustedError as exc:
-                refused: BaseException | None = exc
-            else:
-                refused = None
-            a, b = await asyncio.gather(first, second)  # A and B themselves are answered
-            assert len(a) == len(b) == 64
-            assert b.timing.queue_ms > 300  # B really waited in the queue meanwhile
-            return refused
+            refusals: list[BaseException] = []
+            deadline = time.monotonic() + 60
+            while not refusals and not second.done() and time.monotonic() < deadline:
+                try:
+                    await client.encode(["one more call"])
+                except ResourceExhaustedError as exc:
+                    refusals.append(exc)
+                await asyncio.sleep(0.05)
+            answered = 0
+            for outcome in await asyncio.gather(first, second, return_exceptions=True):
+                if isinstance(outcome, ResourceExhaustedError):
+                    refusals.append(outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    assert len(outcome) == 64
+                    answered += 1
+            assert answered >= 1  # A is answered
+            return refusals
 
-    refused = asyncio.run(main())
-    assert isinstance(refused, ResourceExhaustedError), "C was not refused"
-    assert refused.reason == "OVERLOADED" and "queue full" in refused.message
-    assert refused.request_id is not None
+    refusals = asyncio.run(main())
+    assert refusals, "no call was refused while the queue was full"
+    for refused in refusals:
+        assert isinstance(refused, ResourceExhaustedError)
+        assert refused.reason == "OVERLOADED" and "queue full" in refused.message
+        assert refused.request_id is not None
 
 
 def test_image_items_answer_through_the_proxy_as_the_standalone_server_does(
