@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/call_cost.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/families.py
+	$(BIN)/python bench/slow_head.py
 	$(BIN)/python bench/contention.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/finetune.py

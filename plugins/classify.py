@@ -29,6 +29,7 @@ from .text import encode_text
 
 class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
     task = "classify"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name

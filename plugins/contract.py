@@ -256,6 +256,10 @@ class Head(abc.ABC, Generic[ItemT, OptionsT, ResultT]):
     # How it computes, for GetModelInfo and `headserve info`: e.g. {"pooling": "mean"} for an
     # encode head, {"activation": "sigmoid"} for a classifier (added in contract 1, optional)
     settings: Mapping[str, str] = {}  # noqa: RUF012 (read only: heads assign their own)
+    # prepare and finish cost microseconds an item (the built-in heads): the server may run
+    # them on its event loop for short items. Otherwise (the default) they run on a thread,
+    # so a slow head cannot stall other calls (added in contract 1, optional)
+    cheap: ClassVar[bool] = False
     # Generic heads only (tasks outside the built-in four): the output schema and options.
     outputs: tuple[OutputField, ...] = ()
     parameters: tuple[Parameter, ...] = ()

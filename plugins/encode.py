@@ -89,6 +89,7 @@ class _Pooled:
 
 class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
     task = "encode"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name

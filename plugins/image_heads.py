@@ -35,6 +35,7 @@ def _truthy(value: str) -> bool:
 
 class ImageEncodeHead(Head[ImageItem, EncodeOptions, Embedding]):
     task = "encode"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name
@@ -73,6 +74,7 @@ class ImageEncodeHead(Head[ImageItem, EncodeOptions, Embedding]):
 
 class ImageClassifyHead(Head[ImageItem, ClassifyOptions, Classification]):
     task = "classify"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext, classifier: LinearClassifier) -> None:
         self.name = context.spec.name

@@ -20,6 +20,7 @@ from .text import encode_text
 
 class MaskedLMHead(Head[TextItem, PredictOptions, TokenPrediction]):
     task = "mlm"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name

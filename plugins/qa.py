@@ -91,6 +91,7 @@ def decode(
 
 class QuestionAnsweringHead(Head[QAItem, QAOptions, QuestionAnswer]):
     task = "qa"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name

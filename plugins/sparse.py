@@ -35,6 +35,7 @@ def splade(logits: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
 
 class SparseEncodeHead(Head[TextItem, EncodeOptions, Embedding]):
     task = "encode"
+    cheap = True  # microseconds an item: inline for short items (core.py)
 
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name

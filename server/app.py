@@ -7,6 +7,7 @@ import errno
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from .tracing import Tracing
 
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
+GIL_SWITCH_SECONDS = 0.001
 log = logging.getLogger(__name__)
 
 GENERIC = "*"  # the Heads service: SERVING with any usable head of a task outside the four
@@ -425,6 +427,11 @@ async def serve(settings: Settings, address: str) -> None:
 
     Raises StartupError, with one line that says why, when the server cannot start."""
     from .tracing import Tracing, TracingUnavailable
+
+    # A thread that runs Python (a plugin head's prepare or finish, a model worker's eager
+    # layers) keeps the GIL from the event loop for up to this long each time the loop wants
+    # it: 5 ms by default. 1 ms bounds that wait (bench/slow_head.py, BENCHMARKS.md).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
     try:
         tracing = Tracing.from_settings(settings.otlp_endpoint)

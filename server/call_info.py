@@ -1,8 +1,10 @@
 """Which call the code is serving: its request id and RPC, wherever the code runs.
 
 The gRPC call interceptor (interceptor.py), the HTTP endpoint (openai_http.py) and the Ray
-Serve replica (ray_serve.py) set `CURRENT` for each call before any of its code runs; everything the call's task does, and every task it starts (a stream's requests), sees
-it. Error details, log lines and spans read it from here instead of having it passed down.
+Serve replica (ray_serve.py) set `CURRENT` for each call before any of its code runs;
+everything the call's task does, and every task or thread it starts (a stream's requests, a
+head's prepare and finish), sees it. Error details, log lines and spans read it from here
+instead of having it passed down.
 A model worker serves a batch of rows from several calls: `BATCH` holds their request ids
 while it computes, so its log lines can name them.
 """
