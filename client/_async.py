@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -18,14 +16,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from headserve.v1 import models_pb2
-
-from . import _convert, errors
+from . import _calls
+from ._base import ClientBase, streaming
 from ._call_meta import outgoing, request_id_in, with_request_id
-from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given, with_application
-from ._retry import deadline_after, remaining, retry_delay
+from ._calls import arguments
+from ._options import NOT_GIVEN, Metadata, NotGiven, given
+from ._retry import Attempts
 from ._stubs import Stubs
-from ._tls import TLS, resolve
+from ._tls import TLS
 from .types import (
     AnswerQuestionResult,
     Batch,
@@ -48,11 +46,10 @@ from .types import (
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
-R = TypeVar("R")
 B = TypeVar("B")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """asyncio client of a headserve server: the methods of :class:`Client`, awaited.
 
     Example::
@@ -81,49 +78,11 @@ class AsyncClient:
         token: str | None = None,
         application: str | None = None,
     ) -> None:
-        metadata = with_application(metadata, application)
-        self._settings = Settings.create(timeout, max_retries, metadata, token)
-        security = resolve(tls)
-        if channel is not None and (options or security is not None):
-            raise ValueError(
-                "options and tls configure the channel the client makes: not with channel="
-            )
+        security = self._configure(locals())
         if security is not None:
             options = [*options, *security.channel_options()]
         credentials = security.credentials() if security is not None else None
         self._channel = _LazyChannel(target, options, credentials, channel)
-
-    @property
-    def timeout(self) -> float | None:
-        """Default deadline of a unary call in seconds, retries included."""
-        return self._settings.timeout
-
-    @property
-    def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE, overload or a proxy's INTERNAL."""
-        return self._settings.max_retries
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        """Metadata sent with every call (besides the token's ``authorization`` entry)."""
-        return self._settings.metadata
-
-    def with_options(
-        self,
-        *,
-        timeout: float | None | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        metadata: Metadata | NotGiven = NOT_GIVEN,
-        token: str | None | NotGiven = NOT_GIVEN,
-    ) -> AsyncClient:
-        """A copy with other settings, sharing this client's channel; this one is unchanged.
-
-        ``metadata`` replaces the client's metadata but keeps its token; ``token`` replaces
-        the token (``None``: send none); see :meth:`Client.with_options`.
-        """
-        clone = copy.copy(self)
-        clone._settings = self._settings.replace(timeout, max_retries, metadata, token)
-        return clone
 
     async def close(self) -> None:
         """Close the channel, for this client and every ``with_options`` copy of it."""
@@ -159,22 +118,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``); see :meth:`Client.encode`."""
-        options = _convert.encode_options(
-            pooling,
-            normalize,
-            truncate,
-            head,
-            dimensions,
-            prompt_name,
-            prompt,
-            truncation_side,
-            sparse_top_k,
-            sparse_min_weight,
-        )
-        request = _convert.encode_request(items, options)
-        return await self._unary(
-            lambda stubs: stubs.encoder.Encode, request, _convert.encode_result, timeout
-        )
+        return await self._unary(_calls.encode(**arguments(locals())), timeout)
 
     async def predict_tokens(
         self,
@@ -187,14 +131,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> PredictTokensResult:
         """Candidates for every mask token in each item; see :meth:`Client.predict_tokens`."""
-        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
-        request = _convert.predict_tokens_request(items, options)
-        return await self._unary(
-            lambda stubs: stubs.token_predictor.PredictTokens,
-            request,
-            _convert.predict_tokens_result,
-            timeout,
-        )
+        return await self._unary(_calls.predict_tokens(**arguments(locals())), timeout)
 
     async def classify(
         self,
@@ -206,11 +143,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> ClassifyResult:
         """Classify each item by one or more heads; see :meth:`Client.classify`."""
-        options = _convert.classify_options(heads, top_k, truncate)
-        request = _convert.classify_request(items, options)
-        return await self._unary(
-            lambda stubs: stubs.classifier.Classify, request, _convert.classify_result, timeout
-        )
+        return await self._unary(_calls.classify(**arguments(locals())), timeout)
 
     async def rerank(
         self,
@@ -224,10 +157,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> RerankResult:
         """``documents`` ordered by relevance to ``query``; see :meth:`Client.rerank`."""
-        request = _convert.rerank_request(query, documents, head, top_n, return_documents, truncate)
-        return await self._unary(
-            lambda stubs: stubs.ranker.Rerank, request, _convert.rerank_result, timeout
-        )
+        return await self._unary(_calls.rerank(**arguments(locals())), timeout)
 
     async def answer_question(
         self,
@@ -241,16 +171,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> AnswerQuestionResult:
         """Extract answers from each question's context; see :meth:`Client.answer_question`."""
-        options = _convert.answer_question_options(
-            top_k, max_answer_length, doc_stride, allow_no_answer, head
-        )
-        request = _convert.answer_question_request(items, options)
-        return await self._unary(
-            lambda stubs: stubs.question_answerer.AnswerQuestion,
-            request,
-            _convert.answer_question_result,
-            timeout,
-        )
+        return await self._unary(_calls.answer_question(**arguments(locals())), timeout)
 
     async def run(
         self,
@@ -268,10 +189,7 @@ class AsyncClient:
             result = await client.run("ner", ["Ada lives in London."])
             entities = result[0]["entities"]
         """
-        request = _convert.run_request(items, head, _convert.run_options(options), truncate)
-        return await self._unary(
-            lambda stubs: stubs.heads.Run, request, _convert.run_result, timeout
-        )
+        return await self._unary(_calls.run(**arguments(locals())), timeout)
 
     async def run_heads(
         self,
@@ -283,19 +201,11 @@ class AsyncClient:
     ) -> RunHeadsResult:
         """Several heads of any tasks on the same items, one backbone pass; see
         :meth:`Client.run_heads`."""
-        request = _convert.run_heads_request(items, heads, truncate)
-        return await self._unary(
-            lambda stubs: stubs.heads.RunHeads, request, _convert.run_heads_result, timeout
-        )
+        return await self._unary(_calls.run_heads(**arguments(locals())), timeout)
 
     async def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
-        return await self._unary(
-            lambda stubs: stubs.models.GetModelInfo,
-            models_pb2.GetModelInfoRequest(),
-            _convert.model_info,
-            timeout,
-        )
+        return await self._unary(_calls.model_info(**arguments(locals())), timeout)
 
     async def tokenize(
         self,
@@ -306,10 +216,7 @@ class AsyncClient:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> tuple[Tokenization, ...]:
         """How the server's tokenizer splits each item, with code-point offsets."""
-        request = _convert.tokenize_request(items, add_special_tokens, truncate)
-        return await self._unary(
-            lambda stubs: stubs.models.Tokenize, request, _convert.tokenizations, timeout
-        )
+        return await self._unary(_calls.tokenize(**arguments(locals())), timeout)
 
     # --- streams --------------------------------------------------------------------------------
 
@@ -330,25 +237,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches; see :meth:`Client.encode_stream`."""
-        options = _convert.encode_options(
-            pooling,
-            normalize,
-            truncate,
-            head,
-            dimensions,
-            prompt_name,
-            prompt,
-            truncation_side,
-            sparse_top_k,
-            sparse_min_weight,
-        )
-        return self._stream(
-            lambda stubs: stubs.encoder.EncodeStream,
-            batches,
-            lambda batch: _convert.encode_request(batch.items, options, batch.id),
-            _convert.encode_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.encode_stream(**arguments(locals())), timeout)
 
     def predict_tokens_stream(
         self,
@@ -361,14 +250,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[PredictTokensResult]]:
         """``predict_tokens`` over a stream of batches; see :meth:`Client.encode_stream`."""
-        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
-        return self._stream(
-            lambda stubs: stubs.token_predictor.PredictTokensStream,
-            batches,
-            lambda batch: _convert.predict_tokens_request(batch.items, options, batch.id),
-            _convert.predict_tokens_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.predict_tokens_stream(**arguments(locals())), timeout)
 
     def classify_stream(
         self,
@@ -380,14 +262,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[ClassifyResult]]:
         """``classify`` over a stream of batches; see :meth:`Client.encode_stream`."""
-        options = _convert.classify_options(heads, top_k, truncate)
-        return self._stream(
-            lambda stubs: stubs.classifier.ClassifyStream,
-            batches,
-            lambda batch: _convert.classify_request(batch.items, options, batch.id),
-            _convert.classify_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.classify_stream(**arguments(locals())), timeout)
 
     def answer_question_stream(
         self,
@@ -401,16 +276,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[AnswerQuestionResult]]:
         """``answer_question`` over a stream of batches; see :meth:`Client.encode_stream`."""
-        options = _convert.answer_question_options(
-            top_k, max_answer_length, doc_stride, allow_no_answer, head
-        )
-        return self._stream(
-            lambda stubs: stubs.question_answerer.AnswerQuestionStream,
-            batches,
-            lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
-            _convert.answer_question_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.answer_question_stream(**arguments(locals())), timeout)
 
     def run_stream(
         self,
@@ -422,14 +288,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[RunResult]]:
         """``run`` over a stream of batches; see :meth:`Client.run_stream`."""
-        struct = _convert.run_options(options)
-        return self._stream(
-            lambda stubs: stubs.heads.RunStream,
-            batches,
-            lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
-            _convert.run_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.run_stream(**arguments(locals())), timeout)
 
     def run_heads_stream(
         self,
@@ -440,73 +299,43 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[RunHeadsResult]]:
         """``run_heads`` over a stream of batches; see :meth:`Client.run_heads_stream`."""
-        calls = [_convert.head_call(h, index) for index, h in enumerate(heads)]
-        return self._stream(
-            lambda stubs: stubs.heads.RunHeadsStream,
-            batches,
-            lambda batch: _convert.run_heads_request(batch.items, (), truncate, batch.id, calls),
-            _convert.run_heads_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.run_heads_stream(**arguments(locals())), timeout)
 
     # --- transport ------------------------------------------------------------------------------
 
-    async def _unary(
-        self,
-        pick: Callable[[Stubs], Callable[..., Awaitable[R]]],
-        request: object,
-        convert: Callable[[R], T],
-        timeout: float | None | NotGiven,
-    ) -> T:
-        method = pick(self._channel.stubs())
-        deadline = deadline_after(given(timeout, self._settings.timeout))
-        attempt = 0
+    async def _unary(self, call: _calls.Unary[T], timeout: float | None | NotGiven) -> T:
+        method = call.rpc(self._channel.stubs())
+        attempts = Attempts(given(timeout, self._settings.timeout), self._settings.max_retries)
         while True:
             try:
-                call = method(
-                    request,
-                    timeout=remaining(deadline),
+                # a grpc.aio.UnaryUnaryCall: awaited for its response, then its metadata
+                rpc = method(
+                    call.request,
+                    timeout=attempts.remaining(),
                     metadata=outgoing(self._settings.call_metadata),
                 )
-                response = await call
-                # a grpc.aio.UnaryUnaryCall, typed by `pick` as the Awaitable it also is
-                request_id = request_id_in(await call.initial_metadata()) or request_id_in(  # type: ignore[attr-defined]
-                    await call.trailing_metadata()  # type: ignore[attr-defined]
+                response = await rpc
+                request_id = request_id_in(await rpc.initial_metadata()) or request_id_in(
+                    await rpc.trailing_metadata()
                 )
             except grpc.RpcError as rpc_error:
-                error = errors.from_rpc_error(rpc_error)
-                delay = retry_delay(error, attempt, self._settings.max_retries, deadline)
-                if delay is None:
-                    raise error from rpc_error
-                await asyncio.sleep(delay)
-                attempt += 1
+                await asyncio.sleep(attempts.after(rpc_error))
             else:
-                return with_request_id(convert(response), request_id)
+                return with_request_id(call.convert(response), request_id)
 
     async def _stream(
-        self,
-        pick: Callable[[Stubs], Callable[..., Any]],
-        batches: Iterable[B] | AsyncIterable[B],
-        to_request: Callable[[B], object],
-        convert: Callable[[R], StreamResult[T]],
-        timeout: float | None,
+        self, call: _calls.Stream[Any, T], timeout: float | None
     ) -> AsyncIterator[StreamResult[T]]:
-        pump = _AsyncRequestPump(batches, to_request)
-        call = pick(self._channel.stubs())(
+        pump = _AsyncRequestPump(call.batches, call.to_request)
+        rpc = call.rpc(self._channel.stubs())(
             pump.requests(), timeout=timeout, metadata=outgoing(self._settings.call_metadata)
         )
         request_id = None
-        try:
-            async for response in call:
+        with streaming(rpc, pump):
+            async for response in rpc:
                 if request_id is None:  # the headers came before the first response
-                    request_id = request_id_in(await call.initial_metadata())
-                yield with_request_id(convert(response), request_id)
-        except grpc.RpcError as rpc_error:
-            raise errors.from_rpc_error(rpc_error) from rpc_error
-        finally:
-            call.cancel()  # no-op once finished; stops the call when the caller stops early
-        if pump.error is not None:
-            raise pump.error
+                    request_id = request_id_in(await rpc.initial_metadata())
+                yield with_request_id(call.convert(response), request_id)
 
 
 class _LazyChannel:

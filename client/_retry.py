@@ -24,10 +24,12 @@ import grpc
 
 from headserve.v1.errors import by_reason
 
+from . import errors
 from .errors import HeadserveError
 
 __all__ = [
     "RETRYABLE_CODES",
+    "Attempts",
     "backoff",
     "deadline_after",
     "may_succeed_later",
@@ -93,3 +95,27 @@ def deadline_after(timeout: float | None) -> float | None:
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (at least a millisecond), or ``None`` for no limit."""
     return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
+
+class Attempts:
+    """The tries of one unary call: its deadline, and after each failure whether and how long
+    to wait before the next (each transport sends; this decides)."""
+
+    def __init__(self, timeout: float | None, max_retries: int) -> None:
+        self.deadline = deadline_after(timeout)
+        self._max_retries = max_retries
+        self._attempt = 0
+
+    def remaining(self) -> float | None:
+        """The next try's timeout: what is left of the deadline."""
+        return remaining(self.deadline)
+
+    def after(self, rpc_error: grpc.RpcError) -> float:
+        """Seconds to wait before trying again after `rpc_error`; raises the call's error
+        (the client's exception for it) when it is not worth another try."""
+        error = errors.from_rpc_error(rpc_error)
+        delay = retry_delay(error, self._attempt, self._max_retries, self.deadline)
+        if delay is None:
+            raise error from rpc_error
+        self._attempt += 1
+        return delay

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -10,14 +9,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from headserve.v1 import models_pb2
-
-from . import _convert, errors
+from . import _calls
+from ._base import ClientBase, streaming
 from ._call_meta import outgoing, request_id_in, with_request_id
-from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, given, with_application
-from ._retry import deadline_after, remaining, retry_delay
+from ._calls import arguments
+from ._options import NOT_GIVEN, Metadata, NotGiven, given
+from ._retry import Attempts
 from ._stubs import Stubs
-from ._tls import TLS, resolve
+from ._tls import TLS
 from .types import (
     AnswerQuestionResult,
     Batch,
@@ -40,11 +39,10 @@ from .types import (
 __all__ = ["Client"]
 
 T = TypeVar("T")
-R = TypeVar("R")
 B = TypeVar("B")
 
 
-class Client:
+class Client(ClientBase):
     """Blocking client of a headserve server. Thread-safe; one per process is plenty.
 
     Example::
@@ -95,13 +93,7 @@ class Client:
         token: str | None = None,
         application: str | None = None,
     ) -> None:
-        metadata = with_application(metadata, application)
-        self._settings = Settings.create(timeout, max_retries, metadata, token)
-        security = resolve(tls)
-        if channel is not None and (options or security is not None):
-            raise ValueError(
-                "options and tls configure the channel the client makes: not with channel="
-            )
+        security = self._configure(locals())
         if channel is not None:
             self._channel = channel
         elif security is None:
@@ -113,40 +105,6 @@ class Client:
                 options=[*options, *security.channel_options()],
             )
         self._stubs = Stubs.over(self._channel)
-
-    @property
-    def timeout(self) -> float | None:
-        """Default deadline of a unary call in seconds, retries included."""
-        return self._settings.timeout
-
-    @property
-    def max_retries(self) -> int:
-        """How often a unary call is retried on UNAVAILABLE, overload or a proxy's INTERNAL."""
-        return self._settings.max_retries
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        """Metadata sent with every call (besides the token's ``authorization`` entry)."""
-        return self._settings.metadata
-
-    def with_options(
-        self,
-        *,
-        timeout: float | None | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        metadata: Metadata | NotGiven = NOT_GIVEN,
-        token: str | None | NotGiven = NOT_GIVEN,
-    ) -> Client:
-        """A copy with other settings, sharing this client's channel; this one is unchanged.
-
-        ``metadata`` replaces the client's metadata but keeps its token; ``token`` replaces
-        the token (``None``: send none), e.g. one client per caller over a shared channel.
-
-        Example: ``client.with_options(timeout=2.0, max_retries=0).encode(["quick"])``.
-        """
-        clone = copy.copy(self)
-        clone._settings = self._settings.replace(timeout, max_retries, metadata, token)
-        return clone
 
     def close(self) -> None:
         """Close the channel, for this client and every ``with_options`` copy of it."""
@@ -201,20 +159,7 @@ class Client:
             sparse_min_weight: a sparse head's terms must weigh more than this.
             timeout: overrides the client's timeout for this call.
         """
-        options = _convert.encode_options(
-            pooling,
-            normalize,
-            truncate,
-            head,
-            dimensions,
-            prompt_name,
-            prompt,
-            truncation_side,
-            sparse_top_k,
-            sparse_min_weight,
-        )
-        request = _convert.encode_request(items, options)
-        return self._unary(self._stubs.encoder.Encode, request, _convert.encode_result, timeout)
+        return self._unary(_calls.encode(**arguments(locals())), timeout)
 
     def predict_tokens(
         self,
@@ -235,14 +180,7 @@ class Client:
             head: masked-LM head to use; ``None``: the server's default.
             timeout: overrides the client's timeout for this call.
         """
-        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
-        request = _convert.predict_tokens_request(items, options)
-        return self._unary(
-            self._stubs.token_predictor.PredictTokens,
-            request,
-            _convert.predict_tokens_result,
-            timeout,
-        )
+        return self._unary(_calls.predict_tokens(**arguments(locals())), timeout)
 
     def classify(
         self,
@@ -261,11 +199,7 @@ class Client:
             truncate: cut inputs longer than the model's window instead of refusing them.
             timeout: overrides the client's timeout for this call.
         """
-        options = _convert.classify_options(heads, top_k, truncate)
-        request = _convert.classify_request(items, options)
-        return self._unary(
-            self._stubs.classifier.Classify, request, _convert.classify_result, timeout
-        )
+        return self._unary(_calls.classify(**arguments(locals())), timeout)
 
     def rerank(
         self,
@@ -288,8 +222,7 @@ class Client:
             truncate: cut inputs longer than the model's window instead of refusing them.
             timeout: overrides the client's timeout for this call.
         """
-        request = _convert.rerank_request(query, documents, head, top_n, return_documents, truncate)
-        return self._unary(self._stubs.ranker.Rerank, request, _convert.rerank_result, timeout)
+        return self._unary(_calls.rerank(**arguments(locals())), timeout)
 
     def answer_question(
         self,
@@ -313,16 +246,7 @@ class Client:
             head: QA head to use; ``None``: the server's default.
             timeout: overrides the client's timeout for this call.
         """
-        options = _convert.answer_question_options(
-            top_k, max_answer_length, doc_stride, allow_no_answer, head
-        )
-        request = _convert.answer_question_request(items, options)
-        return self._unary(
-            self._stubs.question_answerer.AnswerQuestion,
-            request,
-            _convert.answer_question_result,
-            timeout,
-        )
+        return self._unary(_calls.answer_question(**arguments(locals())), timeout)
 
     def run(
         self,
@@ -355,8 +279,7 @@ class Client:
             truncate: cut inputs longer than the model's window instead of refusing them.
             timeout: overrides the client's timeout for this call.
         """
-        request = _convert.run_request(items, head, _convert.run_options(options), truncate)
-        return self._unary(self._stubs.heads.Run, request, _convert.run_result, timeout)
+        return self._unary(_calls.run(**arguments(locals())), timeout)
 
     def run_heads(
         self,
@@ -390,17 +313,11 @@ class Client:
             truncate: cut inputs longer than the model's window, for every head.
             timeout: overrides the client's timeout for this call.
         """
-        request = _convert.run_heads_request(items, heads, truncate)
-        return self._unary(self._stubs.heads.RunHeads, request, _convert.run_heads_result, timeout)
+        return self._unary(_calls.run_heads(**arguments(locals())), timeout)
 
     def model_info(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The backbone the server holds, its heads, and the plugins that failed to load."""
-        return self._unary(
-            self._stubs.models.GetModelInfo,
-            models_pb2.GetModelInfoRequest(),
-            _convert.model_info,
-            timeout,
-        )
+        return self._unary(_calls.model_info(**arguments(locals())), timeout)
 
     def tokenize(
         self,
@@ -411,8 +328,7 @@ class Client:
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> tuple[Tokenization, ...]:
         """How the server's tokenizer splits each item, with code-point offsets."""
-        request = _convert.tokenize_request(items, add_special_tokens, truncate)
-        return self._unary(self._stubs.models.Tokenize, request, _convert.tokenizations, timeout)
+        return self._unary(_calls.tokenize(**arguments(locals())), timeout)
 
     # --- streams --------------------------------------------------------------------------------
 
@@ -438,25 +354,7 @@ class Client:
         ``error`` is set and the stream goes on. The options apply to every batch. ``timeout``
         bounds the whole stream (default: none). A failure of the stream itself raises.
         """
-        options = _convert.encode_options(
-            pooling,
-            normalize,
-            truncate,
-            head,
-            dimensions,
-            prompt_name,
-            prompt,
-            truncation_side,
-            sparse_top_k,
-            sparse_min_weight,
-        )
-        return self._stream(
-            self._stubs.encoder.EncodeStream,
-            batches,
-            lambda batch: _convert.encode_request(batch.items, options, batch.id),
-            _convert.encode_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.encode_stream(**arguments(locals())), timeout)
 
     def predict_tokens_stream(
         self,
@@ -469,14 +367,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[StreamResult[PredictTokensResult]]:
         """``predict_tokens`` over a stream of batches (see :meth:`encode_stream`)."""
-        options = _convert.predict_tokens_options(top_k, return_logits, truncate, head)
-        return self._stream(
-            self._stubs.token_predictor.PredictTokensStream,
-            batches,
-            lambda batch: _convert.predict_tokens_request(batch.items, options, batch.id),
-            _convert.predict_tokens_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.predict_tokens_stream(**arguments(locals())), timeout)
 
     def classify_stream(
         self,
@@ -488,14 +379,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[StreamResult[ClassifyResult]]:
         """``classify`` over a stream of batches (see :meth:`encode_stream`)."""
-        options = _convert.classify_options(heads, top_k, truncate)
-        return self._stream(
-            self._stubs.classifier.ClassifyStream,
-            batches,
-            lambda batch: _convert.classify_request(batch.items, options, batch.id),
-            _convert.classify_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.classify_stream(**arguments(locals())), timeout)
 
     def answer_question_stream(
         self,
@@ -509,16 +393,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[StreamResult[AnswerQuestionResult]]:
         """``answer_question`` over a stream of batches (see :meth:`encode_stream`)."""
-        options = _convert.answer_question_options(
-            top_k, max_answer_length, doc_stride, allow_no_answer, head
-        )
-        return self._stream(
-            self._stubs.question_answerer.AnswerQuestionStream,
-            batches,
-            lambda batch: _convert.answer_question_request(batch.items, options, batch.id),
-            _convert.answer_question_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.answer_question_stream(**arguments(locals())), timeout)
 
     def run_stream(
         self,
@@ -537,14 +412,7 @@ class Client:
             for outcome in client.run_stream(batches, head="ner"):
                 print(outcome.id, outcome.unwrap()[0]["entities"])
         """
-        struct = _convert.run_options(options)
-        return self._stream(
-            self._stubs.heads.RunStream,
-            batches,
-            lambda batch: _convert.run_request(batch.items, head, struct, truncate, batch.id),
-            _convert.run_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.run_stream(**arguments(locals())), timeout)
 
     def run_heads_stream(
         self,
@@ -556,70 +424,45 @@ class Client:
     ) -> Iterator[StreamResult[RunHeadsResult]]:
         """``run_heads`` over a stream of batches (see :meth:`encode_stream`); ``heads`` and
         ``truncate`` apply to every batch."""
-        calls = [_convert.head_call(h, index) for index, h in enumerate(heads)]
-        return self._stream(
-            self._stubs.heads.RunHeadsStream,
-            batches,
-            lambda batch: _convert.run_heads_request(batch.items, (), truncate, batch.id, calls),
-            _convert.run_heads_stream_result,
-            timeout,
-        )
+        return self._stream(_calls.run_heads_stream(**arguments(locals())), timeout)
 
     # --- transport ------------------------------------------------------------------------------
 
-    def _unary(
-        self,
-        method: Callable[..., R],
-        request: object,
-        convert: Callable[[R], T],
-        timeout: float | None | NotGiven,
-    ) -> T:
-        deadline = deadline_after(given(timeout, self._settings.timeout))
-        attempt = 0
+    def _unary(self, call: _calls.Unary[T], timeout: float | None | NotGiven) -> T:
+        method = call.rpc(self._stubs)
+        attempts = Attempts(given(timeout, self._settings.timeout), self._settings.max_retries)
         while True:
             try:
-                # a grpc.UnaryUnaryMultiCallable, typed as the Callable it also is
-                response, call = method.with_call(  # type: ignore[attr-defined]
-                    request,
-                    timeout=remaining(deadline),
+                # a grpc.UnaryUnaryMultiCallable
+                response, rpc = method.with_call(
+                    call.request,
+                    timeout=attempts.remaining(),
                     metadata=outgoing(self._settings.call_metadata),
                 )
             except grpc.RpcError as rpc_error:
-                error = errors.from_rpc_error(rpc_error)
-                delay = retry_delay(error, attempt, self._settings.max_retries, deadline)
-                if delay is None:
-                    raise error from rpc_error
-                time.sleep(delay)
-                attempt += 1
+                time.sleep(attempts.after(rpc_error))
             else:
                 # in the initial metadata; behind Ray Serve's proxy, in the trailing metadata
-                request_id = request_id_in(call.initial_metadata()) or request_id_in(
-                    call.trailing_metadata()
+                request_id = request_id_in(rpc.initial_metadata()) or request_id_in(
+                    rpc.trailing_metadata()
                 )
-                return with_request_id(convert(response), request_id)
+                return with_request_id(call.convert(response), request_id)
 
     def _stream(
-        self,
-        method: Callable[..., Any],
-        batches: Iterable[B],
-        to_request: Callable[[B], object],
-        convert: Callable[[R], StreamResult[T]],
-        timeout: float | None,
+        self, call: _calls.Stream[Any, T], timeout: float | None
     ) -> Iterator[StreamResult[T]]:
-        pump = _RequestPump(batches, to_request)
-        call = method(iter(pump), timeout=timeout, metadata=outgoing(self._settings.call_metadata))
+        if not isinstance(call.batches, Iterable):
+            raise TypeError("batches: the blocking client streams an Iterable of Batch")
+        pump = _RequestPump(call.batches, call.to_request)
+        rpc = call.rpc(self._stubs)(
+            iter(pump), timeout=timeout, metadata=outgoing(self._settings.call_metadata)
+        )
         request_id = None
-        try:
-            for response in call:
+        with streaming(rpc, pump):
+            for response in rpc:
                 if request_id is None:  # the headers came before the first response
-                    request_id = request_id_in(call.initial_metadata())
-                yield with_request_id(convert(response), request_id)
-        except grpc.RpcError as rpc_error:
-            raise errors.from_rpc_error(rpc_error) from rpc_error
-        finally:
-            call.cancel()  # no-op once finished; stops the call when the caller stops early
-        if pump.error is not None:
-            raise pump.error
+                    request_id = request_id_in(rpc.initial_metadata())
+                yield with_request_id(call.convert(response), request_id)
 
 
 class _RequestPump(Generic[B]):
