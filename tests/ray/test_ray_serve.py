@@ -369,7 +369,7 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
             retried.append(error)
         return delay
 
-    monkeypatch.setattr("headserve.client._sync.retry_delay", counted_retry_delay)
+    monkeypatch.setattr("headserve.client._retry.retry_delay", counted_retry_delay)
     sent: list[str] = []
     answered: list[str] = []
     stream_error: list[BaseException] = []
