@@ -611,7 +611,7 @@ class TextKind:
         no question answering: that head is left out with one line); the packaged model gets
         the packaged sentiment head."""
         folder = Path(source)
-        model_type = _model_type(folder)
+        model_type = model_type_of(folder)
         kept = []
         for spec in default_heads(packaged_model=_is_packaged(folder)):
             if spec.source is None and not has_task_class(model_type, spec.plugin):
@@ -639,7 +639,8 @@ def has_task_class(model_type: str | None, task: str) -> bool:
     return names is None or model_type in names
 
 
-def _model_type(folder: Path) -> str | None:
+def model_type_of(folder: Path) -> str | None:
+    """A checkpoint folder's config.json model_type, without loading anything (None: none)."""
     try:
         return str(json.loads((folder / "config.json").read_text()).get("model_type"))
     except (OSError, ValueError, AttributeError):

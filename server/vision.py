@@ -14,7 +14,6 @@ is offered to heads as `BackboneView.classifier` (the default `classify` head se
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from headserve.plugins.contract import (
     LinearClassifier,
 )
 
+from .backbone import model_type_of as _model_type
 from .backbone import pick_device, pick_dtype, refuse_pickle
 from .image_backbone import ImageBackbone, ImageFeatures, refuse_quantize
 
@@ -42,13 +42,6 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("resnet", "vit", "convnext")  # each tested against transformers' own classes
 TOKEN_POOLED = ("vit",)  # pooled = the first token of the last (normed) hidden state
-
-
-def _model_type(folder: Path) -> str | None:
-    try:
-        return str(json.loads((folder / "config.json").read_text()).get("model_type"))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 @dataclass

@@ -33,6 +33,8 @@ from transformers import (
     RobertaTokenizer,
 )
 
+from headserve.server.backbone import has_task_class
+
 MAX_LENGTH = 64
 ARCHS = ("bert", "roberta", "distilbert")
 WINDOW = 16  # ModernBERT's local_attention in the tiny checkpoints
@@ -204,18 +206,6 @@ def make_family(
         ner.classifier.weight.mul_(25.0)
     save(ner, "ner")
     return Family(arch, root)
-
-
-def has_task_class(arch: str, task: str) -> bool:
-    """Whether transformers has the task class of `task` for the model_type `arch`."""
-    from transformers.models.auto import modeling_auto as auto
-
-    names = {
-        "mlm": auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-        "classify": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-        "qa": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
-    }[task]
-    return arch in names
 
 
 def reference_inputs(model, encoding) -> dict:  # type: ignore[no-untyped-def]
