@@ -4,7 +4,8 @@
 
 End to end (bench/ab.py --cpu) the server's CPU per call mixes gRPC's own work, the model
 workers' plumbing and the noise of two shared cores. Here the call path that is headserve's
-own code runs in this process: the call interceptor (request id, access log), the Encode
+own code runs in this process: the call pipeline (request id, admission, access log, metrics)
+behind gRPC's interceptor, the Encode
 servicer, the core (tokenizing, checks) and the scheduler, with the packaged model on its
 workers, driven by --callers concurrent coroutines of one sentence each on a stand-in for
 gRPC's servicer context. Reported per call: the event loop thread's CPU (time.thread_time),
@@ -32,6 +33,7 @@ from headserve.server import logs
 from headserve.server.app import ServerState, Settings, build_core
 from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.interceptor import CallInterceptor
+from headserve.server.pipeline import Admission, Pipeline
 from headserve.server.servicers.encoder import EncoderServicer
 from headserve.v1 import common_pb2
 from headserve.v1 import encoder_pb2 as pb
@@ -101,14 +103,16 @@ async def calls(encode: Any, requests: list[Any], count: int, callers: int) -> i
 
 
 async def measure(core: Any, tokenizer: TimedTokenizer, args: argparse.Namespace) -> list[dict]:
-    servicer = EncoderServicer(ServerState(core=core))
+    state = ServerState(core=core)
+    servicer = EncoderServicer(state)
     texts = sentences(2000)
     requests = [pb.EncodeRequest(items=[common_pb2.TextInput(text=t)]) for t in texts]
     rounds = []
     for n in range(args.rounds + 1):  # the first round warms up
         runs = {}
         for log in (True, False) if n % 2 == 0 else (False, True):
-            encode = CallInterceptor(access_log=log)._unary(servicer.Encode, RPC)
+            pipeline = Pipeline(state, Admission(), metrics=core.scheduler.metrics, access_log=log)
+            encode = CallInterceptor(pipeline)._unary(servicer.Encode, RPC)
             tokenizer.cpu = 0.0
             cpu, wall = time.thread_time(), time.perf_counter()
             sent = await calls(encode, requests, args.calls, args.callers)

@@ -50,6 +50,7 @@ from .limits import RequestLimits
 from .logs import tag_records
 from .memory import freeze_loaded_objects, release_freed_memory
 from .metrics import Metrics, MetricsServer
+from .pipeline import Admission, Pipeline
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .security import Security
@@ -162,9 +163,18 @@ class ServerState:
 
     request_limits: RequestLimits = RequestLimits()
     core: Core | None = None
-    open_streams: int = 0
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     tracing: Tracing | None = None
+
+
+def admission(limits: RequestLimits, security: Security) -> Admission:
+    """The standalone server's: its tokens, and its limits over every transport."""
+    return Admission(
+        tokens=security.tokens,
+        open_health=security.open_health,
+        max_calls=limits.max_concurrent_calls,
+        max_streams=limits.max_streams,
+    )
 
 
 def build_core(
@@ -252,6 +262,7 @@ class Server:
     port: int
     state: ServerState
     health: HealthServicer
+    pipeline: Pipeline
     http: HttpServer | None = None  # --http-port: the OpenAI-style endpoint
 
     async def mark_ready(self, core: Core) -> None:
@@ -295,25 +306,25 @@ async def create_server(
     tracing: Tracing | None = None,
     http_port: int | None = None,
     grace: float = 10.0,
+    metrics: Metrics | None = None,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
     With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
+    Its calls, on both, are counted in `metrics` (give build_core the same).
 
     Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
     security = security or Security()
     tag_records()  # log lines name the call they are about
     state = ServerState(limits, tracing=tracing)
-    # Outermost first: the RPC's span, then its request id and access log, then who may call.
-    calls = CallInterceptor(
+    pipeline = Pipeline(
+        state,
+        admission(limits, security),
+        metrics=metrics or Metrics(),
+        tracing=tracing,
         access_log=access_log,
-        request_id_in=request_id_in,
-        on_start=tracing.call_started if tracing else None,
-        on_end=tracing.call_ended if tracing else None,
     )
-    interceptors: list[grpc.aio.ServerInterceptor] = [calls, *security.interceptors()]
-    if tracing is not None:
-        interceptors.insert(0, tracing.interceptor())
+    interceptors = [CallInterceptor(pipeline, request_id_in=request_id_in)]
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -358,26 +369,26 @@ async def create_server(
     http = None
     if http_port is not None:
         try:
-            http = await _start_http(state, security, address, http_port, grace, access_log)
+            http = await _start_http(state, pipeline, security, address, http_port, grace)
         except StartupError:
             await server.stop(None)
             raise
-    return Server(server, port, state, health, http)
+    return Server(server, port, state, health, pipeline, http)
 
 
 async def _start_http(
     state: ServerState,
+    pipeline: Pipeline,
     security: Security,
     address: str,
     port: int,
     grace: float,
-    access_log: bool,
 ) -> HttpServer:
     from .http_server import HttpServer
     from .openai_http import OpenAIHttp
 
     host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-    app = OpenAIHttp(state, security, access_log=access_log).app()
+    app = OpenAIHttp(state, pipeline).app()
     return await HttpServer.start(app, host, port, security, grace=grace)
 
 
@@ -461,6 +472,7 @@ async def serve(settings: Settings, address: str) -> None:
             tracing=tracing,
             http_port=settings.http_port,
             grace=settings.grace_seconds,
+            metrics=metrics,
         )
         if server.http is not None:
             log.info("OpenAI-style HTTP on port %d (/v1/embeddings)", server.http.port)

@@ -1,7 +1,7 @@
-"""Which call the code is serving: its request id and RPC, wherever the code runs.
+"""Which call the code is serving: its request id, RPC and deadline, wherever the code runs.
 
-The gRPC call interceptor (interceptor.py), the HTTP endpoint (openai_http.py) and the Ray
-Serve replica (ray_serve.py) set `CURRENT` for each call before any of its code runs;
+The call pipeline (pipeline.py), which every transport runs its calls through, sets
+`CURRENT` for each call before any of its code runs;
 everything the call's task does, and every task or thread it starts (a stream's requests, a
 head's prepare and finish), sees it. Error details, log lines and spans read it from here
 instead of having it passed down.
@@ -12,12 +12,8 @@ while it computes, so its log lines can name them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
-
-from .errors import InvalidArgument
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
@@ -27,6 +23,7 @@ MAX_REQUEST_ID_CHARS = 128
 class CallInfo:
     request_id: str
     rpc: str  # "headserve.v1.Encoder/Encode"
+    deadline: float | None = None  # on time.perf_counter(), the scheduler's clock
 
 
 CURRENT: ContextVar[CallInfo | None] = ContextVar("headserve_call", default=None)
@@ -52,22 +49,3 @@ def check_request_id(value: str) -> str | None:
     if not all("!" <= char <= "~" for char in value):
         return "must be printable ASCII without spaces"
     return None
-
-
-def begin_call(
-    metadata: Iterable[tuple[str, Any]] | None, rpc: str
-) -> tuple[CallInfo, InvalidArgument | None]:
-    """Set CURRENT for a call starting now: the caller's x-request-id when it is a good one,
-    else a new id; with it, the error that refuses a bad one (None: nothing to refuse).
-    Both transports (the interceptor, the Ray Serve replica) start calls here."""
-    given = ""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str):
-            given = value
-    problem = check_request_id(given) if given else None
-    call = CallInfo(given if given and problem is None else new_request_id(), rpc)
-    CURRENT.set(call)
-    if problem is None:
-        return call, None
-    shown = repr(given if len(given) <= 40 else given[:40] + "...")
-    return call, InvalidArgument(f"metadata.{REQUEST_ID_KEY}", f"{shown} {problem}")

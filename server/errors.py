@@ -23,6 +23,11 @@ class HeadserveError(Exception):
         return self.kind.reason
 
 
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The error table's row `exc` is answered by: its class's, or INTERNAL (a bug)."""
+    return exc.kind if isinstance(exc, HeadserveError) else table.INTERNAL
+
+
 class InvalidArgument(HeadserveError):
     """Bad input or option. `field` is a path such as "items[3].text" or "options.top_k"."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from headserve.plugins.contract import Prepared
 
-from .errors import InvalidArgument, Overloaded, TooLarge
+from .errors import InvalidArgument, TooLarge
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,3 @@ class RequestLimits:
                 f"message ({self.max_message_bytes:,}, --max-message-bytes); send fewer items "
                 "per request or ask for less (token states, logits)",
             )
-
-    def stream_refused(self, open_streams: int) -> Overloaded:
-        return Overloaded(
-            f"{open_streams} streams are open, the most this server keeps "
-            f"({self.max_streams}, --max-streams); retry later or reuse a stream"
-        )

@@ -45,9 +45,16 @@ class _Tagged:
         self.make = make
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        """Set only while a call or batch is served: a record made elsewhere keeps its own
+        `extra={"request_id": ...}` (Ray Serve's, in a replica), which logging refuses to
+        put over an attribute already set."""
         record = self.make(*args, **kwargs)
-        record.request_id = current_request_id()
-        record.request_ids = BATCH.get()
+        request_id = current_request_id()
+        if request_id is not None:
+            record.request_id = request_id
+        request_ids = BATCH.get()
+        if request_ids:
+            record.request_ids = request_ids
         return record
 
 
@@ -102,6 +109,20 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logger(name: str, level: str, fmt: Format = "text") -> None:
+    """Log `name`'s records (and its children's) to stderr, leaving the root logger to the
+    process that hosts us (a Ray worker's)."""
+    tag_records()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logger = logging.getLogger(name)
+    for old in logger.handlers[:]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 def configure(level: str, fmt: Format = "text") -> None:

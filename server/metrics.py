@@ -1,10 +1,12 @@
-"""Prometheus metrics of the serving path: the batches the scheduler forms, what the model
-costs, and how late the event loop runs.
+"""Prometheus metrics of the serving path: the calls every transport ends (by RPC and
+code), the batches the scheduler forms, what the model costs, and how late the event loop runs.
 
-One `Metrics` per scheduler, each in its own registry, so that several servers in one
+One `Metrics` per server, each in its own registry, so that several servers in one
 process (the tests) count apart. `headserve serve --metrics-port` exposes the registry
 over HTTP (`MetricsServer`); it is off by default and binds to 127.0.0.1 unless told
 otherwise, as it has no authentication (it shows load, never inputs or outputs).
+A Ray Serve replica records the same metrics through Ray's own (ray_metrics.py): Ray exports
+them, prefixed `ray_`, on each node's metrics port, where its Prometheus scrapes them.
 
 What a batch cost the model is measured on the worker thread that ran it: its wall time,
 and its thread CPU time. CPU below wall means the worker waited for a core.
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -39,75 +42,131 @@ LAG_EVERY = 0.02  # seconds between the event loop's lag probes
 DROP_REASONS = ("cancelled", "deadline")
 
 
-class Metrics:
+class Instruments(Protocol):
+    """What makes the metrics: prometheus_client here, Ray's metrics in a replica."""
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Any: ...
+
+    def histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Any: ...
+
+    def gauge(self, name: str, documentation: str) -> Any: ...
+
+    def read_counter(self, name: str, documentation: str, read: Callable[[], int]) -> None: ...
+
+
+class Prometheus:
+    """Instruments in one prometheus_client registry, with the process's own metrics."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
-        PlatformCollector(registry=r)
-        self.batch_rows = Histogram(
-            "headserve_batch_rows", "Rows per backbone pass", buckets=ROW_BUCKETS, registry=r
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory
+        PlatformCollector(registry=self.registry)
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, documentation, list(labels), registry=self.registry)
+
+    def histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Histogram:
+        return Histogram(
+            name, documentation, list(labels), buckets=tuple(buckets), registry=self.registry
         )
-        self.batch_tokens = Histogram(
+
+    def gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry)
+
+    def read_counter(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self.registry.register(_ReadCounter(name, documentation, read))
+
+
+class Metrics:
+    def __init__(self, instruments: Instruments | None = None) -> None:
+        self.instruments = instruments or Prometheus()
+        i = self.instruments
+        self.calls = i.counter(
+            "headserve_calls",
+            "Calls ended, by transport (grpc, http, ray), RPC (an HTTP route for HTTP) and "
+            "code (the gRPC status code name of the error table's row; OK)",
+            ("transport", "rpc", "code"),
+        )
+        self.call_seconds = i.histogram(
+            "headserve_call_seconds",
+            "Time from a call's arrival to its end, by transport and RPC",
+            SECOND_BUCKETS,
+            ("transport", "rpc"),
+        )
+        self.calls_in_progress = i.gauge(
+            "headserve_calls_in_progress",
+            "Calls admitted and not ended yet, every transport (--max-concurrent-calls bounds it)",
+        )
+        self.batch_rows = i.histogram("headserve_batch_rows", "Rows per backbone pass", ROW_BUCKETS)
+        self.batch_tokens = i.histogram(
             "headserve_batch_tokens",
             "Tokens per backbone pass (the rows' own tokens, before padding or packing)",
-            buckets=TOKEN_BUCKETS,
-            registry=r,
+            TOKEN_BUCKETS,
         )
-        self.batch_seconds = Histogram(
+        self.batch_seconds = i.histogram(
             "headserve_batch_seconds",
             "Wall time of one batch on a model worker (backbone and heads)",
-            buckets=SECOND_BUCKETS,
-            registry=r,
+            SECOND_BUCKETS,
         )
-        self.model_cpu = Counter(
+        self.model_cpu = i.counter(
             "headserve_model_cpu_seconds",
             "CPU time of the model workers' threads while computing batches",
-            registry=r,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = i.histogram(
             "headserve_queue_wait_seconds",
             "Time a row waited in the queue before its batch started",
-            buckets=SECOND_BUCKETS,
-            registry=r,
+            SECOND_BUCKETS,
         )
-        self.dropped = Counter(
+        self.dropped = i.counter(
             "headserve_rows_dropped",
             "Rows dropped before the model: their call was cancelled, or its deadline passed",
-            ["reason"],
-            registry=r,
+            ("reason",),
         )
         for reason in DROP_REASONS:
             self.dropped.labels(reason)  # exported at 0 from the start
-        self.refused = Counter(
+        self.refused = i.counter(
             "headserve_calls_refused",
             "Unary calls refused with RESOURCE_EXHAUSTED because the queue was full",
-            registry=r,
         )
-        self.failed = Counter(
+        self.failed = i.counter(
             "headserve_rows_failed",
             "Rows whose model pass or head failed (the head named, or 'backbone')",
-            ["head"],
-            registry=r,
+            ("head",),
         )
-        self.http_requests = Counter(
+        self.http_requests = i.counter(
             "headserve_http_requests",
             "Requests answered by the OpenAI-style HTTP endpoint, by route and HTTP status",
-            ["route", "status"],
-            registry=r,
+            ("route", "status"),
         )
-        self.loop_lag = Histogram(
+        self.loop_lag = i.histogram(
             "headserve_event_loop_lag_seconds",
             "How late a periodic timer on the event loop ran: the wait any call's next step "
             "had, while the loop was busy or its thread waited for a core",
-            buckets=LAG_BUCKETS,
-            registry=r,
+            LAG_BUCKETS,
         )
-        self._queued = Gauge("headserve_queue_rows", "Rows waiting for the model", registry=r)
-        self._running = Gauge(
-            "headserve_batches_running", "Batches on the model workers now", registry=r
-        )
-        self._workers = Gauge("headserve_model_workers", "Model worker threads", registry=r)
+        self._queued = i.gauge("headserve_queue_rows", "Rows waiting for the model")
+        self._running = i.gauge("headserve_batches_running", "Batches on the model workers now")
+        self._workers = i.gauge("headserve_model_workers", "Model worker threads")
+        self._dropped_rows = 0
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The prometheus_client registry (a Ray replica's metrics are in Ray's, not here)."""
+        if not isinstance(self.instruments, Prometheus):
+            raise TypeError("these metrics are recorded through Ray's metrics, not a registry")
+        return self.instruments.registry
+
+    def call_ended(self, transport: str, rpc: str, code: str, seconds: float) -> None:
+        self.calls.labels(transport, rpc, code).inc()
+        self.call_seconds.labels(transport, rpc).observe(seconds)
+
+    def drop(self, reason: str, rows: int = 1) -> None:
+        self.dropped.labels(reason).inc(rows)
+        self._dropped_rows += rows
 
     def watch(
         self, queued: Callable[[], float], running: Callable[[], float], workers: int
@@ -121,31 +180,21 @@ class Metrics:
         """headserve_backbone_rows_total, read from the runner's own count at scrape time:
         distinct rows through the backbone, where headserve_batch_rows counts them as
         scheduled (one per head: rows the heads share are computed once)."""
-        self.registry.register(
-            _ReadCounter(
-                "headserve_backbone_rows",
-                "Distinct rows the backbone computed (a row asked of several heads counts once)",
-                read,
-            )
+        self.instruments.read_counter(
+            "headserve_backbone_rows",
+            "Distinct rows the backbone computed (a row asked of several heads counts once)",
+            read,
         )
 
     def count_oom_splits(self, read: Callable[[], int]) -> None:
         """headserve_oom_splits_total, read from the runner's own count at scrape time."""
-        self.registry.register(
-            _ReadCounter(
-                "headserve_oom_splits",
-                "Batches split in two after the model ran out of memory",
-                read,
-            )
+        self.instruments.read_counter(
+            "headserve_oom_splits", "Batches split in two after the model ran out of memory", read
         )
 
     def rows_dropped(self) -> int:
         """headserve_rows_dropped_total, over every reason."""
-        total = sum(
-            self.registry.get_sample_value("headserve_rows_dropped_total", {"reason": r}) or 0.0
-            for r in DROP_REASONS
-        )
-        return int(total)
+        return self._dropped_rows
 
     async def watch_event_loop(self, every: float = LAG_EVERY) -> None:
         """Until cancelled: sleep `every` seconds on the event loop, and record how late it woke."""

@@ -7,12 +7,14 @@
     GET  /v1/models       the heads this server serves, as OpenAI lists models
     GET  /health          200 while serving; 503 while loading or draining
 
-Every call runs on the gRPC server's Core: the same scheduler (HTTP and gRPC rows share
-batches), heads, request limits, bearer tokens and request ids; with tracing on, each
-request is a server span continuing the caller's traceparent. An error is OpenAI's JSON
-(`{"error": {"message", "type", "param", "code"}}`) with the HTTP status its meaning has:
-400 bad input, 401 no valid token, 404 no such model, 413 over a size limit, 429 the queue is
-full, 503 loading or draining. http_server.py serves this app with uvicorn.
+Every request runs through the call pipeline gRPC calls run through (pipeline.py: bearer
+tokens, request ids, --max-concurrent-calls counted over both, the access log, metrics and
+spans continuing the caller's traceparent), on the gRPC server's Core: the same scheduler
+(HTTP and gRPC rows share batches), heads and request limits. An error is OpenAI's JSON
+(`{"error": {"message", "type", "param", "code"}}`) with the HTTP status its row of the
+error table gives: 400 bad input, 401 no valid token, 404 no such model, 413 over a size
+limit, 429 too many calls or a full queue (with `retry-after`), 503 loading or draining.
+http_server.py serves this app with uvicorn.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,35 +37,22 @@ from starlette.routing import Route
 from headserve.plugins.tasks import EncodeOptions, TextItem
 from headserve.v1 import errors as table
 
-from .call_info import REQUEST_ID_KEY, begin_call, current_request_id
+from .call_info import REQUEST_ID_KEY, current_request_id
 from .core import Core
-from .errors import (
-    HeadNotFound,
-    HeadserveError,
-    InvalidArgument,
-    TooLarge,
-    Unauthenticated,
-    Unavailable,
-)
+from .errors import HeadNotFound, HeadserveError, InvalidArgument, TooLarge, Unavailable
+from .pipeline import Arrival, Call, Pipeline, current
 from .ranking import rerank
-from .security import Security, TokenAuth
 
 if TYPE_CHECKING:
     from .app import ServerState
 
 log = logging.getLogger(__name__)
-access = logging.getLogger("headserve.access")  # a line per request, as gRPC calls get
 
 
 class Cancelled(HeadserveError):
     """The caller went away: nobody reads this answer (nginx's 499)."""
 
     kind = table.CANCELLED
-
-
-# Each error's HTTP status and OpenAI error type; the first class that matches wins.
-_ROUTES = ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/v1/models", "/health")
-DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
@@ -87,22 +75,20 @@ def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
 
 
 class OpenAIHttp:
-    """The routes, over the gRPC server's state (its Core once the model is loaded)."""
+    """The routes, over the gRPC server's state (its Core once the model is loaded); each
+    request runs through the call pipeline the gRPC calls run through."""
 
-    def __init__(self, state: ServerState, security: Security, *, access_log: bool = True) -> None:
+    def __init__(self, state: ServerState, pipeline: Pipeline) -> None:
         self._state = state
-        self._access_log = access_log
+        self._pipeline = pipeline
         self._limits = state.request_limits
-        self._auth = TokenAuth(security.tokens, open_health=security.open_health)
-        self._tokens = bool(security.tokens)
-        self._open_health = security.open_health
         self.started = int(time.time())
 
     def app(self) -> Starlette:
         def route(
             path: str, handle: Callable[[Request, Any], Awaitable[Any]], method: str
         ) -> Route:
-            return Route(path, self._endpoint(path, handle), methods=[method])
+            return Route(path, self._endpoint(method, path, handle), methods=[method])
 
         return Starlette(
             routes=[
@@ -115,42 +101,44 @@ class OpenAIHttp:
             exception_handlers={404: _not_found, 405: _wrong_method},
         )
 
-    # --- one request: id, token, span, errors --------------------------------------------------
+    # --- one request through the call pipeline -------------------------------------------------
 
     def _endpoint(
-        self, path: str, handle: Callable[[Request, Any], Awaitable[Any]]
+        self, method: str, path: str, handle: Callable[[Request, Any], Awaitable[Any]]
     ) -> Callable[[Request], Awaitable[Response]]:
+        rpc = f"{method} {path}"
+        health = path == "/health"
+
         async def endpoint(request: Request) -> Response:
-            call, refused = begin_call(request.headers.items(), f"HTTP {path}")
-            started = time.perf_counter()
-            with self._span(request, path) as span:
-                try:
-                    if refused is not None:
-                        raise refused
-                    if self._tokens and not (path == "/health" and self._open_health):
-                        given = request.headers.get("authorization", "")
-                        if not self._auth.allows([("authorization", given)]):
-                            raise Unauthenticated(DENIED)
-                    body = await self._unless_gone(request, handle)
-                    response: Response = body if isinstance(body, Response) else JSONResponse(body)
-                    response.headers[REQUEST_ID_KEY] = call.request_id
-                except Exception as exc:
-                    response = error_response(exc, call.request_id)
-                if span is not None:
-                    span.set_attribute("http.response.status_code", response.status_code)
-                    span.set_attribute("headserve.request_id", call.request_id)
-            core = self._state.core
-            if core is not None:
-                route = path if path in _ROUTES else "other"
-                core.scheduler.metrics.http_requests.labels(route, str(response.status_code)).inc()
-            if self._access_log:
-                access.info(
-                    "HTTP %s %s %d %.1fms",
-                    request.method,
-                    path,
-                    response.status_code,
-                    (time.perf_counter() - started) * 1e3,
-                )
+            try:
+                timeout, malformed = _timeout(request), None
+            except InvalidArgument as exc:
+                timeout, malformed = None, exc
+            arrival = Arrival(
+                "http",
+                rpc,
+                request.headers.items(),
+                timeout,
+                f"{request.client.host}:{request.client.port}" if request.client else "",
+                health=health,
+                public=health and self._pipeline.open_health,
+                malformed=malformed,
+            )
+
+            async def work(call: Call) -> Response:
+                body = await self._unless_gone(request, handle)
+                response: Response = body if isinstance(body, Response) else JSONResponse(body)
+                call.status = response.status_code
+                return response
+
+            try:
+                response = await self._pipeline.unary(arrival, work)
+                response.headers[REQUEST_ID_KEY] = current_request_id() or ""
+            except Exception as exc:
+                response = error_response(exc, current_request_id())
+            metrics = self._pipeline.metrics
+            if metrics is not None:
+                metrics.http_requests.labels(path, str(response.status_code)).inc()
             return response
 
         return endpoint
@@ -173,20 +161,9 @@ class OpenAIHttp:
             raise Cancelled("the caller disconnected before the answer")
         return work.result()
 
-    @contextmanager
-    def _span(self, request: Request, path: str) -> Iterator[Any]:
-        tracing = self._state.tracing
-        if tracing is None:
-            yield None
-            return
-        with tracing.http_span(f"{request.method} {path}", dict(request.headers)) as span:
-            yield span
-
     def _core(self) -> Core:
-        if self._state.draining.is_set():
-            raise Unavailable("the server is shutting down; send this to another server")
         core = self._state.core
-        if core is None:
+        if core is None:  # the pipeline admits no call before the model is loaded
             raise Unavailable("the model is still loading; retry shortly")
         return core
 
@@ -249,7 +226,7 @@ class OpenAIHttp:
         options = EncodeOptions(dimensions=dimensions, normalize=normalize)
         try:
             outcome = await core.run(
-                "encode", [head.name], items, options, deadline=_deadline(request)
+                "encode", [head.name], items, options, deadline=current().deadline
             )
         except InvalidArgument as exc:  # an item's field, named as OpenAI's input
             raise _as_input(exc) from exc
@@ -269,6 +246,7 @@ class OpenAIHttp:
             )
             data.append({"object": "embedding", "index": index, "embedding": value})
         tokens = outcome.input_tokens
+        current().count(len(items), tokens)
         return {
             "object": "list",
             "data": data,
@@ -339,7 +317,7 @@ class OpenAIHttp:
             documents,
             head=_optional(body, "model", str) or None,
             truncate=truncate,
-            deadline=_deadline(request),
+            deadline=current().deadline,
             wait_for_room=False,
         )
         kept = ranking.order[:top_n] if top_n else ranking.order
@@ -350,6 +328,7 @@ class OpenAIHttp:
                 result["document"] = {"text": documents[index]}
             results.append(result)
         tokens = ranking.outcome.input_tokens
+        current().count(len(documents), tokens)
         return {
             "id": current_request_id(),
             "model": ranking.head,
@@ -377,8 +356,8 @@ def _as_input(exc: InvalidArgument) -> InvalidArgument:
 TIMEOUT_HEADER = "x-stainless-read-timeout"
 
 
-def _deadline(request: Request) -> float | None:
-    """The request's deadline on time.perf_counter() (the scheduler's clock), if it sent one."""
+def _timeout(request: Request) -> float | None:
+    """The seconds the caller allows, if it sent them: the call's deadline (pipeline.py)."""
     given = request.headers.get(TIMEOUT_HEADER)
     if given is None:
         return None
@@ -388,7 +367,7 @@ def _deadline(request: Request) -> float | None:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidArgument(f"headers.{TIMEOUT_HEADER}", f"{given!r} is not a positive number")
-    return time.perf_counter() + seconds
+    return seconds
 
 
 def _is_int(value: Any) -> bool:

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a Ray Serve config (YAML) serving headserve; see docs/scaling.md.",
     )
     parser.add_argument("--grpc-port", type=int, default=9000, help="Serve's gRPC proxy port")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="Serve's request_timeout_s: the proxy ends a call after this long, and each "
+        "replica drops its rows still queued then (the proxy passes no caller deadline on)",
+    )
     parser.add_argument("--replicas", type=int, default=1, help="replicas per application")
     parser.add_argument(
         "--autoscale",
@@ -96,6 +103,9 @@ def config(argv: Sequence[str]) -> dict[str, Any]:
 
     head, apps = _split(argv)
     options = _parser().parse_args(head)
+    timeout = (
+        {} if options.request_timeout is None else {"request_timeout_s": options.request_timeout}
+    )
     applications = []
     for name, serve_args in apps:
         settings = serve_settings(serve_args)  # refuses what `headserve serve` would refuse
@@ -104,21 +114,25 @@ def config(argv: Sequence[str]) -> dict[str, Any]:
                 f"application {name}: Ray Serve's gRPC proxy serves no TLS; terminate TLS in "
                 "the load balancer or ingress in front of it (docs/operations.md)"
             )
+        args: dict[str, Any] = {"serve": serve_args, **timeout}
         applications.append(
             {
                 "name": name,
                 "route_prefix": f"/{name}",
                 "import_path": f"{ray_serve.__name__}:build",
-                "args": {"serve": serve_args},
+                "args": args,
                 "deployments": [deployment(options)],
             }
         )
+    grpc_options: dict[str, Any] = {
+        "port": options.grpc_port,
+        "grpc_servicer_functions": ray_serve.servicer_functions(),
+    }
+    if options.request_timeout is not None:
+        grpc_options["request_timeout_s"] = options.request_timeout
     return {
         "proxy_location": "EveryNode",
-        "grpc_options": {
-            "port": options.grpc_port,
-            "grpc_servicer_functions": ray_serve.servicer_functions(),
-        },
+        "grpc_options": grpc_options,
         "applications": applications,
     }
 

@@ -3,14 +3,25 @@
 Each replica loads the backbone and its heads from the same Settings as `headserve serve` and
 runs its own scheduler; Serve's gRPC proxy routes every headserve.v1 RPC to the method of that
 name on the replica (`application` metadata picks the application when there are several).
-The replica answers with the standalone server's own servicers (app.SERVICERS): what differs
-is only the transport, and `_RayContext` adapts it:
+Every call runs through the call pipeline (pipeline.py) and the standalone server's own
+servicers (app.SERVICERS): bearer tokens, request ids, the access log, headserve's metrics
+and spans are the standalone server's. What differs is the transport, which `_RayContext`
+adapts, and three things Serve does itself:
 
+- Its deadline. The proxy does not pass the caller's `grpc-timeout` on (the replica's
+  context has no time remaining); it bounds each call by Serve's `request_timeout_s`. The
+  replica is told that value (`start`, `application`, `headserve ray-config
+  --request-timeout`), and a call's deadline is that long after the replica received it.
+- How many calls at once: Serve's `max_ongoing_requests` per replica (the proxy queues the
+  rest, up to `max_queued_requests`); --max-concurrent-calls does not apply. --max-streams does.
+- Its metrics port: the replica records headserve's metrics through Ray's (ray_metrics.py),
+  which Ray exports on each node's metrics port as `ray_headserve_...`; the access log goes
+  to the replica's stderr (Ray's worker logs), one JSON line per call.
+
+And two limits of the proxy:
 - Ray's gRPC context has no abort. An error sets the code, the message and the trailing
   metadata (with `grpc-status-details-bin`: the google.rpc details) and then RETURNS an empty
   response: raising would keep the code but drop the details.
-- The proxy has no interceptors: the replica checks bearer tokens itself (the same
-  UNAUTHENTICATED answer) and gives each call its request id.
 - A stream's per-request errors travel inside the stream, as everywhere. An error that ends
   a whole stream (too many streams, a drain) ends it without its code: the proxy drops the
   code of a stream that returns without a last reply.
@@ -31,10 +42,11 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
+from . import logs
 from .app import SERVICERS, ServerState, Settings, build_core
-from .call_info import CURRENT, REQUEST_ID_KEY, begin_call
-from .errors import Unauthenticated
-from .security import DENIED, TokenAuth
+from .call_info import CURRENT, REQUEST_ID_KEY, current_request_id
+from .metrics import Metrics
+from .pipeline import Admission, Arrival, Call, Pipeline, items_in
 from .status import abort
 
 log = logging.getLogger(__name__)
@@ -42,13 +54,18 @@ log = logging.getLogger(__name__)
 DEPLOYMENT = "headserve"  # the deployment's name in every application
 
 
-def start(port: int, **options: Any) -> None:
+def start(port: int, request_timeout_s: float | None = None, **options: Any) -> None:
     """Start Serve (on the Ray that `ray.init` joined) with its gRPC proxy on `port`, routing
-    every headserve.v1 service; `options` go to `serve.start` (http_options...)."""
+    every headserve.v1 service, each call bounded by `request_timeout_s` (None: unbounded;
+    give each application the same: `application`); `options` go to `serve.start`."""
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    grpc_options = gRPCOptions(port=port, grpc_servicer_functions=servicer_functions())
+    grpc_options = gRPCOptions(
+        port=port,
+        grpc_servicer_functions=servicer_functions(),
+        request_timeout_s=request_timeout_s,
+    )
     serve.start(grpc_options=grpc_options, **options)
 
 
@@ -67,11 +84,11 @@ class _RayContext:
     def __init__(self, ray_context: Any) -> None:
         self._context = ray_context
 
-    def time_remaining(self) -> float | None:
-        return None  # the proxy passes no deadline on; its request_timeout_s bounds a call
-
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(self._context.invocation_metadata() or ())
+
+    def peer(self) -> str:
+        return str(self._context.peer() or "")
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         self._context.set_code(status.code)
@@ -110,13 +127,33 @@ def _rpcs(state: ServerState) -> dict[str, _Rpc]:
 class HeadserveReplica:
     """One replica: a backbone, its heads and its scheduler, behind every headserve.v1 RPC."""
 
-    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Ray awaits it
-        core = await asyncio.to_thread(build_core, settings)
+    async def __init__(  # type: ignore[misc]  # Ray awaits it
+        self, settings: Settings, request_timeout_s: float | None = None
+    ) -> None:
+        from .ray_metrics import RayInstruments
+        from .tracing import Tracing
+
+        logs.configure_logger("headserve", "INFO", "json")  # into Ray's worker logs
+        instruments = RayInstruments()
+        metrics = Metrics(instruments)
+        tracing = Tracing.from_settings(settings.otlp_endpoint)
+        core = await asyncio.to_thread(build_core, settings, metrics, tracing)
         await core.scheduler.start()
-        self._state = ServerState(settings.request_limits, core=core)
+        limits = settings.request_limits
+        self._state = ServerState(limits, core=core, tracing=tracing)
+        admission = Admission(
+            tokens=settings.security.tokens, open_health=True, max_streams=limits.max_streams
+        )
+        self._pipeline = Pipeline(
+            self._state,
+            admission,
+            metrics=metrics,
+            tracing=tracing,
+            access_log=settings.access_log,
+        )
+        self._timeout = request_timeout_s
         self._rpcs = _rpcs(self._state)
-        tokens = settings.security.tokens
-        self._auth = TokenAuth(tokens, open_health=True) if tokens else None
+        self._refresh = asyncio.ensure_future(instruments.keep_fresh())
 
     def check_health(self) -> None:
         """Serve's replica health check: a stopped scheduler is a dead replica."""
@@ -124,16 +161,35 @@ class HeadserveReplica:
         if core is None or not core.scheduler.started:
             raise RuntimeError("the scheduler is not running")
 
+    def _arrival(self, rpc: _Rpc, context: _RayContext, request: Any = None) -> Arrival:
+        return Arrival(
+            "ray",
+            rpc.full_name,
+            context.invocation_metadata(),
+            self._timeout,
+            context.peer(),
+            items=0 if request is None else items_in(request),
+            stream=rpc.streaming,
+        )
+
     async def _unary(self, name: str, request: Any, grpc_context: Any) -> Message:
         rpc, context = self._rpcs[name], _RayContext(grpc_context)
         token = CURRENT.set(None)
         try:
-            request_id = await self._admit(name, context)
-            response: Message = await rpc.call(request, context)
+
+            async def work(call: Call) -> Message:
+                response: Message = await rpc.call(request, context)
+                return response
+
+            response = await self._pipeline.unary(self._arrival(rpc, context, request), work)
             # the proxy sends no initial metadata: the id goes back in the trailing metadata
-            context.set_trailing(REQUEST_ID_KEY, request_id)
+            context.set_trailing(REQUEST_ID_KEY, current_request_id() or "")
             return response
-        except _Aborted:
+        except Exception as exc:
+            try:
+                await abort(context, exc)
+            except _Aborted:
+                pass
             return rpc.reply()
         finally:
             CURRENT.reset(token)
@@ -143,24 +199,21 @@ class HeadserveReplica:
     ) -> AsyncIterator[Message]:
         rpc, context = self._rpcs[name], _RayContext(grpc_context)
         token = CURRENT.set(None)
+
+        def work(call: Call) -> AsyncIterator[Message]:
+            replies: AsyncIterator[Message] = rpc.call(call.reading(requests), context)
+            return replies
+
         try:
-            await self._admit(name, context)
-            async for reply in rpc.call(requests, context):
+            async for reply in self._pipeline.stream(self._arrival(rpc, context), work):
                 yield reply
-        except _Aborted:
-            return
+        except Exception as exc:
+            try:
+                await abort(context, exc)
+            except _Aborted:
+                pass
         finally:
             CURRENT.reset(token)
-
-    async def _admit(self, name: str, context: _RayContext) -> str:
-        """What the standalone server's interceptors do: the token, then the request id."""
-        metadata = context.invocation_metadata()
-        if self._auth is not None and not self._auth.allows(metadata):
-            await abort(context, Unauthenticated(DENIED))
-        call, refused = begin_call(metadata, self._rpcs[name].full_name)
-        if refused is not None:
-            await abort(context, refused)
-        return call.request_id
 
 
 def _unary_method(name: str) -> Callable[..., Any]:
@@ -194,20 +247,28 @@ def _add_rpc_methods(cls: type) -> None:
 _add_rpc_methods(HeadserveReplica)
 
 
-def application(settings: Settings, **deployment_options: Any) -> Any:
-    """A Serve application serving `settings`' backbone; `deployment_options` go to
-    `serve.deployment` (num_replicas, autoscaling_config, max_ongoing_requests,
-    ray_actor_options...)."""
+def application(
+    settings: Settings, request_timeout_s: float | None = None, **deployment_options: Any
+) -> Any:
+    """A Serve application serving `settings`' backbone, each call's deadline
+    `request_timeout_s` after it reaches a replica (the proxy's, given to `start`);
+    `deployment_options` go to `serve.deployment` (num_replicas, autoscaling_config,
+    max_ongoing_requests, ray_actor_options...)."""
     from ray import serve
 
     deployment = serve.deployment(name=DEPLOYMENT, **deployment_options)(HeadserveReplica)
-    return deployment.bind(settings)
+    return deployment.bind(settings, request_timeout_s)
 
 
 def build(args: dict[str, Any]) -> Any:
     """Serve's application builder for a config file (`import_path:
     headserve.server.ray_serve:build`, written by `headserve ray-config`): `args["serve"]` is
-    the list of `headserve serve` options; the file's `deployments:` entry sizes the replicas."""
+    the list of `headserve serve` options, `args["request_timeout_s"]` the proxy's (the file's
+    grpc_options); the file's `deployments:` entry sizes the replicas."""
     from .cli import serve_settings
 
-    return application(serve_settings(list(args.get("serve", []))))
+    timeout = args.get("request_timeout_s")
+    return application(
+        serve_settings(list(args.get("serve", []))),
+        float(timeout) if timeout is not None else None,
+    )

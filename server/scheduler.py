@@ -240,7 +240,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = self.clock.now()
         if deadline is not None and deadline <= now:
-            self.metrics.dropped.labels("deadline").inc(len(work))
+            self.metrics.drop("deadline", len(work))
             raise DeadlineExceeded("deadline passed before the model got to it")
         request_id = current_request_id()
         pending = [_Pending(w, loop.create_future(), now, request_id) for w in work]
@@ -303,7 +303,7 @@ class Scheduler:
         if p not in self._pending:
             return False
         del self._pending[p]
-        self.metrics.dropped.labels(reason).inc()
+        self.metrics.drop(reason)
         self._room_freed()
         return True
 

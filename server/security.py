@@ -22,13 +22,15 @@ from typing import Any
 
 import grpc
 
-from .errors import Unauthenticated
-from .interceptor import Continuation
-from .status import abort
-
 TOKENS_ENV = "HEADSERVE_AUTH_TOKENS"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DENIED = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
+HTTP_DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
+
+
+def denied(transport: str) -> str:
+    """The UNAUTHENTICATED message, naming where the token goes on `transport`."""
+    return HTTP_DENIED if transport == "http" else DENIED
 
 
 class SecurityError(ValueError):
@@ -69,9 +71,6 @@ class Security:
             [pair], root_certificates=ca, require_client_auth=ca is not None
         )
 
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [TokenAuth(self.tokens, open_health=self.open_health)] if self.tokens else []
-
 
 def read_tokens(path: Path | None, environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """Tokens from a file (one per line, blank lines and # comments ignored) and/or the
@@ -97,12 +96,12 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class TokenAuth(grpc.aio.ServerInterceptor):
-    """Lets a call through only with `authorization: Bearer <one of the tokens>`."""
+class TokenAuth:
+    """Whether a call carries `authorization: Bearer <one of the tokens>` (the call
+    pipeline asks, for every transport)."""
 
-    def __init__(self, tokens: tuple[str, ...], *, open_health: bool) -> None:
+    def __init__(self, tokens: tuple[str, ...]) -> None:
         self._digests = tuple(_digest(t) for t in tokens)
-        self._open_health = open_health
 
     def allows(self, metadata: Any) -> bool:
         given = ""
@@ -116,38 +115,3 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         for known in self._digests:
             matched |= hmac.compare_digest(digest, known)
         return matched and scheme.lower() == "bearer"
-
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        if self._open_health and details.method.startswith(HEALTH_PREFIX):
-            return handler
-        if self.allows(details.invocation_metadata):
-            return handler
-        return _denying(handler)
-
-
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that answers UNAUTHENTICATED and reads nothing."""
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort(context, Unauthenticated(DENIED))
-
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort(context, Unauthenticated(DENIED))
-        yield  # pragma: no cover (makes this an async generator)
-
-    codecs = dict(
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, **codecs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **codecs)
-    return grpc.stream_stream_rpc_method_handler(streaming, **codecs)

@@ -5,19 +5,22 @@
 
 A call's span tree (names as a tracing UI shows them):
 
-    headserve.v1.Classifier/Classify          the RPC: opentelemetry-instrumentation-grpc's
-    |                                         server span, continuing the caller's traceparent
+    /headserve.v1.Classifier/Classify         the call's server span, continuing the caller's
+    |                                         traceparent (the call pipeline's; over HTTP it
+    |                                         is named by the route: POST /v1/embeddings)
     |-- prepare                               tokenizing the items for each head
     |-- queue                                 waiting for the model
     |-- backbone                              the batch's backbone pass: rows, tokens, worker
     |-- head sentiment                        each head's forward over its rows of the batch
     `-- head topics
 
-A stream has one server span, and under it a span per request message, each with the tree
-above. A batch serves many calls at once: each call gets its own `backbone` and `head` spans
-of the same pass (same times and attributes, `headserve.batch.number` alike), so every trace
-is whole on its own. On a GPU the `backbone` span ends when the pass is queued on the device;
-the heads' spans then include the wait for it.
+Every transport gets the same tree: gRPC, HTTP, and a call into a Ray Serve replica (whose
+span continues the `traceparent` the caller put in its metadata). A stream has one server
+span, and under it a span per request message, each with the tree above. A batch serves many
+calls at once: each call gets its own `backbone` and `head` spans of the same pass (same
+times and attributes, `headserve.batch.number` alike), so every trace is whole on its own. On
+a GPU the `backbone` span ends when the pass is queued on the device; the heads' spans then
+include the wait for it.
 
 The standard OTEL_* variables apply: the exporter's (OTEL_EXPORTER_OTLP_HEADERS, _INSECURE,
 _CERTIFICATE, _TIMEOUT...), OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, the sampler's
@@ -37,9 +40,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from .call_info import CURRENT, CallInfo
-from .servicers._calls import items_in
-from .status import code_of
+from .call_info import CURRENT
+from .errors import kind_of
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -51,7 +53,6 @@ T = TypeVar("T")
 
 SERVICE_NAME = "headserve"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-TRACED_SERVICES = "headserve.v1."  # health checks and reflection get no spans
 
 
 class TracingUnavailable(RuntimeError):
@@ -109,43 +110,48 @@ class Tracing:
         """Tracing to `endpoint` or as OTEL_* says; None when it is off."""
         return cls(otlp_provider(endpoint)) if wanted(endpoint) else None
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        """opentelemetry-instrumentation-grpc's server span per RPC (headserve.v1 only)."""
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+    # --- a call's server span: the call pipeline opens and ends it ---------------------------
 
-        return aio_server_interceptor(
-            tracer_provider=self.provider,
-            filter_=filters.service_prefix(TRACED_SERVICES),
-        )
+    @contextmanager
+    def server_span(
+        self, transport: str, rpc: str, metadata: Sequence[tuple[str, Any]]
+    ) -> Iterator[Any]:
+        """The server span of a call arriving on `transport`, continuing the caller's
+        `traceparent` (gRPC metadata or HTTP headers), named by its method's path as gRPC
+        tracing names it ("/headserve.v1.Encoder/Encode"), or "POST /v1/embeddings"."""
+        from opentelemetry import propagate
 
-    # --- the call interceptor's hooks: on the RPC's server span ----------------------------
+        carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        attributes: dict[str, Any] = {"headserve.transport": transport}
+        if transport == "http":  # rpc: "POST /v1/embeddings"
+            method, _, route = rpc.partition(" ")
+            attributes |= {"http.request.method": method, "http.route": route}
+        else:
+            service, _, method = rpc.partition("/")
+            attributes |= {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        with self.tracer.start_as_current_span(
+            rpc if transport == "http" else f"/{rpc}",
+            context=propagate.extract(carrier),
+            kind=self._trace.SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
 
-    def call_started(self, call: CallInfo) -> None:
-        self._trace.get_current_span().set_attribute("headserve.request_id", call.request_id)
-
-    def call_ended(self, code: str, details: str) -> None:
-        """Our errors end a call through abort_with_status, which the instrumentation does
-        not see: the status goes on its span here."""
-        span = self._trace.get_current_span()
+    def call_ended(self, span: Any, code: str, details: str) -> None:
+        """The call's status on its span (the gRPC code, for every transport)."""
         if code == "OK" or not span.is_recording():
+            if span.is_recording():
+                span.set_attribute("rpc.grpc.status_code", 0)
             return
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{code}: {details}"))
 
-    @contextmanager
-    def http_span(self, name: str, headers: dict[str, str]) -> Iterator[Any]:
-        """A server span for one HTTP request, continuing the caller's `traceparent`."""
-        from opentelemetry import propagate
-
-        context = propagate.extract(headers)
-        kind = self._trace.SpanKind.SERVER
-        with self.tracer.start_as_current_span(name, context=context, kind=kind) as span:
-            yield span
-
     # --- spans headserve adds ---------------------------------------------------------------
 
     def message(
-        self, handle: Callable[[Any, Any], Awaitable[T]]
+        self, handle: Callable[[Any, Any], Awaitable[T]], items_in: Callable[[Any], int]
     ) -> Callable[[Any, Any], Awaitable[T]]:
         """`handle` of a stream's request message, run in a span of its own."""
         call = CURRENT.get()
@@ -164,7 +170,7 @@ class Tracing:
                 try:
                     return await handle(request, stream_call)
                 except Exception as exc:
-                    code = _CODES[code_of(exc)]
+                    code = grpc.StatusCode[kind_of(exc).grpc]
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                     span.set_status(
                         self._trace.Status(self._trace.StatusCode.ERROR, f"{code.name}: {exc}")
@@ -230,9 +236,6 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is left, then stop."""
         self.provider.shutdown()
-
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _perf_to_epoch_ns() -> int:

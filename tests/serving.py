@@ -66,7 +66,7 @@ class ServerThread:
             self.ready(settings)
 
     def ready(self, settings: Settings) -> None:
-        self.core = build_core(settings, tracing=self.tracing)
+        self.core = build_core(settings, self.server.pipeline.metrics, self.tracing)
         self.call(self.server.mark_ready(self.core))
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -2,14 +2,14 @@
 
 A stream reads requests ahead (at most `in_flight` unanswered), runs them
 concurrently, and answers in request order; a request that fails gets its own
-error Status and the stream goes on.
+error Status and the stream goes on. What refuses or ends a whole call is raised, for the
+call pipeline and the transport to answer (pipeline.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -20,10 +20,12 @@ from headserve.plugins.contract import InvalidInput
 from headserve.plugins.tasks import ImageItem, TextItem
 from headserve.v1 import common_pb2
 
+from ..call_info import CURRENT
 from ..core import Core, Outcome
 from ..errors import InvalidArgument, Unavailable
 from ..limits import RequestLimits
-from ..status import abort, to_status
+from ..pipeline import items_in
+from ..status import to_status
 
 if TYPE_CHECKING:
     from ..tracing import Tracing
@@ -41,14 +43,6 @@ class BatchRequest(Protocol):
     def id(self) -> str: ...
 
 
-def items_in(request: Any) -> int:
-    """How many items a request message carries: its `items`, or a Rerank's documents."""
-    items: Sized | None = getattr(request, "items", None)
-    if items is None:
-        items = getattr(request, "documents", ())
-    return len(items)
-
-
 Req = TypeVar("Req", bound=BatchRequest)
 Opts = TypeVar("Opts")
 Resp = TypeVar("Resp", bound=Response)
@@ -60,7 +54,6 @@ DEFAULT_STREAM_ITEMS = 256
 class CoreHolder(Protocol):
     core: Core | None
     request_limits: RequestLimits
-    open_streams: int
     draining: asyncio.Event  # set on shutdown: streams stop reading, answer what they read
     tracing: Tracing | None  # a span per stream request message when tracing is on
 
@@ -131,10 +124,10 @@ class Call:
     wait_for_room: bool  # streams wait for queue space; unary calls are refused at once
 
     @classmethod
-    def of(cls, context: grpc.aio.ServicerContext, *, stream: bool) -> Call:
-        remaining = context.time_remaining()
-        deadline = time.perf_counter() + remaining if remaining is not None else None
-        return cls(deadline, stream)
+    def current(cls, *, stream: bool) -> Call:
+        """The running call's (its deadline as the call pipeline set it; none outside a call)."""
+        info = CURRENT.get()
+        return cls(info.deadline if info is not None else None, stream)
 
 
 async def unary(
@@ -142,13 +135,9 @@ async def unary(
     context: grpc.aio.ServicerContext,
     handle: Callable[[Call], Awaitable[Resp]],
 ) -> Resp:
-    try:
-        response = await handle(Call.of(context, stream=False))
-        state.request_limits.check_response(response.ByteSize())
-        return response
-    except Exception as exc:
-        await abort(context, exc)
-        raise  # abort raises; this line is for the type checker
+    response = await handle(Call.current(stream=False))
+    state.request_limits.check_response(response.ByteSize())
+    return response
 
 
 class _Budget:
@@ -182,29 +171,11 @@ async def stream(
     reply: Callable[..., Resp],
 ) -> AsyncIterator[Resp]:
     """Answer each request of a stream, in order, with `reply(id=, response= or error=)`."""
-    limits = state.request_limits
-    if state.open_streams >= limits.max_streams:
-        await abort(context, limits.stream_refused(state.open_streams))
-    state.open_streams += 1
-    try:
-        async for message in _answer_stream(requests, context, state, handle, reply):
-            yield message
-    finally:
-        state.open_streams -= 1
-
-
-async def _answer_stream(
-    requests: AsyncIterator[Req],
-    context: grpc.aio.ServicerContext,
-    state: CoreHolder,
-    handle: Callable[[Req, Call], Awaitable[Any]],
-    reply: Callable[..., Resp],
-) -> AsyncIterator[Resp]:
-    call = Call.of(context, stream=True)
+    call = Call.current(stream=True)
     cap = state.core.scheduler.limits.stream_in_flight_items if state.core else DEFAULT_STREAM_ITEMS
     budget = _Budget(cap)
     if state.tracing is not None:
-        handle = state.tracing.message(handle)
+        handle = state.tracing.message(handle, items_in)
     pending: asyncio.Queue[tuple[str, asyncio.Future[Any]] | None] = asyncio.Queue()
 
     async def read() -> None:
@@ -234,12 +205,9 @@ async def _answer_stream(
                 yield reply(id=request_id, error=to_status(exc))
             answered += 1
         if reader.cancelled() and state.draining.is_set():
-            await abort(
-                context,
-                Unavailable(
-                    f"the server is shutting down: this stream's {answered} requests that were "
-                    "read have all been answered; send the rest to another server"
-                ),
+            raise Unavailable(
+                f"the server is shutting down: this stream's {answered} requests that were "
+                "read have all been answered; send the rest to another server"
             )
         await reader  # surfaces a broken request stream
     finally:

@@ -123,9 +123,9 @@ def test_a_request_over_the_message_limit_gets_resource_exhausted(server: Server
 def _no_open_streams(server: ServerThread) -> None:
     """An earlier test's stream is released once its handler finishes: wait for that."""
     deadline = time.monotonic() + 10
-    while server.server.state.open_streams and time.monotonic() < deadline:
+    while server.server.pipeline.streams and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.server.state.open_streams == 0
+    assert server.server.pipeline.streams == 0
 
 
 def test_streams_over_the_limit_are_refused_and_the_slot_comes_back(server: ServerThread) -> None:

@@ -41,6 +41,12 @@ def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp
         assert deployment.ray_actor_options.num_cpus == 0.5
     assert serve_settings(written["applications"][0]["args"]["serve"]).limits.max_wait_ms == 2
 
+    # the proxy's request timeout, and each application's replicas told it (their deadline)
+    timed = config(["--request-timeout", "30", "--app", "en", *en])
+    assert ServeDeploySchema.parse_obj(timed).grpc_options.request_timeout_s == 30
+    assert timed["applications"][0]["args"]["request_timeout_s"] == 30
+    assert "request_timeout_s" not in written["grpc_options"]
+
     scaled = config(["--autoscale", "1:4", "--app", "en", *en])
     (deployment,) = ServeDeploySchema.parse_obj(scaled).applications[0].deployments
     assert deployment.autoscaling_config["max_replicas"] == 4

@@ -6,16 +6,22 @@ application, and bearer tokens checked in the replica."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from otlp import SERVER, Collector
 from pictures import gallery, make_vision
 from serving import ServerThread
 
@@ -23,6 +29,7 @@ from headserve.client import (
     AsyncClient,
     Batch,
     Client,
+    DeadlineExceededError,
     Embedding,
     FailedPreconditionError,
     HeadClassification,
@@ -40,6 +47,7 @@ from headserve.server.scheduler import Limits
 from headserve.server.security import Security
 
 TOKEN = "a-token-of-at-least-16-chars"
+caller = TracerProvider().get_tracer("the-caller")
 TEXTS = ["Alice works in Paris.", "The quick brown fox jumps over the lazy dog."]
 
 
@@ -47,6 +55,8 @@ TEXTS = ["Alice works in Paris.", "The quick brown fox jumps over the lazy dog."
 class Endpoint:
     target: str
     settings: dict[str, Settings]  # per application
+    collector: Collector  # the OTLP receiver "en"'s replicas export their spans to
+    metrics: str  # Ray's metrics export on this node: every replica's headserve metrics
 
 
 def _free_port() -> int:
@@ -80,9 +90,11 @@ def endpoint(families, tmp_path_factory) -> Iterator[Endpoint]:  # type: ignore[
     import ray
     from ray import serve
 
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
+    collector = Collector()
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "50"  # ms between the replicas' span exports
     settings = {
-        "en": _settings(families["bert"]),
+        "en": _settings(families["bert"], otlp_endpoint=collector.endpoint),
         "other": _settings(families["roberta"], security=Security(tokens=(TOKEN,))),
         # the packaged MiniLM on one thread, one worker, a queue of one full batch: a batch
         # of 64 long rows keeps the model busy for a second or more (see the overload test)
@@ -100,22 +112,41 @@ def endpoint(families, tmp_path_factory) -> Iterator[Endpoint]:  # type: ignore[
             limits=Limits(workers=1),
             security=Security(tokens=(TOKEN,)),
         ),
+        # a tiny BERT whose replicas give each call 1 µs (see the deadline test)
+        "late": _settings(families["bert"]),
     }
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         ray_serve.start(port, http_options={"port": _free_port()})
         # two backbones with 2 replicas each at half a CPU fill the 2 CPUs; "mini" (for the
-        # overload test) and "images" ask for no CPU so that they fit beside them
-        apps = (("en", 2, 0.5), ("other", 2, 0.5), ("mini", 1, 0), ("images", 1, 0))
-        for name, replicas, cpus in apps:
+        # overload test), "images" and "late" ask for no CPU so that they fit beside them
+        apps = (
+            ("en", 2, 0.5, None),
+            ("other", 2, 0.5, None),
+            ("mini", 1, 0, None),
+            ("images", 1, 0, None),
+            ("late", 1, 0, 1e-6),
+        )
+        for name, replicas, cpus, timeout in apps:
             app = ray_serve.application(
-                settings[name], num_replicas=replicas, ray_actor_options={"num_cpus": cpus}
+                settings[name],
+                timeout,
+                num_replicas=replicas,
+                ray_actor_options={"num_cpus": cpus},
             )
             serve.run(app, name=name, route_prefix=f"/{name}")
-        yield Endpoint(f"127.0.0.1:{port}", settings)
+        yield Endpoint(
+            f"127.0.0.1:{port}", settings, collector, f"http://127.0.0.1:{metrics_port}/metrics"
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
+        collector.stop()
 
 
 def test_every_rpc_answers_through_the_proxy_as_the_standalone_server_does(
@@ -280,6 +311,104 @@ def test_overload_keeps_its_code_and_reason_through_the_proxy(endpoint: Endpoint
         assert isinstance(refused, ResourceExhaustedError)
         assert refused.reason == "OVERLOADED" and "queue full" in refused.message
         assert refused.request_id is not None
+
+
+def test_a_call_through_the_proxy_has_its_span_access_line_and_metrics(
+    endpoint: Endpoint,
+) -> None:
+    """A call into a replica gets what a standalone server's call gets: a server span
+    continuing the caller's trace, with the tree under it; a line on the access log (the
+    replica's stderr, in Ray's worker logs); and headserve's per-call metrics, exported by
+    Ray's metrics agent, scraped here as Prometheus scrapes it."""
+    with caller.start_as_current_span("checkout") as parent:
+        with Client(endpoint.target, application="en") as client:
+            result = client.encode(TEXTS)
+    assert result.request_id is not None
+    trace_id = f"{parent.get_span_context().trace_id:032x}"
+    spans = endpoint.collector.wait_for(
+        lambda got: sum(s.trace_id == trace_id for s in got) >= 4, timeout=60
+    )
+    mine = [s for s in spans if s.trace_id == trace_id]
+    (rpc,) = [s for s in mine if s.kind == SERVER]
+    assert rpc.parent_span_id == f"{parent.get_span_context().span_id:016x}"
+    assert rpc.name == "/headserve.v1.Encoder/Encode"
+    assert rpc.attributes["headserve.transport"] == "ray"
+    assert rpc.attributes["headserve.request_id"] == result.request_id
+    assert rpc.attributes["rpc.grpc.status_code"] == 0
+    under = {s.name for s in mine if s.parent_span_id == rpc.span_id}
+    assert {"prepare", "queue", "backbone", "head encode"} <= under
+
+    line = _access_line(result.request_id)
+    assert line["message"] == "call" and line["logger"] == "headserve.access"
+    assert line["transport"] == "ray" and line["rpc"] == "headserve.v1.Encoder/Encode"
+    assert line["code"] == "OK" and line["items"] == 2 and line["input_tokens"] > 0
+
+    calls = _scraped(
+        endpoint.metrics,
+        "ray_headserve_calls_total",
+        {"transport": "ray", "rpc": "headserve.v1.Encoder/Encode", "code": "OK"},
+    )
+    assert calls >= 1
+    seconds = _scraped(
+        endpoint.metrics,
+        "ray_headserve_call_seconds_count",
+        {"transport": "ray", "rpc": "headserve.v1.Encoder/Encode"},
+    )
+    assert seconds >= 1
+    assert _scraped(endpoint.metrics, "ray_headserve_batch_rows_count", {}) >= 1
+
+
+def test_a_replica_bounds_each_call_by_serves_request_timeout(endpoint: Endpoint) -> None:
+    """The proxy passes no caller deadline on: a replica's deadline is the request timeout
+    its application was given. "late" gives 1 µs, gone before the rows reach the model:
+    headserve's own DEADLINE_EXCEEDED (its ErrorInfo, which the proxy's own timeout would not
+    carry), counted as rows dropped for their deadline."""
+    with Client(endpoint.target, application="late", max_retries=0) as client:
+        with pytest.raises(DeadlineExceededError) as failed:
+            client.encode(TEXTS)
+    assert failed.value.reason == "DEADLINE_EXCEEDED" and failed.value.request_id is not None
+    assert "deadline passed" in failed.value.message
+    line = _access_line(failed.value.request_id)
+    assert line["code"] == "DEADLINE_EXCEEDED" and line["transport"] == "ray"
+    dropped = _scraped(endpoint.metrics, "ray_headserve_rows_dropped_total", {"reason": "deadline"})
+    assert dropped >= 2
+
+
+def _access_line(request_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The access-log line of the call `request_id`, from the replicas' logs (JSON lines on
+    their stderr, which Ray keeps in its session's worker logs)."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in logs.glob("worker-*.err"):
+            for text in path.read_text(errors="replace").splitlines():
+                if request_id in text and '"headserve.access"' in text:
+                    line: dict[str, Any] = json.loads(text)
+                    if line.get("request_id") == request_id:
+                        return line
+        assert time.monotonic() < deadline, f"no access line for {request_id} in {logs}"
+        time.sleep(0.5)
+
+
+def _scraped(url: str, name: str, labels: dict[str, str], timeout: float = 60) -> float:
+    """The sum of `name`'s samples carrying `labels`, once there is one (Ray exports its
+    workers' metrics every few seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        found = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        if found:
+            return float(sum(found))
+        assert time.monotonic() < deadline, f"{name}{labels} never exported"
+        time.sleep(1)
 
 
 def test_image_items_answer_through_the_proxy_as_the_standalone_server_does(

@@ -1,0 +1,185 @@
+"""The call pipeline seen from outside: gRPC and HTTP calls share one concurrency limit, and
+every call, on either transport, ends with the same access line and per-call metrics.
+(A call through a Ray Serve replica: tests/ray/test_ray_serve.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from serving import ServerThread
+
+from headserve.client import Client
+from headserve.plugins.contract import HeadSpec
+from headserve.server.app import Settings
+from headserve.server.limits import RequestLimits
+from headserve.server.metrics import MetricsServer
+from headserve.server.scheduler import Limits
+from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+
+MAX_CALLS = 2
+ENCODE = "headserve.v1.Encoder/Encode"
+EMBEDDINGS = "POST /v1/embeddings"
+
+
+@pytest.fixture(scope="module")
+def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        model_dir=bert.backbone,
+        heads=(HeadSpec("encode", "encode", None, {"pooling": "mean"}),),
+        device="cpu",
+        http_port=0,
+        limits=Limits(workers=1),
+        request_limits=RequestLimits(max_concurrent_calls=MAX_CALLS),
+    )
+    thread = ServerThread(settings)
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def scrape(server: ServerThread) -> Iterator[str]:
+    """The server's /metrics endpoint, as `headserve serve --metrics-port` serves it."""
+    exporter = MetricsServer(server.server.pipeline.metrics.registry, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{exporter.port}/metrics"
+    exporter.close()
+
+
+def _post(server: ServerThread, path: str, body: Any) -> tuple[int, dict[str, Any], Any]:
+    assert server.server.http is not None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.server.http.port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def _in_progress(server: ServerThread, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while server.server.pipeline.calls != count:
+        assert time.monotonic() < deadline, f"{server.server.pipeline.calls} calls in progress"
+        time.sleep(0.01)
+
+
+def test_an_http_request_counts_against_the_calls_grpc_holds(server: ServerThread) -> None:
+    """Two gRPC streams hold --max-concurrent-calls (2): an HTTP request is refused as gRPC
+    refuses, 429 with retry-after naming the limit; once a stream ends, it is answered."""
+    _in_progress(server, 0)
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = encoder_pb2_grpc.EncoderStub(channel)
+            streams = []
+            for index in range(MAX_CALLS):
+                stream = stub.EncodeStream()
+                request = encoder_pb2.EncodeRequest(
+                    id=str(index), items=[common_pb2.TextInput(text="held open")]
+                )
+                await stream.write(request)
+                assert (await stream.read()).id == str(index)
+                streams.append(stream)
+            await asyncio.to_thread(_in_progress, server, MAX_CALLS)
+            status, body, headers = await asyncio.to_thread(
+                _post, server, "/v1/embeddings", {"input": "one too many"}
+            )
+            assert status == 429 and headers["retry-after"]
+            assert body["error"]["code"] == "overloaded"
+            assert "--max-concurrent-calls" in body["error"]["message"]
+            assert headers["x-request-id"]
+            await streams[0].done_writing()
+            assert await streams[0].read() is grpc.aio.EOF
+            await asyncio.to_thread(_in_progress, server, MAX_CALLS - 1)
+            status, body, _ = await asyncio.to_thread(
+                _post, server, "/v1/embeddings", {"input": "room now"}
+            )
+            assert status == 200 and len(body["data"]) == 1
+            await streams[1].done_writing()
+            assert await streams[1].read() is grpc.aio.EOF
+
+    asyncio.run(main())
+
+
+def test_every_call_ends_with_its_metrics_on_either_transport(
+    server: ServerThread, scrape: str
+) -> None:
+    before = _samples(scrape)
+    with Client(server.target, max_retries=0) as client:
+        client.encode(["counted once"])
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _post(server, "/v1/embeddings", {"input": ["a", "b"]})[0] == 200
+    assert _post(server, "/v1/embeddings", {"input": []})[0] == 400
+    _in_progress(server, 0)
+    after = _samples(scrape)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("headserve_calls_total", transport="grpc", rpc=ENCODE, code="OK") == 1
+    assert grew("headserve_calls_total", transport="grpc", rpc=ENCODE, code="INVALID_ARGUMENT") == 1
+    assert grew("headserve_calls_total", transport="http", rpc=EMBEDDINGS, code="OK") == 1
+    assert (
+        grew("headserve_calls_total", transport="http", rpc=EMBEDDINGS, code="INVALID_ARGUMENT")
+        == 1
+    )
+    assert grew("headserve_call_seconds_count", transport="grpc", rpc=ENCODE) == 2
+    assert grew("headserve_call_seconds_count", transport="http", rpc=EMBEDDINGS) == 2
+    assert after[("headserve_calls_in_progress", ())] == 0
+
+
+def test_both_transports_write_the_same_access_line(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        with Client(server.target) as client:
+            result = client.encode(["one line", "per call"])
+        status, _, headers = _post(server, "/v1/embeddings", {"input": ["one line", "per call"]})
+        assert status == 200
+        lines = {
+            getattr(r, "request_id", None): {**r.fields, "message": r.getMessage()}  # type: ignore[attr-defined]
+            for r in _records(caplog, 2)
+        }
+    grpc_line, http_line = lines[result.request_id], lines[headers["x-request-id"]]
+    for line, transport, rpc in ((grpc_line, "grpc", ENCODE), (http_line, "http", EMBEDDINGS)):
+        assert line["message"] == "call" and line["transport"] == transport
+        assert line["rpc"] == rpc and line["code"] == "OK"
+        assert line["items"] == 2 and line["input_tokens"] == result.usage.input_tokens
+        assert line["ms"] > 0 and line["peer"]
+    assert http_line["status"] == 200 and "status" not in grpc_line
+
+
+def _records(caplog: pytest.LogCaptureFixture, count: int) -> list[logging.LogRecord]:
+    """The access-log records, once there are `count` (a line is written as a call ends)."""
+    deadline = time.monotonic() + 10
+    while True:
+        records = [r for r in caplog.records if r.name == "headserve.access"]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.01)
+
+
+def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
