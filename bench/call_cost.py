@@ -34,7 +34,8 @@ from headserve.server.app import ServerState, Settings, build_core
 from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.interceptor import CallInterceptor
 from headserve.server.pipeline import Admission, Pipeline
-from headserve.server.servicers.encoder import EncoderServicer
+from headserve.server.tasks import encode as encode_task
+from headserve.server.tasks.running import answering
 from headserve.v1 import common_pb2
 from headserve.v1 import encoder_pb2 as pb
 
@@ -104,7 +105,11 @@ async def calls(encode: Any, requests: list[Any], count: int, callers: int) -> i
 
 async def measure(core: Any, tokenizer: TimedTokenizer, args: argparse.Namespace) -> list[dict]:
     state = ServerState(core=core)
-    servicer = EncoderServicer(state)
+    one, _ = answering(state, encode_task.TASK)
+
+    async def encode_rpc(request: Any, context: Any) -> Any:
+        return await one(request)
+
     texts = sentences(2000)
     requests = [pb.EncodeRequest(items=[common_pb2.TextInput(text=t)]) for t in texts]
     rounds = []
@@ -112,7 +117,7 @@ async def measure(core: Any, tokenizer: TimedTokenizer, args: argparse.Namespace
         runs = {}
         for log in (True, False) if n % 2 == 0 else (False, True):
             pipeline = Pipeline(state, Admission(), metrics=core.scheduler.metrics, access_log=log)
-            encode = CallInterceptor(pipeline)._unary(servicer.Encode, RPC)
+            encode = CallInterceptor(pipeline, (encode_task.TASK,))._unary(encode_rpc, RPC)
             tokenizer.cpu = 0.0
             cpu, wall = time.thread_time(), time.perf_counter()
             sent = await calls(encode, requests, args.calls, args.callers)

@@ -9,35 +9,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from headserve.plugins.backbones import LoadOptions
 from headserve.plugins.contract import HeadSpec
-from headserve.v1 import (
-    classifier_pb2,
-    classifier_pb2_grpc,
-    encoder_pb2,
-    encoder_pb2_grpc,
-    heads_pb2,
-    heads_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    question_answerer_pb2,
-    question_answerer_pb2_grpc,
-    ranker_pb2,
-    ranker_pb2_grpc,
-    token_predictor_pb2,
-    token_predictor_pb2_grpc,
-)
 
 from .backbone import default_model_dir, pick_device
 from .backbone_kinds import choose_kind
@@ -45,7 +28,7 @@ from .core import Core
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .event_loop import kind_of
 from .heads import check_defaults, check_unique_names, load_heads, require
-from .interceptor import CallInterceptor, RequestIdIn
+from .interceptor import CallInterceptor, RequestIdIn, handlers
 from .limits import RequestLimits
 from .logs import tag_records
 from .memory import freeze_loaded_objects, release_freed_memory
@@ -54,13 +37,7 @@ from .pipeline import Admission, Pipeline
 from .runner import Runner
 from .scheduler import Limits, Scheduler
 from .security import Security
-from .servicers.classifier import ClassifierServicer
-from .servicers.encoder import EncoderServicer
-from .servicers.heads import HeadsServicer
-from .servicers.models import ModelsServicer
-from .servicers.question_answerer import QuestionAnswererServicer
-from .servicers.ranker import RankerServicer
-from .servicers.token_predictor import TokenPredictorServicer
+from .tasks import GENERIC, TASKS, Task, services
 from .threads import plan, set_torch_threads
 
 if TYPE_CHECKING:
@@ -70,61 +47,6 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
 GIL_SWITCH_SECONDS = 0.001
 log = logging.getLogger(__name__)
-
-GENERIC = "*"  # the Heads service: SERVING with any usable head of a task outside the four
-
-# Each service, and the task whose usable heads make it SERVING (None: the backbone alone).
-SERVICES: dict[str, str | None] = {
-    encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name: "encode",
-    token_predictor_pb2.DESCRIPTOR.services_by_name["TokenPredictor"].full_name: "mlm",
-    classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name: "classify",
-    question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"].full_name: "qa",
-    heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name: GENERIC,
-    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name: None,
-    ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name: "encode",  # its default ranker
-}
-
-
-# Each headserve.v1 service: its descriptor, its servicer and how that joins a gRPC server.
-# The standalone server and the Ray Serve replicas (ray_serve.py) serve the same servicers.
-SERVICERS: tuple[tuple[ServiceDescriptor, Callable[[ServerState], Any], Callable[..., None]], ...]
-SERVICERS = (
-    (
-        encoder_pb2.DESCRIPTOR.services_by_name["Encoder"],
-        EncoderServicer,
-        encoder_pb2_grpc.add_EncoderServicer_to_server,
-    ),
-    (
-        token_predictor_pb2.DESCRIPTOR.services_by_name["TokenPredictor"],
-        TokenPredictorServicer,
-        token_predictor_pb2_grpc.add_TokenPredictorServicer_to_server,
-    ),
-    (
-        classifier_pb2.DESCRIPTOR.services_by_name["Classifier"],
-        ClassifierServicer,
-        classifier_pb2_grpc.add_ClassifierServicer_to_server,
-    ),
-    (
-        question_answerer_pb2.DESCRIPTOR.services_by_name["QuestionAnswerer"],
-        QuestionAnswererServicer,
-        question_answerer_pb2_grpc.add_QuestionAnswererServicer_to_server,
-    ),
-    (
-        heads_pb2.DESCRIPTOR.services_by_name["Heads"],
-        HeadsServicer,
-        heads_pb2_grpc.add_HeadsServicer_to_server,
-    ),
-    (
-        models_pb2.DESCRIPTOR.services_by_name["Models"],
-        ModelsServicer,
-        models_pb2_grpc.add_ModelsServicer_to_server,
-    ),
-    (
-        ranker_pb2.DESCRIPTOR.services_by_name["Ranker"],
-        RankerServicer,
-        ranker_pb2_grpc.add_RankerServicer_to_server,
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -159,7 +81,7 @@ class Settings:
 
 @dataclass
 class ServerState:
-    """What the servicers share; `core` stays None until the model is loaded."""
+    """What answering a task needs of the server; `core` stays None until the model is loaded."""
 
     request_limits: RequestLimits = RequestLimits()
     core: Core | None = None
@@ -263,18 +185,14 @@ class Server:
     state: ServerState
     health: HealthServicer
     pipeline: Pipeline
+    tasks: tuple[Task, ...] = TASKS
     http: HttpServer | None = None  # --http-port: the OpenAI-style endpoint
 
     async def mark_ready(self, core: Core) -> None:
         await core.scheduler.start()
         self.state.core = core
-        for service, task in SERVICES.items():
-            registry = core.registry
-            ok = (
-                task is None
-                or (task == GENERIC and registry.has_usable_generic())
-                or registry.has_usable(task)
-            )
+        for service, (_, held) in services(self.tasks).items():
+            ok = any(_serving(core, task.serving) for task in held)
             await self.health.set(
                 service,
                 health_pb2.HealthCheckResponse.SERVING
@@ -307,10 +225,12 @@ async def create_server(
     http_port: int | None = None,
     grace: float = 10.0,
     metrics: Metrics | None = None,
+    tasks: Sequence[Task] = TASKS,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
     With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
-    Its calls, on both, are counted in `metrics` (give build_core the same).
+    Its calls, on both, are counted in `metrics` (give build_core the same); it answers the
+    RPCs of `tasks` (and their HTTP routes), health and reflection.
 
     Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
@@ -324,7 +244,7 @@ async def create_server(
         tracing=tracing,
         access_log=access_log,
     )
-    interceptors = [CallInterceptor(pipeline, request_id_in=request_id_in)]
+    interceptors = [CallInterceptor(pipeline, tasks, request_id_in=request_id_in)]
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -336,14 +256,14 @@ async def create_server(
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
         interceptors=interceptors,
     )
-    for _, servicer, add_to in SERVICERS:
-        add_to(servicer(state), server)
+    served = services(tasks)
+    server.add_generic_rpc_handlers(handlers(state, tasks))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for service in (*SERVICES, ""):
+    for service in (*served, ""):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     names = (
-        *SERVICES,
+        *served,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -369,16 +289,17 @@ async def create_server(
     http = None
     if http_port is not None:
         try:
-            http = await _start_http(state, pipeline, security, address, http_port, grace)
+            http = await _start_http(state, pipeline, tasks, security, address, http_port, grace)
         except StartupError:
             await server.stop(None)
             raise
-    return Server(server, port, state, health, pipeline, http)
+    return Server(server, port, state, health, pipeline, tuple(tasks), http)
 
 
 async def _start_http(
     state: ServerState,
     pipeline: Pipeline,
+    tasks: Sequence[Task],
     security: Security,
     address: str,
     port: int,
@@ -388,8 +309,18 @@ async def _start_http(
     from .openai_http import OpenAIHttp
 
     host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-    app = OpenAIHttp(state, pipeline).app()
+    app = OpenAIHttp(state, pipeline, tasks).app()
     return await HttpServer.start(app, host, port, security, grace=grace)
+
+
+def _serving(core: Core, serving: str | None) -> bool:
+    """Whether a task with this `serving` (task.py) can answer on `core`."""
+    registry = core.registry
+    if serving is None:
+        return True
+    if serving == GENERIC:
+        return registry.has_usable_generic()
+    return registry.has_usable(serving)
 
 
 def _check_can_listen(address: str) -> None:

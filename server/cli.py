@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ConfigError, SecurityError, ValueError, OSError) as exc:
             raise StartupError(str(exc)) from exc
         if args.command == "info":
-            from .servicers.models import model_info
+            from .tasks.models import model_info
 
             info = model_info(_build(settings))
             print(json.dumps(json_format.MessageToDict(info), indent=2))

@@ -1,7 +1,7 @@
 """Running a task call: pick the heads, prepare the items, run the rows, finish the results.
 
 Transport-free: takes and returns plain values (headserve.plugins.tasks), raises
-errors from errors.py. The servicers are thin wrappers around `Core.run`.
+errors from errors.py. The task descriptions (tasks/) are thin wrappers around `Core.run`.
 
 A head's `prepare` (tokenizing, included) and `finish` run off the event loop, on a thread,
 so that one slow head, or one huge item, cannot stall every other call and the health

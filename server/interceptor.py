@@ -1,6 +1,7 @@
-"""gRPC's way into the call pipeline: one interceptor around every RPC of the server.
+"""gRPC's way into the call pipeline: the server's handlers, made from the table of tasks, and
+one interceptor around every RPC of the server.
 
-A headserve.v1 call becomes an `Arrival` (its metadata, `grpc-timeout`, peer) and runs
+A task's call becomes an `Arrival` (its metadata, `grpc-timeout`, peer) and runs
 through the pipeline (pipeline.py), which admits it and ends it; an error the call raises
 goes back as its google.rpc status (status.py). The request id goes back in the response's
 initial metadata, sent before anything else, so the caller has it whether the call succeeds
@@ -15,7 +16,7 @@ server has tokens (health checks not even then, with --open-health).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeAlias, cast
 
 import grpc
@@ -25,13 +26,14 @@ from .errors import Unauthenticated
 from .pipeline import Arrival, Call, Pipeline, items_in
 from .security import DENIED
 from .status import abort
+from .tasks import Task, services
+from .tasks.running import CoreHolder, answering
 
 # what an aio server interceptor is handed: the next step, which finds a method's handler
 Continuation: TypeAlias = (
     "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
 )
 
-SERVED_PREFIX = "/headserve.v1."  # the services whose calls run through the pipeline
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 RequestIdIn = Literal["initial", "trailing"]  # where a unary call's id goes back
@@ -41,11 +43,59 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Every headserve.v1 RPC through the call pipeline; the token for the others."""
+def handlers(state: CoreHolder, tasks: Sequence[Task]) -> list[grpc.GenericRpcHandler]:
+    """A gRPC handler per service of `tasks`: each task's unary RPC and its stream."""
+    made = []
+    for name, (_, held) in services(tasks).items():
+        methods: dict[str, grpc.RpcMethodHandler] = {}
+        for task in held:
+            one, many = answering(state, task)
+            methods[task.rpc] = grpc.unary_unary_rpc_method_handler(
+                _unary(one),
+                request_deserializer=task.request.FromString,
+                response_serializer=task.response.SerializeToString,
+            )
+            if many is not None:
+                methods[task.stream_rpc] = grpc.stream_stream_rpc_method_handler(
+                    _streaming(many),
+                    request_deserializer=task.request.FromString,
+                    response_serializer=task.stream_reply.SerializeToString,
+                )
+        made.append(grpc.method_handlers_generic_handler(name, methods))
+    return made
 
-    def __init__(self, pipeline: Pipeline, *, request_id_in: RequestIdIn = "initial") -> None:
+
+def _unary(one: Callable[[Any], Awaitable[Any]]) -> Unary:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await one(request)
+
+    return behavior
+
+
+def _streaming(many: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> Streaming:
+    async def behavior(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for reply in many(requests):
+            yield reply
+
+    return behavior
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC of the tasks through the call pipeline; the token for the others."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        tasks: Sequence[Task],
+        *,
+        request_id_in: RequestIdIn = "initial",
+    ) -> None:
         self._pipeline = pipeline
+        self._served = {f"/{task.full_name}" for task in tasks} | {
+            f"/{task.service.full_name}/{task.stream_rpc}" for task in tasks if task.streams
+        }
         self._unary_id_first = request_id_in == "initial"
         # A method's handler is the same object for every call: wrap it once.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -57,7 +107,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None:
             return handler
-        if not method.startswith(SERVED_PREFIX):
+        if method not in self._served:
             public = self._pipeline.open_health and method.startswith(HEALTH_PREFIX)
             if public or self._pipeline.allows(details.invocation_metadata or ()):
                 return handler
@@ -81,7 +131,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_stream:
             stream = cast(Streaming, handler.stream_stream)
             return grpc.stream_stream_rpc_method_handler(self._stream(stream, rpc), **codecs)
-        return handler  # headserve.v1 has no other kind of RPC
+        return handler  # a task has no other kind of RPC
 
     def _unary(self, behavior: Unary, rpc: str) -> Unary:
         pipeline = self._pipeline

@@ -20,28 +20,28 @@ http_server.py serves this app with uvicorn.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from headserve.plugins.tasks import EncodeOptions, TextItem
 from headserve.v1 import errors as table
 
 from .call_info import REQUEST_ID_KEY, current_request_id
 from .core import Core
 from .errors import HeadNotFound, HeadserveError, InvalidArgument, TooLarge, Unavailable
-from .pipeline import Arrival, Call, Pipeline, current
-from .ranking import rerank
+from .pipeline import Arrival, Pipeline
+from .pipeline import Call as Running
+from .tasks import Route as TaskRoute
+from .tasks import Task
+from .tasks.wire import Call
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -78,28 +78,36 @@ class OpenAIHttp:
     """The routes, over the gRPC server's state (its Core once the model is loaded); each
     request runs through the call pipeline the gRPC calls run through."""
 
-    def __init__(self, state: ServerState, pipeline: Pipeline) -> None:
+    def __init__(self, state: ServerState, pipeline: Pipeline, tasks: Sequence[Task]) -> None:
         self._state = state
         self._pipeline = pipeline
+        self._tasks = tuple(tasks)
         self._limits = state.request_limits
         self.started = int(time.time())
 
     def app(self) -> Starlette:
-        def route(
-            path: str, handle: Callable[[Request, Any], Awaitable[Any]], method: str
-        ) -> Route:
-            return Route(path, self._endpoint(method, path, handle), methods=[method])
+        """The tasks' routes (their descriptions name them), then the server's own."""
+        own = (("GET", "/v1/models", self._models), ("GET", "/health", self._health))
+        routes = [(r.method, r.path, self._answering(r)) for task in self._tasks for r in task.http]
+        routes += own
+        paths = ", ".join(dict.fromkeys(path for _, path, _ in routes))
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return _not_found(request, paths)
 
         return Starlette(
             routes=[
-                route("/v1/embeddings", self._embeddings, "POST"),
-                route("/v1/rerank", self._rerank, "POST"),
-                route("/v2/rerank", self._rerank, "POST"),  # Cohere's v2 path, the same shape
-                route("/v1/models", self._models, "GET"),
-                route("/health", self._health, "GET"),
+                Route(path, self._endpoint(method, path, handle), methods=[method])
+                for method, path, handle in routes
             ],
-            exception_handlers={404: _not_found, 405: _wrong_method},
+            exception_handlers={404: not_found, 405: _wrong_method},
         )
+
+    def _answering(self, route: TaskRoute) -> Callable[[Request, Any], Awaitable[Any]]:
+        async def handle(request: Request, body: Any) -> Any:
+            return await route.answer(self._core(), body, Call.current(stream=False))
+
+        return handle
 
     # --- one request through the call pipeline -------------------------------------------------
 
@@ -125,7 +133,7 @@ class OpenAIHttp:
                 malformed=malformed,
             )
 
-            async def work(call: Call) -> Response:
+            async def work(call: Running) -> Response:
                 body = await self._unless_gone(request, handle)
                 response: Response = body if isinstance(body, Response) else JSONResponse(body)
                 call.status = response.status_code
@@ -210,145 +218,11 @@ class OpenAIHttp:
         ]
         return {"object": "list", "data": data}
 
-    async def _embeddings(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        core = self._core()
-        items = self._inputs(core, body.get("input"))
-        model = _optional(body, "model", str)
-        head = core.registry.resolve("encode", model or None)
-        encoding = _optional(body, "encoding_format", str) or "float"
-        if encoding not in ("float", "base64"):
-            raise InvalidArgument("encoding_format", f"{encoding!r}: choose float or base64")
-        dimensions = _optional(body, "dimensions", int) or 0
-        if "dimensions" in body and dimensions < 1:
-            raise InvalidArgument("dimensions", f"must be at least 1, got {body['dimensions']}")
-        # OpenAI's shortened vectors are unit length: a head that normalises normalises them
-        normalize = bool(getattr(head, "default_normalize", False)) if dimensions else None
-        options = EncodeOptions(dimensions=dimensions, normalize=normalize)
-        try:
-            outcome = await core.run(
-                "encode", [head.name], items, options, deadline=current().deadline
-            )
-        except InvalidArgument as exc:  # an item's field, named as OpenAI's input
-            raise _as_input(exc) from exc
-        data = []
-        for index, (embedding,) in enumerate(outcome.results):
-            if embedding.vector is None:
-                raise InvalidArgument(
-                    "model",
-                    f"head {head.name!r} returns sparse or per-token vectors, not one vector "
-                    "per input: call gRPC Encode for those",
-                )
-            vector = np.asarray(embedding.vector, dtype="<f4")
-            value: Any = (
-                base64.b64encode(vector.tobytes()).decode("ascii")
-                if encoding == "base64"
-                else vector.tolist()
-            )
-            data.append({"object": "embedding", "index": index, "embedding": value})
-        tokens = outcome.input_tokens
-        current().count(len(items), tokens)
-        return {
-            "object": "list",
-            "data": data,
-            "model": head.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-    def _inputs(self, core: Core, given: Any) -> list[TextItem]:
-        """OpenAI's `input`: a string, a list of strings, a list of token ids, or a list of
-        such lists. Token ids are this backbone's own, read back into text."""
-        if isinstance(given, str):
-            texts: list[Any] = [given]
-        elif isinstance(given, list) and given and all(_is_int(t) for t in given):
-            texts = [given]  # one token array
-        elif isinstance(given, list):
-            texts = given
-        else:
-            raise InvalidArgument("input", "give a string, a list of strings or of token arrays")
-        if not texts:
-            raise InvalidArgument("input", "is empty: send at least one input")
-        if len(texts) > self._limits.max_request_items:
-            raise TooLarge(
-                "input",
-                f"{len(texts)} inputs, more than this server takes in one request "
-                f"({self._limits.max_request_items}, --max-request-items); split them",
-            )
-        return [TextItem(self._text(core, index, t)) for index, t in enumerate(texts)]
-
-    def _text(self, core: Core, index: int, given: Any) -> str:
-        if isinstance(given, str):
-            return given
-        tokenizer = core.backbone.tokenizer
-        if not isinstance(given, list) or not given or not all(_is_int(t) for t in given):
-            raise InvalidArgument(
-                f"input[{index}]", "must be a string or a non-empty array of token ids"
-            )
-        if tokenizer is None:
-            raise InvalidArgument(f"input[{index}]", "this backbone reads images, not tokens")
-        vocabulary = len(tokenizer)
-        for position, token in enumerate(given):
-            if not 0 <= token < vocabulary:
-                raise InvalidArgument(
-                    f"input[{index}][{position}]",
-                    f"token id {token} is outside this model's vocabulary (0..{vocabulary - 1})",
-                )
-        return str(tokenizer.decode(given, skip_special_tokens=True))
-
-    async def _rerank(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        core = self._core()
-        query = body.get("query")
-        if not isinstance(query, str):
-            raise InvalidArgument("query", "must be a string")
-        documents = _documents(body.get("documents"))
-        if len(documents) > self._limits.max_request_items:
-            raise TooLarge(
-                "documents",
-                f"{len(documents)} documents, more than this server takes in one request "
-                f"({self._limits.max_request_items}, --max-request-items); split them",
-            )
-        top_n = _optional(body, "top_n", int)
-        if top_n is not None and top_n < 1:
-            raise InvalidArgument("top_n", f"must be at least 1, got {top_n}")
-        return_documents = _optional(body, "return_documents", bool) or False
-        truncate = _optional(body, "truncate", bool) or False
-        ranking = await rerank(
-            core,
-            query,
-            documents,
-            head=_optional(body, "model", str) or None,
-            truncate=truncate,
-            deadline=current().deadline,
-            wait_for_room=False,
-        )
-        kept = ranking.order[:top_n] if top_n else ranking.order
-        results = []
-        for index, score in kept:
-            result: dict[str, Any] = {"index": index, "relevance_score": score}
-            if return_documents:
-                result["document"] = {"text": documents[index]}
-            results.append(result)
-        tokens = ranking.outcome.input_tokens
-        current().count(len(documents), tokens)
-        return {
-            "id": current_request_id(),
-            "model": ranking.head,
-            "results": results,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
 
 async def _disconnected(request: Request) -> None:
     """Once the body is read, the next ASGI message is the caller's disconnect."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _as_input(exc: InvalidArgument) -> InvalidArgument:
-    """`items[3].text` named as `input[3]`; other fields as they are."""
-    if not exc.field.startswith("items"):
-        return exc
-    field = "input" + exc.field.removeprefix("items").removesuffix(".text")
-    return type(exc)(field, exc.description, item=exc.item)
 
 
 # OpenAI's SDKs send their read timeout, in seconds: past it the caller has given up, so it is
@@ -370,42 +244,10 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
-    """`body[name]` if it is of `kind` (an integral float counts as an int); None if absent
-    or null; else InvalidArgument naming it."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if kind is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise InvalidArgument(name, f"must be {'an' if kind is int else 'a'} {kind.__name__}")
-
-
-def _documents(given: Any) -> list[str]:
-    """Cohere's documents (strings) or Jina's and Cohere v1's ({"text": ...} objects)."""
-    if not isinstance(given, list) or not given:
-        raise InvalidArgument("documents", "give a non-empty list of strings")
-    documents = []
-    for index, document in enumerate(given):
-        if isinstance(document, dict) and isinstance(document.get("text"), str):
-            document = document["text"]
-        if not isinstance(document, str):
-            raise InvalidArgument(f"documents[{index}]", 'must be a string or {"text": ...}')
-        documents.append(document)
-    return documents
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
+def _not_found(request: Request, paths: str) -> Response:
     body = {
         "error": {
-            "message": f"no route {request.url.path}: this server serves /v1/embeddings, "
-            "/v1/rerank (and /v2/rerank), /v1/models and /health",
+            "message": f"no route {request.url.path}: this server serves {paths}",
             "type": "invalid_request_error",
             "param": None,
             "code": "not_found",

@@ -3,10 +3,10 @@
 Each replica loads the backbone and its heads from the same Settings as `headserve serve` and
 runs its own scheduler; Serve's gRPC proxy routes every headserve.v1 RPC to the method of that
 name on the replica (`application` metadata picks the application when there are several).
-Every call runs through the call pipeline (pipeline.py) and the standalone server's own
-servicers (app.SERVICERS): bearer tokens, request ids, the access log, headserve's metrics
-and spans are the standalone server's. What differs is the transport, which `_RayContext`
-adapts, and three things Serve does itself:
+Every call runs through the call pipeline (pipeline.py) and is answered as the standalone
+server answers it (the table of tasks, tasks/): bearer tokens, request ids, the access log,
+headserve's metrics and spans are the standalone server's. What differs is the transport,
+which `_RayContext` adapts, and three things Serve does itself:
 
 - Its deadline. The proxy does not pass the caller's `grpc-timeout` on (the replica's
   context has no time remaining); it bounds each call by Serve's `request_timeout_s`. The
@@ -33,21 +33,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from . import logs
-from .app import SERVICERS, ServerState, Settings, build_core
+from .app import ServerState, Settings, build_core
 from .call_info import CURRENT, REQUEST_ID_KEY, current_request_id
 from .metrics import Metrics
 from .pipeline import Admission, Arrival, Call, Pipeline, items_in
 from .status import abort
+from .tasks import TASKS, Task, services
+from .tasks.running import Streaming, Unary, answering
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,14 @@ def start(port: int, request_timeout_s: float | None = None, **options: Any) -> 
     serve.start(grpc_options=grpc_options, **options)
 
 
-def servicer_functions() -> list[str]:
-    """What `gRPCOptions(grpc_servicer_functions=...)` needs: every headserve.v1 service."""
-    return [f"{add.__module__}.{add.__name__}" for _, _, add in SERVICERS]
+def servicer_functions(tasks: Sequence[Task] = TASKS) -> list[str]:
+    """What `gRPCOptions(grpc_servicer_functions=...)` needs: the function protoc generated
+    to add each service of `tasks` to a gRPC server (the proxy learns the methods from it)."""
+    functions = []
+    for service, _ in services(tasks).values():
+        module = service.file.name.removesuffix(".proto").replace("/", ".") + "_pb2_grpc"
+        functions.append(f"{module}.add_{service.name}Servicer_to_server")
+    return functions
 
 
 class _Aborted(Exception):
@@ -79,7 +84,7 @@ class _Aborted(Exception):
 
 
 class _RayContext:
-    """The part of grpc.aio.ServicerContext the servicers use, over Ray's gRPC context."""
+    """What the pipeline and status.abort ask of a call's context, over Ray's gRPC context."""
 
     def __init__(self, ray_context: Any) -> None:
         self._context = ray_context
@@ -102,39 +107,43 @@ class _RayContext:
 
 @dataclass(frozen=True)
 class _Rpc:
-    name: str
     full_name: str  # "headserve.v1.Encoder/Encode", as the standalone server names it
-    call: Callable[..., Any]  # the servicer's method
-    streaming: bool
+    unary: Unary | None  # what answers it (a unary RPC)
+    streaming: Streaming | None  # what answers it (a stream)
     reply: type[Message]  # the response type: an empty one carries an error status
 
 
-def _rpcs(state: ServerState) -> dict[str, _Rpc]:
+def _rpcs(state: ServerState, tasks: Sequence[Task]) -> dict[str, _Rpc]:
     rpcs = {}
-    for service, make, _ in SERVICERS:
-        servicer = make(state)
-        for method in service.methods:
-            rpcs[method.name] = _Rpc(
-                method.name,
-                f"{service.full_name}/{method.name}",
-                getattr(servicer, method.name),
-                method.client_streaming,
-                message_factory.GetMessageClass(method.output_type),
-            )
+    for task in tasks:
+        one, many = answering(state, task)
+        rpcs[task.rpc] = _Rpc(task.full_name, one, None, task.response)
+        if many is not None:
+            full_name = f"{task.service.full_name}/{task.stream_rpc}"
+            rpcs[task.stream_rpc] = _Rpc(full_name, None, many, task.stream_reply)
     return rpcs
 
 
-class HeadserveReplica:
-    """One replica: a backbone, its heads and its scheduler, behind every headserve.v1 RPC."""
+class Replica:
+    """One replica: a backbone, its heads and its scheduler, behind the RPCs of its `tasks`
+    (a method each, named as the proxy calls it: `replica`)."""
+
+    tasks: tuple[Task, ...] = ()
 
     async def __init__(  # type: ignore[misc]  # Ray awaits it
         self, settings: Settings, request_timeout_s: float | None = None
     ) -> None:
+        import ray
+
         from .ray_metrics import RayInstruments
         from .tracing import Tracing
 
-        logs.configure_logger("headserve", "INFO", "json")  # into Ray's worker logs
-        instruments = RayInstruments()
+        # Outside a Ray worker (a test calling the methods as the proxy would) the process's
+        # logging is left alone, and the metrics are kept in a registry of their own.
+        in_ray = ray.is_initialized()
+        if in_ray:
+            logs.configure_logger("headserve", "INFO", "json")  # into Ray's worker logs
+        instruments = RayInstruments() if in_ray else None
         metrics = Metrics(instruments)
         tracing = Tracing.from_settings(settings.otlp_endpoint)
         core = await asyncio.to_thread(build_core, settings, metrics, tracing)
@@ -152,8 +161,9 @@ class HeadserveReplica:
             access_log=settings.access_log,
         )
         self._timeout = request_timeout_s
-        self._rpcs = _rpcs(self._state)
-        self._refresh = asyncio.ensure_future(instruments.keep_fresh())
+        self._rpcs = _rpcs(self._state, self.tasks)
+        if instruments is not None:
+            self._refresh = asyncio.ensure_future(instruments.keep_fresh())
 
     def check_health(self) -> None:
         """Serve's replica health check: a stopped scheduler is a dead replica."""
@@ -169,7 +179,7 @@ class HeadserveReplica:
             self._timeout,
             context.peer(),
             items=0 if request is None else items_in(request),
-            stream=rpc.streaming,
+            stream=rpc.streaming is not None,
         )
 
     async def _unary(self, name: str, request: Any, grpc_context: Any) -> Message:
@@ -178,7 +188,8 @@ class HeadserveReplica:
         try:
 
             async def work(call: Call) -> Message:
-                response: Message = await rpc.call(request, context)
+                assert rpc.unary is not None
+                response: Message = await rpc.unary(request)
                 return response
 
             response = await self._pipeline.unary(self._arrival(rpc, context, request), work)
@@ -201,7 +212,8 @@ class HeadserveReplica:
         token = CURRENT.set(None)
 
         def work(call: Call) -> AsyncIterator[Message]:
-            replies: AsyncIterator[Message] = rpc.call(call.reading(requests), context)
+            assert rpc.streaming is not None
+            replies: AsyncIterator[Message] = rpc.streaming(call.reading(requests))
             return replies
 
         try:
@@ -217,7 +229,7 @@ class HeadserveReplica:
 
 
 def _unary_method(name: str) -> Callable[..., Any]:
-    async def method(self: HeadserveReplica, request: Any, grpc_context: Any) -> Message:
+    async def method(self: Replica, request: Any, grpc_context: Any) -> Message:
         return await self._unary(name, request, grpc_context)
 
     method.__name__ = method.__qualname__ = name
@@ -226,7 +238,7 @@ def _unary_method(name: str) -> Callable[..., Any]:
 
 def _stream_method(name: str) -> Callable[..., Any]:
     async def method(
-        self: HeadserveReplica, request_stream: Any, grpc_context: Any
+        self: Replica, request_stream: Any, grpc_context: Any
     ) -> AsyncIterator[Message]:
         async for reply in self._stream(name, request_stream, grpc_context):
             yield reply
@@ -235,16 +247,19 @@ def _stream_method(name: str) -> Callable[..., Any]:
     return method
 
 
-def _add_rpc_methods(cls: type) -> None:
-    """A method per headserve.v1 RPC, named as the proxy calls it."""
-    for service, _, _ in SERVICERS:
-        method: MethodDescriptor
-        for method in service.methods:
-            make = _stream_method if method.client_streaming else _unary_method
-            setattr(cls, method.name, make(method.name))
+def replica(tasks: Sequence[Task], name: str = "HeadserveReplica") -> type[Replica]:
+    """A replica class answering `tasks`: a method per RPC, named as the proxy calls it."""
+    methods: dict[str, Any] = {"tasks": tuple(tasks), "__module__": __name__}
+    for task in tasks:
+        methods[task.rpc] = _unary_method(task.rpc)
+        if task.streams:
+            methods[task.stream_rpc] = _stream_method(task.stream_rpc)
+    made = type(name, (Replica,), methods)
+    made.__qualname__ = name
+    return made
 
 
-_add_rpc_methods(HeadserveReplica)
+HeadserveReplica = replica(TASKS)  # every headserve.v1 RPC
 
 
 def application(

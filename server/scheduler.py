@@ -181,7 +181,7 @@ class Scheduler:
     def started(self) -> bool:
         return self._started is not None
 
-    # --- the servicers' side ------------------------------------------------------------------
+    # --- the callers' side --------------------------------------------------------------------
 
     @property
     def queued(self) -> int:

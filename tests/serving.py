@@ -22,6 +22,7 @@ from headserve.server.app import Server, Settings, build_core, create_server
 from headserve.server.core import Core
 from headserve.server.event_loop import default_kind, new_event_loop
 from headserve.server.limits import RequestLimits
+from headserve.server.tasks import TASKS, Task
 from headserve.server.tracing import Tracing
 
 T = TypeVar("T")
@@ -39,9 +40,15 @@ def on_core(core: Core, call: Callable[[], Awaitable[T]]) -> T:
 
 class ServerThread:
     def __init__(
-        self, settings: Settings | None, tracing: Tracing | None = None, *, load: bool = True
+        self,
+        settings: Settings | None,
+        tracing: Tracing | None = None,
+        *,
+        load: bool = True,
+        tasks: Sequence[Task] = TASKS,
     ) -> None:
-        """`load=False`: serving, but NOT_SERVING until `ready` (the model still loading)."""
+        """`load=False`: serving, but NOT_SERVING until `ready` (the model still loading).
+        `tasks`: what it answers (the server's table; a test's own task added)."""
         self.loop = new_event_loop(default_kind())  # the loop `headserve serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -58,6 +65,7 @@ class ServerThread:
                 request_id_in=settings_or_default.request_id_in,
                 tracing=tracing,
                 http_port=settings_or_default.http_port,
+                tasks=tasks,
             )
         )
         self.target = f"127.0.0.1:{self.server.port}"

@@ -28,7 +28,7 @@ from headserve.plugins.tasks import ClassifyOptions, TextItem
 from headserve.server import cli
 from headserve.server.app import Settings, build_core
 from headserve.server.families import UnverifiedFamily
-from headserve.server.servicers.models import model_info
+from headserve.server.tasks.models import model_info
 
 PAIRS = [
     ("how do I bake bread?", "Mix flour, water and yeast, then bake it."),

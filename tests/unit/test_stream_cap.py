@@ -14,7 +14,8 @@ from batching import idle, until
 
 from headserve.server.limits import RequestLimits
 from headserve.server.scheduler import Limits
-from headserve.server.servicers._calls import Call, stream
+from headserve.server.tasks.running import stream
+from headserve.server.tasks.wire import Call
 
 
 @dataclass
@@ -61,17 +62,11 @@ class Handler:
         self.gates[request_id].set_result(None)
 
 
-class Context:
-    def time_remaining(self) -> float | None:
-        return None
-
-
 def _state(cap: int) -> Any:
     scheduler = SimpleNamespace(limits=Limits(stream_in_flight_items=cap))
     return SimpleNamespace(
         core=SimpleNamespace(scheduler=scheduler),
         request_limits=RequestLimits(),
-        open_streams=0,
         draining=asyncio.Event(),
         tracing=None,
     )
@@ -85,7 +80,6 @@ def test_a_stream_reads_no_further_than_its_in_flight_items() -> None:
         async def consume() -> None:
             async for reply in stream(
                 requests,  # type: ignore[arg-type]
-                Context(),  # type: ignore[arg-type]
                 _state(cap=2),
                 handle,
                 lambda **kw: kw,

@@ -10,7 +10,7 @@ from headserve.plugins.contract import Head, Output
 from headserve.v1 import heads_pb2 as pb
 
 from ..errors import HeadFailed
-from ._calls import tensor
+from .wire import tensor
 
 
 def plain(struct: struct_pb2.Struct) -> dict[str, Any]:

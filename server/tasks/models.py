@@ -1,4 +1,5 @@
-"""Models service: what the server holds (GetModelInfo), and its tokenizer (Tokenize)."""
+"""The Models service's tasks: what the server holds (GetModelInfo), and its tokenizer
+(Tokenize)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ import importlib.metadata as md
 import json
 from typing import Any
 
-import grpc
-
 from headserve.plugins.backbones import Backbone
-from headserve.v1 import common_pb2, models_pb2_grpc
+from headserve.v1 import common_pb2
 from headserve.v1 import models_pb2 as pb
 
 from ..core import Core
 from ..families import Family, family_of
-from ._calls import Call, CoreHolder, ready, text_items, unary
+from .task import Task
+from .wire import Call, text_items
 
 _KINDS = {"value": pb.OutputField.KIND_VALUE, "tensor": pb.OutputField.KIND_TENSOR}
 
@@ -140,38 +140,31 @@ def _packing(backbone: Backbone, family: Family | None) -> str:
     return f"padded batches ({why})" if why else "padded batches"
 
 
-class ModelsServicer(models_pb2_grpc.ModelsServicer):
-    def __init__(self, state: CoreHolder) -> None:
-        self._state = state
+async def model_info_answer(
+    core: Core, request: pb.GetModelInfoRequest, call: Call
+) -> pb.ModelInfo:
+    return model_info(core)
 
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInfo:
-        async def handle(call: Call) -> pb.ModelInfo:
-            return model_info(ready(self._state))
 
-        return await unary(self._state, context, handle)
-
-    async def Tokenize(
-        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.TokenizeResponse:
-        async def handle(call: Call) -> pb.TokenizeResponse:
-            core = ready(self._state)
-            add = request.add_special_tokens if request.HasField("add_special_tokens") else True
-            results = core.tokenize(
-                text_items(request.items), add_special_tokens=add, truncate=request.truncate
+async def tokenize(core: Core, request: pb.TokenizeRequest, call: Call) -> pb.TokenizeResponse:
+    add = request.add_special_tokens if request.HasField("add_special_tokens") else True
+    results = core.tokenize(
+        text_items(request.items), add_special_tokens=add, truncate=request.truncate
+    )
+    return pb.TokenizeResponse(
+        results=[
+            pb.Tokenization(
+                ids=t.ids,
+                tokens=t.tokens,
+                offsets=[common_pb2.Span(start=a, end=b) for a, b in t.offsets],
+                token_type_ids=t.token_type_ids,
+                sequence_ids=t.sequence_ids,
             )
-            return pb.TokenizeResponse(
-                results=[
-                    pb.Tokenization(
-                        ids=t.ids,
-                        tokens=t.tokens,
-                        offsets=[common_pb2.Span(start=a, end=b) for a, b in t.offsets],
-                        token_type_ids=t.token_type_ids,
-                        sequence_ids=t.sequence_ids,
-                    )
-                    for t in results
-                ]
-            )
+            for t in results
+        ]
+    )
 
-        return await unary(self._state, context, handle)
+
+_MODELS = pb.DESCRIPTOR.services_by_name["Models"]
+MODEL_INFO = Task("model_info", _MODELS, "GetModelInfo", model_info_answer, streams=False)
+TOKENIZE = Task("tokenize", _MODELS, "Tokenize", tokenize, streams=False)

@@ -1,4 +1,5 @@
-"""Heads.RunHeads: several heads of any tasks on the same items, one backbone pass per item.
+"""The run_heads task: Heads.RunHeads and its stream, several heads of any tasks on the same
+items, one backbone pass per item.
 
 Each HeadCall becomes a HeadPlan (the head and its task's options, or why it cannot run).
 Each cell of the answer is the head's result for the item, as the head's own service
@@ -9,7 +10,7 @@ its options or its output leaves the others' results standing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
 from typing import Any
 
 from headserve.plugins.contract import Head
@@ -20,33 +21,23 @@ from ..errors import HeadFailed, HeadserveError, InvalidArgument
 from ..generic import parse_params
 from ..heads import HeadRegistry
 from ..status import to_status
-from ._calls import Call, text_items, usage_timing
-from ._generic import head_output, plain
-from .classifier import classify_options, head_classification
-from .encoder import embedding, encode_options
-from .question_answerer import answers, qa_options
-from .token_predictor import predict_options, prediction
-
-# The HeadCall.options field each built-in task takes; any other task's: "params".
-_OPTIONS_FIELD = {
-    "encode": "encode",
-    "classify": "classify",
-    "mlm": "predict_tokens",
-    "qa": "answer_question",
-}
+from .generic_wire import head_output, plain
+from .task import GENERIC, HeadForm, Task
+from .wire import Call, text_items, usage_timing
 
 
-# How each built-in task's options message becomes the options its heads take.
-_PARSE: dict[str, Callable[[Any], Any]] = {
-    "encode": encode_options,
-    "classify": classify_options,
-    "predict_tokens": predict_options,
-    "answer_question": qa_options,
-}
+@functools.cache
+def _forms() -> dict[str, HeadForm]:
+    """How each task whose description has a head form runs its heads here, by the heads'
+    task; a head of any other task takes `params` and answers a HeadOutput."""
+    from . import TASKS  # the table holds this task too
+
+    return {task.heads.task: task.heads for task in TASKS if task.heads is not None}
 
 
 def _options_field(head: Head) -> str:
-    return _OPTIONS_FIELD.get(head.task, "params")
+    form = _forms().get(head.task)
+    return form.options_field if form is not None else "params"
 
 
 def _renamed(exc: HeadserveError, index: int, head: Head) -> HeadserveError:
@@ -75,7 +66,7 @@ def _task_options(head: Head, index: int, call: pb.HeadCall, truncate: bool) -> 
             f"heads[{index}].{wanted}.head{'s' if wanted == 'classify' else ''}",
             "the head is named by heads[j].head: leave this empty (one HeadCall per head)",
         )
-    options = _PARSE[wanted](message)
+    options = _forms()[head.task].options(message)
     if truncate and hasattr(options, "truncate"):
         options = dataclasses.replace(options, truncate=True)
     return options
@@ -94,15 +85,11 @@ def plan(registry: HeadRegistry, index: int, call: pb.HeadCall, truncate: bool) 
 
 
 def _result(head: Head, value: Any) -> pb.HeadResult:
-    task = head.task
-    if task == "encode":
-        return pb.HeadResult(embedding=embedding(value))
-    if task == "classify":
-        return pb.HeadResult(classification=head_classification(value))
-    if task == "mlm":
-        return pb.HeadResult(prediction=prediction(value))
-    if task == "qa":
-        return pb.HeadResult(answer=answers(value))
+    form = _forms().get(head.task)
+    if form is not None:
+        result = form.result(value)
+        assert isinstance(result, pb.HeadResult)
+        return result
     return pb.HeadResult(output=head_output(head, value))
 
 
@@ -122,7 +109,7 @@ def _cell(plan: HeadPlan, index: int, value: Any) -> pb.HeadResult:
         return pb.HeadResult(error=to_status(exc))
 
 
-async def run_heads(core: Core, request: pb.RunHeadsRequest, call: Call) -> pb.RunHeadsResponse:
+async def answer(core: Core, request: pb.RunHeadsRequest, call: Call) -> pb.RunHeadsResponse:
     plans = [
         plan(core.registry, index, head_call, request.truncate)
         for index, head_call in enumerate(request.heads)
@@ -147,3 +134,8 @@ async def run_heads(core: Core, request: pb.RunHeadsRequest, call: Call) -> pb.R
         for per_item in outcome.results
     ]
     return pb.RunHeadsResponse(results=results, heads=ran, **usage_timing(outcome))
+
+
+TASK = Task(
+    "run_heads", pb.DESCRIPTOR.services_by_name["Heads"], "RunHeads", answer, serving=GENERIC
+)

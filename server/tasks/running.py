@@ -1,4 +1,5 @@
-"""How every task RPC runs: unary batches, and bidirectional streams of batches.
+"""How every task's RPCs are answered, on any transport: a unary batch, and a bidirectional
+stream of batches.
 
 A stream reads requests ahead (at most `in_flight` unanswered), runs them
 concurrently, and answers in request order; a request that fails gets its own
@@ -10,22 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import grpc
-import numpy as np
-
-from headserve.plugins.contract import InvalidInput
-from headserve.plugins.tasks import ImageItem, TextItem
-from headserve.v1 import common_pb2
-
-from ..call_info import CURRENT
-from ..core import Core, Outcome
-from ..errors import InvalidArgument, Unavailable
+from ..core import Core
+from ..errors import Unavailable
 from ..limits import RequestLimits
 from ..pipeline import items_in
 from ..status import to_status
+from .task import Task
+from .wire import Call
 
 if TYPE_CHECKING:
     from ..tracing import Tracing
@@ -44,7 +38,6 @@ class BatchRequest(Protocol):
 
 
 Req = TypeVar("Req", bound=BatchRequest)
-Opts = TypeVar("Opts")
 Resp = TypeVar("Resp", bound=Response)
 
 
@@ -64,77 +57,7 @@ def ready(state: CoreHolder) -> Core:
     return state.core
 
 
-def options(kind: Callable[..., Opts], **fields: Any) -> Opts:
-    """A task's options from a request's fields. A field given as None is unset on the wire
-    (proto3's 0) and takes the default of the options dataclass, where every default is
-    defined. A bad option is INVALID_ARGUMENT."""
-    try:
-        return kind(**{name: value for name, value in fields.items() if value is not None})
-    except InvalidInput as exc:
-        raise InvalidArgument(exc.field, exc.message) from exc
-
-
-def usage_timing(outcome: Outcome) -> dict[str, Any]:
-    """Usage and Timing message fields for a response."""
-    return {
-        "usage": common_pb2.Usage(input_tokens=outcome.input_tokens),
-        "timing": common_pb2.Timing(queue_ms=outcome.queue_ms, inference_ms=outcome.inference_ms),
-    }
-
-
-def text_items(items: Any) -> list[TextItem | ImageItem]:
-    """The request's items: a text (or pair), or an image (`TextInput.image`)."""
-    converted: list[TextItem | ImageItem] = []
-    for index, item in enumerate(items):
-        if item.HasField("image"):
-            if item.text or item.HasField("text_pair"):
-                raise InvalidArgument(
-                    f"items[{index}]",
-                    "carries an image and text: send one or the other",
-                    item=index,
-                )
-            converted.append(ImageItem(item.image.data))
-        else:
-            converted.append(
-                TextItem(item.text, item.text_pair if item.HasField("text_pair") else None)
-            )
-    return converted
-
-
-def tensor(array: np.ndarray) -> common_pb2.Tensor:
-    """A numpy array as a Tensor message: row-major, little-endian."""
-    dtype = _DTYPES[array.dtype.name]
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    return common_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=data)
-
-
-_DTYPES = {
-    "float32": common_pb2.DTYPE_FLOAT32,
-    "float16": common_pb2.DTYPE_FLOAT16,
-    "int64": common_pb2.DTYPE_INT64,
-    "int32": common_pb2.DTYPE_INT32,
-}
-
-
-@dataclass(frozen=True)
-class Call:
-    """What a handler needs to know of the RPC it serves."""
-
-    deadline: float | None  # on time.perf_counter(), the scheduler's clock
-    wait_for_room: bool  # streams wait for queue space; unary calls are refused at once
-
-    @classmethod
-    def current(cls, *, stream: bool) -> Call:
-        """The running call's (its deadline as the call pipeline set it; none outside a call)."""
-        info = CURRENT.get()
-        return cls(info.deadline if info is not None else None, stream)
-
-
-async def unary(
-    state: CoreHolder,
-    context: grpc.aio.ServicerContext,
-    handle: Callable[[Call], Awaitable[Resp]],
-) -> Resp:
+async def unary(state: CoreHolder, handle: Callable[[Call], Awaitable[Resp]]) -> Resp:
     response = await handle(Call.current(stream=False))
     state.request_limits.check_response(response.ByteSize())
     return response
@@ -165,7 +88,6 @@ class _Budget:
 
 async def stream(
     requests: AsyncIterator[Req],
-    context: grpc.aio.ServicerContext,
     state: CoreHolder,
     handle: Callable[[Req, Call], Awaitable[Any]],
     reply: Callable[..., Resp],
@@ -217,3 +139,23 @@ async def stream(
             entry = pending.get_nowait()
             if entry is not None:
                 entry[1].cancel()
+
+
+Unary = Callable[[Any], Awaitable[Any]]  # a request message -> its response
+Streaming = Callable[[AsyncIterator[Any]], AsyncIterator[Any]]  # requests -> stream replies
+
+
+def answering(state: CoreHolder, task: Task) -> tuple[Unary, Streaming | None]:
+    """What answers `task`'s unary RPC and its stream (None: it has none), on any transport:
+    the running call's deadline, the model loaded, the response's size checked."""
+
+    def answer(request: Any, call: Call) -> Awaitable[Any]:
+        return task.answer(ready(state), request, call)
+
+    async def one(request: Any) -> Any:
+        return await unary(state, lambda call: answer(request, call))
+
+    def many(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return stream(requests, state, answer, task.stream_reply)
+
+    return one, many if task.streams else None
