@@ -29,13 +29,14 @@ from typing import Any
 from data import sentences
 from report import RESULTS, markdown_head, write_json
 
-from headserve.server import logs
-from headserve.server.app import ServerState, Settings, build_core
+from headserve.server.calls.pipeline import Admission, Pipeline
+from headserve.server.calls.state import ServerState
 from headserve.server.event_loop import default_kind, new_event_loop
-from headserve.server.interceptor import CallInterceptor
-from headserve.server.pipeline import Admission, Pipeline
+from headserve.server.loading import Settings, build_core
+from headserve.server.observability import logs
 from headserve.server.tasks import encode as encode_task
 from headserve.server.tasks.running import answering
+from headserve.server.transports.grpc import CallInterceptor
 from headserve.v1 import common_pb2
 from headserve.v1 import encoder_pb2 as pb
 

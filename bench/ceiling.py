@@ -152,7 +152,7 @@ class ServerPass:
     def __init__(self, folder: str, runtime: str, threads: int) -> None:
         from pathlib import Path
 
-        from headserve.server.backbone import TextBackbone
+        from headserve.server.backbones.backbone import TextBackbone
 
         self.backbone = TextBackbone.load(
             Path(folder), device="cpu", runtime=runtime, threads=threads

@@ -86,7 +86,7 @@ def checkpoint(model_type: str) -> Path:
 def load(folder: Path, threads: int, *, packed: bool = True):  # type: ignore[no-untyped-def]
     """The server's text backbone; `packed=False`: packing off and torch eager, as the server
     ran a family whose packed pass its load-time check refused."""
-    from headserve.server.backbone import TextBackbone
+    from headserve.server.backbones.backbone import TextBackbone
 
     backbone = TextBackbone.load(
         folder,

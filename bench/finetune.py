@@ -25,8 +25,8 @@ from report import markdown_head, write_json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from headserve.plugins.artifact import Network
-from headserve.server.backbone import default_model_dir
-from headserve.server.threads import set_torch_threads
+from headserve.server.backbones.backbone import default_model_dir
+from headserve.server.core.threads import set_torch_threads
 from headserve.server.training import data, metrics
 from headserve.server.training.command import TrainOptions, split, train_head
 from headserve.server.training.fit import FitSettings

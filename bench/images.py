@@ -36,8 +36,8 @@ from servers import headserve_server  # noqa: E402
 from headserve.client import AsyncClient  # noqa: E402
 from headserve.plugins.backbones import LoadOptions  # noqa: E402
 from headserve.plugins.contract import Pixels, Row  # noqa: E402
-from headserve.server.efficientnet import load  # noqa: E402
-from headserve.server.threads import cores, set_torch_threads  # noqa: E402
+from headserve.server.backbones.efficientnet import load  # noqa: E402
+from headserve.server.core.threads import cores, set_torch_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 

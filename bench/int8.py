@@ -41,9 +41,9 @@ from report import RESULTS, write_json  # noqa: E402
 
 from headserve.plugins import artifact  # noqa: E402
 from headserve.plugins.contract import Row  # noqa: E402
-from headserve.server import quantize  # noqa: E402
-from headserve.server.backbone import TextBackbone, default_model_dir  # noqa: E402
-from headserve.server.onnx_pass import OrtPass  # noqa: E402
+from headserve.server.backbones import quantize  # noqa: E402
+from headserve.server.backbones.backbone import TextBackbone, default_model_dir  # noqa: E402
+from headserve.server.backbones.onnx_pass import OrtPass  # noqa: E402
 from headserve.server.training.command import split  # noqa: E402
 from headserve.server.training.data import read  # noqa: E402
 

@@ -189,7 +189,7 @@ def headserve_work(heads: dict[str, Any], mask: str) -> list[Any]:
         QAOptions,
         TextItem,
     )
-    from headserve.server.runner import Work
+    from headserve.server.core.runner import Work
 
     sentences = texts()
     jobs = [
@@ -209,7 +209,7 @@ def headserve_work(heads: dict[str, Any], mask: str) -> list[Any]:
 def worker_headserve() -> None:
     import torch
 
-    from headserve.server.app import Settings, build_core
+    from headserve.server.loading import Settings, build_core
 
     torch.set_num_threads(THREADS)
     quiet_transformers()
@@ -227,9 +227,9 @@ def worker_headserve_steps() -> None:
     import torch
 
     from headserve.plugins.contract import HeadSpec, LoadContext
-    from headserve.server.backbone import TextBackbone, default_model_dir
+    from headserve.server.backbones.backbone import TextBackbone, default_model_dir
+    from headserve.server.core.runner import Runner
     from headserve.server.discovery import find_plugins, load_plugins
-    from headserve.server.runner import Runner
 
     torch.set_num_threads(THREADS)
     quiet_transformers()

@@ -26,10 +26,10 @@ from report import markdown_head
 
 from headserve.plugins.contract import HeadSpec, Row
 from headserve.plugins.tasks import EncodeOptions, TextItem
-from headserve.server.app import Settings, build_core
-from headserve.server.backbone import TextBackbone
-from headserve.server.packing import Computed
-from headserve.server.runner import Work
+from headserve.server.backbones.backbone import TextBackbone
+from headserve.server.backbones.packing import Computed
+from headserve.server.core.runner import Work
+from headserve.server.loading import Settings, build_core
 
 LAYOUTS: dict[str, Callable[[TextBackbone], None]] = {
     "padded": lambda b: _use(b, b.run_padded),

@@ -143,7 +143,7 @@ def random_weights_accuracy(data: Path, seed: int) -> float:
     as train-head's (features.py, fit.py, tasks.py), evaluated on the test split."""
     from headserve.plugins.artifact import Network
     from headserve.plugins.backbones import LoadOptions
-    from headserve.server.efficientnet import load
+    from headserve.server.backbones.efficientnet import load
     from headserve.server.training.data import image_folder
     from headserve.server.training.features import FeatureCache, image_features
     from headserve.server.training.fit import FitSettings, fit
@@ -182,7 +182,7 @@ def cost_per_image(heads: dict[str, Path], batch: int = 32, rounds: int = 20) ->
     from headserve.plugins import artifact
     from headserve.plugins.backbones import LoadOptions
     from headserve.plugins.contract import Pixels, Row
-    from headserve.server.efficientnet import load
+    from headserve.server.backbones.efficientnet import load
 
     backbone = load("efficientnet-lite0", LoadOptions(device="cpu"))
     values = torch.rand(3, 224, 224).numpy()

@@ -29,7 +29,7 @@ def local_serve() -> Iterator[int]:
     import ray
     from ray import serve
 
-    from headserve.server import ray_serve
+    from headserve.server.transports import ray_serve
 
     port = free_port()
     ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False)
@@ -46,8 +46,8 @@ def deploy(cpus: float, **options: Any) -> None:
     `cpus` per replica, up to 256 calls in progress each; `options`: more of Serve's."""
     from ray import serve
 
-    from headserve.server import ray_serve
-    from headserve.server.cli import serve_settings
+    from headserve.server.options import serve_settings
+    from headserve.server.transports import ray_serve
 
     app = ray_serve.application(
         serve_settings(["--allow-untrained"]),

@@ -4,7 +4,7 @@
     .venv/bin/python bench/ray_proxy.py --direct-ingress --replicas 1
 
 Starts a local Ray (every core) with Serve's gRPC proxy and deploys the packaged model as one
-application (headserve.server.ray_serve, default serve options), once per replica count. Each
+application (headserve.server.transports.ray_serve, default serve options), once per replica count. Each
 round then loads the standalone `headserve serve` (a subprocess) and the Ray application in
 turn, alternating the order, with bench/load.py (one sentence per call, closed loop). Ray's
 processes stay up (idle) while the standalone server is measured. --direct-ingress calls the

@@ -61,7 +61,7 @@ def burn() -> None:
     NICE: a model worker's CPU without its memory traffic."""
     import torch
 
-    from headserve.server.threads import lower_priority
+    from headserve.server.core.threads import lower_priority
 
     lower_priority(NICE)
     a = torch.randn(384, 384)
@@ -74,7 +74,7 @@ def run_model(model: Any) -> None:
     worker's CPU, memory traffic and GIL, without headserve's scheduler."""
     import torch
 
-    from headserve.server.threads import lower_priority
+    from headserve.server.core.threads import lower_priority
 
     lower_priority(NICE)
     ids = torch.randint(1000, 2000, (16, 32))
@@ -91,7 +91,7 @@ def start_burners(kind: str) -> None:
     if kind == "model":
         from transformers import AutoModel
 
-        from headserve.server.backbone import default_model_dir
+        from headserve.server.backbones.backbone import default_model_dir
 
         model = AutoModel.from_pretrained(default_model_dir()).eval()
         target, args = run_model, (model,)

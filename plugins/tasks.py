@@ -1,6 +1,6 @@
 """Inputs, options and results of the four built-in tasks, as plain values.
 
-The servicers build these from protobuf and turn the results back; the heads
+The task descriptions (server/tasks/) build these from protobuf and turn the results back; the heads
 never see protobuf. Options validate themselves and name the bad field.
 """
 

@@ -8,10 +8,8 @@ import logging
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -19,74 +17,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from headserve.plugins.backbones import LoadOptions
-from headserve.plugins.contract import HeadSpec
-
-from .backbone import default_model_dir, pick_device
-from .backbone_kinds import choose_kind
-from .core import Core
-from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
+from .calls.pipeline import Admission, Pipeline
+from .calls.security import Security
+from .calls.state import ServerState
+from .core.engine import Core
+from .core.limits import RequestLimits
+from .core.memory import freeze_loaded_objects
+from .core.scheduler import Limits
+from .discovery import StartupError
 from .event_loop import kind_of
-from .heads import check_defaults, check_unique_names, load_heads, require
-from .interceptor import CallInterceptor, RequestIdIn, handlers
-from .limits import RequestLimits
-from .logs import tag_records
-from .memory import freeze_loaded_objects, release_freed_memory
-from .metrics import Metrics, MetricsServer
-from .pipeline import Admission, Pipeline
-from .runner import Runner
-from .scheduler import Limits, Scheduler
-from .security import Security
+from .loading import RequestIdIn, Settings, build_core
+from .observability.logs import tag_records
+from .observability.metrics import Metrics, MetricsServer
 from .tasks import GENERIC, TASKS, Task, services
-from .threads import plan, set_torch_threads
+from .transports.grpc import CallInterceptor, handlers
 
 if TYPE_CHECKING:
-    from .http_server import HttpServer
-    from .tracing import Tracing
+    from .observability.tracing import Tracing
+    from .transports.http_server import HttpServer
 
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
 GIL_SWITCH_SECONDS = 0.001
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_dir: Path | None = None  # a checkpoint folder, or a model name (efficientnet-lite0)
-    backbone_kind: str | None = None  # --backbone-kind; None: the first kind that claims it
-    heads: tuple[HeadSpec, ...] = ()
-    device: str | None = None
-    dtype: str | None = None
-    allow_untrained: bool = False
-    allow_unverified_family: bool = False  # serve a family outside the verified table
-    default_prompt_name: str | None = None  # encode heads' prompt when a call names none
-    limits: Limits = Limits()
-    request_limits: RequestLimits = RequestLimits()
-    security: Security = Security()
-    allow_pickle: bool = False  # load pickle checkpoints (they can run code); safetensors only
-    trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
-    runtime: str = "auto"  # "onnx": the packed pass on ONNX Runtime, checked (onnx_pass.py);
-    # "auto": ONNX Runtime for a float32 text backbone on a CPU when installed, else torch
-    quantize: str = "none"  # "int8": ONNX Runtime with int8 weights (quantize.py)
-    threads: int | None = None  # torch threads per model worker; None: see threads.py
-    grace_seconds: float = 10.0
-    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
-    metrics_host: str = "127.0.0.1"
-    http_port: int | None = None  # OpenAI-style HTTP (openai_http.py); None: off
-    access_log: bool = True  # a log line per finished call and per stream request
-    request_id_in: RequestIdIn = "initial"  # where a unary call's id goes back (interceptor.py)
-    otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
-    plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
-    require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
-
-
-@dataclass
-class ServerState:
-    """What answering a task needs of the server; `core` stays None until the model is loaded."""
-
-    request_limits: RequestLimits = RequestLimits()
-    core: Core | None = None
-    draining: asyncio.Event = field(default_factory=asyncio.Event)
-    tracing: Tracing | None = None
 
 
 def admission(limits: RequestLimits, security: Security) -> Admission:
@@ -96,85 +48,6 @@ def admission(limits: RequestLimits, security: Security) -> Admission:
         open_health=security.open_health,
         max_calls=limits.max_concurrent_calls,
         max_streams=limits.max_streams,
-    )
-
-
-def build_core(
-    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
-) -> Core:
-    """Load the backbone, discover the head plugins and load the configured heads."""
-    started = time.perf_counter()
-    source = str(settings.model_dir or default_model_dir())
-    # Everything that can refuse the configuration runs before the backbone loads, the
-    # heads the operator configured first (they need no backbone kind to be checked).
-    check_unique_names(settings.heads, source)
-    refs, kept_out = allowed(find_plugins(), settings.plugins)
-    check_unique(refs)
-    plugins, failures = load_plugins(refs)
-    check_defaults(settings.heads, plugins)
-    kind = choose_kind(source, settings.backbone_kind)
-    specs = settings.heads or kind.default_heads(source)
-    if settings.default_prompt_name:  # every encode head's, unless its own spec names one
-        specs = tuple(
-            replace(
-                spec, options={"default_prompt_name": settings.default_prompt_name, **spec.options}
-            )
-            if spec.plugin == "encode"
-            else spec
-            for spec in specs
-        )
-    threads = plan(pick_device(settings.device), settings.limits.workers, settings.threads)
-    backbone = kind.load(
-        source,
-        LoadOptions(
-            device=settings.device,
-            dtype=settings.dtype,
-            allow_pickle=settings.allow_pickle,
-            trace=settings.trace,
-            runtime=settings.runtime,
-            threads=threads.threads,
-            quantize=settings.quantize,
-            allow_unverified_family=settings.allow_unverified_family,
-        ),
-    )
-    registry = load_heads(
-        specs,
-        plugins,
-        failures,
-        backbone.view(),
-        allow_untrained=settings.allow_untrained,
-        not_allowed=[r.name for r in kept_out],
-    )
-    require(registry, settings.require_heads)
-    release_freed_memory()
-    set_torch_threads(threads.threads)
-    limits = replace(settings.limits, workers=threads.workers)
-    cap = backbone.cpu_batch_rows
-    if cap and backbone.device.type == "cpu" and limits.max_batch_items == DEFAULT_BATCH_ITEMS:
-        limits = replace(limits, max_batch_items=cap)  # the kind's best, unless set otherwise
-    runner = Runner(backbone)
-    metrics = metrics or Metrics()
-    metrics.count_oom_splits(lambda: runner.oom_splits)
-    metrics.count_backbone_rows(lambda: runner.rows_computed)
-    scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing)
-    log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
-    log.info(
-        "ready: %d heads (%s), %d failed, in %.2fs",
-        len(registry.heads),
-        ", ".join(
-            f"{n}:{'ok' if registry.usable(h) else 'untrained'}" for n, h in registry.heads.items()
-        ),
-        len(registry.failures),
-        time.perf_counter() - started,
-    )
-    return Core(
-        backbone,
-        registry,
-        runner,
-        scheduler,
-        torch_threads=threads.threads,
-        request_limits=settings.request_limits,
-        tracing=tracing,
     )
 
 
@@ -305,8 +178,8 @@ async def _start_http(
     port: int,
     grace: float,
 ) -> HttpServer:
-    from .http_server import HttpServer
-    from .openai_http import OpenAIHttp
+    from .transports.http import OpenAIHttp
+    from .transports.http_server import HttpServer
 
     host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
     app = OpenAIHttp(state, pipeline, tasks).app()
@@ -368,7 +241,7 @@ async def serve(settings: Settings, address: str) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully.
 
     Raises StartupError, with one line that says why, when the server cannot start."""
-    from .tracing import Tracing, TracingUnavailable
+    from .observability.tracing import Tracing, TracingUnavailable
 
     # A thread that runs Python (a plugin head's prepare or finish, a model worker's eager
     # layers) keeps the GIL from the event loop for up to this long each time the loop wants

@@ -1,6 +1,6 @@
 """Errors the server raises, by meaning. Each names its row of the contract's error table
 (`headserve.v1.errors`: gRPC code, ErrorInfo reason, HTTP status, whether to retry), which
-status.py (gRPC) and openai_http.py (HTTP) read; a test fails when a class has no row."""
+calls/status.py (gRPC) and transports/http.py (HTTP) read; a test fails when a class has no row."""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@
 
 Options before the first `--app` shape the replicas (how many, their resources, how many calls
 one holds); after each `--app NAME` come that application's `headserve serve` options (model,
-heads, limits, tokens...), checked here as `serve` would check them. Each application is
-built on the replicas by `headserve.server.ray_serve:build` from those same options, so what a
-user knows of `headserve serve` carries over.
+heads, limits, tokens...), checked here as `serve` would check them, and written as the
+Settings they make (plain values; a token file by its path, never the tokens). Each
+application is built on the replicas by `headserve.server.transports.ray_serve:build` from
+those Settings, so what a user knows of `headserve serve` carries over.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from . import ray_serve
+from .loading import settings_mapping
+from .options import parser, settings_of
+from .transports import ray_serve
 
 DEFAULT_APP = "headserve"
 # A replica batches the calls it holds at once, and an open stream holds one slot for its
@@ -99,8 +102,6 @@ def deployment(options: argparse.Namespace) -> dict[str, Any]:
 def config(argv: Sequence[str]) -> dict[str, Any]:
     """The Serve config for `argv` (see the module's doc); each application's serve options
     are checked as `headserve serve` would check them."""
-    from .cli import serve_settings
-
     head, apps = _split(argv)
     options = _parser().parse_args(head)
     timeout = (
@@ -108,13 +109,17 @@ def config(argv: Sequence[str]) -> dict[str, Any]:
     )
     applications = []
     for name, serve_args in apps:
-        settings = serve_settings(serve_args)  # refuses what `headserve serve` would refuse
+        parsed = parser().parse_args(["serve", *serve_args])
+        settings = settings_of(parsed)  # refuses what `headserve serve` would refuse
         if settings.security.tls_cert or settings.security.tls_key:
             raise ValueError(
                 f"application {name}: Ray Serve's gRPC proxy serves no TLS; terminate TLS in "
                 "the load balancer or ingress in front of it (docs/operations.md)"
             )
-        args: dict[str, Any] = {"serve": serve_args, **timeout}
+        args: dict[str, Any] = {
+            "settings": settings_mapping(settings, parsed.auth_token_file),
+            **timeout,
+        }
         applications.append(
             {
                 "name": name,

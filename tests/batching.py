@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from headserve.plugins.contract import Features, Head, Prepared, Row
-from headserve.server.runner import BatchRun, Work
+from headserve.server.core.runner import BatchRun, Work
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Tiny random checkpoints for tests: one backbone, and task checkpoints sharing it.
 
 `make_family(root, arch)` writes, for any text model_type of the verified families
-(server/families.py; ARCHS are the three most tests use):
+(server/backbones/families.py; ARCHS are the three most tests use):
   backbone/   the base model (AutoModel) and tokenizer
   mlm/        ...ForMaskedLM with the same base weights (LM head trained: present)
   classify/   ...ForSequenceClassification, 3 labels, same base weights
@@ -33,7 +33,7 @@ from transformers import (
     RobertaTokenizer,
 )
 
-from headserve.server.backbone import has_task_class
+from headserve.server.backbones.backbone import has_task_class
 
 MAX_LENGTH = 64
 ARCHS = ("bert", "roberta", "distilbert")

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from headserve.plugins.contract import Row
-from headserve.server.packing import Computed
-from headserve.server.runner import Runner
+from headserve.server.backbones.packing import Computed
+from headserve.server.core.runner import Runner
 
 
 class FaultyBackbone:

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headserve.server.app import Server, Settings, build_core, create_server
-from headserve.server.core import Core
+from headserve.server.app import Server, create_server
+from headserve.server.core.engine import Core
+from headserve.server.core.limits import RequestLimits
 from headserve.server.event_loop import default_kind, new_event_loop
-from headserve.server.limits import RequestLimits
+from headserve.server.loading import Settings, build_core
+from headserve.server.observability.tracing import Tracing
 from headserve.server.tasks import TASKS, Task
-from headserve.server.tracing import Tracing
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from headserve.plugins.tasks import QAItem, QAOptions, QuestionAnswer
 from headserve.v1 import heads_pb2
 from headserve.v1 import question_answerer_pb2 as pb
 
-from ..core import Core
+from ..core.engine import Core
 from .task import HeadForm, Task
 from .wire import Call, options, usage_timing
 

@@ -8,7 +8,7 @@ from headserve.plugins.tasks import Classification, ClassifyOptions
 from headserve.v1 import classifier_pb2 as pb
 from headserve.v1 import heads_pb2
 
-from ..core import Core
+from ..core.engine import Core
 from .task import HeadForm, Task
 from .wire import Call, options, text_items, usage_timing
 

@@ -12,9 +12,9 @@ from headserve.plugins.tasks import Embedding, EncodeOptions, TextItem
 from headserve.v1 import encoder_pb2 as pb
 from headserve.v1 import heads_pb2
 
-from ..core import Core
+from ..calls.pipeline import current
+from ..core.engine import Core
 from ..errors import InvalidArgument, TooLarge
-from ..pipeline import current
 from .json_wire import as_input, is_int, optional
 from .task import HeadForm, Route, Task
 from .wire import Call, options, tensor, text_items, usage_timing

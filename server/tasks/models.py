@@ -12,8 +12,8 @@ from headserve.plugins.backbones import Backbone
 from headserve.v1 import common_pb2
 from headserve.v1 import models_pb2 as pb
 
-from ..core import Core
-from ..families import Family, family_of
+from ..backbones.families import Family, family_of
+from ..core.engine import Core
 from .task import Task
 from .wire import Call, text_items
 

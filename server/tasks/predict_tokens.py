@@ -7,7 +7,7 @@ from headserve.plugins.tasks import PredictOptions, TokenPrediction
 from headserve.v1 import common_pb2, heads_pb2
 from headserve.v1 import token_predictor_pb2 as pb
 
-from ..core import Core
+from ..core.engine import Core
 from .task import HeadForm, Task
 from .wire import Call, options, tensor, text_items, usage_timing
 

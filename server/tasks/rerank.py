@@ -7,10 +7,10 @@ from typing import Any
 
 from headserve.v1 import ranker_pb2 as pb
 
-from ..core import Core
+from ..calls.pipeline import current
+from ..core.engine import Core
+from ..core.ranking import rerank
 from ..errors import InvalidArgument, TooLarge
-from ..pipeline import current
-from ..ranking import rerank
 from .json_wire import documents, optional
 from .task import Route, Task
 from .wire import Call, usage_timing

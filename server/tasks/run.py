@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from headserve.v1 import heads_pb2 as pb
 
-from ..core import Core
+from ..core.engine import Core
 from .generic_wire import head_output, plain
 from .task import GENERIC, Task
 from .wire import Call, text_items, usage_timing

@@ -16,11 +16,11 @@ from typing import Any
 from headserve.plugins.contract import Head
 from headserve.v1 import heads_pb2 as pb
 
-from ..core import Core, HeadPlan
+from ..calls.status import to_status
+from ..core.engine import Core, HeadPlan
+from ..core.generic import parse_params
+from ..core.heads import HeadRegistry
 from ..errors import HeadFailed, HeadserveError, InvalidArgument
-from ..generic import parse_params
-from ..heads import HeadRegistry
-from ..status import to_status
 from .generic_wire import head_output, plain
 from .task import GENERIC, HeadForm, Task
 from .wire import Call, text_items, usage_timing

@@ -13,16 +13,16 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..core import Core
+from ..calls.pipeline import items_in
+from ..calls.status import to_status
+from ..core.engine import Core
+from ..core.limits import RequestLimits
 from ..errors import Unavailable
-from ..limits import RequestLimits
-from ..pipeline import items_in
-from ..status import to_status
 from .task import Task
 from .wire import Call
 
 if TYPE_CHECKING:
-    from ..tracing import Tracing
+    from ..observability.tracing import Tracing
 
 
 class Response(Protocol):

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from .wire import Call
 
 if TYPE_CHECKING:
-    from ..core import Core
+    from ..core.engine import Core
 
 GENERIC = "*"  # serving: a usable head of any task outside the built-in ones
 

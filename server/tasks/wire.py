@@ -14,7 +14,7 @@ from headserve.plugins.tasks import ImageItem, TextItem
 from headserve.v1 import common_pb2
 
 from ..call_info import CURRENT
-from ..core import Outcome
+from ..core.engine import Outcome
 from ..errors import InvalidArgument
 
 Opts = TypeVar("Opts")

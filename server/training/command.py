@@ -17,7 +17,7 @@ from headserve.plugins import artifact
 from headserve.plugins.artifact import HeadMeta, Network
 from headserve.plugins.backbones import LoadOptions
 
-from ..backbone_kinds import choose_kind
+from ..backbones.kinds import choose_kind
 from . import data
 from .features import (
     FeatureCache,

@@ -30,8 +30,8 @@ from headserve.plugins.tasks import TextItem
 from headserve.plugins.text import encode_text
 from headserve.plugins.trained import pool
 
-from ..limits import RequestLimits
-from ..runner import Runner, Work
+from ..core.limits import RequestLimits
+from ..core.runner import Runner, Work
 from .data import Answered, ImageFile, Labelled
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pytest
 from serving import ServerThread
 
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 pytestmark = pytest.mark.e2e
 NODE_DIR = Path(__file__).parent / "node"

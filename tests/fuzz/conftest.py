@@ -24,7 +24,7 @@ from serving import ServerThread
 from strategies import LIMITS
 
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 REPORT_ENV = "HEADSERVE_FUZZ_REPORT"
 

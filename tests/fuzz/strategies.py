@@ -20,7 +20,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from headserve.server.limits import RequestLimits
+from headserve.server.core.limits import RequestLimits
 from headserve.v1 import (
     classifier_pb2,
     common_pb2,

@@ -20,8 +20,8 @@ from pictures import bomb, encoded, make_vision, picture
 from serving import ServerThread
 from test_fuzz_rpcs import DOCUMENTED, DOCUMENTED_IN_STREAM, TIMEOUT
 
-from headserve.server.app import Settings
-from headserve.server.limits import RequestLimits
+from headserve.server.core.limits import RequestLimits
+from headserve.server.loading import Settings
 from headserve.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,

@@ -24,8 +24,8 @@ from headserve.client import (
     ResourceExhaustedError,
 )
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.scheduler import Limits, Scheduler
+from headserve.server.core.scheduler import Limits, Scheduler
+from headserve.server.loading import Settings
 
 
 def _settings(bert, **limits: Any) -> Settings:  # type: ignore[no-untyped-def]

@@ -20,10 +20,10 @@ from serving import ServerThread
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.limits import RequestLimits
-from headserve.server.metrics import MetricsServer
-from headserve.server.scheduler import Limits
+from headserve.server.core.limits import RequestLimits
+from headserve.server.core.scheduler import Limits
+from headserve.server.loading import Settings
+from headserve.server.observability.metrics import MetricsServer
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 MAX_CALLS = 2

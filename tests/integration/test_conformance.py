@@ -1,6 +1,6 @@
 """Every built-in head equals the transformers class on the same checkpoint (1e-5 torch, 1e-4
 ONNX Runtime, float32), through the shared backbone, for every text family of the verified
-table (server/families.py) on each runtime it lists, with the heads it lists."""
+table (server/backbones/families.py) on each runtime it lists, with the heads it lists."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from headserve.plugins.tasks import (
     QAOptions,
     TextItem,
 )
-from headserve.server import families
-from headserve.server.app import Settings, build_core
-from headserve.server.runner import Work
+from headserve.server.backbones import families
+from headserve.server.core.runner import Work
+from headserve.server.loading import Settings, build_core
 
 
 def tol(core) -> float:  # type: ignore[no-untyped-def]

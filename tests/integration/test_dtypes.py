@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from headserve.plugins.contract import HeadSpec
 from headserve.plugins.tasks import ClassifyOptions, EncodeOptions, TextItem
-from headserve.server.app import Settings, build_core
+from headserve.server.loading import Settings, build_core
 
 TEXTS = [
     TextItem("Alice works in Paris."),

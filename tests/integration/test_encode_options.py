@@ -17,7 +17,7 @@ from serving import ServerThread
 
 from headserve.client import Client, InvalidArgumentError
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 TEXTS = [
     "The movie was great!",

@@ -21,13 +21,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving import ServerThread
 
 from headserve.plugins.contract import HeadSpec
-from headserve.server import ray_serve
-from headserve.server.app import Settings
-from headserve.server.core import Core
+from headserve.server.core.engine import Core
+from headserve.server.core.scheduler import Limits
 from headserve.server.errors import InvalidArgument
-from headserve.server.scheduler import Limits
+from headserve.server.loading import Settings
 from headserve.server.tasks import TASKS, Route, Task
 from headserve.server.tasks.wire import Call, text_items
+from headserve.server.transports import ray_serve
 from headserve.v1 import common_pb2
 
 TEXTS = ["Alice works in Paris.", "the quick brown fox jumps"]

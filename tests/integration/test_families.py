@@ -1,4 +1,4 @@
-"""The conformance matrix: every text family of the verified table (server/families.py), on
+"""The conformance matrix: every text family of the verified table (server/backbones/families.py), on
 every runtime the table gives it, computes transformers' own states for rows of every length
 from 1 token to the checkpoint's limit (four local-attention windows where the family has
 them): each row alone, packed with the others and padded in a batch with the others. Weights
@@ -21,8 +21,8 @@ from pictures import VISION_ARCHS
 from transformers import AutoModel
 
 from headserve.plugins.contract import Row
-from headserve.server import families, packed_pass
-from headserve.server.backbone import TextBackbone
+from headserve.server.backbones import families, packed_pass
+from headserve.server.backbones.backbone import TextBackbone
 
 TEXT = families.by_modality("text")
 CASES = [(f.model_types[0], runtime) for f in TEXT for runtime in f.runtimes]
@@ -36,8 +36,8 @@ def tolerance(runtime: str) -> float:
 def test_docs_backbones_md_is_the_table() -> None:
     text = DOCS.read_text()
     assert families.markdown() in text, (
-        "docs/backbones.md's table differs from server/families.py: "
-        "python -m headserve.server.families docs/backbones.md writes it"
+        "docs/backbones.md's table differs from server/backbones/families.py: "
+        "python -m headserve.server.backbones.families docs/backbones.md writes it"
     )
 
 
@@ -138,7 +138,7 @@ def test_a_packed_pass_blind_to_the_window_is_caught_at_load(  # type: ignore[no
         self.call = "masked"  # one 4D mask for every layer: the local layers see too far
 
     monkeypatch.setattr(packed_pass.PackedPass, "__init__", blind)
-    caplog.set_level(logging.WARNING, logger="headserve.server.backbone")
+    caplog.set_level(logging.WARNING, logger="headserve.server.backbones.backbone")
     backbone = TextBackbone.load(matrix_families["modernbert"].backbone, device="cpu")
     assert backbone.check_length == MAX_LENGTH > 2 * WINDOW
     assert not backbone.packing and backbone.traced is None

@@ -26,8 +26,8 @@ from transformers import (
 from headserve.plugins.contract import HeadSpec
 from headserve.plugins.tasks import ClassifyOptions, TextItem
 from headserve.server import cli
-from headserve.server.app import Settings, build_core
-from headserve.server.families import UnverifiedFamily
+from headserve.server.backbones.families import UnverifiedFamily
+from headserve.server.loading import Settings, build_core
 from headserve.server.tasks.models import model_info
 
 PAIRS = [

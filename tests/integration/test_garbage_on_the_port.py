@@ -12,7 +12,7 @@ from serving import ServerThread
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -31,8 +31,8 @@ from headserve.plugins.contract import (
 )
 from headserve.plugins.tasks import TextItem
 from headserve.plugins.text import encode_text
-from headserve.server import app
-from headserve.server.core import INLINE_CHARS
+from headserve.server import loading
+from headserve.server.core.engine import INLINE_CHARS
 from headserve.server.discovery import find_plugins
 
 
@@ -99,14 +99,14 @@ def server(bert, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:  # 
         },
     )
     real = find_plugins()
-    monkeypatch.setattr(app, "find_plugins", lambda: (*real, *find_plugins([dist])))
+    monkeypatch.setattr(loading, "find_plugins", lambda: (*real, *find_plugins([dist])))
     heads = (
         HeadSpec("encode", "encode"),
         HeadSpec("slow", "recording"),
         HeadSpec("cheap", "recording_cheap"),
     )
     _Recorder.threads, _Recorder.gate = [], None
-    thread = ServerThread(app.Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
+    thread = ServerThread(loading.Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
     try:
         yield thread
     finally:

@@ -22,10 +22,15 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 from transformers.image_transforms import convert_to_rgb
 
 from headserve.client import AsyncClient, Batch, Client, InvalidArgumentError
-from headserve.server.app import Settings
-from headserve.server.efficientnet import center_crop_box, network, preprocess, weights_file
-from headserve.server.limits import RequestLimits
-from headserve.server.scheduler import Limits
+from headserve.server.backbones.efficientnet import (
+    center_crop_box,
+    network,
+    preprocess,
+    weights_file,
+)
+from headserve.server.core.limits import RequestLimits
+from headserve.server.core.scheduler import Limits
+from headserve.server.loading import Settings
 
 
 @pytest.fixture(scope="module", params=VISION_ARCHS)

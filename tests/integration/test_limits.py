@@ -15,8 +15,8 @@ from serving import ServerThread
 
 from headserve.client import Client, InvalidArgumentError, ResourceExhaustedError
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.limits import RequestLimits
+from headserve.server.core.limits import RequestLimits
+from headserve.server.loading import Settings
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 LIMITS = RequestLimits(

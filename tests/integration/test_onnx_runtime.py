@@ -15,10 +15,10 @@ from checkpoints import minilm_dir
 from transformers import AutoConfig, AutoModel
 
 from headserve.plugins.backbones import LoadOptions
-from headserve.server import quantize
-from headserve.server.backbone import TextBackbone
+from headserve.server.backbones import quantize
+from headserve.server.backbones.backbone import TextBackbone
 
-LOGGER = "headserve.server.onnx_pass"
+LOGGER = "headserve.server.backbones.onnx_pass"
 
 
 def _load(folder: Path, cache: Path) -> TextBackbone:
@@ -108,7 +108,7 @@ def _pooled(backbone: TextBackbone, texts: list[str]) -> torch.Tensor:
 
 
 def test_int8_keeps_the_packaged_models_vectors_and_is_cached(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    caplog.set_level(logging.INFO, logger="headserve.server.backbone")
+    caplog.set_level(logging.INFO, logger="headserve.server.backbones.backbone")
     exact = _load(minilm_dir(), tmp_path)
     int8 = TextBackbone.load(
         minilm_dir(), device="cpu", runtime="onnx", quantize="int8", onnx_cache=tmp_path
@@ -131,7 +131,7 @@ def test_int8_that_fails_its_check_at_load_stays_float32(
     tmp_path: Path, caplog, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(quantize, "MIN_COSINE", 1.0001)  # no quantized row can reach it
-    caplog.set_level(logging.WARNING, logger="headserve.server.backbone")
+    caplog.set_level(logging.WARNING, logger="headserve.server.backbones.backbone")
     backbone = TextBackbone.load(
         minilm_dir(), device="cpu", runtime="onnx", quantize="int8", onnx_cache=tmp_path
     )
@@ -147,7 +147,7 @@ def test_int8_without_onnx_runtime_is_refused(bert) -> None:  # type: ignore[no-
 
 
 def test_image_backbones_refuse_quantize() -> None:
-    from headserve.server.efficientnet import load
+    from headserve.server.backbones.efficientnet import load
 
     with pytest.raises(ValueError, match="--quantize int8: image backbones"):
         load("efficientnet-lite0", LoadOptions(quantize="int8"))

@@ -33,11 +33,11 @@ from transformers import AutoTokenizer
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.limits import RequestLimits
-from headserve.server.scheduler import Limits
-from headserve.server.security import Security
-from headserve.server.tracing import Tracing
+from headserve.server.calls.security import Security
+from headserve.server.core.limits import RequestLimits
+from headserve.server.core.scheduler import Limits
+from headserve.server.loading import Settings
+from headserve.server.observability.tracing import Tracing
 
 TOL = 1e-5
 TEXTS = ["Alice works in Paris at the bank.", "the quick brown fox", "Bob visits Berlin."]

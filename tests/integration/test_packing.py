@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headserve.plugins.contract import Row
-from headserve.server import packing
-from headserve.server.backbone import TextBackbone
+from headserve.server.backbones import packing
+from headserve.server.backbones.backbone import TextBackbone
 
 TEXTS = [
     ("Alice works in Paris.", None),
@@ -110,7 +110,7 @@ def test_a_trace_that_differs_is_not_used(bert, monkeypatch, caplog) -> None:  #
         return lambda *args: traced(*args) + 1e-3
 
     monkeypatch.setattr(torch.jit, "trace", off_by_a_little)
-    caplog.set_level(logging.INFO, logger="headserve.server.traced")
+    caplog.set_level(logging.INFO, logger="headserve.server.backbones.traced")
     backbone = TextBackbone.load(bert.backbone, device="cpu")
     assert backbone.packing and backbone.traced is None
     assert "the trace differs by 1.00e-03" in caplog.text

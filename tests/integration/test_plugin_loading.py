@@ -27,10 +27,10 @@ from headserve.plugins.contract import (
     Prepared,
     Row,
 )
-from headserve.server import app
-from headserve.server.app import Settings, build_core
+from headserve.server import loading
+from headserve.server.core.heads import DuplicateDefault, DuplicateHead, RequiredHeadMissing
 from headserve.server.discovery import DuplicatePlugin, find_plugins
-from headserve.server.heads import DuplicateDefault, DuplicateHead, RequiredHeadMissing
+from headserve.server.loading import Settings, build_core
 
 
 class SilentHead(Head):
@@ -105,7 +105,7 @@ def third_party(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         },
     )
     real = find_plugins()
-    monkeypatch.setattr(app, "find_plugins", lambda: (*real, *find_plugins([dist])))
+    monkeypatch.setattr(loading, "find_plugins", lambda: (*real, *find_plugins([dist])))
     yield
     del sys.modules["fake_third_party"]
 
@@ -203,7 +203,7 @@ def test_the_default_head_of_a_task(bert, names, marked, default) -> None:  # ty
 def test_two_plugins_of_one_name_stop_the_start(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     clash = FakeDist("impostor", {"classify": "impostor_heads:Classify"}, version="9.9")
     real = find_plugins()
-    monkeypatch.setattr(app, "find_plugins", lambda: (*real, *find_plugins([clash])))
+    monkeypatch.setattr(loading, "find_plugins", lambda: (*real, *find_plugins([clash])))
     with pytest.raises(DuplicatePlugin, match=r"'classify'.*headserve 0\.1\.0.*impostor 9\.9"):
         build_core(Settings(model_dir=tmp_path / "no-model-here"))
 

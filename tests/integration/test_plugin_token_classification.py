@@ -24,9 +24,9 @@ from headserve.client import (
 )
 from headserve.plugins.contract import HeadSpec
 from headserve.plugins.tasks import TextItem
-from headserve.server.app import Settings, build_core
+from headserve.server.core.scheduler import Limits
 from headserve.server.discovery import find_plugins, load_plugins
-from headserve.server.scheduler import Limits
+from headserve.server.loading import Settings, build_core
 
 TOL = 1e-5
 TEXTS = [

@@ -27,7 +27,7 @@ from headserve.client import (
     NotFoundError,
 )
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
 SERVER_MADE = re.compile(r"^[0-9a-f]{32}$")

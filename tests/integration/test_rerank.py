@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from headserve.client import Client, InvalidArgumentError, NotFoundError
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 from headserve.v1 import ranker_pb2, ranker_pb2_grpc
 
 QUERY = "Where does Bob work?"
@@ -157,7 +157,7 @@ def test_bad_requests_name_the_field(client, query, documents, head, field) -> N
 
 
 def test_the_documents_count_against_the_request_item_limit(bert) -> None:  # type: ignore[no-untyped-def]
-    from headserve.server.limits import RequestLimits
+    from headserve.server.core.limits import RequestLimits
 
     heads = (HeadSpec("encode", "encode"),)
     limits = RequestLimits(max_request_items=3)

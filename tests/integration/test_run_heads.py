@@ -30,8 +30,8 @@ from headserve.client import (
     TokenPrediction,
 )
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.scheduler import Limits
+from headserve.server.core.scheduler import Limits
+from headserve.server.loading import Settings
 
 TOL = 1e-5
 TEXTS = [

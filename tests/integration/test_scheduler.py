@@ -18,10 +18,10 @@ import torch
 from faults import faults
 
 from headserve.plugins.contract import Features, Head, Prepared, Row
-from headserve.server.backbone import TextBackbone
+from headserve.server.backbones.backbone import TextBackbone
+from headserve.server.core.runner import Runner, Work
+from headserve.server.core.scheduler import Limits, Scheduler
 from headserve.server.errors import HeadFailed, OutOfMemory
-from headserve.server.runner import Runner, Work
-from headserve.server.scheduler import Limits, Scheduler
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from headserve.client import TLS, Batch, Client, UnauthenticatedError, UnavailableError
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings, build_core
-from headserve.server.backbone import TextBackbone
-from headserve.server.security import Security, SecurityError, read_tokens
+from headserve.server.backbones.backbone import TextBackbone
+from headserve.server.calls.security import Security, SecurityError, read_tokens
+from headserve.server.loading import Settings, build_core
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 OTHER = "another-valid-token-abcdefghijkl"

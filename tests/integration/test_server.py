@@ -24,7 +24,7 @@ from headserve.client import (
     UnavailableError,
 )
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -15,7 +15,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from headserve.client import Client, InvalidArgumentError
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 
 TEXTS = [
     "The movie was great, with a wonderful cast!",

@@ -23,8 +23,8 @@ from headserve.plugins.artifact import ArtifactError, Network
 from headserve.plugins.contract import HeadSpec
 from headserve.plugins.qa import windows
 from headserve.plugins.tasks import QAItem
-from headserve.server.app import Settings, build_core
 from headserve.server.config import parse_head
+from headserve.server.loading import Settings, build_core
 from headserve.server.training import data
 from headserve.server.training.command import TrainOptions, train_head
 from headserve.server.training.features import FeatureCache, classify_features

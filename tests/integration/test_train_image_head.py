@@ -24,7 +24,7 @@ from headserve.client import Client
 from headserve.plugins import artifact
 from headserve.plugins.artifact import Network
 from headserve.plugins.contract import HeadSpec, Row
-from headserve.server.app import Settings
+from headserve.server.loading import Settings
 from headserve.server.training.command import TrainOptions, train_head
 from headserve.server.training.fit import FitSettings
 

@@ -19,8 +19,8 @@ from transformers import BertConfig, BertForMaskedLM, BertForQuestionAnswering, 
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
-from headserve.server.app import Settings
-from headserve.server.runner import Work
+from headserve.server.core.runner import Work
+from headserve.server.loading import Settings
 
 
 @pytest.fixture(scope="module")

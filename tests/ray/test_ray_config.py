@@ -16,7 +16,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from headserve.client import Client, HeadserveError
-from headserve.server.cli import serve_settings
+from headserve.server.loading import settings_from
+from headserve.server.options import serve_settings
 from headserve.server.ray_config import config
 
 BIN = Path(sys.executable).parent
@@ -24,7 +25,9 @@ BIN = Path(sys.executable).parent
 
 def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     en = [str(bert.backbone), "--head", f"sentiment=classify:{bert.classify}", "--max-wait-ms", "2"]
-    other = ["--max-batch-items", "16", "--allow-untrained"]
+    token_file = tmp_path / "tokens"
+    token_file.write_text("a-secret-token-of-32-characters!\n")
+    other = ["--max-batch-items", "16", "--allow-untrained", "--auth-token-file", str(token_file)]
     written = config(
         ["--replicas", "3", "--replica-cpus", "0.5", "--app", "en", *en, "--app", "other", *other]
     )
@@ -33,13 +36,24 @@ def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp
     assert [a.name for a in schema.applications] == ["en", "other"]
     for app, serve_args in zip(schema.applications, (en, other), strict=True):
         assert app.route_prefix == f"/{app.name}"
-        assert app.import_path == "headserve.server.ray_serve:build"
-        # the replicas get exactly what `headserve serve` would run with
-        assert serve_settings(app.args["serve"]) == serve_settings(serve_args)
+        assert app.import_path == "headserve.server.transports.ray_serve:build"
+        # the replicas get exactly what `headserve serve` would run with, read back from the
+        # file's plain values (YAML) without the CLI
+        plain = yaml.safe_load(yaml.safe_dump(app.args["settings"]))
+        assert settings_from(plain) == serve_settings(serve_args)
         (deployment,) = app.deployments
         assert deployment.num_replicas == 3 and deployment.max_ongoing_requests == 256
         assert deployment.ray_actor_options.num_cpus == 0.5
-    assert serve_settings(written["applications"][0]["args"]["serve"]).limits.max_wait_ms == 2
+    assert written["applications"][0]["args"]["settings"]["limits"] == {"max_wait_ms": 2.0}
+    # a token file by its path; the token itself is never written
+    security = written["applications"][1]["args"]["settings"]["security"]
+    assert security == {"auth_token_file": str(token_file)}
+    assert "a-secret-token" not in yaml.safe_dump(written)
+    assert settings_from(security and {"security": security}).security.tokens == (
+        "a-secret-token-of-32-characters!",
+    )
+    with pytest.raises(ValueError, match="unknown max_batch"):
+        settings_from({"max_batch": 3})
 
     # the proxy's request timeout, and each application's replicas told it (their deadline)
     timed = config(["--request-timeout", "30", "--app", "en", *en])

@@ -41,10 +41,10 @@ from headserve.client import (
 )
 from headserve.client._retry import retry_delay
 from headserve.plugins.contract import HeadSpec
-from headserve.server import ray_serve
-from headserve.server.app import Settings
-from headserve.server.scheduler import Limits
-from headserve.server.security import Security
+from headserve.server.calls.security import Security
+from headserve.server.core.scheduler import Limits
+from headserve.server.loading import Settings
+from headserve.server.transports import ray_serve
 
 TOKEN = "a-token-of-at-least-16-chars"
 caller = TracerProvider().get_tracer("the-caller")

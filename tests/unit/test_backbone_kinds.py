@@ -15,7 +15,7 @@ from fakedist import FakeDist
 
 from headserve.plugins.backbones import BACKBONE_ENTRY_POINT_GROUP
 from headserve.plugins.contract import CONTRACT_VERSION, HeadSpec
-from headserve.server.backbone_kinds import NoBackboneKind, choose_kind, installed_kinds
+from headserve.server.backbones.kinds import NoBackboneKind, choose_kind, installed_kinds
 
 
 class ToyKind:

@@ -1,4 +1,4 @@
-"""The batcher (server/scheduler.py) on a fake runner, held workers and a hand-moved clock: which
+"""The batcher (server/core/scheduler.py) on a fake runner, held workers and a hand-moved clock: which
 rows go together, when a batch starts, and what happens to rows nobody waits for any more.
 No model, no threads, no sleeps: every step is the test's."""
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from batching import HEAD, FakeClock, FakeRunner, HeldWorkers, NamedHead, idle, rows, until
 
+from headserve.server.core.scheduler import IDLE_TRIM_SECONDS, TRIM_AFTER_BATCHES, Limits, Scheduler
 from headserve.server.errors import DeadlineExceeded, HeadFailed, InvalidArgument, Overloaded
-from headserve.server.scheduler import IDLE_TRIM_SECONDS, TRIM_AFTER_BATCHES, Limits, Scheduler
 
 MS = 1e-3
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from headserve.server.scheduler import choose_batch
+from headserve.server.core.scheduler import choose_batch
 
 
 def test_oldest_row_goes_first_even_if_long() -> None:
@@ -47,7 +47,7 @@ def test_budget_and_count_hold(seed: int) -> None:
 
 
 def test_packed_rows_go_oldest_first_within_the_token_budget() -> None:
-    from headserve.server.scheduler import oldest_first
+    from headserve.server.core.scheduler import oldest_first
 
     lengths = [10, 50, 5, 30, 20]
     waited = [0.1, 0.5, 0.4, 0.2, 0.3]  # oldest: 1, 2, 4, 3, 0

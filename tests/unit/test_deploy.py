@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from headserve.server.cli import _parser, serve_settings
+from headserve.server.options import parser as _parser
+from headserve.server.options import serve_settings
 from headserve.server.ray_config import config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

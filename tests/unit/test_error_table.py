@@ -16,9 +16,9 @@ from google.rpc import code_pb2
 import headserve.server
 from headserve.client import errors as client_errors
 from headserve.client._retry import may_succeed_later
+from headserve.server.calls.status import code_of, to_status
 from headserve.server.errors import HeadserveError
-from headserve.server.openai_http import error_response
-from headserve.server.status import code_of, to_status
+from headserve.server.transports.http import error_response
 from headserve.v1 import errors as table
 
 OPTIONAL = ("ray",)  # modules of extras a test machine may lack

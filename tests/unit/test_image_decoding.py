@@ -10,7 +10,7 @@ import pytest
 from pictures import bomb, encoded, picture
 from PIL import Image
 
-from headserve.server.images import decode, digest
+from headserve.server.backbones.images import decode, digest
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from headserve.server.memory import freeze_loaded_objects
+from headserve.server.core.memory import freeze_loaded_objects
 
 
 def test_loaded_objects_are_frozen_and_collections_skip_them() -> None:

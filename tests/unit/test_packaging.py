@@ -29,6 +29,20 @@ def test_import_names_live_under_headserve() -> None:
         assert name in packages
 
 
+def test_every_server_package_is_installed() -> None:
+    """A wheel holds only the packages listed: every folder of the server with modules is."""
+    tool = PYPROJECT["tool"]["setuptools"]
+    folders = {
+        "headserve.server." + ".".join(p.parent.relative_to(ROOT / "server").parts)
+        for p in (ROOT / "server").glob("*/**/__init__.py")
+    }
+    assert folders <= set(tool["packages"])
+    for name in folders:
+        assert tool["package-dir"][name] == name.replace("headserve.server", "server").replace(
+            ".", "/"
+        )
+
+
 def test_client_is_mypy_strict_clean() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "client/"],

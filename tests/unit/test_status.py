@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
+from headserve.server.calls.status import to_status
 from headserve.server.errors import (
     HeadNotFound,
     HeadNotUsable,
@@ -12,7 +13,6 @@ from headserve.server.errors import (
     Overloaded,
     Unavailable,
 )
-from headserve.server.status import to_status
 
 
 def _details(status):  # type: ignore[no-untyped-def]

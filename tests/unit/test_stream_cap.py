@@ -12,8 +12,8 @@ from typing import Any
 
 from batching import idle, until
 
-from headserve.server.limits import RequestLimits
-from headserve.server.scheduler import Limits
+from headserve.server.core.limits import RequestLimits
+from headserve.server.core.scheduler import Limits
 from headserve.server.tasks.running import stream
 from headserve.server.tasks.wire import Call
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headserve.server import threads
-from headserve.server.threads import ThreadPlan, plan
+from headserve.server.core import threads
+from headserve.server.core.threads import ThreadPlan, plan
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 

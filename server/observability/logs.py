@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from .call_info import BATCH, current_request_id
+from ..call_info import BATCH, current_request_id
 
 Format = Literal["text", "json"]
 FORMATS: tuple[Format, ...] = ("text", "json")

@@ -17,7 +17,7 @@ from pathlib import Path
 from headserve.plugins.backbones import BACKBONE_ENTRY_POINT_GROUP, BackboneKind
 from headserve.plugins.contract import CONTRACT_VERSION
 
-from .discovery import PluginRef, StartupError, find_plugins
+from ..discovery import PluginRef, StartupError, find_plugins
 
 log = logging.getLogger(__name__)
 

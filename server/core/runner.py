@@ -22,8 +22,8 @@ import torch
 from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Features, Head, Row
 
-from .errors import HeadFailed, OutOfMemory
-from .packing import Computed
+from ..backbones.packing import Computed
+from ..errors import HeadFailed, OutOfMemory
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from headserve.plugins.contract import BackboneView, Head, HeadSpec, LoadContext
 
-from .config import BUILTIN_TASKS
-from .discovery import FailedPlugin, LoadedPlugin, StartupError
-from .errors import HeadNotFound, HeadNotUsable, InvalidArgument
+from ..config import BUILTIN_TASKS
+from ..discovery import FailedPlugin, LoadedPlugin, StartupError
+from ..errors import HeadNotFound, HeadNotUsable, InvalidArgument
 from .generic import schema_problem
 
 RANKING_TASKS = ("classify", "encode")  # the heads a Rerank call may name

@@ -22,8 +22,8 @@ from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Head, InvalidInput, Prepared
 from headserve.plugins.tasks import ImageItem, QAItem, TextItem
 
-from .config import BUILTIN_TASKS
-from .errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
+from ..config import BUILTIN_TASKS
+from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
 from .limits import RequestLimits
@@ -31,7 +31,7 @@ from .runner import Runner, Work, row_key
 from .scheduler import Scheduler, Stats
 
 if TYPE_CHECKING:
-    from .tracing import Tracing
+    from ..observability.tracing import Tracing
 
 T = TypeVar("T")
 

@@ -34,17 +34,17 @@ from starlette.routing import Route
 
 from headserve.v1 import errors as table
 
-from .call_info import REQUEST_ID_KEY, current_request_id
-from .core import Core
-from .errors import HeadNotFound, HeadserveError, InvalidArgument, TooLarge, Unavailable
-from .pipeline import Arrival, Pipeline
-from .pipeline import Call as Running
-from .tasks import Route as TaskRoute
-from .tasks import Task
-from .tasks.wire import Call
+from ..call_info import REQUEST_ID_KEY, current_request_id
+from ..calls.pipeline import Arrival, Pipeline
+from ..calls.pipeline import Call as Running
+from ..core.engine import Core
+from ..errors import HeadNotFound, HeadserveError, InvalidArgument, TooLarge, Unavailable
+from ..tasks import Route as TaskRoute
+from ..tasks import Task
+from ..tasks.wire import Call
 
 if TYPE_CHECKING:
-    from .app import ServerState
+    from ..calls.state import ServerState
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from headserve.plugins.contract import Prepared
 
-from .errors import InvalidArgument, TooLarge
+from ..errors import InvalidArgument, TooLarge
 
 
 @dataclass(frozen=True)

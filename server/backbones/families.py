@@ -5,7 +5,7 @@ its own: every row is checked on its own checkpoint) and what the conformance ma
 (tests/integration/test_families.py, tests/integration/test_images.py) checks for it against
 transformers' own classes: the runtimes its pass runs on, how its rows pack, the encode
 poolings and the built-in heads. docs/backbones.md is this table, written there by
-`python -m headserve.server.families docs/backbones.md` (a test holds the two equal).
+`python -m headserve.server.backbones.families docs/backbones.md` (a test holds the two equal).
 
 A checkpoint whose model_type is in no row starts only with `--allow-unverified-family`
 (`UnverifiedFamily` otherwise): decoder models among them, which pool and attend in ways the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .discovery import StartupError
+from ..discovery import StartupError
 
 Modality = Literal["text", "image"]
 # How the packed pass calls the model (packed_pass.py):
@@ -277,7 +277,7 @@ def write_table(path: Path) -> None:
     path.write_text(text[:start] + markdown() + text[end:])
 
 
-if __name__ == "__main__":  # python -m headserve.server.families [docs/backbones.md]
+if __name__ == "__main__":  # python -m headserve.server.backbones.families [docs/backbones.md]
     if sys.argv[1:]:
         write_table(Path(sys.argv[1]))
     else:

@@ -40,14 +40,15 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import Message
 
-from . import logs
-from .app import ServerState, Settings, build_core
-from .call_info import CURRENT, REQUEST_ID_KEY, current_request_id
-from .metrics import Metrics
-from .pipeline import Admission, Arrival, Call, Pipeline, items_in
-from .status import abort
-from .tasks import TASKS, Task, services
-from .tasks.running import Streaming, Unary, answering
+from ..call_info import CURRENT, REQUEST_ID_KEY, current_request_id
+from ..calls.pipeline import Admission, Arrival, Call, Pipeline, items_in
+from ..calls.state import ServerState
+from ..calls.status import abort
+from ..loading import Settings, build_core, settings_from
+from ..observability import logs
+from ..observability.metrics import Metrics
+from ..tasks import TASKS, Task, services
+from ..tasks.running import Streaming, Unary, answering
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ class Replica:
     ) -> None:
         import ray
 
-        from .ray_metrics import RayInstruments
-        from .tracing import Tracing
+        from ..observability.ray_metrics import RayInstruments
+        from ..observability.tracing import Tracing
 
         # Outside a Ray worker (a test calling the methods as the proxy would) the process's
         # logging is left alone, and the metrics are kept in a registry of their own.
@@ -277,13 +278,12 @@ def application(
 
 def build(args: dict[str, Any]) -> Any:
     """Serve's application builder for a config file (`import_path:
-    headserve.server.ray_serve:build`, written by `headserve ray-config`): `args["serve"]` is
-    the list of `headserve serve` options, `args["request_timeout_s"]` the proxy's (the file's
-    grpc_options); the file's `deployments:` entry sizes the replicas."""
-    from .cli import serve_settings
-
+    headserve.server.transports.ray_serve:build`, written by `headserve ray-config`):
+    `args["settings"]` is the application's Settings as plain values (loading.settings_mapping:
+    what `headserve serve` would run with), `args["request_timeout_s"]` the proxy's request
+    timeout; the file's `deployments:` entry sizes the replicas."""
     timeout = args.get("request_timeout_s")
     return application(
-        serve_settings(list(args.get("serve", []))),
+        settings_from(args.get("settings", {})),
         float(timeout) if timeout is not None else None,
     )

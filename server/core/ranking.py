@@ -25,8 +25,8 @@ from headserve.plugins.tasks import (
     TextItem,
 )
 
-from .core import Core, Outcome
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from .engine import Core, Outcome
 
 
 @runtime_checkable

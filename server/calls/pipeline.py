@@ -1,9 +1,9 @@
 """A call's way in and its way out, whichever transport carried it.
 
-Every headserve call, over gRPC (interceptor.py), over the OpenAI-style HTTP endpoint
-(openai_http.py) or into a Ray Serve replica (ray_serve.py), is admitted and ended here. A
-transport turns what it received into an `Arrival` and hands `Pipeline.unary` or
-`Pipeline.stream` the call's work; it writes the outcome back in its own wire format, an
+Every headserve call, over gRPC (transports/grpc.py), over the OpenAI-style HTTP endpoint
+(transports/http.py) or into a Ray Serve replica (transports/ray_serve.py), is admitted and
+ended here. A transport turns what it received into an `Arrival` and hands `Pipeline.unary`
+or `Pipeline.stream` the call's work; it writes the outcome back in its own wire format, an
 error by its row of the error table (headserve.v1.errors). Nothing else of a call is its own.
 
 On the way in, in this order (the first that refuses ends the call):
@@ -39,15 +39,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from headserve.v1 import errors as table
 
-from .call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
-from .errors import HeadserveError, InvalidArgument, Overloaded, Unauthenticated, Unavailable
-from .errors import kind_of as error_kind
+from ..call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
+from ..errors import HeadserveError, InvalidArgument, Overloaded, Unauthenticated, Unavailable
+from ..errors import kind_of as error_kind
 from .security import TokenAuth, denied
 
 if TYPE_CHECKING:
-    from .core import Core
-    from .metrics import Metrics
-    from .tracing import Tracing
+    from ..core.engine import Core
+    from ..observability.metrics import Metrics
+    from ..observability.tracing import Tracing
 
 R = TypeVar("R")
 Transport = Literal["grpc", "http", "ray"]

@@ -2,7 +2,7 @@
 gives each image's feature map (as positions) and pooled features, and a view for heads.
 
 A kind says how its model computes (`features`) and how an RGB image becomes its input
-(`preprocess`); decoding and its limits are server/images.py's.
+(`preprocess`); decoding and its limits are backbones/images.py's.
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .call_info import BATCH, current_request_id
+from ..call_info import BATCH, current_request_id
+from ..errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
+from ..observability.metrics import Metrics
 from .clock import Clock, LoopClock, Timer
-from .errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from .memory import release_freed_memory
-from .metrics import Metrics
 from .runner import BatchRun, PassReport, Work, row_key
 from .threads import ModelThreads
 

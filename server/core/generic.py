@@ -15,7 +15,7 @@ import numpy as np
 
 from headserve.plugins.contract import Head, Output, Parameter, RunOptions
 
-from .errors import HeadFailed, InvalidArgument
+from ..errors import HeadFailed, InvalidArgument
 
 TENSOR_TYPES = ("float32", "float16", "int32", "int64")
 

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
 
-from .call_info import REQUEST_ID_KEY
-from .errors import Unauthenticated
-from .pipeline import Arrival, Call, Pipeline, items_in
-from .security import DENIED
-from .status import abort
-from .tasks import Task, services
-from .tasks.running import CoreHolder, answering
+from ..call_info import REQUEST_ID_KEY
+from ..calls.pipeline import Arrival, Call, Pipeline, items_in
+from ..calls.security import DENIED
+from ..calls.status import abort
+from ..errors import Unauthenticated
+from ..loading import RequestIdIn
+from ..tasks import Task, services
+from ..tasks.running import CoreHolder, answering
 
 # what an aio server interceptor is handed: the next step, which finds a method's handler
 Continuation: TypeAlias = (
@@ -36,8 +37,6 @@ Continuation: TypeAlias = (
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
-RequestIdIn = Literal["initial", "trailing"]  # where a unary call's id goes back
-REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]

@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from .call_info import CURRENT
-from .errors import kind_of
+from ..call_info import CURRENT
+from ..errors import kind_of
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
-    from .scheduler import Stats
+    from ..core.scheduler import Stats
 
 T = TypeVar("T")
 

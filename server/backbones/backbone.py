@@ -29,8 +29,8 @@ from transformers.models.auto import modeling_auto
 from headserve.plugins.backbones import Backbone, LoadOptions
 from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
 
+from ..config import default_heads
 from . import onnx_pass, quantize
-from .config import default_heads
 from .families import (
     Family,
     attention_window,

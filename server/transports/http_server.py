@@ -1,4 +1,4 @@
-"""uvicorn serving the OpenAI-style HTTP app (openai_http.py) on the gRPC server's event loop.
+"""uvicorn serving the OpenAI-style HTTP app (http.py) on the gRPC server's event loop.
 
     headserve serve --http-port 8080
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import uvicorn
 
-from .discovery import StartupError
-from .security import Security
+from ..calls.security import Security
+from ..discovery import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class HttpServer:
         config = uvicorn.Config(
             app,
             lifespan="off",
-            access_log=False,  # openai_http.py logs each request with its id
+            access_log=False,  # the call pipeline logs each request with its id
             log_config=None,  # headserve's logging, as configured
             server_header=False,
             timeout_graceful_shutdown=max(1, math.ceil(grace)),

@@ -1,5 +1,5 @@
 """Where errors become gRPC statuses (google.rpc.Status with details), by the contract's error
-table (headserve.v1.errors; openai_http.py reads the same table for HTTP)."""
+table (headserve.v1.errors; transports/http.py reads the same table for HTTP)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from grpc_status import rpc_status
 
 from headserve.v1 import errors as table
 
-from .call_info import REQUEST_ID_KEY, current_request_id
-from .errors import HeadserveError, InvalidArgument
+from ..call_info import REQUEST_ID_KEY, current_request_id
+from ..errors import HeadserveError, InvalidArgument
 
 log = logging.getLogger(__name__)
 

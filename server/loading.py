@@ -1,0 +1,241 @@
+"""What a server (or a Ray Serve replica) is configured with, and how it loads: `Settings`,
+and `build_core`, which loads the backbone, finds the head plugins, loads the heads and starts
+nothing yet. The transports and the commands above build on it; `settings_mapping` and
+`settings_from` carry Settings as plain values (a Ray Serve config file's), without the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from headserve.plugins.backbones import LoadOptions
+from headserve.plugins.contract import HeadSpec
+
+from .backbones.backbone import default_model_dir, pick_device
+from .backbones.kinds import choose_kind
+from .calls.security import Security, read_tokens
+from .core.engine import Core
+from .core.heads import check_defaults, check_unique_names, load_heads, require
+from .core.limits import RequestLimits
+from .core.memory import release_freed_memory
+from .core.runner import Runner
+from .core.scheduler import Limits, Scheduler
+from .core.threads import plan, set_torch_threads
+from .discovery import allowed, check_unique, find_plugins, load_plugins
+from .observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from .observability.tracing import Tracing
+
+DEFAULT_BATCH_ITEMS = Limits().max_batch_items
+log = logging.getLogger(__name__)
+
+RequestIdIn = Literal["initial", "trailing"]  # where a unary gRPC call's id goes back
+REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path | None = None  # a checkpoint folder, or a model name (efficientnet-lite0)
+    backbone_kind: str | None = None  # --backbone-kind; None: the first kind that claims it
+    heads: tuple[HeadSpec, ...] = ()
+    device: str | None = None
+    dtype: str | None = None
+    allow_untrained: bool = False
+    allow_unverified_family: bool = False  # serve a family outside the verified table
+    default_prompt_name: str | None = None  # encode heads' prompt when a call names none
+    limits: Limits = Limits()
+    request_limits: RequestLimits = RequestLimits()
+    security: Security = Security()
+    allow_pickle: bool = False  # load pickle checkpoints (they can run code); safetensors only
+    trace: bool = True  # on a CPU, the packed pass as a checked TorchScript trace (traced.py)
+    runtime: str = "auto"  # "onnx": the packed pass on ONNX Runtime, checked (onnx_pass.py);
+    # "auto": ONNX Runtime for a float32 text backbone on a CPU when installed, else torch
+    quantize: str = "none"  # "int8": ONNX Runtime with int8 weights (quantize.py)
+    threads: int | None = None  # torch threads per model worker; None: see threads.py
+    grace_seconds: float = 10.0
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
+    metrics_host: str = "127.0.0.1"
+    http_port: int | None = None  # OpenAI-style HTTP (transports/http.py); None: off
+    access_log: bool = True  # a log line per finished call and per stream request
+    request_id_in: RequestIdIn = "initial"  # where a unary call's id goes back (transports/grpc.py)
+    otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
+    plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
+    require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
+
+
+def build_core(
+    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> Core:
+    """Load the backbone, discover the head plugins and load the configured heads."""
+    started = time.perf_counter()
+    source = str(settings.model_dir or default_model_dir())
+    # Everything that can refuse the configuration runs before the backbone loads, the
+    # heads the operator configured first (they need no backbone kind to be checked).
+    check_unique_names(settings.heads, source)
+    refs, kept_out = allowed(find_plugins(), settings.plugins)
+    check_unique(refs)
+    plugins, failures = load_plugins(refs)
+    check_defaults(settings.heads, plugins)
+    kind = choose_kind(source, settings.backbone_kind)
+    specs = settings.heads or kind.default_heads(source)
+    if settings.default_prompt_name:  # every encode head's, unless its own spec names one
+        specs = tuple(
+            replace(
+                spec, options={"default_prompt_name": settings.default_prompt_name, **spec.options}
+            )
+            if spec.plugin == "encode"
+            else spec
+            for spec in specs
+        )
+    threads = plan(pick_device(settings.device), settings.limits.workers, settings.threads)
+    backbone = kind.load(
+        source,
+        LoadOptions(
+            device=settings.device,
+            dtype=settings.dtype,
+            allow_pickle=settings.allow_pickle,
+            trace=settings.trace,
+            runtime=settings.runtime,
+            threads=threads.threads,
+            quantize=settings.quantize,
+            allow_unverified_family=settings.allow_unverified_family,
+        ),
+    )
+    registry = load_heads(
+        specs,
+        plugins,
+        failures,
+        backbone.view(),
+        allow_untrained=settings.allow_untrained,
+        not_allowed=[r.name for r in kept_out],
+    )
+    require(registry, settings.require_heads)
+    release_freed_memory()
+    set_torch_threads(threads.threads)
+    limits = replace(settings.limits, workers=threads.workers)
+    cap = backbone.cpu_batch_rows
+    if cap and backbone.device.type == "cpu" and limits.max_batch_items == DEFAULT_BATCH_ITEMS:
+        limits = replace(limits, max_batch_items=cap)  # the kind's best, unless set otherwise
+    runner = Runner(backbone)
+    metrics = metrics or Metrics()
+    metrics.count_oom_splits(lambda: runner.oom_splits)
+    metrics.count_backbone_rows(lambda: runner.rows_computed)
+    scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing)
+    log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
+    log.info(
+        "ready: %d heads (%s), %d failed, in %.2fs",
+        len(registry.heads),
+        ", ".join(
+            f"{n}:{'ok' if registry.usable(h) else 'untrained'}" for n, h in registry.heads.items()
+        ),
+        len(registry.failures),
+        time.perf_counter() - started,
+    )
+    return Core(
+        backbone,
+        registry,
+        runner,
+        scheduler,
+        torch_threads=threads.threads,
+        request_limits=settings.request_limits,
+        tracing=tracing,
+    )
+
+
+# --- Settings as plain values: what a Ray Serve config file carries ------------------------------
+
+_PATHS = ("model_dir",)
+_TUPLES = ("plugins", "require_heads")
+
+
+def settings_mapping(settings: Settings, auth_token_file: Path | None = None) -> dict[str, Any]:
+    """`settings` as plain values (YAML or JSON), the defaults left out; `settings_from`
+    reads it back. The bearer tokens are never written: where they come from is
+    (`auth_token_file`, and HEADSERVE_AUTH_TOKENS where the settings are read)."""
+    plain: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name == "security":
+            security = _changed(value, Security(), skip=("tokens",))
+            if auth_token_file is not None:
+                security["auth_token_file"] = str(auth_token_file)
+            if security:
+                plain["security"] = security
+        elif f.name in ("limits", "request_limits"):
+            changed = _changed(value, type(value)())
+            if changed:
+                plain[f.name] = changed
+        elif f.name == "heads":
+            if value:
+                plain["heads"] = [
+                    {
+                        "name": spec.name,
+                        "plugin": spec.plugin,
+                        **({"source": str(spec.source)} if spec.source is not None else {}),
+                        **({"options": dict(spec.options)} if spec.options else {}),
+                    }
+                    for spec in value
+                ]
+        elif value != f.default:
+            plain[f.name] = _plain(value)
+    return plain
+
+
+def settings_from(plain: Mapping[str, Any]) -> Settings:
+    """The Settings a mapping written by `settings_mapping` describes (tokens read from its
+    `security.auth_token_file` and HEADSERVE_AUTH_TOKENS, as `headserve serve` reads them).
+    An unknown key is a ValueError naming it."""
+    names = {f.name for f in fields(Settings)}
+    unknown = set(plain) - names
+    if unknown:
+        raise ValueError(f"settings: unknown {', '.join(sorted(unknown))}")
+    given: dict[str, Any] = dict(plain)
+    for name in _PATHS:
+        if given.get(name) is not None:
+            given[name] = Path(given[name])
+    for name in _TUPLES:
+        if given.get(name) is not None:
+            given[name] = tuple(given[name])
+    if "heads" in given:
+        given["heads"] = tuple(
+            HeadSpec(
+                h["name"],
+                h["plugin"],
+                Path(h["source"]) if h.get("source") is not None else None,
+                dict(h.get("options", {})),
+            )
+            for h in given["heads"]
+        )
+    if "limits" in given:
+        given["limits"] = Limits(**given["limits"])
+    if "request_limits" in given:
+        given["request_limits"] = RequestLimits(**given["request_limits"])
+    security = dict(given.pop("security", {}))
+    token_file = security.pop("auth_token_file", None)
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if security.get(key) is not None:
+            security[key] = Path(security[key])
+    tokens = read_tokens(Path(token_file) if token_file is not None else None)
+    return Settings(**given, security=Security(**security, tokens=tokens))
+
+
+def _changed(value: Any, default: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        f.name: _plain(getattr(value, f.name))
+        for f in fields(value)
+        if f.name not in skip and getattr(value, f.name) != getattr(default, f.name)
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
