@@ -143,7 +143,7 @@ class Call:
         self.details = ""
         self.status: int | None = None  # an HTTP call's status (the adapter's, or its error's)
         self.totals = _Totals(started=self.started)
-        self._read: deque[tuple[str, int, float]] = deque()  # a stream's, answered in order
+        self._read: deque[tuple[str, int, float]] | None = None  # a stream's, answered in order
         if span is not None:
             span.set_attribute("headserve.request_id", self.info.request_id)
 
@@ -175,13 +175,14 @@ class Call:
 
     async def reading(self, requests: AsyncIterator[R]) -> AsyncIterator[R]:
         """A stream's requests, each noted for the access line of its answer."""
+        read = self._read = deque()
         async for request in requests:
-            self._read.append((getattr(request, "id", ""), items_in(request), time.perf_counter()))
+            read.append((getattr(request, "id", ""), items_in(request), time.perf_counter()))
             yield request
 
     def answered(self, reply: Any) -> None:
         """A stream's reply (answered in request order): its access line."""
-        if not self._read:
+        if not self._read:  # none read yet, or a stream read elsewhere
             return
         message_id, items, read_at = self._read.popleft()
         failed = reply.HasField("error")

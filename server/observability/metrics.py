@@ -152,6 +152,7 @@ class Metrics:
         self._running = i.gauge("headserve_batches_running", "Batches on the model workers now")
         self._workers = i.gauge("headserve_model_workers", "Model worker threads")
         self._dropped_rows = 0
+        self._call_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -161,8 +162,13 @@ class Metrics:
         return self.instruments.registry
 
     def call_ended(self, transport: str, rpc: str, code: str, seconds: float) -> None:
-        self.calls.labels(transport, rpc, code).inc()
-        self.call_seconds.labels(transport, rpc).observe(seconds)
+        key = (transport, rpc, code)
+        children = self._call_children.get(key)
+        if children is None:  # looked up once per label set: labels() takes a lock each time
+            children = (self.calls.labels(*key), self.call_seconds.labels(transport, rpc))
+            self._call_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def drop(self, reason: str, rows: int = 1) -> None:
         self.dropped.labels(reason).inc(rows)
