@@ -82,7 +82,7 @@ def build_core(
     check_unique(refs)
     plugins, failures = load_plugins(refs)
     check_defaults(settings.heads, plugins)
-    kind = choose_kind(source, settings.backbone_kind)
+    kind = choose_kind(source, settings.backbone_kind, allow=settings.plugins)
     specs = settings.heads or kind.default_heads(source)
     if settings.default_prompt_name:  # every encode head's, unless its own spec names one
         specs = tuple(

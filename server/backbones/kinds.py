@@ -4,20 +4,24 @@ The operator names a source (a checkpoint folder, or a model name such as
 "efficientnet-lite0"); each kind says whether it claims it, third-party kinds first and the
 built-in ones (distribution headserve) last, so a plugin can take over a source a built-in
 kind would also read. `--backbone-kind NAME` picks one outright.
+
+`--plugins` governs these entry points as it governs heads': with an allow-list, a third-party
+kind off it is never imported (its module never runs). The built-in kinds are the server's own
+code and always stay.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from headserve.plugins.backbones import BACKBONE_ENTRY_POINT_GROUP, BackboneKind
 from headserve.plugins.contract import CONTRACT_VERSION
 
-from ..discovery import PluginRef, StartupError, find_plugins
+from ..discovery import PluginRef, StartupError, allowed, find_plugins
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,21 @@ def _problem(kind: object) -> str | None:
     return None
 
 
-def installed_kinds(distributions: Iterable[md.Distribution] | None = None) -> list[FoundKind]:
-    """Every backbone kind that imports and meets the contract, built-in ones last."""
+def installed_kinds(
+    distributions: Iterable[md.Distribution] | None = None,
+    allow: Collection[str] | None = None,
+) -> list[FoundKind]:
+    """Every backbone kind that imports and meets the contract, built-in ones last; with an
+    allow-list (`--plugins`), only the built-in kinds and those it names are imported."""
+    refs = find_plugins(distributions, group=BACKBONE_ENTRY_POINT_GROUP)
+    if allow is not None:
+        named, kept_out = allowed(refs, allow)
+        refs = tuple(r for r in refs if r in named or r.distribution == BUILT_IN)
+        for ref in kept_out:
+            if ref.distribution != BUILT_IN:
+                log.info("backbone kind %s not imported: not in --plugins", ref.label)
     found = []
-    for ref in find_plugins(distributions, group=BACKBONE_ENTRY_POINT_GROUP):
+    for ref in refs:
         try:
             obj = ref.entry_point.load()
             kind = obj() if isinstance(obj, type) else obj
@@ -69,10 +84,14 @@ def installed_kinds(distributions: Iterable[md.Distribution] | None = None) -> l
 
 
 def choose_kind(
-    source: str, name: str | None = None, kinds: list[FoundKind] | None = None
+    source: str,
+    name: str | None = None,
+    kinds: list[FoundKind] | None = None,
+    allow: Collection[str] | None = None,
 ) -> BackboneKind:
-    """The kind named, or the first that claims `source`; a clear error when none does."""
-    kinds = installed_kinds() if kinds is None else kinds
+    """The kind named, or the first that claims `source`, among the kinds `allow` lets in
+    (`--plugins`; None: all); a clear error when none does."""
+    kinds = installed_kinds(allow=allow) if kinds is None else kinds
     names = ", ".join(f.ref.name for f in kinds) or "none"
     if name:
         for found in kinds:

@@ -148,7 +148,7 @@ async def model_info_answer(
 
 async def tokenize(core: Core, request: pb.TokenizeRequest, call: Call) -> pb.TokenizeResponse:
     add = request.add_special_tokens if request.HasField("add_special_tokens") else True
-    results = core.tokenize(
+    results = await core.tokenized(
         text_items(request.items), add_special_tokens=add, truncate=request.truncate
     )
     return pb.TokenizeResponse(

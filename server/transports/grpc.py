@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, cast
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from ..call_info import REQUEST_ID_KEY
 from ..calls.pipeline import Arrival, Call, Pipeline, items_in
 from ..calls.security import DENIED
 from ..calls.status import abort
-from ..errors import Unauthenticated
+from ..errors import InvalidArgument, Unauthenticated
 from ..loading import RequestIdIn
 from ..tasks import Task, services
 from ..tasks.running import CoreHolder, answering
@@ -49,33 +50,63 @@ def handlers(state: CoreHolder, tasks: Sequence[Task]) -> list[grpc.GenericRpcHa
         methods: dict[str, grpc.RpcMethodHandler] = {}
         for task in held:
             one, many = answering(state, task)
+            decode = _decoder(task.request)
             methods[task.rpc] = grpc.unary_unary_rpc_method_handler(
                 _unary(one),
-                request_deserializer=task.request.FromString,
+                request_deserializer=decode,
                 response_serializer=task.response.SerializeToString,
             )
             if many is not None:
                 methods[task.stream_rpc] = grpc.stream_stream_rpc_method_handler(
                     _streaming(many),
-                    request_deserializer=task.request.FromString,
+                    request_deserializer=decode,
                     response_serializer=task.stream_reply.SerializeToString,
                 )
         made.append(grpc.method_handlers_generic_handler(name, methods))
     return made
 
 
+class _Undecodable:
+    """A request whose bytes are not its message: refused with INVALID_ARGUMENT once the call
+    is admitted (a deserializer that raised would get the caller UNKNOWN from gRPC)."""
+
+    id = ""
+    items = ()
+
+    def __init__(self, message: str, error: DecodeError) -> None:
+        self.refusal = InvalidArgument("request", f"is not a valid {message} message ({error})")
+
+
+def _decoder(kind: type[Message]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return kind.FromString(data)
+        except DecodeError as exc:
+            return _Undecodable(kind.DESCRIPTOR.full_name, exc)
+
+    return decode
+
+
 def _unary(one: Callable[[Any], Awaitable[Any]]) -> Unary:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            raise request.refusal
         return await one(request)
 
     return behavior
 
 
 def _streaming(many: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> Streaming:
+    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                raise request.refusal  # ends the stream: its id cannot be read
+            yield request
+
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for reply in many(requests):
+        async for reply in many(decoded(requests)):
             yield reply
 
     return behavior

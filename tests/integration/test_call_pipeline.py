@@ -183,3 +183,20 @@ def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def test_bytes_that_are_not_the_request_message_are_invalid_argument(server: ServerThread) -> None:
+    """A truncated varint: gRPC would answer UNKNOWN with a Python class name if decoding
+    raised; the call gets INVALID_ARGUMENT naming the message, unary and stream alike."""
+    garbage = b"\x0a\xff\xff\xff"  # field 1, length-delimited, a length that never ends
+    with grpc.insecure_channel(server.target) as channel:
+        unary = channel.unary_unary("/headserve.v1.Encoder/Encode")
+        with pytest.raises(grpc.RpcError) as refused:
+            unary(garbage, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request: is not a valid headserve.v1.EncodeRequest" in refused.value.details()
+        stream = channel.stream_stream("/headserve.v1.Encoder/EncodeStream")
+        with pytest.raises(grpc.RpcError) as ended:
+            list(stream(iter([garbage]), timeout=10))
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid headserve.v1.EncodeRequest" in ended.value.details()

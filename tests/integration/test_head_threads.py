@@ -160,3 +160,35 @@ def test_a_cheap_head_runs_inline_for_short_text_only(server: ServerThread) -> N
     assert all(ident == loop for _, ident in short)
     assert [step for step, _ in long] == ["prepare", "finish"]
     assert all(ident != loop for _, ident in long)
+
+
+def test_tokenizing_long_text_holds_up_no_other_call(bert, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Tokenize of more than INLINE_CHARS of text runs off the event loop: held there, it
+    lets GetModelInfo and a short Tokenize through."""
+    thread = ServerThread(
+        loading.Settings(
+            model_dir=bert.backbone, heads=(HeadSpec("encode", "encode"),), device="cpu"
+        )
+    )
+    try:
+        assert thread.core is not None
+        gate, held = threading.Event(), threading.Event()
+        tokenize = thread.core.tokenize
+
+        def slow(items, **options):  # type: ignore[no-untyped-def]
+            if sum(len(i.text) for i in items) > INLINE_CHARS:
+                held.set()
+                assert gate.wait(30)
+            return tokenize(items, **options)
+
+        monkeypatch.setattr(thread.core, "tokenize", slow)
+        with Client(thread.target, max_retries=0) as client, ThreadPoolExecutor(1) as pool:
+            long = pool.submit(client.tokenize, ["word " * (INLINE_CHARS // 4)], truncate=True)
+            assert held.wait(10)
+            assert client.model_info(timeout=5).backbone.model_type == "bert"
+            assert client.tokenize(["short"], timeout=5)[0].ids
+            gate.set()
+            assert len(long.result(30)[0].ids) > 1
+    finally:
+        gate.set()
+        thread.stop()

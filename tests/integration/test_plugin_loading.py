@@ -274,3 +274,76 @@ def test_serve_exits_with_the_reason_when_a_required_head_is_missing(bert) -> No
     )
     assert done.returncode != 0
     assert "required head 'ner' is not served" in done.stderr
+
+
+SPY_KIND = """
+import pathlib
+MARKS = pathlib.Path({marks!r})
+(MARKS / "imported").write_text("the module ran")
+
+class SpyKind:
+    name = "spy"
+    contract_version = {version}
+
+    def claims(self, source):
+        (MARKS / "claimed").write_text(source)
+        return False
+
+    def load(self, source, options):
+        raise NotImplementedError
+
+    def default_heads(self, source):
+        return ()
+"""
+
+
+@pytest.fixture
+def spy_kind(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A third party's backbone kind, a real module on disk whose import and `claims()` each
+    leave a file behind, installed as an entry point of the headserve.backbones group."""
+    from headserve.plugins.backbones import BACKBONE_ENTRY_POINT_GROUP
+    from headserve.plugins.contract import CONTRACT_VERSION
+    from headserve.server.backbones import kinds
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "spy_backbones.py").write_text(
+        SPY_KIND.format(marks=str(marks), version=CONTRACT_VERSION)
+    )
+    monkeypatch.syspath_prepend(str(code))
+    dist = FakeDist(
+        "spy-backbones", {"spy": "spy_backbones:SpyKind"}, group=BACKBONE_ENTRY_POINT_GROUP
+    )
+    real = find_plugins(group=BACKBONE_ENTRY_POINT_GROUP)
+
+    def with_spy(distributions=None, group=BACKBONE_ENTRY_POINT_GROUP):  # type: ignore[no-untyped-def]
+        if group != BACKBONE_ENTRY_POINT_GROUP:
+            return find_plugins(distributions, group=group)
+        return (*real, *find_plugins([dist], group=group))
+
+    monkeypatch.setattr(kinds, "find_plugins", with_spy)
+    yield marks
+    sys.modules.pop("spy_backbones", None)
+
+
+def test_the_allow_list_keeps_a_backbone_kind_off_it_from_running(bert, spy_kind) -> None:  # type: ignore[no-untyped-def]
+    heads = (HeadSpec("encode", "encode"),)
+    core = build_core(
+        Settings(model_dir=bert.backbone, heads=heads, device="cpu", plugins=("encode",))
+    )
+    assert core.backbone.kind == "transformers-text"  # the built-in kind still reads it
+    assert not list(spy_kind.iterdir()), "a kind off --plugins was imported or asked"
+
+    build_core(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))  # no list: all
+    assert (spy_kind / "imported").is_file() and (spy_kind / "claimed").is_file()
+    for mark in spy_kind.iterdir():
+        mark.unlink()
+    sys.modules.pop("spy_backbones", None)
+    build_core(
+        Settings(
+            model_dir=bert.backbone, heads=heads, device="cpu", plugins=("encode", "spy-backbones")
+        )
+    )
+    assert (spy_kind / "claimed").read_text() == str(bert.backbone)  # listed: it runs
