@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .calls.connections import Connections, check_budgets
 from .calls.pipeline import Admission, Pipeline
 from .calls.security import Security
 from .calls.state import ServerState
@@ -99,6 +100,7 @@ async def create_server(
     grace: float = 10.0,
     metrics: Metrics | None = None,
     tasks: Sequence[Task] = TASKS,
+    connections: Connections | None = None,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
     With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
@@ -109,7 +111,11 @@ async def create_server(
     limits = limits or RequestLimits()
     security = security or Security()
     tag_records()  # log lines name the call they are about
-    state = ServerState(limits, tracing=tracing)
+    connections = connections or Connections()
+    check_budgets(limits, connections)
+    state = ServerState(
+        limits, tracing=tracing, stream_idle_timeout=connections.stream_idle_timeout
+    )
     pipeline = Pipeline(
         state,
         admission(limits, security),
@@ -117,7 +123,14 @@ async def create_server(
         tracing=tracing,
         access_log=access_log,
     )
-    interceptors = [CallInterceptor(pipeline, tasks, request_id_in=request_id_in)]
+    interceptors = [
+        CallInterceptor(
+            pipeline,
+            tasks,
+            request_id_in=request_id_in,
+            max_health_watches=connections.max_health_watches,
+        )
+    ]
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -125,7 +138,11 @@ async def create_server(
             # gRPC's default lets a second server bind a port in use and share its calls
             # silently; a port in use must stop the start instead.
             ("grpc.so_reuseport", 0),
+            *connections.grpc_options(),
         ],
+        # gRPC refuses calls past the limit itself, before any of our code runs: the
+        # cheapest refusal there is under a flood (BENCHMARKS.md, overload). Streams and
+        # health watches have budgets inside it (check_budgets), so they never fill it.
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
         interceptors=interceptors,
     )
@@ -277,6 +294,7 @@ async def serve(settings: Settings, address: str) -> None:
             http_port=settings.http_port,
             grace=settings.grace_seconds,
             metrics=metrics,
+            connections=settings.connections,
         )
         if server.http is not None:
             log.info("OpenAI-style HTTP on port %d (/v1/embeddings)", server.http.port)

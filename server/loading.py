@@ -18,6 +18,7 @@ from headserve.plugins.contract import HeadSpec
 
 from .backbones.backbone import default_model_dir, pick_device
 from .backbones.kinds import choose_kind
+from .calls.connections import Connections, check_budgets
 from .calls.security import Security, read_tokens
 from .core.engine import Core
 from .core.heads import check_defaults, check_unique_names, load_heads, require
@@ -58,6 +59,7 @@ class Settings:
     # "auto": ONNX Runtime for a float32 text backbone on a CPU when installed, else torch
     quantize: str = "none"  # "int8": ONNX Runtime with int8 weights (quantize.py)
     threads: int | None = None  # torch threads per model worker; None: see threads.py
+    connections: Connections = Connections()  # keepalive, idle limits, health watches
     grace_seconds: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off
     metrics_host: str = "127.0.0.1"
@@ -67,6 +69,9 @@ class Settings:
     otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
+
+    def __post_init__(self) -> None:
+        check_budgets(self.request_limits, self.connections)
 
 
 def build_core(
@@ -167,7 +172,7 @@ def settings_mapping(settings: Settings, auth_token_file: Path | None = None) ->
                 security["auth_token_file"] = str(auth_token_file)
             if security:
                 plain["security"] = security
-        elif f.name in ("limits", "request_limits"):
+        elif f.name in ("limits", "request_limits", "connections"):
             changed = _changed(value, type(value)())
             if changed:
                 plain[f.name] = changed
@@ -216,6 +221,8 @@ def settings_from(plain: Mapping[str, Any]) -> Settings:
         given["limits"] = Limits(**given["limits"])
     if "request_limits" in given:
         given["request_limits"] = RequestLimits(**given["request_limits"])
+    if "connections" in given:
+        given["connections"] = Connections(**given["connections"])
     security = dict(given.pop("security", {}))
     token_file = security.pop("auth_token_file", None)
     for key in ("tls_cert", "tls_key", "tls_client_ca"):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import event_loop
+from .calls.connections import Connections
 from .calls.security import Security, read_tokens
 from .config import head_specs
 from .core.limits import RequestLimits
@@ -164,12 +165,28 @@ def parser() -> argparse.ArgumentParser:
         ("max_item_chars", "characters in one text field of an item"),
         ("max_item_tokens", "backbone tokens one item may cost (every head and QA window)"),
         ("max_message_bytes", "bytes of one request or response message"),
-        ("max_concurrent_calls", "RPCs in progress at once, streams included"),
-        ("max_streams", "streams open at once"),
+        ("max_concurrent_calls", "calls in progress at once, streams included, every transport"),
+        ("max_streams", "streams open at once (below --max-concurrent-calls)"),
         ("max_image_pixels", "pixels (width x height) of one image item, checked before decoding"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(requests, name), help=text
+        )
+    connections = Connections()
+    for name, kind, text in (
+        ("keepalive_seconds", float, "ping a gRPC connection quiet this long"),
+        ("keepalive_timeout_seconds", float, "drop a connection whose ping has no answer by then"),
+        ("connection_idle_seconds", float, "close a gRPC connection with no call this long"),
+        ("connection_age_seconds", float, "close every gRPC connection after this long (0: never)"),
+        ("connection_age_grace_seconds", float, "time an aged connection's calls get to finish"),
+        ("stream_idle_timeout", float, "end a stream that sent nothing this long (0: never)"),
+        ("max_health_watches", int, "health Watch streams open at once, apart from the calls"),
+    ):
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(connections, name),
+            help=f"{text} (default: %(default)s)",
         )
     serve.add_argument("--tls-cert", type=Path, help="serve TLS: certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="serve TLS: private key (PEM)")
@@ -342,6 +359,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
             ),
             request_limits=RequestLimits(
                 **{f.name: getattr(args, f.name) for f in dataclasses.fields(RequestLimits)}
+            ),
+            connections=Connections(
+                **{f.name: getattr(args, f.name) for f in dataclasses.fields(Connections)}
             ),
             security=Security(
                 tls_cert=args.tls_cert,

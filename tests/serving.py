@@ -67,6 +67,7 @@ class ServerThread:
                 tracing=tracing,
                 http_port=settings_or_default.http_port,
                 tasks=tasks,
+                connections=settings_or_default.connections,
             )
         )
         self.target = f"127.0.0.1:{self.server.port}"

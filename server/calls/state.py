@@ -21,3 +21,4 @@ class ServerState:
     core: Core | None = None
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     tracing: Tracing | None = None
+    stream_idle_timeout: float = 0.0  # seconds a stream may send nothing (0: no limit)

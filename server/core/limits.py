@@ -24,15 +24,21 @@ class RequestLimits:
     max_item_chars: int = 100_000  # characters in one text field of an item
     max_item_tokens: int = 16_384  # backbone tokens one item may cost (every QA window counted)
     max_message_bytes: int = 16 * 1024 * 1024  # a request or a response, in bytes
-    max_concurrent_calls: int = 128  # RPCs in progress at once, streams included: gRPC refuses
-    # the rest itself, cheaply, before they reach the event loop (see BENCHMARKS.md, overload)
-    max_streams: int = 128  # streams open at once
+    max_concurrent_calls: int = 128  # calls in progress at once, every transport, streams
+    # included (the call pipeline refuses the rest)
+    max_streams: int = 64  # streams open at once: below max_concurrent_calls, so that idle
+    # streams can never take every unary call's place
     max_image_pixels: int = 40_000_000  # width x height of one decoded image (a bomb guard)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if getattr(self, f.name) < 1:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be at least 1")
+        if self.max_streams >= self.max_concurrent_calls:
+            raise ValueError(
+                f"--max-streams ({self.max_streams}) must be below --max-concurrent-calls "
+                f"({self.max_concurrent_calls}): open streams would leave no room for unary calls"
+            )
 
     def check_items(self, items: Sequence[Any]) -> None:
         """The item count and every text field's length."""

@@ -17,7 +17,7 @@ from ..calls.pipeline import items_in
 from ..calls.status import to_status
 from ..core.engine import Core
 from ..core.limits import RequestLimits
-from ..errors import Unavailable
+from ..errors import DeadlineExceeded, Unavailable
 from .task import Task
 from .wire import Call
 
@@ -49,6 +49,7 @@ class CoreHolder(Protocol):
     request_limits: RequestLimits
     draining: asyncio.Event  # set on shutdown: streams stop reading, answer what they read
     tracing: Tracing | None  # a span per stream request message when tracing is on
+    stream_idle_timeout: float  # seconds a stream may send nothing, none in flight (0: any)
 
 
 def ready(state: CoreHolder) -> Core:
@@ -61,6 +62,36 @@ async def unary(state: CoreHolder, handle: Callable[[Call], Awaitable[Resp]]) ->
     response = await handle(Call.current(stream=False))
     state.request_limits.check_response(response.ByteSize())
     return response
+
+
+async def _until_idle(
+    requests: AsyncIterator[Req], seconds: float, busy: Callable[[], bool]
+) -> AsyncIterator[Req]:
+    """`requests`, ended with DEADLINE_EXCEEDED once none has come for `seconds` while none
+    of the stream's is being computed (0: no limit; --stream-idle-timeout)."""
+    if not seconds:
+        async for request in requests:
+            yield request
+        return
+    iterator = aiter(requests)
+    while True:
+        coming = asyncio.ensure_future(anext(iterator))
+        try:
+            while not (await asyncio.wait({coming}, timeout=seconds))[0]:
+                if not busy():
+                    raise DeadlineExceeded(
+                        f"this stream sent no request for {seconds:g} s with nothing in "
+                        "flight (--stream-idle-timeout): it is closed; open a new one when "
+                        "there is work"
+                    )
+        finally:
+            if not coming.done():
+                coming.cancel()
+        try:
+            request = coming.result()
+        except StopAsyncIteration:
+            return
+        yield request
 
 
 class _Budget:
@@ -100,9 +131,11 @@ async def stream(
         handle = state.tracing.message(handle, items_in)
     pending: asyncio.Queue[tuple[str, asyncio.Future[Any]] | None] = asyncio.Queue()
 
+    idle = state.stream_idle_timeout
+
     async def read() -> None:
         try:
-            async for request in requests:
+            async for request in _until_idle(requests, idle, lambda: budget.used > 0):
                 n = max(1, items_in(request))
                 await budget.acquire(n)
                 task = asyncio.ensure_future(handle(request, call))

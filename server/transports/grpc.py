@@ -26,7 +26,7 @@ from ..call_info import REQUEST_ID_KEY
 from ..calls.pipeline import Arrival, Call, Pipeline, items_in
 from ..calls.security import DENIED
 from ..calls.status import abort
-from ..errors import InvalidArgument, Unauthenticated
+from ..errors import InvalidArgument, Overloaded, Unauthenticated
 from ..loading import RequestIdIn
 from ..tasks import Task, services
 from ..tasks.running import CoreHolder, answering
@@ -37,6 +37,7 @@ Continuation: TypeAlias = (
 )
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -121,8 +122,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         tasks: Sequence[Task],
         *,
         request_id_in: RequestIdIn = "initial",
+        max_health_watches: int = 16,
     ) -> None:
         self._pipeline = pipeline
+        self._max_watches = max_health_watches
+        self.watches = 0  # health Watch streams open now
         self._served = {f"/{task.full_name}" for task in tasks} | {
             f"/{task.service.full_name}/{task.stream_rpc}" for task in tasks if task.streams
         }
@@ -139,14 +143,44 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if method not in self._served:
             public = self._pipeline.open_health and method.startswith(HEALTH_PREFIX)
-            if public or self._pipeline.allows(details.invocation_metadata or ()):
-                return handler
-            return _denying(handler)
+            if not (public or self._pipeline.allows(details.invocation_metadata or ())):
+                return _denying(handler)
+            if method == HEALTH_WATCH and handler.unary_stream:
+                return self._capped_watch(handler)
+            return handler
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
             cached = (handler, self._wrap(handler, method.removeprefix("/")))
             self._wrapped[method] = cached
         return cached[1]
+
+    def _capped_watch(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Health's Watch, at most `max_health_watches` at once: a budget of its own, so that
+        watches (which need no token with --open-health) never take a call's place."""
+        watch = cast(
+            Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]], handler.unary_stream
+        )
+
+        async def capped(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if self.watches >= self._max_watches:
+                await abort(
+                    context,
+                    Overloaded(
+                        f"{self.watches} health watches are open, the most this server keeps "
+                        f"({self._max_watches}, --max-health-watches); use Health.Check"
+                    ),
+                )
+            self.watches += 1
+            try:
+                await watch(request, context)
+            finally:
+                self.watches -= 1
+
+        return grpc.unary_stream_rpc_method_handler(
+            capped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
     def _wrap(self, handler: grpc.RpcMethodHandler, rpc: str) -> grpc.RpcMethodHandler:
         codecs = dict(

@@ -150,7 +150,12 @@ class Replica:
         core = await asyncio.to_thread(build_core, settings, metrics, tracing)
         await core.scheduler.start()
         limits = settings.request_limits
-        self._state = ServerState(limits, core=core, tracing=tracing)
+        self._state = ServerState(
+            limits,
+            core=core,
+            tracing=tracing,
+            stream_idle_timeout=settings.connections.stream_idle_timeout,
+        )
         admission = Admission(
             tokens=settings.security.tokens, open_health=True, max_streams=limits.max_streams
         )

@@ -92,6 +92,7 @@ def _failed_start(*args: str) -> list[str]:
         (["--device", "cuda"], "--device cuda: this torch sees no CUDA device"),
         (["--config", "{tmp}/heads.toml"], "--config {tmp}/heads.toml: No such file"),
         (["--max-streams", "0"], "--max-streams must be at least 1"),
+        (["--max-concurrent-calls", "70"], "--max-streams (64) + --max-health-watches (16) must"),
         (["--require-head", "nope"], "nope"),
     ],
     ids=[
@@ -101,6 +102,7 @@ def _failed_start(*args: str) -> list[str]:
         "no-cuda",
         "no-config",
         "bad-limit",
+        "budgets-leave-no-room",
         "required-head-missing",
     ],
 )

@@ -15,18 +15,20 @@ from typing import Any
 
 import grpc
 import pytest
+from faults import held
 from prometheus_client.parser import text_string_to_metric_families
 from serving import ServerThread
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
+from headserve.server.calls.connections import Connections
 from headserve.server.core.limits import RequestLimits
 from headserve.server.core.scheduler import Limits
 from headserve.server.loading import Settings
 from headserve.server.observability.metrics import MetricsServer
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
-MAX_CALLS = 2
+MAX_CALLS = 4
 ENCODE = "headserve.v1.Encoder/Encode"
 EMBEDDINGS = "POST /v1/embeddings"
 
@@ -39,7 +41,8 @@ def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         device="cpu",
         http_port=0,
         limits=Limits(workers=1),
-        request_limits=RequestLimits(max_concurrent_calls=MAX_CALLS),
+        request_limits=RequestLimits(max_concurrent_calls=MAX_CALLS, max_streams=2),
+        connections=Connections(max_health_watches=1),
     )
     thread = ServerThread(settings)
     yield thread
@@ -76,15 +79,18 @@ def _in_progress(server: ServerThread, count: int) -> None:
 
 
 def test_an_http_request_counts_against_the_calls_grpc_holds(server: ServerThread) -> None:
-    """Two gRPC streams hold --max-concurrent-calls (2): an HTTP request is refused as gRPC
-    refuses, 429 with retry-after naming the limit; once a stream ends, it is answered."""
+    """Two gRPC streams and two held unary calls fill --max-concurrent-calls (4): an HTTP
+    request is refused as gRPC refuses, 429 with retry-after naming the limit; once the unary
+    calls are answered, it is served."""
     _in_progress(server, 0)
+    core = server.core
+    assert core is not None
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = encoder_pb2_grpc.EncoderStub(channel)
             streams = []
-            for index in range(MAX_CALLS):
+            for index in range(2):
                 stream = stub.EncodeStream()
                 request = encoder_pb2.EncodeRequest(
                     id=str(index), items=[common_pb2.TextInput(text="held open")]
@@ -92,23 +98,35 @@ def test_an_http_request_counts_against_the_calls_grpc_holds(server: ServerThrea
                 await stream.write(request)
                 assert (await stream.read()).id == str(index)
                 streams.append(stream)
-            await asyncio.to_thread(_in_progress, server, MAX_CALLS)
-            status, body, headers = await asyncio.to_thread(
-                _post, server, "/v1/embeddings", {"input": "one too many"}
-            )
-            assert status == 429 and headers["retry-after"]
-            assert body["error"]["code"] == "overloaded"
-            assert "--max-concurrent-calls" in body["error"]["message"]
-            assert headers["x-request-id"]
-            await streams[0].done_writing()
-            assert await streams[0].read() is grpc.aio.EOF
-            await asyncio.to_thread(_in_progress, server, MAX_CALLS - 1)
+            with held(core.runner) as gate:
+                unary = [
+                    asyncio.ensure_future(
+                        stub.Encode(
+                            encoder_pb2.EncodeRequest(
+                                items=[common_pb2.TextInput(text=f"held call {i}")]
+                            )
+                        )
+                    )
+                    for i in range(2)
+                ]
+                await asyncio.to_thread(_in_progress, server, MAX_CALLS)
+                status, body, headers = await asyncio.to_thread(
+                    _post, server, "/v1/embeddings", {"input": "one too many"}
+                )
+                assert status == 429 and headers["retry-after"]
+                assert body["error"]["code"] == "overloaded"
+                assert "--max-concurrent-calls" in body["error"]["message"]
+                assert headers["x-request-id"]
+                gate.set()
+                assert all(len(r.results) == 1 for r in await asyncio.gather(*unary))
+            await asyncio.to_thread(_in_progress, server, 2)
             status, body, _ = await asyncio.to_thread(
                 _post, server, "/v1/embeddings", {"input": "room now"}
             )
             assert status == 200 and len(body["data"]) == 1
-            await streams[1].done_writing()
-            assert await streams[1].read() is grpc.aio.EOF
+            for stream in streams:
+                await stream.done_writing()
+                assert await stream.read() is grpc.aio.EOF
 
     asyncio.run(main())
 

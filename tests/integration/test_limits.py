@@ -15,6 +15,7 @@ from serving import ServerThread
 
 from headserve.client import Client, InvalidArgumentError, ResourceExhaustedError
 from headserve.plugins.contract import HeadSpec
+from headserve.server.calls.connections import Connections
 from headserve.server.core.limits import RequestLimits
 from headserve.server.loading import Settings
 from headserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -37,7 +38,13 @@ def server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
         HeadSpec("qa", "qa", bert.qa),
     )
     thread = ServerThread(
-        Settings(model_dir=bert.backbone, heads=heads, device="cpu", request_limits=LIMITS)
+        Settings(
+            model_dir=bert.backbone,
+            heads=heads,
+            device="cpu",
+            request_limits=LIMITS,
+            connections=Connections(max_health_watches=1),  # 1 stream + 1 watch < 3 calls
+        )
     )
     yield thread
     thread.stop()
@@ -171,7 +178,7 @@ def test_calls_over_the_concurrency_limit_get_resource_exhausted(server: ServerT
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(ResourceExhaustedError, match="(?i)concurrent rpc limit"):
-            client.encode(["one too many"])
+            client.encode(["one too many"])  # gRPC's own refusal: the cheapest there is
         gate.set()
         assert all(len(f.result(timeout=30)) == 1 for f in calls)
         assert len(client.encode(["after the burst"])) == 1

@@ -69,6 +69,7 @@ def _state(cap: int) -> Any:
         request_limits=RequestLimits(),
         draining=asyncio.Event(),
         tracing=None,
+        stream_idle_timeout=0.0,
     )
 
 
