@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -232,6 +233,41 @@ def test_errors_are_openai_json_with_their_status(server: ServerThread) -> None:
     assert status == 404 and answer["error"]["code"] == "not_found"
     # the server is still serving
     assert len(client.embeddings.create(model="encode", input=TEXTS).data) == 3
+
+
+def test_hostile_bodies_are_400_naming_the_field_and_a_caller_gone_mid_body_is_499(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _base(server) + "/v1/embeddings"
+    with caplog.at_level(logging.ERROR):
+        deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, answer, _ = _http(url, raw=deep)
+        assert (status, answer["error"]["param"]) == (400, "body")
+        assert "nested too deeply" in answer["error"]["message"]
+        status, answer, _ = _http(url, raw=b'{"input": ["fine", "bad \\ud800 text"]}')
+        assert (status, answer["error"]["param"]) == (400, "input[1]"), answer
+        assert "lone surrogate (U+D800)" in answer["error"]["message"]
+        rerank = {"query": "q", "documents": ["ok", "\ud800"]}
+        status, answer, _ = _http(_base(server) + "/v1/rerank", raw=json.dumps(rerank).encode())
+        assert status == 400 and "lone surrogate" in answer["error"]["message"], answer
+
+        assert server.core is not None
+        registry = server.core.scheduler.metrics.registry
+        labels = {"route": "/v1/embeddings", "status": "499"}
+        before = registry.get_sample_value("headserve_http_requests_total", labels) or 0
+        assert server.server.http is not None
+        with socket.create_connection(("127.0.0.1", server.server.http.port)) as sock:
+            sock.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                b"\r\ncontent-length: 1000\r\n\r\n" + b'{"input": "half'
+            )
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while (registry.get_sample_value("headserve_http_requests_total", labels) or 0) == before:
+            assert time.monotonic() < deadline, "the disconnect was never counted as 499"
+            time.sleep(0.05)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert len(_openai(server).embeddings.create(model="encode", input=TEXTS).data) == 3
 
 
 def test_a_full_queue_is_429_and_http_rows_share_batches_with_grpc(bert) -> None:  # type: ignore[no-untyped-def]
