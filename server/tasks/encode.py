@@ -3,6 +3,7 @@ heads in RunHeads. Protobuf (or JSON) in, plain values to the core, protobuf (or
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -89,7 +90,12 @@ async def answer(core: Core, request: pb.EncodeRequest, call: Call) -> pb.Encode
 
 async def embeddings(core: Core, body: dict[str, Any], call: Call) -> dict[str, Any]:
     """OpenAI's embeddings request answered: its shape in, its shape out."""
-    items = _inputs(core, body.get("input"))
+    given = body.get("input")
+    size = 0
+    if isinstance(given, list):
+        size = len(given) + sum(len(t) for t in given if isinstance(t, list))
+    # token ids are checked and decoded in Python: many of them, off the event loop
+    items = await asyncio.to_thread(_inputs, core, given) if size > 4096 else _inputs(core, given)
     model = optional(body, "model", str)
     head = core.registry.resolve("encode", model or None)
     encoding = optional(body, "encoding_format", str) or "float"
@@ -155,6 +161,14 @@ def _inputs(core: Core, given: Any) -> list[TextItem]:
 def _text(core: Core, index: int, given: Any) -> str:
     if isinstance(given, str):
         return given
+    most = core.request_limits.max_item_tokens
+    if isinstance(given, list) and len(given) > most:  # before looking at any of them
+        raise TooLarge(
+            f"input[{index}]",
+            f"{len(given):,} token ids, more than this server takes for one input "
+            f"({most:,}, --max-item-tokens)",
+            item=index,
+        )
     tokenizer = core.backbone.tokenizer
     if not isinstance(given, list) or not given or not all(is_int(t) for t in given):
         raise InvalidArgument(

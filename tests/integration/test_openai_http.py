@@ -266,6 +266,11 @@ def test_hostile_bodies_are_400_naming_the_field_and_a_caller_gone_mid_body_is_4
         while (registry.get_sample_value("headserve_http_requests_total", labels) or 0) == before:
             assert time.monotonic() < deadline, "the disconnect was never counted as 499"
             time.sleep(0.05)
+        # more token ids than one input may cost: refused before any id is looked at
+        many = RequestLimits().max_item_tokens + 1
+        status, answer, _ = _http(url, {"input": [[1] * many]})
+        assert (status, answer["error"]["param"]) == (413, "input[0]"), answer
+        assert "--max-item-tokens" in answer["error"]["message"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert len(_openai(server).embeddings.create(model="encode", input=TEXTS).data) == 3
 
