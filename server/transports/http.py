@@ -14,6 +14,8 @@ spans continuing the caller's traceparent), on the gRPC server's Core: the same 
 (`{"error": {"message", "type", "param", "code"}}`) with the HTTP status its row of the
 error table gives: 400 bad input, 401 no valid token, 404 no such model, 413 over a size
 limit, 429 too many calls or a full queue (with `retry-after`), 503 loading or draining.
+A POST's body must be JSON (`content-type: application/json`, or none): a text/plain or
+form body, which a browser may post cross-site without asking, is refused with 400.
 http_server.py serves this app with uvicorn.
 """
 
@@ -178,6 +180,12 @@ class OpenAIHttp:
 
     async def _json(self, request: Request) -> dict[str, Any]:
         """The request's JSON object; a body over the message limit is refused unread."""
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind and not (kind == "application/json" or kind.endswith("+json")):
+            # text/plain and form bodies are what a browser may post cross-site without asking
+            raise InvalidArgument(
+                "headers.content-type", f"{kind!r}: send the body as application/json"
+            )
         limit = self._limits.max_message_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

@@ -22,7 +22,9 @@ ROUTES = ("/v1/embeddings", "/v1/rerank")
 def _post(server: ServerThread, path: str, body: bytes) -> tuple[int, Any]:
     assert server.server.http is not None
     url = f"http://127.0.0.1:{server.server.http.port}{path}"
-    request = urllib.request.Request(url, data=body, method="POST")
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

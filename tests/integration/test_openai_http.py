@@ -266,6 +266,14 @@ def test_hostile_bodies_are_400_naming_the_field_and_a_caller_gone_mid_body_is_4
         while (registry.get_sample_value("headserve_http_requests_total", labels) or 0) == before:
             assert time.monotonic() < deadline, "the disconnect was never counted as 499"
             time.sleep(0.05)
+        # a body a browser could post cross-site without asking (no preflight) is refused
+        plain = urllib.request.Request(
+            url, data=b'{"input": "x"}', headers={"content-type": "text/plain"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(plain, timeout=30)
+        answer = json.loads(refused.value.read())
+        assert refused.value.code == 400 and answer["error"]["param"] == "headers.content-type"
         # more token ids than one input may cost: refused before any id is looked at
         many = RequestLimits().max_item_tokens + 1
         status, answer, _ = _http(url, {"input": [[1] * many]})
@@ -377,7 +385,10 @@ def test_a_request_is_a_server_span_continuing_the_callers_trace(bert) -> None: 
         request = urllib.request.Request(
             _base(thread) + "/v1/embeddings",
             data=json.dumps({"input": TEXTS}).encode(),
-            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            headers={
+                "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+                "content-type": "application/json",
+            },
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
@@ -473,7 +484,10 @@ def test_the_sdks_read_timeout_is_the_requests_deadline(bert) -> None:  # type: 
                 request = urllib.request.Request(
                     url,
                     data=json.dumps({"input": TEXTS}).encode(),
-                    headers={"x-stainless-read-timeout": "0.3"},  # as openai's clients send it
+                    headers={  # as openai's clients send it
+                        "x-stainless-read-timeout": "0.3",
+                        "content-type": "application/json",
+                    },
                 )
                 with pytest.raises(urllib.error.HTTPError) as late:
                     urllib.request.urlopen(request, timeout=30)
@@ -484,7 +498,9 @@ def test_the_sdks_read_timeout_is_the_requests_deadline(bert) -> None:  # type: 
         dropped = registry.get_sample_value("headserve_rows_dropped_total", {"reason": "deadline"})
         assert dropped == len(TEXTS)  # they never reached the model
         bad = urllib.request.Request(
-            url, data=b'{"input": "x"}', headers={"x-stainless-read-timeout": "soon"}
+            url,
+            data=b'{"input": "x"}',
+            headers={"x-stainless-read-timeout": "soon", "content-type": "application/json"},
         )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, timeout=30)
