@@ -9,7 +9,6 @@ is refused with a clear message before gRPC would fail it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 from headserve.plugins.contract import Prepared
 
 from ..errors import InvalidArgument, TooLarge
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -53,21 +50,11 @@ class RequestLimits:
             )
         for index, item in enumerate(items):
             for name, value in vars(item).items():
-                if not isinstance(value, str):
-                    continue
-                if len(value) > self.max_item_chars:
+                if isinstance(value, str) and len(value) > self.max_item_chars:
                     raise TooLarge(
                         f"items[{index}].{name}",
                         f"is {len(value):,} characters, more than this server takes "
                         f"({self.max_item_chars:,}, --max-item-chars)",
-                        item=index,
-                    )
-                lone = _SURROGATE.search(value)
-                if lone is not None:  # JSON's "\ud800" escapes: no tokenizer takes them
-                    raise InvalidArgument(
-                        f"items[{index}].{name}",
-                        f"has a lone surrogate (U+{ord(lone.group()):04X}) at character "
-                        f"{lone.start()}: not text any tokenizer reads; send valid Unicode",
                         item=index,
                     )
 

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,8 @@ class OpenAIHttp:
             raise InvalidArgument("body", f"is not JSON: {exc}") from exc
         if not isinstance(parsed, dict):
             raise InvalidArgument("body", "must be a JSON object")
+        if _ESCAPED_SURROGATE.search(body):  # only JSON's escapes can carry one
+            _refuse_lone_surrogates(parsed, "")
         return parsed
 
     # --- the routes ----------------------------------------------------------------------------
@@ -247,6 +250,30 @@ async def _disconnected(request: Request) -> None:
 # OpenAI's SDKs send their read timeout, in seconds: past it the caller has given up, so it is
 # the request's deadline, as a gRPC call's (rows still queued then never reach the model).
 TIMEOUT_HEADER = "x-stainless-read-timeout"
+
+
+# "\ud800".."\udfff" in a JSON body; json.loads joins a valid pair into one character
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(value: Any, path: str) -> None:
+    """InvalidArgument naming the first string of `value` (by its JSON path: input[1]) that
+    holds a lone surrogate: no tokenizer reads it (gRPC's UTF-8 cannot carry one)."""
+    if isinstance(value, str):
+        lone = _SURROGATE.search(value)
+        if lone is not None:
+            raise InvalidArgument(
+                path or "body",
+                f"has a lone surrogate (U+{ord(lone.group()):04X}) at character "
+                f"{lone.start()}: not text any tokenizer reads; send valid Unicode",
+            )
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _refuse_lone_surrogates(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            _refuse_lone_surrogates(inner, f"{path}[{index}]")
 
 
 def _timeout(request: Request) -> float | None:
