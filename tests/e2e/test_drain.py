@@ -65,7 +65,9 @@ def test_sigterm_mid_stream_answers_every_accepted_request(bert) -> None:  # typ
     log = server.output()
     assert ended is not None, "the stream should end with UNAVAILABLE: it was cut by the drain"
     assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended
-    read = int(re.search(r"stream's (\d+) requests", ended.details() or "").group(1))  # type: ignore[union-attr]
+    found = re.search(r"stream's (\d+) requests", ended.details() or "")
+    assert found is not None, ended.details()
+    read = int(found.group(1))
     assert 20 <= read < REQUESTS
     # every request the server read was answered, in order, none lost
     assert answered == [str(i) for i in range(read)]
