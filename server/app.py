@@ -179,7 +179,9 @@ async def create_server(
     http = None
     if http_port is not None:
         try:
-            http = await _start_http(state, pipeline, tasks, security, address, http_port, grace)
+            http = await _start_http(
+                state, pipeline, tasks, security, address, http_port, grace, connections
+            )
         except StartupError:
             await server.stop(None)
             raise
@@ -194,13 +196,22 @@ async def _start_http(
     address: str,
     port: int,
     grace: float,
+    connections: Connections,
 ) -> HttpServer:
     from .transports.http import OpenAIHttp
     from .transports.http_server import HttpServer
 
     host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-    app = OpenAIHttp(state, pipeline, tasks).app()
-    return await HttpServer.start(app, host, port, security, grace=grace)
+    app = OpenAIHttp(state, pipeline, tasks, body_timeout=connections.http_body_timeout).app()
+    return await HttpServer.start(
+        app,
+        host,
+        port,
+        security,
+        grace=grace,
+        connections=connections,
+        metrics=pipeline.metrics,
+    )
 
 
 def _serving(core: Core, serving: str | None) -> bool:

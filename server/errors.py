@@ -92,6 +92,12 @@ class DeadlineExceeded(HeadserveError):
     kind = table.DEADLINE_EXCEEDED
 
 
+class RequestTimeout(HeadserveError):
+    """An HTTP request's body came too slowly: it held a call's place without sending."""
+
+    kind = table.REQUEST_TIMEOUT
+
+
 class OutOfMemory(HeadserveError):
     """Even one row did not fit in the model's memory (after splitting the batch)."""
 

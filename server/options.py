@@ -151,13 +151,15 @@ def parser() -> argparse.ArgumentParser:
         "--max-queue-items",
         type=int,
         default=limits.max_queue_items,
-        help="rows waiting for the model; beyond it unary calls get RESOURCE_EXHAUSTED",
+        help="rows waiting for the model; beyond it unary calls get RESOURCE_EXHAUSTED "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--stream-in-flight-items",
         type=int,
         default=limits.stream_in_flight_items,
-        help="items of one stream in flight; the stream stops reading beyond it",
+        help="items of one stream in flight; the stream stops reading beyond it "
+        "(default: %(default)s)",
     )
     requests = RequestLimits()
     for name, text in (
@@ -170,7 +172,10 @@ def parser() -> argparse.ArgumentParser:
         ("max_image_pixels", "pixels (width x height) of one image item, checked before decoding"),
     ):
         serve.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=getattr(requests, name), help=text
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=getattr(requests, name),
+            help=f"{text} (default: %(default)s)",
         )
     connections = Connections()
     for name, kind, text in (
@@ -181,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
         ("connection_age_grace_seconds", float, "time an aged connection's calls get to finish"),
         ("stream_idle_timeout", float, "end a stream that sent nothing this long (0: never)"),
         ("max_health_watches", int, "health Watch streams open at once, apart from the calls"),
+        ("http_max_connections", int, "HTTP connections open at once; more get 503"),
+        ("http_header_timeout", float, "seconds for an HTTP request's head to arrive, else 408"),
+        ("http_body_timeout", float, "seconds for an HTTP request's body to arrive, else 408"),
+        ("http_keepalive_timeout", float, "close a kept-alive HTTP connection idle this long"),
+        ("http_max_header_bytes", int, "bytes of an HTTP request's head; more get 431"),
+        ("http_max_headers", int, "header fields of an HTTP request; more get 431"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"),

@@ -108,13 +108,20 @@ class CliServer:
 
 
 def start_cli_server(
-    args: Sequence[str], env: dict[str, str] | None = None, *, service: str = ""
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    service: str = "",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> CliServer:
+    """`headserve serve` with `args`, once serving; `preexec_fn` runs in it before it starts
+    (to lower its resource limits, say)."""
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "headserve"), "serve", "--port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
         env={**(env if env is not None else os.environ), "HF_HUB_OFFLINE": "1"},
+        preexec_fn=preexec_fn,
     )
     assert proc.stderr is not None
     log: list[str] = []

@@ -11,6 +11,11 @@ with DEADLINE_EXCEEDED. Health watches (grpc.health.v1 Watch: long-lived streams
 no token with --open-health) have a budget of their own (`max_health_watches`). gRPC caps
 every RPC at --max-concurrent-calls; streams and watches together must stay below it
 (`check_budgets`), so unary calls always find room.
+
+The `http_` limits bound the OpenAI-style HTTP endpoint's connections
+(transports/http_connections.py): how many are open at once, how long a request's head and
+body may take to arrive, how long a kept-alive connection may idle, and a head's bytes and
+fields.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ class Connections:
     connection_age_grace_seconds: float = 30.0
     stream_idle_timeout: float = 300.0  # seconds; 0: streams may stay idle
     max_health_watches: int = 16
+    http_max_connections: int = 1024  # at most 3/4 of RLIMIT_NOFILE (http_connections.py)
+    http_header_timeout: float = 10.0  # seconds for a request's head to arrive
+    http_body_timeout: float = 60.0  # seconds for a request's body, once its head is read
+    http_keepalive_timeout: float = 5.0  # seconds a kept-alive connection may idle
+    http_max_header_bytes: int = 16 * 1024
+    http_max_headers: int = 100
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -62,6 +73,12 @@ _POSITIVE = (
     "keepalive_timeout_seconds",
     "connection_idle_seconds",
     "max_health_watches",
+    "http_max_connections",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_keepalive_timeout",
+    "http_max_header_bytes",
+    "http_max_headers",
 )
 
 

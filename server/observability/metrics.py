@@ -40,6 +40,7 @@ LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0
 LAG_EVERY = 0.02  # seconds between the event loop's lag probes
 
 DROP_REASONS = ("cancelled", "deadline")
+HTTP_REFUSALS = ("connections_full", "header_timeout", "headers_too_large", "too_many_headers")
 
 
 class Instruments(Protocol):
@@ -142,6 +143,19 @@ class Metrics:
             "Requests answered by the OpenAI-style HTTP endpoint, by route and HTTP status",
             ("route", "status"),
         )
+        self.http_connections = i.gauge(
+            "headserve_http_connections",
+            "HTTP connections open now (--http-max-connections bounds them)",
+        )
+        self.http_refused = i.counter(
+            "headserve_http_refused",
+            "HTTP connections and requests refused before any call began, by reason: "
+            "connections_full (503), header_timeout (408), headers_too_large and "
+            "too_many_headers (431)",
+            ("reason",),
+        )
+        for reason in HTTP_REFUSALS:
+            self.http_refused.labels(reason)  # exported at 0 from the start
         self.loop_lag = i.histogram(
             "headserve_event_loop_lag_seconds",
             "How late a periodic timer on the event loop ran: the wait any call's next step "

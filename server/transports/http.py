@@ -38,10 +38,18 @@ from starlette.routing import Route
 from headserve.v1 import errors as table
 
 from ..call_info import REQUEST_ID_KEY, current_request_id
+from ..calls.connections import Connections
 from ..calls.pipeline import Arrival, Pipeline
 from ..calls.pipeline import Call as Running
 from ..core.engine import Core
-from ..errors import HeadNotFound, HeadserveError, InvalidArgument, TooLarge, Unavailable
+from ..errors import (
+    HeadNotFound,
+    HeadserveError,
+    InvalidArgument,
+    RequestTimeout,
+    TooLarge,
+    Unavailable,
+)
 from ..tasks import Route as TaskRoute
 from ..tasks import Task
 from ..tasks.wire import Call
@@ -82,8 +90,16 @@ class OpenAIHttp:
     """The routes, over the gRPC server's state (its Core once the model is loaded); each
     request runs through the call pipeline the gRPC calls run through."""
 
-    def __init__(self, state: ServerState, pipeline: Pipeline, tasks: Sequence[Task]) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        pipeline: Pipeline,
+        tasks: Sequence[Task],
+        *,
+        body_timeout: float = Connections.http_body_timeout,
+    ) -> None:
         self._state = state
+        self._body_timeout = body_timeout
         self._pipeline = pipeline
         self._tasks = tuple(tasks)
         self._limits = state.request_limits
@@ -193,12 +209,18 @@ class OpenAIHttp:
             raise TooLarge("body", f"{int(declared):,} bytes, more than {limit:,}")
         body = bytearray()  # appended in place: a large body's chunks are not copied again
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise TooLarge("body", f"more than {limit:,} bytes")
+            async with asyncio.timeout(self._body_timeout):  # a trickled body holds a call
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise TooLarge("body", f"more than {limit:,} bytes")
         except ClientDisconnect as exc:  # gone mid-body: nobody reads an answer (499)
             raise Cancelled("the caller disconnected before its body was read") from exc
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"the body did not arrive within {self._body_timeout:g} s "
+                f"(--http-body-timeout); {len(body):,} bytes came"
+            ) from exc
         try:
             # a large body is parsed off the event loop, where it would hold every other call
             parsed = (

@@ -4,6 +4,7 @@
 
 It binds the host of the gRPC address, with the same TLS (and mutual TLS) as gRPC. The
 headserve server owns SIGTERM and SIGINT (its drain), so uvicorn is kept from taking them.
+Each connection is held to the `http_` limits of Connections (http_connections.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 
 import uvicorn
 
+from ..calls.connections import Connections
 from ..calls.security import Security
 from ..discovery import StartupError
+from ..observability.metrics import Metrics
+from .http_connections import ConnectionLimits, HeaderCount, LimitedH11Protocol, connection_cap
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,28 @@ class HttpServer:
 
     @classmethod
     async def start(
-        cls, app: Any, host: str, port: int, security: Security, *, grace: float
+        cls,
+        app: Any,
+        host: str,
+        port: int,
+        security: Security,
+        *,
+        grace: float,
+        connections: Connections,
+        metrics: Metrics | None = None,
     ) -> HttpServer:
+        refused = metrics.http_refused if metrics is not None else None
+
+        def count(reason: str) -> None:
+            if refused is not None:
+                refused.labels(reason).inc()
+
+        limits = ConnectionLimits(
+            cap=connection_cap(connections.http_max_connections),
+            header_timeout=connections.http_header_timeout,
+            max_header_bytes=connections.http_max_header_bytes,
+            refused=count,
+        )
         sock = _bind(host, port)
         tls: dict[str, Any] = {}
         if security.tls_cert is not None:
@@ -68,7 +92,9 @@ class HttpServer:
                     ssl_ca_certs=str(security.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED
                 )
         config = uvicorn.Config(
-            app,
+            HeaderCount(app, connections.http_max_headers, count),
+            http=LimitedH11Protocol.bound(limits),
+            timeout_keep_alive=connections.http_keepalive_timeout,  # type: ignore[arg-type]
             lifespan="off",
             access_log=False,  # the call pipeline logs each request with its id
             log_config=None,  # headserve's logging, as configured
@@ -84,6 +110,8 @@ class HttpServer:
                 exc = task.exception()
                 raise StartupError(f"cannot serve HTTP on {host}:{port}: {exc}") from exc
             await asyncio.sleep(0.01)
+        if metrics is not None:
+            metrics.http_connections.set_function(lambda: len(server.server_state.connections))
         bound = sock.getsockname()[1]
         return cls(server, task, bound)
 

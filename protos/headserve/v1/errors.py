@@ -101,6 +101,15 @@ DEADLINE_EXCEEDED = ErrorKind(
     False,
     "the call's deadline passed before its rows reached the model",
 )
+REQUEST_TIMEOUT = ErrorKind(
+    "request_timeout",
+    "DEADLINE_EXCEEDED",
+    "REQUEST_TIMEOUT",
+    408,
+    "timeout",
+    True,
+    "HTTP only: the request's body did not arrive within --http-body-timeout",
+)
 OUT_OF_MEMORY = ErrorKind(
     "out_of_memory",
     "RESOURCE_EXHAUSTED",
@@ -147,6 +156,7 @@ KINDS: tuple[ErrorKind, ...] = (
     OVERLOADED,
     UNAVAILABLE,
     DEADLINE_EXCEEDED,
+    REQUEST_TIMEOUT,
     OUT_OF_MEMORY,
     HEAD_FAILED,
     CANCELLED,
