@@ -82,7 +82,7 @@ class HeadMeta:
     task: str  # "classify" or "qa"
     labels: tuple[str, ...]  # classify: the class names; qa: ()
     hidden_size: int
-    pooling: str  # classify: "mean" or "cls"; qa: "tokens"
+    pooling: str  # classify: "mean" or "cls" (images: "pooled" or "intermediate"); qa: "tokens"
     network: Network
     fingerprint: str  # of the backbone weights the features came from
     backbone: Mapping[str, Any] = field(default_factory=dict)  # source, model_type, max_length
@@ -136,7 +136,7 @@ def read_meta(folder: Path) -> HeadMeta:
             f"{doc.get('format_version')!r}; this headserve reads {FORMAT} {FORMAT_VERSION}"
         )
     try:
-        return HeadMeta(
+        meta = HeadMeta(
             task=doc["task"],
             labels=tuple(doc["labels"]),
             hidden_size=int(doc["hidden_size"]),
@@ -149,6 +149,40 @@ def read_meta(folder: Path) -> HeadMeta:
         )
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"{folder / META}: missing or bad field {exc}") from exc
+    _check_task(meta, folder / META)
+    return meta
+
+
+# what train-head writes for each task: its pooling, and the metric its held-out data gave
+_POOLINGS = {"classify": ("mean", "cls", "pooled", "intermediate"), "qa": ("tokens",)}
+_METRIC = {"classify": "accuracy", "qa": "f1"}
+
+
+def _check_task(meta: HeadMeta, path: Path) -> None:
+    """The task agrees with the rest of the artifact's own record, so that an artifact
+    relabelled by hand (classify weights called qa, say: two labels make the same shapes)
+    is refused rather than served as what it is not."""
+    if meta.task not in TASKS:
+        raise ArtifactError(f"{path}: task {meta.task!r}; a head artifact is {' or '.join(TASKS)}")
+    if meta.pooling not in _POOLINGS[meta.task]:
+        raise ArtifactError(
+            f"{path}: task {meta.task!r} with pooling {meta.pooling!r}: a {meta.task} head "
+            f"pools {' or '.join(_POOLINGS[meta.task])}; was the task changed by hand?"
+        )
+    if meta.task == "qa" and meta.labels:
+        raise ArtifactError(f"{path}: task 'qa' with labels {list(meta.labels)[:3]}: qa has none")
+    if meta.task == "classify" and (
+        len(meta.labels) < 2 or len(set(meta.labels)) != len(meta.labels)
+    ):
+        raise ArtifactError(f"{path}: a classify head needs two or more distinct labels")
+    others = [
+        task for task, metric in _METRIC.items() if task != meta.task and metric in meta.metrics
+    ]
+    if others and _METRIC[meta.task] not in meta.metrics:
+        raise ArtifactError(
+            f"{path}: task {meta.task!r}, but its metrics are a {others[0]} head's "
+            f"({_METRIC[others[0]]!r}); was the task changed by hand?"
+        )
 
 
 def load(

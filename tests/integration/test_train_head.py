@@ -191,13 +191,41 @@ def test_an_artifact_from_another_backbone_is_refused_unless_forced(trained, fam
 def test_a_qa_artifact_is_not_a_classifier(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, _, report = trained
     meta, module = artifact.load(report.out)
-    fake = artifact.HeadMeta(**{**meta.__dict__, "task": "qa", "labels": ()})
+    fake = artifact.HeadMeta(
+        **{**meta.__dict__, "task": "qa", "labels": (), "pooling": "tokens", "metrics": {}}
+    )
     artifact.save(
         tmp_path / "qa", fake, torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(32, 2))
     )
     assert parse_head(f"x={tmp_path / 'qa'}").plugin == "trained_qa"
     with pytest.raises(ArtifactError, match="not a head artifact"):
         artifact.load(tmp_path / "nothing")
+
+
+def test_an_artifact_relabelled_by_hand_is_refused(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two labels make a classifier's weights the shape of a QA head's: the artifact's own
+    record (pooling, labels, metrics) must agree with its task, and its weights with the
+    network it says it is."""
+    _, _, report = trained
+    meta, module = artifact.load(report.out)
+    doc = json.loads((report.out / "head.json").read_text())
+
+    def relabelled(name: str, **changes: object) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "head.json").write_text(json.dumps({**doc, **changes}))
+        (folder / "head.safetensors").write_bytes((report.out / "head.safetensors").read_bytes())
+        return folder
+
+    with pytest.raises(ArtifactError, match="pooling 'mean'|pooling 'cls'"):
+        artifact.load(relabelled("task", task="qa"))
+    with pytest.raises(ArtifactError, match="metrics are a classify head's"):
+        artifact.load(relabelled("all", task="qa", labels=[], pooling="tokens"))
+    with pytest.raises(ArtifactError, match="two or more distinct labels"):
+        artifact.load(relabelled("labels", labels=[doc["labels"][0]] * len(doc["labels"])))
+    with pytest.raises(ArtifactError, match="size mismatch"):  # the weights' shapes
+        artifact.load(relabelled("shapes", labels=[*doc["labels"], "extra"]))
+    assert artifact.load(relabelled("same"))[0] == meta  # unchanged, it loads
 
 
 # --- bad data --------------------------------------------------------------------------------
