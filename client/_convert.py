@@ -720,6 +720,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             max_concurrent_calls=message.limits.max_concurrent_calls,
             max_streams=message.limits.max_streams,
             max_image_pixels=message.limits.max_image_pixels,
+            max_image_decode_bytes=message.limits.max_image_decode_bytes,
         )
         if message.HasField("limits")
         else None,

@@ -792,6 +792,9 @@ class RequestLimits:
     max_streams: int
     max_image_pixels: int = 0
     """Pixels of one decoded image item; a larger image is refused before it is decoded."""
+    max_image_decode_bytes: int = 0
+    """Memory the images decoding at once may take on the server; an image waits for room
+    (0 from a server that does not say)."""
 
 
 @dataclass(frozen=True, slots=True)

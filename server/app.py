@@ -202,7 +202,13 @@ async def _start_http(
     from .transports.http_server import HttpServer
 
     host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-    app = OpenAIHttp(state, pipeline, tasks, body_timeout=connections.http_body_timeout).app()
+    app = OpenAIHttp(
+        state,
+        pipeline,
+        tasks,
+        body_timeout=connections.http_body_timeout,
+        max_json_values=connections.http_max_json_values,
+    ).app()
     return await HttpServer.start(
         app,
         host,

@@ -170,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
         ("max_concurrent_calls", "calls in progress at once, streams included, every transport"),
         ("max_streams", "streams open at once (below --max-concurrent-calls)"),
         ("max_image_pixels", "pixels (width x height) of one image item, checked before decoding"),
+        ("max_image_decode_bytes", "memory the images decoding at once may take, all calls"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"),
@@ -192,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
         ("http_keepalive_timeout", float, "close a kept-alive HTTP connection idle this long"),
         ("http_max_header_bytes", int, "bytes of an HTTP request's head; more get 431"),
         ("http_max_headers", int, "header fields of an HTTP request; more get 431"),
+        ("http_max_json_values", int, "values in an HTTP request's JSON body; more get 413"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"),

@@ -6,7 +6,9 @@ size checked against the server's pixel limit before a single pixel is decompres
 unreadable becomes a ValueError whose text is the caller's error message. The image is then
 converted to RGB as transformers' image processors do (transparency laid on white), and a GIF
 gives its first frame. Callers run this off the event loop: decoding a photo takes
-milliseconds.
+milliseconds. A decode's memory peaks at up to core/limits.py's DECODE_BYTES_PER_PIXEL, so
+callers ask `pixels` first and hold that much of the server's decoding budget meanwhile
+(core/budget.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,26 @@ def digest(data: bytes, recipe: str) -> str:
     return hashlib.blake2b(data + b"\0" + recipe.encode(), digest_size=16).hexdigest()
 
 
+def pixels(data: bytes, max_pixels: int) -> int:
+    """How many pixels the image in `data` has, read from its header alone; ValueError
+    saying what is wrong with it (as `decode`)."""
+    width, height = _opened(data, max_pixels).size
+    return width * height
+
+
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """The image in `data` as an RGB PIL image, or ValueError saying what is wrong with it."""
+    image = _opened(data, max_pixels)
+    try:
+        image.seek(0)  # a GIF's (or an animated WebP's) first frame
+        image.load()
+    except Exception as exc:  # truncated or corrupt data: whatever the decoder raises
+        raise ValueError(f"cannot be decoded ({image.format}): {exc}") from exc
+    return Image.fromarray(np.asarray(convert_to_rgb(image, return_numpy=True)))
+
+
+def _opened(data: bytes, max_pixels: int) -> Image.Image:
+    """The image in `data`, its header read and its size checked, no pixel decoded yet."""
     if not data:
         raise ValueError("is empty: send the bytes of a PNG, JPEG, GIF, WebP or BMP file")
     try:
@@ -52,9 +72,4 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             f"is {width}x{height} = {width * height:,} pixels, more than this server decodes "
             f"({max_pixels:,}, --max-image-pixels); send a smaller image"
         )
-    try:
-        image.seek(0)  # a GIF's (or an animated WebP's) first frame
-        image.load()
-    except Exception as exc:  # truncated or corrupt data: whatever the decoder raises
-        raise ValueError(f"cannot be decoded ({image.format}): {exc}") from exc
-    return Image.fromarray(np.asarray(convert_to_rgb(image, return_numpy=True)))
+    return image

@@ -14,8 +14,9 @@ every RPC at --max-concurrent-calls; streams and watches together must stay belo
 
 The `http_` limits bound the OpenAI-style HTTP endpoint's connections
 (transports/http_connections.py): how many are open at once, how long a request's head and
-body may take to arrive, how long a kept-alive connection may idle, and a head's bytes and
-fields.
+body may take to arrive, how long a kept-alive connection may idle, a head's bytes and
+fields, and how many values a JSON body may hold (parsing holds the GIL: 5 million token
+ids take 0.2 s, every other call waiting).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Connections:
     http_keepalive_timeout: float = 5.0  # seconds a kept-alive connection may idle
     http_max_header_bytes: int = 16 * 1024
     http_max_headers: int = 100
+    http_max_json_values: int = 1_000_000  # a body's values (commas), counted before parsing
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,6 +81,7 @@ _POSITIVE = (
     "http_keepalive_timeout",
     "http_max_header_bytes",
     "http_max_headers",
+    "http_max_json_values",
 )
 
 

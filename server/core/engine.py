@@ -25,9 +25,11 @@ from headserve.plugins.tasks import ImageItem, QAItem, TextItem
 
 from ..config import BUILTIN_TASKS
 from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
+from .budget import ByteBudget
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
-from .limits import RequestLimits
+from .limits import DECODE_BYTES_PER_PIXEL, RequestLimits
+from .memory import trim_heap
 from .runner import Runner, Work, row_key
 from .scheduler import Scheduler, Stats
 
@@ -178,6 +180,9 @@ def _finish_all(
     return results
 
 
+TRIM_AFTER_BYTES = 64 * 1024 * 1024  # a decode that may cost this much trims the heap after
+
+
 class Core:
     def __init__(
         self,
@@ -197,6 +202,7 @@ class Core:
         self.scheduler = scheduler
         self.torch_threads = torch_threads
         self.request_limits = request_limits or RequestLimits()
+        self.decode_budget = ByteBudget(self.request_limits.max_image_decode_bytes)
 
     async def run(
         self,
@@ -396,18 +402,38 @@ class Core:
                 )
         if backbone.modality != "image":
             return items
-        return await asyncio.to_thread(self._decode, items)
-
-    def _decode(self, items: Sequence[ImageItem]) -> list[ImageItem]:
+        # each image's header first: what decoding it will cost, held from the server's
+        # budget while it decodes, so concurrent decodes fit in --max-image-decode-bytes
+        sizes = await asyncio.to_thread(self._image_sizes, items)
         decoded = []
-        limit = self.request_limits.max_image_pixels
         for index, item in enumerate(items):
-            try:
-                pixels = self.backbone.read_image(item.data, limit)
-            except ValueError as exc:  # the caller's bytes: say what is wrong with them
-                raise InvalidArgument(f"items[{index}].image", str(exc), item=index) from exc
+            cost = sizes[index] * DECODE_BYTES_PER_PIXEL
+            pixels = await self.decode_budget.run(cost, self._read_image, index, item, cost)
             decoded.append(replace(item, pixels=pixels))
         return decoded
+
+    def _image_sizes(self, items: Sequence[ImageItem]) -> list[int]:
+        from ..backbones.images import pixels  # Pillow: only image backbones need it
+
+        limit = self.request_limits.max_image_pixels
+        return [
+            self._caller_image(index, pixels, item.data, limit) for index, item in enumerate(items)
+        ]
+
+    def _read_image(self, index: int, item: ImageItem, cost: int) -> Any:
+        limit = self.request_limits.max_image_pixels
+        try:
+            return self._caller_image(index, self.backbone.read_image, item.data, limit)
+        finally:
+            if cost >= TRIM_AFTER_BYTES:  # give a large decode's memory back (memory.py)
+                trim_heap()
+
+    @staticmethod
+    def _caller_image(index: int, read: Callable[[bytes, int], T], data: bytes, limit: int) -> T:
+        try:
+            return read(data, limit)
+        except ValueError as exc:  # the caller's bytes: say what is wrong with them
+            raise InvalidArgument(f"items[{index}].image", str(exc), item=index) from exc
 
     async def tokenized(
         self, items: Sequence[TextItem | ImageItem], *, add_special_tokens: bool, truncate: bool

@@ -13,6 +13,15 @@ def release_freed_memory() -> None:
     idle after a busy spell (a burst's working memory), so resident size follows the load.
     """
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Ask glibc to return the free pages of every malloc arena (a no-op elsewhere).
+
+    A large decode's buffers, once freed, stay in the arena of the thread that made them
+    (glibc raises its mmap threshold after such a free), so that each decoding thread keeps
+    its own high-water mark: a few threads' worth of gigabytes after large images."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim

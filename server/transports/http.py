@@ -97,9 +97,11 @@ class OpenAIHttp:
         tasks: Sequence[Task],
         *,
         body_timeout: float = Connections.http_body_timeout,
+        max_json_values: int = Connections.http_max_json_values,
     ) -> None:
         self._state = state
         self._body_timeout = body_timeout
+        self._max_json_values = max_json_values
         self._pipeline = pipeline
         self._tasks = tuple(tasks)
         self._limits = state.request_limits
@@ -221,6 +223,15 @@ class OpenAIHttp:
                 f"the body did not arrive within {self._body_timeout:g} s "
                 f"(--http-body-timeout); {len(body):,} bytes came"
             ) from exc
+        # json.loads holds the GIL however it is run: a body of millions of small values (token
+        # ids) would stall every call for as long. Its values are counted first (memchr-fast).
+        values = body.count(b",") + 1 if len(body) > INLINE_JSON else 0
+        if values > self._max_json_values:
+            raise TooLarge(
+                "body",
+                f"holds about {values:,} JSON values, more than {self._max_json_values:,} "
+                "(--http-max-json-values); send fewer inputs or token ids per request",
+            )
         try:
             # a large body is parsed off the event loop, where it would hold every other call
             parsed = (

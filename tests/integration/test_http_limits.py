@@ -30,6 +30,7 @@ LIMITS = Connections(
     http_keepalive_timeout=1.0,
     http_max_header_bytes=4096,
     http_max_headers=20,
+    http_max_json_values=10_000,
 )
 
 
@@ -182,6 +183,22 @@ def test_a_body_trickled_in_is_408_and_counted(server: ServerThread) -> None:
         "headserve_calls_total",
         {"transport": "http", "rpc": "POST /v1/embeddings", "code": "DEADLINE_EXCEEDED"},
     )
+
+
+def test_a_body_of_too_many_json_values_is_413_unparsed(server: ServerThread) -> None:
+    """Parsing holds the GIL however it runs, so a body of 40,000 token ids (80 KB) is
+    refused from its commas' count, before it is parsed."""
+    ids = b",".join([b"1"] * 40_000)
+    body = b'{"input": [[' + ids + b"]]}"
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        status, _, answer = _answer(sock)
+    assert status == 413
+    assert "40,000 JSON values, more than 10,000 (--http-max-json-values)" in answer.decode()
 
 
 def _lower_nofile() -> None:

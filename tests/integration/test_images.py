@@ -193,7 +193,8 @@ BAD_IMAGES = {
 @pytest.fixture(scope="module")
 def small_limit(tmp_path_factory) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
     folder = make_vision(tmp_path_factory.mktemp("limits"), "resnet")
-    limits = RequestLimits(max_image_pixels=250 * 250)
+    # room for two of the largest images decoding at once
+    limits = RequestLimits(max_image_pixels=250 * 250, max_image_decode_bytes=250 * 250 * 24 * 2)
     server = ServerThread(Settings(model_dir=folder, device="cpu", request_limits=limits))
     try:
         yield server
@@ -211,6 +212,32 @@ def test_a_bad_image_is_refused_clearly_and_nothing_else_breaks(small_limit, nam
         assert says in refused.value.message
         assert client.model_info().limits.max_image_pixels == 250 * 250
         assert len(client.classify(gallery())) == 6  # the server goes on
+
+
+def test_concurrent_decodes_stay_inside_the_decoding_budget(small_limit) -> None:  # type: ignore[no-untyped-def]
+    """Each image holds 24 bytes a pixel of --max-image-decode-bytes while it decodes: six
+    callers of four images each never hold more than two images' worth at once, and every
+    byte is given back."""
+    images = [encoded(picture(240, 240, seed)) for seed in range(4)]
+    answers: list[int] = []
+
+    def caller() -> None:
+        with Client(small_limit.target, max_retries=0) as client:
+            for _ in range(3):
+                answers.append(len(client.classify(images)))
+
+    callers = [threading.Thread(target=caller) for _ in range(6)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=120)
+    assert answers == [4] * 18
+    budget = small_limit.core.decode_budget
+    assert budget.total == 250 * 250 * 24 * 2
+    assert 240 * 240 * 24 <= budget.peak <= budget.total
+    assert budget.held == 0
+    with Client(small_limit.target) as client:
+        assert client.model_info().limits.max_image_decode_bytes == budget.total
 
 
 def test_efficientnet_lite0_classifies_the_cat_and_the_coffee(efficientnet: ServerThread) -> None:

@@ -453,6 +453,7 @@ class RequestLimitsInfo(_message.Message):
     MAX_CONCURRENT_CALLS_FIELD_NUMBER: _builtins.int
     MAX_STREAMS_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
+    MAX_IMAGE_DECODE_BYTES_FIELD_NUMBER: _builtins.int
     max_request_items: _builtins.int
     """Items in one request (a unary call, or one message of a stream)."""
     max_item_chars: _builtins.int
@@ -469,6 +470,10 @@ class RequestLimitsInfo(_message.Message):
     """Pixels (width x height) of one image item, decoded; beyond it the image is
     refused before it is decompressed (a decompression bomb).
     """
+    max_image_decode_bytes: _builtins.int
+    """Bytes of memory the images decoding at once may take, over all calls (each
+    image costs 24 bytes a pixel while it decodes); an image waits for room.
+    """
     def __init__(
         self,
         *,
@@ -479,10 +484,11 @@ class RequestLimitsInfo(_message.Message):
         max_concurrent_calls: _builtins.int = ...,
         max_streams: _builtins.int = ...,
         max_image_pixels: _builtins.int = ...,
+        max_image_decode_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_image_decode_bytes", b"max_image_decode_bytes", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
