@@ -159,7 +159,9 @@ async def stream(
             except Exception as exc:
                 yield reply(id=request_id, error=to_status(exc))
             answered += 1
-        if reader.cancelled() and state.draining.is_set():
+        # cut by the drain: cancelled by it, or its read failed as the server stopped
+        cut = reader.done() and (reader.cancelled() or reader.exception() is not None)
+        if cut and state.draining.is_set():
             raise Unavailable(
                 f"the server is shutting down: this stream's {answered} requests that were "
                 "read have all been answered; send the rest to another server"
