@@ -11,8 +11,9 @@ for the rest, each checked at the connection before any call begins:
 - a request's head must be complete within `--http-header-timeout` of the connection's
   opening or the previous answer (slowloris), else 408 and the connection is closed; an idle
   kept-alive connection is closed after `--http-keepalive-timeout` (uvicorn's own timer);
-- a head over the byte limit is 431 (uvicorn answers every parse error 400), and so is one
-  of more than `--http-max-headers` fields (`HeaderCount`, around the app).
+- a head over the byte limit is 431 (uvicorn answers every parse error 400): h11 refuses one
+  still arriving past it, `HeadLimits` (around the app) one that came whole in one read, and
+  one of more than `--http-max-headers` fields.
 
 Each refusal counts in headserve_http_refused_total{reason}.
 
@@ -179,27 +180,51 @@ class LimitedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-class HeaderCount:
-    """The ASGI app, refusing a request of more than `most` header fields with 431 before it
-    reaches a route (h11 bounds their bytes, not their number)."""
+class HeadLimits:
+    """The ASGI app, refusing with 431, before it reaches a route, a request of more than
+    `most_fields` header fields or a head of more than `most_bytes`. (h11's own limit bounds
+    only a head still arriving: one that comes whole in a single read passes it.)"""
 
-    def __init__(self, app: Any, most: int, refused: Callable[[str], None]) -> None:
+    def __init__(
+        self, app: Any, most_fields: int, most_bytes: int, refused: Callable[[str], None]
+    ) -> None:
         self.app = app
-        self.most = most
+        self.most_fields = most_fields
+        self.most_bytes = most_bytes
         self.refused = refused
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and len(scope["headers"]) > self.most:
-            self.refused("too_many_headers")
-            count = len(scope["headers"])
-            message = f"{count} header fields, more than {self.most} (--http-max-headers)"
-            body = error_json(431, message, "too_many_headers")
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ]
-            await send({"type": "http.response.start", "status": 431, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                code, message = refusal
+                self.refused(code)
+                await _answer(send, 431, message, code)
+                return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Any) -> tuple[str, str] | None:
+        fields = scope["headers"]
+        if len(fields) > self.most_fields:
+            return "too_many_headers", (
+                f"{len(fields)} header fields, more than {self.most_fields} (--http-max-headers)"
+            )
+        # the request line and each "name: value\r\n", as sent
+        size = len(scope["raw_path"]) + len(scope["query_string"]) + 16
+        size += sum(len(name) + len(value) + 4 for name, value in fields)
+        if size > self.most_bytes:
+            return "headers_too_large", (
+                f"the request's head is over {self.most_bytes:,} bytes (--http-max-header-bytes)"
+            )
+        return None
+
+
+async def _answer(send: Any, status: int, message: str, code: str) -> None:
+    body = error_json(status, message, code)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -25,7 +25,7 @@ from ..calls.connections import Connections
 from ..calls.security import Security
 from ..discovery import StartupError
 from ..observability.metrics import Metrics
-from .http_connections import ConnectionLimits, HeaderCount, LimitedH11Protocol, connection_cap
+from .http_connections import ConnectionLimits, HeadLimits, LimitedH11Protocol, connection_cap
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class HttpServer:
                     ssl_ca_certs=str(security.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED
                 )
         config = uvicorn.Config(
-            HeaderCount(app, connections.http_max_headers, count),
+            HeadLimits(app, connections.http_max_headers, connections.http_max_header_bytes, count),
             http=LimitedH11Protocol.bound(limits),
             timeout_keep_alive=connections.http_keepalive_timeout,  # type: ignore[arg-type]
             lifespan="off",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -111,3 +112,80 @@ def test_http_raw_bytes(fuzz_server: ServerThread, body: bytes) -> None:
         status, answer = _post(fuzz_server, path, body)
         assert status in DOCUMENTED, (status, answer)
         assert answer["error"]["message"]
+
+
+# --- the request's head: method, path and header fields, as raw bytes ------------------------
+
+HEAD_STATUSES = {200, 400, 404, 405, 413, 431}
+_FRAMING = (b"content-length", b"transfer-encoding", b"expect")  # would make it wait for a body
+
+
+def _field_names() -> st.SearchStrategy[bytes]:
+    names = st.one_of(
+        st.sampled_from([b"host", b"accept", b"x-request-id", b"content-type", b"authorization"]),
+        st.binary(min_size=0, max_size=40),
+    )
+    return names.filter(
+        lambda n: not any(f in n.lower() for f in _FRAMING) and b"\r" not in n and b"\n" not in n
+    )
+
+
+def _field_values() -> st.SearchStrategy[bytes]:
+    short = st.binary(max_size=60)
+    # long ones, up to past --http-max-header-bytes (16 KiB): a few bytes repeated
+    long = st.builds(
+        lambda unit, n: unit * n, st.binary(min_size=1, max_size=3), st.integers(0, 9000)
+    )
+    return st.one_of(short, long).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@st.composite
+def request_heads(draw: st.DrawFn) -> bytes:
+    method = draw(
+        st.one_of(st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD"]), st.binary(max_size=8))
+    )
+    path = draw(
+        st.one_of(
+            st.sampled_from([b"/health", b"/v1/models", b"/v1/embeddings", b"/nope"]),
+            st.binary(max_size=30).map(lambda p: b"/" + p),
+        )
+    )
+    count = draw(st.sampled_from([0, 1, 5, 30, 99, 101, 400]))  # around --http-max-headers
+    fields = draw(
+        st.lists(st.tuples(_field_names(), _field_values()), min_size=count, max_size=count)
+    )
+    lines = [method + b" " + path + b" HTTP/1.1", b"host: fuzz"]
+    lines += [name + b": " + value for name, value in fields]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _status_of(server: ServerThread, head: bytes) -> int | None:
+    """The status the server answers `head` with; None if it closed without an answer."""
+    assert server.server.http is not None
+    with socket.create_connection(("127.0.0.1", server.server.http.port), timeout=30) as sock:
+        try:
+            sock.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before all of it was read (a head over the limit)
+        try:
+            first = sock.recv(64)
+        except ConnectionResetError:
+            return None
+    if not first:
+        return None
+    return int(first.split(b" ", 2)[1])
+
+
+@given(head=request_heads())
+@example(head=b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20_000 + b"\r\n\r\n")
+@example(head=b"GET /health HTTP/1.1\r\n" + b"x: 1\r\n" * 150 + b"\r\n")
+def test_http_request_heads(fuzz_server: ServerThread, head: bytes) -> None:
+    status = _status_of(fuzz_server, head)
+    if len(head) > 16 * 1024:  # over --http-max-header-bytes: 431 (400 if also malformed),
+        assert status in (400, 431, None), status  # or refused before it was all sent
+        if head.startswith(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: "):
+            assert status in (431, None), status
+    else:
+        assert status in HEAD_STATUSES, (status, head[:200])
+    good = {"input": "still serving", "model": "encode"}
+    assert _post(fuzz_server, "/v1/embeddings", json.dumps(good).encode())[0] == 200
