@@ -17,9 +17,7 @@ import hashlib
 import io
 import warnings
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
-from transformers.image_transforms import convert_to_rgb
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
@@ -44,7 +42,18 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         image.load()
     except Exception as exc:  # truncated or corrupt data: whatever the decoder raises
         raise ValueError(f"cannot be decoded ({image.format}): {exc}") from exc
-    return Image.fromarray(np.asarray(convert_to_rgb(image, return_numpy=True)))
+    return _rgb(image)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """transformers' `convert_to_rgb` of a PIL image (transparency laid on white), kept in
+    PIL: its numpy form would copy a large image twice more, holding the GIL (a test holds
+    the two equal)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image).convert("RGB")
+    return image.convert("RGB")
 
 
 def _opened(data: bytes, max_pixels: int) -> Image.Image:
