@@ -97,6 +97,11 @@ class Backbone(abc.ABC):
         """What runs the pass, e.g. "torch", "torch (traced)", "onnxruntime 1.32.0"."""
         return "torch"
 
+    def release_memory(self) -> None:
+        """Give back what the pass keeps from a busy spell (a runtime's memory pool); called on
+        a model worker when the server goes idle after one. Default: nothing to give back."""
+        return None
+
     @property
     def hidden_size(self) -> int:
         """Width of a row's features (of the pooled output, on an image backbone)."""

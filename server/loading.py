@@ -131,7 +131,12 @@ def build_core(
     metrics = metrics or Metrics()
     metrics.count_oom_splits(lambda: runner.oom_splits)
     metrics.count_backbone_rows(lambda: runner.rows_computed)
-    scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing)
+
+    def on_idle() -> None:  # a busy spell's memory back: the runtime's pool, then the heap
+        backbone.release_memory()
+        release_freed_memory()
+
+    scheduler = Scheduler(runner, limits, metrics, packed=backbone.packing, on_idle=on_idle)
     log.info("scheduler: %s; torch threads per worker %d", limits, threads.threads)
     log.info(
         "ready: %d heads (%s), %d failed, in %.2fs",

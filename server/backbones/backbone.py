@@ -250,6 +250,10 @@ class TextBackbone(Backbone):
             return f"onnxruntime {self.ort.version}{scheme}"
         return "torch (traced)" if self.traced is not None else "torch"
 
+    def release_memory(self) -> None:
+        if self.ort is not None:
+            self.ort.shrink()
+
     @property
     def config(self) -> PretrainedConfig:
         config: PretrainedConfig = getattr(self.model, "config")  # noqa: B009 (nn.Module hides it)

@@ -41,6 +41,17 @@ OPSET = 17
 PASS_VERSION = 2  # in the cached file's name: a pass that changed is exported again
 
 
+ARENA_VARIABLE = "HEADSERVE_ORT_CPU_ARENA"
+
+
+def cpu_arena() -> bool:
+    """Whether sessions use ONNX Runtime's CPU memory arena: yes unless
+    $HEADSERVE_ORT_CPU_ARENA is 0. Without it every run maps and faults in its buffers anew:
+    a burst of long texts ran 40% slower (bench/ort_arena.py). With it, the arena keeps what
+    the largest batch took until `OrtPass.shrink` gives it back, when the server goes idle."""
+    return os.environ.get(ARENA_VARIABLE, "1") != "0"
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "headserve" / "onnx"
@@ -57,6 +68,7 @@ class OrtPass:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_cpu_mem_arena = cpu_arena()
         self.path = path
         self.scheme = scheme  # how the weights are quantized; "": float32
         self.packed = packed
@@ -65,6 +77,22 @@ class OrtPass:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         # the exporter drops an input the model does not read (DistilBERT's token types)
         self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def shrink(self) -> None:
+        """Hand back the arena's memory beyond its first chunk: one tiny run with ONNX
+        Runtime's arena shrinkage on (what a burst's largest batches took stays otherwise)."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        feed: dict[str, np.ndarray] = {}
+        for given in self.session.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in given.shape]
+            dtype = {"tensor(bool)": np.bool_, "tensor(float)": np.float32}.get(
+                given.type, np.int64
+            )
+            feed[given.name] = np.zeros(shape, dtype=dtype)
+        self.session.run(["hidden"], feed, options)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = {

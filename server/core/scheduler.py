@@ -122,9 +122,12 @@ class Scheduler:
         packed: bool = False,
         clock: Clock | None = None,
         workers: Callable[[], Workers] | None = None,
+        on_idle: Callable[[], None] = release_freed_memory,
     ) -> None:
         """`packed`: the runner packs rows (no padding to save by grouping lengths).
-        `workers` makes the workers at each start (default: `limits.workers` threads)."""
+        `workers` makes the workers at each start (default: `limits.workers` threads).
+        `on_idle` runs on a worker when the server goes idle after a busy spell."""
+        self._on_idle = on_idle
         self.runner = runner
         self.limits = limits
         self.metrics = metrics or Metrics()
@@ -364,7 +367,7 @@ class Scheduler:
             self._batches_since_trim = 0
             started = self._started
             assert started is not None
-            await started.workers.run(release_freed_memory)
+            await started.workers.run(self._on_idle)
 
     async def _fill(self) -> None:
         """Wait for more rows until a batch is full or the oldest row has waited max_wait_ms.

@@ -43,6 +43,19 @@ def test_the_export_is_cached_and_a_second_start_reuses_it(bert, tmp_path: Path,
     assert float((got.hidden[keep] - want.hidden[keep]).abs().max()) < 1e-4
 
 
+def test_the_arena_given_back_when_idle_leaves_the_pass_as_it_was(bert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """release_memory (run when the server goes idle after a busy spell) shrinks ONNX
+    Runtime's arena with one tiny run; the pass computes the same afterwards."""
+    backbone = _load(bert.backbone, tmp_path)
+    assert backbone.ort is not None
+    rows = backbone.rows_of([" ".join(["word"] * n) for n in (3, 40, 90)])
+    with torch.inference_mode():
+        before = backbone.run(rows).hidden.clone()
+        backbone.release_memory()
+        after = backbone.run(rows).hidden
+    assert torch.equal(before, after)
+
+
 def _other_bert(folder: Path, like: Path) -> Path:
     """A BERT of the same shape with other random weights (so another fingerprint)."""
     torch.manual_seed(123)
