@@ -45,15 +45,25 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     return _rgb(image)
 
 
+STRIP_ROWS = 128  # rows laid on white at a time (Pillow's alpha_composite holds the GIL)
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     """transformers' `convert_to_rgb` of a PIL image (transparency laid on white), kept in
     PIL: its numpy form would copy a large image twice more, holding the GIL (a test holds
-    the two equal)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        image = image.convert("RGBA")
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image).convert("RGB")
-    return image.convert("RGB")
+    the two equal). Compositing runs a strip of rows at a time: done at once, it held every
+    other thread for 0.3 s on a 40-megapixel image."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image.convert("RGB")
+    image = image.convert("RGBA")
+    width, height = image.size
+    rgb = Image.new("RGB", image.size)
+    for top in range(0, height, STRIP_ROWS):
+        box = (0, top, width, min(height, top + STRIP_ROWS))
+        strip = image.crop(box)
+        white = Image.new("RGBA", strip.size, (255, 255, 255, 255))
+        rgb.paste(Image.alpha_composite(white, strip).convert("RGB"), box)
+    return rgb
 
 
 def _opened(data: bytes, max_pixels: int) -> Image.Image:

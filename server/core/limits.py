@@ -17,9 +17,9 @@ from headserve.plugins.contract import Prepared
 
 from ..errors import InvalidArgument, TooLarge
 
-DECODE_BYTES_PER_PIXEL = 24  # memory an image's decode peaks at, per pixel: measured 23.5
-# for an RGBA PNG (decoded, laid on white, made RGB, preprocessed), 14.5 for RGB, 11.5 for a
-# palette image (bench/image_decode_memory.py)
+DECODE_BYTES_PER_PIXEL = 16  # memory an image's decode peaks at, per pixel: measured 12.5
+# for an RGBA PNG (decoded, laid on white, made RGB, preprocessed), 8.3 for RGB, 7.3 for a
+# palette image (bench/image_decode_memory.py); a quarter more, for decoders not measured
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from headserve.server.backbones.efficientnet import (
     preprocess,
     weights_file,
 )
+from headserve.server.core.limits import DECODE_BYTES_PER_PIXEL as PER_PIXEL
 from headserve.server.core.limits import RequestLimits
 from headserve.server.core.scheduler import Limits
 from headserve.server.loading import Settings
@@ -194,7 +195,9 @@ BAD_IMAGES = {
 def small_limit(tmp_path_factory) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
     folder = make_vision(tmp_path_factory.mktemp("limits"), "resnet")
     # room for two of the largest images decoding at once
-    limits = RequestLimits(max_image_pixels=250 * 250, max_image_decode_bytes=250 * 250 * 24 * 2)
+    limits = RequestLimits(
+        max_image_pixels=250 * 250, max_image_decode_bytes=250 * 250 * PER_PIXEL * 2
+    )
     server = ServerThread(Settings(model_dir=folder, device="cpu", request_limits=limits))
     try:
         yield server
@@ -215,7 +218,7 @@ def test_a_bad_image_is_refused_clearly_and_nothing_else_breaks(small_limit, nam
 
 
 def test_concurrent_decodes_stay_inside_the_decoding_budget(small_limit) -> None:  # type: ignore[no-untyped-def]
-    """Each image holds 24 bytes a pixel of --max-image-decode-bytes while it decodes: six
+    """Each image holds DECODE_BYTES_PER_PIXEL of --max-image-decode-bytes while it decodes: six
     callers of four images each never hold more than two images' worth at once, and every
     byte is given back."""
     images = [encoded(picture(240, 240, seed)) for seed in range(4)]
@@ -233,8 +236,8 @@ def test_concurrent_decodes_stay_inside_the_decoding_budget(small_limit) -> None
         thread.join(timeout=120)
     assert answers == [4] * 18
     budget = small_limit.core.decode_budget
-    assert budget.total == 250 * 250 * 24 * 2
-    assert 240 * 240 * 24 <= budget.peak <= budget.total
+    assert budget.total == 250 * 250 * PER_PIXEL * 2
+    assert 240 * 240 * PER_PIXEL <= budget.peak <= budget.total
     assert budget.held == 0
     with Client(small_limit.target) as client:
         assert client.model_info().limits.max_image_decode_bytes == budget.total

@@ -1,5 +1,6 @@
 """images.decode lays transparency on white and makes RGB exactly as transformers'
-`convert_to_rgb` does, for every mode a caller's file may decode to."""
+`convert_to_rgb` does, for every mode a caller's file may decode to (images taller than one
+strip of the compositing, STRIP_ROWS)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from headserve.server.backbones.images import decode, pixels
 
 def _file(mode: str, fmt: str = "PNG", **options: object) -> bytes:
     rng = np.random.default_rng(len(mode))
-    rgba = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA")
+    rgba = Image.fromarray(rng.integers(0, 256, (301, 53, 4), dtype=np.uint8), "RGBA")
     image = rgba.convert(mode) if mode != "P" else rgba.convert("RGB").quantize(16)
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
@@ -38,7 +39,7 @@ CASES = {
 def test_decode_equals_transformers_convert_to_rgb(name: str) -> None:
     data = CASES[name]
     expected = convert_to_rgb(Image.open(io.BytesIO(data)), return_numpy=True)
-    got = decode(data, 10_000)
+    got = decode(data, 100_000)
     assert got.mode == "RGB"
     assert np.array_equal(np.asarray(got), expected)
-    assert pixels(data, 10_000) == 37 * 53
+    assert pixels(data, 100_000) == 301 * 53

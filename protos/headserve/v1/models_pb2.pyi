@@ -472,7 +472,7 @@ class RequestLimitsInfo(_message.Message):
     """
     max_image_decode_bytes: _builtins.int
     """Bytes of memory the images decoding at once may take, over all calls (each
-    image costs 24 bytes a pixel while it decodes); an image waits for room.
+    image costs 16 bytes a pixel while it decodes); an image waits for room.
     """
     def __init__(
         self,
