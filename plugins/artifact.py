@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import stat
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .metadata import MetadataError, read_json
 
 FORMAT = "headserve-head"
 FORMAT_VERSION = 1
@@ -105,31 +106,15 @@ def save(folder: Path, meta: HeadMeta, module: nn.Module) -> None:
     (folder / META).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-MAX_META_BYTES = 1024 * 1024  # a head.json is a few KB; a larger one is not ours
-
-
-def _read_small(path: Path, cap: int = MAX_META_BYTES) -> str:
-    """A metadata file's text: a regular file of at most `cap` bytes (a link to a device or
-    a huge file would otherwise be read whole)."""
-    info = path.stat()  # follows links: what is read is what counts
-    if not stat.S_ISREG(info.st_mode):
-        raise ArtifactError(f"{path}: not a regular file")
-    with path.open("rb") as file:
-        data = file.read(cap + 1)
-    if len(data) > cap:
-        raise ArtifactError(f"{path}: larger than {cap:,} bytes; not a head's metadata")
-    return data.decode("utf-8", errors="strict")
-
-
 def read_meta(folder: Path) -> HeadMeta:
     try:
-        doc = json.loads(_read_small(folder / META))
-    except UnicodeDecodeError as exc:
-        raise ArtifactError(f"{folder / META}: not UTF-8 text: {exc}") from exc
+        doc = read_json(folder / META)
     except FileNotFoundError as exc:
         raise ArtifactError(f"{folder} is not a head artifact (no {META})") from exc
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{folder / META}: not JSON: {exc}") from exc
+    except MetadataError as exc:
+        raise ArtifactError(str(exc)) from exc
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{folder / META}: not a JSON object")
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{folder / META}: format {doc.get('format')!r} version "

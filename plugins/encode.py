@@ -14,7 +14,6 @@ sentence-transformers cuts, when that is shorter than the model's window.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from .contract import (
     Row,
 )
 from .image_heads import ImageEncodeHead
+from .metadata import read_json
 from .tasks import Embedding, EncodeOptions, TextItem
 from .text import encode_text
 
@@ -49,24 +49,24 @@ class SentenceTransformersConfig:
     @classmethod
     def read(cls, folder: Path) -> SentenceTransformersConfig:
         modules = folder / "modules.json"
-        if not modules.is_file():
+        if not modules.exists():
             return cls()
         pooling, normalize, include_prompt = "cls", False, True
-        for module in json.loads(modules.read_text()):
+        for module in read_json(modules):
             kind = module.get("type", "")
             if kind.endswith("Normalize"):
                 normalize = True
             elif kind.endswith("Pooling"):
-                config = json.loads((folder / module["path"] / "config.json").read_text())
+                config = read_json(folder / module["path"] / "config.json")
                 mode = config.get("pooling_mode")  # sentence-transformers 6; older: flags
                 modes = [mode] if isinstance(mode, str) else list(mode or ())
                 if "mean" in modes or config.get("pooling_mode_mean_tokens"):
                     pooling = "mean"
                 include_prompt = bool(config.get("include_prompt", True))
         settings = folder / "config_sentence_transformers.json"
-        declared = json.loads(settings.read_text()) if settings.is_file() else {}
+        declared = read_json(settings) if settings.exists() else {}
         bert = folder / "sentence_bert_config.json"
-        window = json.loads(bert.read_text()).get("max_seq_length") if bert.is_file() else None
+        window = read_json(bert).get("max_seq_length") if bert.exists() else None
         return cls(
             pooling,
             normalize,

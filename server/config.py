@@ -20,7 +20,6 @@ the classifier is the packaged sentiment head (trained by `make sentiment-head`)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import tomllib
 
 from headserve.plugins.contract import HeadSpec
+from headserve.plugins.metadata import MetadataError, read_json
 
 BUILTIN_TASKS = ("encode", "mlm", "classify", "qa")
 ARTIFACT_PLUGINS = {"classify": "trained_classify", "qa": "trained_qa"}  # plugins/trained.py
@@ -63,10 +63,10 @@ def artifact_plugin(folder: Path) -> str:
     """The plugin that serves the head artifact in `folder` (from its head.json task)."""
     meta = folder / "head.json"
     try:
-        task = json.loads(meta.read_text()).get("task")
+        task = read_json(meta).get("task")
     except FileNotFoundError as exc:
         raise ConfigError(f"{folder}: not a head artifact (no head.json)") from exc
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+    except (OSError, MetadataError, AttributeError) as exc:
         raise ConfigError(f"{meta}: unreadable: {exc}") from exc
     if task not in ARTIFACT_PLUGINS:
         raise ConfigError(f"{meta}: unknown task {task!r}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from transformers.models.auto import modeling_auto
 
 from headserve.plugins.backbones import Backbone, LoadOptions
 from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec, Row
+from headserve.plugins.metadata import read_json
 
 from ..config import default_heads
 from . import onnx_pass, quantize
@@ -646,7 +646,7 @@ def has_task_class(model_type: str | None, task: str) -> bool:
 def model_type_of(folder: Path) -> str | None:
     """A checkpoint folder's config.json model_type, without loading anything (None: none)."""
     try:
-        return str(json.loads((folder / "config.json").read_text()).get("model_type"))
+        return str(read_json(folder / "config.json").get("model_type"))
     except (OSError, ValueError, AttributeError):
         return None
 
