@@ -205,7 +205,7 @@ def gone_mid_body(server: Attacked) -> Counter[str]:
 
 
 def slow_body(server: Attacked) -> Counter[str]:
-    """100 requests whose body comes one byte a second (each holds a call place)."""
+    """100 requests whose body comes one byte a second (each holds a connection)."""
     socks = [server.connect() for _ in range(100)]
     for sock in socks:
         sock.sendall(

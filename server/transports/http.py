@@ -140,10 +140,20 @@ class OpenAIHttp:
         health = path == "/health"
 
         async def endpoint(request: Request) -> Response:
+            malformed: HeadserveError | None = None
             try:
-                timeout, malformed = _timeout(request), None
+                timeout = _timeout(request)
             except InvalidArgument as exc:
                 timeout, malformed = None, exc
+            # The body is read before the call is admitted, so that a body sent slowly holds
+            # a connection (capped, timed) but never one of --max-concurrent-calls' places. A
+            # body that cannot be read refuses the call as a malformed head does.
+            raw = None
+            if request.method == "POST" and malformed is None:
+                try:
+                    raw = await self._body(request)
+                except HeadserveError as exc:
+                    malformed = exc
             arrival = Arrival(
                 "http",
                 rpc,
@@ -156,7 +166,7 @@ class OpenAIHttp:
             )
 
             async def work(call: Running) -> Response:
-                body = await self._unless_gone(request, handle)
+                body = await self._unless_gone(request, raw, handle)
                 response: Response = body if isinstance(body, Response) else JSONResponse(body)
                 call.status = response.status_code
                 return response
@@ -174,11 +184,14 @@ class OpenAIHttp:
         return endpoint
 
     async def _unless_gone(
-        self, request: Request, handle: Callable[[Request, Any], Awaitable[Any]]
+        self,
+        request: Request,
+        raw: bytearray | None,
+        handle: Callable[[Request, Any], Awaitable[Any]],
     ) -> Any:
         """`handle(request, its JSON body)`, cancelled if the caller disconnects first: its
         rows leave the queue, as a cancelled gRPC call's do."""
-        body = await self._json(request) if request.method == "POST" else None
+        body = await self._parsed(raw) if raw is not None else None
         work = asyncio.ensure_future(handle(request, body))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -197,8 +210,9 @@ class OpenAIHttp:
             raise Unavailable("the model is still loading; retry shortly")
         return core
 
-    async def _json(self, request: Request) -> dict[str, Any]:
-        """The request's JSON object; a body over the message limit is refused unread."""
+    async def _body(self, request: Request) -> bytearray:
+        """The request's body, as JSON may be sent; one over the message limit is refused
+        unread, one that comes too slowly is refused when --http-body-timeout passes."""
         kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if kind and not (kind == "application/json" or kind.endswith("+json")):
             # text/plain and form bodies are what a browser may post cross-site without asking
@@ -211,7 +225,7 @@ class OpenAIHttp:
             raise TooLarge("body", f"{int(declared):,} bytes, more than {limit:,}")
         body = bytearray()  # appended in place: a large body's chunks are not copied again
         try:
-            async with asyncio.timeout(self._body_timeout):  # a trickled body holds a call
+            async with asyncio.timeout(self._body_timeout):  # a trickled body holds a connection
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > limit:
@@ -223,6 +237,10 @@ class OpenAIHttp:
                 f"the body did not arrive within {self._body_timeout:g} s "
                 f"(--http-body-timeout); {len(body):,} bytes came"
             ) from exc
+        return body
+
+    async def _parsed(self, body: bytearray) -> dict[str, Any]:
+        """The body's JSON object (a large body parsed off the event loop)."""
         # json.loads holds the GIL however it is run: a body of millions of small values (token
         # ids) would stall every call for as long. Its values are counted first (memchr-fast).
         values = body.count(b",") + 1 if len(body) > INLINE_JSON else 0

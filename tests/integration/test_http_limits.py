@@ -185,6 +185,24 @@ def test_a_body_trickled_in_is_408_and_counted(server: ServerThread) -> None:
     )
 
 
+def test_bodies_sent_slowly_take_no_call_places(server: ServerThread) -> None:
+    """A body is read before its call is admitted: 130 requests trickling their bodies (more
+    than --max-concurrent-calls, 128) hold connections, and a gRPC call is still answered."""
+    socks = [_connect(server) for _ in range(130)]
+    try:
+        for sock in socks:
+            sock.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b'content-length: 100\r\n\r\n{"input": '
+            )
+        time.sleep(0.2)
+        assert _encode(server.target) == 1
+        assert _answer(socks[0])[0] == 408  # each, once --http-body-timeout passes
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_body_of_too_many_json_values_is_413_unparsed(server: ServerThread) -> None:
     """Parsing holds the GIL however it runs, so a body of 40,000 token ids (80 KB) is
     refused from its commas' count, before it is parsed."""
