@@ -21,7 +21,7 @@ from .backbones.kinds import choose_kind
 from .calls.connections import Connections, check_budgets
 from .calls.security import Security, read_tokens
 from .core.engine import Core
-from .core.heads import check_defaults, check_unique_names, load_heads, require
+from .core.heads import check_defaults, check_unique_names, load_heads, require, strict
 from .core.limits import RequestLimits
 from .core.memory import release_freed_memory
 from .core.runner import Runner
@@ -69,6 +69,7 @@ class Settings:
     otlp_endpoint: str | None = None  # OpenTelemetry traces over OTLP/gRPC; see tracing.py
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
+    allow_failed_heads: bool = False  # serve the rest when a configured head fails to load
 
     def __post_init__(self) -> None:
         check_budgets(self.request_limits, self.connections)
@@ -120,6 +121,8 @@ def build_core(
         allow_untrained=settings.allow_untrained,
         not_allowed=[r.name for r in kept_out],
     )
+    if settings.heads and not settings.allow_failed_heads:
+        strict(registry, settings.heads)
     require(registry, settings.require_heads)
     release_freed_memory()
     set_torch_threads(threads.threads)

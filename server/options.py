@@ -105,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="refuse to start unless head NAME loads and is usable (repeatable)",
         )
+        p.add_argument(
+            "--allow-failed-heads",
+            action="store_true",
+            help="when a head given with --head (or --config) fails to load, serve the others "
+            "(default: the start stops, saying which and why)",
+        )
         log_args(p)
 
     def log_args(p: argparse.ArgumentParser, level: str = "INFO") -> None:
@@ -406,6 +412,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         default_prompt_name=args.default_prompt_name,
         plugins=allow_list(args.plugins),
         require_heads=tuple(args.require_head),
+        allow_failed_heads=args.allow_failed_heads,
         allow_pickle=args.allow_pickle,
         **extra,
     )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from headserve.plugins.contract import BackboneView, Head, HeadSpec, LoadContext
 
-from ..config import BUILTIN_TASKS
+from ..config import ARTIFACT_PLUGINS, BUILTIN_TASKS
 from ..discovery import FailedPlugin, LoadedPlugin, StartupError
 from ..errors import HeadNotFound, HeadNotUsable, InvalidArgument
 from .generic import schema_problem
@@ -29,6 +31,10 @@ class ServedHead:
 
 class DuplicateHead(StartupError):
     pass
+
+
+class HeadsFailed(StartupError):
+    """A head the operator configured did not load."""
 
 
 class RequiredHeadMissing(StartupError):
@@ -164,20 +170,24 @@ def load_heads(
             reason = (
                 f"plugin {spec.plugin!r} is installed but not in the --plugins allow-list"
                 if spec.plugin in not_allowed
-                else f"no plugin {spec.plugin!r} (loaded: {', '.join(sorted(by_name)) or 'none'})"
+                else _no_plugin(spec.plugin, sorted(by_name))
             )
             failed.append(FailedPlugin(spec.name, reason))
             log.error("head %s: %s", spec.name, reason)
+            continue
+        mistake = _source_mistake(spec)
+        if mistake is not None:
+            failed.append(FailedPlugin(spec.name, mistake))
+            log.error("head %s: %s", spec.name, mistake)
             continue
         started = time.perf_counter()
         try:
             head = plugin.plugin.load(LoadContext(spec, backbone))
         except Exception as exc:  # weights can be missing or corrupt: report, serve the rest
             failed.append(FailedPlugin(spec.name, f"{plugin.ref.label} failed to load: {exc}"))
-            # the traceback for whoever fixes it; GetModelInfo keeps the short reason
-            log.error(
-                "head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc, exc_info=exc
-            )
+            log.error("head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc)
+            # the traceback for whoever fixes the plugin (--log-level DEBUG)
+            log.debug("head %s failed to load; the traceback:", spec.name, exc_info=exc)
             continue
         problem = _contract_problem(head, plugin)
         if problem is not None:
@@ -199,6 +209,41 @@ def load_heads(
         peers = [s for s, p, _ in loaded if p.plugin.task == task]
         served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task)))
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
+
+
+def _no_plugin(name: str, loaded: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, loaded, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no plugin {name!r} (loaded: {', '.join(loaded) or 'none'}){hint}"
+
+
+def _source_mistake(spec: HeadSpec) -> str | None:
+    """What is plainly wrong with a head's folder, said before its plugin tries it (whose own
+    error would be about what it looked for there, not about the folder)."""
+    source = spec.source
+    if source is None:
+        return None
+    if not source.exists():
+        where = "" if source.is_absolute() else f" (from {Path.cwd()})"
+        return f"{source} does not exist{where}"
+    if (source / "head.json").is_file() and spec.plugin not in ARTIFACT_PLUGINS.values():
+        return (
+            f"{source} is a trained head artifact, which names its own plugin: write "
+            f"--head {spec.name}={source} (not {spec.name}={spec.plugin}:{source})"
+        )
+    return None
+
+
+def strict(registry: HeadRegistry, configured: Sequence[HeadSpec]) -> None:
+    """Each head the operator configured must load, or the server stops, saying which and
+    why in one line (--allow-failed-heads serves the rest instead)."""
+    names = {spec.name for spec in configured}
+    failed = [f for f in registry.failures if f.label in names]
+    if failed:
+        reasons = "; ".join(f"head {f.label!r}: {f.reason}" for f in failed)
+        raise HeadsFailed(
+            f"{reasons}. Fix the --head, or start with --allow-failed-heads to serve the others"
+        )
 
 
 def _contract_problem(head: object, plugin: LoadedPlugin) -> str | None:

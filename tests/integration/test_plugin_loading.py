@@ -124,9 +124,12 @@ def test_failing_plugins_are_reported_and_the_rest_served(bert, third_party, cap
         HeadSpec("odd", "mislabelled"),
         HeadSpec("ner", "token_classification", bert.ner),
     )
-    caplog.set_level(logging.ERROR, logger="headserve")
-    thread = ServerThread(Settings(model_dir=bert.backbone, heads=heads, device="cpu"))
-    # the logs keep the tracebacks that the short reasons below leave out
+    caplog.set_level(logging.DEBUG, logger="headserve")
+    thread = ServerThread(
+        Settings(allow_failed_heads=True, model_dir=bert.backbone, heads=heads, device="cpu")
+    )
+    # the logs keep the tracebacks that the short reasons below leave out (a head's at DEBUG:
+    # its ERROR line is one line)
     failures = {r.getMessage().split()[1]: r for r in caplog.records if r.exc_info}
     assert isinstance(failures["corrupt"].exc_info[1], OSError)  # type: ignore[index]
     assert isinstance(failures["fake-third-party[broken]"].exc_info[1], ImportError)  # type: ignore[index]
@@ -212,6 +215,7 @@ def test_required_heads_must_load_and_be_usable(bert, third_party) -> None:  # t
     def start(required: tuple[str, ...], *extra: HeadSpec) -> None:
         build_core(
             Settings(
+                allow_failed_heads=True,
                 model_dir=bert.backbone,
                 heads=_heads(bert, *extra),
                 device="cpu",
@@ -231,6 +235,7 @@ def test_required_heads_must_load_and_be_usable(bert, third_party) -> None:  # t
 def test_the_allow_list_keeps_a_configured_plugin_out_with_a_reason(bert, third_party) -> None:  # type: ignore[no-untyped-def]
     core = build_core(
         Settings(
+            allow_failed_heads=True,
             model_dir=bert.backbone,
             heads=_heads(bert, HeadSpec("ner", "token_classification", bert.ner)),
             device="cpu",

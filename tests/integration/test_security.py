@@ -166,6 +166,7 @@ def test_pickle_checkpoints_are_refused_unless_allowed(bert, tmp_path: Path) -> 
     assert TextBackbone.load(folder, device="cpu", allow_pickle=True).config.hidden_size == 32
     core = build_core(
         Settings(
+            allow_failed_heads=True,
             model_dir=bert.backbone,
             heads=(HeadSpec("encode", "encode"), HeadSpec("pickled", "classify", folder)),
             device="cpu",

@@ -122,6 +122,7 @@ def test_an_image_head_on_another_backbone_or_a_text_one_is_refused(
     for model in (other, bert.backbone):
         server = ServerThread(
             Settings(
+                allow_failed_heads=True,
                 model_dir=model,
                 heads=(HeadSpec("c", "trained_classify", report.out),),
                 device="cpu",
