@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)
 	touch $(STAMP)
 
 serve: install
-	$(BIN)/headserve serve --http-port 8080 $(ARGS)
+	$(BIN)/headserve serve --http-port 8080 --metrics-port 9464 $(ARGS)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

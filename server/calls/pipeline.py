@@ -299,6 +299,8 @@ class Pipeline:
 
     def _begin(self, arrival: Arrival, span: Any) -> Call:
         call = Call(arrival, span)
+        if self.metrics is not None:
+            self.metrics.call_started(arrival.transport, arrival.rpc, arrival.stream)
         CURRENT.set(call.info)
         RUNNING.set(call)
         return call
@@ -341,7 +343,14 @@ class Pipeline:
         arrival = call.arrival
         if self.metrics is not None:
             seconds = time.perf_counter() - call.started
-            self.metrics.call_ended(arrival.transport, arrival.rpc, call.code, seconds)
+            self.metrics.call_ended(
+                arrival.transport,
+                arrival.rpc,
+                call.code,
+                seconds,
+                stream=arrival.stream,
+                status=call.status,
+            )
         if call.span is not None and self.tracing is not None:
             if call.status is not None:
                 call.span.set_attribute("http.response.status_code", call.status)

@@ -98,6 +98,35 @@ class Metrics:
             SECOND_BUCKETS,
             ("transport", "rpc"),
         )
+        # the names Prometheus users know: grpc-ecosystem's gRPC interceptors (a Ray replica's
+        # calls came through Serve's gRPC proxy: gRPC too), and OpenTelemetry's HTTP server
+        self.grpc_started = i.counter(
+            "grpc_server_started",
+            "RPCs started on the server",
+            ("grpc_type", "grpc_service", "grpc_method"),
+        )
+        self.grpc_handled = i.counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, whatever their status",
+            ("grpc_type", "grpc_service", "grpc_method", "grpc_code"),
+        )
+        self.grpc_seconds = i.histogram(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's start to its end on the server",
+            SECOND_BUCKETS,
+            ("grpc_type", "grpc_service", "grpc_method"),
+        )
+        self.http_server_requests = i.counter(
+            "http_server_requests",
+            "HTTP requests answered, by method, route and status",
+            ("method", "route", "status"),
+        )
+        self.http_server_seconds = i.histogram(
+            "http_server_request_duration_seconds",
+            "Time from an HTTP request's arrival to its answer",
+            SECOND_BUCKETS,
+            ("method", "route", "status"),
+        )
         self.calls_in_progress = i.gauge(
             "headserve_calls_in_progress",
             "Calls admitted and not ended yet, every transport (--max-concurrent-calls bounds it)",
@@ -166,7 +195,8 @@ class Metrics:
         self._running = i.gauge("headserve_batches_running", "Batches on the model workers now")
         self._workers = i.gauge("headserve_model_workers", "Model worker threads")
         self._dropped_rows = 0
-        self._call_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._call_children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._children: dict[tuple[str, ...], Any] = {}
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -175,14 +205,51 @@ class Metrics:
             raise TypeError("these metrics are recorded through Ray's metrics, not a registry")
         return self.instruments.registry
 
-    def call_ended(self, transport: str, rpc: str, code: str, seconds: float) -> None:
-        key = (transport, rpc, code)
+    def call_started(self, transport: str, rpc: str, stream: bool) -> None:
+        if transport != "http":
+            key = ("started", transport, rpc, str(stream))
+            child = self._children.get(key)
+            if child is None:
+                child = self.grpc_started.labels(*_grpc_labels(rpc, stream))
+                self._children[key] = child
+            child.inc()
+
+    def call_ended(
+        self,
+        transport: str,
+        rpc: str,
+        code: str,
+        seconds: float,
+        *,
+        stream: bool = False,
+        status: int | None = None,
+    ) -> None:
+        key = (transport, rpc, code, str(stream), str(status))
         children = self._call_children.get(key)
         if children is None:  # looked up once per label set: labels() takes a lock each time
-            children = (self.calls.labels(*key), self.call_seconds.labels(transport, rpc))
+            children = (
+                self.calls.labels(transport, rpc, code),
+                self.call_seconds.labels(transport, rpc),
+                *self._convention_children(transport, rpc, code, stream, status),
+            )
             self._call_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        children[2].inc()
+        children[3].observe(seconds)
+
+    def _convention_children(
+        self, transport: str, rpc: str, code: str, stream: bool, status: int | None
+    ) -> tuple[Any, Any]:
+        if transport == "http":
+            method, _, route = rpc.partition(" ")
+            labels = (method, route, str(status if status is not None else 0))
+            return (
+                self.http_server_requests.labels(*labels),
+                self.http_server_seconds.labels(*labels),
+            )
+        grpc = _grpc_labels(rpc, stream)
+        return self.grpc_handled.labels(*grpc, code), self.grpc_seconds.labels(*grpc)
 
     def drop(self, reason: str, rows: int = 1) -> None:
         self.dropped.labels(reason).inc(rows)
@@ -256,3 +323,9 @@ class MetricsServer:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def _grpc_labels(rpc: str, stream: bool) -> tuple[str, str, str]:
+    """grpc_type, grpc_service, grpc_method of a full method name ("/pkg.Service/Method")."""
+    service, _, method = rpc.lstrip("/").rpartition("/")
+    return ("bidi_stream" if stream else "unary"), service, method

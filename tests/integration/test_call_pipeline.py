@@ -160,6 +160,16 @@ def test_every_call_ends_with_its_metrics_on_either_transport(
     assert grew("headserve_call_seconds_count", transport="grpc", rpc=ENCODE) == 2
     assert grew("headserve_call_seconds_count", transport="http", rpc=EMBEDDINGS) == 2
     assert after[("headserve_calls_in_progress", ())] == 0
+    # and under the names Prometheus users know (grpc-ecosystem's, OpenTelemetry's HTTP)
+    encode = {"grpc_type": "unary", "grpc_service": "headserve.v1.Encoder", "grpc_method": "Encode"}
+    assert grew("grpc_server_started_total", **encode) == 2
+    assert grew("grpc_server_handled_total", **encode, grpc_code="OK") == 1
+    assert grew("grpc_server_handled_total", **encode, grpc_code="INVALID_ARGUMENT") == 1
+    assert grew("grpc_server_handling_seconds_count", **encode) == 2
+    embeddings = {"method": "POST", "route": "/v1/embeddings"}
+    assert grew("http_server_requests_total", **embeddings, status="200") == 1
+    assert grew("http_server_requests_total", **embeddings, status="400") == 1
+    assert grew("http_server_request_duration_seconds_count", **embeddings, status="200") == 1
 
 
 def test_both_transports_write_the_same_access_line(

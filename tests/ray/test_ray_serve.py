@@ -355,6 +355,17 @@ def test_a_call_through_the_proxy_has_its_span_access_line_and_metrics(
         {"transport": "ray", "rpc": "headserve.v1.Encoder/Encode"},
     )
     assert seconds >= 1
+    handled = _scraped(
+        endpoint.metrics,
+        "ray_grpc_server_handled_total",
+        {
+            "grpc_type": "unary",
+            "grpc_service": "headserve.v1.Encoder",
+            "grpc_method": "Encode",
+            "grpc_code": "OK",
+        },
+    )
+    assert handled >= 1
     assert _scraped(endpoint.metrics, "ray_headserve_batch_rows_count", {}) >= 1
 
 
