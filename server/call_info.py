@@ -14,9 +14,12 @@ from __future__ import annotations
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
+RequestIdIn = Literal["initial", "trailing"]  # where a unary gRPC call's id goes back
+REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 
 @dataclass(frozen=True, slots=True)

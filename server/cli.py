@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from . import event_loop
+from . import event_loop, extras
 from .calls.security import SecurityError
 from .config import ConfigError
+from .discovery import StartupError
+from .extras import MissingExtra
 from .observability import logs
 from .options import allow_list, parser, settings_of
 
@@ -95,11 +97,29 @@ def _list_heads(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _run(argv)
+    except (StartupError, MissingExtra) as exc:
+        # One line that says why, and no traceback: the configuration is wrong, not the code.
+        logging.getLogger("headserve").critical("cannot start: %s", exc)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as exc:  # one a feature did not check for
+        extra = extras.named_by(exc)
+        if extra is None:
+            raise
+        logging.getLogger("headserve").critical(
+            "cannot start: %s", MissingExtra(extra, f"this command (it imports {exc.name})")
+        )
+        raise SystemExit(1) from None
+
+
+def _run(argv: list[str]) -> None:
     if argv[:1] == ["ray-config"]:  # its own options, then `serve`'s: parsed by ray_config.py
         _ray_config(argv[1:])
         return
     args = parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    extras.require("server", f"headserve {args.command}")
     if args.command == "heads":
         _list_heads(args)
         return
@@ -112,33 +132,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         _train_head(args)
         return
     from .app import serve
-    from .discovery import StartupError
 
     try:
-        try:
-            settings = settings_of(args)
-        except (ConfigError, SecurityError, ValueError, OSError) as exc:
-            raise StartupError(str(exc)) from exc
-        if args.command == "info":
-            from .tasks.models import model_info
+        settings = settings_of(args)
+    except (ConfigError, SecurityError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    if args.command == "info":
+        from .tasks.models import model_info
 
-            info = model_info(_build(settings))
-            print(json.dumps(json_format.MessageToDict(info), indent=2))
-            return
-        event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
-    except StartupError as exc:
-        # One line that says why, and no traceback: the configuration is wrong, not the code.
-        logging.getLogger("headserve").critical("cannot start: %s", exc)
-        raise SystemExit(1) from None
+        info = model_info(_build(settings))
+        print(json.dumps(json_format.MessageToDict(info), indent=2))
+        return
+    event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
 
 
 def _ray_config(argv: Sequence[str]) -> None:
-    from .ray_config import main as print_config
-
     logs.configure("WARNING", "text")
     try:
+        extras.require("server", "headserve ray-config")
+        from .ray_config import main as print_config
+
         print_config(argv)
-    except (ConfigError, SecurityError, ValueError, OSError) as exc:
+    except (ConfigError, SecurityError, ValueError, OSError, MissingExtra) as exc:
         logging.getLogger("headserve").critical("cannot write the config: %s", exc)
         raise SystemExit(1) from None
 
@@ -146,14 +161,11 @@ def _ray_config(argv: Sequence[str]) -> None:
 def _build(settings: Settings) -> Core:
     """`info`'s core: a configuration that cannot load is a start-up error, as in serve."""
     from .app import build_core
-    from .discovery import StartupError
 
     try:
         return build_core(settings)
     except (ValueError, OSError) as exc:
         raise StartupError(str(exc)) from exc
-    except SystemExit as exc:  # the packaged model is not installed
-        raise StartupError(str(exc.code)) from exc
 
 
 if __name__ == "__main__":

@@ -11,21 +11,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from headserve.plugins.backbones import LoadOptions
 from headserve.plugins.contract import HeadSpec
 
 from .backbones.backbone import default_model_dir, pick_device
 from .backbones.kinds import choose_kind
+from .call_info import RequestIdIn
 from .calls.connections import Connections, check_budgets
 from .calls.security import Security, read_tokens
 from .core.engine import Core
 from .core.heads import check_defaults, check_unique_names, load_heads, require, strict
-from .core.limits import RequestLimits
+from .core.limits import Limits, RequestLimits
 from .core.memory import release_freed_memory
 from .core.runner import Runner
-from .core.scheduler import Limits, Scheduler
+from .core.scheduler import Scheduler
 from .core.threads import plan, set_torch_threads
 from .discovery import allowed, check_unique, find_plugins, load_plugins
 from .observability.metrics import Metrics
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
 log = logging.getLogger(__name__)
-
-RequestIdIn = Literal["initial", "trailing"]  # where a unary gRPC call's id goes back
-REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 
 @dataclass(frozen=True)

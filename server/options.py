@@ -9,15 +9,18 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import event_loop
+from . import event_loop, extras
+from .call_info import REQUEST_ID_IN
 from .calls.connections import Connections
 from .calls.security import Security, read_tokens
 from .config import head_specs
-from .core.limits import RequestLimits
-from .core.scheduler import Limits
-from .loading import REQUEST_ID_IN, Settings
+from .core.limits import Limits, RequestLimits
 from .observability import logs
+
+if TYPE_CHECKING:  # loading imports torch: `headserve --help` works in the client install
+    from .loading import Settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -363,7 +366,24 @@ def allow_list(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip()) if text else None
 
 
+def require_extras(args: argparse.Namespace) -> None:
+    """Each feature asked for has its extra installed, or the start stops in one line."""
+    extras.require("server", f"headserve {args.command}")
+    wanted = {
+        "onnx": (args.runtime == "onnx" and "--runtime onnx")
+        or (args.quantize == "int8" and "--quantize int8"),
+        "http": getattr(args, "http_port", None) is not None and "--http-port",
+        "tracing": getattr(args, "otlp_endpoint", None) is not None and "--otlp-endpoint",
+    }
+    for extra, feature in wanted.items():
+        if feature:
+            extras.require(extra, feature)
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
+    from .loading import Settings
+
+    require_extras(args)
     extra = {}
     if args.command == "serve":
         extra = dict(

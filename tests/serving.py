@@ -113,11 +113,13 @@ def start_cli_server(
     *,
     service: str = "",
     preexec_fn: Callable[[], None] | None = None,
+    headserve: Path | None = None,
 ) -> CliServer:
     """`headserve serve` with `args`, once serving; `preexec_fn` runs in it before it starts
-    (to lower its resource limits, say)."""
+    (to lower its resource limits, say). `headserve`: the command of another install."""
+    headserve = headserve or Path(sys.executable).parent / "headserve"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "headserve"), "serve", "--port", "0", *args],
+        [str(headserve), "serve", "--port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
         env={**(env if env is not None else os.environ), "HF_HUB_OFFLINE": "1"},

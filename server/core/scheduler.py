@@ -38,6 +38,7 @@ from ..call_info import BATCH, current_request_id
 from ..errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from ..observability.metrics import Metrics
 from .clock import Clock, LoopClock, Timer
+from .limits import Limits
 from .memory import release_freed_memory
 from .runner import BatchRun, PassReport, Work, row_key
 from .threads import ModelThreads
@@ -62,17 +63,6 @@ class Workers(Protocol):
     async def run(self, fn: Callable[..., T], *args: object) -> T: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_batch_tokens: int = 8192
-    max_batch_items: int = 64
-    max_wait_ms: float = 5.0
-    max_queue_items: int = 4096
-    stream_in_flight_items: int = 256
-    workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
-    worker_nice: int = 19  # how much lower the workers' priority is than the event loop's
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from typing import Any, TypeAlias, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ..call_info import REQUEST_ID_KEY
+from ..call_info import REQUEST_ID_KEY, RequestIdIn
 from ..calls.pipeline import Arrival, Call, Pipeline, items_in
 from ..calls.security import DENIED
 from ..calls.status import abort
 from ..errors import InvalidArgument, Overloaded, Unauthenticated
-from ..loading import RequestIdIn
 from ..tasks import Task, services
 from ..tasks.running import CoreHolder, answering
 
