@@ -102,9 +102,20 @@ def ranking_score(options: Mapping[str, str], labels: Sequence[str]) -> str | No
     )
 
 
+CLASSIFY_OPTIONS = {
+    "activation": "softmax, sigmoid or none (default: softmax; sigmoid per label when multi-label)",
+    "rerank_score": "how it scores a pair for Rerank: sigmoid, logit or label:NAME",
+}
+
+
 class ClassifyPlugin:
     task = "classify"
     contract_version = CONTRACT_VERSION
+    options = {
+        **CLASSIFY_OPTIONS,
+        "multi_label": "true: a sigmoid per label (default: the checkpoint's problem_type)",
+        "num_labels": "the classifier's number of labels, when its config does not say",
+    }
 
     def load(self, context: LoadContext) -> ClassifyHead | ImageClassifyHead:
         if context.backbone.modality == "image":

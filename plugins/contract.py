@@ -281,7 +281,12 @@ class Head(abc.ABC, Generic[ItemT, OptionsT, ResultT]):
 class HeadPlugin(Protocol):
     """What an entry point in `headserve.heads` resolves to (a class is instantiated first).
 
-    `task` must equal the `task` of the heads it loads: the server checks it at load."""
+    `task` must equal the `task` of the heads it loads: the server checks it at load.
+
+    A plugin may also say which head options (`--head NAME=PLUGIN,key=value`) it reads, as a
+    mapping `options` of each name to a line of help: a head configured with another is then
+    refused at start, naming the option and these (`default` is the server's, always taken).
+    Without `options` any is passed on unchecked."""
 
     task: str
     contract_version: int

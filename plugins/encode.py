@@ -223,6 +223,11 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
 class EncodePlugin:
     task = "encode"
     contract_version = CONTRACT_VERSION
+    options = {
+        "pooling": "cls, mean or none (default: the sentence-transformers folder's own)",
+        "normalize": "true: unit-length vectors",
+        "default_prompt_name": "the checkpoint's prompt for requests that name none",
+    }
 
     def load(self, context: LoadContext) -> EncodeHead | ImageEncodeHead:
         if context.backbone.modality == "image":

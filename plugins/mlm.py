@@ -86,6 +86,7 @@ class MaskedLMHead(Head[TextItem, PredictOptions, TokenPrediction]):
 class MaskedLMPlugin:
     task = "mlm"
     contract_version = CONTRACT_VERSION
+    options: dict[str, str] = {}
 
     def load(self, context: LoadContext) -> MaskedLMHead:
         refuse_images(context, self.task)

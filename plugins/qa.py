@@ -123,6 +123,7 @@ class QuestionAnsweringHead(Head[QAItem, QAOptions, QuestionAnswer]):
 class QuestionAnsweringPlugin:
     task = "qa"
     contract_version = CONTRACT_VERSION
+    options: dict[str, str] = {}
 
     def load(self, context: LoadContext) -> QuestionAnsweringHead:
         refuse_images(context, self.task)

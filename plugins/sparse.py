@@ -97,6 +97,7 @@ class SparseEncodeHead(Head[TextItem, EncodeOptions, Embedding]):
 class SparseEncodePlugin:
     task = "encode"
     contract_version = CONTRACT_VERSION
+    options: dict[str, str] = {}
 
     def load(self, context: LoadContext) -> SparseEncodeHead:
         refuse_images(context, "sparse")

@@ -17,7 +17,7 @@ import torch
 
 from . import artifact
 from .artifact import ArtifactError, HeadMeta
-from .classify import ClassifyHead, ranking_score
+from .classify import CLASSIFY_OPTIONS, ClassifyHead, ranking_score
 from .contract import CONTRACT_VERSION, Features, LoadContext, Prepared, Row
 from .image_heads import image_row
 from .qa import QuestionAnsweringHead
@@ -144,9 +144,13 @@ class TrainedQuestionAnsweringHead(QuestionAnsweringHead):
         ]
 
 
+FORCE = {"force": "true: serve it on a backbone other than the one it was trained on"}
+
+
 class TrainedClassifyPlugin:
     task = "classify"
     contract_version = CONTRACT_VERSION
+    options = {**FORCE, **CLASSIFY_OPTIONS}
 
     def load(self, context: LoadContext) -> TrainedClassifyHead:
         return TrainedClassifyHead(context)
@@ -155,6 +159,7 @@ class TrainedClassifyPlugin:
 class TrainedQuestionAnsweringPlugin:
     task = "qa"
     contract_version = CONTRACT_VERSION
+    options = FORCE
 
     def load(self, context: LoadContext) -> TrainedQuestionAnsweringHead:
         return TrainedQuestionAnsweringHead(context)

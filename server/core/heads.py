@@ -175,7 +175,7 @@ def load_heads(
             failed.append(FailedPlugin(spec.name, reason))
             log.error("head %s: %s", spec.name, reason)
             continue
-        mistake = _source_mistake(spec)
+        mistake = _source_mistake(spec) or _option_mistake(spec, plugin.plugin)
         if mistake is not None:
             failed.append(FailedPlugin(spec.name, mistake))
             log.error("head %s: %s", spec.name, mistake)
@@ -209,6 +209,25 @@ def load_heads(
         peers = [s for s, p, _ in loaded if p.plugin.task == task]
         served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task)))
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
+
+
+# Options the server reads from any head's spec, whatever its plugin declares.
+SERVER_OPTIONS = {"default": "true: the default head of its task"}
+
+
+def _option_mistake(spec: HeadSpec, plugin: object) -> str | None:
+    """An option the head's plugin does not know (a plugin that declares no `options` takes
+    any: the contract leaves it optional)."""
+    declared = getattr(plugin, "options", None)
+    if declared is None:
+        return None
+    known = sorted({*declared, *SERVER_OPTIONS})
+    unknown = [name for name in spec.options if name not in known]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown option {unknown[0]!r} (plugin {spec.plugin!r} takes: {', '.join(known)}){hint}"
 
 
 def _no_plugin(name: str, loaded: Sequence[str]) -> str:

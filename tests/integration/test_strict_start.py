@@ -73,3 +73,31 @@ def test_the_cli_exits_at_once_with_one_line(bert) -> None:  # type: ignore[no-u
     assert run.returncode != 0
     assert "cannot start: head 'x': no plugin 'nosuchplugin'" in run.stderr
     assert "Traceback" not in run.stderr and "ready:" not in run.stderr
+
+
+def test_an_unknown_head_option_is_refused_naming_the_known_ones(bert) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(HeadsFailed) as stopped:
+        _start(bert, "s=classify,bogus=1")
+    message = str(stopped.value)
+    assert "head 's': unknown option 'bogus'" in message
+    assert (
+        "(plugin 'classify' takes: activation, default, multi_label, num_labels, rerank_score)"
+        in message
+    )
+
+
+def test_a_mistyped_head_option_gets_a_suggestion(bert) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(
+        HeadsFailed, match=r"unknown option 'normalise' .*did you mean 'normalize'\?"
+    ):
+        _start(bert, "e2=encode,normalise=true")
+
+
+def test_declared_options_and_default_are_taken(bert) -> None:  # type: ignore[no-untyped-def]
+    core = _start(
+        bert, "s=classify,activation=sigmoid,num_labels=3,default=true", "e2=encode,normalize=true"
+    )
+    assert set(core.registry.heads) == {"enc", "s", "e2"}
+    with pytest.raises(HeadsFailed) as stopped:  # an artifact's `force` passes the check
+        _start(bert, f"r={SENTIMENT},force=true")
+    assert "unknown option" not in str(stopped.value) and "hidden size" in str(stopped.value)
