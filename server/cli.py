@@ -31,7 +31,7 @@ def _train_head(args: argparse.Namespace) -> None:
     from .backbones.backbone import default_model_dir
     from .core.threads import set_torch_threads
     from .training.command import TrainOptions, train_head
-    from .training.data import DataError
+    from .training.data import Columns, DataError
     from .training.features import default_cache_dir
     from .training.fit import FitSettings
 
@@ -55,6 +55,7 @@ def _train_head(args: argparse.Namespace) -> None:
         doc_stride=args.doc_stride,
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         skip_bad_rows=args.skip_bad_rows,
+        columns=Columns(text=args.text_column, label=args.label_column),
         device=args.device,
         progress=not args.quiet,
         backbone_kind=args.backbone_kind,
@@ -63,21 +64,7 @@ def _train_head(args: argparse.Namespace) -> None:
         report = train_head(options)
     except (DataError, ValueError, OSError) as exc:
         raise SystemExit(f"headserve train-head: {exc}") from exc
-    meta = report.meta
-    shown = ", ".join(
-        f"{k} {v:.3f}" for k, v in meta.metrics.items() if isinstance(v, float) and k != "val_loss"
-    )
-    source = "from cache" if report.features_cached else "computed"
-    print(
-        f"trained a {meta.task} head ({meta.network.kind}) on {len(report.train)} examples, "
-        f"held out {len(report.val)}; best epoch {meta.training['best_epoch']} of "
-        f"{meta.training['epochs_run']}; features {source}"
-    )
-    print(f"held-out: {shown}")
-    if report.skipped:
-        lines = ", ".join(str(b.line) for b in report.skipped[:20])
-        print(f"skipped {len(report.skipped)} bad rows (lines {lines})")
-    print(f"wrote {report.out}; serve it with: headserve serve --head NAME={report.out}")
+    print("\n".join(report.summary()))
 
 
 def _list_heads(args: argparse.Namespace) -> None:

@@ -355,6 +355,12 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--skip-bad-rows", action="store_true", help="train on the good rows; bad ones are listed"
     )
+    train.add_argument(
+        "--text-column", default="text", help="the data's column of texts (default: text)"
+    )
+    train.add_argument(
+        "--label-column", default="label", help="the data's column of labels (default: label)"
+    )
     train.add_argument("--device", help="cpu, cuda ... (default: cuda when there is one)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -45,6 +45,7 @@ class TrainOptions:
     doc_stride: int = 128  # qa
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
     skip_bad_rows: bool = False
+    columns: data.Columns = data.Columns()
     device: str | None = None
     progress: bool = True
     backbone_kind: str | None = None  # None: the first kind that claims `model`
@@ -60,6 +61,59 @@ class TrainReport:
     val: Sequence[int]
     features_cached: bool
     seconds: dict[str, float]
+
+    def summary(self) -> list[str]:
+        """What `headserve train-head` prints: the run, its epochs and its scores, with
+        what each number is measured against."""
+        meta, training = self.meta, self.meta.training
+        metrics = {k: v for k, v in meta.metrics.items() if isinstance(v, float)}
+        scores = ", ".join(
+            f"{k} {v:.3f}"
+            for k, v in metrics.items()
+            if not k.startswith(("untrained_", "val_", "majority_"))
+        )
+        untrained = ", ".join(
+            f"{k.removeprefix('untrained_')} {v:.3f}"
+            for k, v in metrics.items()
+            if k.startswith("untrained_")
+        )
+        baselines = [f"the same head before training (random weights): {untrained}"]
+        if "majority_accuracy" in metrics:
+            baselines.append(
+                f"always the most common label: accuracy {metrics['majority_accuracy']:.3f}"
+            )
+        features = "from cache" if self.features_cached else "computed"
+        lines = [
+            f"trained a {meta.task} head ({meta.network.kind}) on {len(self.train)} examples, "
+            f"held out {len(self.val)}; features {features}",
+            _epochs(
+                training["best_epoch"],
+                training["epochs_run"],
+                training["epochs"],
+                training["patience"],
+            ),
+            f"held-out: {scores} (loss {metrics['val_loss']:.4f})",
+            f"baselines: {'; '.join(baselines)}",
+        ]
+        if self.skipped:
+            shown = ", ".join(str(b.line) for b in self.skipped[:20])
+            lines.append(f"skipped {len(self.skipped)} bad rows (lines {shown})")
+        lines.append(f"wrote {self.out}; serve it with: headserve serve --head NAME={self.out}")
+        return lines
+
+
+def _epochs(best: int, run: int, most: int, patience: int) -> str:
+    if run < most:
+        return (
+            f"epochs: stopped early after {run} of at most {most}, {patience} (--patience) "
+            f"without a lower held-out loss; kept epoch {best}"
+        )
+    if best == run:
+        return (
+            f"epochs: all {most} run and the held-out loss still fell at the last one, so early "
+            "stopping never fired; more --epochs may help"
+        )
+    return f"epochs: all {most} run; kept epoch {best}, the lowest held-out loss"
 
 
 def split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -86,7 +140,13 @@ def train_head(options: TrainOptions) -> TrainReport:
     kind = choose_kind(str(options.model), options.backbone_kind)
     backbone = kind.load(str(options.model), LoadOptions(device=options.device))
     images = backbone.modality == "image"
-    loaded = data.read(options.data, options.task, skip_bad=options.skip_bad_rows, images=images)
+    loaded = data.read(
+        options.data,
+        options.task,
+        skip_bad=options.skip_bad_rows,
+        images=images,
+        columns=options.columns,
+    )
     for bad in loaded.bad:
         log.warning("%s: skipped %s", options.data, bad)
     examples = loaded.examples
@@ -143,7 +203,9 @@ def train_head(options: TrainOptions) -> TrainReport:
 
         def step(epoch: int, record: dict[str, float]) -> None:
             bar.update(1)
-            bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
+            bar.set_postfix(
+                train_loss=f"{record['train_loss']:.4f}", val_loss=f"{record['val_loss']:.4f}"
+            )
 
         result = fit(module, train_units, val_units, task_data.loss(), options.fit, progress=step)
     timings["training"] = time.perf_counter() - started

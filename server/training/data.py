@@ -8,8 +8,10 @@ qa:       SQuAD-style JSONL: `question`, `context`, and the answer as `answer_te
           `answer_start`, or `answers: {"text": [...], "answer_start": [...]}` (the first
           answer is used), or `answer: {"text": ..., "answer_start": ...}`.
 
+Other column names are mapped onto these with `Columns` (`--text-column`, `--label-column`).
 Nothing is dropped silently: bad rows raise `DataError` listing them, unless the caller
-asks to skip them, and then they are still reported.
+asks to skip them, and then they are still reported; a file in which no row has a column the
+task needs says so, naming the columns it has and the option that maps them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ class Answered:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """Which of the data's columns holds each field the task reads."""
+
+    text: str = "text"
+    label: str = "label"
+
+    def renamed(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with its columns under the names the task reads."""
+        mapped = {self.text: "text", self.label: "label"}
+        if all(k == v for k, v in mapped.items()):
+            return record
+        # a column that has a task field's name but holds another field is not read
+        shadowed = set(mapped.values()) - set(mapped)
+        return {mapped.get(k, k): v for k, v in record.items() if k not in shadowed}
+
+
+OPTION_OF = {"text": "--text-column", "label": "--label-column"}
+
+
+@dataclass(frozen=True)
 class BadRow:
     line: int
     reason: str
@@ -65,10 +87,12 @@ class DataError(ValueError):
     def __init__(self, path: Path, bad: list[BadRow], total: int) -> None:
         shown = "\n".join(f"  {b}" for b in bad[:MAX_SHOWN])
         more = f"\n  ... and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
-        super().__init__(
-            f"{path}: {len(bad)} of {total} rows are bad:\n{shown}{more}\n"
-            "fix them, or pass --skip-bad-rows to train on the rest"
+        fix = (
+            "fix them"
+            if len(bad) == total
+            else "fix them, or pass --skip-bad-rows to train on the rest"
         )
+        super().__init__(f"{path}: {len(bad)} of {total} rows are bad:\n{shown}{more}\n{fix}")
         self.bad = bad
 
 
@@ -189,7 +213,30 @@ def _answered(record: dict[str, Any], line: int) -> Answered:
     return Answered(QAItem(question, context), text, start, line)
 
 
-def read(path: Path, task: str, *, skip_bad: bool = False, images: bool = False) -> Loaded:
+def _missing_column(path: Path, bad: list[BadRow], columns: Columns, seen: set[str]) -> None:
+    """Raise the one error that says so when every row misses the same column."""
+    reasons = {b.reason for b in bad}
+    if len(reasons) != 1:
+        return
+    (reason,) = reasons
+    for field, option in OPTION_OF.items():
+        name = getattr(columns, field)
+        if reason.startswith(f"missing {field!r}") and name not in seen:
+            has = ", ".join(sorted(seen)) or "none"
+            raise ValueError(
+                f"{path}: no row has a {name!r} column (its columns: {has}); name the column "
+                f"that holds the {field} with {option} NAME"
+            )
+
+
+def read(
+    path: Path,
+    task: str,
+    *,
+    skip_bad: bool = False,
+    images: bool = False,
+    columns: Columns = Columns(),
+) -> Loaded:
     """The examples of `path`; `images`: classify examples are images (an image backbone)."""
     if images and task != "classify":
         raise ValueError(f"--task {task}: an image backbone trains classify heads only")
@@ -202,16 +249,19 @@ def read(path: Path, task: str, *, skip_bad: bool = False, images: bool = False)
         parse = partial(_labelled_image, folder=path.parent)
     if task == "qa" and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         raise ValueError(f"{path}: QA data is SQuAD-style JSONL")
-    examples, bad, total = [], [], 0
+    examples, bad, total, seen = [], [], 0, set()
     for line, record in _records(path):
         total += 1
         if isinstance(record, BadRow):
             bad.append(record)
             continue
+        seen.update(record)
         try:
-            examples.append(parse(record, line))
+            examples.append(parse(columns.renamed(record), line))
         except ValueError as exc:
             bad.append(BadRow(line, str(exc)))
+    if not examples and bad:
+        _missing_column(path, bad, columns, seen)
     if bad and not skip_bad:
         raise DataError(path, bad, total)
     if not examples:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -412,3 +413,87 @@ def test_chinese_reviews_train_a_classifier(chinese_backbone: Path, tmp_path: Pa
     assert metrics["held_out_examples"] == 400
     assert metrics["accuracy"] >= metrics["untrained_accuracy"] + 0.05, metrics
     assert metrics["accuracy"] >= metrics["majority_accuracy"] + 0.1, metrics
+
+
+def test_columns_of_other_names_are_named_by_the_options(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"review": text, "sentiment": label} for text, label in sentiment_rows(40)]
+    path = tmp_path / "d.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["review", "sentiment"])
+        writer.writeheader()
+        writer.writerows(rows)
+    base = [
+        str(Path(sys.executable).parent / "headserve"),
+        "train-head",
+        "--task",
+        "classify",
+        "--model",
+        str(bert.backbone),
+        "--data",
+        str(path),
+        "--no-cache",
+        "--quiet",
+        "--epochs",
+        "3",
+    ]
+    refused = subprocess.run(
+        [*base, "--out", str(tmp_path / "no")], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0
+    assert "no row has a 'text' column (its columns: review, sentiment)" in refused.stderr
+    assert "with --text-column NAME" in refused.stderr and "--skip-bad-rows" not in refused.stderr
+    refused = subprocess.run(
+        [*base, "--out", str(tmp_path / "no"), "--text-column", "review"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        "no row has a 'label' column" in refused.stderr and "--label-column NAME" in refused.stderr
+    )
+    done = subprocess.run(
+        [
+            *base,
+            "--out",
+            str(tmp_path / "out"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1] == (
+        "epochs: all 3 run and the held-out loss still fell at the last one, so early stopping "
+        "never fired; more --epochs may help"
+    ) or lines[1].startswith("epochs: all 3 run; kept epoch"), lines
+    assert re.fullmatch(
+        r"held-out: accuracy [0-9.]+, macro_f1 [0-9.]+ \(loss [0-9.]+\)", lines[2]
+    ), lines
+    assert lines[3].startswith(
+        "baselines: the same head before training (random weights): accuracy "
+    ), lines
+    assert "always the most common label: accuracy" in lines[3]
+    assert artifact.read_meta(tmp_path / "out").labels == ("neg", "pos")
+
+
+def test_every_row_bad_does_not_suggest_skipping_them(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "label": ""}\n')
+    with pytest.raises(data.DataError) as refused:
+        data.read(path, "classify")
+    assert "2 of 2 rows are bad" in str(refused.value) and "--skip-bad-rows" not in str(
+        refused.value
+    )
+
+
+def test_early_stopping_says_when_it_fired() -> None:
+    from headserve.server.training.command import _epochs
+
+    assert _epochs(32, 37, 100, 5).startswith("epochs: stopped early after 37 of at most 100")
+    assert "kept epoch 32" in _epochs(32, 37, 100, 5)
+    assert "more --epochs may help" in _epochs(100, 100, 100, 5)
