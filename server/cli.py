@@ -111,10 +111,7 @@ def _run(argv: list[str]) -> None:
         _list_heads(args)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    logs.quiet_transformers()
     if args.command == "train-head":
         _train_head(args)
         return

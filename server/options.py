@@ -23,9 +23,22 @@ if TYPE_CHECKING:  # loading imports torch: `headserve --help` works in the clie
     from .loading import Settings
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="headserve", description="One backbone, many heads, over gRPC."
+        prog="headserve",
+        description="One backbone, many heads, over gRPC.",
+        formatter_class=DefaultsShown,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -117,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
         log_args(p)
 
     def log_args(p: argparse.ArgumentParser, level: str = "INFO") -> None:
-        p.add_argument("--log-level", default=level)
+        p.add_argument("--log-level", default=level, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
         p.add_argument(
             "--log-format",
             choices=logs.FORMATS,
@@ -136,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the server")
     model_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
-    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (0: a free one)")
     limits = Limits()
     serve.add_argument(
         "--max-batch-tokens",
@@ -338,14 +351,14 @@ def parser() -> argparse.ArgumentParser:
         "tutorial's fine-tuning; efficientnet-lite backbones)",
     )
     train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
-    train.add_argument("--dropout", type=float, default=0.1)
+    train.add_argument("--dropout", type=float, default=0.1, help="MLP dropout")
     train.add_argument("--epochs", type=int, default=100, help="at most; early stopping decides")
     train.add_argument("--patience", type=int, default=5, help="epochs without improvement")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    train.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="the split and the initial weights")
     train.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="classify")
     train.add_argument("--doc-stride", type=int, default=128, help="qa: window overlap, tokens")
     train.add_argument(
@@ -365,6 +378,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     log_args(train)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsShown
     return parser
 
 

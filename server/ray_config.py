@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .loading import settings_mapping
-from .options import parser, settings_of
+from .options import DefaultsShown, parser, settings_of
 from .transports import ray_serve
 
 DEFAULT_APP = "headserve"
@@ -32,7 +32,16 @@ MAX_QUEUED_REQUESTS = 1024
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headserve ray-config",
+        formatter_class=DefaultsShown,
+        usage="headserve ray-config [REPLICA OPTIONS] [--app NAME [SERVE OPTIONS ...]] ...",
         description="Print a Ray Serve config (YAML) serving headserve; see docs/scaling.md.",
+        epilog="--app NAME [SERVE OPTIONS ...]: an application named NAME (gRPC metadata "
+        "'application: NAME' routes to it), served with these `headserve serve` options "
+        "(MODEL_DIR, --head, limits, tokens...; see headserve serve --help). Repeat it for "
+        "several backbones behind one proxy. Without --app: one application named "
+        f"'{DEFAULT_APP}' on the default options. The options above (before the first --app) "
+        "shape every application's replicas. Example: headserve ray-config --replicas 2 "
+        "--app en --max-batch-items 32 --app zh /models/chinese-bert > serve.yaml",
     )
     parser.add_argument("--grpc-port", type=int, default=9000, help="Serve's gRPC proxy port")
     parser.add_argument(
@@ -54,8 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="with --autoscale: calls in progress per replica that Serve aims at",
     )
-    parser.add_argument("--max-ongoing-requests", type=int, default=MAX_ONGOING_REQUESTS)
-    parser.add_argument("--max-queued-requests", type=int, default=MAX_QUEUED_REQUESTS)
+    parser.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=MAX_ONGOING_REQUESTS,
+        help="calls one replica holds at once (an open stream holds one all its life)",
+    )
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=MAX_QUEUED_REQUESTS,
+        help="calls waiting for a replica; more are refused",
+    )
     parser.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica")
     parser.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica")
     return parser

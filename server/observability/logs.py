@@ -111,6 +111,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+def quiet_transformers() -> None:
+    """transformers' own warnings and progress bars off: a head it loads without weights is
+    reported by headserve as untrained, not by transformers' LOAD REPORT table."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def configure_logger(name: str, level: str, fmt: Format = "text") -> None:
     """Log `name`'s records (and its children's) to stderr, leaving the root logger to the
     process that hosts us (a Ray worker's)."""

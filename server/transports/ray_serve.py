@@ -144,6 +144,7 @@ class Replica:
         in_ray = ray.is_initialized()
         if in_ray:
             logs.configure_logger("headserve", "INFO", "json")  # into Ray's worker logs
+            logs.quiet_transformers()  # as `headserve serve` is
         instruments = RayInstruments() if in_ray else None
         metrics = Metrics(instruments)
         tracing = Tracing.from_settings(settings.otlp_endpoint)

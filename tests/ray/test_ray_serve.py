@@ -582,3 +582,15 @@ def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
     while len(_replica_pids("other") - {victim}) < 2:
         assert time.monotonic() < deadline, "Serve did not bring the replica back"
         time.sleep(0.5)
+
+
+def test_replicas_keep_transformers_load_reports_out_of_their_logs(endpoint: Endpoint) -> None:
+    """A head loaded without weights is reported untrained by headserve (ModelInfo, its own
+    log line), as the standalone server does; transformers' LOAD REPORT tables stay out."""
+    with Client(endpoint.target, application="en") as client:
+        untrained = [h.name for h in client.model_info().heads if not h.trained]
+    assert untrained  # the tiny BERT's heads load without task weights
+    logs = list(Path("/tmp/ray/session_latest/logs").glob("worker-*.err"))
+    assert logs
+    for path in logs:
+        assert "LOAD REPORT" not in path.read_text(errors="replace"), path
