@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -352,10 +353,17 @@ async def _serve(
             "can call the model (see docs/operations.md)",
             host,
         )
-    loading = asyncio.ensure_future(asyncio.to_thread(build_core, settings, metrics, tracing))
+    stopped = threading.Event()  # the load gives up at its next step once set
+    loading = asyncio.ensure_future(
+        asyncio.to_thread(build_core, settings, metrics, tracing, stopped)
+    )
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if loading.done():
+    if not loading.done():
+        stopped.set()
+        log.info("stopped while loading: the load ends at its next step, nothing is served")
+        loading.add_done_callback(lambda f: f.cancelled() or f.exception())  # not an error
+    else:
         core = _loaded(loading)
         # watched from before the first call can come
         lag = None if exporter is None else asyncio.ensure_future(metrics.watch_event_loop())

@@ -125,7 +125,11 @@ def _run(argv: list[str]) -> None:
         from .tasks.models import model_info
 
         info = model_info(_build(settings))
-        print(json.dumps(json_format.MessageToDict(info), indent=2))
+        print(
+            json.dumps(
+                json_format.MessageToDict(info, always_print_fields_with_no_presence=True), indent=2
+            )
+        )
         return
     event_loop.run(serve(settings, f"{args.host}:{args.port}"), args.event_loop)
 

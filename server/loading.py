@@ -7,6 +7,7 @@ nothing yet. The transports and the commands above build on it; `settings_mappin
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -28,7 +29,7 @@ from .core.memory import release_freed_memory
 from .core.runner import Runner
 from .core.scheduler import Scheduler
 from .core.threads import plan, set_torch_threads
-from .discovery import allowed, check_unique, find_plugins, load_plugins
+from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -73,10 +74,23 @@ class Settings:
         check_budgets(self.request_limits, self.connections)
 
 
+class LoadStopped(StartupError):
+    """The start was stopped (SIGINT, SIGTERM) while the model was loading."""
+
+
 def build_core(
-    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
+    stopped: threading.Event | None = None,
 ) -> Core:
-    """Load the backbone, discover the head plugins and load the configured heads."""
+    """Load the backbone, discover the head plugins and load the configured heads; once
+    `stopped` is set, give up at the next step (a load in a thread cannot be interrupted)."""
+
+    def check_stopped() -> None:
+        if stopped is not None and stopped.is_set():
+            raise LoadStopped("stopped while loading")
+
     started = time.perf_counter()
     source = str(settings.model_dir or default_model_dir())
     # Everything that can refuse the configuration runs before the backbone loads, the
@@ -111,6 +125,7 @@ def build_core(
             allow_unverified_family=settings.allow_unverified_family,
         ),
     )
+    check_stopped()
     registry = load_heads(
         specs,
         plugins,
@@ -122,6 +137,7 @@ def build_core(
     if settings.heads and not settings.allow_failed_heads:
         strict(registry, settings.heads)
     require(registry, settings.require_heads)
+    check_stopped()
     release_freed_memory()
     set_torch_threads(threads.threads)
     limits = replace(settings.limits, workers=threads.workers)

@@ -19,6 +19,7 @@ from headserve.plugins.backbones import LoadOptions
 
 from ..backbones.kinds import choose_kind
 from . import data
+from .data import Columns
 from .features import (
     FeatureCache,
     classify_features,
@@ -45,7 +46,7 @@ class TrainOptions:
     doc_stride: int = 128  # qa
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
     skip_bad_rows: bool = False
-    columns: data.Columns = data.Columns()
+    columns: Columns = Columns()
     device: str | None = None
     progress: bool = True
     backbone_kind: str | None = None  # None: the first kind that claims `model`

@@ -249,7 +249,7 @@ def read(
         parse = partial(_labelled_image, folder=path.parent)
     if task == "qa" and path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         raise ValueError(f"{path}: QA data is SQuAD-style JSONL")
-    examples, bad, total, seen = [], [], 0, set()
+    examples, bad, total, seen = [], [], 0, set[str]()
     for line, record in _records(path):
         total += 1
         if isinstance(record, BadRow):

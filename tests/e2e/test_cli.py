@@ -160,6 +160,8 @@ def test_info_prints_what_would_be_served() -> None:
             "--head",
             "enc=encode",
             "--head",
+            "mlm=mlm",
+            "--head",
             "bogus=no-such-plugin",
             "--allow-failed-heads",
         ],
@@ -170,7 +172,11 @@ def test_info_prints_what_would_be_served() -> None:
     assert run.returncode == 0, run.stderr
     info = json.loads(run.stdout)
     assert info["backbone"]["hiddenSize"] == 384
-    assert [h["name"] for h in info["heads"]] == ["enc"]
+    # an untrained head says so, false fields included
+    assert [(h["name"], h["trained"], h["usable"]) for h in info["heads"]] == [
+        ("enc", True, True),
+        ("mlm", False, False),
+    ]
     assert info["failedPlugins"][0]["plugin"] == "bogus"
     assert "no plugin 'no-such-plugin'" in info["failedPlugins"][0]["reason"]
 
@@ -219,3 +225,17 @@ def _scraped(url: str, name: str) -> float:
             if sample.name == name and not sample.labels:
                 return float(sample.value)
     return 0.0
+
+
+def test_ctrl_c_while_loading_stops_without_serving() -> None:
+    proc = subprocess.Popen([HEADSERVE, "serve", "--port", "0"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the port is open and the model is loading
+        if "loading the model" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    text = proc.stderr.read()
+    assert "stopped while loading" in text and "stopped" in text
+    assert "ready:" not in text and "serving on port" not in text
+    assert "Traceback" not in text and "never retrieved" not in text, text
