@@ -67,6 +67,15 @@ def _train_head(args: argparse.Namespace) -> None:
     print("\n".join(report.summary()))
 
 
+def _pull(args: argparse.Namespace) -> None:
+    from .pull import PullError, pull
+
+    try:
+        print(pull(args.repo_id, args.dir, args.revision).summary())
+    except (PullError, OSError) as exc:
+        raise SystemExit(f"headserve pull: {exc}") from None
+
+
 def _list_heads(args: argparse.Namespace) -> None:
     """`headserve heads`: discover, import and validate every plugin; load no model."""
     from .discovery import plugin_report
@@ -109,6 +118,9 @@ def _run(argv: list[str]) -> None:
     extras.require("server", f"headserve {args.command}")
     if args.command == "heads":
         _list_heads(args)
+        return
+    if args.command == "pull":
+        _pull(args)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logs.quiet_transformers()

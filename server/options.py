@@ -311,6 +311,18 @@ def parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    pull = sub.add_parser(
+        "pull",
+        help="download a model folder from the Hugging Face Hub (configuration, tokenizer and "
+        "safetensors files only), ready for `serve`",
+    )
+    pull.add_argument(
+        "repo_id", metavar="REPO_ID", help="e.g. sentence-transformers/all-MiniLM-L6-v2"
+    )
+    pull.add_argument("dir", metavar="DIR", type=Path, help="the folder to write it into")
+    pull.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    log_args(pull)
+
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
     model_args(info)
 
