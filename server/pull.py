@@ -10,7 +10,10 @@ huggingface_hub everywhere. The server itself never downloads (it runs with HF_H
 from __future__ import annotations
 
 import fnmatch
+import glob
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +47,23 @@ class Pulled:
         )
 
 
+def _wanted(names: list[str]) -> list[str]:
+    """The files the server reads: WANTED ones at the top, and in sentence-transformers'
+    module folders (1_Pooling/, 2_Dense/...); never other folders' (onnx/, openvino/...)."""
+    wanted = []
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        if folder and not re.fullmatch(r"\d+_\w+", folder):
+            continue
+        if any(fnmatch.fnmatch(base, pattern) for pattern in WANTED):
+            wanted.append(name)
+    return wanted
+
+
 def pull(repo_id: str, folder: Path, revision: str | None = None) -> Pulled:
     """Download what the server reads of `repo_id` at `revision` into `folder`."""
     os.environ["HF_HUB_OFFLINE"] = "0"  # the one command that may go online
+    import httpx2
     import huggingface_hub
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -54,6 +71,7 @@ def pull(repo_id: str, folder: Path, revision: str | None = None) -> Pulled:
         RevisionNotFoundError,
     )
 
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request, else
     api = huggingface_hub.HfApi()
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=False)
@@ -66,10 +84,12 @@ def pull(repo_id: str, folder: Path, revision: str | None = None) -> Pulled:
             f"{repo_id}: no revision {revision or 'main'} (a branch, tag or commit)"
         ) from exc
     except HfHubHTTPError as exc:
-        raise PullError(f"{repo_id}: {exc}") from exc
+        raise PullError(f"{repo_id}: {_first_line(exc)}") from exc
+    except httpx2.HTTPError as exc:  # unreachable, timed out
+        raise PullError(f"{repo_id}: cannot reach {api.endpoint}: {exc}") from exc
     names = [s.rfilename for s in info.siblings or ()]
-    wanted = [n for n in names if any(fnmatch.fnmatch(Path(n).name, p) for p in WANTED)]
-    if not any(n.endswith(".safetensors") for n in wanted):
+    wanted = _wanted(names)
+    if not any(n.endswith(".safetensors") and "/" not in n for n in wanted):
         raise PullError(
             f"{repo_id} has no safetensors weights (files: {', '.join(sorted(names)) or 'none'}); "
             "headserve reads safetensors only"
@@ -79,9 +99,18 @@ def pull(repo_id: str, folder: Path, revision: str | None = None) -> Pulled:
     assert info.sha is not None
     try:
         huggingface_hub.snapshot_download(
-            repo_id, revision=info.sha, local_dir=folder, allow_patterns=wanted
+            repo_id,
+            revision=info.sha,
+            local_dir=folder,
+            allow_patterns=[glob.escape(n) for n in wanted],  # names, not patterns
         )
     except HfHubHTTPError as exc:
-        raise PullError(f"{repo_id}: {exc}") from exc
+        raise PullError(f"{repo_id}: {_first_line(exc)}") from exc
+    except httpx2.HTTPError as exc:
+        raise PullError(f"{repo_id}: cannot reach {api.endpoint}: {exc}") from exc
     size = sum((folder / n).stat().st_size for n in wanted)
     return Pulled(folder, info.sha, tuple(sorted(wanted)), size)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
