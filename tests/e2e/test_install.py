@@ -211,3 +211,11 @@ def test_the_serving_install_answers_over_http(serving_venv: Venv) -> None:
         server.proc.send_signal(signal.SIGTERM)
     log = server.output()
     assert not re.search(r" (ERROR|CRITICAL) |Traceback", log), log
+
+
+def test_the_wheel_builds_without_setuptools_warnings(tmp_path: Path) -> None:
+    build = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", tmp_path, ROOT]
+    run = subprocess.run(build, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "Successfully built headserve" in out, out[-3000:]
+    assert "BuildBackendWarning" not in out and "would be ignored" not in out, out[-5000:]
