@@ -293,11 +293,24 @@ def test_bad_rows_are_reported_with_their_line_numbers(tmp_path: Path) -> None:
         data.read(qa_path, "qa")
 
 
+def _train_classify(bert, data: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    """`headserve train-head --task classify` on the tiny BERT and `data`."""
+    exe = Path(sys.executable).parent / "headserve"
+    return [
+        str(exe),
+        "train-head",
+        "--task",
+        "classify",
+        "--model",
+        str(bert.backbone),
+        "--data",
+        str(data),
+    ]
+
+
 def test_the_command_fails_on_bad_rows_and_names_them(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
     path = write_csv(tmp_path / "d.csv", [("good text", "pos"), ("", "neg"), ("more", "neg")])
-    exe = Path(sys.executable).parent / "headserve"
-    base = [str(exe), "train-head", "--task", "classify", "--model", str(bert.backbone)]
-    base += ["--data", str(path), "--out", str(tmp_path / "out"), "--quiet", "--no-cache"]
+    base = [*_train_classify(bert, path), "--out", str(tmp_path / "out"), "--quiet", "--no-cache"]
     done = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "line 3: 'text' is empty" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -305,17 +318,9 @@ def test_the_command_fails_on_bad_rows_and_names_them(tmp_path: Path, bert) -> N
 
 def test_the_command_trains_and_says_how_to_serve(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
     path = write_csv(tmp_path / "d.csv", sentiment_rows(60))
-    exe = Path(sys.executable).parent / "headserve"
     done = subprocess.run(
         [
-            str(exe),
-            "train-head",
-            "--task",
-            "classify",
-            "--model",
-            str(bert.backbone),
-            "--data",
-            str(path),
+            *_train_classify(bert, path),
             "--out",
             str(tmp_path / "out"),
             "--network",
@@ -423,14 +428,7 @@ def test_columns_of_other_names_are_named_by_the_options(tmp_path: Path, bert) -
         writer.writeheader()
         writer.writerows(rows)
     base = [
-        str(Path(sys.executable).parent / "headserve"),
-        "train-head",
-        "--task",
-        "classify",
-        "--model",
-        str(bert.backbone),
-        "--data",
-        str(path),
+        *_train_classify(bert, path),
         "--no-cache",
         "--quiet",
         "--epochs",
