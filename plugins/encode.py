@@ -1,11 +1,11 @@
 """The `encode` head: embeddings straight from the shared backbone (no weights of its own).
 
-Pooling: CLS (first token), MEAN (over real tokens) or NONE (every token's
-state). The default follows a sentence-transformers checkpoint's own
-`1_Pooling/config.json` and `2_Normalize` module when the folder has them, else CLS
-without normalisation. Prompts ("query: ") are the folder's named ones
-(config_sentence_transformers.json) or a call's own, put before the text; a pooling
-that excludes them (include_prompt false) leaves their tokens out, as
+Pooling: CLS (first token), MEAN (over real tokens), the last token (decoder embedders) or
+NONE (every token's state). The default follows a sentence-transformers checkpoint's own
+modules when the folder has them (st_folder.py: its Pooling, Dense layers and Normalize, run
+as sentence-transformers runs them), else CLS without normalisation. Prompts ("query: ") are
+the folder's named ones (config_sentence_transformers.json) or a call's own, put before the
+text; a pooling that excludes them (include_prompt false) leaves their tokens out, as
 sentence-transformers does. `dimensions` keeps a vector's first N values (Matryoshka).
 `truncate` cuts at the folder's max_seq_length (sentence_bert_config.json), where
 sentence-transformers cuts, when that is shorter than the model's window.
@@ -14,9 +14,8 @@ sentence-transformers cuts, when that is shorter than the model's window.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,51 +29,9 @@ from .contract import (
     Row,
 )
 from .image_heads import ImageEncodeHead
-from .metadata import read_json
+from .st_folder import POOLINGS, SentenceTransformersConfig
 from .tasks import Embedding, EncodeOptions, TextItem
 from .text import encode_text
-
-
-@dataclass(frozen=True)
-class SentenceTransformersConfig:
-    """What a sentence-transformers folder declares for encoding (defaults: a plain folder)."""
-
-    pooling: str = "cls"
-    normalize: bool = False
-    include_prompt: bool = True  # its pooling counts a prompt's tokens
-    prompts: Mapping[str, str] = field(default_factory=dict)
-    default_prompt_name: str | None = None
-    max_seq_length: int | None = None  # where it cuts a long input (sentence_bert_config.json)
-
-    @classmethod
-    def read(cls, folder: Path) -> SentenceTransformersConfig:
-        modules = folder / "modules.json"
-        if not modules.exists():
-            return cls()
-        pooling, normalize, include_prompt = "cls", False, True
-        for module in read_json(modules):
-            kind = module.get("type", "")
-            if kind.endswith("Normalize"):
-                normalize = True
-            elif kind.endswith("Pooling"):
-                config = read_json(folder / module["path"] / "config.json")
-                mode = config.get("pooling_mode")  # sentence-transformers 6; older: flags
-                modes = [mode] if isinstance(mode, str) else list(mode or ())
-                if "mean" in modes or config.get("pooling_mode_mean_tokens"):
-                    pooling = "mean"
-                include_prompt = bool(config.get("include_prompt", True))
-        settings = folder / "config_sentence_transformers.json"
-        declared = read_json(settings) if settings.exists() else {}
-        bert = folder / "sentence_bert_config.json"
-        window = read_json(bert).get("max_seq_length") if bert.exists() else None
-        return cls(
-            pooling,
-            normalize,
-            include_prompt,
-            dict(declared.get("prompts") or {}),
-            declared.get("default_prompt_name") or None,
-            int(window) if window else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -103,8 +60,12 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             "true",
             "yes",
         }
-        if self.default_pooling not in {"cls", "mean", "none"}:
-            raise ValueError(f"pooling={self.default_pooling!r}: choose cls, mean or none")
+        if self.default_pooling not in (*POOLINGS, "none"):
+            raise ValueError(
+                f"pooling={self.default_pooling!r}: choose {', '.join(POOLINGS)} or none"
+            )
+        self.dense = declared.dense
+        self.dimensions = declared.dimensions or context.backbone.hidden_size
         self.cut_at = declared.max_seq_length
         self.prompts = declared.prompts
         self.include_prompt = declared.include_prompt
@@ -121,6 +82,8 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             "normalize": str(self.default_normalize).lower(),
         }
         self.detail = f"default pooling {self.default_pooling}, normalize {self.default_normalize}"
+        if self.dense:
+            self.detail += f", {len(self.dense)} Dense to {self.dimensions} dimensions"
         if self.prompts:
             self.detail += f", prompts {', '.join(sorted(self.prompts))}"
         if self.default_prompt_name:
@@ -160,11 +123,10 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             if given:
                 raise InvalidInput(name, f"for a sparse head: {self.name!r} is dense")
         pooling = self.default_pooling if options.pooling == "default" else options.pooling
-        hidden = self._backbone.hidden_size
-        if options.dimensions > hidden:
+        if options.dimensions > self.dimensions:
             raise InvalidInput(
                 "options.dimensions",
-                f"{options.dimensions} is more than the model's {hidden} dimensions",
+                f"{options.dimensions} is more than the model's {self.dimensions} dimensions",
             )
         prompt = self.prompt(options)
         pooled = _Pooled(pooling, options.normalize, self.prompt_tokens(prompt), options.dimensions)
@@ -194,7 +156,14 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             if asked.pooling == "none":
                 outputs.append(hidden[i, : len(row.input_ids)].cpu())
                 continue
-            vector = hidden[i, asked.prompt_tokens] if asked.pooling == "cls" else mean[i]
+            if asked.pooling == "cls":
+                vector = hidden[i, asked.prompt_tokens]
+            elif asked.pooling == "lasttoken":  # the last real token, wherever padding is
+                vector = hidden[i, int(features.attention_mask[i].nonzero().max())]
+            else:
+                vector = mean[i]
+            for dense in self.dense:  # the folder's Dense modules, in order
+                vector = dense(vector)
             outputs.append(self._finish_vector(vector, asked).cpu())
         return outputs
 

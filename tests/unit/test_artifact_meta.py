@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from headserve.plugins.artifact import META, ArtifactError, read_meta
-from headserve.plugins.encode import SentenceTransformersConfig
 from headserve.plugins.metadata import MAX_BYTES as MAX_META_BYTES
 from headserve.plugins.metadata import MetadataError
+from headserve.plugins.st_folder import SentenceTransformersConfig
 from headserve.server.config import ConfigError, artifact_plugin
 
 

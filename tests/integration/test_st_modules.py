@@ -1,0 +1,159 @@
+"""A sentence-transformers folder's modules, run as sentence-transformers runs them: last-token
+pooling, Dense layers and Normalize, on an encoder (the packaged MiniLM's weights) and on a
+decoder embedder built like Qwen3-Embedding (last token, Normalize, instruction prompts),
+each equal to `SentenceTransformer(folder).encode`; a module, pooling or activation the
+encode head cannot run refuses the start, naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import minilm_dir
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import (
+    Dense,
+    Normalize,
+    Pooling,
+    Transformer,
+)
+from serving import ServerThread
+from test_family_claims import _decoder
+
+from headserve.client import Client
+from headserve.plugins.contract import HeadSpec
+from headserve.server.core.heads import HeadsFailed
+from headserve.server.loading import Settings, build_core
+
+TEXTS = [
+    "The movie was great!",
+    "A dull, tedious film with no redeeming qualities at all.",
+    "It's not the best, but the cast makes it worth watching.",
+    "Visually stunning; the story, though, goes nowhere.",
+]
+TOLERANCE = 1e-5
+INSTRUCT = "Instruct: find the review\nQuery: "
+
+
+def _save(modules: list[torch.nn.Module], folder: Path, **settings: object) -> Path:
+    torch.manual_seed(0)
+    SentenceTransformer(modules=modules, device="cpu", **settings).save(str(folder))  # type: ignore[arg-type]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dense_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM's weights, last-token pooling, a Dense layer to 32 (tanh) and Normalize."""
+    transformer = Transformer(str(minilm_dir()))
+    modules = [transformer, Pooling(384, pooling_mode="lasttoken"), Dense(384, 32), Normalize()]
+    return _save(modules, tmp_path_factory.mktemp("dense") / "model")
+
+
+@pytest.fixture(scope="module")
+def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3 embedder: last token, Normalize, an instruction prompt by default."""
+    root = tmp_path_factory.mktemp("qwen3-embedding")
+    transformer = Transformer(str(_decoder(root / "base")))
+    modules = [transformer, Pooling(32, pooling_mode="lasttoken"), Normalize()]
+    prompts = {"query": INSTRUCT, "document": ""}
+    return _save(modules, root / "model", prompts=prompts, default_prompt_name="query")
+
+
+@contextlib.contextmanager
+def _served(folder: Path, **settings: object) -> Iterator[Client]:
+    server = ServerThread(
+        Settings(model_dir=folder, heads=(HeadSpec("encode", "encode"),), device="cpu", **settings)  # type: ignore[arg-type]
+    )
+    try:
+        with Client(server.target, max_retries=0) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def _vectors(client: Client, texts: list[str], **options: object) -> np.ndarray:
+    return np.stack([e.vector for e in client.encode(texts, **options).embeddings])  # type: ignore[arg-type]
+
+
+def test_last_token_dense_and_normalize_equal_sentence_transformers(dense_folder: Path) -> None:
+    reference = SentenceTransformer(str(dense_folder), device="cpu")
+    with _served(dense_folder) as client:
+        got = _vectors(client, TEXTS)
+        assert got.shape == (len(TEXTS), 32)
+        np.testing.assert_allclose(got, reference.encode(TEXTS), atol=TOLERANCE, rtol=0)
+        cut = _vectors(client, TEXTS, dimensions=16)
+        want = reference.encode(TEXTS, truncate_dim=16)
+        np.testing.assert_allclose(cut, want, atol=TOLERANCE, rtol=0)
+        info = {h.name: h for h in client.model_info().heads}["encode"]
+        assert "lasttoken" in str(info) and "1 Dense to 32 dimensions" in str(info)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_decoder_embedder_equals_sentence_transformers(
+    decoder_folder: Path, runtime: str
+) -> None:
+    reference = SentenceTransformer(str(decoder_folder), device="cpu")
+    with _served(decoder_folder, runtime=runtime, allow_unverified_family=True) as client:
+        # the default prompt (query), another named one, and a call's own
+        np.testing.assert_allclose(
+            _vectors(client, TEXTS), reference.encode(TEXTS), atol=1e-4, rtol=0
+        )
+        got = _vectors(client, TEXTS, prompt_name="document")
+        np.testing.assert_allclose(
+            got, reference.encode(TEXTS, prompt_name="document"), atol=1e-4, rtol=0
+        )
+        # rows of many lengths batched together: the last real token of each, not padding
+        mixed = [t * (1 + i) for i, t in enumerate(TEXTS)]
+        np.testing.assert_allclose(
+            _vectors(client, mixed), reference.encode(mixed), atol=1e-4, rtol=0
+        )
+
+
+def _edited(folder: Path, tmp_path: Path, edit: dict[str, object], where: str) -> Path:
+    """A copy of `folder` with the JSON file `where` updated by `edit`."""
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    path = copy / where
+    content = json.loads(path.read_text())
+    if isinstance(content, list):
+        content.append(edit)
+    else:
+        content.update(edit)
+    path.write_text(json.dumps(content))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("where", "edit", "refusal"),
+    [
+        ("1_Pooling/config.json", {"pooling_mode": "max"}, "pooling max is not one headserve runs"),
+        (
+            "2_Dense/config.json",
+            {"activation_function": "torch.nn.modules.activation.Softsign"},
+            "Dense activation 'torch.nn.modules.activation.Softsign'",
+        ),
+        (
+            "modules.json",
+            {
+                "idx": 4,
+                "name": "4",
+                "path": "4_LayerNorm",
+                "type": "sentence_transformers.models.LayerNorm",
+            },
+            "modules.json module 4 (LayerNorm): a module headserve does not run",
+        ),
+    ],
+)
+def test_what_the_head_cannot_run_refuses_the_start_naming_it(
+    dense_folder: Path, tmp_path: Path, where: str, edit: dict[str, object], refusal: str
+) -> None:
+    folder = _edited(dense_folder, tmp_path, edit, where)
+    with pytest.raises(HeadsFailed) as refused:
+        build_core(Settings(model_dir=folder, heads=(HeadSpec("encode", "encode"),), device="cpu"))
+    assert refusal in str(refused.value)
