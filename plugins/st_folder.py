@@ -118,7 +118,7 @@ class SentenceTransformersConfig:
             return cls()
         pooling, normalize, include_prompt = "cls", False, True
         dense: list[Dense] = []
-        order = []
+        order: list[str] = []
         for module in read_json(modules):
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             where = f"{modules.name} module {module.get('idx', len(order))} ({kind})"
