@@ -27,6 +27,14 @@ from .contract import LoadContext
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Outputs(BaseModelOutputWithPooling):
+    """What a base model returns, as encoders' task classes read it (the pooler's output)
+    and decoders' (`cache`: none, the shared pass keeps no key-value cache)."""
+
+    cache: Any = None
+
+
 class SharedOutputs(nn.Module):
     """Stands in for a task model's base model; keeps the checkpoint's own pooler.
 
@@ -52,7 +60,7 @@ class SharedOutputs(nn.Module):
         if hidden is None:
             raise RuntimeError("SharedOutputs called outside feeding()")
         pooled = self.pooler(hidden) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        return _Outputs(last_hidden_state=hidden, pooler_output=pooled)
 
 
 @dataclass

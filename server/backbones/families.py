@@ -201,8 +201,9 @@ def check_verified(model_type: str, *, allowed: bool, source: object) -> Family 
 def unverified_warning(model_type: str, source: object) -> str:
     """What the start says of a checkpoint served with --allow-unverified-family."""
     decoder = (
-        " It is a decoder (causal) model: encode heads pool CLS or mean, not its last token, "
-        "and its classifiers may not run."
+        " It is a decoder (causal) model: it runs padded, an encode head pools as its "
+        "sentence-transformers folder says (its last token for a decoder embedder; CLS "
+        "without one), and a classifier scores the last non-padding token."
         if model_type in DECODER_TYPES
         else ""
     )

@@ -221,3 +221,29 @@ def test_a_bad_activation_stops_that_head_naming_the_choices(cross_encoder) -> N
     )
     (failure,) = core.registry.failures
     assert "activation='tanh': choose from softmax, sigmoid, none" in failure.reason
+
+
+def test_a_decoders_classifier_scores_the_last_real_token_as_transformers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = _decoder(tmp_path / "qwen3")
+    torch.manual_seed(1)
+    classifier = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=3)
+    classifier.save_pretrained(tmp_path / "classify")
+    tokenizer = BertTokenizer.from_pretrained(str(base))
+    tokenizer.save_pretrained(tmp_path / "classify")
+    core = build_core(
+        Settings(
+            model_dir=base,
+            heads=(HeadSpec("c", "classify", tmp_path / "classify"),),
+            device="cpu",
+            runtime="torch",
+            allow_unverified_family=True,
+        )
+    )
+    texts = ["short", "a much longer sentence than the first one, padded after the other"]
+    results = on_core(
+        core, lambda: core.run("classify", ["c"], [TextItem(t) for t in texts], ClassifyOptions())
+    ).results
+    with torch.no_grad():
+        want = classifier.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    got = np.array([row[0].logits for row in results])
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
