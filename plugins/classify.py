@@ -75,13 +75,17 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
 
     def relevance(self, classification: Classification) -> float:
         """A (query, document) pair's score as a cross-encoder (see the module's docstring)."""
-        score = self.rerank_score
-        assert score is not None  # the ranker asks only a head that says how it ranks
-        if score == "sigmoid":
-            return float(torch.tensor(classification.logits[0]).sigmoid())
-        if score == "logit":
-            return classification.logits[0]
-        return dict(classification.labels)[score.removeprefix("label:")]
+        assert self.rerank_score is not None  # the ranker asks only a head that can rank
+        return relevance(self.rerank_score, classification)
+
+
+def relevance(score: str, classification: Classification) -> float:
+    """A pair's score from its classification, by a head's `rerank_score`."""
+    if score == "sigmoid":
+        return float(torch.tensor(classification.logits[0]).sigmoid())
+    if score == "logit":
+        return classification.logits[0]
+    return dict(classification.labels)[score.removeprefix("label:")]
 
 
 def ranking_score(options: Mapping[str, str], labels: Sequence[str]) -> str | None:
