@@ -25,6 +25,7 @@ from sentence_transformers.sentence_transformer.modules import (
 )
 from serving import ServerThread
 from test_family_claims import _decoder
+from transformers import AutoConfig, AutoModel, BertTokenizer
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
@@ -63,6 +64,35 @@ def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     modules = [transformer, Pooling(32, pooling_mode="lasttoken"), Normalize()]
     prompts = {"query": INSTRUCT, "document": ""}
     return _save(modules, root / "model", prompts=prompts, default_prompt_name="query")
+
+
+@pytest.fixture(scope="module")
+def gemma_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny EmbeddingGemma-style embedder: a Gemma 3 decoder whose config makes attention
+    bidirectional, a local layer of an 8-token window, mean pooling, Dense and Normalize."""
+    root = tmp_path_factory.mktemp("embedding-gemma")
+    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
+    config = AutoConfig.for_model(
+        "gemma3_text",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        use_bidirectional_attention=True,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    transformer = Transformer(str(root / "base"))
+    modules = [transformer, Pooling(32, pooling_mode="mean"), Dense(32, 16), Normalize()]
+    return _save(modules, root / "model")
 
 
 @contextlib.contextmanager
@@ -113,6 +143,18 @@ def test_a_decoder_embedder_equals_sentence_transformers(
         np.testing.assert_allclose(
             _vectors(client, mixed), reference.encode(mixed), atol=1e-4, rtol=0
         )
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_bidirectional_decoder_with_dense_equals_sentence_transformers(
+    gemma_folder: Path, runtime: str
+) -> None:
+    reference = SentenceTransformer(str(gemma_folder), device="cpu")
+    texts = [*TEXTS, TEXTS[1] * 3]  # rows past the 8-token window, with short ones
+    with _served(gemma_folder, runtime=runtime, allow_unverified_family=True) as client:
+        got = _vectors(client, texts)
+        assert got.shape == (len(texts), 16)
+        np.testing.assert_allclose(got, reference.encode(texts), atol=1e-4, rtol=0)
 
 
 def _edited(folder: Path, tmp_path: Path, edit: dict[str, object], where: str) -> Path:
