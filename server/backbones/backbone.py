@@ -33,6 +33,7 @@ from ..config import default_heads
 from ..discovery import StartupError
 from . import onnx_pass, quantize
 from .families import (
+    DECODER_TYPES,
     Family,
     attention_window,
     check_verified,
@@ -572,7 +573,11 @@ def _position_pad_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast)
 def _unverified(config: PretrainedConfig, source: Path) -> Family:
     """The family of a checkpoint served with --allow-unverified-family, warned."""
     log.warning("%s", unverified_warning(config.model_type, source))
-    return unverified(config.model_type)
+    # a decoder attends causally unless its config says otherwise (EmbeddingGemma's does)
+    causal = config.model_type in DECODER_TYPES and not getattr(
+        config, "use_bidirectional_attention", False
+    )
+    return unverified(config.model_type, causal)
 
 
 def _max_length(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, family: Family) -> int:

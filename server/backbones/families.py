@@ -32,7 +32,8 @@ Modality = Literal["text", "image"]
 #   windowed: as masked, with a second mask for the local (sliding-window) layers, the
 #             block-diagonal mask narrowed to |i - j| <= config.sliding_window
 #   deberta:  embeddings, then the encoder with a 3D mask (DeBERTa's own mask layout)
-Call = Literal["masked", "windowed", "deberta"]
+#   causal:   as masked, each row's tokens attending only to those before them (decoders)
+Call = Literal["masked", "windowed", "deberta", "causal"]
 # How a row's position ids count: from 0, or from the padding index + 1 (RoBERTa's rule,
 # which costs that many position embeddings); "relative": not read (no position embeddings)
 Positions = Literal["from 0", "after padding", "relative"]
@@ -70,6 +71,7 @@ class Family:
             "masked": "packed, block-diagonal mask",
             "windowed": "packed, block-diagonal mask; local layers' window in the mask",
             "deberta": "packed, block-diagonal mask; relative positions per row",
+            "causal": "packed, block-diagonal causal mask",
         }[self.call]
 
 
@@ -168,12 +170,14 @@ def family_of(model_type: str) -> Family | None:
     return _BY_TYPE.get(model_type)
 
 
-def unverified(model_type: str) -> Family:
+def unverified(model_type: str, causal: bool = False) -> Family:
     """The family a checkpoint outside the table runs as (with --allow-unverified-family):
-    packed as BERT is, if packed rows equal padded ones at load."""
+    packed as BERT is (or, `causal`, with a causal mask within each row, as a decoder
+    attends), if packed rows equal padded ones at load."""
     return Family(
         model_type,
         (model_type,),
+        call="causal" if causal else "masked",
         heads=(),
         poolings=(),
         verified=False,
@@ -201,7 +205,7 @@ def check_verified(model_type: str, *, allowed: bool, source: object) -> Family 
 def unverified_warning(model_type: str, source: object) -> str:
     """What the start says of a checkpoint served with --allow-unverified-family."""
     decoder = (
-        " It is a decoder (causal) model: it runs padded, an encode head pools as its "
+        " It is a decoder (causal) model: an encode head pools as its "
         "sentence-transformers folder says (its last token for a decoder embedder; CLS "
         "without one), and a classifier scores the last non-padding token."
         if model_type in DECODER_TYPES

@@ -99,8 +99,8 @@ def test_allowed_it_starts_warned_and_info_says_unverified(tmp_path, caplog) -> 
     assert any("served UNVERIFIED" in w and "decoder" in w for w in warned), warned
     backbone = model_info(core).backbone
     assert (backbone.family, backbone.verified) == ("qwen3", False)
-    # causal attention is not a block-diagonal one: packed rows differ, so it runs padded
-    assert backbone.packing.startswith("padded batches (packed rows differ")
+    # a decoder packs with a causal mask within each row (checked against padded at load)
+    assert backbone.packing == "packed, block-diagonal causal mask"
     # no masked-LM class for a decoder: that default head is left out, not a failed plugin
     assert "mlm" not in core.registry.heads and not core.registry.failures
     assert "default heads: no mlm head" in caplog.text
@@ -247,3 +247,35 @@ def test_a_decoders_classifier_scores_the_last_real_token_as_transformers(tmp_pa
         want = classifier.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     got = np.array([row[0].logits for row in results])
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_decoder_whose_window_the_causal_mask_misses_runs_padded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Mistral's sliding window is not in the causal packed mask: the load-time check of a row
+    longer than the window finds the difference, and the backbone runs padded, never wrong."""
+    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
+    config = AutoConfig.for_model(
+        "mistral",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        sliding_window=8,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "mistral")
+    tokenizer.save_pretrained(tmp_path / "mistral")
+    core = build_core(
+        Settings(
+            model_dir=tmp_path / "mistral",
+            heads=(HeadSpec("encode", "encode"),),
+            device="cpu",
+            runtime="torch",
+            allow_unverified_family=True,
+        )
+    )
+    assert model_info(core).backbone.packing.startswith("padded batches (packed rows differ")
