@@ -89,6 +89,7 @@ _POOLING: dict[str | None, encoder_pb2.Pooling.ValueType] = {
     "cls": encoder_pb2.POOLING_CLS,
     "mean": encoder_pb2.POOLING_MEAN,
     "none": encoder_pb2.POOLING_NONE,
+    "lasttoken": encoder_pb2.POOLING_LAST_TOKEN,
 }
 
 

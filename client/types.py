@@ -72,7 +72,7 @@ __all__ = [
 T = TypeVar("T")
 ItemT_co = TypeVar("ItemT_co", covariant=True)
 
-Pooling: TypeAlias = Literal["cls", "mean", "none"]
+Pooling: TypeAlias = Literal["cls", "mean", "none", "lasttoken"]
 """How ``encode`` pools token states: first token, mean over real tokens, or not at all."""
 
 TruncationSide: TypeAlias = Literal["right", "left"]

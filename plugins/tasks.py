@@ -15,7 +15,7 @@ import numpy as np
 
 from .contract import InvalidInput, Pixels
 
-Pooling = Literal["default", "cls", "mean", "none"]
+Pooling = Literal["default", "cls", "mean", "none", "lasttoken"]
 TruncationSide = Literal["right", "left"]
 
 

@@ -24,6 +24,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -113,6 +114,7 @@ FAMILY_CONFIGS: dict[str, dict[str, object]] = {
         norm_rel_ebd="layer_norm",
         type_vocab_size=0,
     ),
+    "qwen3": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
     "deberta": dict(
         relative_attention=True,
         position_biased_input=False,
@@ -138,6 +140,7 @@ def tiny_config(arch: str, vocab_size: int, initializer_range: float | None = No
             **extra,
         )
     own = dict(FAMILY_CONFIGS[arch])
+    own.pop("mlm", None)
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -171,13 +174,19 @@ def make_family(
     label_map = dict(
         id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)}
     )
-    mlm = AutoModelForMaskedLM.from_config(config())
+    # a decoder has no masked-LM class: its causal LM stands in (saved as "mlm", never served)
+    lm_class = (
+        AutoModelForMaskedLM
+        if FAMILY_CONFIGS.get(arch, {}).get("mlm", True)
+        else AutoModelForCausalLM
+    )
+    mlm = lm_class.from_config(config())
     prefix = mlm.base_model_prefix
     base_state = getattr(mlm, prefix).state_dict()
 
     def save(model, name: str) -> None:  # type: ignore[no-untyped-def]
-        if name != "mlm":
-            getattr(model, prefix).load_state_dict(base_state, strict=False)
+        if name != "mlm":  # the class's own prefix (Qwen3's QA class names its base otherwise)
+            getattr(model, model.base_model_prefix).load_state_dict(base_state, strict=False)
         model.eval()
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
@@ -203,7 +212,7 @@ def make_family(
         )
     )
     with torch.no_grad():  # a sharper classifier than the random init, so entities vary
-        ner.classifier.weight.mul_(25.0)
+        (getattr(ner, "classifier", None) or ner.score).weight.mul_(25.0)
     save(ner, "ner")
     return Family(arch, root)
 

@@ -40,6 +40,7 @@ Positions = Literal["from 0", "after padding", "relative"]
 
 TEXT_RUNTIMES = ("torch", "onnx")
 TEXT_POOLINGS = ("cls", "mean", "none")
+DECODER_POOLINGS = ("lasttoken", "mean", "cls", "none")
 TEXT_HEADS = ("encode", "mlm", "classify", "qa")
 IMAGE_HEADS = ("encode", "classify")
 
@@ -118,6 +119,16 @@ FAMILIES: tuple[Family, ...] = (
         traced=False,
         notes="torch runs it eagerly: its attention span is a Python number, which a trace "
         "or an ONNX export would freeze at one length",
+    ),
+    Family(
+        "Qwen3",
+        ("qwen3",),
+        call="causal",
+        poolings=DECODER_POOLINGS,
+        heads=("encode", "classify", "qa"),
+        notes="a decoder: causal attention within each packed row, rotary positions; "
+        "embedders pool the last token (Qwen3-Embedding), classifiers score it, `yesno` "
+        "reranks as Qwen3-Reranker; no masked-LM head",
     ),
     *(
         Family(

@@ -25,6 +25,7 @@ _POOLING = {
     pb.POOLING_CLS: "cls",
     pb.POOLING_MEAN: "mean",
     pb.POOLING_NONE: "none",
+    pb.POOLING_LAST_TOKEN: "lasttoken",
 }
 
 

@@ -30,6 +30,7 @@ from headserve.plugins.tasks import (
     TextItem,
 )
 from headserve.server.backbones import families
+from headserve.server.core.heads import HeadsFailed
 from headserve.server.core.runner import Work
 from headserve.server.loading import Settings, build_core
 
@@ -64,10 +65,11 @@ def setup(request, matrix_families, tmp_path_factory):  # type: ignore[no-untype
     claims = families.family_of(arch)
     heads = (
         HeadSpec("encode", "encode", family.backbone, {"pooling": "cls"}),
-        HeadSpec("mlm", "mlm", family.mlm),
         HeadSpec("classify", "classify", family.classify),
         HeadSpec("tags", "classify", family.multilabel),
     )
+    if "mlm" in claims.heads:  # a decoder has none
+        heads += (HeadSpec("mlm", "mlm", family.mlm),)
     if "qa" in claims.heads:
         heads += (HeadSpec("qa", "qa", family.qa),)
     with pytest.MonkeyPatch.context() as patch:  # the ONNX export goes to a fresh cache
@@ -92,7 +94,7 @@ def _run(core, task, heads, items, options):  # type: ignore[no-untyped-def]
 def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def]
     family, core, tokenizer = setup
     reference = AutoModel.from_pretrained(str(family.backbone)).eval()
-    for pooling in ("cls", "mean", "none"):
+    for pooling in families.family_of(family.arch).poolings:
         results = _run(
             core, "encode", [None], TEXTS, EncodeOptions(pooling=pooling, normalize=False)
         )
@@ -103,6 +105,8 @@ def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def
                 assert len(embedding.tokens) == states.shape[0]
             elif pooling == "cls":
                 np.testing.assert_allclose(embedding.vector, states[0], atol=tol(core))
+            elif pooling == "lasttoken":
+                np.testing.assert_allclose(embedding.vector, states[-1], atol=tol(core))
             else:
                 np.testing.assert_allclose(embedding.vector, states.mean(0), atol=tol(core))
     ((normalized,),) = _run(
@@ -114,6 +118,9 @@ def test_encode_matches_automodel(setup) -> None:  # type: ignore[no-untyped-def
 @torch.inference_mode()
 def test_mlm_matches_automodel_for_masked_lm(setup) -> None:  # type: ignore[no-untyped-def]
     family, core, tokenizer = setup
+    if "mlm" not in families.family_of(family.arch).heads:
+        _no_mlm_head_by_default_and_a_configured_one_refused(family.arch, family.backbone)
+        return
     reference = AutoModelForMaskedLM.from_pretrained(str(family.mlm)).eval()
     mask = tokenizer.mask_token
     items = [
@@ -198,6 +205,18 @@ def test_qa_matches_automodel_for_question_answering_over_windows(setup) -> None
     )
     for a in answer.answers:
         assert LONG_CONTEXT[a.start : a.end] == a.text
+
+
+def _no_mlm_head_by_default_and_a_configured_one_refused(arch: str, folder) -> None:  # type: ignore[no-untyped-def]
+    """A family without a masked-LM class (a decoder): started with its default heads it
+    leaves mlm out (not a failed plugin); an mlm head configured stops the start."""
+    assert not has_task_class(arch, "mlm")
+    core = build_core(Settings(model_dir=folder, device="cpu", runtime="torch"))
+    assert "mlm" not in core.registry.heads and not core.registry.failures
+    with pytest.raises(HeadsFailed, match="head 'm'"):
+        build_core(
+            Settings(model_dir=folder, heads=(HeadSpec("m", "mlm"),), device="cpu", runtime="torch")
+        )
 
 
 def _no_qa_class_and_no_default_qa_head(arch: str, folder) -> None:  # type: ignore[no-untyped-def]

@@ -60,7 +60,7 @@ def dense_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen3 embedder: last token, Normalize, an instruction prompt by default."""
     root = tmp_path_factory.mktemp("qwen3-embedding")
-    transformer = Transformer(str(_decoder(root / "base")))
+    transformer = Transformer(str(_decoder(root / "base", "qwen3")))
     modules = [transformer, Pooling(32, pooling_mode="lasttoken"), Normalize()]
     prompts = {"query": INSTRUCT, "document": ""}
     return _save(modules, root / "model", prompts=prompts, default_prompt_name="query")
@@ -129,7 +129,7 @@ def test_a_decoder_embedder_equals_sentence_transformers(
     decoder_folder: Path, runtime: str
 ) -> None:
     reference = SentenceTransformer(str(decoder_folder), device="cpu")
-    with _served(decoder_folder, runtime=runtime, allow_unverified_family=True) as client:
+    with _served(decoder_folder, runtime=runtime) as client:  # Qwen3: a verified family
         # the default prompt (query), another named one, and a call's own
         np.testing.assert_allclose(
             _vectors(client, TEXTS), reference.encode(TEXTS), atol=1e-4, rtol=0

@@ -37,6 +37,10 @@ class _PoolingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pooling.Value
     """Mean of the final hidden states over the real (non-padding) tokens."""
     POOLING_NONE: _Pooling.ValueType  # 3
     """No pooling: every token's final hidden state."""
+    POOLING_LAST_TOKEN: _Pooling.ValueType  # 4
+    """The last real (non-padding) token's final hidden state: how decoder
+    embedders (Qwen3-Embedding, e5-mistral) pool.
+    """
 
 class Pooling(_Pooling, metaclass=_PoolingEnumTypeWrapper): ...
 
@@ -50,6 +54,10 @@ POOLING_MEAN: Pooling.ValueType  # 2
 """Mean of the final hidden states over the real (non-padding) tokens."""
 POOLING_NONE: Pooling.ValueType  # 3
 """No pooling: every token's final hidden state."""
+POOLING_LAST_TOKEN: Pooling.ValueType  # 4
+"""The last real (non-padding) token's final hidden state: how decoder
+embedders (Qwen3-Embedding, e5-mistral) pool.
+"""
 Global___Pooling: _TypeAlias = Pooling  # noqa: Y015
 
 class _TruncationSide:
