@@ -63,6 +63,9 @@ OWN = {  # each family's own settings at base size (its published base checkpoin
         cls_token_id=101,
         sep_token_id=102,
     ),
+    # a decoder at the same base size (Qwen3's layout: grouped-query attention, RMS norms,
+    # rotary positions, gated MLP); the packed pass masks causally within each row
+    "qwen3": dict(num_key_value_heads=4, head_dim=64, max_position_embeddings=32768),
 }
 
 
