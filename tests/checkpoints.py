@@ -217,6 +217,30 @@ def make_family(
     return Family(arch, root)
 
 
+def make_decoder(folder: Path, model_type: str, model_class=AutoModel, **config: object) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny random decoder of `model_type` (`model_class`: AutoModel, or a task class) with
+    the packaged MiniLM's BERT tokenizer, whose vocabulary has "yes" and "no"; `config`
+    overrides the small sizes."""
+    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
+    sizes: dict[str, object] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model_class.from_config(
+        AutoConfig.for_model(model_type, **{**sizes, **config})
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def reference_inputs(model, encoding) -> dict:  # type: ignore[no-untyped-def]
     """A tokenizer's `encoding` (tensors) as `model` reads it: token types dropped when its
     forward takes none, and all 0 when its config embeds one token type at most (as such a

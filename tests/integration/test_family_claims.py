@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import make_tokenizer, minilm_dir, tiny_config
+from checkpoints import make_decoder, make_tokenizer, tiny_config
 from serving import on_core
 from transformers import (
-    AutoConfig,
-    AutoModel,
     AutoModelForSequenceClassification,
     BertForPreTraining,
     BertTokenizer,
@@ -48,25 +46,8 @@ def _keep_the_logging_setup():  # type: ignore[no-untyped-def]
 
 
 def _decoder(folder: Path, model_type: str = "llama") -> Path:
-    """A tiny random decoder (by default a Llama, outside the verified table) with a BERT
-    tokenizer."""
-    torch.manual_seed(0)
-    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """A tiny random decoder (by default a Llama, outside the verified table)."""
+    return make_decoder(folder, model_type)
 
 
 def test_a_family_outside_the_table_stops_the_start_naming_it_and_the_flag(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -253,26 +234,12 @@ def test_a_decoders_classifier_scores_the_last_real_token_as_transformers(tmp_pa
 def test_a_decoder_whose_window_the_causal_mask_misses_runs_padded(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Mistral's sliding window is not in the causal packed mask: the load-time check of a row
     longer than the window finds the difference, and the backbone runs padded, never wrong."""
-    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
-    config = AutoConfig.for_model(
-        "mistral",
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        sliding_window=8,
+    folder = make_decoder(
+        tmp_path / "mistral", "mistral", max_position_embeddings=512, sliding_window=8
     )
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(tmp_path / "mistral")
-    tokenizer.save_pretrained(tmp_path / "mistral")
     core = build_core(
         Settings(
-            model_dir=tmp_path / "mistral",
+            model_dir=folder,
             heads=(HeadSpec("encode", "encode"),),
             device="cpu",
             runtime="torch",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import minilm_dir
+from checkpoints import make_decoder, minilm_dir
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import (
     Dense,
@@ -24,8 +24,6 @@ from sentence_transformers.sentence_transformer.modules import (
     Transformer,
 )
 from serving import ServerThread
-from test_family_claims import _decoder
-from transformers import AutoConfig, AutoModel, BertTokenizer
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
@@ -60,7 +58,7 @@ def dense_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen3 embedder: last token, Normalize, an instruction prompt by default."""
     root = tmp_path_factory.mktemp("qwen3-embedding")
-    transformer = Transformer(str(_decoder(root / "base", "qwen3")))
+    transformer = Transformer(str(make_decoder(root / "base", "qwen3")))
     modules = [transformer, Pooling(32, pooling_mode="lasttoken"), Normalize()]
     prompts = {"query": INSTRUCT, "document": ""}
     return _save(modules, root / "model", prompts=prompts, default_prompt_name="query")
@@ -71,25 +69,14 @@ def gemma_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny EmbeddingGemma-style embedder: a Gemma 3 decoder whose config makes attention
     bidirectional, a local layer of an 8-token window, mean pooling, Dense and Normalize."""
     root = tmp_path_factory.mktemp("embedding-gemma")
-    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
-    config = AutoConfig.for_model(
+    make_decoder(
+        root / "base",
         "gemma3_text",
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        intermediate_size=64,
         max_position_embeddings=128,
-        pad_token_id=0,
         sliding_window=8,
         layer_types=["sliding_attention", "full_attention"],
         use_bidirectional_attention=True,
     )
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
     transformer = Transformer(str(root / "base"))
     modules = [transformer, Pooling(32, pooling_mode="mean"), Dense(32, 16), Normalize()]
     return _save(modules, root / "model")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import minilm_dir
+from checkpoints import make_decoder
 from serving import ServerThread
-from transformers import AutoConfig, AutoModelForCausalLM, BertTokenizer
+from transformers import AutoModelForCausalLM, BertTokenizer
 
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
@@ -36,24 +36,14 @@ OWN_TEMPLATE = "Question: {query}\nPassage: {document}\nDoes the passage answer 
 def reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3 causal LM (a BERT tokenizer, whose vocabulary has yes and no)."""
     folder = tmp_path_factory.mktemp("qwen3-reranker") / "model"
-    torch.manual_seed(0)
-    tokenizer = BertTokenizer.from_pretrained(str(minilm_dir()))
-    config = AutoConfig.for_model(
+    # weights drawn wide (initializer_range 0.2): scores that differ between the documents
+    return make_decoder(
+        folder,
         "qwen3",
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        intermediate_size=64,
+        AutoModelForCausalLM,
         max_position_embeddings=256,
-        pad_token_id=0,
-        initializer_range=0.2,  # scores that differ between the documents
+        initializer_range=0.2,
     )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _expected(
