@@ -115,6 +115,7 @@ FAMILY_CONFIGS: dict[str, dict[str, object]] = {
         type_vocab_size=0,
     ),
     "qwen3": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
+    "llama": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
     "deberta": dict(
         relative_attention=True,
         position_biased_input=False,

@@ -130,6 +130,15 @@ FAMILIES: tuple[Family, ...] = (
         "embedders pool the last token (Qwen3-Embedding), classifiers score it, `yesno` "
         "reranks as Qwen3-Reranker; no masked-LM head",
     ),
+    Family(
+        "Llama",
+        ("llama",),
+        call="causal",
+        poolings=DECODER_POOLINGS,
+        heads=("encode", "classify", "qa"),
+        notes="a decoder, as Qwen3 (e5-mistral-style embedders and Llama rerankers); no "
+        "masked-LM head",
+    ),
     *(
         Family(
             name,

@@ -45,34 +45,34 @@ def _keep_the_logging_setup():  # type: ignore[no-untyped-def]
     root.setLevel(level)
 
 
-def _decoder(folder: Path, model_type: str = "llama") -> Path:
-    """A tiny random decoder (by default a Llama, outside the verified table)."""
+def _decoder(folder: Path, model_type: str = "qwen2") -> Path:
+    """A tiny random decoder (by default a Qwen2, outside the verified table)."""
     return make_decoder(folder, model_type)
 
 
 def test_a_family_outside_the_table_stops_the_start_naming_it_and_the_flag(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    folder = _decoder(tmp_path / "llama")
+    folder = _decoder(tmp_path / "qwen2")
     with pytest.raises(UnverifiedFamily) as refused:
         build_core(Settings(model_dir=folder, device="cpu"))
     message = str(refused.value)
-    assert "'llama'" in message and "decoder" in message
+    assert "'qwen2'" in message and "decoder" in message
     assert "--allow-unverified-family" in message and "\n" not in message
 
 
 def test_the_cli_says_so_in_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    folder = _decoder(tmp_path / "llama")
+    folder = _decoder(tmp_path / "qwen2")
     with pytest.raises(SystemExit) as exited:
         cli.main(["info", str(folder), "--log-format", "text"])
     assert exited.value.code == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if " CRITICAL " in line or " ERROR " in line]
     assert len(lines) == 1 and "cannot start:" in lines[0], err
-    assert "--allow-unverified-family" in lines[0] and "llama" in lines[0]
+    assert "--allow-unverified-family" in lines[0] and "qwen2" in lines[0]
     assert "Traceback" not in err
 
 
 def test_allowed_it_starts_warned_and_info_says_unverified(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
-    folder = _decoder(tmp_path / "llama")
+    folder = _decoder(tmp_path / "qwen2")
     caplog.set_level(logging.INFO)
     core = build_core(
         Settings(model_dir=folder, device="cpu", runtime="torch", allow_unverified_family=True)
@@ -80,7 +80,7 @@ def test_allowed_it_starts_warned_and_info_says_unverified(tmp_path, caplog) -> 
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("served UNVERIFIED" in w and "decoder" in w for w in warned), warned
     backbone = model_info(core).backbone
-    assert (backbone.family, backbone.verified) == ("llama", False)
+    assert (backbone.family, backbone.verified) == ("qwen2", False)
     # a decoder packs with a causal mask within each row (checked against padded at load)
     assert backbone.packing == "packed, block-diagonal causal mask"
     # no masked-LM class for a decoder: that default head is left out, not a failed plugin
@@ -206,7 +206,7 @@ def test_a_bad_activation_stops_that_head_naming_the_choices(cross_encoder) -> N
 
 
 def test_a_decoders_classifier_scores_the_last_real_token_as_transformers(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    base = _decoder(tmp_path / "llama")
+    base = _decoder(tmp_path / "llama", "llama")  # AutoTokenizer keeps its BERT tokenizer
     torch.manual_seed(1)
     classifier = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=3)
     classifier.save_pretrained(tmp_path / "classify")
