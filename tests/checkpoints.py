@@ -116,6 +116,9 @@ FAMILY_CONFIGS: dict[str, dict[str, object]] = {
     ),
     "qwen3": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
     "llama": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
+    "mistral": dict(
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, sliding_window=WINDOW, mlm=False
+    ),
     "deberta": dict(
         relative_attention=True,
         position_biased_input=False,

@@ -131,6 +131,14 @@ FAMILIES: tuple[Family, ...] = (
         "reranks as Qwen3-Reranker; no masked-LM head",
     ),
     Family(
+        "Mistral",
+        ("mistral",),
+        call="causal",
+        poolings=DECODER_POOLINGS,
+        heads=("encode", "classify", "qa"),
+        notes="a decoder, as Qwen3; its sliding window (every layer's) in the causal mask",
+    ),
+    Family(
         "Llama",
         ("llama",),
         call="causal",

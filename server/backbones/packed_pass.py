@@ -11,8 +11,10 @@ each row's positions from its own start. How a model is told that is its family'
   them from the padding mask, which a 4D mask would replace: they get both, as the mapping
   {"full_attention", "sliding_attention"} that their forward takes, the second narrowed to
   |i - j| <= config.sliding_window within each row (transformers' own window rule).
-- causal: decoders (served unverified so far): the block-diagonal mask narrowed to the tokens
-  at or before each token's position, as a decoder attends within each row.
+- causal: decoders: the block-diagonal mask narrowed to the tokens at or before each token's
+  position, as a decoder attends within each row, and, where the config declares a sliding
+  window for every layer (Mistral), to the tokens fewer than the window behind (transformers'
+  rule for a causal window).
 - deberta: DeBERTa reads a 4D mask as [rows, 1, 1, tokens]; its embeddings and encoder are
   called one after the other, the encoder with the 3D mask it expands itself. Its relative
   positions come from token distances, equal within a packed row.
@@ -53,7 +55,10 @@ class PackedPass(torch.nn.Module):
         if self.call == "deberta":
             return self._deberta(ids, allowed, types, positions)
         if self.call == "causal":  # query i sees key j of its row when j's position <= i's
-            allowed = allowed & (positions[:, None, :, None] >= positions[:, None, None, :])
+            behind = positions[:, None, :, None] - positions[:, None, None, :]
+            allowed = allowed & (behind >= 0)
+            if self.window:  # and, with a sliding window (Mistral's), fewer than it behind
+                allowed = allowed & (behind < self.window)
         full = self._mask(allowed)
         mask: torch.Tensor | dict[str, torch.Tensor] = full
         if self.call == "windowed":

@@ -232,10 +232,16 @@ def test_a_decoders_classifier_scores_the_last_real_token_as_transformers(tmp_pa
 
 
 def test_a_decoder_whose_window_the_causal_mask_misses_runs_padded(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Mistral's sliding window is not in the causal packed mask: the load-time check of a row
-    longer than the window finds the difference, and the backbone runs padded, never wrong."""
+    """A Qwen2 with a sliding window on some layers only (max_window_layers): the packed pass's
+    one causal mask cannot be both, the load-time check of a row longer than the window finds
+    the difference, and the backbone runs padded, never wrong."""
     folder = make_decoder(
-        tmp_path / "mistral", "mistral", max_position_embeddings=512, sliding_window=8
+        tmp_path / "qwen2",
+        "qwen2",
+        max_position_embeddings=512,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=1,
     )
     core = build_core(
         Settings(
