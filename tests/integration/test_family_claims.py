@@ -253,3 +253,40 @@ def test_a_decoder_whose_window_the_causal_mask_misses_runs_padded(tmp_path) -> 
         )
     )
     assert model_info(core).backbone.packing.startswith("padded batches (packed rows differ")
+
+
+def test_a_decoders_one_logit_classifier_reranks_as_a_cross_encoder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A decoder's sequence classifier with one logit ranks (query, document) pairs in Rerank by
+    the sigmoid of its logit on the last real token of each pair, as transformers computes it."""
+    from serving import ServerThread
+
+    from headserve.client import Client
+
+    base = _decoder(tmp_path / "llama", "llama")
+    torch.manual_seed(2)
+    classifier = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    with torch.no_grad():
+        classifier.score.weight.mul_(20.0)  # scores far enough apart to order
+    classifier.save_pretrained(tmp_path / "ce")
+    tokenizer = BertTokenizer.from_pretrained(str(base))
+    tokenizer.save_pretrained(tmp_path / "ce")
+    query, documents = PAIRS[0][0], [document for _, document in PAIRS]
+    with torch.no_grad():
+        encoded = tokenizer([query] * len(documents), documents, padding=True, return_tensors="pt")
+        want = classifier.eval()(**encoded).logits[:, 0].sigmoid().numpy()
+    server = ServerThread(
+        Settings(
+            model_dir=base,
+            heads=(HeadSpec("ce", "classify", tmp_path / "ce"),),
+            device="cpu",
+            runtime="torch",
+        )
+    )
+    try:
+        with Client(server.target, max_retries=0) as client:
+            ranked = client.rerank(query, documents, head="ce")
+    finally:
+        server.stop()
+    got = {d.index: d.score for d in ranked.results}
+    np.testing.assert_allclose([got[i] for i in range(len(documents))], want, atol=1e-5, rtol=0)
+    assert [d.index for d in ranked.results] == list(np.argsort(-want))
