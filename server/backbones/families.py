@@ -41,6 +41,7 @@ Positions = Literal["from 0", "after padding", "relative"]
 TEXT_RUNTIMES = ("torch", "onnx")
 TEXT_POOLINGS = ("cls", "mean", "none")
 DECODER_POOLINGS = ("lasttoken", "mean", "cls", "none")
+DECODER_HEADS = ("encode", "classify", "qa")  # no masked-LM class
 TEXT_HEADS = ("encode", "mlm", "classify", "qa")
 IMAGE_HEADS = ("encode", "classify")
 
@@ -120,32 +121,35 @@ FAMILIES: tuple[Family, ...] = (
         notes="torch runs it eagerly: its attention span is a Python number, which a trace "
         "or an ONNX export would freeze at one length",
     ),
-    Family(
-        "Qwen3",
-        ("qwen3",),
-        call="causal",
-        poolings=DECODER_POOLINGS,
-        heads=("encode", "classify", "qa"),
-        notes="a decoder: causal attention within each packed row, rotary positions; "
-        "embedders pool the last token (Qwen3-Embedding), classifiers score it, `yesno` "
-        "reranks as Qwen3-Reranker; no masked-LM head",
-    ),
-    Family(
-        "Mistral",
-        ("mistral",),
-        call="causal",
-        poolings=DECODER_POOLINGS,
-        heads=("encode", "classify", "qa"),
-        notes="a decoder, as Qwen3; its sliding window (every layer's) in the causal mask",
-    ),
-    Family(
-        "Llama",
-        ("llama",),
-        call="causal",
-        poolings=DECODER_POOLINGS,
-        heads=("encode", "classify", "qa"),
-        notes="a decoder, as Qwen3 (e5-mistral-style embedders and Llama rerankers); no "
-        "masked-LM head",
+    *(
+        Family(
+            name,
+            (model_type,),
+            call="causal",
+            poolings=DECODER_POOLINGS,
+            heads=DECODER_HEADS,
+            notes=notes,
+        )
+        for name, model_type, notes in (
+            (
+                "Qwen3",
+                "qwen3",
+                "a decoder: causal attention within each packed row, rotary positions; "
+                "embedders pool the last token (Qwen3-Embedding), classifiers score it, "
+                "`yesno` reranks as Qwen3-Reranker; no masked-LM head",
+            ),
+            (
+                "Mistral",
+                "mistral",
+                "a decoder, as Qwen3; its sliding window (every layer's) in the causal mask",
+            ),
+            (
+                "Llama",
+                "llama",
+                "a decoder, as Qwen3 (e5-mistral-style embedders and Llama rerankers); no "
+                "masked-LM head",
+            ),
+        )
     ),
     *(
         Family(
