@@ -48,10 +48,12 @@ def encode_text(
     extra: Any = None,
     truncation_side: TruncationSide = "right",
     cut_at: int | None = None,
+    limit: bool = True,
 ) -> tuple[Row, Any]:
     """Tokenize a text or pair into one row; returns the row and the tokenizer's encoding.
     `truncation_side`: which end `truncate` cuts; `cut_at`: where, if sooner than the
-    model's window (a checkpoint trained on shorter inputs)."""
+    model's window (a checkpoint trained on shorter inputs); `limit=False`: a row longer than
+    the window is returned, for the caller to cut its own way."""
     check_text("text", item.text)
     if item.text_pair is not None:
         check_text("text_pair", item.text_pair)
@@ -65,7 +67,7 @@ def encode_text(
         return_token_type_ids=True,
     )
     ids = encoding["input_ids"]
-    if len(ids) > backbone.max_length:
+    if limit and len(ids) > backbone.max_length:
         raise InvalidInput(
             "text",
             f"is {len(ids)} tokens, longer than the model's {backbone.max_length}; "

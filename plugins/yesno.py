@@ -14,6 +14,7 @@ each label's logit), and Rerank ranks by the "yes" probability, a two-label head
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +25,7 @@ from .contract import CONTRACT_VERSION, Features, Head, InvalidInput, LoadContex
 from .scores import activation, classified
 from .task_model import load_task_model
 from .tasks import Classification, ClassifyOptions, TextItem
-from .text import encode_text
+from .text import check_text, encode_text
 
 QWEN3_RERANKER_TEMPLATE = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -36,6 +37,7 @@ QWEN3_RERANKER_INSTRUCTION = (
     "Given a web search query, retrieve relevant passages that answer the query"
 )
 LABELS = ("no", "yes")
+_FIELD = re.compile(r"\{(instruction|query|document)\}")
 
 
 class YesNoHead(Head[TextItem, ClassifyOptions, Classification]):
@@ -73,18 +75,59 @@ class YesNoHead(Head[TextItem, ClassifyOptions, Classification]):
         if not self.trained:
             self.detail = self._model.untrained("LM head")
 
-    def prompt(self, item: TextItem) -> str:
+    def prompt(self, item: TextItem) -> tuple[str, dict[str, tuple[int, int]]]:
+        """The template filled in, and where the document and the query lie in it (their
+        first place, in characters): what a cut may shorten."""
         if item.text_pair is None:
             raise InvalidInput("text_pair", "a yes/no reranker reads a (query, document) pair")
-        return (
-            self.template.replace("{instruction}", self.instruction)
-            .replace("{query}", item.text)
-            .replace("{document}", item.text_pair)
-        )
+        check_text("text", item.text)
+        check_text("text_pair", item.text_pair)
+        values = {"instruction": self.instruction, "query": item.text, "document": item.text_pair}
+        text, spans = "", dict[str, tuple[int, int]]()
+        for i, piece in enumerate(_FIELD.split(self.template)):  # literal, field, literal...
+            if i % 2:
+                spans.setdefault(piece, (len(text), len(text) + len(values[piece])))
+                piece = values[piece]
+            text += piece
+        return text, spans
 
     def prepare(self, item: TextItem, options: ClassifyOptions) -> Prepared:
-        row, _ = encode_text(self._backbone, TextItem(self.prompt(item)), truncate=options.truncate)
-        return Prepared((row,))
+        """The prompt as one row. A prompt longer than the model's window is refused, or, with
+        `truncate`, cut at the document's end (then the query's), never at the template's:
+        the judgement is read after the template's last words, so they must stay."""
+        prompt, spans = self.prompt(item)
+        row, encoding = encode_text(self._backbone, TextItem(prompt), truncate=False, limit=False)
+        over = len(row.input_ids) - self._backbone.max_length
+        if over <= 0:
+            return Prepared((row,))
+        if not options.truncate:
+            raise InvalidInput(
+                "text_pair",
+                f"the prompt with this document is {len(row.input_ids)} tokens, longer than "
+                f"the model's {self._backbone.max_length}; shorten it or set options.truncate",
+            )
+        offsets = encoding["offset_mapping"]
+        cut: set[int] = set()
+        for field in ("document", "query"):
+            start, end = spans[field]
+            inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+            cut.update(inside[len(inside) - min(over - len(cut), len(inside)) :])
+        if len(cut) < over:
+            raise InvalidInput(
+                "text",
+                f"the template and instruction alone are {len(row.input_ids) - len(cut)} tokens, "
+                f"longer than the model's {self._backbone.max_length}",
+            )
+        keep = [i for i in range(len(row.input_ids)) if i not in cut]
+        types = row.token_type_ids
+        return Prepared(
+            (
+                Row(
+                    tuple(row.input_ids[i] for i in keep),
+                    None if types is None else tuple(types[i] for i in keep),
+                ),
+            )
+        )
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
         last = features.attention_mask.cumsum(1).argmax(1)  # each row's last real token

@@ -33,6 +33,7 @@ from transformers import (
     DistilBertTokenizer,
     RobertaTokenizer,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
 
 from headserve.server.backbones.backbone import has_task_class
 
@@ -118,6 +119,28 @@ FAMILY_CONFIGS: dict[str, dict[str, object]] = {
     "llama": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
     "mistral": dict(
         num_key_value_heads=1, head_dim=16, pad_token_id=0, sliding_window=WINDOW, mlm=False
+    ),
+    "qwen2": dict(  # a full layer, then a sliding one (max_window_layers)
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+        use_sliding_window=True,
+        sliding_window=WINDOW,
+        max_window_layers=1,
+        mlm=False,
+    ),
+    "gemma": dict(num_key_value_heads=1, head_dim=16, pad_token_id=0, mlm=False),
+    "gemma2": dict(  # a sliding layer, then a full one
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, sliding_window=WINDOW, mlm=False
+    ),
+    "gemma3_text": dict(  # local, global, local
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+        sliding_window=WINDOW,
+        mlm=False,
     ),
     "deberta": dict(
         relative_attention=True,
@@ -209,6 +232,8 @@ def make_family(
     )
     if has_task_class(arch, "qa"):
         save(AutoModelForQuestionAnswering.from_config(config()), "qa")
+    if arch not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES:  # Gemma 3 has none
+        return Family(arch, root)
     ner = AutoModelForTokenClassification.from_config(
         config(
             id2label=dict(enumerate(NER_LABELS)),

@@ -573,11 +573,8 @@ def _position_pad_id(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast)
 def _unverified(config: PretrainedConfig, source: Path) -> Family:
     """The family of a checkpoint served with --allow-unverified-family, warned."""
     log.warning("%s", unverified_warning(config.model_type, source))
-    # a decoder attends causally unless its config says otherwise (EmbeddingGemma's does)
-    causal = config.model_type in DECODER_TYPES and not getattr(
-        config, "use_bidirectional_attention", False
-    )
-    return unverified(config.model_type, causal)
+    # a decoder's pass takes its masks as a decoder's (causal unless its config says otherwise)
+    return unverified(config.model_type, causal=config.model_type in DECODER_TYPES)
 
 
 def _max_length(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, family: Family) -> int:

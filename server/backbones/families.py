@@ -76,6 +76,13 @@ class Family:
             "causal": "packed, block-diagonal causal mask",
         }[self.call]
 
+    def packing_of(self, config: Any) -> str:
+        """How one checkpoint's rows share a pass: a decoder whose config makes its attention
+        bidirectional (EmbeddingGemma's) packs without the causal part."""
+        if self.call == "causal" and getattr(config, "use_bidirectional_attention", False):
+            return "packed, block-diagonal bidirectional mask (the config's)"
+        return self.packing
+
 
 FAMILIES: tuple[Family, ...] = (
     Family("BERT", ("bert",)),
@@ -127,27 +134,58 @@ FAMILIES: tuple[Family, ...] = (
             (model_type,),
             call="causal",
             poolings=DECODER_POOLINGS,
-            heads=DECODER_HEADS,
+            heads=heads,
             notes=notes,
         )
-        for name, model_type, notes in (
+        for name, model_type, heads, notes in (
             (
                 "Qwen3",
                 "qwen3",
+                DECODER_HEADS,
                 "a decoder: causal attention within each packed row, rotary positions; "
                 "embedders pool the last token (Qwen3-Embedding), classifiers score it, "
                 "`yesno` reranks as Qwen3-Reranker; no masked-LM head",
             ),
             (
+                "Qwen2",
+                "qwen2",
+                DECODER_HEADS,
+                "a decoder, as Qwen3 (gte-Qwen2-instruct); layers past max_window_layers "
+                "get the sliding window in their own mask",
+            ),
+            (
                 "Mistral",
                 "mistral",
+                DECODER_HEADS,
                 "a decoder, as Qwen3; its sliding window (every layer's) in the causal mask",
             ),
             (
                 "Llama",
                 "llama",
+                DECODER_HEADS,
                 "a decoder, as Qwen3 (e5-mistral-style embedders and Llama rerankers); no "
                 "masked-LM head",
+            ),
+            (
+                "Gemma",
+                "gemma",
+                DECODER_HEADS[:2],
+                "a decoder, as Qwen3; transformers has no question-answering class for it",
+            ),
+            (
+                "Gemma 2",
+                "gemma2",
+                DECODER_HEADS[:2],
+                "a decoder: alternating global and sliding-window layers, each its own mask; "
+                "attention logit soft-capping; no question-answering class",
+            ),
+            (
+                "Gemma 3",
+                "gemma3_text",
+                DECODER_HEADS[:2],
+                "a decoder: local (sliding-window) and global layers, each its own mask and "
+                "rotary base; bidirectional where the config says so (EmbeddingGemma); no "
+                "question-answering class",
             ),
         )
     ),

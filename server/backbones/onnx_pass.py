@@ -38,7 +38,7 @@ AXES = {
 PADDED_NAMES = ("ids", "mask", "types")
 PADDED_AXES = {name: {0: "rows", 1: "tokens"} for name in (*PADDED_NAMES, "hidden")}
 OPSET = 17
-PASS_VERSION = 4  # in the cached file's name: a pass that changed is exported again
+PASS_VERSION = 5  # in the cached file's name: a pass that changed is exported again
 
 
 ARENA_VARIABLE = "HEADSERVE_ORT_CPU_ARENA"

@@ -12,9 +12,13 @@ each row's positions from its own start. How a model is told that is its family'
   {"full_attention", "sliding_attention"} that their forward takes, the second narrowed to
   |i - j| <= config.sliding_window within each row (transformers' own window rule).
 - causal: decoders: the block-diagonal mask narrowed to the tokens at or before each token's
-  position, as a decoder attends within each row, and, where the config declares a sliding
-  window for every layer (Mistral), to the tokens fewer than the window behind (transformers'
-  rule for a causal window).
+  position, as a decoder attends within each row (unless the config makes its attention
+  bidirectional, as EmbeddingGemma's does). A model whose config names each layer's type
+  (Qwen2/3, Gemma 2/3: `layer_types`) takes one mask per type, {"full_attention",
+  "sliding_attention"}, and picks each layer's; the sliding one is narrowed to the tokens fewer
+  than `config.sliding_window` behind (transformers' causal-window rule), or, bidirectional,
+  fewer than it away. A model without layer types (Mistral) takes one mask, narrowed to the
+  window when its config declares one.
 - deberta: DeBERTa reads a 4D mask as [rows, 1, 1, tokens]; its embeddings and encoder are
   called one after the other, the encoder with the 3D mask it expands itself. Its relative
   positions come from token distances, equal within a packed row.
@@ -43,6 +47,8 @@ class PackedPass(torch.nn.Module):
         config = getattr(model, "config")  # noqa: B009 (nn.Module hides it)
         self.additive = getattr(config, "_attn_implementation", None) == "eager"
         self.window = int(getattr(config, "sliding_window", 0) or 0)
+        self.layer_types = tuple(sorted(set(getattr(config, "layer_types", None) or ())))
+        self.bidirectional = bool(getattr(config, "use_bidirectional_attention", False))
         self.dtype = next(model.parameters()).dtype
 
     def forward(
@@ -54,13 +60,10 @@ class PackedPass(torch.nn.Module):
     ) -> torch.Tensor:
         if self.call == "deberta":
             return self._deberta(ids, allowed, types, positions)
-        if self.call == "causal":  # query i sees key j of its row when j's position <= i's
-            behind = positions[:, None, :, None] - positions[:, None, None, :]
-            allowed = allowed & (behind >= 0)
-            if self.window:  # and, with a sliding window (Mistral's), fewer than it behind
-                allowed = allowed & (behind < self.window)
         full = self._mask(allowed)
         mask: torch.Tensor | dict[str, torch.Tensor] = full
+        if self.call == "causal":
+            mask = self._causal(allowed, positions)
         if self.call == "windowed":
             near = (positions[:, None, :, None] - positions[:, None, None, :]).abs() <= self.window
             mask = {"full_attention": full, "sliding_attention": self._mask(allowed & near)}
@@ -73,6 +76,23 @@ class PackedPass(torch.nn.Module):
             kwargs["token_type_ids"] = types
         hidden: torch.Tensor = self.model(**kwargs).last_hidden_state
         return hidden
+
+    def _causal(
+        self, allowed: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A decoder's masks: query i sees key j of its row when j's position <= i's (or any
+        j, bidirectional); a sliding layer only those fewer than the window behind (away)."""
+        behind = positions[:, None, :, None] - positions[:, None, None, :]
+        full = allowed if self.bidirectional else allowed & (behind >= 0)
+        local = full
+        if self.window:
+            local = full & ((behind.abs() if self.bidirectional else behind) < self.window)
+        if not self.layer_types:  # one mask for every layer (Mistral's window in it)
+            return self._mask(local)
+        return {  # the model picks each layer's mask by the layer's type
+            kind: self._mask(local if kind == "sliding_attention" else full)
+            for kind in self.layer_types
+        }
 
     def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
         if not self.additive:

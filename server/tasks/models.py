@@ -135,7 +135,7 @@ def _packing(backbone: Backbone, family: Family | None) -> str:
     if backbone.modality == "image":
         return "one image a row"
     if backbone.packing:
-        return family.packing if family is not None else "packed"
+        return family.packing_of(backbone.config) if family is not None else "packed"
     why = getattr(backbone, "packing_detail", "")
     return f"padded batches ({why})" if why else "padded batches"
 

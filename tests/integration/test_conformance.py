@@ -220,12 +220,18 @@ def _no_mlm_head_by_default_and_a_configured_one_refused(arch: str, folder) -> N
 
 
 def _no_qa_class_and_no_default_qa_head(arch: str, folder) -> None:  # type: ignore[no-untyped-def]
-    """A family the table lists without qa has no transformers class for it, and a server
-    started with its default heads leaves the qa head out: not a failed plugin."""
+    """A family the table lists without qa has no transformers class for it: a server
+    started with its default heads leaves the qa head out (not a failed plugin), and a qa
+    head configured stops the start."""
     assert not has_task_class(arch, "qa")
     core = build_core(Settings(model_dir=folder, device="cpu", runtime="torch"))
-    assert set(core.registry.heads) == {"encode", "mlm", "classify"}
+    masked_lm = "mlm" in families.family_of(arch).heads
+    assert set(core.registry.heads) == {"encode", "classify"} | ({"mlm"} if masked_lm else set())
     assert not core.registry.failures
+    with pytest.raises(HeadsFailed, match="head 'q'"):
+        build_core(
+            Settings(model_dir=folder, heads=(HeadSpec("q", "qa"),), device="cpu", runtime="torch")
+        )
 
 
 def test_mixed_batch_equals_items_run_alone(setup) -> None:  # type: ignore[no-untyped-def]

@@ -77,7 +77,8 @@ def _rows(backbone: TextBackbone, seed: int = 0) -> list[Row]:
     """One row of every length from 1 to the limit, random ids (no padding id: RoBERTa's
     positions skip it); every third one a pair (token types 0 then 1)."""
     rng = random.Random(seed)
-    vocab = len(backbone.tokenizer)
+    # ids the model embeds (a tokenizer may add tokens past the config's vocabulary)
+    vocab = min(len(backbone.tokenizer), backbone.config.vocab_size)
     pads = {backbone.pad_id, backbone.position_pad_id}
     ids = [i for i in range(5, vocab) if i not in pads]
     rows = []
@@ -126,25 +127,37 @@ def test_every_length_alone_packed_and_batched_equals_transformers(loaded) -> No
             )
 
 
+# Packed passes blind to a window, as ones were: ModernBERT's with one 4D mask for every layer
+# (its local layers see too far); a Qwen2's with one causal mask, the sliding one, for its
+# full layer too (which then sees too little).
+BLIND = {"modernbert": ("call", "masked"), "qwen2": ("layer_types", ())}
+
+
+@pytest.mark.parametrize("arch", BLIND)
 def test_a_packed_pass_blind_to_the_window_is_caught_at_load(  # type: ignore[no-untyped-def]
-    matrix_families, monkeypatch, caplog
+    arch, matrix_families, monkeypatch, caplog
 ) -> None:
-    """The check rows at load include one longer than ModernBERT's window: a packed pass that
-    drops the window mask (as one did) differs there, and packing goes off with a warning."""
+    """The check rows at load include one longer than the config's window: a packed pass that
+    drops the window's own mask differs there, and packing goes off with a warning."""
     real = packed_pass.PackedPass.__init__
+    name, value = BLIND[arch]
 
     def blind(self, model, family, token_types):  # type: ignore[no-untyped-def]
         real(self, model, family, token_types)
-        self.call = "masked"  # one 4D mask for every layer: the local layers see too far
+        setattr(self, name, value)
 
     monkeypatch.setattr(packed_pass.PackedPass, "__init__", blind)
     caplog.set_level(logging.WARNING, logger="headserve.server.backbones.backbone")
-    backbone = TextBackbone.load(matrix_families["modernbert"].backbone, device="cpu")
+    folder = matrix_families[arch].backbone
+    backbone = TextBackbone.load(folder, device="cpu", runtime="torch")
     assert backbone.check_length == MAX_LENGTH > 2 * WINDOW
     assert not backbone.packing and backbone.traced is None
-    assert "row packing off for ModernBERT: packed rows differ from padded ones by" in caplog.text
+    family = families.family_of(arch)
+    assert f"row packing off for {family.name}: packed rows differ from padded ones by" in (
+        caplog.text
+    )
     rows = _rows(backbone)[-3:]  # it still serves exactly, padded
-    reference = AutoModel.from_pretrained(str(matrix_families["modernbert"].backbone)).eval()
+    reference = AutoModel.from_pretrained(str(folder)).eval()
     with torch.inference_mode():
         got = backbone.run(rows).hidden
         for row, states in zip(rows, got, strict=True):

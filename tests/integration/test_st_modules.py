@@ -56,9 +56,11 @@ def dense_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen3 embedder: last token, Normalize, an instruction prompt by default."""
+    """A tiny Qwen3 embedder: last token, Normalize, an instruction prompt by default, and
+    a tokenizer that pads on the left."""
     root = tmp_path_factory.mktemp("qwen3-embedding")
     transformer = Transformer(str(make_decoder(root / "base", "qwen3")))
+    transformer.tokenizer.padding_side = "left"  # as Qwen3-Embedding's tokenizer pads
     modules = [transformer, Pooling(32, pooling_mode="lasttoken"), Normalize()]
     prompts = {"query": INSTRUCT, "document": ""}
     return _save(modules, root / "model", prompts=prompts, default_prompt_name="query")
@@ -67,7 +69,8 @@ def decoder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gemma_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny EmbeddingGemma-style embedder: a Gemma 3 decoder whose config makes attention
-    bidirectional, a local layer of an 8-token window, mean pooling, Dense and Normalize."""
+    bidirectional, a local layer of an 8-token window, mean pooling, two Dense layers and
+    Normalize."""
     root = tmp_path_factory.mktemp("embedding-gemma")
     make_decoder(
         root / "base",
@@ -78,7 +81,14 @@ def gemma_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         use_bidirectional_attention=True,
     )
     transformer = Transformer(str(root / "base"))
-    modules = [transformer, Pooling(32, pooling_mode="mean"), Dense(32, 16), Normalize()]
+    identity = torch.nn.Identity()
+    modules = [
+        transformer,
+        Pooling(32, pooling_mode="mean"),
+        Dense(32, 64, activation_function=identity),  # two Dense layers, as EmbeddingGemma's
+        Dense(64, 16, activation_function=identity),
+        Normalize(),
+    ]
     return _save(modules, root / "model")
 
 
@@ -111,25 +121,31 @@ def test_last_token_dense_and_normalize_equal_sentence_transformers(dense_folder
         assert "lasttoken" in str(info) and "1 Dense to 32 dimensions" in str(info)
 
 
+def _tolerance(runtime: str) -> float:
+    return 1e-4 if runtime == "onnx" else TOLERANCE
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_a_decoder_embedder_equals_sentence_transformers(
     decoder_folder: Path, runtime: str
 ) -> None:
     reference = SentenceTransformer(str(decoder_folder), device="cpu")
+    tolerance = _tolerance(runtime)
     with _served(decoder_folder, runtime=runtime) as client:  # Qwen3: a verified family
         # the default prompt (query), another named one, and a call's own
         np.testing.assert_allclose(
-            _vectors(client, TEXTS), reference.encode(TEXTS), atol=1e-4, rtol=0
+            _vectors(client, TEXTS), reference.encode(TEXTS), atol=tolerance, rtol=0
         )
         got = _vectors(client, TEXTS, prompt_name="document")
         np.testing.assert_allclose(
-            got, reference.encode(TEXTS, prompt_name="document"), atol=1e-4, rtol=0
+            got, reference.encode(TEXTS, prompt_name="document"), atol=tolerance, rtol=0
         )
         # rows of many lengths batched together: the last real token of each, not padding
         mixed = [t * (1 + i) for i, t in enumerate(TEXTS)]
         np.testing.assert_allclose(
-            _vectors(client, mixed), reference.encode(mixed), atol=1e-4, rtol=0
+            _vectors(client, mixed), reference.encode(mixed), atol=tolerance, rtol=0
         )
+        assert client.model_info().backbone.packing == "packed, block-diagonal causal mask"
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
@@ -138,10 +154,16 @@ def test_a_bidirectional_decoder_with_dense_equals_sentence_transformers(
 ) -> None:
     reference = SentenceTransformer(str(gemma_folder), device="cpu")
     texts = [*TEXTS, TEXTS[1] * 3]  # rows past the 8-token window, with short ones
-    with _served(gemma_folder, runtime=runtime, allow_unverified_family=True) as client:
+    with _served(gemma_folder, runtime=runtime) as client:  # Gemma 3: a verified family
         got = _vectors(client, texts)
         assert got.shape == (len(texts), 16)
-        np.testing.assert_allclose(got, reference.encode(texts), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, reference.encode(texts), atol=_tolerance(runtime), rtol=0)
+        # packed: both the global layer's bidirectional mask and the local layer's window
+        backbone = client.model_info().backbone
+        assert (backbone.family, backbone.packing) == (
+            "Gemma 3",
+            "packed, block-diagonal bidirectional mask (the config's)",
+        )
 
 
 def _edited(folder: Path, tmp_path: Path, edit: dict[str, object], where: str) -> Path:

@@ -121,6 +121,43 @@ def test_rerank_scores_equal_the_formula_on_transformers(
     )
 
 
+def test_a_long_document_is_cut_at_its_end_and_the_template_kept(
+    server: ServerThread, reranker: Path
+) -> None:
+    """A prompt past the window is refused naming text_pair, or with truncate cut as
+    Qwen3-Reranker's own code cuts it: the document's last tokens go, the template's last
+    words (after which the judgement is read) stay. Equal to transformers on those ids."""
+    from headserve.client import InvalidArgumentError
+
+    long_document = " ".join(DOCUMENTS * 12)
+    model = AutoModelForCausalLM.from_pretrained(str(reranker)).eval()
+    tokenizer = BertTokenizer.from_pretrained(str(reranker))
+    before, after = OWN_TEMPLATE.replace("{query}", QUERY).split("{document}")
+    pieces = [
+        tokenizer(p, add_special_tokens=False).input_ids for p in (before, long_document, after)
+    ]
+    room = 256 - 2 - len(pieces[0]) - len(pieces[2])  # [CLS] and [SEP] too
+    assert len(pieces[1]) > room > 0
+    ids = [
+        tokenizer.cls_token_id,
+        *pieces[0],
+        *pieces[1][:room],
+        *pieces[2],
+        tokenizer.sep_token_id,
+    ]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    want = float(torch.stack([logits[no], logits[yes]]).softmax(-1)[1])
+    with Client(server.target, max_retries=0) as client:
+        with pytest.raises(InvalidArgumentError) as refused:
+            client.rerank(QUERY, [DOCUMENTS[0], long_document], head="own")
+        assert "documents[1]" in str(refused.value) and "options.truncate" in str(refused.value)
+        ranked = client.rerank(QUERY, [DOCUMENTS[0], long_document], head="own", truncate=True)
+    got = {d.index: d.score for d in ranked.results}
+    np.testing.assert_allclose(got[1], want, atol=1e-4, rtol=0)
+
+
 def test_a_single_text_is_refused_naming_text_pair(server: ServerThread) -> None:
     from headserve.client import InvalidArgumentError
 
