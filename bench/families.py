@@ -66,6 +66,15 @@ OWN = {  # each family's own settings at base size (its published base checkpoin
     # a decoder at the same base size (Qwen3's layout: grouped-query attention, RMS norms,
     # rotary positions, gated MLP); the packed pass masks causally within each row
     "qwen3": dict(num_key_value_heads=4, head_dim=64, max_position_embeddings=32768),
+    # EmbeddingGemma's layout at the same size: bidirectional attention, local layers of a
+    # 512-token window with a global one every sixth, a rotary base for each
+    "gemma3_text": dict(
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=2048,
+        sliding_window=512,
+        use_bidirectional_attention=True,
+    ),
 }
 
 
