@@ -23,6 +23,7 @@ from ._options import NOT_GIVEN, NotGiven
 from ._sync import Client
 from ._tls import TLS
 from .errors import (
+    AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
     FieldViolation,
@@ -34,6 +35,7 @@ from .errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    UnimplementedError,
 )
 from .types import (
     Answer,
@@ -48,6 +50,7 @@ from .types import (
     EncodeHead,
     EncodeResult,
     GenericHead,
+    HeadChange,
     HeadClassification,
     HeadInfo,
     HeadOutput,
@@ -112,6 +115,7 @@ __all__ = [
     "FailedPreconditionError",
     "FieldViolation",
     "HeadClassification",
+    "HeadChange",
     "HeadInfo",
     "ImageInputInfo",
     "HeadOutput",
@@ -127,6 +131,8 @@ __all__ = [
     "OutputField",
     "ParameterInfo",
     "PermissionDeniedError",
+    "AlreadyExistsError",
+    "UnimplementedError",
     "PluginFailure",
     "Pooling",
     "SparseVector",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -18,7 +19,7 @@ import grpc
 
 from . import _calls
 from ._base import ClientBase, streaming
-from ._call_meta import outgoing, request_id_in, with_request_id
+from ._call_meta import head_versions_in, outgoing, request_id_in, with_request_id
 from ._calls import arguments
 from ._options import NOT_GIVEN, Metadata, NotGiven, given
 from ._retry import Attempts
@@ -29,6 +30,7 @@ from .types import (
     Batch,
     ClassifyResult,
     EncodeResult,
+    HeadChange,
     HeadSpec,
     ModelInfo,
     Pooling,
@@ -218,6 +220,34 @@ class AsyncClient(ClientBase):
         """How the server's tokenizer splits each item, with code-point offsets."""
         return await self._unary(_calls.tokenize(**arguments(locals())), timeout)
 
+    # --- admin: heads changed while the server runs (an admin token) -----------------------------
+
+    async def load_head(
+        self,
+        name: str,
+        *,
+        plugin: str | None = None,
+        source: str | None = None,
+        artifact: str | os.PathLike[str] | None = None,
+        options: Mapping[str, str] | None = None,
+        replace: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> HeadChange:
+        """Load a head into the running server; see :meth:`Client.load_head`."""
+        return await self._unary(_calls.load_head(**arguments(locals())), timeout)
+
+    async def unload_head(
+        self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> HeadChange:
+        """Stop serving head ``name``; see :meth:`Client.unload_head`."""
+        return await self._unary(_calls.unload_head(**arguments(locals())), timeout)
+
+    async def set_default_head(
+        self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> HeadChange:
+        """Make head ``name`` the default of its task; see :meth:`Client.set_default_head`."""
+        return await self._unary(_calls.set_default_head(**arguments(locals())), timeout)
+
     # --- streams --------------------------------------------------------------------------------
 
     def encode_stream(
@@ -315,13 +345,13 @@ class AsyncClient(ClientBase):
                     metadata=outgoing(self._settings.call_metadata),
                 )
                 response = await rpc
-                request_id = request_id_in(await rpc.initial_metadata()) or request_id_in(
-                    await rpc.trailing_metadata()
-                )
+                trailing = await rpc.trailing_metadata()
+                request_id = request_id_in(await rpc.initial_metadata()) or request_id_in(trailing)
             except grpc.RpcError as rpc_error:
                 await asyncio.sleep(attempts.after(rpc_error))
             else:
-                return with_request_id(call.convert(response), request_id)
+                versions = head_versions_in(trailing)
+                return with_request_id(call.convert(response), request_id, versions)
 
     async def _stream(
         self, call: _calls.Stream[Any, T], timeout: float | None

@@ -16,9 +16,10 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["REQUEST_ID_KEY", "outgoing", "request_id_in", "with_request_id"]
+__all__ = ["REQUEST_ID_KEY", "head_versions_in", "outgoing", "request_id_in", "with_request_id"]
 
 REQUEST_ID_KEY = "x-request-id"
+HEAD_VERSIONS_KEY = "headserve-head-versions"
 
 T = TypeVar("T")
 
@@ -54,14 +55,29 @@ def request_id_in(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-def with_request_id(result: T, request_id: str | None) -> T:
-    """``result`` (a result dataclass or a ``StreamResult`` and its result) with the id set."""
+def head_versions_in(metadata: Iterable[Any] | None) -> dict[str, str]:
+    """The ``headserve-head-versions`` of a call's trailing metadata, ``{name: version}``."""
+    for entry in metadata or ():
+        key, value = entry[0], entry[1]
+        if key == HEAD_VERSIONS_KEY and isinstance(value, str):
+            pairs = (pair.partition("=") for pair in value.split(",") if pair)
+            return {name: version for name, _, version in pairs}
+    return {}
+
+
+def with_request_id(
+    result: T, request_id: str | None, head_versions: dict[str, str] | None = None
+) -> T:
+    """``result`` (a result dataclass or a ``StreamResult`` and its result) with the id set,
+    and the versions of the heads that answered where given."""
     if request_id is None or not dataclasses.is_dataclass(result):
         return result
     names = {f.name for f in dataclasses.fields(result)}
     if "request_id" not in names:
         return result
     changes: dict[str, Any] = {"request_id": request_id}
+    if head_versions and "head_versions" in names:
+        changes["head_versions"] = head_versions
     inner = getattr(result, "result", None)
     if "result" in names and inner is not None:
         changes["result"] = with_request_id(inner, request_id)

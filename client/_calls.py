@@ -10,11 +10,13 @@ method's parameters equal to its description's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from headserve.v1 import models_pb2
+from headserve.v1 import admin_pb2, models_pb2
 
 from . import _convert
 from ._stubs import Stubs
@@ -23,6 +25,7 @@ from .types import (
     Batch,
     ClassifyResult,
     EncodeResult,
+    HeadChange,
     HeadSpec,
     ModelInfo,
     Pooling,
@@ -191,6 +194,40 @@ def tokenize(
 ) -> Unary[tuple[Tokenization, ...]]:
     request = _convert.tokenize_request(items, add_special_tokens, truncate)
     return Unary(lambda stubs: stubs.models.Tokenize, request, _convert.tokenizations)
+
+
+# --- admin (HeadAdmin: the client's token must be an admin token) ----------------------------
+
+
+def load_head(
+    *,
+    name: str,
+    plugin: str | None,
+    source: str | None,
+    artifact: str | os.PathLike[str] | None,
+    options: Mapping[str, str] | None,
+    replace: bool,
+) -> Unary[HeadChange]:
+    files = _convert.artifact_files(Path(artifact)) if artifact is not None else ()
+    request = admin_pb2.LoadHeadRequest(
+        name=name,
+        plugin=plugin or "",
+        source=source or "",
+        options=dict(options or {}),
+        files=files,
+        replace=replace,
+    )
+    return Unary(lambda stubs: stubs.admin.LoadHead, request, _convert.head_change)
+
+
+def unload_head(*, name: str) -> Unary[HeadChange]:
+    request = admin_pb2.UnloadHeadRequest(name=name)
+    return Unary(lambda stubs: stubs.admin.UnloadHead, request, _convert.head_change)
+
+
+def set_default_head(*, name: str) -> Unary[HeadChange]:
+    request = admin_pb2.SetDefaultHeadRequest(name=name)
+    return Unary(lambda stubs: stubs.admin.SetDefaultHead, request, _convert.head_change)
 
 
 # --- streams ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from headserve.v1 import (
+    admin_pb2,
     classifier_pb2,
     common_pb2,
     encoder_pb2,
@@ -42,6 +43,7 @@ from .types import (
     EncodeHead,
     EncodeResult,
     GenericHead,
+    HeadChange,
     HeadClassification,
     HeadInfo,
     HeadOutput,
@@ -647,6 +649,41 @@ def parameter_info(message: models_pb2.ParameterInfo) -> ParameterInfo:
     )
 
 
+def head_info(h: models_pb2.HeadInfo) -> HeadInfo:
+    """:class:`HeadInfo` from its message."""
+    return HeadInfo(
+        name=h.name,
+        task=h.task,
+        labels=tuple(h.labels),
+        trained=h.trained,
+        usable=h.usable,
+        plugin=h.plugin,
+        distribution=h.distribution,
+        version=h.version,
+        source=h.source,
+        multi_label=h.multi_label,
+        is_default=h.is_default,
+        detail=h.detail,
+        outputs=tuple(output_field(o) for o in h.outputs),
+        parameters=tuple(parameter_info(p) for p in h.parameters),
+        settings=dict(h.settings),
+        head_version=h.head_version,
+    )
+
+
+def head_change(
+    message: admin_pb2.LoadHeadResponse
+    | admin_pb2.UnloadHeadResponse
+    | admin_pb2.SetDefaultHeadResponse,
+) -> HeadChange:
+    """:class:`HeadChange` from an admin call's response."""
+    return HeadChange(
+        head=head_info(message.head),
+        replaced_version=getattr(message, "replaced_version", ""),
+        applied=message.applied,
+    )
+
+
 def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
     """:class:`ModelInfo` from its message."""
     b = message.backbone
@@ -679,26 +716,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             if b.HasField("image")
             else None,
         ),
-        heads=tuple(
-            HeadInfo(
-                name=h.name,
-                task=h.task,
-                labels=tuple(h.labels),
-                trained=h.trained,
-                usable=h.usable,
-                plugin=h.plugin,
-                distribution=h.distribution,
-                version=h.version,
-                source=h.source,
-                multi_label=h.multi_label,
-                is_default=h.is_default,
-                detail=h.detail,
-                outputs=tuple(output_field(o) for o in h.outputs),
-                parameters=tuple(parameter_info(p) for p in h.parameters),
-                settings=dict(h.settings),
-            )
-            for h in message.heads
-        ),
+        heads=tuple(head_info(h) for h in message.heads),
         failed_plugins=tuple(
             PluginFailure(plugin=f.plugin, reason=f.reason) for f in message.failed_plugins
         ),
@@ -722,6 +740,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             max_streams=message.limits.max_streams,
             max_image_pixels=message.limits.max_image_pixels,
             max_image_decode_bytes=message.limits.max_image_decode_bytes,
+            max_head_upload_bytes=message.limits.max_head_upload_bytes,
         )
         if message.HasField("limits")
         else None,
@@ -802,3 +821,17 @@ def run_heads_stream_result(
 ) -> StreamResult[RunHeadsResult]:
     """:class:`StreamResult` of a ``RunHeadsStreamResponse``."""
     return stream_result(message, run_heads_result)
+
+
+def artifact_files(folder: os.PathLike[str]) -> list[admin_pb2.HeadFile]:
+    """A head artifact folder's files, to upload (paths relative to it, hidden ones left)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not (root / "head.json").is_file():
+        raise ValueError(f"{root}: not a head artifact (no head.json)")
+    return [
+        admin_pb2.HeadFile(path=path.relative_to(root).as_posix(), content=path.read_bytes())
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts)
+    ]

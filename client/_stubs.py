@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headserve.v1 import (
+    admin_pb2_grpc,
     classifier_pb2_grpc,
     encoder_pb2_grpc,
     heads_pb2_grpc,
@@ -33,6 +34,7 @@ class Stubs:
     models: Any
     heads: Any
     ranker: Any
+    admin: Any
 
     @classmethod
     def over(cls, channel: Any) -> Stubs:
@@ -45,4 +47,5 @@ class Stubs:
             models=models_pb2_grpc.ModelsStub(channel),
             heads=heads_pb2_grpc.HeadsStub(channel),
             ranker=ranker_pb2_grpc.RankerStub(channel),
+            admin=admin_pb2_grpc.HeadAdminStub(channel),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -11,7 +12,7 @@ import grpc
 
 from . import _calls
 from ._base import ClientBase, streaming
-from ._call_meta import outgoing, request_id_in, with_request_id
+from ._call_meta import head_versions_in, outgoing, request_id_in, with_request_id
 from ._calls import arguments
 from ._options import NOT_GIVEN, Metadata, NotGiven, given
 from ._retry import Attempts
@@ -22,6 +23,7 @@ from .types import (
     Batch,
     ClassifyResult,
     EncodeResult,
+    HeadChange,
     HeadSpec,
     ModelInfo,
     Pooling,
@@ -330,6 +332,45 @@ class Client(ClientBase):
         """How the server's tokenizer splits each item, with code-point offsets."""
         return self._unary(_calls.tokenize(**arguments(locals())), timeout)
 
+    # --- admin: heads changed while the server runs (an admin token) -----------------------------
+
+    def load_head(
+        self,
+        name: str,
+        *,
+        plugin: str | None = None,
+        source: str | None = None,
+        artifact: str | os.PathLike[str] | None = None,
+        options: Mapping[str, str] | None = None,
+        replace: bool = False,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> HeadChange:
+        """Load a head into the running server, on its backbone (an admin call: the client's
+        token must be one of the server's admin tokens).
+
+        Args:
+            name: the head's name in calls.
+            plugin: the plugin that loads it (``None`` for a head artifact, which names its own).
+            source: a folder the *server* can read (a task checkpoint or a head artifact);
+                ``None``: the backbone's own folder, or ``artifact``.
+            artifact: a head artifact folder on *this* machine (``headserve train-head``'s
+                output), whose files are sent in the call.
+            options: the head's options, as ``serve --head NAME=PLUGIN,key=value``.
+            replace: replace the served head of this name, atomically; calls already
+                accepted finish on the old one.
+        """
+        return self._unary(_calls.load_head(**arguments(locals())), timeout)
+
+    def unload_head(self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN) -> HeadChange:
+        """Stop serving head ``name`` (an admin call); calls already accepted finish on it."""
+        return self._unary(_calls.unload_head(**arguments(locals())), timeout)
+
+    def set_default_head(
+        self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> HeadChange:
+        """Make head ``name`` the default of its task (an admin call)."""
+        return self._unary(_calls.set_default_head(**arguments(locals())), timeout)
+
     # --- streams --------------------------------------------------------------------------------
 
     def encode_stream(
@@ -443,10 +484,10 @@ class Client(ClientBase):
                 time.sleep(attempts.after(rpc_error))
             else:
                 # in the initial metadata; behind Ray Serve's proxy, in the trailing metadata
-                request_id = request_id_in(rpc.initial_metadata()) or request_id_in(
-                    rpc.trailing_metadata()
-                )
-                return with_request_id(call.convert(response), request_id)
+                trailing = rpc.trailing_metadata()
+                request_id = request_id_in(rpc.initial_metadata()) or request_id_in(trailing)
+                versions = head_versions_in(trailing)
+                return with_request_id(call.convert(response), request_id, versions)
 
     def _stream(
         self, call: _calls.Stream[Any, T], timeout: float | None

@@ -15,6 +15,8 @@ UNAVAILABLE            :class:`UnavailableError`      not ready, draining, unrea
 DEADLINE_EXCEEDED      :class:`DeadlineExceededError` the call's timeout passed
 UNAUTHENTICATED        :class:`UnauthenticatedError`   no valid credentials, e.g. a bad token
 PERMISSION_DENIED      :class:`PermissionDeniedError`  credentials not allowed this call
+ALREADY_EXISTS         :class:`AlreadyExistsError`    a head of that name is served (admin)
+UNIMPLEMENTED          :class:`UnimplementedError`    not served here, e.g. admin RPCs off
 INTERNAL               :class:`InternalError`         a server bug
 anything else          :class:`HeadserveError`
 =====================  ============================  =======================================
@@ -49,6 +51,8 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "AlreadyExistsError",
+    "UnimplementedError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -200,6 +204,15 @@ class PermissionDeniedError(HeadserveError):
     """The credentials do not allow this call (PERMISSION_DENIED); never retried."""
 
 
+class AlreadyExistsError(HeadserveError):
+    """A head of that name is served already (ALREADY_EXISTS): load it with ``replace``."""
+
+
+class UnimplementedError(HeadserveError):
+    """The server does not serve this RPC (UNIMPLEMENTED), e.g. admin RPCs on a server
+    started without admin tokens."""
+
+
 class InternalError(HeadserveError):
     """The server hit a bug (INTERNAL)."""
 
@@ -213,6 +226,8 @@ _ERROR_CLASSES: dict[grpc.StatusCode, type[HeadserveError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
     grpc.StatusCode.INTERNAL: InternalError,
 }
 

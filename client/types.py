@@ -221,6 +221,9 @@ class EncodeResult(_PerItem[Embedding]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[Embedding, ...]:
         return self.embeddings
@@ -284,6 +287,9 @@ class PredictTokensResult(_PerItem[TokenPrediction]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[TokenPrediction, ...]:
         return self.predictions
@@ -346,6 +352,9 @@ class ClassifyResult(_PerItem[Classification]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[Classification, ...]:
         return self.classifications
@@ -378,6 +387,9 @@ class RerankResult(_PerItem[RankedDocument]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[RankedDocument, ...]:
         return self.results
@@ -430,6 +442,9 @@ class AnswerQuestionResult(_PerItem[QuestionAnswer]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[QuestionAnswer, ...]:
         return self.answers
@@ -497,6 +512,9 @@ class RunResult(_PerItem[HeadOutput]):
     request_id: str | None = None
     """The call's request id (the server's ``x-request-id``): in its log lines, trace and
     error details. ``None`` from a server that sends none."""
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[HeadOutput, ...]:
         return self.outputs
@@ -630,6 +648,9 @@ class RunHeadsResult(_PerItem[tuple[HeadResult, ...]]):
     """Tokens the backbone read: an item's input shared by several heads counts once."""
     timing: Timing
     request_id: str | None = None
+    head_versions: Mapping[str, str] = field(default_factory=dict)
+    """The versions of the heads that answered (``{name: version}``, the server's
+    ``headserve-head-versions`` metadata); empty from a server that sends none."""
 
     def _per_item(self) -> tuple[tuple[HeadResult, ...], ...]:
         return self.results
@@ -745,6 +766,21 @@ class HeadInfo:
     """For a head served by ``run``: the options it takes."""
     settings: Mapping[str, str] = field(default_factory=dict)
     """How the head computes, e.g. ``{"pooling": "mean"}``, ``{"activation": "sigmoid"}``."""
+    head_version: str = ""
+    """The head's own version, a digest of its weights' files (``sha256:...``): changes
+    when a retrained head replaces it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadChange:
+    """What an admin call changed: the head as it now serves (for ``unload_head``: as it
+    served), the version it replaced, and how many servers had applied it."""
+
+    head: HeadInfo
+    replaced_version: str = ""
+    """The version of the head a ``load_head(..., replace=True)`` replaced; else empty."""
+    applied: int = 1
+    """Servers (Ray Serve replicas) that had applied the change when it was answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,6 +831,8 @@ class RequestLimits:
     max_image_decode_bytes: int = 0
     """Memory the images decoding at once may take on the server; an image waits for room
     (0 from a server that does not say)."""
+    max_head_upload_bytes: int = 0
+    """Bytes of a head artifact uploaded to ``load_head`` (0 from a server that does not say)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ def admission(limits: RequestLimits, security: Security) -> Admission:
     return Admission(
         tokens=security.tokens,
         open_health=security.open_health,
+        admin_tokens=security.admin_tokens,
         max_calls=limits.max_concurrent_calls,
         max_streams=limits.max_streams,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 REQUEST_ID_KEY = "x-request-id"
@@ -22,15 +22,31 @@ RequestIdIn = Literal["initial", "trailing"]  # where a unary gRPC call's id goe
 REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 
+HEAD_VERSIONS_KEY = "headserve-head-versions"  # gRPC metadata; HTTP: x-headserve-head-versions
+HTTP_HEAD_VERSIONS_KEY = "x-headserve-head-versions"
+
+
 @dataclass(frozen=True, slots=True)
 class CallInfo:
     request_id: str
     rpc: str  # "headserve.v1.Encoder/Encode"
     deadline: float | None = None  # on time.perf_counter(), the scheduler's clock
+    heads: dict[str, str] = field(default_factory=dict)  # the heads that answered: versions
+
+    def head_versions(self) -> str:
+        """The heads that answered, as the response says it: "name=version,name=version"."""
+        return ",".join(f"{name}={version}" for name, version in self.heads.items())
 
 
 CURRENT: ContextVar[CallInfo | None] = ContextVar("headserve_call", default=None)
 BATCH: ContextVar[tuple[str, ...]] = ContextVar("headserve_batch_request_ids", default=())
+
+
+def answered_by(name: str, version: str) -> None:
+    """Note that head `name` at `version` answers the current call (for its response)."""
+    call = CURRENT.get()
+    if call is not None:
+        call.heads[name] = version
 
 
 def current_request_id() -> str | None:

@@ -73,6 +73,22 @@ class Unauthenticated(HeadserveError):
     kind = table.UNAUTHENTICATED
 
 
+class PermissionDenied(HeadserveError):
+    kind = table.PERMISSION_DENIED
+
+
+class AdminOff(HeadserveError):
+    kind = table.ADMIN_OFF
+
+
+class HeadExists(HeadserveError):
+    kind = table.HEAD_EXISTS
+
+    def __init__(self, message: str, *, head: str) -> None:
+        super().__init__(message)
+        self.head = head
+
+
 class Overloaded(HeadserveError):
     kind = table.OVERLOADED
 

@@ -25,6 +25,7 @@ from .calls.security import Security, read_tokens
 from .core.engine import Core
 from .core.heads import check_defaults, check_unique_names, load_heads, require, strict
 from .core.limits import Limits, RequestLimits
+from .core.live_heads import HeadLoader
 from .core.memory import release_freed_memory
 from .core.runner import Runner
 from .core.scheduler import Scheduler
@@ -126,13 +127,15 @@ def build_core(
         ),
     )
     check_stopped()
+    view = backbone.view()
+    loader = HeadLoader({p.ref.name: p for p in plugins}, view, tuple(r.name for r in kept_out))
     registry = load_heads(
         specs,
         plugins,
         failures,
-        backbone.view(),
+        view,
         allow_untrained=settings.allow_untrained,
-        not_allowed=[r.name for r in kept_out],
+        not_allowed=loader.not_allowed,
     )
     if settings.heads and not settings.allow_failed_heads:
         strict(registry, settings.heads)
@@ -172,6 +175,7 @@ def build_core(
         torch_threads=threads.threads,
         request_limits=settings.request_limits,
         tracing=tracing,
+        loader=loader,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from . import event_loop, extras
 from .call_info import REQUEST_ID_IN
 from .calls.connections import Connections
-from .calls.security import Security, read_tokens
+from .calls.security import ADMIN_TOKENS_ENV, Security, read_tokens
 from .config import head_specs
 from .core.limits import Limits, RequestLimits
 from .observability import logs
@@ -193,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
         ("max_streams", "streams open at once (below --max-concurrent-calls)"),
         ("max_image_pixels", "pixels (width x height) of one image item, checked before decoding"),
         ("max_image_decode_bytes", "memory the images decoding at once may take, all calls"),
+        ("max_head_upload_bytes", "bytes of a head artifact uploaded in a LoadHead call"),
     ):
         serve.add_argument(
             "--" + name.replace("_", "-"),
@@ -235,6 +236,13 @@ def parser() -> argparse.ArgumentParser:
         "line); tokens may also come from $HEADSERVE_AUTH_TOKENS, never from the command line",
     )
     serve.add_argument("--open-health", action="store_true", help="health checks need no token")
+    serve.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="turn the admin RPCs on (HeadAdmin: load, replace, unload heads at run time) for "
+        "the tokens in this file (one per line), or $HEADSERVE_ADMIN_TOKENS; a caller's "
+        "token gets PERMISSION_DENIED there. Without: admin RPCs answer UNIMPLEMENTED",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -441,6 +449,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
                 tls_client_ca=args.tls_client_ca,
                 tokens=read_tokens(args.auth_token_file),
                 open_health=args.open_health,
+                admin_tokens=read_tokens(
+                    args.admin_token_file, variable=ADMIN_TOKENS_ENV, flag="--admin-token-file"
+                ),
             ),
             threads=args.threads,
             trace=args.trace,

@@ -11,7 +11,9 @@ On the way in, in this order (the first that refuses ends the call):
 1. the request id: the caller's `x-request-id`, or a new one; in `call_info.CURRENT` for
    everything the call runs (error details, log lines, spans). With tracing on, the call's
    server span, continuing the caller's `traceparent`.
-2. the bearer token, when the server has tokens: UNAUTHENTICATED.
+2. the bearer token, when the server has tokens: UNAUTHENTICATED. An admin call (HeadAdmin)
+   needs an admin token instead: UNAUTHENTICATED without one, PERMISSION_DENIED for a
+   caller's token, UNIMPLEMENTED (ADMIN_OFF) on a server without admin tokens.
 3. what is malformed in the call's own head (a bad `x-request-id`, an unreadable timeout):
    INVALID_ARGUMENT.
 4. draining, then loading: UNAVAILABLE (a health check is answered either way).
@@ -40,7 +42,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from headserve.v1 import errors as table
 
 from ..call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
-from ..errors import HeadserveError, InvalidArgument, Overloaded, Unauthenticated, Unavailable
+from ..errors import (
+    AdminOff,
+    HeadserveError,
+    InvalidArgument,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from ..errors import kind_of as error_kind
 from .security import TokenAuth, denied
 
@@ -75,6 +85,7 @@ class Arrival:
     stream: bool = False
     health: bool = False  # a health check: answered while loading or draining, never refused
     public: bool = False  # needs no token (a health check with --open-health)
+    admin: bool = False  # an admin RPC: needs an admin token
     malformed: HeadserveError | None = None  # what the transport found wrong in its head
 
 
@@ -85,6 +96,7 @@ class Admission:
 
     tokens: tuple[str, ...] = ()
     open_health: bool = False
+    admin_tokens: tuple[str, ...] = ()  # empty: the admin RPCs are off
     max_calls: int | None = None
     max_streams: int | None = None
 
@@ -228,6 +240,7 @@ class Pipeline:
         self._serving = serving
         self._admission = admission
         self._auth = TokenAuth(admission.tokens) if admission.tokens else None
+        self._admin = TokenAuth(admission.admin_tokens) if admission.admin_tokens else None
         self.metrics = metrics
         self.tracing = tracing
         self._access_log = access_log
@@ -309,7 +322,9 @@ class Pipeline:
     def _admitted(self, call: Call) -> Iterator[None]:
         """Admit `call` (raises what refuses it) and hold its places while the body runs."""
         arrival, admission = call.arrival, self._admission
-        if not (arrival.public or self.allows(arrival.metadata)):
+        if arrival.admin:
+            self._admit_admin(arrival)
+        elif not (arrival.public or self.allows(arrival.metadata)):
             raise Unauthenticated(denied(arrival.transport))
         if call.bad_id is not None:
             raise call.bad_id
@@ -338,6 +353,25 @@ class Pipeline:
         finally:
             self.calls -= 1
             self.streams -= arrival.stream
+
+    def _admit_admin(self, arrival: Arrival) -> None:
+        """An admin call: an admin token, else why not."""
+        if self._admin is None:
+            if not self.allows(arrival.metadata):
+                raise Unauthenticated(denied(arrival.transport))
+            raise AdminOff(
+                "the admin RPCs are off: this server was started without --admin-token-file"
+            )
+        if self._admin.allows(arrival.metadata):
+            return
+        if self._auth is not None and self._auth.allows(arrival.metadata):
+            raise PermissionDenied(
+                "a caller's token cannot make admin calls: send an admin token "
+                "(one of the server's --admin-token-file)"
+            )
+        raise Unauthenticated(
+            "missing or invalid admin token (metadata 'authorization: Bearer <admin token>')"
+        )
 
     def _end(self, call: Call, kind: str) -> None:
         arrival = call.arrival

@@ -6,6 +6,9 @@
                                             in FILE (one per line; # comments), or from the
                                             HEADSERVE_AUTH_TOKENS environment variable
     --open-health                           let health checks through without a token
+    --admin-token-file FILE                 turn the admin RPCs on (HeadAdmin), for these
+                                            tokens only (or HEADSERVE_ADMIN_TOKENS); a
+                                            caller's token there gets PERMISSION_DENIED
 
 Tokens never come from the command line (it shows in `ps`). A call without a valid token
 gets UNAUTHENTICATED and a message that says nothing about the server or its model.
@@ -23,6 +26,7 @@ from typing import Any
 import grpc
 
 TOKENS_ENV = "HEADSERVE_AUTH_TOKENS"
+ADMIN_TOKENS_ENV = "HEADSERVE_ADMIN_TOKENS"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DENIED = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
 HTTP_DENIED = "missing or invalid bearer token (header 'Authorization: Bearer <token>')"
@@ -44,8 +48,11 @@ class Security:
     tls_client_ca: Path | None = None  # mutual TLS: client certificates must chain to it
     tokens: tuple[str, ...] = ()  # accepted bearer tokens; empty: no token needed
     open_health: bool = False
+    admin_tokens: tuple[str, ...] = ()  # the admin RPCs' tokens; empty: admin RPCs off
 
     def __post_init__(self) -> None:
+        if set(self.tokens) & set(self.admin_tokens):
+            raise SecurityError("a token is both a caller's and an admin's: give admins their own")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SecurityError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -55,7 +62,7 @@ class Security:
         tls, mutual = self.tls_cert is not None, self.tls_client_ca is not None
         return (
             f"Security(tls={tls}, mutual_tls={mutual}, tokens={len(self.tokens)}, "
-            f"open_health={self.open_health})"
+            f"open_health={self.open_health}, admin_tokens={len(self.admin_tokens)})"
         )
 
     def credentials(self) -> grpc.ServerCredentials | None:
@@ -72,20 +79,26 @@ class Security:
         )
 
 
-def read_tokens(path: Path | None, environ: dict[str, str] | None = None) -> tuple[str, ...]:
+def read_tokens(
+    path: Path | None,
+    environ: dict[str, str] | None = None,
+    *,
+    variable: str = TOKENS_ENV,
+    flag: str = "--auth-token-file",
+) -> tuple[str, ...]:
     """Tokens from a file (one per line, blank lines and # comments ignored) and/or the
-    HEADSERVE_AUTH_TOKENS variable (comma or whitespace separated)."""
+    `variable` (HEADSERVE_AUTH_TOKENS; comma or whitespace separated)."""
     env = os.environ if environ is None else environ
     tokens: list[str] = []
     if path is not None:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise SecurityError(f"cannot read --auth-token-file: {exc}") from exc
+            raise SecurityError(f"cannot read {flag}: {exc}") from exc
         tokens += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not tokens:
             raise SecurityError(f"{path} holds no token")
-    tokens += env.get(TOKENS_ENV, "").replace(",", " ").split()
+    tokens += env.get(variable, "").replace(",", " ").split()
     for token in tokens:
         if len(token) < 16 or not token.isprintable():
             raise SecurityError("each auth token must be at least 16 printable characters")

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from headserve.v1 import errors as table
 
-from ..call_info import REQUEST_ID_KEY, current_request_id
+from ..call_info import CURRENT, HEAD_VERSIONS_KEY, REQUEST_ID_KEY, current_request_id
 from ..errors import HeadserveError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     head = getattr(exc, "head", None)
     if head:
         metadata["head"] = head
+        version = _answered().get(head)
+        if version:
+            metadata["head_version"] = version
     details.insert(
         0, _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata))
     )
@@ -75,12 +78,28 @@ class Abortable(Protocol):
     async def abort_with_status(self, status: grpc.Status) -> NoReturn: ...
 
 
+def _answered() -> dict[str, str]:
+    """The heads that answered the current call so far, with their versions."""
+    call = CURRENT.get()
+    return call.heads if call is not None else {}
+
+
+def trailers() -> tuple[tuple[str, str], ...]:
+    """What a call's trailing metadata adds: the versions of the heads that answered."""
+    call = CURRENT.get()
+    if call is None or not call.heads:
+        return ()
+    return ((HEAD_VERSIONS_KEY, call.head_versions()),)
+
+
 async def abort(context: Abortable, exc: BaseException) -> None:
     """End a unary call with the status for `exc` (raises, as context.abort does). Its
-    trailing metadata carries the call's request id too, beside the status details."""
+    trailing metadata carries the call's request id too, beside the status details, and
+    the versions of the heads that answered."""
     status = rpc_status.to_status(to_status(exc))
     request_id = current_request_id()
+    trailing = (*status.trailing_metadata, *trailers())
     if request_id is not None:
-        trailing = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
-        status = status._replace(trailing_metadata=trailing)  # a namedtuple
+        trailing = (*trailing, (REQUEST_ID_KEY, request_id))
+    status = status._replace(trailing_metadata=trailing)  # a namedtuple
     await context.abort_with_status(status)

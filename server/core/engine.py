@@ -29,6 +29,7 @@ from .budget import ByteBudget
 from .generic import check_output, parse_params
 from .heads import HeadRegistry
 from .limits import DECODE_BYTES_PER_PIXEL, RequestLimits
+from .live_heads import HeadLoader, LiveHeads
 from .memory import trim_heap
 from .runner import Runner, Work, row_key
 from .scheduler import Scheduler, Stats
@@ -194,10 +195,13 @@ class Core:
         torch_threads: int,
         request_limits: RequestLimits | None = None,
         tracing: Tracing | None = None,
+        loader: HeadLoader | None = None,
     ) -> None:
         self.backbone = backbone
         self.tracing = tracing
-        self.registry = registry
+        self.registry = registry  # replaced whole by a change at run time (live_heads.py)
+        # heads loaded, replaced and unloaded at run time (HeadAdmin); None: not this core
+        self.live = LiveHeads(self, loader) if loader is not None else None
         self.runner = runner  # the scheduler's (its counters are read by tests and benchmarks)
         self.scheduler = scheduler
         self.torch_threads = torch_threads

@@ -5,16 +5,18 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from headserve.plugins.contract import BackboneView, Head, HeadSpec, LoadContext
 
+from ..call_info import answered_by
 from ..config import ARTIFACT_PLUGINS, BUILTIN_TASKS
 from ..discovery import FailedPlugin, LoadedPlugin, StartupError
 from ..errors import HeadNotFound, HeadNotUsable, InvalidArgument
 from .generic import schema_problem
+from .versions import folder_version
 
 RANKING_TASKS = ("classify", "encode")  # the heads a Rerank call may name
 
@@ -27,6 +29,20 @@ class ServedHead:
     spec: HeadSpec
     plugin: LoadedPlugin
     is_default: bool
+    version: str = ""  # versions.py: a digest of its weights' files
+
+    @property
+    def task(self) -> str:
+        return self.plugin.plugin.task
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a head did not load: the field of its spec at fault ("plugin", "source",
+    "options") and the reason, as the start logs it and an admin call answers it."""
+
+    field: str
+    reason: str
 
 
 class DuplicateHead(StartupError):
@@ -133,7 +149,14 @@ class HeadRegistry:
             )
         return self._usable(served)
 
+    def replaced(self, heads: Sequence[ServedHead]) -> HeadRegistry:
+        """A registry of `heads` with this one's failures and rules: a change made at run
+        time is a new registry, put in place in one assignment (calls hold the old one's
+        heads until they end)."""
+        return HeadRegistry(heads, self.failures, allow_untrained=self.allow_untrained)
+
     def _usable(self, served: ServedHead) -> Head:
+        answered_by(served.spec.name, served.version)
         task = served.plugin.plugin.task
         if not self.usable(served):
             raise HeadNotUsable(
@@ -163,52 +186,77 @@ def load_heads(
     check_defaults(specs, plugins)
     by_name = {p.ref.name: p for p in plugins}
     failed = list(failures)
-    loaded: list[tuple[HeadSpec, LoadedPlugin, Head]] = []
+    loaded: list[tuple[HeadSpec, LoadedPlugin, Head, str]] = []
     for spec in specs:
-        plugin = by_name.get(spec.plugin)
-        if plugin is None:
-            reason = (
-                f"plugin {spec.plugin!r} is installed but not in the --plugins allow-list"
-                if spec.plugin in not_allowed
-                else _no_plugin(spec.plugin, sorted(by_name))
-            )
-            failed.append(FailedPlugin(spec.name, reason))
-            log.error("head %s: %s", spec.name, reason)
+        outcome = load_one(spec, by_name, backbone, not_allowed)
+        if isinstance(outcome, Refusal):
+            failed.append(FailedPlugin(spec.name, outcome.reason))
             continue
-        mistake = _source_mistake(spec) or _option_mistake(spec, plugin.plugin)
-        if mistake is not None:
-            failed.append(FailedPlugin(spec.name, mistake))
-            log.error("head %s: %s", spec.name, mistake)
-            continue
-        started = time.perf_counter()
-        try:
-            head = plugin.plugin.load(LoadContext(spec, backbone))
-        except Exception as exc:  # weights can be missing or corrupt: report, serve the rest
-            failed.append(FailedPlugin(spec.name, f"{plugin.ref.label} failed to load: {exc}"))
-            log.error("head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc)
-            # the traceback for whoever fixes the plugin (--log-level DEBUG)
-            log.debug("head %s failed to load; the traceback:", spec.name, exc_info=exc)
-            continue
-        problem = _contract_problem(head, plugin)
-        if problem is not None:
-            failed.append(FailedPlugin(spec.name, f"{plugin.ref.label}: {problem}"))
-            log.error("head %s (%s) refused: %s", spec.name, plugin.ref.label, problem)
-            continue
-        log.info(
-            "head %s: %s from %s, %s, %.2fs",
-            spec.name,
-            plugin.plugin.task,
-            spec.source or backbone.source,
-            "trained" if head.trained else "UNTRAINED",
-            time.perf_counter() - started,
-        )
-        loaded.append((spec, plugin, head))
+        loaded.append((spec, *outcome))
     served = []
-    for spec, plugin, head in loaded:
+    for spec, plugin, head, version in loaded:
         task = plugin.plugin.task
-        peers = [s for s, p, _ in loaded if p.plugin.task == task]
-        served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task)))
+        peers = [s for s, p, _, _ in loaded if p.plugin.task == task]
+        served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task), version))
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
+
+
+def load_one(
+    spec: HeadSpec,
+    plugins: Mapping[str, LoadedPlugin],
+    backbone: BackboneView,
+    not_allowed: Sequence[str] = (),
+) -> tuple[LoadedPlugin, Head, str] | Refusal:
+    """One head loaded by its plugin, with its version, or why not (logged): the checks
+    every head passes, at start or loaded into a running server."""
+    refusal = _refusal(spec, plugins, not_allowed)
+    if refusal is not None:
+        log.error("head %s: %s", spec.name, refusal.reason)
+        return refusal
+    plugin = plugins[spec.plugin]
+    started = time.perf_counter()
+    try:
+        head = plugin.plugin.load(LoadContext(spec, backbone))
+    except Exception as exc:  # weights can be missing or corrupt: report, serve the rest
+        log.error("head %s (%s) failed to load: %s", spec.name, plugin.ref.label, exc)
+        # the traceback for whoever fixes the plugin (--log-level DEBUG)
+        log.debug("head %s failed to load; the traceback:", spec.name, exc_info=exc)
+        return Refusal("source", f"{plugin.ref.label} failed to load: {exc}")
+    problem = _contract_problem(head, plugin)
+    if problem is not None:
+        log.error("head %s (%s) refused: %s", spec.name, plugin.ref.label, problem)
+        return Refusal("plugin", f"{plugin.ref.label}: {problem}")
+    version = folder_version(Path(spec.source or backbone.source))
+    log.info(
+        "head %s: %s from %s (%s), %s, %.2fs",
+        spec.name,
+        plugin.plugin.task,
+        spec.source or backbone.source,
+        version,
+        "trained" if head.trained else "UNTRAINED",
+        time.perf_counter() - started,
+    )
+    return plugin, head, version
+
+
+def _refusal(
+    spec: HeadSpec, plugins: Mapping[str, LoadedPlugin], not_allowed: Sequence[str]
+) -> Refusal | None:
+    """What refuses `spec` before its plugin runs: no such plugin, its folder, its options."""
+    plugin = plugins.get(spec.plugin)
+    if plugin is None:
+        if spec.plugin in not_allowed:
+            return Refusal(
+                "plugin", f"plugin {spec.plugin!r} is installed but not in the --plugins allow-list"
+            )
+        return Refusal("plugin", _no_plugin(spec.plugin, sorted(plugins)))
+    mistake = _source_mistake(spec)
+    if mistake is not None:
+        return Refusal("source", mistake)
+    mistake = _option_mistake(spec, plugin.plugin)
+    if mistake is not None:
+        return Refusal("options", mistake)
+    return None
 
 
 # Options the server reads from any head's spec, whatever its plugin declares.
@@ -297,7 +345,7 @@ class DuplicateDefault(StartupError):
     pass
 
 
-def _marked_default(spec: HeadSpec) -> bool:
+def marked_default(spec: HeadSpec) -> bool:
     return spec.options.get("default", "").lower() in {"1", "true", "yes"}
 
 
@@ -306,7 +354,7 @@ def check_defaults(specs: Sequence[HeadSpec], plugins: Iterable[LoadedPlugin]) -
     tasks = {p.ref.name: p.plugin.task for p in plugins}
     by_task: dict[str, list[str]] = {}
     for spec in specs:
-        if _marked_default(spec) and spec.plugin in tasks:
+        if marked_default(spec) and spec.plugin in tasks:
             by_task.setdefault(tasks[spec.plugin], []).append(spec.name)
     for task, names in sorted(by_task.items()):
         if len(names) > 1:
@@ -318,7 +366,7 @@ def check_defaults(specs: Sequence[HeadSpec], plugins: Iterable[LoadedPlugin]) -
 
 def _default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:
     """The head marked default=true, else the one named after its task, else the first."""
-    marked = [s for s in specs if _marked_default(s)]
+    marked = [s for s in specs if marked_default(s)]
     if marked:
         return marked[0]  # one at most: check_defaults refused more
     return next((s for s in specs if s.name == task), specs[0])

@@ -48,6 +48,8 @@ class RequestLimits:
     max_image_pixels: int = 40_000_000  # width x height of one decoded image (a bomb guard)
     max_image_decode_bytes: int = 1024**3  # memory all the images decoding at once may take,
     # each DECODE_BYTES_PER_PIXEL a pixel (the most one decode was measured to peak at)
+    max_head_upload_bytes: int = 8 * 1024 * 1024  # a head artifact sent in a LoadHead call
+    # (one message: --max-message-bytes bounds it too)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -8,7 +8,17 @@ from collections.abc import Sequence
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-from . import answer_question, classify, encode, models, predict_tokens, rerank, run, run_heads
+from . import (
+    answer_question,
+    classify,
+    encode,
+    head_admin,
+    models,
+    predict_tokens,
+    rerank,
+    run,
+    run_heads,
+)
 from .task import GENERIC, HeadForm, Route, Task
 
 TASKS: tuple[Task, ...] = (
@@ -21,7 +31,12 @@ TASKS: tuple[Task, ...] = (
     models.MODEL_INFO,
     models.TOKENIZE,
     rerank.TASK,
+    head_admin.LOAD,
+    head_admin.UNLOAD,
+    head_admin.SET_DEFAULT,
 )
+# What a Ray Serve replica answers: not the admin RPCs, whose change must reach every replica
+SERVE_TASKS: tuple[Task, ...] = tuple(task for task in TASKS if not task.admin)
 
 
 def services(tasks: Sequence[Task]) -> dict[str, tuple[ServiceDescriptor, tuple[Task, ...]]]:
@@ -33,4 +48,4 @@ def services(tasks: Sequence[Task]) -> dict[str, tuple[ServiceDescriptor, tuple[
     return found
 
 
-__all__ = ["GENERIC", "TASKS", "HeadForm", "Route", "Task", "services"]
+__all__ = ["GENERIC", "SERVE_TASKS", "TASKS", "HeadForm", "Route", "Task", "services"]

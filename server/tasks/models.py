@@ -14,6 +14,7 @@ from headserve.v1 import models_pb2 as pb
 
 from ..backbones.families import Family, family_of
 from ..core.engine import Core
+from ..core.heads import HeadRegistry, ServedHead
 from .task import Task
 from .wire import Call, text_items
 
@@ -27,50 +28,53 @@ def server_version() -> str:
         return "unknown"
 
 
+def head_info(registry: HeadRegistry, served: ServedHead) -> pb.HeadInfo:
+    """A head as GetModelInfo (and an admin call's answer) shows it."""
+    return pb.HeadInfo(
+        name=served.spec.name,
+        task=served.plugin.plugin.task,
+        labels=list(served.head.labels),
+        trained=served.head.trained,
+        usable=registry.usable(served),
+        plugin=served.plugin.ref.name,
+        distribution=served.plugin.ref.distribution,
+        version=served.plugin.ref.version,
+        source=served.head.source,
+        multi_label=served.head.multi_label,
+        is_default=served.is_default,
+        detail=served.head.detail,
+        settings=dict(served.head.settings),
+        head_version=served.version,
+        outputs=[
+            pb.OutputField(
+                name=f.name,
+                kind=_KINDS[f.kind],
+                type=f.type,
+                shape=f.shape,
+                description=f.description,
+                optional=f.optional,
+            )
+            for f in served.head.outputs
+        ],
+        parameters=[
+            pb.ParameterInfo(
+                name=p.name,
+                type=p.type,
+                default=json.dumps(p.default),
+                description=p.description,
+                choices=list(p.choices),
+            )
+            for p in served.head.parameters
+        ],
+    )
+
+
 def model_info(core: Core) -> pb.ModelInfo:
     backbone = core.backbone
     config = backbone.config
     registry = core.registry
     limits = core.scheduler.limits
-    heads = [
-        pb.HeadInfo(
-            name=name,
-            task=served.plugin.plugin.task,
-            labels=list(served.head.labels),
-            trained=served.head.trained,
-            usable=registry.usable(served),
-            plugin=served.plugin.ref.name,
-            distribution=served.plugin.ref.distribution,
-            version=served.plugin.ref.version,
-            source=served.head.source,
-            multi_label=served.head.multi_label,
-            is_default=served.is_default,
-            detail=served.head.detail,
-            settings=dict(served.head.settings),
-            outputs=[
-                pb.OutputField(
-                    name=f.name,
-                    kind=_KINDS[f.kind],
-                    type=f.type,
-                    shape=f.shape,
-                    description=f.description,
-                    optional=f.optional,
-                )
-                for f in served.head.outputs
-            ],
-            parameters=[
-                pb.ParameterInfo(
-                    name=p.name,
-                    type=p.type,
-                    default=json.dumps(p.default),
-                    description=p.description,
-                    choices=list(p.choices),
-                )
-                for p in served.head.parameters
-            ],
-        )
-        for name, served in registry.heads.items()
-    ]
+    heads = [head_info(registry, served) for served in registry.heads.values()]
     tokenizer, image = backbone.tokenizer, backbone.image
     return pb.ModelInfo(
         backbone=pb.BackboneInfo(

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from ..call_info import REQUEST_ID_KEY, RequestIdIn
 from ..calls.pipeline import Arrival, Call, Pipeline, items_in
 from ..calls.security import DENIED
-from ..calls.status import abort
+from ..calls.status import abort, trailers
 from ..errors import InvalidArgument, Overloaded, Unauthenticated
 from ..tasks import Task, services
 from ..tasks.running import CoreHolder, answering
@@ -129,6 +129,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._served = {f"/{task.full_name}" for task in tasks} | {
             f"/{task.service.full_name}/{task.stream_rpc}" for task in tasks if task.streams
         }
+        self._admin = {f"/{task.full_name}" for task in tasks if task.admin}
         self._unary_id_first = request_id_in == "initial"
         # A method's handler is the same object for every call: wrap it once.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -149,7 +150,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return handler
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, self._wrap(handler, method.removeprefix("/")))
+            cached = (handler, self._wrap(handler, method))
             self._wrapped[method] = cached
         return cached[1]
 
@@ -181,7 +182,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, rpc: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        rpc = method.removeprefix("/")
         codecs = dict(
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
@@ -190,21 +192,29 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         # coroutine functions and async generators
         if handler.unary_unary:
             unary = cast(Unary, handler.unary_unary)
-            return grpc.unary_unary_rpc_method_handler(self._unary(unary, rpc), **codecs)
+            admin = method in self._admin
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(unary, rpc, admin=admin), **codecs
+            )
         if handler.stream_stream:
             stream = cast(Streaming, handler.stream_stream)
             return grpc.stream_stream_rpc_method_handler(self._stream(stream, rpc), **codecs)
         return handler  # a task has no other kind of RPC
 
-    def _unary(self, behavior: Unary, rpc: str) -> Unary:
+    def _unary(self, behavior: Unary, rpc: str, *, admin: bool = False) -> Unary:
         pipeline = self._pipeline
         id_first = self._unary_id_first
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            arrival = _arrival(context, rpc, items=items_in(request))
+            arrival = _arrival(context, rpc, items=items_in(request), admin=admin)
 
             async def work(call: Call) -> Any:
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                trailing = trailers()  # the versions of the heads that answered
+                if trailing:
+                    own = () if id_first else ((REQUEST_ID_KEY, call.request_id),)
+                    context.set_trailing_metadata((*own, *trailing))
+                return response
 
             try:
                 return await pipeline.unary(
@@ -235,6 +245,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     arrival, work, announce=_send_id(context, first=True)
                 ):
                     yield reply
+                trailing = trailers()  # the versions of the heads that answered its messages
+                if trailing:
+                    context.set_trailing_metadata(trailing)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -283,7 +296,12 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 def _arrival(
-    context: grpc.aio.ServicerContext, rpc: str, *, items: int = 0, stream: bool = False
+    context: grpc.aio.ServicerContext,
+    rpc: str,
+    *,
+    items: int = 0,
+    stream: bool = False,
+    admin: bool = False,
 ) -> Arrival:
     """What the call's context tells: its metadata, the time its caller allows, its peer."""
     return Arrival(
@@ -294,4 +312,5 @@ def _arrival(
         context.peer(),
         items=items,
         stream=stream,
+        admin=admin,
     )

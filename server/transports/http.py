@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from headserve.v1 import errors as table
 
-from ..call_info import REQUEST_ID_KEY, current_request_id
+from ..call_info import CURRENT, HTTP_HEAD_VERSIONS_KEY, REQUEST_ID_KEY, current_request_id
 from ..calls.connections import Connections
 from ..calls.pipeline import Arrival, Pipeline
 from ..calls.pipeline import Call as Running
@@ -176,6 +176,9 @@ class OpenAIHttp:
                 response.headers[REQUEST_ID_KEY] = current_request_id() or ""
             except Exception as exc:
                 response = error_response(exc, current_request_id())
+            info = CURRENT.get()
+            if info is not None and info.heads:  # which versions of which heads answered
+                response.headers[HTTP_HEAD_VERSIONS_KEY] = info.head_versions()
             metrics = self._pipeline.metrics
             if metrics is not None:
                 metrics.http_requests.labels(path, str(response.status_code)).inc()

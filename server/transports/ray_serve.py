@@ -47,7 +47,7 @@ from ..calls.status import abort
 from ..loading import Settings, build_core, settings_from
 from ..observability import logs
 from ..observability.metrics import Metrics
-from ..tasks import TASKS, Task, services
+from ..tasks import SERVE_TASKS, Task, services
 from ..tasks.running import Streaming, Unary, answering
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def start(port: int, request_timeout_s: float | None = None, **options: Any) -> 
     serve.start(grpc_options=grpc_options, **options)
 
 
-def servicer_functions(tasks: Sequence[Task] = TASKS) -> list[str]:
+def servicer_functions(tasks: Sequence[Task] = SERVE_TASKS) -> list[str]:
     """What `gRPCOptions(grpc_servicer_functions=...)` needs: the function protoc generated
     to add each service of `tasks` to a gRPC server (the proxy learns the methods from it)."""
     functions = []
@@ -266,7 +266,7 @@ def replica(tasks: Sequence[Task], name: str = "HeadserveReplica") -> type[Repli
     return made
 
 
-HeadserveReplica = replica(TASKS)  # every headserve.v1 RPC
+HeadserveReplica = replica(SERVE_TASKS)  # every headserve.v1 RPC but the admin ones
 
 
 def application(

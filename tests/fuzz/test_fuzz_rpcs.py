@@ -36,6 +36,7 @@ from serving import ServerThread
 
 from headserve.server.tasks import TASKS, services
 from headserve.v1 import (
+    admin_pb2,
     classifier_pb2,
     classifier_pb2_grpc,
     common_pb2,
@@ -693,6 +694,10 @@ METHODS = {
     "/headserve.v1.Models/Tokenize": "Tokenize",
     "/headserve.v1.Ranker/Rerank": "Rerank",
     "/headserve.v1.Ranker/RerankStream": "Rerank",
+    # admin calls without an admin token: refused before their bytes matter
+    "/headserve.v1.HeadAdmin/LoadHead": "Tokenize",
+    "/headserve.v1.HeadAdmin/UnloadHead": "Tokenize",
+    "/headserve.v1.HeadAdmin/SetDefaultHead": "Tokenize",
 }
 
 
@@ -705,6 +710,7 @@ def test_methods_are_all_covered() -> None:
         heads_pb2,
         models_pb2,
         ranker_pb2,
+        admin_pb2,
     )
     paths = {
         f"/{service.full_name}/{method.name}"

@@ -98,7 +98,7 @@ def _contract_services() -> set[str]:
 
 def test_health_per_service(server: ServerThread) -> None:
     services = _contract_services()
-    assert len(services) == 7
+    assert len(services) == 8
     for service in ["", *sorted(services)]:
         # Heads serves plugin tasks: this server has none (its RunHeads answers regardless)
         want = NOT_SERVING if service == "headserve.v1.Heads" else SERVING

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from headserve.client import (
     NOT_GIVEN,
+    AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
     HeadOutput,
@@ -28,6 +29,7 @@ from headserve.client import (
     Span,
     UnauthenticatedError,
     UnavailableError,
+    UnimplementedError,
     _convert,
     _retry,
     errors,
@@ -536,7 +538,8 @@ def test_invalid_argument_without_details_has_no_field():
         (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
         (grpc.StatusCode.INTERNAL, InternalError),
         (grpc.StatusCode.UNKNOWN, HeadserveError),
-        (grpc.StatusCode.UNIMPLEMENTED, HeadserveError),
+        (grpc.StatusCode.UNIMPLEMENTED, UnimplementedError),
+        (grpc.StatusCode.ALREADY_EXISTS, AlreadyExistsError),
     ],
 )
 def test_each_code_maps_to_its_class(code, cls):

@@ -74,6 +74,33 @@ UNAUTHENTICATED = ErrorKind(
     False,
     "no valid bearer token",
 )
+PERMISSION_DENIED = ErrorKind(
+    "permission_denied",
+    "PERMISSION_DENIED",
+    "PERMISSION_DENIED",
+    403,
+    "permission_error",
+    False,
+    "a valid token that does not allow this call: a caller's token on an admin RPC",
+)
+ADMIN_OFF = ErrorKind(
+    "admin_off",
+    "UNIMPLEMENTED",
+    "ADMIN_OFF",
+    501,
+    "not_implemented",
+    False,
+    "an admin RPC on a server started without admin tokens (--admin-token-file)",
+)
+HEAD_EXISTS = ErrorKind(
+    "head_exists",
+    "ALREADY_EXISTS",
+    "HEAD_EXISTS",
+    409,
+    "invalid_request_error",
+    False,
+    "a head of that name is served already: load it with replace, or pick another name",
+)
 OVERLOADED = ErrorKind(
     "overloaded",
     "RESOURCE_EXHAUSTED",
@@ -153,6 +180,9 @@ KINDS: tuple[ErrorKind, ...] = (
     HEAD_NOT_FOUND,
     HEAD_NOT_USABLE,
     UNAUTHENTICATED,
+    PERMISSION_DENIED,
+    ADMIN_OFF,
+    HEAD_EXISTS,
     OVERLOADED,
     UNAVAILABLE,
     DEADLINE_EXCEEDED,

@@ -205,6 +205,7 @@ class HeadInfo(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    HEAD_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: _builtins.str
     """"encode", "mlm", "classify", "qa", or a plugin's own task."""
@@ -226,6 +227,11 @@ class HeadInfo(_message.Message):
     """The default head of its task."""
     detail: _builtins.str
     """Why the head is not usable, when it is not."""
+    head_version: _builtins.str
+    """The head's own version: a digest of its weights' files ("sha256:" and 16
+    hex digits), which changes when a retrained head replaces it. Calls answered
+    by a head carry it (metadata headserve-head-versions).
+    """
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -260,10 +266,11 @@ class HeadInfo(_message.Message):
         outputs: _abc.Iterable[Global___OutputField] | None = ...,
         parameters: _abc.Iterable[Global___ParameterInfo] | None = ...,
         settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        head_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "settings", b"settings", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "head_version", b"head_version", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "settings", b"settings", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,6 +461,7 @@ class RequestLimitsInfo(_message.Message):
     MAX_STREAMS_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_DECODE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_HEAD_UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
     max_request_items: _builtins.int
     """Items in one request (a unary call, or one message of a stream)."""
     max_item_chars: _builtins.int
@@ -474,6 +482,8 @@ class RequestLimitsInfo(_message.Message):
     """Bytes of memory the images decoding at once may take, over all calls (each
     image costs 16 bytes a pixel while it decodes); an image waits for room.
     """
+    max_head_upload_bytes: _builtins.int
+    """Bytes of a head artifact uploaded in a HeadAdmin.LoadHead call."""
     def __init__(
         self,
         *,
@@ -485,10 +495,11 @@ class RequestLimitsInfo(_message.Message):
         max_streams: _builtins.int = ...,
         max_image_pixels: _builtins.int = ...,
         max_image_decode_bytes: _builtins.int = ...,
+        max_head_upload_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_image_decode_bytes", b"max_image_decode_bytes", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_head_upload_bytes", b"max_head_upload_bytes", "max_image_decode_bytes", b"max_image_decode_bytes", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,148 @@
+"""Heads changed while the server runs (the HeadAdmin RPCs): loaded, replaced, unloaded and
+made default, on the backbone already loaded.
+
+A change builds a new HeadRegistry and puts it in place in one assignment. A call resolves
+its heads once, as it is accepted, and holds those Head objects to its end: a call accepted
+before a replace or an unload finishes on the head it started with, and one accepted after
+sees the change; none sees neither. Changes run one at a time; a head loads on a thread, so
+calls flow meanwhile. A change that fails changes nothing and says why, with the checks of
+the start (heads.load_one: plugin and allow-list, folder, options, the plugin's own load and
+its contract), and a head with untrained weights is refused (the start serves one only with
+--allow-untrained).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from headserve.plugins.contract import BackboneView, HeadSpec
+
+from ..discovery import LoadedPlugin
+from ..errors import HeadExists, HeadNotFound, InvalidArgument
+from .heads import HeadRegistry, Refusal, ServedHead, load_one, marked_default
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class Holder(Protocol):
+    """What holds the registry calls read (the Core)."""
+
+    registry: HeadRegistry
+
+
+@dataclass(frozen=True)
+class HeadLoader:
+    """What loading a head needs: the plugins found at start, the backbone, the plugins the
+    allow-list kept out (named in the refusal)."""
+
+    plugins: Mapping[str, LoadedPlugin]
+    backbone: BackboneView
+    not_allowed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Change:
+    head: ServedHead  # as it now serves (for an unload: as it served)
+    replaced_version: str = ""
+
+
+class LiveHeads:
+    def __init__(self, holder: Holder, loader: HeadLoader) -> None:
+        self._holder = holder
+        self._loader = loader
+        self._lock = asyncio.Lock()
+
+    async def load(self, spec: HeadSpec, *, replace: bool = False) -> Change:
+        """`spec` loaded and served; with `replace`, in place of the head of its name."""
+        if not NAME.fullmatch(spec.name):
+            raise InvalidArgument(
+                "name", f"{spec.name!r}: 1-64 letters, digits, '.', '_' or '-', from a letter"
+            )
+        async with self._lock:
+            registry = self._holder.registry
+            old = registry.heads.get(spec.name)
+            if old is not None and not replace:
+                raise HeadExists(
+                    f"a head named {spec.name!r} is served ({old.task}, {old.version}): "
+                    "load with replace to replace it, or pick another name",
+                    head=spec.name,
+                )
+            if old is None and replace:
+                raise HeadNotFound(f"no head named {spec.name!r} to replace", head=spec.name)
+            loader = self._loader
+            outcome = await asyncio.to_thread(
+                load_one, spec, loader.plugins, loader.backbone, loader.not_allowed
+            )
+            if isinstance(outcome, Refusal):
+                raise InvalidArgument(outcome.field, outcome.reason)
+            plugin, head, version = outcome
+            task = plugin.plugin.task
+            if old is not None and old.task != task:
+                raise InvalidArgument(
+                    "plugin",
+                    f"head {spec.name!r} is a {old.task} head: a {task} head cannot replace "
+                    "it (unload it, then load the new one)",
+                )
+            if not (head.trained or registry.allow_untrained):
+                raise InvalidArgument(
+                    "source",
+                    f"the head's weights are untrained ({head.detail}): load a checkpoint "
+                    f"with trained {task} weights",
+                )
+            peers = [h for h in registry.of_task(task) if h is not old]
+            default = old.is_default if old is not None else not peers or marked_default(spec)
+            served = ServedHead(head, spec, plugin, default, version)
+            heads = [served if h is old else h for h in registry.heads.values()]
+            if old is None:
+                heads.append(served)
+            self._holder.registry = registry.replaced(_one_default(heads, served))
+            return Change(served, old.version if old is not None else "")
+
+    async def unload(self, name: str) -> Change:
+        """Head `name` no longer served; if it was its task's default, the head named after
+        the task, else the first of its task, is the default now."""
+        async with self._lock:
+            registry = self._holder.registry
+            old = _served(registry, name)
+            heads = [h for h in registry.heads.values() if h is not old]
+            peers = [h for h in heads if h.task == old.task]
+            if old.is_default and peers:
+                heir = next((h for h in peers if h.spec.name == old.task), peers[0])
+                heads = _one_default(heads, dataclasses.replace(heir, is_default=True))
+            self._holder.registry = registry.replaced(heads)
+            return Change(old)
+
+    async def set_default(self, name: str) -> Change:
+        """Head `name` the default of its task."""
+        async with self._lock:
+            registry = self._holder.registry
+            chosen = dataclasses.replace(_served(registry, name), is_default=True)
+            heads = [chosen if h.spec.name == name else h for h in registry.heads.values()]
+            self._holder.registry = registry.replaced(_one_default(heads, chosen))
+            return Change(chosen)
+
+
+def _served(registry: HeadRegistry, name: str) -> ServedHead:
+    served = registry.heads.get(name)
+    if served is None:
+        known = ", ".join(registry.heads) or "none"
+        raise HeadNotFound(f"no head named {name!r} (served: {known})", head=name)
+    return served
+
+
+def _one_default(heads: Sequence[ServedHead], chosen: ServedHead) -> list[ServedHead]:
+    """`heads`, `chosen` in its place, and no other head of its task the default if it is."""
+    out = []
+    for head in heads:
+        if head.spec.name == chosen.spec.name:
+            out.append(chosen)
+        elif chosen.is_default and head.task == chosen.task and head.is_default:
+            out.append(dataclasses.replace(head, is_default=False))
+        else:
+            out.append(head)
+    return out
