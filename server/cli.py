@@ -1,4 +1,4 @@
-"""`headserve serve`, `info`, `heads` and `train-head`."""
+"""`headserve serve`, `info`, `heads`, `head` and `train-head`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from . import event_loop, extras
+from . import event_loop, extras, remote
 from .calls.security import SecurityError
 from .config import ConfigError
 from .discovery import StartupError
@@ -65,6 +65,9 @@ def _train_head(args: argparse.Namespace) -> None:
     except (DataError, ValueError, OSError) as exc:
         raise SystemExit(f"headserve train-head: {exc}") from exc
     print("\n".join(report.summary()))
+    if args.load_into:
+        args.server = args.load_into
+        remote.load_trained(args, args.head_name or args.out.name, args.out)
 
 
 def _pull(args: argparse.Namespace) -> None:
@@ -114,6 +117,9 @@ def _run(argv: list[str]) -> None:
         _ray_config(argv[1:])
         return
     args = parser().parse_args(argv)
+    if args.command == "head" or (args.command == "heads" and args.server):
+        remote.run(args)  # a running server's heads: the client alone
+        return
     logs.configure(args.log_level, args.log_format)
     extras.require("server", f"headserve {args.command}")
     if args.command == "heads":

@@ -89,6 +89,10 @@ class HeadExists(HeadserveError):
         self.head = head
 
 
+class StoreFailed(HeadserveError):
+    kind = table.HEAD_STORE_FAILED
+
+
 class Overloaded(HeadserveError):
     kind = table.OVERLOADED
 

@@ -23,7 +23,15 @@ from .call_info import RequestIdIn
 from .calls.connections import Connections, check_budgets
 from .calls.security import Security, read_tokens
 from .core.engine import Core
-from .core.heads import check_defaults, check_unique_names, load_heads, require, strict
+from .core.head_store import HeadStore, merged
+from .core.heads import (
+    HeadRegistry,
+    check_defaults,
+    check_unique_names,
+    load_heads,
+    require,
+    strict,
+)
 from .core.limits import Limits, RequestLimits
 from .core.live_heads import HeadLoader
 from .core.memory import release_freed_memory
@@ -70,6 +78,7 @@ class Settings:
     plugins: tuple[str, ...] | None = field(default=None)  # allow-list; None: all
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
     allow_failed_heads: bool = False  # serve the rest when a configured head fails to load
+    head_store: Path | None = None  # where heads changed at run time are kept (head_store.py)
 
     def __post_init__(self) -> None:
         check_budgets(self.request_limits, self.connections)
@@ -112,6 +121,9 @@ def build_core(
             else spec
             for spec in specs
         )
+    store = HeadStore(settings.head_store) if settings.head_store is not None else None
+    if store is not None:  # the heads changed at run time, over the configured ones
+        specs = merged(specs, store, {p.ref.name: p.plugin.task for p in plugins})
     threads = plan(pick_device(settings.device), settings.limits.workers, settings.threads)
     backbone = kind.load(
         source,
@@ -137,8 +149,10 @@ def build_core(
         allow_untrained=settings.allow_untrained,
         not_allowed=loader.not_allowed,
     )
-    if settings.heads and not settings.allow_failed_heads:
-        strict(registry, settings.heads)
+    if store is not None:
+        _check_versions(registry, store)
+    if (settings.heads or store is not None) and not settings.allow_failed_heads:
+        strict(registry, specs if store is not None else settings.heads)
     require(registry, settings.require_heads)
     check_stopped()
     release_freed_memory()
@@ -176,12 +190,28 @@ def build_core(
         request_limits=settings.request_limits,
         tracing=tracing,
         loader=loader,
+        store=store,
     )
+
+
+def _check_versions(registry: HeadRegistry, store: HeadStore) -> None:
+    """A stored head whose files changed since it was loaded is served as they are now,
+    with a warning naming both versions."""
+    for kept in store.state.heads:
+        served = registry.heads.get(kept.name)
+        if served is not None and served.version != kept.version:
+            log.warning(
+                "head %s: its files changed since it was loaded at run time (%s then, %s now); "
+                "serving them as they are now",
+                kept.name,
+                kept.version,
+                served.version,
+            )
 
 
 # --- Settings as plain values: what a Ray Serve config file carries ------------------------------
 
-_PATHS = ("model_dir",)
+_PATHS = ("model_dir", "head_store")
 _TUPLES = ("plugins", "require_heads")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import event_loop, extras
+from . import event_loop, extras, remote
 from .call_info import REQUEST_ID_IN
 from .calls.connections import Connections
 from .calls.security import ADMIN_TOKENS_ENV, Security, read_tokens
@@ -126,6 +126,13 @@ def parser() -> argparse.ArgumentParser:
             action="store_true",
             help="when a head given with --head (or --config) fails to load, serve the others "
             "(default: the start stops, saying which and why)",
+        )
+        p.add_argument(
+            "--head-store",
+            type=Path,
+            metavar="DIR",
+            help="keep the heads loaded, replaced or unloaded at run time (HeadAdmin) in DIR, "
+            "and serve them again after a restart (default: kept in memory only)",
         )
         log_args(p)
 
@@ -334,10 +341,16 @@ def parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print what `serve` would serve, as JSON")
     model_args(info)
 
-    heads = sub.add_parser("heads", help="list the installed head plugins and their status")
+    heads = sub.add_parser(
+        "heads",
+        help="list the installed head plugins and their status, or with --server a running "
+        "server's heads and their versions",
+    )
     plugins_arg(heads)
     heads.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    remote.server_args(heads, admin=False)
     log_args(heads, "CRITICAL")  # the table already shows failures
+    remote.add_commands(sub)
 
     train = sub.add_parser(
         "train-head",
@@ -397,6 +410,26 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda ... (default: cuda when there is one)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--load-into",
+        metavar="HOST:PORT",
+        help="then load the head into this running server (HeadAdmin; --admin-token-file)",
+    )
+    train.add_argument(
+        "--head-name", metavar="NAME", help="its name there (default: the --out folder's name)"
+    )
+    train.add_argument(
+        "--replace", action="store_true", help="replace the served head of that name there"
+    )
+    train.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="for --load-into: a file whose first token is the server's admin token "
+        "(or $HEADSERVE_ADMIN_TOKENS)",
+    )
+    train.add_argument(
+        "--tls-ca", type=Path, help="for --load-into: TLS, the server's certificate's CA"
+    )
     log_args(train)
     for command in sub.choices.values():
         command.formatter_class = DefaultsShown
@@ -478,6 +511,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         require_heads=tuple(args.require_head),
         allow_failed_heads=args.allow_failed_heads,
         allow_pickle=args.allow_pickle,
+        head_store=args.head_store,
         **extra,
     )
 

@@ -27,6 +27,7 @@ from ..config import BUILTIN_TASKS
 from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
 from .budget import ByteBudget
 from .generic import check_output, parse_params
+from .head_store import HeadStore
 from .heads import HeadRegistry
 from .limits import DECODE_BYTES_PER_PIXEL, RequestLimits
 from .live_heads import HeadLoader, LiveHeads
@@ -196,12 +197,13 @@ class Core:
         request_limits: RequestLimits | None = None,
         tracing: Tracing | None = None,
         loader: HeadLoader | None = None,
+        store: HeadStore | None = None,
     ) -> None:
         self.backbone = backbone
         self.tracing = tracing
         self.registry = registry  # replaced whole by a change at run time (live_heads.py)
         # heads loaded, replaced and unloaded at run time (HeadAdmin); None: not this core
-        self.live = LiveHeads(self, loader) if loader is not None else None
+        self.live = LiveHeads(self, loader, store) if loader is not None else None
         self.runner = runner  # the scheduler's (its counters are read by tests and benchmarks)
         self.scheduler = scheduler
         self.torch_threads = torch_threads

@@ -8,7 +8,8 @@ sees the change; none sees neither. Changes run one at a time; a head loads on a
 calls flow meanwhile. A change that fails changes nothing and says why, with the checks of
 the start (heads.load_one: plugin and allow-list, folder, options, the plugin's own load and
 its contract), and a head with untrained weights is refused (the start serves one only with
---allow-untrained).
+--allow-untrained). With a head store (head_store.py), a change is recorded there before it
+is served; one the store cannot record is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from headserve.plugins.contract import BackboneView, HeadSpec
 
 from ..discovery import LoadedPlugin
 from ..errors import HeadExists, HeadNotFound, InvalidArgument
+from .head_store import HeadStore, StoreState
 from .heads import HeadRegistry, Refusal, ServedHead, load_one, marked_default
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -52,10 +54,16 @@ class Change:
 
 
 class LiveHeads:
-    def __init__(self, holder: Holder, loader: HeadLoader) -> None:
+    def __init__(self, holder: Holder, loader: HeadLoader, store: HeadStore | None = None) -> None:
         self._holder = holder
         self._loader = loader
+        self.store = store  # where each change is recorded before it is served
         self._lock = asyncio.Lock()
+
+    async def _record(self, state: StoreState | None) -> None:
+        """`state` written to the store (StoreFailed: not, and nothing is to change)."""
+        if self.store is not None and state is not None:
+            await asyncio.to_thread(self.store.write, state)
 
     async def load(self, spec: HeadSpec, *, replace: bool = False) -> Change:
         """`spec` loaded and served; with `replace`, in place of the head of its name."""
@@ -100,6 +108,9 @@ class LiveHeads:
             heads = [served if h is old else h for h in registry.heads.values()]
             if old is None:
                 heads.append(served)
+            if self.store is not None:
+                record = self.store.record(spec, version)
+                await self._record(self.store.state.loaded(record, task if default else None))
             self._holder.registry = registry.replaced(_one_default(heads, served))
             return Change(served, old.version if old is not None else "")
 
@@ -111,9 +122,13 @@ class LiveHeads:
             old = _served(registry, name)
             heads = [h for h in registry.heads.values() if h is not old]
             peers = [h for h in heads if h.task == old.task]
+            heir = None
             if old.is_default and peers:
                 heir = next((h for h in peers if h.spec.name == old.task), peers[0])
                 heads = _one_default(heads, dataclasses.replace(heir, is_default=True))
+            if self.store is not None:
+                heir_name = heir.spec.name if heir is not None else None
+                await self._record(self.store.state.without(name, old.task, heir_name))
             self._holder.registry = registry.replaced(heads)
             return Change(old)
 
@@ -123,6 +138,8 @@ class LiveHeads:
             registry = self._holder.registry
             chosen = dataclasses.replace(_served(registry, name), is_default=True)
             heads = [chosen if h.spec.name == name else h for h in registry.heads.values()]
+            if self.store is not None:
+                await self._record(self.store.state.with_default(chosen.task, name))
             self._holder.registry = registry.replaced(_one_default(heads, chosen))
             return Change(chosen)
 

@@ -28,7 +28,7 @@ from headserve.v1 import admin_pb2 as pb
 from ..config import ConfigError, artifact_plugin
 from ..core.engine import Core
 from ..core.live_heads import Change, LiveHeads
-from ..errors import AdminOff, HeadserveError, InvalidArgument, TooLarge
+from ..errors import AdminOff, HeadserveError, InvalidArgument, StoreFailed, TooLarge
 from .models import head_info
 from .task import Task
 from .wire import Call
@@ -55,18 +55,23 @@ def _answer(core: Core, change: Change, kind: type[M]) -> M:
 
 async def load_head(core: Core, request: pb.LoadHeadRequest, call: Call) -> pb.LoadHeadResponse:
     live = _live(core)
-    uploaded = None
+    uploaded, fresh = None, False
     if request.files:
         if request.source:
             raise InvalidArgument("files", "send the head's files or name its source, not both")
-        uploaded = await _upload(list(request.files), core.request_limits.max_head_upload_bytes)
+        limit = min(
+            core.request_limits.max_head_upload_bytes, core.request_limits.max_message_bytes
+        )
+        where = live.store.artifacts if live.store is not None else _uploads()
+        uploaded, fresh = await _upload(list(request.files), limit, where)
     try:
         source = uploaded or (Path(request.source) if request.source else None)
         spec = HeadSpec(request.name, _plugin(request, source), source, dict(request.options))
         change = await live.load(spec, replace=request.replace)
     except HeadserveError as exc:
         if uploaded is not None:
-            shutil.rmtree(uploaded, ignore_errors=True)
+            if fresh:  # written by this call: no other head reads it
+                shutil.rmtree(uploaded, ignore_errors=True)
             if isinstance(exc, InvalidArgument) and exc.field == "source":
                 raise InvalidArgument("files", exc.description) from exc
         raise
@@ -100,9 +105,9 @@ def _plugin(request: pb.LoadHeadRequest, source: Path | None) -> str:
         raise InvalidArgument(field, f"no plugin named, and {exc}") from exc
 
 
-async def _upload(files: Sequence[pb.HeadFile], limit: int) -> Path:
-    """The uploaded artifact checked, then written to a folder of its own (named by its
-    content's digest) under this process's upload folder."""
+async def _upload(files: Sequence[pb.HeadFile], limit: int, where: Path) -> tuple[Path, bool]:
+    """The uploaded artifact checked, then written to a folder of its own under `where`
+    (named by its content's digest), and whether this call wrote it (else it was there)."""
     if len(files) > MAX_FILES:
         raise TooLarge("files", f"{len(files)} files, more than a head artifact has ({MAX_FILES})")
     total = sum(len(f.content) for f in files)
@@ -120,10 +125,9 @@ async def _upload(files: Sequence[pb.HeadFile], limit: int) -> Path:
     digest = hashlib.sha256()
     for path, f in sorted(zip(paths, files, strict=True), key=lambda pair: str(pair[0])):
         digest.update(str(path).encode() + b"\0" + f.content + b"\0")
-    folder = _uploads() / digest.hexdigest()[:16]
+    folder = where / digest.hexdigest()[:16]
     contents = [(p, f.content) for p, f in zip(paths, files, strict=True)]
-    await asyncio.to_thread(_write, folder, contents)
-    return folder
+    return folder, await asyncio.to_thread(_write, folder, contents)
 
 
 def _checked_path(index: int, text: str) -> PurePosixPath:
@@ -136,23 +140,29 @@ def _checked_path(index: int, text: str) -> PurePosixPath:
     return path
 
 
-def _write(folder: Path, files: Sequence[tuple[PurePosixPath, bytes]]) -> None:
-    """The files written to a fresh folder beside `folder`, which then takes its name (a
-    folder there already holds the same content)."""
+def _write(folder: Path, files: Sequence[tuple[PurePosixPath, bytes]]) -> bool:
+    """The files written to a fresh folder beside `folder`, which then takes its name; False
+    when a folder there already holds the same content."""
     if folder.exists():
-        return
-    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+        return False
+    partial = None
     try:
+        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
         for path, content in files:
             target = partial / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
         os.replace(partial, folder)
+        return True
     except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
         if folder.exists():
-            return  # another call wrote the same content first
-        raise InvalidArgument("files", f"cannot be written here: {exc.strerror or exc}") from exc
+            return False  # another call wrote the same content first
+        raise StoreFailed(
+            f"the uploaded head cannot be written to {folder.parent} ({exc.strerror or exc}): "
+            "nothing was changed"
+        ) from exc
 
 
 _UPLOADS: list[Path] = []

@@ -327,3 +327,40 @@ def test_a_heads_error_carries_its_version() -> None:
     status.details[0].Unpack(info)
     assert info.metadata["head"] == "mood"
     assert info.metadata["head_version"] == "sha256:0123456789abcdef"
+
+
+def test_the_cli_loads_lists_makes_default_and_unloads(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headserve.server import cli
+
+    admin_file, caller_file = tmp_path / "admin.txt", tmp_path / "caller.txt"
+    admin_file.write_text(f"# admins\n{ADMIN}\n")
+    caller_file.write_text(f"{CALLER}\n")
+    as_admin = ["--server", server.target, "--admin-token-file", str(admin_file)]
+    version = folder_version(packaged_sentiment_head())
+    cli.main(["head", "load", f"cli={packaged_sentiment_head()}", *as_admin])  # sent
+    assert capsys.readouterr().out.strip() == (
+        f"loaded cli (classify, {version}) on {server.target}"
+    )
+    cli.main(["head", "default", "cli", *as_admin])
+    assert "made default cli" in capsys.readouterr().out
+    cli.main(["heads", "--server", server.target, "--token-file", str(caller_file), "--json"])
+    listed = {h["name"]: h for h in json.loads(capsys.readouterr().out)}
+    assert listed["cli"]["version"] == version and listed["cli"]["default"] == "yes"
+    with pytest.raises(SystemExit, match="PERMISSION_DENIED"):
+        cli.main(
+            [
+                "head",
+                "unload",
+                "cli",
+                "--server",
+                server.target,
+                "--admin-token-file",
+                str(caller_file),
+            ]
+        )
+    cli.main(["head", "unload", "cli", *as_admin])
+    assert capsys.readouterr().out.startswith("unloaded cli (classify")
+    with pytest.raises(SystemExit, match="NOT_FOUND"):
+        cli.main(["head", "unload", "cli", *as_admin])

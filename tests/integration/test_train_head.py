@@ -340,6 +340,48 @@ def test_the_command_trains_and_says_how_to_serve(tmp_path: Path, bert) -> None:
     assert artifact.read_meta(tmp_path / "out").network == Network("mlp", 16, 0.1)
 
 
+def test_the_command_trains_then_loads_into_a_running_server(tmp_path: Path, bert) -> None:  # type: ignore[no-untyped-def]
+    """`--load-into`: from training to serving in one step, through the admin RPC."""
+    from serving import ServerThread
+
+    from headserve.client import Client
+    from headserve.server.calls.security import Security
+    from headserve.server.core.versions import folder_version
+    from headserve.server.loading import Settings
+
+    admin = "admin-token-0123456789abcdef"
+    (tmp_path / "admin.txt").write_text(admin + "\n")
+    server = ServerThread(
+        Settings(model_dir=bert.backbone, device="cpu", security=Security(admin_tokens=(admin,)))
+    )
+    try:
+        path = write_csv(tmp_path / "d.csv", sentiment_rows(60))
+        done = subprocess.run(
+            [
+                *_train_classify(bert, path),
+                "--out",
+                str(tmp_path / "mood"),
+                "--quiet",
+                "--no-cache",
+                "--load-into",
+                server.target,
+                "--admin-token-file",
+                str(tmp_path / "admin.txt"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr
+        version = folder_version(tmp_path / "mood")
+        assert f"loaded mood (classify, {version}) on {server.target}" in done.stdout
+        with Client(server.target, max_retries=0) as client:
+            answer = client.classify(["a wonderful film"], heads=["mood"])
+        assert answer.head_versions == {"mood": version}
+    finally:
+        server.stop()
+
+
 # --- QA ---------------------------------------------------------------------------------------
 
 

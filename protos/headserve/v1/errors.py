@@ -101,6 +101,16 @@ HEAD_EXISTS = ErrorKind(
     False,
     "a head of that name is served already: load it with replace, or pick another name",
 )
+HEAD_STORE_FAILED = ErrorKind(
+    "head_store_failed",
+    "FAILED_PRECONDITION",
+    "HEAD_STORE_FAILED",
+    507,
+    "server_error",
+    False,
+    "a head change the head store (--head-store) could not record (read-only, full): "
+    "nothing changed",
+)
 OVERLOADED = ErrorKind(
     "overloaded",
     "RESOURCE_EXHAUSTED",
@@ -183,6 +193,7 @@ KINDS: tuple[ErrorKind, ...] = (
     PERMISSION_DENIED,
     ADMIN_OFF,
     HEAD_EXISTS,
+    HEAD_STORE_FAILED,
     OVERLOADED,
     UNAVAILABLE,
     DEADLINE_EXCEEDED,
