@@ -231,6 +231,8 @@ class AsyncClient(ClientBase):
         artifact: str | os.PathLike[str] | None = None,
         options: Mapping[str, str] | None = None,
         replace: bool = False,
+        shadow_of: str | None = None,
+        shadow_fraction: float | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> HeadChange:
         """Load a head into the running server; see :meth:`Client.load_head`."""
@@ -241,6 +243,13 @@ class AsyncClient(ClientBase):
     ) -> HeadChange:
         """Stop serving head ``name``; see :meth:`Client.unload_head`."""
         return await self._unary(_calls.unload_head(**arguments(locals())), timeout)
+
+    async def promote_head(
+        self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> HeadChange:
+        """Put shadow head ``name`` in place of the head it shadows; see
+        :meth:`Client.promote_head`."""
+        return await self._unary(_calls.promote_head(**arguments(locals())), timeout)
 
     async def set_default_head(
         self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN

@@ -207,6 +207,8 @@ def load_head(
     artifact: str | os.PathLike[str] | None,
     options: Mapping[str, str] | None,
     replace: bool,
+    shadow_of: str | None,
+    shadow_fraction: float | None,
 ) -> Unary[HeadChange]:
     files = _convert.artifact_files(Path(artifact)) if artifact is not None else ()
     request = admin_pb2.LoadHeadRequest(
@@ -216,6 +218,8 @@ def load_head(
         options=dict(options or {}),
         files=files,
         replace=replace,
+        shadow_of=shadow_of or "",
+        shadow_fraction=shadow_fraction or 0.0,
     )
     return Unary(lambda stubs: stubs.admin.LoadHead, request, _convert.head_change)
 
@@ -223,6 +227,11 @@ def load_head(
 def unload_head(*, name: str) -> Unary[HeadChange]:
     request = admin_pb2.UnloadHeadRequest(name=name)
     return Unary(lambda stubs: stubs.admin.UnloadHead, request, _convert.head_change)
+
+
+def promote_head(*, name: str) -> Unary[HeadChange]:
+    request = admin_pb2.PromoteHeadRequest(name=name)
+    return Unary(lambda stubs: stubs.admin.PromoteHead, request, _convert.head_change)
 
 
 def set_default_head(*, name: str) -> Unary[HeadChange]:

@@ -70,6 +70,7 @@ from .types import (
     RunHeadsResult,
     RunResult,
     SchedulerInfo,
+    ShadowInfo,
     Span,
     SparseVector,
     StreamResult,
@@ -668,13 +669,31 @@ def head_info(h: models_pb2.HeadInfo) -> HeadInfo:
         parameters=tuple(parameter_info(p) for p in h.parameters),
         settings=dict(h.settings),
         head_version=h.head_version,
+        shadow_of=h.shadow_of,
+        shadow=shadow_info(h.shadow) if h.HasField("shadow") else None,
+    )
+
+
+def shadow_info(s: models_pb2.ShadowInfo) -> ShadowInfo:
+    """:class:`ShadowInfo` from its message."""
+    return ShadowInfo(
+        fraction=s.fraction,
+        calls=s.calls,
+        items=s.items,
+        failures=s.failures,
+        skipped=s.skipped,
+        top1_agreement=s.top1_agreement,
+        mean_abs_probability_difference=s.mean_abs_probability_difference,
+        mean_cosine=s.mean_cosine,
+        exact_match=s.exact_match,
     )
 
 
 def head_change(
     message: admin_pb2.LoadHeadResponse
     | admin_pb2.UnloadHeadResponse
-    | admin_pb2.SetDefaultHeadResponse,
+    | admin_pb2.SetDefaultHeadResponse
+    | admin_pb2.PromoteHeadResponse,
 ) -> HeadChange:
     """:class:`HeadChange` from an admin call's response."""
     return HeadChange(

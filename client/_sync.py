@@ -343,6 +343,8 @@ class Client(ClientBase):
         artifact: str | os.PathLike[str] | None = None,
         options: Mapping[str, str] | None = None,
         replace: bool = False,
+        shadow_of: str | None = None,
+        shadow_fraction: float | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> HeadChange:
         """Load a head into the running server, on its backbone (an admin call: the client's
@@ -358,12 +360,23 @@ class Client(ClientBase):
             options: the head's options, as ``serve --head NAME=PLUGIN,key=value``.
             replace: replace the served head of this name, atomically; calls already
                 accepted finish on the old one.
+            shadow_of: load it as a shadow of this live head: it runs beside it on a
+                ``shadow_fraction`` of its calls (default all), its results compared with
+                the live head's (``model_info()``: the shadow's ``HeadInfo.shadow``), never
+                returned; :meth:`promote_head` makes it the live head.
         """
         return self._unary(_calls.load_head(**arguments(locals())), timeout)
 
     def unload_head(self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN) -> HeadChange:
         """Stop serving head ``name`` (an admin call); calls already accepted finish on it."""
         return self._unary(_calls.unload_head(**arguments(locals())), timeout)
+
+    def promote_head(
+        self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> HeadChange:
+        """Put shadow head ``name`` in place of the head it shadows, under that head's name
+        (an admin call)."""
+        return self._unary(_calls.promote_head(**arguments(locals())), timeout)
 
     def set_default_head(
         self, name: str, *, timeout: float | None | NotGiven = NOT_GIVEN

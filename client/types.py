@@ -769,6 +769,30 @@ class HeadInfo:
     head_version: str = ""
     """The head's own version, a digest of its weights' files (``sha256:...``): changes
     when a retrained head replaces it."""
+    shadow_of: str = ""
+    """For a shadow head: the live head it runs beside (it answers no call of its own)."""
+    shadow: ShadowInfo | None = None
+    """For a shadow head: how it agrees with the live head so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowInfo:
+    """A shadow head's agreement with its live head, over the items both answered (means;
+    NaN before any item, and for the measures of other tasks)."""
+
+    fraction: float
+    calls: int
+    items: int
+    failures: int
+    skipped: int
+    top1_agreement: float
+    """classify: the share of items with the same best label."""
+    mean_abs_probability_difference: float
+    """classify: the mean absolute difference of the labels' probabilities."""
+    mean_cosine: float
+    """encode: the mean cosine of the two vectors."""
+    exact_match: float
+    """qa: the share of items with the same best answer text."""
 
 
 @dataclass(frozen=True, slots=True)

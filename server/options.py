@@ -421,6 +421,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--replace", action="store_true", help="replace the served head of that name there"
     )
+    remote.shadow_args(train)
     train.add_argument(
         "--admin-token-file",
         type=Path,

@@ -42,14 +42,30 @@ def add_commands(sub: Any) -> None:
         "NAME=PLUGIN[:SOURCE][,key=value...], SOURCE a folder the server reads",
     )
     load.add_argument("--replace", action="store_true", help="replace the served head of that name")
+    shadow_args(load)
     for name, text in (
-        ("unload", "stop serving a head"),
+        ("unload", "stop serving a head (or running a shadow)"),
         ("default", "make a head the default of its task"),
+        ("promote", "put a shadow head in place of the head it shadows, under its name"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("name", metavar="NAME")
     for action in actions.choices.values():
         server_args(action, admin=True)
+
+
+def shadow_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shadow",
+        metavar="LIVE_HEAD",
+        help="load it as a shadow of LIVE_HEAD: run beside it, compared, never answering "
+        "(`headserve heads --server` shows the agreement; `head promote` makes it live)",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        help="with --shadow: the share of LIVE_HEAD's calls it runs on (default: all)",
+    )
 
 
 def server_args(parser: argparse.ArgumentParser, *, admin: bool) -> None:
@@ -101,6 +117,8 @@ def run(args: argparse.Namespace) -> None:
                 print(_changed("loaded", _load(client, args), args.server))
             elif args.action == "unload":
                 print(_changed("unloaded", client.unload_head(args.name), args.server))
+            elif args.action == "promote":
+                print(_changed("promoted", client.promote_head(args.name), args.server))
             else:
                 print(_changed("made default", client.set_default_head(args.name), args.server))
     except HeadserveError as exc:
@@ -113,7 +131,13 @@ def load_trained(args: argparse.Namespace, name: str, artifact: Path) -> None:
 
     try:
         with _client(args, admin=True) as client:
-            change = client.load_head(name, artifact=artifact, replace=args.replace)
+            change = client.load_head(
+                name,
+                artifact=artifact,
+                replace=args.replace,
+                shadow_of=args.shadow,
+                shadow_fraction=args.fraction,
+            )
     except HeadserveError as exc:
         raise SystemExit(f"headserve train-head --load-into: {exc.code.name}: {exc}") from None
     print(_changed("loaded", change, args.server))
@@ -128,7 +152,12 @@ def _load(client: Any, args: argparse.Namespace) -> Any:
     is_artifact = spec.source is not None and ":" not in rest.split(",", 1)[0]
     if is_artifact:  # NAME=DIR: this machine's artifact, sent
         return client.load_head(
-            spec.name, artifact=spec.source, options=spec.options, replace=args.replace
+            spec.name,
+            artifact=spec.source,
+            options=spec.options,
+            replace=args.replace,
+            shadow_of=args.shadow,
+            shadow_fraction=args.fraction,
         )
     return client.load_head(
         spec.name,
@@ -136,6 +165,8 @@ def _load(client: Any, args: argparse.Namespace) -> Any:
         source=str(spec.source) if spec.source else None,
         options=spec.options,
         replace=args.replace,
+        shadow_of=args.shadow,
+        shadow_fraction=args.fraction,
     )
 
 
@@ -143,7 +174,9 @@ def _changed(what: str, change: Any, server: str) -> str:
     head = change.head
     replaced = f", replacing {change.replaced_version}" if change.replaced_version else ""
     default = ", the default" if head.is_default else ""
-    return f"{what} {head.name} ({head.task}, {head.head_version}{replaced}{default}) on {server}"
+    shadow = f", shadowing {head.shadow_of}" if head.shadow_of else ""
+    detail = f"{head.task}, {head.head_version}{replaced}{default}{shadow}"
+    return f"{what} {head.name} ({detail}) on {server}"
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -155,7 +188,8 @@ def _table(args: argparse.Namespace) -> None:
             "task": h.task,
             "version": h.head_version,
             "default": "yes" if h.is_default else "",
-            "usable": "yes" if h.usable else f"no: {h.detail}",
+            "usable": "yes" if h.usable else ("shadow" if h.shadow_of else f"no: {h.detail}"),
+            "shadows": _agreement(h) if h.shadow_of else "",
             "plugin": h.plugin,
             "source": h.source,
         }
@@ -169,3 +203,20 @@ def _table(args: argparse.Namespace) -> None:
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(columns))]
     for row in cells:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _agreement(head: Any) -> str:
+    """A shadow's live head and its agreement so far, in a table cell."""
+    shadow = head.shadow
+    measures = {
+        "top1_agreement": "top-1",
+        "mean_abs_probability_difference": "mean |dp|",
+        "mean_cosine": "cosine",
+        "exact_match": "exact match",
+    }
+    shown = [
+        f"{label} {getattr(shadow, name):.4f}"
+        for name, label in measures.items()
+        if getattr(shadow, name) == getattr(shadow, name)  # not NaN: this task's
+    ]
+    return f"{head.shadow_of}: {shadow.items} items" + "".join(f", {m}" for m in shown)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from headserve.plugins.contract import Head, InvalidInput, Prepared
 from headserve.plugins.tasks import ImageItem, QAItem, TextItem
 
 from ..config import BUILTIN_TASKS
-from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument
+from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument, Overloaded
 from .budget import ByteBudget
 from .generic import check_output, parse_params
 from .head_store import HeadStore
@@ -34,11 +35,13 @@ from .live_heads import HeadLoader, LiveHeads
 from .memory import trim_heap
 from .runner import Runner, Work, row_key
 from .scheduler import Scheduler, Stats
+from .shadows import Shadow
 
 if TYPE_CHECKING:
     from ..observability.tracing import Tracing
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ def _settled(outputs: Sequence[Any]) -> None:
             isinstance(output, BaseException) and not isinstance(output, Exception)
         ):
             raise output
+
+
+def _failure(exc: BaseException) -> HeadserveError:
+    """A shadow's refusal or failure of an item, as a cell of `_finish_all`."""
+    if isinstance(exc, HeadserveError):
+        return exc
+    return HeadFailed(f"{exc!r}", head="")
 
 
 INLINE_CHARS = 4096  # characters of a call's text that cheap heads prepare inline (~1.3 ms)
@@ -204,6 +214,7 @@ class Core:
         self.registry = registry  # replaced whole by a change at run time (live_heads.py)
         # heads loaded, replaced and unloaded at run time (HeadAdmin); None: not this core
         self.live = LiveHeads(self, loader, store) if loader is not None else None
+        self._shadows_running: set[asyncio.Future[None]] = set()  # kept until they end
         self.runner = runner  # the scheduler's (its counters are read by tests and benchmarks)
         self.scheduler = scheduler
         self.torch_threads = torch_threads
@@ -231,9 +242,16 @@ class Core:
             if name in seen:
                 raise InvalidArgument("options.heads", f"head {name!r} named twice")
             seen.add(name)
-        heads = [self.registry.resolve(task, name) for name in head_names]
+        registry = self.registry
+        heads = [registry.resolve(task, name) for name in head_names]
+        shadows = [registry.shadowing(head.name) for head in heads]
         return await self._run(
-            heads, items, [options] * len(heads), deadline=deadline, wait_for_room=wait_for_room
+            heads,
+            items,
+            [options] * len(heads),
+            deadline=deadline,
+            wait_for_room=wait_for_room,
+            shadows=[s if s is not None and s.sampled() else None for s in shadows],
         )
 
     async def run_head(
@@ -312,18 +330,53 @@ class Core:
         deadline: float | None,
         wait_for_room: bool,
         isolate: bool = False,
+        shadows: Sequence[Shadow | None] = (),
     ) -> Outcome:
         """Results per item and head (`options` per head). `isolate`: an item's failure
-        with one head is that cell's HeadserveError, not the call's."""
+        with one head is that cell's HeadserveError, not the call's. `shadows`: per head, a
+        shadow to run beside it on this call (shadows.py), or None."""
         if not wait_for_room:  # each item needs at least one row per head
             self.scheduler.refuse_if_full(len(items) * max(1, len(heads)))
-        tracing = self.tracing
         started = time.perf_counter()
         items = await self._read_images(items)
-        inline = _inline(heads, items)
-        prepared = await _on_thread_unless(
-            inline, self._prepare_all, heads, items, options, isolate
+        chosen = [(column, s) for column, s in enumerate(shadows) if s is not None]
+        inline = _inline([*heads, *(s.served.head for _, s in chosen)], items)
+        prepared, shadowed = await _on_thread_unless(
+            inline, self._prepare_with_shadows, heads, items, options, isolate, chosen
         )
+        live_done: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
+        for (column, shadow), cells in zip(chosen, shadowed, strict=True):
+            # started before the live rows are submitted: the shadow's rows join them in the
+            # same batch, and share their backbone pass
+            running = asyncio.ensure_future(
+                self._shadow(shadow, cells, options[column], live_done, column)
+            )
+            self._shadows_running.add(running)
+            running.add_done_callback(self._shadows_running.discard)
+        try:
+            outcome = await self._computed(
+                heads, items, options, prepared, inline, started, deadline, wait_for_room, isolate
+            )
+        except BaseException:
+            live_done.cancel()
+            raise
+        live_done.set_result(outcome.results)
+        return outcome
+
+    async def _computed(
+        self,
+        heads: Sequence[Head],
+        items: Sequence[Any],
+        options: Sequence[Any],
+        prepared: list[list[Prepared | HeadserveError]],
+        inline: bool,
+        started: float,
+        deadline: float | None,
+        wait_for_room: bool,
+        isolate: bool,
+    ) -> Outcome:
+        """The prepared rows through the model, then finished: the call's outcome."""
+        tracing = self.tracing
         work = [
             Work(head, row)
             for per_item in prepared
@@ -357,6 +410,70 @@ class Core:
         }
         tokens = sum(unique_rows.values())
         return Outcome(results, tokens, stats.queue_ms, stats.inference_ms)
+
+    def _prepare_with_shadows(
+        self,
+        heads: Sequence[Head],
+        items: Sequence[Any],
+        options: Sequence[Any],
+        isolate: bool,
+        chosen: Sequence[tuple[int, Shadow]],
+    ) -> tuple[list[list[Prepared | HeadserveError]], list[list[Prepared | BaseException]]]:
+        """The call's items prepared by its heads (`_prepare_all`), then by the shadows run
+        beside them: a shadow's refusal or failure is its own, never the call's."""
+        prepared = self._prepare_all(heads, items, options, isolate)
+        shadowed: list[list[Prepared | BaseException]] = []
+        for column, shadow in chosen:
+            head = shadow.served.head
+            cells: list[Prepared | BaseException] = []
+            for index, item in enumerate(items):
+                try:
+                    cells.append(_prepare(head, _as_item(head, item, index), options[column]))
+                except Exception as exc:  # noqa: BLE001 (the shadow's alone)
+                    cells.append(exc)
+            shadowed.append(cells)
+        return prepared, shadowed
+
+    async def _shadow(
+        self,
+        shadow: Shadow,
+        cells: list[Prepared | BaseException],
+        options: Any,
+        live_done: asyncio.Future[list[list[Any]]],
+        column: int,
+    ) -> None:
+        """A shadow's rows through the model beside a live call's, finished, and compared
+        with the live head's results once they are there; nothing reaches the live call."""
+        head, live = shadow.served.head, shadow.live
+        metrics = self.scheduler.metrics
+        work = [Work(head, row) for p in cells if isinstance(p, Prepared) for row in p.rows]
+        try:
+            outputs: list[Any] = []
+            if work:
+                outputs, _ = await self.scheduler.submit(work, return_exceptions=True)
+            cells_of = [[c if isinstance(c, Prepared) else _failure(c)] for c in cells]
+            finished = await asyncio.to_thread(
+                _finish_all, [head], cells_of, outputs, [options], True
+            )
+            results = await live_done
+        except Overloaded:
+            shadow.stats.skip()
+            return
+        except asyncio.CancelledError:
+            return  # the live call ended without results: nothing to compare
+        except Exception:  # noqa: BLE001 (a shadow's failure is counted, never raised)
+            log.debug("shadow %s failed beside %s", shadow.name, live, exc_info=True)
+            shadow.stats.failed(len(cells))
+            metrics.shadow_failures.labels(live, shadow.name).inc(len(cells))
+            return
+        added = shadow.stats.record(
+            shadow.served.task, [row[column] for row in results], [row[0] for row in finished]
+        )
+        metrics.shadow_items.labels(live, shadow.name).inc(added.items)
+        if added.failures:
+            metrics.shadow_failures.labels(live, shadow.name).inc(added.failures)
+        for measure, value in added.sums.items():
+            metrics.shadow_agreement.labels(live, shadow.name, measure).inc(value)
 
     def _prepare_all(
         self,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from headserve.plugins.contract import BackboneView, Head, HeadSpec, LoadContext
 
@@ -17,6 +18,9 @@ from ..discovery import FailedPlugin, LoadedPlugin, StartupError
 from ..errors import HeadNotFound, HeadNotUsable, InvalidArgument
 from .generic import schema_problem
 from .versions import folder_version
+
+if TYPE_CHECKING:
+    from .shadows import Shadow
 
 RANKING_TASKS = ("classify", "encode")  # the heads a Rerank call may name
 
@@ -77,6 +81,11 @@ class HeadRegistry:
         self.heads = {h.spec.name: h for h in heads}
         self.failures = tuple(failures)
         self.allow_untrained = allow_untrained
+        self.shadows: dict[str, Shadow] = {}  # by the shadow's name (shadows.py)
+
+    def shadowing(self, live: str) -> Shadow | None:
+        """The shadow of head `live`, if it has one."""
+        return next((s for s in self.shadows.values() if s.live == live), None)
 
     def usable(self, served: ServedHead) -> bool:
         return served.head.trained or self.allow_untrained
@@ -149,11 +158,16 @@ class HeadRegistry:
             )
         return self._usable(served)
 
-    def replaced(self, heads: Sequence[ServedHead]) -> HeadRegistry:
-        """A registry of `heads` with this one's failures and rules: a change made at run
-        time is a new registry, put in place in one assignment (calls hold the old one's
-        heads until they end)."""
-        return HeadRegistry(heads, self.failures, allow_untrained=self.allow_untrained)
+    def replaced(
+        self, heads: Sequence[ServedHead], shadows: Sequence[Shadow] | None = None
+    ) -> HeadRegistry:
+        """A registry of `heads` (and `shadows`; None: this one's) with this one's failures
+        and rules: a change made at run time is a new registry, put in place in one
+        assignment (calls hold the old one's heads until they end)."""
+        registry = HeadRegistry(heads, self.failures, allow_untrained=self.allow_untrained)
+        kept = self.shadows.values() if shadows is None else shadows
+        registry.shadows = {s.name: s for s in kept if s.live in registry.heads}
+        return registry
 
     def _usable(self, served: ServedHead) -> Head:
         answered_by(served.spec.name, served.version)

@@ -21,12 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from headserve.plugins.contract import BackboneView, HeadSpec
+from headserve.plugins.contract import BackboneView, Head, HeadSpec
 
 from ..discovery import LoadedPlugin
 from ..errors import HeadExists, HeadNotFound, InvalidArgument
 from .head_store import HeadStore, StoreState
 from .heads import HeadRegistry, Refusal, ServedHead, load_one, marked_default
+from .shadows import Shadow
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -65,14 +66,29 @@ class LiveHeads:
         if self.store is not None and state is not None:
             await asyncio.to_thread(self.store.write, state)
 
-    async def load(self, spec: HeadSpec, *, replace: bool = False) -> Change:
-        """`spec` loaded and served; with `replace`, in place of the head of its name."""
+    async def load(
+        self,
+        spec: HeadSpec,
+        *,
+        replace: bool = False,
+        shadow_of: str | None = None,
+        fraction: float = 1.0,
+    ) -> Change:
+        """`spec` loaded and served; with `replace`, in place of the head of its name; with
+        `shadow_of`, as that head's shadow on a `fraction` of its calls (shadows.py)."""
         if not NAME.fullmatch(spec.name):
             raise InvalidArgument(
                 "name", f"{spec.name!r}: 1-64 letters, digits, '.', '_' or '-', from a letter"
             )
+        if shadow_of is not None:
+            return await self._shadow(spec, shadow_of, fraction, replace)
         async with self._lock:
             registry = self._holder.registry
+            if spec.name in registry.shadows:
+                raise HeadExists(
+                    f"{spec.name!r} is the name of a shadow head: promote or unload it first",
+                    head=spec.name,
+                )
             old = registry.heads.get(spec.name)
             if old is not None and not replace:
                 raise HeadExists(
@@ -82,25 +98,13 @@ class LiveHeads:
                 )
             if old is None and replace:
                 raise HeadNotFound(f"no head named {spec.name!r} to replace", head=spec.name)
-            loader = self._loader
-            outcome = await asyncio.to_thread(
-                load_one, spec, loader.plugins, loader.backbone, loader.not_allowed
-            )
-            if isinstance(outcome, Refusal):
-                raise InvalidArgument(outcome.field, outcome.reason)
-            plugin, head, version = outcome
+            plugin, head, version = await self._loaded(spec)
             task = plugin.plugin.task
             if old is not None and old.task != task:
                 raise InvalidArgument(
                     "plugin",
                     f"head {spec.name!r} is a {old.task} head: a {task} head cannot replace "
                     "it (unload it, then load the new one)",
-                )
-            if not (head.trained or registry.allow_untrained):
-                raise InvalidArgument(
-                    "source",
-                    f"the head's weights are untrained ({head.detail}): load a checkpoint "
-                    f"with trained {task} weights",
                 )
             peers = [h for h in registry.of_task(task) if h is not old]
             default = old.is_default if old is not None else not peers or marked_default(spec)
@@ -114,11 +118,101 @@ class LiveHeads:
             self._holder.registry = registry.replaced(_one_default(heads, served))
             return Change(served, old.version if old is not None else "")
 
-    async def unload(self, name: str) -> Change:
-        """Head `name` no longer served; if it was its task's default, the head named after
-        the task, else the first of its task, is the default now."""
+    async def _loaded(self, spec: HeadSpec) -> tuple[LoadedPlugin, Head, str]:
+        """`spec` loaded (on a thread), trained, with its version; else why not."""
+        loader = self._loader
+        outcome = await asyncio.to_thread(
+            load_one, spec, loader.plugins, loader.backbone, loader.not_allowed
+        )
+        if isinstance(outcome, Refusal):
+            raise InvalidArgument(outcome.field, outcome.reason)
+        plugin, head, version = outcome
+        if not (head.trained or self._holder.registry.allow_untrained):
+            raise InvalidArgument(
+                "source",
+                f"the head's weights are untrained ({head.detail}): load a checkpoint "
+                f"with trained {plugin.plugin.task} weights",
+            )
+        return plugin, head, version
+
+    async def _shadow(
+        self, spec: HeadSpec, live_name: str, fraction: float, replace: bool
+    ) -> Change:
+        if not 0.0 < fraction <= 1.0:
+            raise InvalidArgument("shadow_fraction", f"must be in (0, 1], got {fraction}")
         async with self._lock:
             registry = self._holder.registry
+            live = registry.heads.get(live_name)
+            if live is None:
+                raise InvalidArgument("shadow_of", f"no head named {live_name!r} to shadow")
+            if spec.name in registry.heads:
+                raise HeadExists(f"a head named {spec.name!r} is served", head=spec.name)
+            old = registry.shadows.get(spec.name)
+            if old is not None and not replace:
+                raise HeadExists(
+                    f"a shadow named {spec.name!r} runs: load with replace to replace it",
+                    head=spec.name,
+                )
+            other = registry.shadowing(live_name)
+            if other is not None and other is not old:
+                raise InvalidArgument(
+                    "shadow_of",
+                    f"head {live_name!r} has a shadow already ({other.name}): promote or "
+                    "unload it first",
+                )
+            plugin, head, version = await self._loaded(spec)
+            if plugin.plugin.task != live.task:
+                raise InvalidArgument(
+                    "shadow_of",
+                    f"a {plugin.plugin.task} head cannot shadow {live_name!r}, a {live.task} head",
+                )
+            shadow = Shadow(ServedHead(head, spec, plugin, False, version), live_name, fraction)
+            kept = [s for s in registry.shadows.values() if s is not old]
+            self._holder.registry = registry.replaced(
+                list(registry.heads.values()), [*kept, shadow]
+            )
+            return Change(shadow.served, old.served.version if old is not None else "")
+
+    async def promote(self, name: str) -> Change:
+        """Shadow `name`'s head in place of the head it shadows, under that head's name."""
+        async with self._lock:
+            registry = self._holder.registry
+            shadow = registry.shadows.get(name)
+            if shadow is None:
+                known = ", ".join(registry.shadows) or "none"
+                raise HeadNotFound(f"no shadow head named {name!r} (shadows: {known})", head=name)
+            live = registry.heads[shadow.live]
+            head = shadow.served.head
+            try:
+                head.name = live.spec.name  # its results, errors and logs name the live head
+            except AttributeError as exc:
+                raise InvalidArgument(
+                    "name", f"{name!r}'s plugin does not let its head be renamed: {exc}"
+                ) from exc
+            spec = dataclasses.replace(shadow.served.spec, name=live.spec.name)
+            served = ServedHead(
+                head, spec, shadow.served.plugin, live.is_default, shadow.served.version
+            )
+            if self.store is not None:
+                record = self.store.record(spec, served.version)
+                default_of = served.task if served.is_default else None
+                await self._record(self.store.state.loaded(record, default_of))
+            heads = [served if h is live else h for h in registry.heads.values()]
+            shadows = [s for s in registry.shadows.values() if s is not shadow]
+            self._holder.registry = registry.replaced(heads, shadows)
+            return Change(served, live.version)
+
+    async def unload(self, name: str) -> Change:
+        """Head `name` no longer served (or shadow `name` no longer run); if it was its
+        task's default, the head named after the task, else the first of its task, is the
+        default now."""
+        async with self._lock:
+            registry = self._holder.registry
+            shadow = registry.shadows.get(name)
+            if shadow is not None:
+                shadows = [s for s in registry.shadows.values() if s is not shadow]
+                self._holder.registry = registry.replaced(list(registry.heads.values()), shadows)
+                return Change(shadow.served)
             old = _served(registry, name)
             heads = [h for h in registry.heads.values() if h is not old]
             peers = [h for h in heads if h.task == old.task]

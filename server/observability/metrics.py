@@ -92,6 +92,23 @@ class Metrics:
             "code (the gRPC status code name of the error table's row; OK)",
             ("transport", "rpc", "code"),
         )
+        self.shadow_items = i.counter(
+            "headserve_shadow_items",
+            "Items a shadow head and the live head it shadows both answered, compared",
+            ("live", "shadow"),
+        )
+        self.shadow_failures = i.counter(
+            "headserve_shadow_failures",
+            "Items of live calls a shadow head refused or failed (the live calls never see it)",
+            ("live", "shadow"),
+        )
+        self.shadow_agreement = i.counter(
+            "headserve_shadow_agreement_sum",
+            "Each agreement measure summed over the compared items (divided by "
+            "headserve_shadow_items_total: its mean): top1_agreement and "
+            "mean_abs_probability_difference (classify), mean_cosine (encode), exact_match (qa)",
+            ("live", "shadow", "measure"),
+        )
         self.call_seconds = i.histogram(
             "headserve_call_seconds",
             "Time from a call's arrival to its end, by transport and RPC",

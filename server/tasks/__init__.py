@@ -34,6 +34,7 @@ TASKS: tuple[Task, ...] = (
     head_admin.LOAD,
     head_admin.UNLOAD,
     head_admin.SET_DEFAULT,
+    head_admin.PROMOTE,
 )
 # What a Ray Serve replica answers: not the admin RPCs, whose change must reach every replica
 SERVE_TASKS: tuple[Task, ...] = tuple(task for task in TASKS if not task.admin)

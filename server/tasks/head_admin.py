@@ -29,11 +29,17 @@ from ..config import ConfigError, artifact_plugin
 from ..core.engine import Core
 from ..core.live_heads import Change, LiveHeads
 from ..errors import AdminOff, HeadserveError, InvalidArgument, StoreFailed, TooLarge
-from .models import head_info
+from .models import head_info, shadow_info
 from .task import Task
 from .wire import Call
 
-M = TypeVar("M", pb.LoadHeadResponse, pb.UnloadHeadResponse, pb.SetDefaultHeadResponse)
+M = TypeVar(
+    "M",
+    pb.LoadHeadResponse,
+    pb.UnloadHeadResponse,
+    pb.SetDefaultHeadResponse,
+    pb.PromoteHeadResponse,
+)
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # never loaded: safetensors only
 MAX_FILES = 64
 
@@ -47,8 +53,14 @@ def _live(core: Core) -> LiveHeads:
 def _answer(core: Core, change: Change, kind: type[M]) -> M:
     """The change as the RPC's response: the head (as it serves now), and that this one
     server applied it; a load's, the version it replaced."""
-    response = kind(head=head_info(core.registry, change.head), applied=1)
-    if isinstance(response, pb.LoadHeadResponse):
+    registry = core.registry
+    shadow = registry.shadows.get(change.head.spec.name)
+    if shadow is not None and shadow.served is change.head:
+        info = shadow_info(registry, shadow)
+    else:
+        info = head_info(registry, change.head)
+    response = kind(head=info, applied=1)
+    if isinstance(response, pb.LoadHeadResponse | pb.PromoteHeadResponse):
         response.replaced_version = change.replaced_version
     return response
 
@@ -67,7 +79,12 @@ async def load_head(core: Core, request: pb.LoadHeadRequest, call: Call) -> pb.L
     try:
         source = uploaded or (Path(request.source) if request.source else None)
         spec = HeadSpec(request.name, _plugin(request, source), source, dict(request.options))
-        change = await live.load(spec, replace=request.replace)
+        change = await live.load(
+            spec,
+            replace=request.replace,
+            shadow_of=request.shadow_of or None,
+            fraction=request.shadow_fraction or 1.0,
+        )
     except HeadserveError as exc:
         if uploaded is not None:
             if fresh:  # written by this call: no other head reads it
@@ -76,6 +93,12 @@ async def load_head(core: Core, request: pb.LoadHeadRequest, call: Call) -> pb.L
                 raise InvalidArgument("files", exc.description) from exc
         raise
     return _answer(core, change, pb.LoadHeadResponse)
+
+
+async def promote_head(
+    core: Core, request: pb.PromoteHeadRequest, call: Call
+) -> pb.PromoteHeadResponse:
+    return _answer(core, await _live(core).promote(request.name), pb.PromoteHeadResponse)
 
 
 async def unload_head(
@@ -183,3 +206,4 @@ UNLOAD = Task("unload_head", _ADMIN, "UnloadHead", unload_head, streams=False, a
 SET_DEFAULT = Task(
     "set_default_head", _ADMIN, "SetDefaultHead", set_default_head, streams=False, admin=True
 )
+PROMOTE = Task("promote_head", _ADMIN, "PromoteHead", promote_head, streams=False, admin=True)

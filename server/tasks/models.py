@@ -15,6 +15,7 @@ from headserve.v1 import models_pb2 as pb
 from ..backbones.families import Family, family_of
 from ..core.engine import Core
 from ..core.heads import HeadRegistry, ServedHead
+from ..core.shadows import MEASURES, Shadow
 from .task import Task
 from .wire import Call, text_items
 
@@ -69,12 +70,33 @@ def head_info(registry: HeadRegistry, served: ServedHead) -> pb.HeadInfo:
     )
 
 
+def shadow_info(registry: HeadRegistry, shadow: Shadow) -> pb.HeadInfo:
+    """A shadow head as GetModelInfo shows it: its head, the live head it shadows, and its
+    agreement so far."""
+    info = head_info(registry, shadow.served)
+    info.usable = False  # it answers no call of its own
+    info.shadow_of = shadow.live
+    stats = shadow.stats
+    info.shadow.CopyFrom(
+        pb.ShadowInfo(
+            fraction=shadow.fraction,
+            calls=stats.calls,
+            items=stats.items,
+            failures=stats.failures,
+            skipped=stats.skipped,
+            **{m: stats.mean(m) for m in MEASURES.get(shadow.served.task, ())},
+        )
+    )
+    return info
+
+
 def model_info(core: Core) -> pb.ModelInfo:
     backbone = core.backbone
     config = backbone.config
     registry = core.registry
     limits = core.scheduler.limits
     heads = [head_info(registry, served) for served in registry.heads.values()]
+    heads += [shadow_info(registry, shadow) for shadow in registry.shadows.values()]
     tokenizer, image = backbone.tokenizer, backbone.image
     return pb.ModelInfo(
         backbone=pb.BackboneInfo(

@@ -195,7 +195,14 @@ def test_a_failing_load_changes_nothing(
         else:
             files = [f for f in files if f.path != "head.json"]
         call = _calls.load_head(
-            name="broken", plugin=None, source=None, artifact=None, options=None, replace=False
+            name="broken",
+            plugin=None,
+            source=None,
+            artifact=None,
+            options=None,
+            replace=False,
+            shadow_of=None,
+            shadow_fraction=None,
         )
         call.request.files.extend(files)  # type: ignore[attr-defined]
         with pytest.raises(InvalidArgumentError) as refused:
@@ -298,6 +305,8 @@ def test_fuzzed_loads_are_refused_clearly_and_change_nothing(
         artifact=None,
         options=options,
         replace=replace,
+        shadow_of=None,
+        shadow_fraction=None,
     )
     call.request.files.extend(admin_pb2.HeadFile(path=p, content=c) for p, c in files)  # type: ignore[attr-defined]
     try:
@@ -364,3 +373,173 @@ def test_the_cli_loads_lists_makes_default_and_unloads(
     assert capsys.readouterr().out.startswith("unloaded cli (classify")
     with pytest.raises(SystemExit, match="NOT_FOUND"):
         cli.main(["head", "unload", "cli", *as_admin])
+
+
+MORE = [
+    "What a wonderful, moving story.",
+    "I want my money back.",
+    "It was fine, I suppose.",
+    "The best film of the year!",
+    "Boring from start to end.",
+    "Not bad at all.",
+]
+
+
+def _eventually(check, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+    import time
+
+    end = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(0.02)
+
+
+def _shadow_info(client: Client, name: str):  # type: ignore[no-untyped-def]
+    return next(h for h in client.model_info().heads if h.name == name)
+
+
+def _metric(server: ServerThread, name: str, **labels: str) -> float | None:
+    assert server.core is not None
+    registry = server.core.scheduler.metrics.instruments.registry
+    return registry.get_sample_value(name, labels)
+
+
+def test_a_shadow_classifier_is_measured_never_answers_and_is_promoted(
+    server: ServerThread, admin: Client, caller: Client, tmp_path: Path
+) -> None:
+    packaged = packaged_sentiment_head()
+    live = admin.load_head("judge", artifact=packaged).head
+    candidate = _retrained(tmp_path / "candidate", 3.0)
+    shadow = admin.load_head("judge-next", artifact=candidate, shadow_of="judge").head
+    assert (shadow.shadow_of, shadow.usable, shadow.shadow.fraction) == ("judge", False, 1.0)
+    reference = admin.load_head("candidate", artifact=candidate).head  # the same weights
+    try:
+        texts = [*TEXTS, *MORE]
+        want = caller.classify(texts, heads=["candidate"])
+        got = caller.classify(texts, heads=["judge"])  # the live head's answers, unchanged
+        assert got.head_versions == {"judge": live.head_version}
+        ours = [dict((s.label, s.probability) for s in c.heads[0].labels) for c in got]
+        theirs = [dict((s.label, s.probability) for s in c.heads[0].labels) for c in want]
+        top1 = np.mean([max(o, key=o.get) == max(t, key=t.get) for o, t in zip(ours, theirs)])
+        mad = np.mean([np.mean([abs(o[k] - t[k]) for k in o]) for o, t in zip(ours, theirs)])
+        assert mad > 1e-3  # the candidate differs
+        info = _eventually(
+            lambda: (i := _shadow_info(caller, "judge-next")).shadow.items == len(texts) and i
+        )
+        assert info, _shadow_info(caller, "judge-next")
+        assert info.shadow.calls == 1 and info.shadow.failures == 0
+        assert info.shadow.top1_agreement == pytest.approx(top1, abs=1e-9)
+        assert info.shadow.mean_abs_probability_difference == pytest.approx(mad, abs=1e-6)
+        labels = {"live": "judge", "shadow": "judge-next"}
+        assert _metric(server, "headserve_shadow_items_total", **labels) == len(texts)
+        summed = _metric(
+            server,
+            "headserve_shadow_agreement_sum_total",
+            measure="mean_abs_probability_difference",
+            **labels,
+        )
+        assert summed == pytest.approx(mad * len(texts), abs=1e-5)
+        with pytest.raises(NotFoundError):  # a shadow answers no call of its own
+            caller.classify(TEXTS, heads=["judge-next"])
+
+        promoted = admin.promote_head("judge-next")
+        assert (promoted.head.name, promoted.head.head_version) == ("judge", reference.head_version)
+        assert promoted.replaced_version == live.head_version and not promoted.head.shadow_of
+        now = caller.classify(texts, heads=["judge"])
+        assert now.head_versions == {"judge": reference.head_version}
+        assert [c.heads[0].head for c in now] == ["judge"] * len(texts)
+        np.testing.assert_allclose(
+            [c.heads[0].labels[0].probability for c in now],
+            [c.heads[0].labels[0].probability for c in want],
+            atol=1e-6,
+        )
+        assert "judge-next" not in {h.name for h in caller.model_info().heads}
+    finally:
+        admin.unload_head("judge")
+        admin.unload_head("candidate")
+
+
+def test_a_failing_shadow_never_fails_the_live_call(
+    server: ServerThread, admin: Client, caller: Client
+) -> None:
+    admin.load_head("cosine-next", plugin="encode", options={"pooling": "cls"}, shadow_of="encode")
+    try:
+        admin.load_head("cls", plugin="encode", options={"pooling": "cls"})  # the reference
+        cls = caller.encode(MORE, head="cls")
+        vectors = caller.encode(MORE)  # the only call the shadow runs beside
+        cosine = np.mean(
+            [
+                float(a.vector @ b.vector / np.linalg.norm(a.vector) / np.linalg.norm(b.vector))
+                for a, b in zip(vectors, cls)
+            ]
+        )
+        info = _eventually(lambda: (i := _shadow_info(caller, "cosine-next")).shadow.items and i)
+        assert info.shadow.mean_cosine == pytest.approx(cosine, abs=1e-5)
+
+        assert server.core is not None
+        head = server.core.registry.shadows["cosine-next"].served.head
+
+        def broken(features, rows):  # type: ignore[no-untyped-def]
+            raise RuntimeError("the shadow's bug")
+
+        head.forward = broken  # type: ignore[method-assign]
+        again = caller.encode(MORE)  # answered, by the live head, whatever the shadow does
+        np.testing.assert_allclose(
+            np.stack([e.vector for e in again]), np.stack([e.vector for e in vectors]), atol=1e-6
+        )
+        failed = _eventually(
+            lambda: _shadow_info(caller, "cosine-next").shadow.failures == len(MORE)
+        )
+        assert failed, _shadow_info(caller, "cosine-next").shadow
+    finally:
+        admin.unload_head("cosine-next")
+        admin.unload_head("cls")
+
+
+def test_a_shadow_is_refused_when_it_cannot_shadow(admin: Client, caller: Client) -> None:
+    before = _served(caller)
+    packaged = packaged_sentiment_head()
+    for kwargs, field in (
+        ({"shadow_of": "nobody"}, "shadow_of"),
+        ({"shadow_of": "encode"}, "shadow_of"),  # a classify head cannot shadow an encode head
+        ({"shadow_of": "sentiment", "shadow_fraction": 1.5}, "shadow_fraction"),
+    ):
+        with pytest.raises(InvalidArgumentError) as refused:
+            admin.load_head("next", artifact=packaged, **kwargs)  # type: ignore[arg-type]
+        assert refused.value.field == field, refused.value
+    admin.load_head("next", artifact=packaged, shadow_of="sentiment", shadow_fraction=0.5)
+    try:
+        with pytest.raises(InvalidArgumentError, match="has a shadow already"):
+            admin.load_head("other", artifact=packaged, shadow_of="sentiment")
+        with pytest.raises(AlreadyExistsError):  # the name is the shadow's
+            admin.load_head("next", artifact=packaged)
+        assert _shadow_info(caller, "next").shadow.fraction == 0.5
+    finally:
+        admin.unload_head("next")
+    assert _served(caller) == before
+
+
+def test_the_cli_shadows_then_promotes(
+    server: ServerThread, admin: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headserve.server import cli
+
+    (tmp_path / "admin.txt").write_text(ADMIN)
+    as_admin = ["--server", server.target, "--admin-token-file", str(tmp_path / "admin.txt")]
+    admin.load_head("stance", artifact=packaged_sentiment_head())
+    candidate = _retrained(tmp_path / "candidate", 2.0)
+    cli.main(["head", "load", f"stance-next={candidate}", "--shadow", "stance", *as_admin])
+    assert "shadowing stance" in capsys.readouterr().out
+    with Client(server.target, token=CALLER) as caller:
+        caller.classify(MORE, heads=["stance"])
+        _eventually(lambda: _shadow_info(caller, "stance-next").shadow.items == len(MORE))
+    (tmp_path / "caller.txt").write_text(CALLER)
+    cli.main(["heads", "--server", server.target, "--token-file", str(tmp_path / "caller.txt")])
+    table = capsys.readouterr().out
+    assert f"stance: {len(MORE)} items, top-1 " in table and "mean |dp| " in table
+    cli.main(["head", "promote", "stance-next", *as_admin])
+    out = capsys.readouterr().out
+    assert out.startswith("promoted stance (classify, ") and folder_version(candidate) in out
+    admin.unload_head("stance")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from headserve.v1 import models_pb2 as headserve_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headserve/v1/admin.proto\x12\x0cheadserve.v1\x1a\x19headserve/v1/models.proto\")\n\x08HeadFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xe4\x01\n\x0fLoadHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12;\n\x07options\x18\x04 \x03(\x0b\x32*.headserve.v1.LoadHeadRequest.OptionsEntry\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.headserve.v1.HeadFile\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x11UnloadHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SetDefaultHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"c\n\x10LoadHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x18\n\x10replaced_version\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\r\"K\n\x12UnloadHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\"O\n\x16SetDefaultHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r2\x84\x02\n\tHeadAdmin\x12I\n\x08LoadHead\x12\x1d.headserve.v1.LoadHeadRequest\x1a\x1e.headserve.v1.LoadHeadResponse\x12O\n\nUnloadHead\x12\x1f.headserve.v1.UnloadHeadRequest\x1a .headserve.v1.UnloadHeadResponse\x12[\n\x0eSetDefaultHead\x12#.headserve.v1.SetDefaultHeadRequest\x1a$.headserve.v1.SetDefaultHeadResponseBT\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headserve/v1/admin.proto\x12\x0cheadserve.v1\x1a\x19headserve/v1/models.proto\")\n\x08HeadFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\x90\x02\n\x0fLoadHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12;\n\x07options\x18\x04 \x03(\x0b\x32*.headserve.v1.LoadHeadRequest.OptionsEntry\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.headserve.v1.HeadFile\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x11\n\tshadow_of\x18\x07 \x01(\t\x12\x17\n\x0fshadow_fraction\x18\x08 \x01(\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12PromoteHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"f\n\x13PromoteHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x18\n\x10replaced_version\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\r\"!\n\x11UnloadHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SetDefaultHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"c\n\x10LoadHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x18\n\x10replaced_version\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\r\"K\n\x12UnloadHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\"O\n\x16SetDefaultHeadResponse\x12$\n\x04head\x18\x01 \x01(\x0b\x32\x16.headserve.v1.HeadInfo\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r2\xd8\x02\n\tHeadAdmin\x12I\n\x08LoadHead\x12\x1d.headserve.v1.LoadHeadRequest\x1a\x1e.headserve.v1.LoadHeadResponse\x12O\n\nUnloadHead\x12\x1f.headserve.v1.UnloadHeadRequest\x1a .headserve.v1.UnloadHeadResponse\x12[\n\x0eSetDefaultHead\x12#.headserve.v1.SetDefaultHeadRequest\x1a$.headserve.v1.SetDefaultHeadResponse\x12R\n\x0bPromoteHead\x12 .headserve.v1.PromoteHeadRequest\x1a!.headserve.v1.PromoteHeadResponseBT\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADFILE']._serialized_start=69
   _globals['_HEADFILE']._serialized_end=110
   _globals['_LOADHEADREQUEST']._serialized_start=113
-  _globals['_LOADHEADREQUEST']._serialized_end=341
-  _globals['_LOADHEADREQUEST_OPTIONSENTRY']._serialized_start=295
-  _globals['_LOADHEADREQUEST_OPTIONSENTRY']._serialized_end=341
-  _globals['_UNLOADHEADREQUEST']._serialized_start=343
-  _globals['_UNLOADHEADREQUEST']._serialized_end=376
-  _globals['_SETDEFAULTHEADREQUEST']._serialized_start=378
-  _globals['_SETDEFAULTHEADREQUEST']._serialized_end=415
-  _globals['_LOADHEADRESPONSE']._serialized_start=417
-  _globals['_LOADHEADRESPONSE']._serialized_end=516
-  _globals['_UNLOADHEADRESPONSE']._serialized_start=518
-  _globals['_UNLOADHEADRESPONSE']._serialized_end=593
-  _globals['_SETDEFAULTHEADRESPONSE']._serialized_start=595
-  _globals['_SETDEFAULTHEADRESPONSE']._serialized_end=674
-  _globals['_HEADADMIN']._serialized_start=677
-  _globals['_HEADADMIN']._serialized_end=937
+  _globals['_LOADHEADREQUEST']._serialized_end=385
+  _globals['_LOADHEADREQUEST_OPTIONSENTRY']._serialized_start=339
+  _globals['_LOADHEADREQUEST_OPTIONSENTRY']._serialized_end=385
+  _globals['_PROMOTEHEADREQUEST']._serialized_start=387
+  _globals['_PROMOTEHEADREQUEST']._serialized_end=421
+  _globals['_PROMOTEHEADRESPONSE']._serialized_start=423
+  _globals['_PROMOTEHEADRESPONSE']._serialized_end=525
+  _globals['_UNLOADHEADREQUEST']._serialized_start=527
+  _globals['_UNLOADHEADREQUEST']._serialized_end=560
+  _globals['_SETDEFAULTHEADREQUEST']._serialized_start=562
+  _globals['_SETDEFAULTHEADREQUEST']._serialized_end=599
+  _globals['_LOADHEADRESPONSE']._serialized_start=601
+  _globals['_LOADHEADRESPONSE']._serialized_end=700
+  _globals['_UNLOADHEADRESPONSE']._serialized_start=702
+  _globals['_UNLOADHEADRESPONSE']._serialized_end=777
+  _globals['_SETDEFAULTHEADRESPONSE']._serialized_start=779
+  _globals['_SETDEFAULTHEADRESPONSE']._serialized_end=858
+  _globals['_HEADADMIN']._serialized_start=861
+  _globals['_HEADADMIN']._serialized_end=1205
 # @@protoc_insertion_point(module_scope)

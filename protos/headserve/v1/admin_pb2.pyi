@@ -88,6 +88,8 @@ class LoadHeadRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    SHADOW_OF_FIELD_NUMBER: _builtins.int
+    SHADOW_FRACTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The head's name in calls; letters, digits, "-", "_", "."."""
     plugin: _builtins.str
@@ -102,6 +104,14 @@ class LoadHeadRequest(_message.Message):
     """Replace the head of this name, atomically: a call gets the old head or the
     new one, never an error between them.
     """
+    shadow_of: _builtins.str
+    """Load it as a shadow of this live head (of the same task): it runs beside the
+    live head on a fraction of its calls, on the same backbone rows; its results
+    are compared with the live head's (HeadInfo.shadow) and never returned. A
+    live head has one shadow at most.
+    """
+    shadow_fraction: _builtins.float
+    """The fraction of the live head's calls the shadow runs on, in (0, 1]; 0: all."""
     @_builtins.property
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The head's options, as `--head NAME=PLUGIN,key=value`."""
@@ -119,14 +129,66 @@ class LoadHeadRequest(_message.Message):
         options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         files: _abc.Iterable[Global___HeadFile] | None = ...,
         replace: _builtins.bool = ...,
+        shadow_of: _builtins.str = ...,
+        shadow_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "name", b"name", "options", b"options", "plugin", b"plugin", "replace", b"replace", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "name", b"name", "options", b"options", "plugin", b"plugin", "replace", b"replace", "shadow_fraction", b"shadow_fraction", "shadow_of", b"shadow_of", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoadHeadRequest: _TypeAlias = LoadHeadRequest  # noqa: Y015
+
+@_typing.final
+class PromoteHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The shadow head's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteHeadRequest: _TypeAlias = PromoteHeadRequest  # noqa: Y015
+
+@_typing.final
+class PromoteHeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    REPLACED_VERSION_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    replaced_version: _builtins.str
+    """The version of the live head it replaced."""
+    applied: _builtins.int
+    """As LoadHeadResponse.applied."""
+    @_builtins.property
+    def head(self) -> _models_pb2.HeadInfo:
+        """The head as GetModelInfo now shows it: the shadow's, under the live name."""
+
+    def __init__(
+        self,
+        *,
+        head: _models_pb2.HeadInfo | None = ...,
+        replaced_version: _builtins.str = ...,
+        applied: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "head", b"head", "replaced_version", b"replaced_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteHeadResponse: _TypeAlias = PromoteHeadResponse  # noqa: Y015
 
 @_typing.final
 class UnloadHeadRequest(_message.Message):

@@ -49,6 +49,11 @@ class HeadAdminStub:
                 request_serializer=headserve_dot_v1_dot_admin__pb2.SetDefaultHeadRequest.SerializeToString,
                 response_deserializer=headserve_dot_v1_dot_admin__pb2.SetDefaultHeadResponse.FromString,
                 _registered_method=True)
+        self.PromoteHead = channel.unary_unary(
+                '/headserve.v1.HeadAdmin/PromoteHead',
+                request_serializer=headserve_dot_v1_dot_admin__pb2.PromoteHeadRequest.SerializeToString,
+                response_deserializer=headserve_dot_v1_dot_admin__pb2.PromoteHeadResponse.FromString,
+                _registered_method=True)
 
 
 class HeadAdminServicer:
@@ -77,6 +82,14 @@ class HeadAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteHead(self, request, context):
+        """Put a shadow head (LoadHeadRequest.shadow_of) in place of the head it
+        shadows, under that head's name, in one change; the shadow is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeadAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_HeadAdminServicer_to_server(servicer, server):
                     servicer.SetDefaultHead,
                     request_deserializer=headserve_dot_v1_dot_admin__pb2.SetDefaultHeadRequest.FromString,
                     response_serializer=headserve_dot_v1_dot_admin__pb2.SetDefaultHeadResponse.SerializeToString,
+            ),
+            'PromoteHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteHead,
+                    request_deserializer=headserve_dot_v1_dot_admin__pb2.PromoteHeadRequest.FromString,
+                    response_serializer=headserve_dot_v1_dot_admin__pb2.PromoteHeadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class HeadAdmin:
             '/headserve.v1.HeadAdmin/SetDefaultHead',
             headserve_dot_v1_dot_admin__pb2.SetDefaultHeadRequest.SerializeToString,
             headserve_dot_v1_dot_admin__pb2.SetDefaultHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headserve.v1.HeadAdmin/PromoteHead',
+            headserve_dot_v1_dot_admin__pb2.PromoteHeadRequest.SerializeToString,
+            headserve_dot_v1_dot_admin__pb2.PromoteHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,

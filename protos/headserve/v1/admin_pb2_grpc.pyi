@@ -51,6 +51,10 @@ class HeadAdminStub:
     """
     SetDefaultHead: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDefaultHeadRequest, _admin_pb2.SetDefaultHeadResponse]
     """Make a head the default of its task (what a call that names no head gets)."""
+    PromoteHead: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PromoteHeadRequest, _admin_pb2.PromoteHeadResponse]
+    """Put a shadow head (LoadHeadRequest.shadow_of) in place of the head it
+    shadows, under that head's name, in one change; the shadow is gone.
+    """
 
 @_typing.type_check_only
 class HeadAdminAsyncStub(HeadAdminStub):
@@ -65,6 +69,10 @@ class HeadAdminAsyncStub(HeadAdminStub):
     """
     SetDefaultHead: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDefaultHeadRequest, _admin_pb2.SetDefaultHeadResponse]  # type: ignore[assignment]
     """Make a head the default of its task (what a call that names no head gets)."""
+    PromoteHead: _aio.UnaryUnaryMultiCallable[_admin_pb2.PromoteHeadRequest, _admin_pb2.PromoteHeadResponse]  # type: ignore[assignment]
+    """Put a shadow head (LoadHeadRequest.shadow_of) in place of the head it
+    shadows, under that head's name, in one change; the shadow is gone.
+    """
 
 class HeadAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -94,5 +102,15 @@ class HeadAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SetDefaultHeadResponse, _abc.Awaitable[_admin_pb2.SetDefaultHeadResponse]]:
         """Make a head the default of its task (what a call that names no head gets)."""
+
+    @_abc_1.abstractmethod
+    def PromoteHead(
+        self,
+        request: _admin_pb2.PromoteHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PromoteHeadResponse, _abc.Awaitable[_admin_pb2.PromoteHeadResponse]]:
+        """Put a shadow head (LoadHeadRequest.shadow_of) in place of the head it
+        shadows, under that head's name, in one change; the shadow is gone.
+        """
 
 def add_HeadAdminServicer_to_server(servicer: HeadAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

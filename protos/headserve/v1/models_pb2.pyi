@@ -206,6 +206,8 @@ class HeadInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     HEAD_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_OF_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: _builtins.str
     """"encode", "mlm", "classify", "qa", or a plugin's own task."""
@@ -232,6 +234,10 @@ class HeadInfo(_message.Message):
     hex digits), which changes when a retrained head replaces it. Calls answered
     by a head carry it (metadata headserve-head-versions).
     """
+    shadow_of: _builtins.str
+    """For a shadow head (HeadAdmin.LoadHead shadow_of): the live head it runs
+    beside; such a head answers no call of its own.
+    """
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -247,6 +253,10 @@ class HeadInfo(_message.Message):
         """How the head computes, e.g. {"pooling": "mean", "normalize": "true"} for an
         encode head, {"activation": "sigmoid"} for a classifier.
         """
+
+    @_builtins.property
+    def shadow(self) -> Global___ShadowInfo:
+        """For a shadow head: how it agrees with the live head so far."""
 
     def __init__(
         self,
@@ -267,14 +277,72 @@ class HeadInfo(_message.Message):
         parameters: _abc.Iterable[Global___ParameterInfo] | None = ...,
         settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         head_version: _builtins.str = ...,
+        shadow_of: _builtins.str = ...,
+        shadow: Global___ShadowInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "head_version", b"head_version", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "settings", b"settings", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "distribution", b"distribution", "head_version", b"head_version", "is_default", b"is_default", "labels", b"labels", "multi_label", b"multi_label", "name", b"name", "outputs", b"outputs", "parameters", b"parameters", "plugin", b"plugin", "settings", b"settings", "shadow", b"shadow", "shadow_of", b"shadow_of", "source", b"source", "task", b"task", "trained", b"trained", "usable", b"usable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeadInfo: _TypeAlias = HeadInfo  # noqa: Y015
+
+@_typing.final
+class ShadowInfo(_message.Message):
+    """A shadow head's agreement with the live head it shadows, over the items both
+    answered. Means of what the task measures; NaN before any item.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRACTION_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_PROBABILITY_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    MEAN_COSINE_FIELD_NUMBER: _builtins.int
+    EXACT_MATCH_FIELD_NUMBER: _builtins.int
+    fraction: _builtins.float
+    """The fraction of the live head's calls it runs on."""
+    calls: _builtins.int
+    """Live calls it ran beside."""
+    items: _builtins.int
+    """Items both answered, compared."""
+    failures: _builtins.int
+    """Items of those calls the shadow refused or failed."""
+    skipped: _builtins.int
+    """Calls it was to run beside but could not (the queue was full)."""
+    top1_agreement: _builtins.float
+    """classify: the share of items with the same best label."""
+    mean_abs_probability_difference: _builtins.float
+    """classify: the mean absolute difference of the labels' probabilities."""
+    mean_cosine: _builtins.float
+    """encode: the mean cosine of the two vectors."""
+    exact_match: _builtins.float
+    """qa: the share of items with the same best answer text."""
+    def __init__(
+        self,
+        *,
+        fraction: _builtins.float = ...,
+        calls: _builtins.int = ...,
+        items: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        top1_agreement: _builtins.float = ...,
+        mean_abs_probability_difference: _builtins.float = ...,
+        mean_cosine: _builtins.float = ...,
+        exact_match: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "exact_match", b"exact_match", "failures", b"failures", "fraction", b"fraction", "items", b"items", "mean_abs_probability_difference", b"mean_abs_probability_difference", "mean_cosine", b"mean_cosine", "skipped", b"skipped", "top1_agreement", b"top1_agreement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowInfo: _TypeAlias = ShadowInfo  # noqa: Y015
 
 @_typing.final
 class OutputField(_message.Message):
