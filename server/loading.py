@@ -26,9 +26,12 @@ from .core.engine import Core
 from .core.head_store import HeadStore, merged
 from .core.heads import (
     HeadRegistry,
+    Refusal,
+    ServedHead,
     check_defaults,
     check_unique_names,
     load_heads,
+    load_one,
     require,
     strict,
 )
@@ -37,6 +40,7 @@ from .core.live_heads import HeadLoader
 from .core.memory import release_freed_memory
 from .core.runner import Runner
 from .core.scheduler import Scheduler
+from .core.shadows import Shadow
 from .core.threads import plan, set_torch_threads
 from .discovery import StartupError, allowed, check_unique, find_plugins, load_plugins
 from .observability.metrics import Metrics
@@ -150,6 +154,7 @@ def build_core(
         not_allowed=loader.not_allowed,
     )
     if store is not None:
+        registry.shadows = _stored_shadows(store, registry, loader)
         _check_versions(registry, store)
     if (settings.heads or store is not None) and not settings.allow_failed_heads:
         strict(registry, specs if store is not None else settings.heads)
@@ -192,6 +197,25 @@ def build_core(
         loader=loader,
         store=store,
     )
+
+
+def _stored_shadows(
+    store: HeadStore, registry: HeadRegistry, loader: HeadLoader
+) -> dict[str, Shadow]:
+    """The store's shadow heads, each loaded beside its live head again; one that cannot
+    be (its live head gone, its folder unreadable) is left out, with an error line."""
+    shadows = {}
+    for kept, spec in store.shadows():
+        live = registry.heads.get(kept.shadow_of or "")
+        outcome = load_one(spec, loader.plugins, loader.backbone, loader.not_allowed)
+        if isinstance(outcome, Refusal) or live is None or outcome[0].plugin.task != live.task:
+            why = outcome.reason if isinstance(outcome, Refusal) else "its live head is not served"
+            log.error("shadow head %s (of %s) left out: %s", kept.name, kept.shadow_of, why)
+            continue
+        plugin, head, version = outcome
+        served = ServedHead(head, spec, plugin, False, version)
+        shadows[kept.name] = Shadow(served, live.spec.name, kept.fraction)
+    return shadows
 
 
 def _check_versions(registry: HeadRegistry, store: HeadStore) -> None:

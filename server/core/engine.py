@@ -349,7 +349,7 @@ class Core:
             # started before the live rows are submitted: the shadow's rows join them in the
             # same batch, and share their backbone pass
             running = asyncio.ensure_future(
-                self._shadow(shadow, cells, options[column], live_done, column)
+                self._shadow(shadow, cells, options[column], live_done, column, inline)
             )
             self._shadows_running.add(running)
             running.add_done_callback(self._shadows_running.discard)
@@ -441,6 +441,7 @@ class Core:
         options: Any,
         live_done: asyncio.Future[list[list[Any]]],
         column: int,
+        inline: bool,
     ) -> None:
         """A shadow's rows through the model beside a live call's, finished, and compared
         with the live head's results once they are there; nothing reaches the live call."""
@@ -452,8 +453,8 @@ class Core:
             if work:
                 outputs, _ = await self.scheduler.submit(work, return_exceptions=True)
             cells_of = [[c if isinstance(c, Prepared) else _failure(c)] for c in cells]
-            finished = await asyncio.to_thread(
-                _finish_all, [head], cells_of, outputs, [options], True
+            finished = await _on_thread_unless(
+                inline, _finish_all, [head], cells_of, outputs, [options], True
             )
             results = await live_done
         except Overloaded:

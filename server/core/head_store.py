@@ -2,8 +2,9 @@
 restarted server comes up with them.
 
     DIR/heads.json            the state: heads loaded at run time (name, plugin, source,
-                              options, version), configured heads unloaded, and each task's
-                              default head when a call made one
+                              options, version; a shadow's live head and share), configured
+                              heads unloaded, and each task's default head when a call made
+                              one
     DIR/artifacts/<digest>/   head artifacts uploaded in LoadHead calls, by their content
 
 A change writes the whole state to a new file and renames it over heads.json (fsynced, then
@@ -46,6 +47,8 @@ class StoredHead:
     source: str | None  # absolute, or relative to the store (an uploaded artifact)
     options: Mapping[str, str]
     version: str
+    shadow_of: str | None = None  # a shadow head: the live head it runs beside
+    fraction: float = 1.0  # a shadow's share of the live head's calls
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class StoreState:
             defaults[task] = heir
         unloaded = (*(n for n in self.unloaded if n != name), name)
         return StoreState(heads, unloaded, defaults)
+
+    def shadowed(self, head: StoredHead) -> StoreState:
+        """With shadow `head` (in place of one of its name)."""
+        return replace(self, heads=(*(h for h in self.heads if h.name != head.name), head))
+
+    def dropped(self, name: str) -> StoreState:
+        """Without the shadow `name`."""
+        return replace(self, heads=tuple(h for h in self.heads if h.name != name))
 
     def with_default(self, task: str, name: str) -> StoreState:
         return replace(self, defaults={**self.defaults, task: name})
@@ -129,14 +140,21 @@ class HeadStore:
                 Path(partial).unlink(missing_ok=True)
         self.state = state
 
-    def record(self, spec: HeadSpec, version: str) -> StoredHead:
+    def record(
+        self, spec: HeadSpec, version: str, shadow_of: str | None = None, fraction: float = 1.0
+    ) -> StoredHead:
         """How `spec` is kept: its source relative to the store when it is in it."""
         source = None
         if spec.source is not None:
             resolved = spec.source.resolve()
             inside = resolved.is_relative_to(self.root.resolve())
             source = str(resolved.relative_to(self.root.resolve()) if inside else resolved)
-        return StoredHead(spec.name, spec.plugin, source, dict(spec.options), version)
+        options = dict(spec.options)
+        return StoredHead(spec.name, spec.plugin, source, options, version, shadow_of, fraction)
+
+    def shadows(self) -> list[tuple[StoredHead, HeadSpec]]:
+        """The stored shadow heads, with their specs."""
+        return [(h, self.spec(h)) for h in self.state.heads if h.shadow_of]
 
     def spec(self, head: StoredHead) -> HeadSpec:
         source = None if head.source is None else self.root / head.source
@@ -157,7 +175,7 @@ def merged(
     """The heads a start loads: the configured ones but those the store unloaded or holds
     anew, then the store's; each stored default marked (`task_of`: plugin -> task)."""
     state = store.state
-    stored = [store.spec(h) for h in state.heads]
+    stored = [store.spec(h) for h in state.heads if not h.shadow_of]  # shadows: loaded apart
     names = {s.name for s in stored} | set(state.unloaded)
     specs = [s for s in configured if s.name not in names] + stored
     chosen = set(state.defaults.values())

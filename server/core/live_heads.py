@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +30,10 @@ from ..errors import HeadExists, HeadNotFound, InvalidArgument
 from .head_store import HeadStore, StoreState
 from .heads import HeadRegistry, Refusal, ServedHead, load_one, marked_default
 from .shadows import Shadow
+from .threads import lower_priority
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LOAD_NICE = 19  # as the model workers' (limits.Limits.worker_nice)
 
 
 class Holder(Protocol):
@@ -60,6 +64,9 @@ class LiveHeads:
         self._loader = loader
         self.store = store  # where each change is recorded before it is served
         self._lock = asyncio.Lock()
+        # loads run on a thread of their own, below the event loop's priority as the model
+        # workers are: a load takes the CPU the live calls leave
+        self._loads = ThreadPoolExecutor(1, "headserve-head-load", lower_priority, (LOAD_NICE,))
 
     async def _record(self, state: StoreState | None) -> None:
         """`state` written to the store (StoreFailed: not, and nothing is to change)."""
@@ -121,8 +128,9 @@ class LiveHeads:
     async def _loaded(self, spec: HeadSpec) -> tuple[LoadedPlugin, Head, str]:
         """`spec` loaded (on a thread), trained, with its version; else why not."""
         loader = self._loader
-        outcome = await asyncio.to_thread(
-            load_one, spec, loader.plugins, loader.backbone, loader.not_allowed
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self._loads,
+            functools.partial(load_one, spec, loader.plugins, loader.backbone, loader.not_allowed),
         )
         if isinstance(outcome, Refusal):
             raise InvalidArgument(outcome.field, outcome.reason)
@@ -167,6 +175,9 @@ class LiveHeads:
                     f"a {plugin.plugin.task} head cannot shadow {live_name!r}, a {live.task} head",
                 )
             shadow = Shadow(ServedHead(head, spec, plugin, False, version), live_name, fraction)
+            if self.store is not None:
+                record = self.store.record(spec, version, live_name, fraction)
+                await self._record(self.store.state.shadowed(record))
             kept = [s for s in registry.shadows.values() if s is not old]
             self._holder.registry = registry.replaced(
                 list(registry.heads.values()), [*kept, shadow]
@@ -196,7 +207,8 @@ class LiveHeads:
             if self.store is not None:
                 record = self.store.record(spec, served.version)
                 default_of = served.task if served.is_default else None
-                await self._record(self.store.state.loaded(record, default_of))
+                state = self.store.state.dropped(name).loaded(record, default_of)
+                await self._record(state)
             heads = [served if h is live else h for h in registry.heads.values()]
             shadows = [s for s in registry.shadows.values() if s is not shadow]
             self._holder.registry = registry.replaced(heads, shadows)
@@ -210,6 +222,8 @@ class LiveHeads:
             registry = self._holder.registry
             shadow = registry.shadows.get(name)
             if shadow is not None:
+                if self.store is not None:
+                    await self._record(self.store.state.dropped(name))
                 shadows = [s for s in registry.shadows.values() if s is not shadow]
                 self._holder.registry = registry.replaced(list(registry.heads.values()), shadows)
                 return Change(shadow.served)
@@ -222,7 +236,9 @@ class LiveHeads:
                 heads = _one_default(heads, dataclasses.replace(heir, is_default=True))
             if self.store is not None:
                 heir_name = heir.spec.name if heir is not None else None
-                await self._record(self.store.state.without(name, old.task, heir_name))
+                state = self.store.state.without(name, old.task, heir_name)
+                orphan = registry.shadowing(name)  # its shadow goes with it
+                await self._record(state.dropped(orphan.name) if orphan is not None else state)
             self._holder.registry = registry.replaced(heads)
             return Change(old)
 

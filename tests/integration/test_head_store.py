@@ -146,3 +146,34 @@ def test_a_kill_while_recording_leaves_the_state_before_or_after(
     assert child.returncode == 9, child.stderr.decode()
     names = [h.name for h in head_store.HeadStore(root).state.heads]
     assert names == (["old"] if where == "before" else ["old", "new"])
+
+
+def test_a_shadow_comes_back_beside_its_live_head(store: Path, tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate"
+    shutil.copytree(packaged_sentiment_head(), candidate)
+    (candidate / "notes.txt").write_text("a candidate")  # another version
+    first = ServerThread(_settings(store))
+    try:
+        with Client(first.target, token=ADMIN, max_retries=0) as admin:
+            admin.load_head("sentiment-next", artifact=candidate, shadow_of="sentiment",
+                            shadow_fraction=0.25)  # fmt: skip
+    finally:
+        first.stop()
+    again = ServerThread(_settings(store))
+    try:
+        with Client(again.target, token=ADMIN, max_retries=0) as admin:
+            shadow = next(h for h in admin.model_info().heads if h.name == "sentiment-next")
+            assert (shadow.shadow_of, shadow.shadow.fraction) == ("sentiment", 0.25)
+            assert shadow.head_version == folder_version(candidate)
+            promoted = admin.promote_head("sentiment-next")
+            assert promoted.head.name == "sentiment"
+    finally:
+        again.stop()
+    third = ServerThread(_settings(store))  # the promoted head is the live one now
+    try:
+        with Client(third.target, token=ADMIN, max_retries=0) as admin:
+            heads = _heads(admin)
+            assert heads["sentiment"][1] == folder_version(candidate)
+            assert "sentiment-next" not in heads
+    finally:
+        third.stop()
