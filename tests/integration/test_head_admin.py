@@ -157,6 +157,10 @@ def test_load_replace_default_and_unload(admin: Client, caller: Client, tmp_path
         ("lying head.json", "files"),
         ("wrong shape", "files"),
         ("bad name", "name"),
+        ("truncated weights", "files"),
+        ("tampered weights", "files"),
+        ("lying task", "files"),
+        ("another backbone", "files"),
     ],
 )
 def test_a_failing_load_changes_nothing(
@@ -179,6 +183,21 @@ def test_a_failing_load_changes_nothing(
         weights = load_file(artifact / "head.safetensors")
         cut = {k: v[..., :-1].contiguous() for k, v in weights.items()}
         save_file(cut, artifact / "head.safetensors")
+    elif kind == "truncated weights":
+        weights = artifact / "head.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif kind == "tampered weights":  # a header that promises more bytes than there are
+        weights = artifact / "head.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[8:16] = b'{"x":{"d'
+        weights.write_bytes(bytes(data))
+    elif kind in ("lying task", "another backbone"):
+        meta = json.loads((artifact / "head.json").read_text())
+        if kind == "lying task":
+            meta["task"] = "qa"  # a classifier's weights, said to answer questions
+        else:
+            meta["fingerprint"] = "sha256:" + "0" * 64
+        (artifact / "head.json").write_text(json.dumps(meta))
     elif kind == "too large":
         (artifact / "padding.txt").write_bytes(b"x" * 70_000)
     elif kind == "no head.json":
@@ -543,3 +562,23 @@ def test_the_cli_shadows_then_promotes(
     out = capsys.readouterr().out
     assert out.startswith("promoted stance (classify, ") and folder_version(candidate) in out
     admin.unload_head("stance")
+
+
+def test_a_plugin_kept_out_by_the_allow_list_is_refused_naming_it() -> None:
+    thread = ServerThread(
+        Settings(
+            device="cpu",
+            plugins=("encode", "mlm", "classify", "qa", "trained_classify"),
+            security=Security(admin_tokens=(ADMIN,)),
+        )
+    )
+    try:
+        with Client(thread.target, token=ADMIN, max_retries=0) as admin:
+            before = _served(admin)
+            with pytest.raises(InvalidArgumentError) as refused:
+                admin.load_head("tags", plugin="token_classification")
+            assert refused.value.field == "plugin"
+            assert "not in the --plugins allow-list" in str(refused.value)
+            assert _served(admin) == before
+    finally:
+        thread.stop()
