@@ -7,8 +7,9 @@ takes `--callers` closed-loop Encode callers (one sentence a call). Rounds inter
 
 - quiet / loading: in "loading", an admin client replaces a checkpoint classify head
   (transformers' BertForSequenceClassification on the same MiniLM, 90 MB read and built on
-  every load) again and again, as fast as the server answers (HeadAdmin.LoadHead with
-  replace); in "quiet" nothing loads;
+  every load) every `--load-every` seconds (0: back to back; HeadAdmin.LoadHead with
+  replace), and the figures are those of the calls that overlapped a load; in "quiet"
+  nothing loads;
 - plain / shadowed: in "shadowed", an encode head (CLS pooling) shadows the live encode head
   on every call (shadow_fraction 1), so each call's rows are computed for both heads and
   compared; in "plain" it is unloaded.
@@ -56,29 +57,47 @@ def checkpoint() -> Path:
     return folder
 
 
-async def _phase(target: str, callers: int, seconds: float, texts: list[str]) -> dict:
+async def _phase(
+    target: str,
+    callers: int,
+    seconds: float,
+    texts: list[str],
+    windows: list[tuple[float, float]] | None = None,
+) -> dict:
+    """`callers` closed-loop Encode callers for `seconds`; with `windows` (the loads' start
+    and end, filled while it runs), the figures of the calls that overlapped a load."""
+    calls: list[tuple[float, float]] = []
     async with grpc.aio.insecure_channel(target) as channel:
         encoder = encoder_pb2_grpc.EncoderStub(channel)
 
-        def encode(text: str):  # type: ignore[no-untyped-def]
+        async def encode(text: str) -> None:
             request = encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=text)])
-            return encoder.Encode(request, timeout=60)
+            started = time.perf_counter()
+            await encoder.Encode(request, timeout=60)
+            calls.append((started, time.perf_counter()))
 
-        latencies = await _callers(callers, seconds, encode, texts)
+        await _callers(callers, seconds, encode, texts)
+    throughput = len(calls) / seconds  # every call's
+    if windows is not None:
+        calls = [c for c in calls if any(c[0] < end and c[1] > start for start, end in windows)]
+    latencies = [1e3 * (end - start) for start, end in calls]
     return {
-        "calls_s": len(latencies) / seconds,
+        "calls": len(latencies),
+        "calls_s": throughput,
         "p50_ms": _p(latencies, 0.5),
         "p99_ms": _p(latencies, 0.99),
     }
 
 
-def _loading(target: str, source: Path, stop: threading.Event, done: list[float]) -> None:
-    """Replace the checkpoint head until `stop`; each load's seconds into `done`."""
+def _loading(target: str, source: Path, every: float, stop: threading.Event, windows: list) -> None:
+    """Replace the checkpoint head every `every` seconds (0: back to back) until `stop`;
+    each load's start and end into `windows`."""
     with Client(target, token=ADMIN, timeout=120, max_retries=0) as admin:
         while not stop.is_set():
             started = time.perf_counter()
             admin.load_head("extra", plugin="classify", source=str(source), replace=True)
-            done.append(time.perf_counter() - started)
+            windows.append((started, time.perf_counter()))
+            stop.wait(max(0.0, every - (time.perf_counter() - started)))
 
 
 def main() -> None:
@@ -86,6 +105,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="pairs of each kind")
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
     parser.add_argument("--callers", type=int, default=8)
+    parser.add_argument(
+        "--load-every",
+        type=float,
+        default=1.0,
+        help="seconds from one load's start to the next's (0: back to back)",
+    )
     parser.add_argument("--headserve", default=HEADSERVE, help="the headserve executable")
     parser.add_argument("--json", default=str(RESULTS / "head_admin.json"))
     args = parser.parse_args()
@@ -93,7 +118,7 @@ def main() -> None:
     texts = sentences(2000)
     ENV["HEADSERVE_ADMIN_TOKENS"] = ADMIN
     command = [args.headserve, "serve", "--port", "0"]
-    loads: list[float] = []
+    loads: list[tuple[float, float]] = []
     pairs: dict[str, list[dict]] = {"loading": [], "shadowed": []}
     with running(command, r"serving on port (\d+)") as (_, target):
         with Client(target, token=ADMIN, timeout=120) as admin:
@@ -103,14 +128,20 @@ def main() -> None:
             quiet_first = k % 2 == 0
             pair = {}
             for phase in ("quiet", "loading") if quiet_first else ("loading", "quiet"):
-                stop, thread = threading.Event(), None
+                stop, thread, windows = threading.Event(), None, None
                 if phase == "loading":
-                    thread = threading.Thread(target=_loading, args=(target, source, stop, loads))
+                    windows = []
+                    thread = threading.Thread(
+                        target=_loading, args=(target, source, args.load_every, stop, windows)
+                    )
                     thread.start()
-                pair[phase] = asyncio.run(_phase(target, args.callers, args.seconds, texts))
+                pair[phase] = asyncio.run(
+                    _phase(target, args.callers, args.seconds, texts, windows)
+                )
                 if thread is not None:
                     stop.set()
                     thread.join()
+                    loads.extend(windows or [])
             pairs["loading"].append(pair)
             print("loading", k, pair, f"{len(loads)} loads so far", flush=True)
         for k in range(args.rounds):
@@ -155,8 +186,9 @@ def main() -> None:
     medians = {kind: statistics.median(values) for kind, values in ratios.items()}
     lines.append("")
     lines.append(
-        f"median p99 ratio: during loads {medians['loading']:.2f} "
-        f"({len(loads)} loads, median {statistics.median(loads):.2f} s each); "
+        f"median p99 ratio: calls during loads {medians['loading']:.2f} "
+        f"({len(loads)} loads, one every {args.load_every} s, median "
+        f"{statistics.median(end - start for start, end in loads):.2f} s each); "
         f"every call shadowed {medians['shadowed']:.2f}"
     )
     print("\n".join(lines))

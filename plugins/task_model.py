@@ -10,7 +10,6 @@ the maths of transformers, for every architecture the Auto classes know.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import threading
 from collections.abc import Iterator
@@ -182,7 +181,10 @@ def _own_storage(model: nn.Module, shared: nn.Module) -> None:
     """Copy the head's tensors out of the checkpoint's memory map.
 
     Weights loaded from safetensors may be views of the mapped file; while any is alive
-    the whole file (backbone included) can stay resident. A copy lets it go.
+    the whole file (backbone included) can stay resident. A copy lets it go, once the
+    checkpoint's own modules are collected: by the server, after the start's heads load and
+    when it next goes idle. Not here: a full collection holds the GIL (0.2 s in a served
+    process), which a head loaded into a running server would take from every call.
     """
     shared_ids = {id(p) for p in shared.parameters()}
     with torch.no_grad():
@@ -197,7 +199,6 @@ def _own_storage(model: nn.Module, shared: nn.Module) -> None:
                         buffer.clone(),
                         persistent=name not in module._non_persistent_buffers_set,
                     )
-    gc.collect()
 
 
 def _same_weights(own: nn.Module, shared: nn.Module) -> bool:
