@@ -21,7 +21,7 @@ from .backbones.backbone import default_model_dir, pick_device
 from .backbones.kinds import choose_kind
 from .call_info import RequestIdIn
 from .calls.connections import Connections, check_budgets
-from .calls.security import Security, read_tokens
+from .calls.security import ADMIN_TOKENS_ENV, Security, read_tokens
 from .core.engine import Core
 from .core.head_store import HeadStore, merged
 from .core.heads import (
@@ -239,17 +239,24 @@ _PATHS = ("model_dir", "head_store")
 _TUPLES = ("plugins", "require_heads")
 
 
-def settings_mapping(settings: Settings, auth_token_file: Path | None = None) -> dict[str, Any]:
+def settings_mapping(
+    settings: Settings,
+    auth_token_file: Path | None = None,
+    admin_token_file: Path | None = None,
+) -> dict[str, Any]:
     """`settings` as plain values (YAML or JSON), the defaults left out; `settings_from`
-    reads it back. The bearer tokens are never written: where they come from is
-    (`auth_token_file`, and HEADSERVE_AUTH_TOKENS where the settings are read)."""
+    reads it back. The bearer tokens, callers' and admins', are never written: where they
+    come from is (`auth_token_file`, `admin_token_file`, and HEADSERVE_AUTH_TOKENS /
+    HEADSERVE_ADMIN_TOKENS where the settings are read)."""
     plain: dict[str, Any] = {}
     for f in fields(Settings):
         value = getattr(settings, f.name)
         if f.name == "security":
-            security = _changed(value, Security(), skip=("tokens",))
+            security = _changed(value, Security(), skip=("tokens", "admin_tokens"))
             if auth_token_file is not None:
                 security["auth_token_file"] = str(auth_token_file)
+            if admin_token_file is not None:
+                security["admin_token_file"] = str(admin_token_file)
             if security:
                 plain["security"] = security
         elif f.name in ("limits", "request_limits", "connections"):
@@ -305,11 +312,17 @@ def settings_from(plain: Mapping[str, Any]) -> Settings:
         given["connections"] = Connections(**given["connections"])
     security = dict(given.pop("security", {}))
     token_file = security.pop("auth_token_file", None)
+    admin_file = security.pop("admin_token_file", None)
     for key in ("tls_cert", "tls_key", "tls_client_ca"):
         if security.get(key) is not None:
             security[key] = Path(security[key])
     tokens = read_tokens(Path(token_file) if token_file is not None else None)
-    return Settings(**given, security=Security(**security, tokens=tokens))
+    admins = read_tokens(
+        Path(admin_file) if admin_file is not None else None,
+        variable=ADMIN_TOKENS_ENV,
+        flag="--admin-token-file",
+    )
+    return Settings(**given, security=Security(**security, tokens=tokens, admin_tokens=admins))
 
 
 def _changed(value: Any, default: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:

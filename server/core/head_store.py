@@ -9,7 +9,10 @@ restarted server comes up with them.
 
 A change writes the whole state to a new file and renames it over heads.json (fsynced, then
 the folder too): a server killed in the middle of a change finds the state from before it or
-after it, never half. The state is written before the change is served, so a store that
+after it, never half. Each write is the next revision: the replicas of a Ray Serve
+application share the store, each looks for a newer revision twice a second and serves it
+(live_heads.LiveHeads.follow), and notes in DIR/replicas/ which revision it serves. The
+state is written before the change is served, so a store that
 cannot be written (read-only, full) refuses the change, and nothing else changes either.
 
 At start, the store's heads are loaded as configured ones are (`--head`), after them: a head
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,6 +60,7 @@ class StoreState:
     heads: tuple[StoredHead, ...] = ()
     unloaded: tuple[str, ...] = ()  # configured heads unloaded at run time
     defaults: Mapping[str, str] = field(default_factory=dict)  # task -> head name
+    revision: int = 0  # one more at every change written
 
     def loaded(self, head: StoredHead, default_of: str | None) -> StoreState:
         """With `head` loaded (in place of one of its name), the default of `default_of`."""
@@ -112,12 +117,15 @@ class HeadStore:
                 tuple(StoredHead(**h) for h in data.get("heads", ())),
                 tuple(data.get("unloaded", ())),
                 dict(data.get("defaults", {})),
+                int(data.get("revision", 0)),
             )
         except TypeError as exc:
             raise UnreadableStore(f"--head-store {path}: malformed: {exc}") from exc
 
     def write(self, state: StoreState) -> None:
-        """`state` in place of the store's, whole or not at all (StoreFailed: not at all)."""
+        """`state` in place of the store's, whole or not at all (StoreFailed: not at all),
+        as the next revision."""
+        state = replace(state, revision=self.state.revision + 1)
         body: dict[str, Any] = {"format": FORMAT, "version": 1, **asdict(state)}
         text = json.dumps(body, indent=2, sort_keys=True) + "\n"
         partial = None
@@ -139,6 +147,43 @@ class HeadStore:
             if partial is not None:
                 Path(partial).unlink(missing_ok=True)
         self.state = state
+
+    def reread(self) -> bool:
+        """Whether another server (a replica beside this one) wrote a newer revision since
+        this one last read or wrote it; the state is then that one."""
+        try:
+            latest = self._read()
+        except UnreadableStore:
+            return False  # being written now: read it at the next look
+        if latest.revision <= self.state.revision:
+            return False
+        self.state = latest
+        return True
+
+    def ack(self, replica: str, revision: int) -> None:
+        """Note that `replica` serves `revision` (replaced whole; no sync: it is news, not
+        state, and the next look writes it again)."""
+        folder = self.root / "replicas"
+        folder.mkdir(exist_ok=True)
+        partial = folder / f".{replica}.json"
+        partial.write_text(json.dumps({"revision": revision, "at": time.time()}))
+        os.replace(partial, folder / f"{replica}.json")
+
+    def serving(self, revision: int, within: float) -> int:
+        """How many replicas, heard from in the last `within` seconds, serve `revision` or
+        a later one."""
+        count, now = 0, time.time()
+        for path in (self.root / "replicas").glob("*.json"):
+            try:
+                seen = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if (
+                now - float(seen.get("at", 0)) <= within
+                and int(seen.get("revision", 0)) >= revision
+            ):
+                count += 1
+        return count
 
     def record(
         self, spec: HeadSpec, version: str, shadow_of: str | None = None, fraction: float = 1.0

@@ -25,9 +25,20 @@ BIN = Path(sys.executable).parent
 
 def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     en = [str(bert.backbone), "--head", f"sentiment=classify:{bert.classify}", "--max-wait-ms", "2"]
-    token_file = tmp_path / "tokens"
+    token_file, admin_file = tmp_path / "tokens", tmp_path / "admins"
     token_file.write_text("a-secret-token-of-32-characters!\n")
-    other = ["--max-batch-items", "16", "--allow-untrained", "--auth-token-file", str(token_file)]
+    admin_file.write_text("an-admin-secret-of-32-characters\n")
+    other = [
+        "--max-batch-items",
+        "16",
+        "--allow-untrained",
+        "--auth-token-file",
+        str(token_file),
+        "--admin-token-file",
+        str(admin_file),
+        "--head-store",
+        str(tmp_path / "store"),
+    ]
     written = config(
         ["--replicas", "3", "--replica-cpus", "0.5", "--app", "en", *en, "--app", "other", *other]
     )
@@ -47,11 +58,12 @@ def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp
     assert written["applications"][0]["args"]["settings"]["limits"] == {"max_wait_ms": 2.0}
     # a token file by its path; the token itself is never written
     security = written["applications"][1]["args"]["settings"]["security"]
-    assert security == {"auth_token_file": str(token_file)}
-    assert "a-secret-token" not in yaml.safe_dump(written)
-    assert settings_from(security and {"security": security}).security.tokens == (
-        "a-secret-token-of-32-characters!",
-    )
+    assert security == {"auth_token_file": str(token_file), "admin_token_file": str(admin_file)}
+    dumped = yaml.safe_dump(written)
+    assert "a-secret-token" not in dumped and "an-admin-secret" not in dumped
+    read = settings_from(security and {"security": security}).security
+    assert read.tokens == ("a-secret-token-of-32-characters!",)
+    assert read.admin_tokens == ("an-admin-secret-of-32-characters",)
     with pytest.raises(ValueError, match="unknown max_batch"):
         settings_from({"max_batch": 3})
 
