@@ -125,6 +125,7 @@ def build_core(
             else spec
             for spec in specs
         )
+    configured = specs
     store = HeadStore(settings.head_store) if settings.head_store is not None else None
     if store is not None:  # the heads changed at run time, over the configured ones
         specs = merged(specs, store, {p.ref.name: p.plugin.task for p in plugins})
@@ -144,7 +145,9 @@ def build_core(
     )
     check_stopped()
     view = backbone.view()
-    loader = HeadLoader({p.ref.name: p for p in plugins}, view, tuple(r.name for r in kept_out))
+    loader = HeadLoader(
+        {p.ref.name: p for p in plugins}, view, tuple(r.name for r in kept_out), configured
+    )
     registry = load_heads(
         specs,
         plugins,

@@ -136,9 +136,7 @@ def config(argv: Sequence[str]) -> dict[str, Any]:
                 "the load balancer or ingress in front of it (docs/operations.md)"
             )
         args: dict[str, Any] = {
-            "settings": settings_mapping(
-                settings, parsed.auth_token_file, parsed.admin_token_file
-            ),
+            "settings": settings_mapping(settings, parsed.auth_token_file, parsed.admin_token_file),
             **timeout,
         }
         applications.append(

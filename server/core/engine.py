@@ -214,6 +214,7 @@ class Core:
         self.registry = registry  # replaced whole by a change at run time (live_heads.py)
         # heads loaded, replaced and unloaded at run time (HeadAdmin); None: not this core
         self.live = LiveHeads(self, loader, store) if loader is not None else None
+        self.live_off = ""  # why heads cannot change at run time here, when `live` is None
         self._shadows_running: set[asyncio.Future[None]] = set()  # kept until they end
         self.runner = runner  # the scheduler's (its counters are read by tests and benchmarks)
         self.scheduler = scheduler

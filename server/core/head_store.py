@@ -173,7 +173,7 @@ class HeadStore:
         """How many replicas, heard from in the last `within` seconds, serve `revision` or
         a later one."""
         count, now = 0, time.time()
-        for path in (self.root / "replicas").glob("*.json"):
+        for path in (self.root / "replicas").glob("[!.]*.json"):  # not a note being written
             try:
                 seen = json.loads(path.read_text())
             except (OSError, ValueError):

@@ -211,7 +211,7 @@ def load_heads(
     for spec, plugin, head, version in loaded:
         task = plugin.plugin.task
         peers = [s for s, p, _, _ in loaded if p.plugin.task == task]
-        served.append(ServedHead(head, spec, plugin, spec is _default_of(peers, task), version))
+        served.append(ServedHead(head, spec, plugin, spec is default_of(peers, task), version))
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
 
 
@@ -378,7 +378,7 @@ def check_defaults(specs: Sequence[HeadSpec], plugins: Iterable[LoadedPlugin]) -
             )
 
 
-def _default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:
+def default_of(specs: Sequence[HeadSpec], task: str) -> HeadSpec:
     """The head marked default=true, else the one named after its task, else the first."""
     marked = [s for s in specs if marked_default(s)]
     if marked:

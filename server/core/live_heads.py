@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,13 +29,18 @@ from headserve.plugins.contract import BackboneView, Head, HeadSpec
 
 from ..discovery import LoadedPlugin
 from ..errors import HeadExists, HeadNotFound, InvalidArgument
-from .head_store import HeadStore, StoreState
-from .heads import HeadRegistry, Refusal, ServedHead, load_one, marked_default
+from .head_store import HeadStore, StoreState, merged
+from .heads import HeadRegistry, Refusal, ServedHead, default_of, load_one, marked_default
 from .shadows import Shadow
 from .threads import lower_priority
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LOAD_NICE = 19  # as the model workers' (limits.Limits.worker_nice)
+FOLLOW_EVERY = 0.5  # seconds between a replica's looks at the shared store
+HEARD_WITHIN = 3.0  # a replica not heard from for this long is gone
+FOLLOW_WAIT = 5.0  # how long a change waits for the other replicas to serve it
+
+log = logging.getLogger(__name__)
 
 
 class Holder(Protocol):
@@ -45,11 +52,13 @@ class Holder(Protocol):
 @dataclass(frozen=True)
 class HeadLoader:
     """What loading a head needs: the plugins found at start, the backbone, the plugins the
-    allow-list kept out (named in the refusal)."""
+    allow-list kept out (named in the refusal); and the heads the start was configured with
+    (what a replica following the store starts from)."""
 
     plugins: Mapping[str, LoadedPlugin]
     backbone: BackboneView
     not_allowed: tuple[str, ...] = ()
+    configured: tuple[HeadSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,85 @@ class LiveHeads:
         self._holder = holder
         self._loader = loader
         self.store = store  # where each change is recorded before it is served
+        self.replica: str | None = None  # a replica's name, where replicas share the store
+        # the store's revision this server's registry serves
+        self.served = store.state.revision if store is not None else 0
         self._lock = asyncio.Lock()
         # loads run on a thread of their own, below the event loop's priority as the model
         # workers are: a load takes the CPU the live calls leave
         self._loads = ThreadPoolExecutor(1, "headserve-head-load", lower_priority, (LOAD_NICE,))
+
+    async def follow(self) -> int:
+        """Serve the store's newest revision when another server wrote it (a replica beside
+        this one, sharing the store); the revision this one serves."""
+        store = self.store
+        assert store is not None
+        async with self._lock:
+            if await asyncio.to_thread(store.reread):
+                self._holder.registry = await self._wanted(store)
+            self.served = store.state.revision
+            return self.served
+
+    async def applied(self) -> int:
+        """How many servers serve this one's latest change: 1, or on replicas sharing the
+        store, those that serve its revision within FOLLOW_WAIT seconds (all, normally)."""
+        store, replica = self.store, self.replica
+        if store is None or replica is None:
+            return 1
+        revision = self.served = store.state.revision
+        await asyncio.to_thread(store.ack, replica, revision)
+        until = time.monotonic() + FOLLOW_WAIT
+        while True:
+            alive = await asyncio.to_thread(store.serving, 0, HEARD_WITHIN)
+            serving = await asyncio.to_thread(store.serving, revision, HEARD_WITHIN)
+            if serving >= alive or time.monotonic() >= until:
+                return serving
+            await asyncio.sleep(FOLLOW_EVERY / 4)
+
+    async def _wanted(self, store: HeadStore) -> HeadRegistry:
+        """The registry the store's state asks for: the configured heads, then the stored
+        ones, as a start would load them; a head already served as asked is kept (a call on
+        it goes on), one that fails to load is left as it was, with an error line."""
+        registry, loader = self._holder.registry, self._loader
+        task_of = {name: p.plugin.task for name, p in loader.plugins.items()}
+        loaded: list[tuple[HeadSpec, ServedHead]] = []
+        for spec in merged(loader.configured, store, task_of):
+            current = registry.heads.get(spec.name)
+            if current is not None and _same(current.spec, spec):
+                loaded.append((spec, current))
+                continue
+            try:
+                plugin, head, version = await self._loaded(spec)
+            except InvalidArgument as exc:
+                log.error("head %s: the store's revision asks for it, but: %s", spec.name, exc)
+                if current is not None:
+                    loaded.append((current.spec, current))
+                continue
+            loaded.append((spec, ServedHead(head, spec, plugin, False, version)))
+        heads = []
+        for spec, served in loaded:
+            peers = [s for s, h in loaded if h.task == served.task]
+            heads.append(
+                dataclasses.replace(served, is_default=spec is default_of(peers, served.task))
+            )
+        shadows: list[Shadow] = []
+        names = {h.spec.name for h in heads}
+        for kept, spec in store.shadows():
+            running = registry.shadows.get(kept.name)
+            if running is not None and running.live == kept.shadow_of:
+                if _same(running.served.spec, spec):
+                    shadows.append(running)
+                    continue
+            if kept.shadow_of not in names:
+                continue
+            try:
+                plugin, head, version = await self._loaded(spec)
+            except InvalidArgument as exc:
+                log.error("shadow %s: the store's revision asks for it, but: %s", kept.name, exc)
+                continue
+            candidate = ServedHead(head, spec, plugin, False, version)
+            shadows.append(Shadow(candidate, kept.shadow_of or "", kept.fraction))
+        return registry.replaced(heads, shadows)
 
     async def _record(self, state: StoreState | None) -> None:
         """`state` written to the store (StoreFailed: not, and nothing is to change)."""
@@ -252,6 +336,18 @@ class LiveHeads:
                 await self._record(self.store.state.with_default(chosen.task, name))
             self._holder.registry = registry.replaced(_one_default(heads, chosen))
             return Change(chosen)
+
+
+def _same(served: HeadSpec, wanted: HeadSpec) -> bool:
+    """Whether a served head is the one a spec asks for (whether it is its task's default
+    aside: that is the registry's to say)."""
+
+    def key(spec: HeadSpec) -> tuple[object, ...]:
+        options = {k: v for k, v in spec.options.items() if k != "default"}
+        source = spec.source.resolve() if spec.source is not None else None
+        return spec.name, spec.plugin, source, sorted(options.items())
+
+    return key(served) == key(wanted)
 
 
 def _served(registry: HeadRegistry, name: str) -> ServedHead:

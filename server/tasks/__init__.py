@@ -36,8 +36,6 @@ TASKS: tuple[Task, ...] = (
     head_admin.SET_DEFAULT,
     head_admin.PROMOTE,
 )
-# What a Ray Serve replica answers: not the admin RPCs, whose change must reach every replica
-SERVE_TASKS: tuple[Task, ...] = tuple(task for task in TASKS if not task.admin)
 
 
 def services(tasks: Sequence[Task]) -> dict[str, tuple[ServiceDescriptor, tuple[Task, ...]]]:
@@ -49,4 +47,4 @@ def services(tasks: Sequence[Task]) -> dict[str, tuple[ServiceDescriptor, tuple[
     return found
 
 
-__all__ = ["GENERIC", "SERVE_TASKS", "TASKS", "HeadForm", "Route", "Task", "services"]
+__all__ = ["GENERIC", "TASKS", "HeadForm", "Route", "Task", "services"]

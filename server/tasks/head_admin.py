@@ -1,7 +1,8 @@
 """The HeadAdmin service's tasks: load, replace, unload a head and set a task's default while
 the server runs (core/live_heads.py does the change). Admin calls only: the call pipeline
-admits them on an admin token (`Task.admin`). Not on Ray Serve (a change there must reach
-every replica).
+admits them on an admin token (`Task.admin`). On Ray Serve the replicas share a head store:
+the replica a call reaches makes the change, the others follow it (LiveHeads.follow), and
+the answer says how many serve it.
 
 A head's weights come from a folder the server can read (`source`), or are uploaded in the
 call as a head artifact's files (`files`): checked before anything is written (the total
@@ -46,11 +47,11 @@ MAX_FILES = 64
 
 def _live(core: Core) -> LiveHeads:
     if core.live is None:
-        raise AdminOff("this server's heads cannot change while it runs")
+        raise AdminOff(core.live_off or "this server's heads cannot change while it runs")
     return core.live
 
 
-def _answer(core: Core, change: Change, kind: type[M]) -> M:
+async def _answer(core: Core, change: Change, kind: type[M]) -> M:
     """The change as the RPC's response: the head (as it serves now), and that this one
     server applied it; a load's, the version it replaced."""
     registry = core.registry
@@ -59,7 +60,8 @@ def _answer(core: Core, change: Change, kind: type[M]) -> M:
         info = shadow_info(registry, shadow)
     else:
         info = head_info(registry, change.head)
-    response = kind(head=info, applied=1)
+    applied = await core.live.applied() if core.live is not None else 1
+    response = kind(head=info, applied=applied)
     if isinstance(response, pb.LoadHeadResponse | pb.PromoteHeadResponse):
         response.replaced_version = change.replaced_version
     return response
@@ -92,25 +94,27 @@ async def load_head(core: Core, request: pb.LoadHeadRequest, call: Call) -> pb.L
             if isinstance(exc, InvalidArgument) and exc.field == "source":
                 raise InvalidArgument("files", exc.description) from exc
         raise
-    return _answer(core, change, pb.LoadHeadResponse)
+    return await _answer(core, change, pb.LoadHeadResponse)
 
 
 async def promote_head(
     core: Core, request: pb.PromoteHeadRequest, call: Call
 ) -> pb.PromoteHeadResponse:
-    return _answer(core, await _live(core).promote(request.name), pb.PromoteHeadResponse)
+    return await _answer(core, await _live(core).promote(request.name), pb.PromoteHeadResponse)
 
 
 async def unload_head(
     core: Core, request: pb.UnloadHeadRequest, call: Call
 ) -> pb.UnloadHeadResponse:
-    return _answer(core, await _live(core).unload(request.name), pb.UnloadHeadResponse)
+    return await _answer(core, await _live(core).unload(request.name), pb.UnloadHeadResponse)
 
 
 async def set_default_head(
     core: Core, request: pb.SetDefaultHeadRequest, call: Call
 ) -> pb.SetDefaultHeadResponse:
-    return _answer(core, await _live(core).set_default(request.name), pb.SetDefaultHeadResponse)
+    return await _answer(
+        core, await _live(core).set_default(request.name), pb.SetDefaultHeadResponse
+    )
 
 
 def _plugin(request: pb.LoadHeadRequest, source: Path | None) -> str:

@@ -62,7 +62,7 @@ class Task:
     streams: bool = True
     http: tuple[Route, ...] = ()
     heads: HeadForm | None = None
-    admin: bool = False  # an admin RPC (HeadAdmin): needs an admin token; not on Ray Serve
+    admin: bool = False  # an admin RPC (HeadAdmin): needs an admin token
 
     def __post_init__(self) -> None:
         method = self.service.methods_by_name.get(self.rpc)

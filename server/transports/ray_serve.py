@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -43,11 +46,13 @@ from google.protobuf.message import Message
 from ..call_info import CURRENT, REQUEST_ID_KEY, current_request_id
 from ..calls.pipeline import Admission, Arrival, Call, Pipeline, items_in
 from ..calls.state import ServerState
-from ..calls.status import abort
+from ..calls.status import abort, trailers
+from ..core.engine import Core
+from ..core.live_heads import FOLLOW_EVERY, LiveHeads
 from ..loading import Settings, build_core, settings_from
 from ..observability import logs
 from ..observability.metrics import Metrics
-from ..tasks import SERVE_TASKS, Task, services
+from ..tasks import TASKS, Task, services
 from ..tasks.running import Streaming, Unary, answering
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,7 @@ def start(port: int, request_timeout_s: float | None = None, **options: Any) -> 
     serve.start(grpc_options=grpc_options, **options)
 
 
-def servicer_functions(tasks: Sequence[Task] = SERVE_TASKS) -> list[str]:
+def servicer_functions(tasks: Sequence[Task] = TASKS) -> list[str]:
     """What `gRPCOptions(grpc_servicer_functions=...)` needs: the function protoc generated
     to add each service of `tasks` to a gRPC server (the proxy learns the methods from it)."""
     functions = []
@@ -102,8 +107,8 @@ class _RayContext:
         self._context.set_trailing_metadata(list(status.trailing_metadata))  # Ray wants a list
         raise _Aborted
 
-    def set_trailing(self, key: str, value: str) -> None:
-        self._context.set_trailing_metadata([(key, value)])
+    def set_trailing(self, metadata: list[tuple[str, str]]) -> None:
+        self._context.set_trailing_metadata(metadata)
 
 
 @dataclass(frozen=True)
@@ -112,13 +117,14 @@ class _Rpc:
     unary: Unary | None  # what answers it (a unary RPC)
     streaming: Streaming | None  # what answers it (a stream)
     reply: type[Message]  # the response type: an empty one carries an error status
+    admin: bool = False  # an admin RPC (HeadAdmin): needs an admin token
 
 
 def _rpcs(state: ServerState, tasks: Sequence[Task]) -> dict[str, _Rpc]:
     rpcs = {}
     for task in tasks:
         one, many = answering(state, task)
-        rpcs[task.rpc] = _Rpc(task.full_name, one, None, task.response)
+        rpcs[task.rpc] = _Rpc(task.full_name, one, None, task.response, task.admin)
         if many is not None:
             full_name = f"{task.service.full_name}/{task.stream_rpc}"
             rpcs[task.stream_rpc] = _Rpc(full_name, None, many, task.stream_reply)
@@ -158,8 +164,12 @@ class Replica:
             stream_idle_timeout=settings.connections.stream_idle_timeout,
         )
         admission = Admission(
-            tokens=settings.security.tokens, open_health=True, max_streams=limits.max_streams
+            tokens=settings.security.tokens,
+            open_health=True,
+            admin_tokens=settings.security.admin_tokens,
+            max_streams=limits.max_streams,
         )
+        self._follower = self._follow_store(core)
         self._pipeline = Pipeline(
             self._state,
             admission,
@@ -171,6 +181,18 @@ class Replica:
         self._rpcs = _rpcs(self._state, self.tasks)
         if instruments is not None:
             self._refresh = asyncio.ensure_future(instruments.keep_fresh())
+
+    def _follow_store(self, core: Core) -> asyncio.Future[Any] | None:
+        """Heads change at run time on Ray Serve only through a store every replica shares
+        (`--head-store`): this replica follows it, and says which revision it serves."""
+        live = core.live
+        if live is None:
+            return None
+        if live.store is None:
+            core.live, core.live_off = None, RAY_NEEDS_STORE
+            return None
+        live.replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return asyncio.ensure_future(asyncio.gather(_follow(live), _heartbeat(live)))
 
     def check_health(self) -> None:
         """Serve's replica health check: a stopped scheduler is a dead replica."""
@@ -187,6 +209,7 @@ class Replica:
             context.peer(),
             items=0 if request is None else items_in(request),
             stream=rpc.streaming is not None,
+            admin=rpc.admin,
         )
 
     async def _unary(self, name: str, request: Any, grpc_context: Any) -> Message:
@@ -200,8 +223,9 @@ class Replica:
                 return response
 
             response = await self._pipeline.unary(self._arrival(rpc, context, request), work)
-            # the proxy sends no initial metadata: the id goes back in the trailing metadata
-            context.set_trailing(REQUEST_ID_KEY, current_request_id() or "")
+            # the proxy sends no initial metadata: the id goes back in the trailing metadata,
+            # with the versions of the heads that answered
+            context.set_trailing([(REQUEST_ID_KEY, current_request_id() or ""), *trailers()])
             return response
         except Exception as exc:
             try:
@@ -235,6 +259,36 @@ class Replica:
             CURRENT.reset(token)
 
 
+RAY_NEEDS_STORE = (
+    "on Ray Serve the replicas change heads together through a head store they share: run "
+    "the application with --head-store DIR, a folder every replica can read and write"
+)
+
+
+async def _follow(live: LiveHeads) -> None:
+    """Follow the shared store: serve each newer revision another replica wrote, looking
+    twice a second, until the replica stops."""
+    while True:
+        try:
+            await live.follow()
+        except Exception:  # noqa: BLE001 (the next look tries again)
+            log.exception("following the head store %s", live.store and live.store.root)
+        await asyncio.sleep(FOLLOW_EVERY)
+
+
+async def _heartbeat(live: LiveHeads) -> None:
+    """Note in the store which revision this replica serves, twice a second (a replica
+    loading a newer one is still heard from: the change waits for it)."""
+    store, replica = live.store, live.replica
+    assert store is not None and replica is not None
+    while True:
+        try:
+            await asyncio.to_thread(store.ack, replica, live.served)
+        except OSError:
+            log.exception("noting this replica in the head store %s", store.root)
+        await asyncio.sleep(FOLLOW_EVERY)
+
+
 def _unary_method(name: str) -> Callable[..., Any]:
     async def method(self: Replica, request: Any, grpc_context: Any) -> Message:
         return await self._unary(name, request, grpc_context)
@@ -266,7 +320,7 @@ def replica(tasks: Sequence[Task], name: str = "HeadserveReplica") -> type[Repli
     return made
 
 
-HeadserveReplica = replica(SERVE_TASKS)  # every headserve.v1 RPC but the admin ones
+HeadserveReplica = replica(TASKS)  # every headserve.v1 RPC
 
 
 def application(

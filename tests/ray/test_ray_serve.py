@@ -47,6 +47,7 @@ from headserve.server.loading import Settings
 from headserve.server.transports import ray_serve
 
 TOKEN = "a-token-of-at-least-16-chars"
+ADMIN = "an-admin-token-of-16-chars-or-more"
 caller = TracerProvider().get_tracer("the-caller")
 TEXTS = ["Alice works in Paris.", "The quick brown fox jumps over the lazy dog."]
 
@@ -114,6 +115,15 @@ def endpoint(families, tmp_path_factory) -> Iterator[Endpoint]:  # type: ignore[
         ),
         # a tiny BERT whose replicas give each call 1 µs (see the deadline test)
         "late": _settings(families["bert"]),
+        # the packaged MiniLM on two replicas sharing a head store: heads changed at run time
+        "live": Settings(
+            heads=(HeadSpec("encode", "encode"),),
+            device="cpu",
+            threads=1,
+            limits=Limits(workers=1),
+            security=Security(admin_tokens=(ADMIN,)),
+            head_store=tmp_path_factory.mktemp("ray-store") / "store",
+        ),
     }
     ray.init(
         num_cpus=2,
@@ -131,6 +141,7 @@ def endpoint(families, tmp_path_factory) -> Iterator[Endpoint]:  # type: ignore[
             ("mini", 1, 0, None),
             ("images", 1, 0, None),
             ("late", 1, 0, 1e-6),
+            ("live", 2, 0, None),
         )
         for name, replicas, cpus, timeout in apps:
             app = ray_serve.application(
@@ -489,6 +500,65 @@ def _busiest(pids: set[int], seconds: float) -> int:
     before = {pid: _cpu_ticks(pid) for pid in pids}
     time.sleep(seconds)
     return max(pids, key=lambda pid: _cpu_ticks(pid) - before[pid])
+
+
+def change_revision(notes: Path) -> int:
+    """The head store's revision (its heads.json beside the replicas' notes)."""
+    return int(json.loads((notes.parent / "heads.json").read_text())["revision"])
+
+
+def test_a_head_change_reaches_every_replica_and_a_new_one(endpoint: Endpoint) -> None:
+    """An admin call through the proxy reaches one replica of "live"; the other follows the
+    store they share: the answer says both serve the change, and every call after it, on
+    either replica, sees it. A replica started later (the killed one brought back) loads the
+    store's heads. Without an admin token the call is refused in the replica."""
+    from headserve.client import UnauthenticatedError as Unauthenticated
+    from headserve.server.config import packaged_sentiment_head
+    from headserve.server.core.versions import folder_version
+
+    version = folder_version(packaged_sentiment_head())
+    with Client(endpoint.target, application="live", max_retries=0) as anonymous:
+        with pytest.raises(Unauthenticated):
+            anonymous.load_head("mood", artifact=packaged_sentiment_head())
+    with Client(endpoint.target, application="live", token=ADMIN, timeout=120) as admin:
+        started = time.monotonic()
+        change = admin.load_head("mood", artifact=packaged_sentiment_head())
+        assert change.applied == 2 and time.monotonic() - started < 30
+    with Client(endpoint.target, application="live") as client:
+        for _ in range(20):  # Serve spreads them over both replicas
+            assert client.classify(TEXTS, heads=["mood"]).head_versions == {"mood": version}
+    notes = endpoint.settings["live"].head_store / "replicas"  # type: ignore[operator]
+
+    def heard() -> dict[str, int]:
+        """The replicas that noted the revision they serve in the last 3 s."""
+        found = {}
+        for path in notes.glob("[!.]*.json"):
+            note = json.loads(path.read_text())
+            if time.time() - note["at"] < 3:
+                found[path.name] = note["revision"]
+        return found
+
+    before = heard()
+    assert len(before) == 2, before
+    pids = _replica_pids("live")
+    assert len(pids) == 2
+    os.kill(min(pids), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while len(heard()) < 2 or set(heard()) == set(before):  # the new replica, up
+        assert time.monotonic() < deadline, "Serve did not bring the replica back"
+        time.sleep(0.5)
+    assert set(heard().values()) == {change_revision(notes)}  # the store's, on both
+    with Client(endpoint.target, application="live", max_retries=10, timeout=120) as client:
+        for _ in range(10):  # both replicas serve the stored head
+            assert "mood" in {h.name for h in client.model_info().heads}
+    with Client(endpoint.target, application="live", token=ADMIN, timeout=120) as admin:
+        applied = admin.unload_head("mood").applied
+        seen = {p.name: p.read_text() for p in notes.iterdir()}
+        assert applied == 2, (time.time(), seen)
+    with Client(endpoint.target, application="live") as client:
+        for _ in range(10):
+            with pytest.raises(NotFoundError):
+                client.classify(TEXTS, heads=["mood"])
 
 
 def test_a_killed_replica_fails_its_stream_cleanly_and_serve_brings_it_back(
