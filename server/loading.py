@@ -28,6 +28,7 @@ from .core.heads import (
     HeadRegistry,
     Refusal,
     ServedHead,
+    broken_plugins,
     check_defaults,
     check_unique_names,
     load_heads,
@@ -146,7 +147,11 @@ def build_core(
     check_stopped()
     view = backbone.view()
     loader = HeadLoader(
-        {p.ref.name: p for p in plugins}, view, tuple(r.name for r in kept_out), configured
+        {p.ref.name: p for p in plugins},
+        view,
+        tuple(r.name for r in kept_out),
+        configured,
+        broken_plugins(failures),
     )
     registry = load_heads(
         specs,
@@ -210,7 +215,7 @@ def _stored_shadows(
     shadows = {}
     for kept, spec in store.shadows():
         live = registry.heads.get(kept.shadow_of or "")
-        outcome = load_one(spec, loader.plugins, loader.backbone, loader.not_allowed)
+        outcome = load_one(spec, loader.plugins, loader.backbone, loader.not_allowed, loader.broken)
         if isinstance(outcome, Refusal) or live is None or outcome[0].plugin.task != live.task:
             why = outcome.reason if isinstance(outcome, Refusal) else "its live head is not served"
             log.error("shadow head %s (of %s) left out: %s", kept.name, kept.shadow_of, why)

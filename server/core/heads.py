@@ -201,8 +201,9 @@ def load_heads(
     by_name = {p.ref.name: p for p in plugins}
     failed = list(failures)
     loaded: list[tuple[HeadSpec, LoadedPlugin, Head, str]] = []
+    broken = broken_plugins(failures)
     for spec in specs:
-        outcome = load_one(spec, by_name, backbone, not_allowed)
+        outcome = load_one(spec, by_name, backbone, not_allowed, broken)
         if isinstance(outcome, Refusal):
             failed.append(FailedPlugin(spec.name, outcome.reason))
             continue
@@ -215,15 +216,22 @@ def load_heads(
     return HeadRegistry(served, failed, allow_untrained=allow_untrained)
 
 
+def broken_plugins(failures: Iterable[FailedPlugin]) -> dict[str, str]:
+    """The plugins that failed to import or were refused (a contract version this server
+    does not run...), by name, with why: what a head asking for one is told."""
+    return {f.label.rsplit("[", 1)[-1].rstrip("]"): f.reason for f in failures}
+
+
 def load_one(
     spec: HeadSpec,
     plugins: Mapping[str, LoadedPlugin],
     backbone: BackboneView,
     not_allowed: Sequence[str] = (),
+    broken: Mapping[str, str] | None = None,
 ) -> tuple[LoadedPlugin, Head, str] | Refusal:
     """One head loaded by its plugin, with its version, or why not (logged): the checks
     every head passes, at start or loaded into a running server."""
-    refusal = _refusal(spec, plugins, not_allowed)
+    refusal = _refusal(spec, plugins, not_allowed, broken or {})
     if refusal is not None:
         log.error("head %s: %s", spec.name, refusal.reason)
         return refusal
@@ -254,11 +262,16 @@ def load_one(
 
 
 def _refusal(
-    spec: HeadSpec, plugins: Mapping[str, LoadedPlugin], not_allowed: Sequence[str]
+    spec: HeadSpec,
+    plugins: Mapping[str, LoadedPlugin],
+    not_allowed: Sequence[str],
+    broken: Mapping[str, str],
 ) -> Refusal | None:
     """What refuses `spec` before its plugin runs: no such plugin, its folder, its options."""
     plugin = plugins.get(spec.plugin)
     if plugin is None:
+        if spec.plugin in broken:
+            return Refusal("plugin", f"plugin {spec.plugin!r} did not load: {broken[spec.plugin]}")
         if spec.plugin in not_allowed:
             return Refusal(
                 "plugin", f"plugin {spec.plugin!r} is installed but not in the --plugins allow-list"

@@ -59,6 +59,7 @@ class HeadLoader:
     backbone: BackboneView
     not_allowed: tuple[str, ...] = ()
     configured: tuple[HeadSpec, ...] = ()
+    broken: Mapping[str, str] = dataclasses.field(default_factory=dict)  # plugin -> why not
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,9 @@ class LiveHeads:
         loader = self._loader
         outcome = await asyncio.get_running_loop().run_in_executor(
             self._loads,
-            functools.partial(load_one, spec, loader.plugins, loader.backbone, loader.not_allowed),
+            functools.partial(
+                load_one, spec, loader.plugins, loader.backbone, loader.not_allowed, loader.broken
+            ),
         )
         if isinstance(outcome, Refusal):
             raise InvalidArgument(outcome.field, outcome.reason)

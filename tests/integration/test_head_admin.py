@@ -274,6 +274,8 @@ def test_responses_name_the_versions_that_answered(server: ServerThread, caller:
     assert caller.rerank("film", TEXTS, head="sentiment").head_versions == {
         "sentiment": version["sentiment"]
     }
+    both = caller.run_heads(TEXTS, heads=["encode", "sentiment"])  # several heads, one call
+    assert both.head_versions == {h: version[h] for h in ("encode", "sentiment")}
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.server.http.port}/v1/embeddings",  # type: ignore[union-attr]
         data=json.dumps({"input": TEXTS}).encode(),
@@ -582,3 +584,46 @@ def test_a_plugin_kept_out_by_the_allow_list_is_refused_naming_it() -> None:
             assert _served(admin) == before
     finally:
         thread.stop()
+
+
+def test_a_head_of_a_plugin_that_did_not_load_is_told_why(server: ServerThread) -> None:
+    """A plugin refused at discovery (written for another contract version) is named with its
+    reason, not as missing: the same at start and for an admin load (one function)."""
+    from headserve.plugins.contract import HeadSpec
+    from headserve.server.core.heads import Refusal, broken_plugins, load_one
+    from headserve.server.discovery import FailedPlugin
+
+    assert server.core is not None and server.core.live is not None
+    loader = server.core.live._loader
+    failed = [FailedPlugin("old-heads[legacy]", "written for head contract version 0, not 1")]
+    outcome = load_one(
+        HeadSpec("h", "legacy"), loader.plugins, loader.backbone, (), broken_plugins(failed)
+    )
+    assert isinstance(outcome, Refusal) and outcome.field == "plugin"
+    assert outcome.reason == (
+        "plugin 'legacy' did not load: written for head contract version 0, not 1"
+    )
+
+
+def test_the_async_client_makes_the_same_changes(server: ServerThread) -> None:
+    import asyncio
+
+    from headserve.client import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient(server.target, token=ADMIN, max_retries=0) as admin:
+            loaded = await admin.load_head("async-mood", artifact=packaged_sentiment_head())
+            assert loaded.head.head_version == folder_version(packaged_sentiment_head())
+            assert (await admin.set_default_head("sentiment")).head.is_default
+            shadow = await admin.load_head(
+                "async-next", artifact=packaged_sentiment_head(), shadow_of="async-mood"
+            )
+            assert shadow.head.shadow_of == "async-mood"
+            promoted = await admin.promote_head("async-next")
+            assert promoted.head.name == "async-mood"
+            assert (await admin.unload_head("async-mood")).head.name == "async-mood"
+        async with AsyncClient(server.target, token=CALLER) as caller:
+            answer = await caller.classify(TEXTS, heads=["sentiment"])
+            assert set(answer.head_versions) == {"sentiment"}
+
+    asyncio.run(main())
