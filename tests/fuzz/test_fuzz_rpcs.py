@@ -698,6 +698,7 @@ METHODS = {
     "/headserve.v1.HeadAdmin/LoadHead": "Tokenize",
     "/headserve.v1.HeadAdmin/UnloadHead": "Tokenize",
     "/headserve.v1.HeadAdmin/SetDefaultHead": "Tokenize",
+    "/headserve.v1.HeadAdmin/PromoteHead": "Tokenize",
 }
 
 
