@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> None:
                 print(_changed("promoted", client.promote_head(args.name), args.server))
             else:
                 print(_changed("made default", client.set_default_head(args.name), args.server))
-    except HeadserveError as exc:
-        raise SystemExit(f"headserve {args.command}: {exc.code.name}: {exc}") from None
+    except HeadserveError as exc:  # its text starts with its code
+        raise SystemExit(f"headserve {args.command}: {exc}") from None
 
 
 def load_trained(args: argparse.Namespace, name: str, artifact: Path) -> None:
@@ -139,7 +139,7 @@ def load_trained(args: argparse.Namespace, name: str, artifact: Path) -> None:
                 shadow_fraction=args.fraction,
             )
     except HeadserveError as exc:
-        raise SystemExit(f"headserve train-head --load-into: {exc.code.name}: {exc}") from None
+        raise SystemExit(f"headserve train-head --load-into: {exc}") from None
     print(_changed("loaded", change, args.server))
 
 
@@ -188,7 +188,8 @@ def _table(args: argparse.Namespace) -> None:
             "task": h.task,
             "version": h.head_version,
             "default": "yes" if h.is_default else "",
-            "usable": "yes" if h.usable else ("shadow" if h.shadow_of else f"no: {h.detail}"),
+            "usable": "yes" if h.usable else ("shadow" if h.shadow_of else "no (--json: why)"),
+            "detail": h.detail,
             "shadows": _agreement(h) if h.shadow_of else "",
             "plugin": h.plugin,
             "source": h.source,
@@ -198,7 +199,7 @@ def _table(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    columns = list(rows[0]) if rows else ["name"]
+    columns = [c for c in rows[0] if c != "detail"] if rows else ["name"]
     cells = [columns, *([row[c] for c in columns] for row in rows)]
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(columns))]
     for row in cells:
@@ -217,6 +218,6 @@ def _agreement(head: Any) -> str:
     shown = [
         f"{label} {getattr(shadow, name):.4f}"
         for name, label in measures.items()
-        if getattr(shadow, name) == getattr(shadow, name)  # not NaN: this task's
+        if getattr(shadow, name) == getattr(shadow, name)  # not NaN: this task's, measured
     ]
     return f"{head.shadow_of}: {shadow.items} items" + "".join(f", {m}" for m in shown)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import json
+import math
 from typing import Any
 
 from headserve.plugins.backbones import Backbone
@@ -84,7 +85,12 @@ def shadow_info(registry: HeadRegistry, shadow: Shadow) -> pb.HeadInfo:
             items=stats.items,
             failures=stats.failures,
             skipped=stats.skipped,
-            **{m: stats.mean(m) for m in MEASURES.get(shadow.served.task, ())},
+            # the task's means (NaN before any item), NaN for the other tasks' measures
+            **{
+                m: stats.mean(m) if m in MEASURES.get(shadow.served.task, ()) else math.nan
+                for ms in MEASURES.values()
+                for m in ms
+            },
         )
     )
     return info

@@ -451,6 +451,7 @@ def test_a_shadow_classifier_is_measured_never_answers_and_is_promoted(
         )
         assert info, _shadow_info(caller, "judge-next")
         assert info.shadow.calls == 1 and info.shadow.failures == 0
+        assert np.isnan(info.shadow.mean_cosine) and np.isnan(info.shadow.exact_match)
         assert info.shadow.top1_agreement == pytest.approx(top1, abs=1e-9)
         assert info.shadow.mean_abs_probability_difference == pytest.approx(mad, abs=1e-6)
         labels = {"live": "judge", "shadow": "judge-next"}
@@ -560,6 +561,7 @@ def test_the_cli_shadows_then_promotes(
     cli.main(["heads", "--server", server.target, "--token-file", str(tmp_path / "caller.txt")])
     table = capsys.readouterr().out
     assert f"stance: {len(MORE)} items, top-1 " in table and "mean |dp| " in table
+    assert "cosine" not in table and "exact match" not in table  # other tasks' measures
     cli.main(["head", "promote", "stance-next", *as_admin])
     out = capsys.readouterr().out
     assert out.startswith("promoted stance (classify, ") and folder_version(candidate) in out
