@@ -142,7 +142,7 @@ def test_failing_plugins_are_reported_and_the_rest_served(bert, third_party, cap
             assert "cannot read weights" in reasons["corrupt"]
             assert "not a headserve Head" in reasons["weird"]
             assert "failed to import" in reasons["fake-third-party[broken]"]
-            assert "no plugin 'broken'" in reasons["gone"]
+            assert "plugin 'broken' did not load: failed to import" in reasons["gone"]
             assert "task 'silent' differs from its plugin's task 'classify'" in reasons["odd"]
             assert client.classify(["still serving"]).classifications[0].heads
             assert len(client.run("ner", ["still serving"])) == 1
