@@ -169,21 +169,18 @@ class HeadStore:
         partial.write_text(json.dumps({"revision": revision, "at": time.time()}))
         os.replace(partial, folder / f"{replica}.json")
 
-    def serving(self, revision: int, within: float) -> int:
-        """How many replicas, heard from in the last `within` seconds, serve `revision` or
-        a later one."""
-        count, now = 0, time.time()
+    def heard(self, within: float) -> dict[str, int]:
+        """The replicas heard from in the last `within` seconds, each with the revision it
+        serves."""
+        found, now = {}, time.time()
         for path in (self.root / "replicas").glob("[!.]*.json"):  # not a note being written
             try:
                 seen = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if (
-                now - float(seen.get("at", 0)) <= within
-                and int(seen.get("revision", 0)) >= revision
-            ):
-                count += 1
-        return count
+            if now - float(seen.get("at", 0)) <= within:
+                found[path.stem] = int(seen.get("revision", 0))
+        return found
 
     def record(
         self, spec: HeadSpec, version: str, shadow_of: str | None = None, fraction: float = 1.0

@@ -102,9 +102,9 @@ class LiveHeads:
         await asyncio.to_thread(store.ack, replica, revision)
         until = time.monotonic() + FOLLOW_WAIT
         while True:
-            alive = await asyncio.to_thread(store.serving, 0, HEARD_WITHIN)
-            serving = await asyncio.to_thread(store.serving, revision, HEARD_WITHIN)
-            if serving >= alive or time.monotonic() >= until:
+            heard = await asyncio.to_thread(store.heard, HEARD_WITHIN)
+            serving = sum(served >= revision for served in heard.values())
+            if serving >= len(heard) or time.monotonic() >= until:
                 return serving
             await asyncio.sleep(FOLLOW_EVERY / 4)
 

@@ -128,8 +128,7 @@ def agreement(task: str, live: Any, shadow: Any) -> dict[str, float] | None:
         norms = float(np.linalg.norm(a) * np.linalg.norm(b))
         return {"mean_cosine": float(a @ b) / norms if norms else 0.0}
     if task == "qa" and isinstance(live, QuestionAnswer):
-        best = (live.answers[0].text if live.answers else None, _best(shadow))
-        return {"exact_match": float(best[0] == best[1])}
+        return {"exact_match": float(_best(live) == _best(shadow))}
     return None
 
 
