@@ -28,6 +28,8 @@ from ._tls import TLS
 from .types import (
     AnswerQuestionResult,
     Batch,
+    ChunkBy,
+    ChunkMode,
     ClassifyResult,
     EncodeResult,
     HeadChange,
@@ -117,6 +119,10 @@ class AsyncClient(ClientBase):
         truncation_side: TruncationSide | None = None,
         sparse_top_k: int | None = None,
         sparse_min_weight: float | None = None,
+        chunk_mode: ChunkMode | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``); see :meth:`Client.encode`."""
@@ -273,6 +279,10 @@ class AsyncClient(ClientBase):
         truncation_side: TruncationSide | None = None,
         sparse_top_k: int | None = None,
         sparse_min_weight: float | None = None,
+        chunk_mode: ChunkMode | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches; see :meth:`Client.encode_stream`."""

@@ -23,6 +23,8 @@ from ._stubs import Stubs
 from .types import (
     AnswerQuestionResult,
     Batch,
+    ChunkBy,
+    ChunkMode,
     ClassifyResult,
     EncodeResult,
     HeadChange,
@@ -87,6 +89,10 @@ def encode(
     truncation_side: TruncationSide | None,
     sparse_top_k: int | None,
     sparse_min_weight: float | None,
+    chunk_mode: ChunkMode | None,
+    chunk_tokens: int | None,
+    chunk_overlap: int | None,
+    chunk_by: ChunkBy | None,
 ) -> Unary[EncodeResult]:
     options = _convert.encode_options(
         pooling,
@@ -99,6 +105,10 @@ def encode(
         truncation_side,
         sparse_top_k,
         sparse_min_weight,
+        chunk_mode,
+        chunk_tokens,
+        chunk_overlap,
+        chunk_by,
     )
     request = _convert.encode_request(items, options)
     return Unary(lambda stubs: stubs.encoder.Encode, request, _convert.encode_result)
@@ -257,6 +267,10 @@ def encode_stream(
     truncation_side: TruncationSide | None,
     sparse_top_k: int | None,
     sparse_min_weight: float | None,
+    chunk_mode: ChunkMode | None,
+    chunk_tokens: int | None,
+    chunk_overlap: int | None,
+    chunk_by: ChunkBy | None,
 ) -> Stream[Batch[TextItem], EncodeResult]:
     options = _convert.encode_options(
         pooling,
@@ -269,6 +283,10 @@ def encode_stream(
         truncation_side,
         sparse_top_k,
         sparse_min_weight,
+        chunk_mode,
+        chunk_tokens,
+        chunk_overlap,
+        chunk_by,
     )
     return Stream(
         lambda stubs: stubs.encoder.EncodeStream,

@@ -36,10 +36,13 @@ from .types import (
     AnswerQuestionHead,
     AnswerQuestionResult,
     BackboneInfo,
+    ChunkBy,
+    ChunkMode,
     Classification,
     ClassifyHead,
     ClassifyResult,
     Embedding,
+    EmbeddingChunk,
     EncodeHead,
     EncodeResult,
     GenericHead,
@@ -155,6 +158,20 @@ _TRUNCATION_SIDE: dict[str | None, encoder_pb2.TruncationSide.ValueType] = {
 }
 
 
+_CHUNK_MODE: dict[str | None, encoder_pb2.ChunkMode.ValueType] = {
+    None: encoder_pb2.CHUNK_MODE_UNSPECIFIED,
+    "none": encoder_pb2.CHUNK_MODE_NONE,
+    "independent": encoder_pb2.CHUNK_MODE_INDEPENDENT,
+    "late": encoder_pb2.CHUNK_MODE_LATE,
+}
+
+_CHUNK_BY: dict[str | None, encoder_pb2.ChunkBy.ValueType] = {
+    None: encoder_pb2.CHUNK_BY_UNSPECIFIED,
+    "tokens": encoder_pb2.CHUNK_BY_TOKENS,
+    "sentences": encoder_pb2.CHUNK_BY_SENTENCES,
+}
+
+
 def encode_options(
     pooling: Pooling | None,
     normalize: bool | None,
@@ -166,8 +183,21 @@ def encode_options(
     truncation_side: TruncationSide | None = None,
     sparse_top_k: int | None = None,
     sparse_min_weight: float | None = None,
+    chunk_mode: ChunkMode | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+    chunk_by: ChunkBy | None = None,
 ) -> encoder_pb2.EncodeOptions:
     """``EncodeOptions``; ``None`` leaves an option to the server."""
+    if chunk_mode not in _CHUNK_MODE:
+        raise ValueError(
+            f"chunk_mode must be 'none', 'independent', 'late' or None, not {chunk_mode!r}"
+        )
+    if chunk_by not in _CHUNK_BY:
+        raise ValueError(f"chunk_by must be 'tokens', 'sentences' or None, not {chunk_by!r}")
+    for name, value in (("chunk_tokens", chunk_tokens), ("chunk_overlap", chunk_overlap)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be at least 0, not {value}")
     if pooling not in _POOLING:
         raise ValueError(f"pooling must be 'cls', 'mean', 'none' or None, not {pooling!r}")
     if truncation_side not in _TRUNCATION_SIDE:
@@ -187,6 +217,10 @@ def encode_options(
         truncation_side=_TRUNCATION_SIDE[truncation_side],
         sparse_top_k=sparse_top_k or 0,
         sparse_min_weight=sparse_min_weight or 0.0,
+        chunk_mode=_CHUNK_MODE[chunk_mode],
+        chunk_tokens=chunk_tokens or 0,
+        chunk_overlap=chunk_overlap or 0,
+        chunk_by=_CHUNK_BY[chunk_by],
     )
 
 
@@ -349,7 +383,14 @@ def embedding(message: encoder_pb2.Embedding) -> Embedding:
         ),
         tokens=tuple(message.tokens),
         sparse=sparse,
+        chunks=tuple(_chunk(c) for c in message.chunks),
     )
+
+
+def _chunk(message: encoder_pb2.EmbeddingChunk) -> EmbeddingChunk:
+    vector = np.asarray(message.vector, dtype=np.float32)
+    vector.flags.writeable = False
+    return EmbeddingChunk(vector, message.start, message.end, message.tokens)
 
 
 def encode_result(message: encoder_pb2.EncodeResponse) -> EncodeResult:
@@ -760,6 +801,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             max_image_pixels=message.limits.max_image_pixels,
             max_image_decode_bytes=message.limits.max_image_decode_bytes,
             max_head_upload_bytes=message.limits.max_head_upload_bytes,
+            max_document_tokens=message.limits.max_document_tokens,
         )
         if message.HasField("limits")
         else None,

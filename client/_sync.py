@@ -21,6 +21,8 @@ from ._tls import TLS
 from .types import (
     AnswerQuestionResult,
     Batch,
+    ChunkBy,
+    ChunkMode,
     ClassifyResult,
     EncodeResult,
     HeadChange,
@@ -139,6 +141,10 @@ class Client(ClientBase):
         truncation_side: TruncationSide | None = None,
         sparse_top_k: int | None = None,
         sparse_min_weight: float | None = None,
+        chunk_mode: ChunkMode | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> EncodeResult:
         """Embed each item (a text or a ``(text, text_pair)``), one result per item, in order.
@@ -159,6 +165,13 @@ class Client(ClientBase):
             sparse_top_k: a sparse head's heaviest terms to keep; ``None``: all (over
                 ``sparse_min_weight``). Results carry ``Embedding.sparse``.
             sparse_min_weight: a sparse head's terms must weigh more than this.
+            chunk_mode: read texts longer than a chunk in chunks: ``"independent"`` (each
+                chunk encoded on its own) or ``"late"`` (late chunking: the whole text read in
+                windows, each chunk pooled from the window around it). Each embedding then
+                carries ``chunks``, and its ``vector`` is the text's. ``None``: no chunks.
+            chunk_tokens: at most this many tokens a chunk; ``None``: the server's default.
+            chunk_overlap: tokens a chunk shares with the one before it.
+            chunk_by: ``"tokens"`` (default) or ``"sentences"`` (cut at sentence boundaries).
             timeout: overrides the client's timeout for this call.
         """
         return self._unary(_calls.encode(**arguments(locals())), timeout)
@@ -400,6 +413,10 @@ class Client(ClientBase):
         truncation_side: TruncationSide | None = None,
         sparse_top_k: int | None = None,
         sparse_min_weight: float | None = None,
+        chunk_mode: ChunkMode | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
         timeout: float | None = None,
     ) -> Iterator[StreamResult[EncodeResult]]:
         """``encode`` over a stream of batches: one :class:`StreamResult` per batch.

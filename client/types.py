@@ -53,6 +53,9 @@ __all__ = [
     "RankedDocument",
     "RerankResult",
     "TruncationSide",
+    "ChunkMode",
+    "ChunkBy",
+    "EmbeddingChunk",
     "PredictTokensResult",
     "QuestionAnswer",
     "QuestionContext",
@@ -77,6 +80,13 @@ Pooling: TypeAlias = Literal["cls", "mean", "none", "lasttoken"]
 
 TruncationSide: TypeAlias = Literal["right", "left"]
 """Which end of a too-long input ``truncate`` cuts: the end of the text, or its start."""
+
+ChunkMode: TypeAlias = Literal["none", "independent", "late"]
+"""How ``encode`` reads a long text in chunks: not at all, each chunk on its own, or late
+chunking (the whole text read in windows, each chunk pooled from the window around it)."""
+
+ChunkBy: TypeAlias = Literal["tokens", "sentences"]
+"""Where chunks are cut: every N tokens, or at sentence boundaries."""
 
 TextItem: TypeAlias = str | tuple[str, str] | bytes | os.PathLike[str]
 """One input of encode, classify, run...: a text, a ``(text, text_pair)`` pair, or, for a
@@ -193,6 +203,21 @@ class Embedding:
     """With ``pooling="none"``: the token of each row of ``token_states``."""
     sparse: SparseVector | None = None
     """From a sparse head (SPLADE): vocabulary terms and weights, heaviest first."""
+    chunks: tuple[EmbeddingChunk, ...] = ()
+    """With ``chunk_mode``: each chunk of the text, in order; ``vector`` is then the whole
+    text's (the chunks' vectors' mean, weighted by their tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingChunk:
+    """One chunk of a long text: its vector, and where it lies in the text sent."""
+
+    vector: npt.NDArray[np.float32]
+    start: int
+    """The first code point of the text the chunk covers (``text[start:end]``)."""
+    end: int
+    tokens: int
+    """The chunk's tokens (special tokens and the prompt not counted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,6 +882,9 @@ class RequestLimits:
     (0 from a server that does not say)."""
     max_head_upload_bytes: int = 0
     """Bytes of a head artifact uploaded to ``load_head`` (0 from a server that does not say)."""
+    max_document_tokens: int = 0
+    """Tokens of one text the server reads in chunks or windows (0 from a server that does
+    not say)."""
 
 
 @dataclass(frozen=True, slots=True)

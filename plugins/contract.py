@@ -167,10 +167,15 @@ class Row:
 
 @dataclass(frozen=True)
 class Prepared:
-    """An item made ready: its rows, and whatever `finish` needs (`state`)."""
+    """An item made ready: its rows, and whatever `finish` needs (`state`).
+
+    `document_tokens`: a head that read a text longer than the window in chunks or windows
+    (documents.py) says how many tokens the text had; the server refuses a text longer than
+    --max-document-tokens, naming it."""
 
     rows: tuple[Row, ...]
     state: Any = None
+    document_tokens: int = 0
 
 
 @dataclass(frozen=True)

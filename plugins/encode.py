@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import chunked
 from .contract import (
     CONTRACT_VERSION,
     Features,
@@ -35,7 +36,7 @@ from .text import encode_text
 
 
 @dataclass(frozen=True)
-class _Pooled:
+class Pooled:
     """How one row is pooled (its Row.extra)."""
 
     pooling: str
@@ -51,7 +52,7 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
     def __init__(self, context: LoadContext) -> None:
         self.name = context.spec.name
         self.source = str(context.source)
-        self._backbone = context.backbone
+        self.backbone = context.backbone
         declared = SentenceTransformersConfig.read(context.source)
         options = context.spec.options
         self.default_pooling = options.get("pooling", declared.pooling)
@@ -77,6 +78,7 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             )
         # counted once per prompt; calls may write any prompt, so the cache is bounded
         self._count_prompt_tokens = functools.lru_cache(maxsize=256)(self._count_tokens)
+        self._prompt_ids = functools.lru_cache(maxsize=256)(self._tokenize_prompt)
         self.settings = {
             "pooling": self.default_pooling,
             "normalize": str(self.default_normalize).lower(),
@@ -111,9 +113,17 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         return self._count_prompt_tokens(prompt)
 
     def _count_tokens(self, prompt: str) -> int:
-        tokenizer = self._backbone.tokenizer
+        tokenizer = self.backbone.tokenizer
         ids = tokenizer(prompt)["input_ids"]
         return len(ids) - (1 if ids and ids[-1] in tokenizer.all_special_ids else 0)
+
+    def prompt_ids(self, prompt: str) -> tuple[int, ...]:
+        """The prompt's tokens alone, without special tokens (a chunked text's rows begin with
+        them)."""
+        return self._prompt_ids(prompt) if prompt else ()
+
+    def _tokenize_prompt(self, prompt: str) -> tuple[int, ...]:
+        return tuple(self.backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def prepare(self, item: TextItem, options: EncodeOptions) -> Prepared:
         for name, given in (
@@ -129,10 +139,12 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
                 f"{options.dimensions} is more than the model's {self.dimensions} dimensions",
             )
         prompt = self.prompt(options)
-        pooled = _Pooled(pooling, options.normalize, self.prompt_tokens(prompt), options.dimensions)
+        pooled = Pooled(pooling, options.normalize, self.prompt_tokens(prompt), options.dimensions)
+        if options.chunk_mode != "none":
+            return chunked.prepare(self, item, options, pooled)
         text = TextItem(prompt + item.text, item.text_pair) if prompt else item
         row, encoding = encode_text(
-            self._backbone,
+            self.backbone,
             text,
             truncate=options.truncate,
             extra=pooled,
@@ -144,7 +156,7 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
         hidden = features.hidden.float()
         mask = features.attention_mask.to(hidden.dtype)
-        skipped = [row.extra.prompt_tokens for row in rows]
+        skipped = [getattr(row.extra, "prompt_tokens", 0) for row in rows]
         if any(skipped):  # a prompt left out of pooling: as sentence-transformers masks it
             mask = mask.clone()
             for i, count in enumerate(skipped):
@@ -152,7 +164,13 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         outputs = []
         for i, row in enumerate(rows):
-            asked: _Pooled = row.extra
+            if isinstance(row.extra, chunked.Window):  # late chunking: a vector per chunk
+                vectors = chunked.window_vectors(hidden[i], row)
+                for dense in self.dense:
+                    vectors = dense(vectors)
+                outputs.append(self._finish_vector(vectors, row.extra.pooled).cpu())
+                continue
+            asked: Pooled = row.extra
             if asked.pooling == "none":
                 outputs.append(hidden[i, : len(row.input_ids)].cpu())
                 continue
@@ -167,7 +185,13 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             outputs.append(self._finish_vector(vector, asked).cpu())
         return outputs
 
-    def _finish_vector(self, vector: torch.Tensor, asked: _Pooled) -> torch.Tensor:
+    def unit(self, asked: Pooled) -> bool:
+        """Whether `_finish_vector` makes unit vectors for `asked`."""
+        if asked.dimensions:
+            return bool(asked.normalize)
+        return self.default_normalize if asked.normalize is None else asked.normalize
+
+    def _finish_vector(self, vector: torch.Tensor, asked: Pooled) -> torch.Tensor:
         """Normalised and cut as asked. Without `dimensions`: normalised if the call (or else
         the head's default) says so. With it: a head that normalises by default does so before
         the cut (its Normalize module, as sentence-transformers' truncate_dim), and the cut
@@ -177,12 +201,14 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             return torch.nn.functional.normalize(vector, dim=-1) if normalize else vector
         if asked.normalize is None and self.default_normalize:
             vector = torch.nn.functional.normalize(vector, dim=-1)
-        vector = vector[: asked.dimensions]
+        vector = vector[..., : asked.dimensions]
         return torch.nn.functional.normalize(vector, dim=-1) if asked.normalize else vector
 
     def finish(
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: EncodeOptions
     ) -> Embedding:
+        if isinstance(prepared.state, chunked.Chunked):
+            return chunked.finish(prepared.state, outputs)
         (output,) = outputs
         if prepared.rows[0].extra.pooling == "none":
             return Embedding(None, output.numpy(), prepared.state)

@@ -44,6 +44,8 @@ class ImageEncodeHead(Head[ImageItem, EncodeOptions, Embedding]):
         self.detail = f"pooled image features, normalize {self.default_normalize}"
 
     def prepare(self, item: ImageItem, options: EncodeOptions) -> Prepared:
+        if options.chunk_mode != "none":
+            raise InvalidInput("options.chunk_mode", "chunks texts: not for an image")
         normalize = self.default_normalize if options.normalize is None else options.normalize
         return Prepared((image_row(item, (options.pooling, normalize)),))
 

@@ -54,6 +54,7 @@ class SparseEncodeHead(Head[TextItem, EncodeOptions, Embedding]):
             "options.pooling": options.pooling != "default",
             "options.normalize": options.normalize is not None,
             "options.dimensions": options.dimensions != 0,
+            "options.chunk_mode": options.chunk_mode != "none",
             "options.prompt": options.prompt is not None or options.prompt_name is not None,
         }
         for field, given in refused.items():

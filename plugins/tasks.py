@@ -17,6 +17,8 @@ from .contract import InvalidInput, Pixels
 
 Pooling = Literal["default", "cls", "mean", "none", "lasttoken"]
 TruncationSide = Literal["right", "left"]
+ChunkMode = Literal["none", "independent", "late"]
+ChunkBy = Literal["tokens", "sentences"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,29 @@ class EncodeOptions:
     truncation_side: TruncationSide = "right"
     sparse_top_k: int = 0  # a sparse head: its heaviest terms; 0: all over sparse_min_weight
     sparse_min_weight: float = 0.0
+    # a long text in chunks (documents.py): each chunk's vector, and the text's as their mean
+    chunk_mode: ChunkMode = "none"
+    chunk_tokens: int = 0  # at most this many tokens a chunk; 0: the head's default
+    chunk_overlap: int = 0  # tokens a chunk shares with the one before it
+    chunk_by: ChunkBy = "tokens"
 
     def __post_init__(self) -> None:
         _at_least("options.dimensions", self.dimensions, 0)
+        _at_least("options.chunk_tokens", self.chunk_tokens, 0)
+        _at_least("options.chunk_overlap", self.chunk_overlap, 0)
+        if self.chunk_mode == "none":
+            for name in ("chunk_tokens", "chunk_overlap"):
+                if getattr(self, name):
+                    raise InvalidInput(f"options.{name}", "needs options.chunk_mode")
+            if self.chunk_by != "tokens":
+                raise InvalidInput("options.chunk_by", "needs options.chunk_mode")
+        elif self.pooling == "none":
+            raise InvalidInput("options.chunk_mode", "pools chunks: not with POOLING_NONE")
+        if self.chunk_tokens and self.chunk_overlap >= self.chunk_tokens:
+            raise InvalidInput(
+                "options.chunk_overlap",
+                f"must be less than chunk_tokens ({self.chunk_tokens}), got {self.chunk_overlap}",
+            )
         _at_least("options.sparse_top_k", self.sparse_top_k, 0)
         if not math.isfinite(self.sparse_min_weight) or self.sparse_min_weight < 0:
             raise InvalidInput(
@@ -110,6 +132,19 @@ class Embedding:
     token_states: np.ndarray | None = None  # pooling "none": [tokens, hidden_size]
     tokens: tuple[str, ...] = ()
     sparse: SparseVector | None = None  # a sparse head's terms (vector is then None)
+    chunks: tuple[Chunk, ...] = ()  # chunked encoding: each chunk's; `vector` is then their
+    # token-weighted mean
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a long text: its vector, the code points [start, end) of the text it
+    covers, and its tokens."""
+
+    vector: np.ndarray
+    start: int
+    end: int
+    tokens: int
 
 
 @dataclass(frozen=True)

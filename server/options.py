@@ -194,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (
         ("max_request_items", "items in one request (a call, or one stream message)"),
         ("max_item_chars", "characters in one text field of an item"),
-        ("max_item_tokens", "backbone tokens one item may cost (every head and QA window)"),
+        ("max_item_tokens", "backbone tokens one item may cost (every head and window)"),
+        ("max_document_tokens", "tokens of one text read in chunks or windows"),
         ("max_message_bytes", "bytes of one request or response message"),
         ("max_concurrent_calls", "calls in progress at once, streams included, every transport"),
         ("max_streams", "streams open at once (below --max-concurrent-calls)"),

@@ -39,7 +39,9 @@ class Limits:
 class RequestLimits:
     max_request_items: int = 256  # items in one request (one unary call, one stream message)
     max_item_chars: int = 100_000  # characters in one text field of an item
-    max_item_tokens: int = 16_384  # backbone tokens one item may cost (every QA window counted)
+    max_item_tokens: int = 65_536  # backbone tokens one item may cost (every QA window, chunk
+    # and late-chunking window counted)
+    max_document_tokens: int = 16_384  # tokens of one text read in chunks or windows
     max_message_bytes: int = 16 * 1024 * 1024  # a request or a response, in bytes
     max_concurrent_calls: int = 128  # calls in progress at once, every transport, streams
     # included (the call pipeline refuses the rest)
@@ -87,7 +89,16 @@ class RequestLimits:
                     )
 
     def check_tokens(self, index: int, prepared: Sequence[Prepared]) -> None:
-        """The backbone tokens an item costs, over all the heads and windows it needs."""
+        """The backbone tokens an item costs, over all the heads and windows it needs, and
+        the length of a text read in chunks or windows."""
+        longest = max((p.document_tokens for p in prepared), default=0)
+        if longest > self.max_document_tokens:
+            raise TooLarge(
+                f"items[{index}].text",
+                f"is {longest:,} tokens, more than this server reads in one document "
+                f"({self.max_document_tokens:,}, --max-document-tokens); split it",
+                item=index,
+            )
         tokens = sum(row.length for p in prepared for row in p.rows)
         if tokens > self.max_item_tokens:
             rows = sum(len(p.rows) for p in prepared)

@@ -36,6 +36,20 @@ _TRUNCATION_SIDE = {
 }
 
 
+_CHUNK_MODE = {
+    pb.CHUNK_MODE_UNSPECIFIED: "none",
+    pb.CHUNK_MODE_NONE: "none",
+    pb.CHUNK_MODE_INDEPENDENT: "independent",
+    pb.CHUNK_MODE_LATE: "late",
+}
+
+_CHUNK_BY = {
+    pb.CHUNK_BY_UNSPECIFIED: "tokens",
+    pb.CHUNK_BY_TOKENS: "tokens",
+    pb.CHUNK_BY_SENTENCES: "sentences",
+}
+
+
 def embedding(e: Embedding) -> pb.Embedding:
     if e.sparse is not None:
         terms = e.sparse
@@ -46,17 +60,24 @@ def embedding(e: Embedding) -> pb.Embedding:
     if e.token_states is not None:
         return pb.Embedding(token_states=tensor(e.token_states), tokens=e.tokens)
     assert e.vector is not None
-    return pb.Embedding(vector=e.vector.tolist())
+    chunks = [
+        pb.EmbeddingChunk(vector=c.vector.tolist(), start=c.start, end=c.end, tokens=c.tokens)
+        for c in e.chunks
+    ]
+    return pb.Embedding(vector=e.vector.tolist(), chunks=chunks)
 
 
 def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
     """A request's EncodeOptions as the encode heads take them."""
     if o.pooling not in _POOLING:
         raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
-    if o.truncation_side not in _TRUNCATION_SIDE:
-        raise InvalidArgument(
-            "options.truncation_side", f"unknown truncation side {o.truncation_side}"
-        )
+    for name, known in (
+        ("truncation_side", _TRUNCATION_SIDE),
+        ("chunk_mode", _CHUNK_MODE),
+        ("chunk_by", _CHUNK_BY),
+    ):
+        if getattr(o, name) not in known:
+            raise InvalidArgument(f"options.{name}", f"unknown value {getattr(o, name)}")
     return options(
         EncodeOptions,
         pooling=_POOLING[o.pooling],
@@ -68,6 +89,10 @@ def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
         truncation_side=_TRUNCATION_SIDE[o.truncation_side],
         sparse_top_k=o.sparse_top_k,
         sparse_min_weight=o.sparse_min_weight,
+        chunk_mode=_CHUNK_MODE[o.chunk_mode],
+        chunk_tokens=o.chunk_tokens,
+        chunk_overlap=o.chunk_overlap,
+        chunk_by=_CHUNK_BY[o.chunk_by],
     )
 
 
@@ -107,9 +132,11 @@ async def embeddings(core: Core, body: dict[str, Any], call: Call) -> dict[str, 
         raise InvalidArgument("dimensions", f"must be at least 1, got {body['dimensions']}")
     # OpenAI's shortened vectors are unit length: a head that normalises normalises them
     normalize = bool(getattr(head, "default_normalize", False)) if dimensions else None
-    options = EncodeOptions(dimensions=dimensions, normalize=normalize)
     try:
-        outcome = await core.run("encode", [head.name], items, options, deadline=call.deadline)
+        asked = options(
+            EncodeOptions, dimensions=dimensions, normalize=normalize, **_chunking(body)
+        )
+        outcome = await core.run("encode", [head.name], items, asked, deadline=call.deadline)
     except InvalidArgument as exc:  # an item's field, named as OpenAI's input
         raise as_input(exc) from exc
     data = []
@@ -120,13 +147,22 @@ async def embeddings(core: Core, body: dict[str, Any], call: Call) -> dict[str, 
                 f"head {head.name!r} returns sparse or per-token vectors, not one vector "
                 "per input: call gRPC Encode for those",
             )
-        vector = np.asarray(result.vector, dtype="<f4")
-        value: Any = (
-            base64.b64encode(vector.tobytes()).decode("ascii")
-            if encoding == "base64"
-            else vector.tolist()
-        )
-        data.append({"object": "embedding", "index": index, "embedding": value})
+        entry = {
+            "object": "embedding",
+            "index": index,
+            "embedding": _json_vector(result.vector, encoding),
+        }
+        if result.chunks:
+            entry["chunks"] = [
+                {
+                    "embedding": _json_vector(c.vector, encoding),
+                    "start": c.start,
+                    "end": c.end,
+                    "tokens": c.tokens,
+                }
+                for c in result.chunks
+            ]
+        data.append(entry)
     tokens = outcome.input_tokens
     current().count(len(items), tokens)  # for the access line
     return {
@@ -135,6 +171,31 @@ async def embeddings(core: Core, body: dict[str, Any], call: Call) -> dict[str, 
         "model": head.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+_CHUNKING = {"chunk_mode": str, "chunk_tokens": int, "chunk_overlap": int, "chunk_by": str}
+_CHOICES = {"chunk_mode": ("none", "independent", "late"), "chunk_by": ("tokens", "sentences")}
+
+
+def _chunking(body: dict[str, Any]) -> dict[str, Any]:
+    """The chunking options among the body's extra fields (EncodeOptions' names)."""
+    asked = {}
+    for name, kind in _CHUNKING.items():
+        value = optional(body, name, kind)
+        if value is None:
+            continue
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise InvalidArgument(name, f"{value!r}: choose {' or '.join(_CHOICES[name])}")
+        asked[name] = value
+    return asked
+
+
+def _json_vector(vector: np.ndarray, encoding: str) -> Any:
+    """A vector as OpenAI writes it: a list of floats, or base64 of little-endian float32."""
+    vector = np.asarray(vector, dtype="<f4")
+    if encoding == "base64":
+        return base64.b64encode(vector.tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 def _inputs(core: Core, given: Any) -> list[TextItem]:

@@ -10,10 +10,14 @@ from ..errors import InvalidArgument
 
 
 def as_input(exc: InvalidArgument) -> InvalidArgument:
-    """`items[3].text` named as `input[3]`; other fields as they are."""
-    if not exc.field.startswith("items"):
+    """`items[3].text` named as `input[3]`, `options.chunk_tokens` as the body's
+    `chunk_tokens`; other fields as they are."""
+    if exc.field.startswith("options."):
+        field = exc.field.removeprefix("options.")
+    elif exc.field.startswith("items"):
+        field = "input" + exc.field.removeprefix("items").removesuffix(".text")
+    else:
         return exc
-    field = "input" + exc.field.removeprefix("items").removesuffix(".text")
     return type(exc)(field, exc.description, item=exc.item)
 
 

@@ -132,6 +132,37 @@ def test_embeddings_through_the_openai_client_equal_grpc_encode(server: ServerTh
     np.testing.assert_allclose(got_short, want_short.vectors, atol=TOL)
 
 
+def test_chunking_as_extra_body_fields_equals_grpc_encode(server: ServerThread) -> None:
+    """chunk_mode, chunk_tokens, chunk_overlap and chunk_by ride in OpenAI's extra body; each
+    datum then carries its chunks, as gRPC Encode's, with their offsets and tokens."""
+    long = " ".join(TEXTS * 12)
+    asked = {"chunk_mode": "late", "chunk_tokens": 12, "chunk_overlap": 2, "chunk_by": "tokens"}
+    with Client(server.target) as grpc_client:
+        (want,) = grpc_client.encode([long], **asked).embeddings  # type: ignore[arg-type]
+    got = _openai(server).embeddings.create(
+        model="encode", input=long, encoding_format="float", extra_body=asked
+    )
+    (datum,) = got.model_dump()["data"]
+    np.testing.assert_allclose(datum["embedding"], want.vector, atol=TOL)
+    assert len(datum["chunks"]) == len(want.chunks) > 3
+    for mine, theirs in zip(datum["chunks"], want.chunks, strict=True):
+        assert (mine["start"], mine["end"], mine["tokens"]) == (
+            theirs.start,
+            theirs.end,
+            theirs.tokens,
+        )
+        np.testing.assert_allclose(mine["embedding"], theirs.vector, atol=TOL)
+    status, body, _ = _http(
+        _base(server) + "/v1/embeddings",
+        {"model": "encode", "input": long, "chunk_mode": "late", "chunk_tokens": 999},
+    )
+    assert status == 400 and body["error"]["param"] == "chunk_tokens"
+    status, body, _ = _http(
+        _base(server) + "/v1/embeddings", {"model": "encode", "input": long, "chunk_mode": "lat"}
+    )
+    assert status == 400 and body["error"]["param"] == "chunk_mode"
+
+
 def test_token_arrays_are_the_backbones_own_tokens(server: ServerThread, bert) -> None:  # type: ignore[no-untyped-def]
     tokenizer = AutoTokenizer.from_pretrained(str(bert.backbone))
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
@@ -205,7 +236,7 @@ def test_errors_are_openai_json_with_their_status(server: ServerThread) -> None:
     assert bad.value.code == "invalid_argument"
     with pytest.raises(openai.BadRequestError) as bad:
         client.embeddings.create(model="encode", input=TEXTS, dimensions=10_000)
-    assert bad.value.param == "options.dimensions"
+    assert bad.value.param == "dimensions"  # the body's own field
     with pytest.raises(openai.NotFoundError) as missing:
         client.embeddings.create(model="no-such-model", input=TEXTS)
     assert missing.value.code == "model_not_found" and missing.value.param == "model"

@@ -82,6 +82,73 @@ TRUNCATION_SIDE_LEFT: TruncationSide.ValueType  # 2
 """The left: the start of the text is cut (the end is kept)."""
 Global___TruncationSide: _TypeAlias = TruncationSide  # noqa: Y015
 
+class _ChunkMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChunkModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHUNK_MODE_UNSPECIFIED: _ChunkMode.ValueType  # 0
+    """No chunks: one vector per text (too long for the window: refused, or cut
+    with `truncate`).
+    """
+    CHUNK_MODE_NONE: _ChunkMode.ValueType  # 1
+    CHUNK_MODE_INDEPENDENT: _ChunkMode.ValueType  # 2
+    """Each chunk is encoded as its own text (the prompt before it)."""
+    CHUNK_MODE_LATE: _ChunkMode.ValueType  # 3
+    """Late chunking: the backbone reads the whole text in windows as long as the
+    model allows (half a window apart when the text is longer), and each chunk
+    is the mean of its tokens' states in the window that holds it with the
+    most context on both sides. A chunk sees its neighbours.
+    """
+
+class ChunkMode(_ChunkMode, metaclass=_ChunkModeEnumTypeWrapper):
+    """How a text longer than a chunk is encoded. With either mode each item's
+    Embedding carries its `chunks`, and its `vector` is the text's: the chunks'
+    vectors' mean weighted by their tokens, unit length when the chunks are.
+    """
+
+CHUNK_MODE_UNSPECIFIED: ChunkMode.ValueType  # 0
+"""No chunks: one vector per text (too long for the window: refused, or cut
+with `truncate`).
+"""
+CHUNK_MODE_NONE: ChunkMode.ValueType  # 1
+CHUNK_MODE_INDEPENDENT: ChunkMode.ValueType  # 2
+"""Each chunk is encoded as its own text (the prompt before it)."""
+CHUNK_MODE_LATE: ChunkMode.ValueType  # 3
+"""Late chunking: the backbone reads the whole text in windows as long as the
+model allows (half a window apart when the text is longer), and each chunk
+is the mean of its tokens' states in the window that holds it with the
+most context on both sides. A chunk sees its neighbours.
+"""
+Global___ChunkMode: _TypeAlias = ChunkMode  # noqa: Y015
+
+class _ChunkBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChunkByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHUNK_BY_UNSPECIFIED: _ChunkBy.ValueType  # 0
+    """Every chunk_tokens - chunk_overlap tokens."""
+    CHUNK_BY_TOKENS: _ChunkBy.ValueType  # 1
+    CHUNK_BY_SENTENCES: _ChunkBy.ValueType  # 2
+    """At sentence boundaries (else word boundaries) the most sentences that fit
+    in chunk_tokens, overlapping by at most chunk_overlap tokens.
+    """
+
+class ChunkBy(_ChunkBy, metaclass=_ChunkByEnumTypeWrapper):
+    """Where chunks are cut."""
+
+CHUNK_BY_UNSPECIFIED: ChunkBy.ValueType  # 0
+"""Every chunk_tokens - chunk_overlap tokens."""
+CHUNK_BY_TOKENS: ChunkBy.ValueType  # 1
+CHUNK_BY_SENTENCES: ChunkBy.ValueType  # 2
+"""At sentence boundaries (else word boundaries) the most sentences that fit
+in chunk_tokens, overlapping by at most chunk_overlap tokens.
+"""
+Global___ChunkBy: _TypeAlias = ChunkBy  # noqa: Y015
+
 @_typing.final
 class EncodeOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -96,6 +163,10 @@ class EncodeOptions(_message.Message):
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     SPARSE_TOP_K_FIELD_NUMBER: _builtins.int
     SPARSE_MIN_WEIGHT_FIELD_NUMBER: _builtins.int
+    CHUNK_MODE_FIELD_NUMBER: _builtins.int
+    CHUNK_TOKENS_FIELD_NUMBER: _builtins.int
+    CHUNK_OVERLAP_FIELD_NUMBER: _builtins.int
+    CHUNK_BY_FIELD_NUMBER: _builtins.int
     pooling: Global___Pooling.ValueType
     normalize: _builtins.bool
     """L2-normalise pooled vectors. Unset: the head's default."""
@@ -131,6 +202,18 @@ class EncodeOptions(_message.Message):
     """A sparse head's terms: keep those heavier than this (0: every term with a
     weight). Not for a dense head.
     """
+    chunk_mode: Global___ChunkMode.ValueType
+    """Encode long texts in chunks (see ChunkMode). A text's tokens are bounded by
+    --max-document-tokens (GetModelInfo's limits) instead of the window.
+    """
+    chunk_tokens: _builtins.int
+    """At most this many tokens a chunk. 0: 256, or the most that fit (the window
+    less the special tokens and the prompt; in late mode a quarter of that).
+    More than fits (in late mode, half of it): INVALID_ARGUMENT.
+    """
+    chunk_overlap: _builtins.int
+    """Tokens a chunk shares with the one before it (less than chunk_tokens)."""
+    chunk_by: Global___ChunkBy.ValueType
     def __init__(
         self,
         *,
@@ -144,10 +227,14 @@ class EncodeOptions(_message.Message):
         truncation_side: Global___TruncationSide.ValueType = ...,
         sparse_top_k: _builtins.int = ...,
         sparse_min_weight: _builtins.float = ...,
+        chunk_mode: Global___ChunkMode.ValueType = ...,
+        chunk_tokens: _builtins.int = ...,
+        chunk_overlap: _builtins.int = ...,
+        chunk_by: Global___ChunkBy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "normalize", b"normalize", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "dimensions", b"dimensions", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "prompt", b"prompt", "prompt_name", b"prompt_name", "sparse_min_weight", b"sparse_min_weight", "sparse_top_k", b"sparse_top_k", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_prompt", b"_prompt", "chunk_by", b"chunk_by", "chunk_mode", b"chunk_mode", "chunk_overlap", b"chunk_overlap", "chunk_tokens", b"chunk_tokens", "dimensions", b"dimensions", "head", b"head", "normalize", b"normalize", "pooling", b"pooling", "prompt", b"prompt", "prompt_name", b"prompt_name", "sparse_min_weight", b"sparse_min_weight", "sparse_top_k", b"sparse_top_k", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
@@ -159,6 +246,41 @@ class EncodeOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt) -> _WhichOneofReturnType__prompt | None: ...
 
 Global___EncodeOptions: _TypeAlias = EncodeOptions  # noqa: Y015
+
+@_typing.final
+class EmbeddingChunk(_message.Message):
+    """One chunk of a long text (EncodeOptions.chunk_mode)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """The code points [start, end) of the item's text that the chunk's tokens
+    cover (Unicode code points, as Python indexes a str; not UTF-8 bytes).
+    """
+    end: _builtins.int
+    tokens: _builtins.int
+    """The chunk's tokens (special tokens and the prompt not counted)."""
+    @_builtins.property
+    def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        vector: _abc.Iterable[_builtins.float] | None = ...,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "tokens", b"tokens", "vector", b"vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingChunk: _TypeAlias = EmbeddingChunk  # noqa: Y015
 
 @_typing.final
 class SparseVector(_message.Message):
@@ -228,6 +350,7 @@ class Embedding(_message.Message):
     TOKEN_STATES_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     SPARSE_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Pooled vector (CLS or MEAN pooling)."""
@@ -244,6 +367,12 @@ class Embedding(_message.Message):
     def sparse(self) -> Global___SparseVector:
         """A sparse head's vector (vector and token_states are then empty)."""
 
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbeddingChunk]:
+        """With EncodeOptions.chunk_mode: each chunk, in the text's order; `vector`
+        is then the whole text's.
+        """
+
     def __init__(
         self,
         *,
@@ -251,10 +380,11 @@ class Embedding(_message.Message):
         token_states: _common_pb2.Tensor | None = ...,
         tokens: _abc.Iterable[_builtins.str] | None = ...,
         sparse: Global___SparseVector | None = ...,
+        chunks: _abc.Iterable[Global___EmbeddingChunk] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse", "token_states", b"token_states"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse", "token_states", b"token_states", "tokens", b"tokens", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "sparse", b"sparse", "token_states", b"token_states", "tokens", b"tokens", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -530,12 +530,15 @@ class RequestLimitsInfo(_message.Message):
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_DECODE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_HEAD_UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _builtins.int
     max_request_items: _builtins.int
     """Items in one request (a unary call, or one message of a stream)."""
     max_item_chars: _builtins.int
     """Characters in one text field of an item (text, text_pair, question, context)."""
     max_item_tokens: _builtins.int
-    """Backbone tokens one item may cost, every head and QA window counted."""
+    """Backbone tokens one item may cost, every head, QA window, chunk and
+    late-chunking window counted.
+    """
     max_message_bytes: _builtins.int
     """Bytes of one request or response message."""
     max_concurrent_calls: _builtins.int
@@ -552,6 +555,10 @@ class RequestLimitsInfo(_message.Message):
     """
     max_head_upload_bytes: _builtins.int
     """Bytes of a head artifact uploaded in a HeadAdmin.LoadHead call."""
+    max_document_tokens: _builtins.int
+    """Tokens of one text read in chunks or windows (EncodeOptions.chunk_mode,
+    long texts in Classify and token classification).
+    """
     def __init__(
         self,
         *,
@@ -564,10 +571,11 @@ class RequestLimitsInfo(_message.Message):
         max_image_pixels: _builtins.int = ...,
         max_image_decode_bytes: _builtins.int = ...,
         max_head_upload_bytes: _builtins.int = ...,
+        max_document_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_head_upload_bytes", b"max_head_upload_bytes", "max_image_decode_bytes", b"max_image_decode_bytes", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_calls", b"max_concurrent_calls", "max_document_tokens", b"max_document_tokens", "max_head_upload_bytes", b"max_head_upload_bytes", "max_image_decode_bytes", b"max_image_decode_bytes", "max_image_pixels", b"max_image_pixels", "max_item_chars", b"max_item_chars", "max_item_tokens", b"max_item_tokens", "max_message_bytes", b"max_message_bytes", "max_request_items", b"max_request_items", "max_streams", b"max_streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
