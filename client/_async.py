@@ -34,6 +34,7 @@ from .types import (
     EncodeResult,
     HeadChange,
     HeadSpec,
+    LongText,
     ModelInfo,
     Pooling,
     PredictTokensResult,
@@ -148,6 +149,11 @@ class AsyncClient(ClientBase):
         heads: str | Sequence[str] = (),
         top_k: int = 0,
         truncate: bool = False,
+        long_text: LongText | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
+        return_chunks: bool = False,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> ClassifyResult:
         """Classify each item by one or more heads; see :meth:`Client.classify`."""
@@ -308,6 +314,11 @@ class AsyncClient(ClientBase):
         heads: str | Sequence[str] = (),
         top_k: int = 0,
         truncate: bool = False,
+        long_text: LongText | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
+        return_chunks: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamResult[ClassifyResult]]:
         """``classify`` over a stream of batches; see :meth:`Client.encode_stream`."""

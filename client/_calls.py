@@ -29,6 +29,7 @@ from .types import (
     EncodeResult,
     HeadChange,
     HeadSpec,
+    LongText,
     ModelInfo,
     Pooling,
     PredictTokensResult,
@@ -131,9 +132,20 @@ def predict_tokens(
 
 
 def classify(
-    *, items: Sequence[TextItem], heads: str | Sequence[str], top_k: int, truncate: bool
+    *,
+    items: Sequence[TextItem],
+    heads: str | Sequence[str],
+    top_k: int,
+    truncate: bool,
+    long_text: LongText | None,
+    chunk_tokens: int | None,
+    chunk_overlap: int | None,
+    chunk_by: ChunkBy | None,
+    return_chunks: bool,
 ) -> Unary[ClassifyResult]:
-    options = _convert.classify_options(heads, top_k, truncate)
+    options = _convert.classify_options(
+        heads, top_k, truncate, long_text, chunk_tokens, chunk_overlap, chunk_by, return_chunks
+    )
     return Unary(
         lambda stubs: stubs.classifier.Classify,
         _convert.classify_request(items, options),
@@ -314,9 +326,20 @@ def predict_tokens_stream(
 
 
 def classify_stream(
-    *, batches: Batches[TextItem], heads: str | Sequence[str], top_k: int, truncate: bool
+    *,
+    batches: Batches[TextItem],
+    heads: str | Sequence[str],
+    top_k: int,
+    truncate: bool,
+    long_text: LongText | None,
+    chunk_tokens: int | None,
+    chunk_overlap: int | None,
+    chunk_by: ChunkBy | None,
+    return_chunks: bool,
 ) -> Stream[Batch[TextItem], ClassifyResult]:
-    options = _convert.classify_options(heads, top_k, truncate)
+    options = _convert.classify_options(
+        heads, top_k, truncate, long_text, chunk_tokens, chunk_overlap, chunk_by, return_chunks
+    )
     return Stream(
         lambda stubs: stubs.classifier.ClassifyStream,
         batches,

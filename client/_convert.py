@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
@@ -37,6 +37,7 @@ from .types import (
     AnswerQuestionResult,
     BackboneInfo,
     ChunkBy,
+    ChunkClassification,
     ChunkMode,
     Classification,
     ClassifyHead,
@@ -56,6 +57,7 @@ from .types import (
     HeadValue,
     ImageInputInfo,
     LabelScore,
+    LongText,
     MaskPrediction,
     ModelInfo,
     OutputField,
@@ -193,11 +195,6 @@ def encode_options(
         raise ValueError(
             f"chunk_mode must be 'none', 'independent', 'late' or None, not {chunk_mode!r}"
         )
-    if chunk_by not in _CHUNK_BY:
-        raise ValueError(f"chunk_by must be 'tokens', 'sentences' or None, not {chunk_by!r}")
-    for name, value in (("chunk_tokens", chunk_tokens), ("chunk_overlap", chunk_overlap)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be at least 0, not {value}")
     if pooling not in _POOLING:
         raise ValueError(f"pooling must be 'cls', 'mean', 'none' or None, not {pooling!r}")
     if truncation_side not in _TRUNCATION_SIDE:
@@ -218,9 +215,7 @@ def encode_options(
         sparse_top_k=sparse_top_k or 0,
         sparse_min_weight=sparse_min_weight or 0.0,
         chunk_mode=_CHUNK_MODE[chunk_mode],
-        chunk_tokens=chunk_tokens or 0,
-        chunk_overlap=chunk_overlap or 0,
-        chunk_by=_CHUNK_BY[chunk_by],
+        **_chunking(chunk_tokens, chunk_overlap, chunk_by),
     )
 
 
@@ -249,12 +244,52 @@ def classify_request(
     return classifier_pb2.ClassifyRequest(items=text_inputs(items), options=options, id=id)
 
 
+_LONG_TEXT: dict[str | None, classifier_pb2.LongText.ValueType] = {
+    None: classifier_pb2.LONG_TEXT_UNSPECIFIED,
+    "mean": classifier_pb2.LONG_TEXT_MEAN,
+    "max": classifier_pb2.LONG_TEXT_MAX,
+    "first": classifier_pb2.LONG_TEXT_FIRST,
+}
+
+
 def classify_options(
-    heads: str | Sequence[str], top_k: int, truncate: bool
+    heads: str | Sequence[str],
+    top_k: int,
+    truncate: bool,
+    long_text: LongText | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+    chunk_by: ChunkBy | None = None,
+    return_chunks: bool = False,
 ) -> classifier_pb2.ClassifyOptions:
     """``ClassifyOptions``; a lone ``str`` is one head name, not a sequence of letters."""
     names = [heads] if isinstance(heads, str) else list(heads)
-    return classifier_pb2.ClassifyOptions(heads=names, top_k=top_k, truncate=truncate)
+    if long_text not in _LONG_TEXT:
+        raise ValueError(f"long_text must be 'mean', 'max', 'first' or None, not {long_text!r}")
+    return classifier_pb2.ClassifyOptions(
+        heads=names,
+        top_k=top_k,
+        truncate=truncate,
+        long_text=_LONG_TEXT[long_text],
+        **_chunking(chunk_tokens, chunk_overlap, chunk_by),
+        return_chunks=return_chunks,
+    )
+
+
+def _chunking(
+    chunk_tokens: int | None, chunk_overlap: int | None, chunk_by: ChunkBy | None
+) -> dict[str, Any]:
+    """The chunk fields Encode and Classify share, checked."""
+    if chunk_by not in _CHUNK_BY:
+        raise ValueError(f"chunk_by must be 'tokens', 'sentences' or None, not {chunk_by!r}")
+    for name, value in (("chunk_tokens", chunk_tokens), ("chunk_overlap", chunk_overlap)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be at least 0, not {value}")
+    return {
+        "chunk_tokens": chunk_tokens or 0,
+        "chunk_overlap": chunk_overlap or 0,
+        "chunk_by": _CHUNK_BY[chunk_by],
+    }
 
 
 def answer_question_request(
@@ -436,15 +471,25 @@ def head_classification(message: classifier_pb2.HeadClassification) -> HeadClass
     return HeadClassification(
         head=message.head,
         multi_label=message.multi_label,
-        labels=tuple(
-            LabelScore(
-                label=s.label,
-                probability=s.probability,
-                logit=s.logit if s.HasField("logit") else None,
-            )
-            for s in message.labels
-        ),
+        labels=_label_scores(message.labels),
         activation=message.activation,
+        chunks=tuple(
+            ChunkClassification(c.start, c.end, c.tokens, _label_scores(c.labels))
+            for c in message.chunks
+        ),
+    )
+
+
+def _label_scores(
+    messages: Iterable[classifier_pb2.LabelScore],
+) -> tuple[LabelScore, ...]:
+    return tuple(
+        LabelScore(
+            label=s.label,
+            probability=s.probability,
+            logit=s.logit if s.HasField("logit") else None,
+        )
+        for s in messages
     )
 
 
@@ -596,7 +641,16 @@ def head_call(spec: HeadSpec, index: int = 0) -> heads_pb2.HeadCall:
         )
         return heads_pb2.HeadCall(head=spec.head, encode=encode)
     if isinstance(spec, ClassifyHead):
-        classify = classify_options((), spec.top_k, spec.truncate)
+        classify = classify_options(
+            (),
+            spec.top_k,
+            spec.truncate,
+            spec.long_text,
+            spec.chunk_tokens,
+            spec.chunk_overlap,
+            spec.chunk_by,
+            spec.return_chunks,
+        )
         return heads_pb2.HeadCall(head=spec.head, classify=classify)
     if isinstance(spec, PredictTokensHead):
         predict = predict_tokens_options(spec.top_k, spec.return_logits, spec.truncate, None)

@@ -27,6 +27,7 @@ from .types import (
     EncodeResult,
     HeadChange,
     HeadSpec,
+    LongText,
     ModelInfo,
     Pooling,
     PredictTokensResult,
@@ -204,6 +205,11 @@ class Client(ClientBase):
         heads: str | Sequence[str] = (),
         top_k: int = 0,
         truncate: bool = False,
+        long_text: LongText | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
+        return_chunks: bool = False,
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> ClassifyResult:
         """Classify each item by one or more heads (one backbone pass serves them all).
@@ -212,6 +218,14 @@ class Client(ClientBase):
             heads: classifier head names, applied in this order; empty: the server's default.
             top_k: labels per head, best first; 0: all labels.
             truncate: cut inputs longer than the model's window instead of refusing them.
+            long_text: classify a text longer than a chunk in chunks, each on its own:
+                ``"mean"`` (the text's logits are the chunks' mean), ``"max"`` (each label's
+                largest) or ``"first"`` (the first chunk alone). ``None``: one row.
+            chunk_tokens: at most this many tokens a chunk; ``None``: as many as fit.
+            chunk_overlap: tokens a chunk shares with the one before it.
+            chunk_by: ``"tokens"`` (default) or ``"sentences"`` (cut at sentence boundaries).
+            return_chunks: also return each chunk's labels and where it lies in the text
+                (``HeadClassification.chunks``).
             timeout: overrides the client's timeout for this call.
         """
         return self._unary(_calls.classify(**arguments(locals())), timeout)
@@ -447,6 +461,11 @@ class Client(ClientBase):
         heads: str | Sequence[str] = (),
         top_k: int = 0,
         truncate: bool = False,
+        long_text: LongText | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        chunk_by: ChunkBy | None = None,
+        return_chunks: bool = False,
         timeout: float | None = None,
     ) -> Iterator[StreamResult[ClassifyResult]]:
         """``classify`` over a stream of batches (see :meth:`encode_stream`)."""

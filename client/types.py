@@ -55,6 +55,8 @@ __all__ = [
     "TruncationSide",
     "ChunkMode",
     "ChunkBy",
+    "ChunkClassification",
+    "LongText",
     "EmbeddingChunk",
     "PredictTokensResult",
     "QuestionAnswer",
@@ -87,6 +89,10 @@ chunking (the whole text read in windows, each chunk pooled from the window arou
 
 ChunkBy: TypeAlias = Literal["tokens", "sentences"]
 """Where chunks are cut: every N tokens, or at sentence boundaries."""
+
+LongText: TypeAlias = Literal["mean", "max", "first"]
+"""How ``classify`` reads a long text in chunks: the mean of the chunks' logits, their maximum
+per label, or the first chunk alone."""
 
 TextItem: TypeAlias = str | tuple[str, str] | bytes | os.PathLike[str]
 """One input of encode, classify, run...: a text, a ``(text, text_pair)`` pair, or, for a
@@ -343,10 +349,27 @@ class HeadClassification:
     multi_label: bool
     labels: tuple[LabelScore, ...]
     activation: str = ""
+    chunks: tuple[ChunkClassification, ...] = ()
+    """With ``long_text`` and ``return_chunks``: each chunk's labels, in the text's order."""
 
     @property
     def top(self) -> LabelScore | None:
         """The best label, or ``None`` when the head returned none."""
+        return self.labels[0] if self.labels else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkClassification:
+    """One chunk of a long text, classified on its own: ``text[start:end]``, its tokens and
+    its labels, best first."""
+
+    start: int
+    end: int
+    tokens: int
+    labels: tuple[LabelScore, ...]
+
+    @property
+    def top(self) -> LabelScore | None:
         return self.labels[0] if self.labels else None
 
 
@@ -562,6 +585,10 @@ class EncodeHead:
     truncation_side: TruncationSide | None = None
     sparse_top_k: int | None = None
     sparse_min_weight: float | None = None
+    chunk_mode: ChunkMode | None = None
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    chunk_by: ChunkBy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +598,11 @@ class ClassifyHead:
     head: str
     top_k: int = 0
     truncate: bool = False
+    long_text: LongText | None = None
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    chunk_by: ChunkBy | None = None
+    return_chunks: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .contract import InvalidInput, Prepared, Row
-from .documents import Document, Span, Wrapper, best_window, chunk, windows
+from .documents import Span, Wrapper, best_window, chunk_size, read_chunks, windows
 from .tasks import Chunk, Embedding, EncodeOptions, TextItem
-from .text import check_text
 
 if TYPE_CHECKING:
     from .encode import EncodeHead, Pooled
@@ -49,9 +48,6 @@ class Chunked:
 
 def prepare(head: EncodeHead, item: TextItem, options: EncodeOptions, pooled: Pooled) -> Prepared:
     """`item` as the rows of its chunks (independent) or of its windows (late)."""
-    check_text("text", item.text)
-    if item.text_pair is not None:
-        raise InvalidInput("text_pair", "not with options.chunk_mode: send one text")
     late = options.chunk_mode == "late"
     if late and options.pooling not in ("default", "mean"):
         raise InvalidInput(
@@ -66,23 +62,17 @@ def prepare(head: EncodeHead, item: TextItem, options: EncodeOptions, pooled: Po
         else min(head.backbone.max_length, head.cut_at or head.backbone.max_length)
     )
     room = window - wrapper.added - len(prompt)
-    largest = room // 2 if late else room
     if room // 4 < 1:
         raise InvalidInput("options.prompt", f"leaves no room in the model's {window} tokens")
-    size = options.chunk_tokens or min(DEFAULT_CHUNK_TOKENS, room // 4 if late else room)
-    if size > largest:
-        why = "half the window, less the prompt" if late else "the window less the prompt"
-        raise InvalidInput(
-            "options.chunk_tokens", f"{size} is more than this head takes ({largest}: {why})"
-        )
-    if options.chunk_overlap >= size:
-        raise InvalidInput(
-            "options.chunk_overlap", f"must be less than the chunk size ({size} tokens)"
-        )
-    document = Document.read(tokenizer, item.text)
-    spans = chunk(document, tokenizer, size, options.chunk_overlap, options.chunk_by)
-    if not spans:
-        raise InvalidInput("text", "has no tokens")
+    size = chunk_size(
+        options.chunk_tokens,
+        options.chunk_overlap,
+        # late: a quarter of the window by default, each chunk getting context on both sides
+        min(DEFAULT_CHUNK_TOKENS, room // 4) if late else DEFAULT_CHUNK_TOKENS,
+        room // 2 if late else room,
+        "half the window, less the prompt" if late else "the window less the prompt",
+    )
+    document, spans = read_chunks(tokenizer, item, size, options.chunk_overlap, options.chunk_by)
     unit = head.unit(pooled)
     if not late:
         rows = tuple(wrapper.row((*prompt, *document.ids[s.first : s.end]), pooled) for s in spans)

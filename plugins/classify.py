@@ -1,5 +1,9 @@
 """The `classify` head: a `...ForSequenceClassification` checkpoint's classifier.
 
+A text longer than the window, with `long_text`, is classified in chunks (documents.py), each
+a row of its own: the text's logits are the chunks' mean, their maximum per label, or the
+first chunk's alone, and each chunk's labels come back when asked.
+
 Single-label heads give a softmax over the labels; multi-label heads (the
 checkpoint's `problem_type` is "multi_label_classification", or the head option
 `multi_label=true`) an independent sigmoid per label; a one-label head the sigmoid of its
@@ -14,16 +18,18 @@ label's probability for two labels (a "not relevant" / "relevant" head).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from .contract import CONTRACT_VERSION, Features, Head, LoadContext, Prepared, Row
+from .documents import Wrapper, chunk_size, read_chunks
 from .image_heads import ImageClassifyHead, load_image_classifier
 from .scores import activation, classified
 from .task_model import load_task_model
-from .tasks import Classification, ClassifyOptions, TextItem
+from .tasks import ChunkLabels, Classification, ClassifyOptions, TextItem
 from .text import encode_text
 
 
@@ -55,8 +61,26 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
             self.detail = self._model.untrained("classifier")
 
     def prepare(self, item: TextItem, options: ClassifyOptions) -> Prepared:
+        if options.long_text != "none":
+            return self._chunks(item, options)
         row, _ = encode_text(self._backbone, item, truncate=options.truncate)
         return Prepared((row,))
+
+    def _chunks(self, item: TextItem, options: ClassifyOptions) -> Prepared:
+        """A long text as the rows of its chunks (the first alone for "first"); the state is
+        their spans."""
+        tokenizer = self._backbone.tokenizer
+        wrapper = Wrapper.of(tokenizer)
+        room = self._backbone.max_length - wrapper.added
+        why = "the window less the special tokens"
+        size = chunk_size(options.chunk_tokens, options.chunk_overlap, room, room, why)
+        document, spans = read_chunks(
+            tokenizer, item, size, options.chunk_overlap, options.chunk_by
+        )
+        if options.long_text == "first":
+            spans = spans[:1]
+        rows = tuple(wrapper.row(document.ids[s.first : s.end]) for s in spans)
+        return Prepared(rows, spans, document_tokens=len(document))
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
         with self._model.feeding(features.hidden) as model:
@@ -68,7 +92,26 @@ class ClassifyHead(Head[TextItem, ClassifyOptions, Classification]):
     def finish(
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: ClassifyOptions
     ) -> Classification:
-        (logits,) = outputs
+        if options.long_text == "none":
+            (logits,) = outputs
+            return self._classified(logits, options)
+        chunks = torch.stack(list(outputs))
+        if options.long_text == "mean":
+            whole = chunks.mean(0)
+        elif options.long_text == "max":
+            whole = chunks.max(0).values
+        else:
+            whole = chunks[0]
+        result = self._classified(whole, options)
+        if not options.return_chunks:
+            return result
+        labelled = tuple(
+            ChunkLabels(s.start, s.stop, s.tokens, self._classified(logits, options))
+            for s, logits in zip(prepared.state, chunks, strict=True)
+        )
+        return dataclasses.replace(result, chunks=labelled)
+
+    def _classified(self, logits: torch.Tensor, options: ClassifyOptions) -> Classification:
         return classified(
             self.name, self.multi_label, self.labels, logits, self.activation, options.top_k
         )

@@ -30,8 +30,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
-from .contract import Row
-from .tasks import ChunkBy
+from .contract import InvalidInput, Row
+from .tasks import ChunkBy, TextItem
+from .text import check_text
 
 _LONGER_THAN_THE_WINDOW = "sequence-length-is-longer-than-the-specified-maximum"
 
@@ -94,6 +95,40 @@ def chunk(
     else:
         bounds = _sentence_bounds(document, tokenizer, size, overlap)
     return tuple(Span(a, b, document.offsets[a][0], document.offsets[b - 1][1]) for a, b in bounds)
+
+
+def chunk_size(asked: int, overlap: int, default: int, largest: int, why: str) -> int:
+    """The chunk size a call asks for (0: `default`), checked: at most `largest` (`why` says
+    what bounds it), more than `overlap`."""
+    size = asked or min(default, largest)
+    if size > largest:
+        raise InvalidInput(
+            "options.chunk_tokens", f"{size} is more than this head takes ({largest}: {why})"
+        )
+    if overlap >= size:
+        raise InvalidInput(
+            "options.chunk_overlap", f"must be less than the chunk size ({size} tokens)"
+        )
+    return size
+
+
+def read_chunks(
+    tokenizer: PreTrainedTokenizerFast,
+    item: TextItem,
+    size: int,
+    overlap: int = 0,
+    by: ChunkBy = "tokens",
+) -> tuple[Document, tuple[Span, ...]]:
+    """A text item read as a document and cut in chunks; a pair, an empty text or one of no
+    tokens is refused."""
+    check_text("text", item.text)
+    if item.text_pair is not None:
+        raise InvalidInput("text_pair", "a long text is read alone: send one text")
+    document = Document.read(tokenizer, item.text)
+    spans = chunk(document, tokenizer, size, overlap, by)
+    if not spans:
+        raise InvalidInput("text", "has no tokens")
+    return document, spans
 
 
 def _sentence_bounds(

@@ -92,6 +92,8 @@ class ImageClassifyHead(Head[ImageItem, ClassifyOptions, Classification]):
         self.detail = f"{len(self.labels)} labels on the pooled image features"
 
     def prepare(self, item: ImageItem, options: ClassifyOptions) -> Prepared:
+        if options.long_text != "none":
+            raise InvalidInput("options.long_text", "reads texts: not for an image")
         return Prepared((image_row(item),))
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:

@@ -104,13 +104,31 @@ class PredictOptions:
         _at_least("options.top_k", self.top_k, 1)
 
 
+LongText = Literal["none", "mean", "max", "first"]
+
+
 @dataclass(frozen=True)
 class ClassifyOptions:
     top_k: int = 0  # 0: every label
     truncate: bool = False
+    # a long text in chunks (documents.py), each classified; the text's logits their mean or
+    # max, or the first chunk's alone
+    long_text: LongText = "none"
+    chunk_tokens: int = 0  # 0: as many as fit the window
+    chunk_overlap: int = 0
+    chunk_by: ChunkBy = "tokens"
+    return_chunks: bool = False  # each chunk's labels too
 
     def __post_init__(self) -> None:
         _at_least("options.top_k", self.top_k, 0)
+        _at_least("options.chunk_tokens", self.chunk_tokens, 0)
+        _at_least("options.chunk_overlap", self.chunk_overlap, 0)
+        if self.long_text == "none":
+            for name in ("chunk_tokens", "chunk_overlap", "return_chunks"):
+                if getattr(self, name):
+                    raise InvalidInput(f"options.{name}", "needs options.long_text")
+            if self.chunk_by != "tokens":
+                raise InvalidInput("options.chunk_by", "needs options.long_text")
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,7 @@ class Classification:
     logits: tuple[float, ...] = ()  # every label's, in the head's label order (when it has them)
     activation: str = ""  # "softmax", "sigmoid" or "none" (how logits became `labels`)
     label_logits: tuple[float, ...] = ()  # the logit of each of `labels`, in their order
+    chunks: tuple[ChunkLabels, ...] = ()  # a long text's chunks, when asked
 
     @classmethod
     def ranked(
@@ -204,6 +223,17 @@ class Classification:
         every = tuple(float(v) for v in logits)
         picked = tuple(every[i] for i in order) if every else ()
         return cls(head, multi_label, ranked, every, activation, picked)
+
+
+@dataclass(frozen=True)
+class ChunkLabels:
+    """One chunk of a long text, classified alone: the code points [start, end) it covers,
+    its tokens, and its classification."""
+
+    start: int
+    end: int
+    tokens: int
+    classification: Classification
 
 
 @dataclass(frozen=True)

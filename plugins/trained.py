@@ -18,7 +18,7 @@ import torch
 from . import artifact
 from .artifact import ArtifactError, HeadMeta
 from .classify import CLASSIFY_OPTIONS, ClassifyHead, ranking_score
-from .contract import CONTRACT_VERSION, Features, LoadContext, Prepared, Row
+from .contract import CONTRACT_VERSION, Features, InvalidInput, LoadContext, Prepared, Row
 from .image_heads import image_row
 from .qa import QuestionAnsweringHead
 from .scores import activation
@@ -111,6 +111,8 @@ class TrainedClassifyHead(ClassifyHead):
 
     def prepare(self, item: Any, options: ClassifyOptions) -> Prepared:
         if self._backbone.modality == "image":
+            if options.long_text != "none":
+                raise InvalidInput("options.long_text", "reads texts: not for an image")
             return Prepared((image_row(item),))
         return super().prepare(item, options)
 

@@ -95,6 +95,8 @@ class YesNoHead(Head[TextItem, ClassifyOptions, Classification]):
         """The prompt as one row. A prompt longer than the model's window is refused, or, with
         `truncate`, cut at the document's end (then the query's), never at the template's:
         the judgement is read after the template's last words, so they must stay."""
+        if options.long_text != "none":
+            raise InvalidInput("options.long_text", f"not for a yes/no head ({self.name!r})")
         prompt, spans = self.prompt(item)
         row, encoding = encode_text(self._backbone, TextItem(prompt), truncate=False, limit=False)
         over = len(row.input_ids) - self._backbone.max_length

@@ -184,6 +184,14 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     serve.add_argument(
+        "--long-call-tokens",
+        type=int,
+        default=limits.long_call_tokens,
+        help="a call with more backbone tokens than this (a long document, a large batch) "
+        "queues that many at a time behind the calls that came meanwhile, and leaves a "
+        "worker to them (default: %(default)s)",
+    )
+    serve.add_argument(
         "--stream-in-flight-items",
         type=int,
         default=limits.stream_in_flight_items,
@@ -468,6 +476,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
                 max_batch_items=args.max_batch_items,
                 max_wait_ms=args.max_wait_ms,
                 max_queue_items=args.max_queue_items,
+                long_call_tokens=args.long_call_tokens,
                 stream_in_flight_items=args.stream_in_flight_items,
                 workers=args.workers,
                 worker_nice=args.worker_nice,

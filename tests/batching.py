@@ -82,6 +82,9 @@ class HeldWorkers:
             await gate
         return fn(*args)
 
+    async def run_background(self, fn: Callable[..., T], *args: object) -> T:
+        return await self.run(fn, *args)
+
     def release(self, n: int = 1) -> None:
         """Let the `n` oldest held calls compute."""
         for gate in self.waiting[:n]:

@@ -33,6 +33,8 @@ class Limits:
     stream_in_flight_items: int = 256
     workers: int | None = None  # batches computed at once; None: planned by threads.py (or 1)
     worker_nice: int = 19  # how much lower the workers' priority is than the event loop's
+    long_call_tokens: int = 2048  # a call with more tokens than this is long: its rows queue
+    # this many tokens at a time, and take at most all workers but one while others call
 
 
 @dataclass(frozen=True)

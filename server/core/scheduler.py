@@ -18,6 +18,16 @@ than that (a lone caller gets no added latency).
 Rows whose call is cancelled, or whose deadline passes, leave the queue at once (their
 slots free for live calls) and never reach the model.
 
+A long call (more than `long_call_tokens` backbone tokens: a long document's windows, a large
+batch) cannot hold the others up. Its rows enter the queue `long_call_tokens` at a time, the
+next part when the last is computed, and never share a batch with other calls' rows, which
+go first (unless the long call's oldest row has waited a second: it is not starved either).
+So a short call waits for at most the long part being computed, not the whole document. And
+while other calls keep arriving (one in the last second), long calls' batches take at most
+all the workers but one: a short call finds a worker free instead of waiting for a long
+batch to end (a batch cannot be interrupted). Held parts count against the queue's room like
+queued rows.
+
 The scheduler runs on one event loop, from `start()` to `stop()`. What it drives is
 injected: the runner (a batch of rows -> outputs), the worker threads and the clock, so
 that its tests run it on a fake runner, inline workers and a clock moved by hand
@@ -62,6 +72,10 @@ class Workers(Protocol):
 
     async def run(self, fn: Callable[..., T], *args: object) -> T: ...
 
+    async def run_background(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` where it takes only what the cores leave (long calls' batches)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -93,12 +107,14 @@ class _Pending:
     length: int = field(init=False)
     started: float = 0.0
     batch: BatchRecord | None = None  # the batch that computed it
+    long: bool = False  # a row of a long call
 
     def __post_init__(self) -> None:
         self.length = self.work.row.length
 
 
 TRIM_AFTER_BATCHES = 20  # a busy spell worth trimming memory after
+RECENT_SECONDS = 1.0  # a short call this recent: long calls leave a worker free
 IDLE_TRIM_SECONDS = 0.5  # idle this long after it: trim
 
 
@@ -134,6 +150,9 @@ class Scheduler:
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
+        self._held = 0  # rows of long calls waiting to enter the queue (they count in it)
+        self._long_batches = 0  # batches with long calls' rows computing now
+        self._last_short = -RECENT_SECONDS  # when the last call that is not long arrived
         self._batches_since_trim = 0
         self.metrics.watch(lambda: self.queued, lambda: self.running, self.workers)
 
@@ -161,7 +180,7 @@ class Scheduler:
         self._pending.clear()
         self._room_freed()
         started.workers.close()
-        self.running = self._running_rows = 0
+        self.running = self._running_rows = self._long_batches = 0
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
@@ -178,7 +197,8 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        """Rows waiting for the model: in the queue, or parts of long calls held back."""
+        return len(self._pending) + self._held
 
     @property
     def rows_in_flight(self) -> int:
@@ -230,15 +250,42 @@ class Scheduler:
         else:
             self._check_fits(len(work))
             await self._wait_for_room(len(work))
+        now = self.clock.now()
+        self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
+        self._last_arrival = now
+        if sum(w.row.length for w in work) <= self.limits.long_call_tokens:
+            self._last_short = now
+            return await self._queue(work, deadline, return_exceptions, long=False)
+        parts = _parts(work, self.limits.long_call_tokens)
+        outputs: list[Any] = []
+        stats: list[Stats] = []
+        held = len(work)  # rows of this call not yet in the queue
+        self._held += held
+        try:
+            for part in parts:
+                self._held -= len(part)
+                held -= len(part)
+                got, part_stats = await self._queue(part, deadline, return_exceptions, long=True)
+                outputs += got
+                stats.append(part_stats)
+        finally:
+            self._held -= held
+            self._room_freed()
+        batches = tuple(b for st in stats for b in st.batches)
+        inference = sum(st.inference_ms for st in stats)
+        return outputs, Stats(stats[0].queue_ms, inference, now, batches)
+
+    async def _queue(
+        self, work: Sequence[Work], deadline: float | None, return_exceptions: bool, long: bool
+    ) -> tuple[list[Any], Stats]:
+        """`work` into the queue (its room already taken), and its outputs once computed."""
         loop = asyncio.get_running_loop()
         now = self.clock.now()
         if deadline is not None and deadline <= now:
             self.metrics.drop("deadline", len(work))
             raise DeadlineExceeded("deadline passed before the model got to it")
         request_id = current_request_id()
-        pending = [_Pending(w, loop.create_future(), now, request_id) for w in work]
-        self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
-        self._last_arrival = now
+        pending = [_Pending(w, loop.create_future(), now, request_id, long=long) for w in work]
         self._pending.update(dict.fromkeys(pending))
         self._wake()
         expiry: Timer | None = None
@@ -323,11 +370,15 @@ class Scheduler:
             # workers idle besides the one just taken: a lone batch is shared with them, so
             # one large request alone gets every core (BENCHMARKS.md, "Issue 18")
             idle = self.workers - len(started.computing) - 1
+            if any(p.long for p in batch) and self.clock.now() - self._last_short < RECENT_SECONDS:
+                idle = 0  # a long batch while short calls come: their worker stays free
             parts = shares(batch, idle + 1) if idle > 0 and not self._pending else [batch]
             for index, part in enumerate(parts):
                 if index:
                     await free.acquire()  # an idle worker's: at once
                 number += 1
+                self._long_batches += any(p.long for p in part)  # at once: the next batch
+                # (formed before this one's task runs) must see it
                 task = asyncio.ensure_future(self._compute(part, number, started.workers, free))
                 started.computing.add(task)
                 task.add_done_callback(started.computing.discard)
@@ -344,6 +395,9 @@ class Scheduler:
             batch = self._take_batch()
             if batch:
                 return batch
+            if self._pending:  # only long calls' rows, and they have their workers: wait
+                # for a batch to end, a row to arrive, or the short calls to stop
+                await self._sleep(self._last_short + RECENT_SECONDS - self.clock.now())
 
     async def _until_rows(self) -> None:
         while not self._pending:
@@ -369,7 +423,7 @@ class Scheduler:
         """
         if self._gap * 1e3 > self.limits.max_wait_ms:
             return
-        while self._pending and not self._full() and self.queued < self._last_batch_rows:
+        while self._pending and not self._full() and len(self._pending) < self._last_batch_rows:
             oldest = next(iter(self._pending)).arrived
             left = oldest + self.limits.max_wait_ms / 1e3 - self.clock.now()
             if left <= 0:
@@ -398,15 +452,38 @@ class Scheduler:
             self._wakeup.set_result(True)
 
     def _full(self) -> bool:
-        if self.queued >= self.limits.max_batch_items:
+        if len(self._pending) >= self.limits.max_batch_items:
             return True
         return sum(p.length for p in self._pending) >= self.limits.max_batch_tokens
+
+    def _leave_a_worker(self, now: float) -> bool:
+        """Whether long calls' rows must wait for a worker to leave one to the short calls:
+        several workers, a short call in the last RECENT_SECONDS, and all the workers but one
+        on long calls' batches."""
+        return (
+            self.workers > 1
+            and now - self._last_short < RECENT_SECONDS
+            and self._long_batches >= self.workers - 1
+        )
+
+    def _eligible(self, live: list[_Pending], now: float) -> list[_Pending]:
+        """The rows the next batch is made of: long calls' rows and the others never share a
+        batch (a short call would wait for the long rows). The others go first, unless the
+        oldest long row has waited RECENT_SECONDS (long calls are not starved); long rows
+        wait while they would take the worker left to short calls."""
+        short = [p for p in live if not p.long]
+        long = [p for p in live if p.long]
+        if not long or self._leave_a_worker(now):
+            return short
+        if not short or now - long[0].arrived >= RECENT_SECONDS:
+            return long
+        return short
 
     def _take_batch(self) -> list[_Pending]:
         now = self.clock.now()
         for p in [p for p in self._pending if p.future.done()]:
             self._drop(p, "cancelled")  # cancelled a moment ago, its call not yet told
-        live = list(self._pending)
+        live = self._eligible(list(self._pending), now)
         if not live:
             return []
         chosen = self._choose(
@@ -433,9 +510,11 @@ class Scheduler:
             p.started = started
         self.running += 1
         self._running_rows += len(batch)
+        long = any(p.long for p in batch)  # counted in _long_batches by the batch loop
         request_ids = tuple(dict.fromkeys(p.request_id for p in batch if p.request_id))
         try:
-            run, computing, cpu, worker = await workers.run(
+            on = workers.run_background if long else workers.run
+            run, computing, cpu, worker = await on(
                 _timed, self.runner.run, [p.work for p in batch], request_ids
             )
         except asyncio.CancelledError:
@@ -448,7 +527,9 @@ class Scheduler:
         finally:
             self.running -= 1
             self._running_rows -= len(batch)
+            self._long_batches -= long
             free.release()
+            self._wake()  # long rows held back for a worker may take this one
         record = BatchRecord(number, worker, started, self.clock.now(), run.passes)
         self.metrics.batch_done(len(batch), sum(p.length for p in batch), computing, cpu)
         for p, result in zip(batch, run.outputs, strict=True):
@@ -461,6 +542,19 @@ class Scheduler:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+
+def _parts(work: Sequence[Work], tokens: int) -> list[Sequence[Work]]:
+    """`work` in consecutive parts of at most `tokens` tokens (a row longer alone is a part)."""
+    parts: list[Sequence[Work]] = []
+    first, total = 0, 0
+    for index, w in enumerate(work):
+        if index > first and total + w.row.length > tokens:
+            parts.append(work[first:index])
+            first, total = index, 0
+        total += w.row.length
+    parts.append(work[first:])
+    return parts
 
 
 def shares(batch: list[_Pending], workers: int) -> list[list[_Pending]]:

@@ -95,8 +95,23 @@ def lower_priority(nice: int) -> None:
         log.warning("could not lower the model worker's priority: %s", exc)
 
 
+def idle_priority(nice: int) -> None:
+    """The calling thread at `nice`, and on Linux in the SCHED_IDLE class: it runs only on a
+    core no other thread wants, so the event loop and the other workers' batches always come
+    first. A thread cannot leave the class unprivileged: only threads that stay in it go."""
+    lower_priority(nice)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:  # a sandbox may forbid it: run at the workers' priority
+        log.warning("could not put the background worker in the idle class: %s", exc)
+
+
 class ModelThreads:
-    """The model workers: `count` threads below the event loop's priority (by `nice`)."""
+    """The model workers: `count` threads below the event loop's priority (by `nice`), and
+    as many background threads in the idle class (idle_priority) for long calls' batches.
+    The scheduler never has more than `count` batches computing, of either kind."""
 
     def __init__(self, count: int, nice: int) -> None:
         self.count = count
@@ -106,11 +121,22 @@ class ModelThreads:
             initializer=lower_priority,
             initargs=(nice,),
         )
+        self._background = ThreadPoolExecutor(
+            count,
+            thread_name_prefix="headserve-model-long",
+            initializer=idle_priority,
+            initargs=(nice,),
+        )
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` on a free worker thread (or once one is free)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def run_background(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a background thread: the cores' leftovers."""
+        return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
+
     def close(self) -> None:
         """No new work; what a thread computes now finishes on its own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)

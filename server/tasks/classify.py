@@ -9,20 +9,41 @@ from headserve.v1 import classifier_pb2 as pb
 from headserve.v1 import heads_pb2
 
 from ..core.engine import Core
+from ..errors import InvalidArgument
 from .task import HeadForm, Task
-from .wire import Call, options, text_items, usage_timing
+from .wire import CHUNK_BY, Call, options, text_items, usage_timing
+
+_LONG_TEXT = {
+    pb.LONG_TEXT_UNSPECIFIED: "none",
+    pb.LONG_TEXT_MEAN: "mean",
+    pb.LONG_TEXT_MAX: "max",
+    pb.LONG_TEXT_FIRST: "first",
+}
+
+
+def _labels(c: Classification) -> list[pb.LabelScore]:
+    logits: Sequence[float | None] = c.label_logits or [None] * len(c.labels)
+    return [
+        pb.LabelScore(label=label, probability=p, logit=logit)
+        for (label, p), logit in zip(c.labels, logits, strict=True)
+    ]
 
 
 def head_classification(c: Classification) -> pb.HeadClassification:
-    logits: Sequence[float | None] = c.label_logits or [None] * len(c.labels)
     return pb.HeadClassification(
         head=c.head,
         multi_label=c.multi_label,
-        labels=[
-            pb.LabelScore(label=label, probability=p, logit=logit)
-            for (label, p), logit in zip(c.labels, logits, strict=True)
-        ],
+        labels=_labels(c),
         activation=c.activation,
+        chunks=[
+            pb.ChunkClassification(
+                start=chunk.start,
+                end=chunk.end,
+                tokens=chunk.tokens,
+                labels=_labels(chunk.classification),
+            )
+            for chunk in c.chunks
+        ],
     )
 
 
@@ -31,7 +52,19 @@ def _classification(per_head: Sequence[Classification]) -> pb.Classification:
 
 
 def classify_options(o: pb.ClassifyOptions) -> ClassifyOptions:
-    return options(ClassifyOptions, top_k=o.top_k, truncate=o.truncate)
+    for name, known in (("long_text", _LONG_TEXT), ("chunk_by", CHUNK_BY)):
+        if getattr(o, name) not in known:
+            raise InvalidArgument(f"options.{name}", f"unknown value {getattr(o, name)}")
+    return options(
+        ClassifyOptions,
+        top_k=o.top_k,
+        truncate=o.truncate,
+        long_text=_LONG_TEXT[o.long_text],
+        chunk_tokens=o.chunk_tokens,
+        chunk_overlap=o.chunk_overlap,
+        chunk_by=CHUNK_BY[o.chunk_by],
+        return_chunks=o.return_chunks,
+    )
 
 
 async def answer(core: Core, request: pb.ClassifyRequest, call: Call) -> pb.ClassifyResponse:

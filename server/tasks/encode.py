@@ -18,7 +18,7 @@ from ..core.engine import Core
 from ..errors import InvalidArgument, TooLarge
 from .json_wire import as_input, is_int, optional
 from .task import HeadForm, Route, Task
-from .wire import Call, options, tensor, text_items, usage_timing
+from .wire import CHUNK_BY, Call, options, tensor, text_items, usage_timing
 
 _POOLING = {
     pb.POOLING_UNSPECIFIED: "default",
@@ -41,12 +41,6 @@ _CHUNK_MODE = {
     pb.CHUNK_MODE_NONE: "none",
     pb.CHUNK_MODE_INDEPENDENT: "independent",
     pb.CHUNK_MODE_LATE: "late",
-}
-
-_CHUNK_BY = {
-    pb.CHUNK_BY_UNSPECIFIED: "tokens",
-    pb.CHUNK_BY_TOKENS: "tokens",
-    pb.CHUNK_BY_SENTENCES: "sentences",
 }
 
 
@@ -74,7 +68,7 @@ def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
     for name, known in (
         ("truncation_side", _TRUNCATION_SIDE),
         ("chunk_mode", _CHUNK_MODE),
-        ("chunk_by", _CHUNK_BY),
+        ("chunk_by", CHUNK_BY),
     ):
         if getattr(o, name) not in known:
             raise InvalidArgument(f"options.{name}", f"unknown value {getattr(o, name)}")
@@ -92,7 +86,7 @@ def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
         chunk_mode=_CHUNK_MODE[o.chunk_mode],
         chunk_tokens=o.chunk_tokens,
         chunk_overlap=o.chunk_overlap,
-        chunk_by=_CHUNK_BY[o.chunk_by],
+        chunk_by=CHUNK_BY[o.chunk_by],
     )
 
 

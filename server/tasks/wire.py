@@ -11,13 +11,20 @@ import numpy as np
 
 from headserve.plugins.contract import InvalidInput
 from headserve.plugins.tasks import ImageItem, TextItem
-from headserve.v1 import common_pb2
+from headserve.v1 import common_pb2, encoder_pb2
 
 from ..call_info import CURRENT
 from ..core.engine import Outcome
 from ..errors import InvalidArgument
 
 Opts = TypeVar("Opts")
+
+# where chunks are cut: Encode's and Classify's long texts
+CHUNK_BY = {
+    encoder_pb2.CHUNK_BY_UNSPECIFIED: "tokens",
+    encoder_pb2.CHUNK_BY_TOKENS: "tokens",
+    encoder_pb2.CHUNK_BY_SENTENCES: "sentences",
+}
 
 
 @dataclass(frozen=True)

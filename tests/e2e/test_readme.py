@@ -51,6 +51,20 @@ def test_the_readme_python_example_runs_against_the_default_server(
     assert lines[2:] == ["0 (1, 384)", "1 (1, 384)", "(1, 128)", "1 encode", "(64,) positive"]
 
 
+def test_the_readme_long_document_example_finds_the_chunk_that_answers(
+    default_server: CliServer,
+) -> None:
+    section = README.read_text().split("## Long documents", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    code = code.replace('"localhost:50051"', f'"{default_server.target}"')
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    chunks, shape = run.stdout.splitlines()[0].split(" ", 1)
+    assert int(chunks) > 10 and shape == "(384,)"
+    tokens, text = run.stdout.splitlines()[1].split(" ", 1)
+    assert int(tokens) <= 128 and "__eq__" in text
+
+
 def test_the_readme_curl_to_v1_embeddings_answers_as_it_shows(default_server: CliServer) -> None:
     section = README.read_text().split("## Call it over HTTP (OpenAI-style)", 1)[1]
     (block,) = re.findall(r"```sh\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)

@@ -315,3 +315,98 @@ def test_a_batch_is_not_split_while_other_rows_wait_for_the_other_worker() -> No
 
     b = run(Limits(max_wait_ms=0, workers=2), test, workers=2)
     assert [len(batch) for batch in b.runner.batches] == [1, 3]
+
+
+def test_a_long_calls_rows_queue_a_part_at_a_time_behind_calls_that_came_meanwhile() -> None:
+    """A document of eight 10-token windows, long_call_tokens 20: its rows enter the queue two
+    at a time. A short call arriving while the first part computes is the next batch, not
+    the ninth."""
+
+    async def test(b: Bench) -> None:
+        document = b.submit(*[10] * 8)
+        await until(lambda: b.computing() == 1)
+        assert b.scheduler.queued == 6  # held back, but counted against the queue
+        short = b.submit(3)
+        await idle()
+        b.workers.release()  # the document's first part
+        await until(lambda: b.computing() == 1)
+        b.workers.release()  # the short call's batch, before the document's second part
+        (outputs, _) = await short
+        assert outputs == [3]
+        while not document.done():
+            await until(lambda: b.computing() == 1 or document.done())
+            b.workers.release()
+            await idle()
+        outputs, stats = await document
+        assert outputs == [10] * 8 and len(stats.batches) == 4
+
+    b = run(Limits(max_wait_ms=0, long_call_tokens=20), test)
+    assert [[len(w.row.input_ids) for w in batch] for batch in b.runner.batches] == [
+        [10, 10], [3], [10, 10], [10, 10], [10, 10],
+    ]  # fmt: skip
+
+
+def test_held_parts_count_against_the_queue() -> None:
+    async def test(b: Bench) -> None:
+        document = b.submit(*[10] * 6)
+        await until(lambda: b.computing() == 1)
+        with pytest.raises(Overloaded):
+            await b.submit(1, 1, 1)  # 4 of 6 rows held, 2 computing: room for 2 only
+        b.workers.hold = False
+        b.workers.release()
+        await document
+
+    run(Limits(max_wait_ms=0, long_call_tokens=20, max_queue_items=6), test)
+
+
+def test_while_short_calls_come_long_calls_leave_them_a_worker() -> None:
+    """Two workers, a short call a moment ago, two long calls queued: one long batch
+    computes, the other waits, and the next short call takes the free worker at once."""
+
+    async def test(b: Bench) -> None:
+        warm = b.submit(2)
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        await warm
+        first, second = b.submit(*[10] * 4), b.submit(*[10] * 4)
+        await until(lambda: b.computing() == 1)
+        await idle()
+        assert b.computing() == 1 and len(b.scheduler._pending) == 2  # the other long part waits
+        short = b.submit(3)
+        await until(lambda: b.computing() == 2)  # the free worker: the short call's
+        b.workers.release(2)
+        assert (await short)[0] == [3]
+        b.clock.advance(2.0)  # no short call for two seconds: both workers for long calls
+        await until(lambda: b.computing() == 2)
+        b.workers.hold = False
+        b.workers.release(2)
+        await asyncio.gather(first, second)
+
+    limits = Limits(max_wait_ms=0, long_call_tokens=20, max_batch_tokens=20, workers=2)
+    run(limits, test, workers=2)
+
+
+def test_short_rows_never_share_a_batch_with_long_ones_and_long_ones_are_not_starved() -> None:
+    """A long part and a short call wait together: the short call goes first, in a batch of
+    its own; once the long part has waited a second, it goes before newer short calls."""
+
+    async def test(b: Bench) -> None:
+        blocker = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        document = b.submit(*[10] * 4)
+        first = b.submit(3)
+        await idle()
+        b.workers.release()  # the blocker; next: the short call alone, not with the document
+        await until(lambda: b.computing() == 1)
+        second = b.submit(2)
+        b.clock.advance(1.5)
+        b.workers.release()  # the document's part has now waited 1.5 s: before `second`
+        await until(lambda: b.computing() == 1)
+        b.workers.hold = False
+        b.workers.release()
+        await asyncio.gather(blocker, document, first, second)
+
+    b = run(Limits(max_wait_ms=0, long_call_tokens=20), test)
+    assert [[len(w.row.input_ids) for w in batch] for batch in b.runner.batches] == [
+        [5], [3], [10, 10], [2], [10, 10],
+    ]  # fmt: skip

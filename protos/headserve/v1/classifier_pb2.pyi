@@ -7,8 +7,10 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from headserve.v1 import common_pb2 as _common_pb2
+from headserve.v1 import encoder_pb2 as _encoder_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +22,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LongText:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LongTextEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LongText.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LONG_TEXT_UNSPECIFIED: _LongText.ValueType  # 0
+    """As one row: too long for the window is refused (or cut with `truncate`)."""
+    LONG_TEXT_MEAN: _LongText.ValueType  # 1
+    """Each chunk is classified on its own; the text's logits are the mean of
+    the chunks' logits.
+    """
+    LONG_TEXT_MAX: _LongText.ValueType  # 2
+    """The text's logit of each label is the largest of the chunks'."""
+    LONG_TEXT_FIRST: _LongText.ValueType  # 3
+    """The first chunk alone is classified (the rest is not computed)."""
+
+class LongText(_LongText, metaclass=_LongTextEnumTypeWrapper):
+    """How a text longer than a chunk is classified."""
+
+LONG_TEXT_UNSPECIFIED: LongText.ValueType  # 0
+"""As one row: too long for the window is refused (or cut with `truncate`)."""
+LONG_TEXT_MEAN: LongText.ValueType  # 1
+"""Each chunk is classified on its own; the text's logits are the mean of
+the chunks' logits.
+"""
+LONG_TEXT_MAX: LongText.ValueType  # 2
+"""The text's logit of each label is the largest of the chunks'."""
+LONG_TEXT_FIRST: LongText.ValueType  # 3
+"""The first chunk alone is classified (the rest is not computed)."""
+Global___LongText: _TypeAlias = LongText  # noqa: Y015
+
 @_typing.final
 class ClassifyOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -27,9 +61,27 @@ class ClassifyOptions(_message.Message):
     HEADS_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
+    LONG_TEXT_FIELD_NUMBER: _builtins.int
+    CHUNK_TOKENS_FIELD_NUMBER: _builtins.int
+    CHUNK_OVERLAP_FIELD_NUMBER: _builtins.int
+    CHUNK_BY_FIELD_NUMBER: _builtins.int
+    RETURN_CHUNKS_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """Labels per head, best first; 0: all labels."""
     truncate: _builtins.bool
+    long_text: Global___LongText.ValueType
+    """Classify long texts in chunks (see LongText). A text's tokens are then
+    bounded by --max-document-tokens instead of the window. Not for text pairs.
+    """
+    chunk_tokens: _builtins.int
+    """At most this many tokens a chunk. 0: as many as fit the window."""
+    chunk_overlap: _builtins.int
+    """Tokens a chunk shares with the one before it (less than chunk_tokens)."""
+    chunk_by: _encoder_pb2.ChunkBy.ValueType
+    return_chunks: _builtins.bool
+    """Also return each chunk's labels and where it lies in the text
+    (HeadClassification.chunks).
+    """
     @_builtins.property
     def heads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Classifier heads to apply to every item, by name; empty: the server's
@@ -42,10 +94,15 @@ class ClassifyOptions(_message.Message):
         heads: _abc.Iterable[_builtins.str] | None = ...,
         top_k: _builtins.int = ...,
         truncate: _builtins.bool = ...,
+        long_text: Global___LongText.ValueType = ...,
+        chunk_tokens: _builtins.int = ...,
+        chunk_overlap: _builtins.int = ...,
+        chunk_by: _encoder_pb2.ChunkBy.ValueType = ...,
+        return_chunks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "top_k", b"top_k", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_by", b"chunk_by", "chunk_overlap", b"chunk_overlap", "chunk_tokens", b"chunk_tokens", "heads", b"heads", "long_text", b"long_text", "return_chunks", b"return_chunks", "top_k", b"top_k", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,6 +177,7 @@ class HeadClassification(_message.Message):
     MULTI_LABEL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ACTIVATION_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     head: _builtins.str
     multi_label: _builtins.bool
     activation: _builtins.str
@@ -130,6 +188,12 @@ class HeadClassification(_message.Message):
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelScore]:
         """Best first."""
 
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkClassification]:
+        """With ClassifyOptions.long_text and return_chunks: each chunk's labels, in
+        the text's order (top_k applies to each).
+        """
+
     def __init__(
         self,
         *,
@@ -137,14 +201,49 @@ class HeadClassification(_message.Message):
         multi_label: _builtins.bool = ...,
         labels: _abc.Iterable[Global___LabelScore] | None = ...,
         activation: _builtins.str = ...,
+        chunks: _abc.Iterable[Global___ChunkClassification] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "head", b"head", "labels", b"labels", "multi_label", b"multi_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "chunks", b"chunks", "head", b"head", "labels", b"labels", "multi_label", b"multi_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeadClassification: _TypeAlias = HeadClassification  # noqa: Y015
+
+@_typing.final
+class ChunkClassification(_message.Message):
+    """One chunk of a long text, classified on its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """The code points [start, end) of the item's text the chunk covers."""
+    end: _builtins.int
+    tokens: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelScore]:
+        """Best first."""
+
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+        labels: _abc.Iterable[Global___LabelScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "labels", b"labels", "start", b"start", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkClassification: _TypeAlias = ChunkClassification  # noqa: Y015
 
 @_typing.final
 class Classification(_message.Message):
