@@ -26,7 +26,8 @@ generic Heads service: `prepare` gets a `TextItem` and `RunOptions`, `finish`
 returns an `Output`. docs/plugins.md is the guide.
 
 Version 1 of the contract is this module, `headserve.plugins.text`,
-`headserve.plugins.task_model` and `headserve.plugins.tasks.TextItem`.
+`headserve.plugins.task_model` and `headserve.plugins.tasks.TextItem`; later, additively,
+`headserve.plugins.documents` (texts longer than the window, read in windows or chunks).
 
 Backbones of other modalities (images) came later, additively: a row may carry `pixels`
 instead of token ids, `Features.pooled` holds the backbone's pooled output, and

@@ -13,6 +13,10 @@ A head that reads long texts calls these from `prepare` (docs/plugins.md, "Long 
     Wrapper.of(tokenizer).row(ids)                   a window's (or a chunk's) tokens as a
                                                      backbone row, the tokenizer's own special
                                                      tokens around them
+    TokenWindows.read(tokenizer, text, window)       for a head with an output per token: the
+                                                     windows' rows, and `stitch` to take each
+                                                     token's output from the window where it
+                                                     sits nearest the middle
 
 and sets `Prepared.document_tokens` to the document's length, which the server bounds
 (--max-document-tokens). Sentence boundaries come from semantic-text-splitter, which counts
@@ -200,6 +204,57 @@ def best_window(span: Span, starts: Sequence[int], room: int, length: int) -> in
     if best < 0:
         raise ValueError(f"no window holds tokens {span.first}..{span.end}")
     return best
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """A long text read in windows by a head with an output per token (token classification):
+    `rows()` are the windows, and `stitch` gives each of the text's tokens its output from the
+    window where it sits nearest the middle (the most context on both sides), so that tokens
+    in two windows' overlap are counted once."""
+
+    document: Document
+    wrapper: Wrapper
+    starts: tuple[int, ...]  # where each window starts, in the document's tokens
+    room: int  # a window's tokens, special tokens not counted
+
+    @classmethod
+    def read(cls, tokenizer: PreTrainedTokenizerFast, text: str, window: int) -> TokenWindows:
+        """`text` in windows of at most `window` tokens, special tokens counted."""
+        check_text("text", text)
+        wrapper = Wrapper.of(tokenizer)
+        room = window - wrapper.added
+        document = Document.read(tokenizer, text)
+        if not document.ids:
+            raise InvalidInput("text", "has no tokens")
+        return cls(document, wrapper, windows(len(document), room), room)
+
+    def rows(self, extra: Any = None) -> tuple[Row, ...]:
+        ids = self.document.ids
+        return tuple(self.wrapper.row(ids[s : s + self.room], extra) for s in self.starts)
+
+    def owners(self) -> list[tuple[int, int]]:
+        """Each document token's (window, position in that window's row)."""
+        owners = []
+        lead = len(self.wrapper.prefix)
+        window = 0
+        for token in range(len(self.document)):
+            while window + 1 < len(self.starts) and token >= self._boundary(window):
+                window += 1
+            owners.append((window, lead + token - self.starts[window]))
+        return owners
+
+    def _boundary(self, window: int) -> int:
+        """The first token that sits nearer the middle of window+1 than of `window`."""
+        here, there = self.starts[window], self.starts[window + 1]
+        # t's context: in `window` before it t - here, after it here + room - 1 - t; in the
+        # next, before it t - there. It moves once the next's is the larger (a tie stays).
+        return (here + self.room - 1 + there) // 2 + 1
+
+    def stitch(self, outputs: Sequence[Any]) -> list[Any]:
+        """Per document token, its window's output at its position (`outputs`: one sequence
+        per window row, indexed by position in the row)."""
+        return [outputs[window][at] for window, at in self.owners()]
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,51 @@ def test_entities_match_the_transformers_pipeline(ner, aggregation: str) -> None
         assert grouped > 0  # and merges tokens into entities
 
 
+@torch.inference_mode()
+def test_a_text_longer_than_the_window_is_read_in_windows_and_stitched(ner) -> None:  # type: ignore[no-untyped-def]
+    """Ten windows of a 64-token model: each token's logits are those of the window where it
+    sits nearest the middle (transformers' model on each window row), entities carry offsets
+    into the whole text, and none is found twice where windows overlap."""
+    from headserve_token_classification import entities
+
+    family, core, reference, tokenizer = ner
+    text = " ".join(TEXTS * 8)
+    items = [TextItem(text)]
+    _, outcome = on_core(
+        core, lambda: core.run_head("ner", items, {"return_logits": True}, truncate=False)
+    )
+    (output,) = outcome.results[0]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    room = 64 - 2
+    starts = [*range(0, len(ids) - room, room // 2), len(ids) - room]
+    states = []
+    for start in starts:
+        row = [tokenizer.cls_token_id, *ids[start : start + room], tokenizer.sep_token_id]
+        states.append(reference(input_ids=torch.tensor([row])).logits[0].numpy())
+    want = np.stack(
+        [
+            states[w][1 + t - starts[w]]
+            for t in range(len(ids))
+            for w in [
+                max(
+                    (w for w, s in enumerate(starts) if s <= t < s + room),
+                    key=lambda w, t=t: (min(t - starts[w], starts[w] + room - 1 - t), -w),
+                )
+            ]
+        ]
+    )
+    assert len(starts) >= 9 and output.fields["tokens"] == len(ids)
+    np.testing.assert_allclose(output.tensors["logits"], want, atol=TOL, rtol=0)
+    probs = torch.tensor(want).softmax(-1).numpy()
+    found = entities.tokens(probs, NER_LABELS, [tuple(o) for o in offsets], [True] * len(ids))
+    expected = entities.entities(found, aggregation="simple", ignore=["O"], text=text)
+    _same(output.fields["entities"], expected)
+    spans = [(e["start"], e["end"]) for e in output.fields["entities"]]
+    assert len(spans) > 8 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # none twice
+    assert all(e["text"] == text[e["start"] : e["end"]] for e in output.fields["entities"])
+
+
 # --- served, through the typed client ---------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 headserve runs the backbone; this head runs the checkpoint's own dropout and
 classifier (transformers' code, through headserve.plugins.task_model) on the
-hidden states of its rows, then turns per-token scores into entities.
+hidden states of its rows, then turns per-token scores into entities. A text longer
+than the window is read in windows (headserve.plugins.documents.TokenWindows) and its
+entities carry offsets into the whole text.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from headserve.plugins.contract import (
     Row,
     RunOptions,
 )
+from headserve.plugins.documents import TokenWindows
 from headserve.plugins.task_model import load_task_model
 from headserve.plugins.tasks import TextItem
 from headserve.plugins.text import encode_text
@@ -50,7 +53,8 @@ class TokenClassificationHead(Head):
             "tensor",
             "float32",
             shape="[tokens, labels]",
-            description="the classifier's logits per token, special tokens included",
+            description="the classifier's logits per token, special tokens included (a "
+            "text longer than the window: its own tokens only)",
             optional=True,
         ),
     )
@@ -80,10 +84,21 @@ class TokenClassificationHead(Head):
     def prepare(self, item: TextItem, options: RunOptions) -> Prepared:
         if item.text_pair is not None:
             raise InvalidInput("text_pair", "token classification takes a single text")
-        row, encoding = encode_text(self._backbone, item, truncate=options.truncate)
+        row, encoding = encode_text(self._backbone, item, truncate=options.truncate, limit=False)
+        if len(row.input_ids) > self._backbone.max_length:  # a long text: read in windows
+            return self._windows(item.text)
         keep = [s is not None for s in encoding.sequence_ids()]  # False: special tokens
         offsets = [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
         return Prepared((row,), state=(item.text, offsets, keep))
+
+    def _windows(self, text: str) -> Prepared:
+        """A text longer than the window, in windows half a window apart; each token's logits
+        come from the window where it sits nearest the middle (documents.TokenWindows), so
+        an entity in two windows' overlap is found once."""
+        windows = TokenWindows.read(self._backbone.tokenizer, text, self._backbone.max_length)
+        document = windows.document
+        state = (text, list(document.offsets), [True] * len(document), windows)
+        return Prepared(windows.rows(), state, document_tokens=len(document))
 
     def forward(self, features: Features, rows: Sequence[Row]) -> Sequence[torch.Tensor]:
         with self._model.feeding(features.hidden) as model:
@@ -95,8 +110,8 @@ class TokenClassificationHead(Head):
     def finish(
         self, prepared: Prepared, outputs: Sequence[torch.Tensor], options: RunOptions
     ) -> Output:
-        (logits,) = outputs
-        text, offsets, keep = prepared.state
+        text, offsets, keep, *windows = prepared.state
+        logits = torch.stack(windows[0].stitch(outputs)) if windows else outputs[0]
         probs = logits.softmax(-1).numpy()
         found = entities.tokens(probs, self.labels, offsets, keep)
         ignore = [label.strip() for label in options["ignore_labels"].split(",")]
