@@ -153,12 +153,16 @@ class LoadContext:
 class Row:
     """One backbone input row. `extra` is the head's own per-row data for `forward`.
 
-    A text row has token ids; an image row has `pixels` (and no ids)."""
+    A text row has token ids; an image row has `pixels` (and no ids). `attended`: only the
+    first `attended` tokens are attended to; the rest get their states (each reads the
+    attended ones) but no token reads them, as padding masked out in a padded batch:
+    ColBERT's query expansion with [MASK] tokens. None: every token."""
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
     extra: Any = None
     pixels: Pixels | None = None
+    attended: int | None = None
 
     @property
     def length(self) -> int:

@@ -35,7 +35,7 @@ def padded(rows: Sequence[Row], pad: int) -> tuple[torch.Tensor, torch.Tensor, t
     for i, row in enumerate(rows):
         n = len(row.input_ids)
         ids[i, :n] = torch.tensor(row.input_ids)
-        mask[i, :n] = 1
+        mask[i, : n if row.attended is None else row.attended] = 1
         if row.token_type_ids is not None:
             types[i, :n] = torch.tensor(row.token_type_ids)
     return ids, mask, types
@@ -123,6 +123,9 @@ def pack(
     # segment of each slot: the row's index, or a unique negative number for padding,
     # so that a padding slot attends to itself only (a fully masked row would be NaN)
     segment = -1 - torch.arange(len(groups) * capacity).view(len(groups), capacity)
+    # the segment each slot is read in as a key: a row's tokens past its `attended` are read by
+    # none (another unique negative number), though they read their row
+    keys = segment.clone()
     source = torch.zeros(len(rows), dtype=torch.long)
     for g, members in enumerate(groups):
         offset = 0
@@ -133,9 +136,12 @@ def pack(
                 types[g, offset : offset + n] = torch.tensor(rows[r].token_type_ids)
             positions[g, offset : offset + n] = torch.arange(first_position, first_position + n)
             segment[g, offset : offset + n] = r
+            attended = n if rows[r].attended is None else rows[r].attended
+            keys[g, offset : offset + attended] = r
+            keys[g, offset + attended : offset + n] -= len(groups) * capacity
             source[r] = g * capacity + offset
             offset += n
-    allowed = (segment[:, :, None] == segment[:, None, :]).unsqueeze(1)  # [groups, 1, cap, cap]
+    allowed = (segment[:, :, None] == keys[:, None, :]).unsqueeze(1)  # [groups, 1, cap, cap]
     return Packed(ids, allowed, types, positions, source, lengths)
 
 

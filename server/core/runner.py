@@ -40,7 +40,7 @@ RowKey = tuple[tuple[int, ...], tuple[int, ...] | None, str | None]
 
 def row_key(row: Row) -> RowKey:
     """Rows with equal keys have equal backbone outputs: they are computed once."""
-    return (row.input_ids, row.token_type_ids, row.pixels.key if row.pixels else None)
+    return (row.input_ids, row.token_type_ids, row.pixels.key if row.pixels else None, row.attended)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,12 @@ class Runner:
         for w in work:
             key = row_key(w.row)
             if key not in unique:
-                unique[key] = Row(w.row.input_ids, w.row.token_type_ids, pixels=w.row.pixels)
+                unique[key] = Row(
+                    w.row.input_ids,
+                    w.row.token_type_ids,
+                    pixels=w.row.pixels,
+                    attended=w.row.attended,
+                )
                 slots[key] = len(slots)
             slot.append(slots[key])
         rows = list(unique.values())

@@ -133,3 +133,37 @@ def test_sequences_are_no_longer_than_their_rows_need(bert) -> None:  # type: ig
     limit = max(max(lengths), 24)
     assert max(lengths) <= many.ids.shape[1] <= limit
     assert many.ids.shape[0] == len(packing.bins(lengths, limit))  # no more sequences
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_tokens_past_attended_are_read_by_none_as_masked_padding_is(
+    bert, runtime, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Row.attended (ColBERT's query expansion): the row's tokens past it get their states, as
+    the model's own pass computes padding positions masked out, and change no other token's:
+    packed with other rows, on the trace and on ONNX Runtime."""
+    from transformers import AutoModel
+
+    backbone = TextBackbone.load(bert.backbone, device="cpu", runtime=runtime, onnx_cache=tmp_path)
+    model = AutoModel.from_pretrained(bert.backbone).eval()
+    mask_id = backbone.tokenizer.mask_token_id
+    rows, attended = [], []
+    for text, _ in TEXTS:
+        ids = backbone.tokenizer(text)["input_ids"]
+        rows.append(Row(tuple(ids + [mask_id] * 6), attended=len(ids)))
+        attended.append(len(ids))
+    rows.append(Row(tuple(backbone.tokenizer("no expansion here")["input_ids"])))
+    with torch.inference_mode():
+        got = backbone.run(rows).hidden
+        for i, row in enumerate(rows):
+            n = len(row.input_ids)
+            mask = torch.zeros(1, n, dtype=torch.long)
+            mask[0, : row.attended or n] = 1
+            want = model(input_ids=torch.tensor([row.input_ids]), attention_mask=mask)
+            np.testing.assert_allclose(
+                got[i, :n].numpy(),
+                want.last_hidden_state[0].numpy(),
+                atol=1e-5 if runtime == "torch" else 1e-4,
+                rtol=0,
+            )
+    assert not torch.allclose(got[0, attended[0]], got[0, attended[0] + 1])  # positions differ
