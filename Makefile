@@ -47,6 +47,8 @@ $(STAMP): $(SERVING_STAMP) $(addsuffix /pyproject.toml,$(PLUGIN_PACKAGES)) tools
 	$(BIN)/pip install -q --no-deps scikit-image==0.26.0
 	@# buf (lint and breaking-change checks of protos/), pinned by tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --silent
+	@# PyLate in its own venv, the colbert head's reference (tests/integration/test_colbert.py)
+	tools/pylate-venv.sh $(VENV) $(VENV)-pylate
 	touch $(STAMP)
 
 serve: install-serving

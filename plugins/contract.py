@@ -181,6 +181,9 @@ class Prepared:
     rows: tuple[Row, ...]
     state: Any = None
     document_tokens: int = 0
+    output_bytes: int = 0  # what the result will weigh on the wire, when the head knows it
+    # before computing (many vectors per item): a call whose results would pass
+    # --max-message-bytes is refused before any of it is computed
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,8 @@ def pack(
                 types[g, offset : offset + n] = torch.tensor(rows[r].token_type_ids)
             positions[g, offset : offset + n] = torch.arange(first_position, first_position + n)
             segment[g, offset : offset + n] = r
-            attended = n if rows[r].attended is None else rows[r].attended
+            given = rows[r].attended
+            attended = n if given is None else given
             keys[g, offset : offset + attended] = r
             keys[g, offset + attended : offset + n] -= len(groups) * capacity
             source[r] = g * capacity + offset

@@ -377,6 +377,7 @@ class Core:
         isolate: bool,
     ) -> Outcome:
         """The prepared rows through the model, then finished: the call's outcome."""
+        self.request_limits.check_outputs(prepared)
         tracing = self.tracing
         work = [
             Work(head, row)

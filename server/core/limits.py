@@ -112,6 +112,21 @@ class RequestLimits:
                 item=index,
             )
 
+    def check_outputs(self, prepared: Sequence[Sequence[Prepared | Any]]) -> None:
+        """Before computing: the results the heads know the size of would fit a message."""
+        weights = [
+            sum(p.output_bytes for p in cells if isinstance(p, Prepared)) for cells in prepared
+        ]
+        if sum(weights) > self.max_message_bytes:
+            heaviest = max(range(len(weights)), key=weights.__getitem__)
+            raise InvalidArgument(
+                "items",
+                f"{len(weights)} items' results would be at least {sum(weights):,} bytes (items"
+                f"[{heaviest}] alone {weights[heaviest]:,}), more than this server sends in one "
+                f"message ({self.max_message_bytes:,}, --max-message-bytes); send fewer items "
+                "per request",
+            )
+
     def check_response(self, size: int) -> None:
         if size > self.max_message_bytes:
             raise InvalidArgument(

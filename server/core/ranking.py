@@ -2,14 +2,16 @@
 
 A classify head scores each (query, document) pair as a cross-encoder: the head says which
 logit or label is the score (`PairScorer`). An encode head scores the cosine of the query's
-vector and each document's. The pairs (or the query and the documents, as two `Core.run`s at
-once) batch with every other call's rows in the same backbone passes; the documents alone
-count against --max-request-items.
+vector and each document's; a late-interaction head (ColBERT: `rerank_score` "maxsim") the
+MaxSim of the query's token vectors and each document's. The pairs (or the query and the
+documents, as two `Core.run`s at once) batch with every other call's rows in the same
+backbone passes; the documents alone count against --max-request-items.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from headserve.plugins.colbert import maxsim
 from headserve.plugins.tasks import (
     Classification,
     ClassifyOptions,
@@ -84,19 +87,24 @@ async def rerank(
         scores = [ranker.relevance(result[0]) for result in outcome.results]
     else:  # the query and the documents as two calls at once: their rows batch together,
         # and the documents alone count against --max-request-items, as the pairs do
-        options = EncodeOptions(normalize=True, truncate=truncate)
+        late = getattr(ranker, "rerank_score", None) == "maxsim"  # ColBERT's token vectors
+        options = EncodeOptions(normalize=None if late else True, truncate=truncate)
         texts = [TextItem(document) for document in documents]
         asked, answered = await asyncio.gather(
-            _named(run("encode", [TextItem(query)], options), None),
-            _named(run("encode", texts, options), 0),
+            _named(run("encode", [TextItem(query)], _as(options, "query", late)), None),
+            _named(run("encode", texts, _as(options, "document", late)), 0),
             return_exceptions=True,
         )
         for failed in (asked, answered):
             if isinstance(failed, BaseException):
                 raise failed
         assert isinstance(asked, Outcome) and isinstance(answered, Outcome)
-        vectors = np.stack([_vector(result[0]) for result in answered.results])
-        scores = (vectors @ _vector(asked.results[0][0])).tolist()
+        if late:
+            states = asked.results[0][0].token_states
+            scores = [maxsim(states, result[0].token_states) for result in answered.results]
+        else:
+            vectors = np.stack([_vector(result[0]) for result in answered.results])
+            scores = (vectors @ _vector(asked.results[0][0])).tolist()
         outcome = Outcome(
             answered.results,
             asked.input_tokens + answered.input_tokens,
@@ -105,6 +113,11 @@ async def rerank(
         )
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     return Ranking(ranker.name, [(i, float(scores[i])) for i in order], outcome)
+
+
+def _as(options: EncodeOptions, mode: str, late: bool) -> EncodeOptions:
+    """A late-interaction head's options for the query or the documents (its prompt names)."""
+    return dataclasses.replace(options, prompt_name=mode) if late else options
 
 
 def _vector(embedding: Embedding) -> np.ndarray:

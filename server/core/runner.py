@@ -35,7 +35,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-RowKey = tuple[tuple[int, ...], tuple[int, ...] | None, str | None]
+RowKey = tuple[tuple[int, ...], tuple[int, ...] | None, str | None, int | None]
 
 
 def row_key(row: Row) -> RowKey:
