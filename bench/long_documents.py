@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import pydoc_data.topics
 import statistics
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 from data import sentences
 from report import RESULTS, markdown_head, write_json
 from servers import HEADSERVE, running
@@ -222,9 +224,234 @@ def document_part(args: argparse.Namespace) -> None:
     )
 
 
+# --- retrieval quality: four ways of reading long documents ---------------------------------
+
+DEEP_TOKENS = 512  # a query's sentence starts this many tokens or more into its page
+
+
+def corpus() -> dict[str, str]:
+    """CPython's reference pages of at least 50 words (pydoc_data.topics), by topic."""
+    pages: dict[str, str] = {}
+    for name, text in sorted(pydoc_data.topics.topics.items()):
+        if len(text.split()) >= 50 and text not in pages.values():
+            pages[name] = text
+    return pages
+
+
+def deep_queries(pages: dict[str, str], per_page: int = 8) -> dict[str, str]:
+    """Sentences from deep inside the long pages (over 1,500 words), each starting at least
+    DEEP_TOKENS tokens in: prose, 10 to 40 words, found verbatim in no more pages than it
+    names as relevant (qrels: every page that holds it)."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from headserve.server.loading import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    queries: dict[str, str] = {}
+    for name, text in pages.items():
+        if len(text.split()) <= 1500:
+            continue
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        deep_from = offsets["offset_mapping"][DEEP_TOKENS][0]
+        sentences = []
+        for found in re.finditer(r"[A-Z][^.!?]*[.!?]", text[deep_from:]):
+            sentence = " ".join(found.group().split())
+            words = sentence.split()
+            letters = sum(c.isalpha() or c == " " for c in sentence) / len(sentence)
+            if 10 <= len(words) <= 40 and letters > 0.9:
+                sentences.append(sentence)
+        step = max(1, len(sentences) // per_page)
+        for k, sentence in enumerate(sentences[::step][:per_page]):
+            queries[f"{name}#{k}"] = sentence
+    return queries
+
+
+def qrels_of(pages: dict[str, str], queries: dict[str, str]) -> dict[str, dict[str, int]]:
+    flat = {name: " ".join(text.split()) for name, text in pages.items()}
+    return {q: {n: 1 for n, t in flat.items() if sentence in t} for q, sentence in queries.items()}
+
+
+async def _embeddings(target: str, texts: list[str], options: dict, head: str = "") -> list:
+    """Encode `texts` one by one (documents are long), 4 at a time."""
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    ) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        limit = asyncio.Semaphore(4)
+
+        async def one(text: str):  # type: ignore[no-untyped-def]
+            async with limit:
+                request = encoder_pb2.EncodeRequest(
+                    items=[common_pb2.TextInput(text=text)],
+                    options=encoder_pb2.EncodeOptions(head=head, **options),
+                )
+                return (await stub.Encode(request, timeout=600)).results[0]
+
+        return await asyncio.gather(*(one(t) for t in texts))
+
+
+def _unit(vectors: list) -> np.ndarray:  # type: ignore[type-arg]
+    array = np.asarray(vectors, dtype=np.float32)
+    return array / np.linalg.norm(array, axis=-1, keepdims=True)
+
+
+def _token_states(embedding) -> np.ndarray:  # type: ignore[no-untyped-def]
+    tensor = embedding.token_states
+    return np.frombuffer(tensor.data, dtype=np.float32).reshape(tuple(tensor.shape))
+
+
+def dense_runs(target: str, pages: dict[str, str], queries: dict[str, str]) -> dict[str, dict]:
+    """Scores of every page for every query, by truncation, independent and late chunks."""
+    names, texts = list(pages), list(pages.values())
+    asked = _unit([e.vector for e in asyncio.run(_embeddings(target, list(queries.values()), {}))])
+    ways = {
+        "truncation (the first 256 tokens)": {"truncate": True},
+        "independent chunks (254 tokens), best chunk": {
+            "chunk_mode": encoder_pb2.CHUNK_MODE_INDEPENDENT
+        },
+        "late chunks (127 tokens), best chunk": {"chunk_mode": encoder_pb2.CHUNK_MODE_LATE},
+    }
+    runs = {}
+    for way, options in ways.items():
+        started = time.perf_counter()
+        results = asyncio.run(_embeddings(target, texts, options))
+        print(f"{way}: {time.perf_counter() - started:.1f} s", flush=True)
+        if "chunk_mode" in options:
+            chunk_vectors = [_unit([c.vector for c in r.chunks]) for r in results]
+            scores = np.stack([(asked @ v.T).max(axis=1) for v in chunk_vectors], axis=1)
+        else:
+            scores = asked @ _unit([r.vector for r in results]).T
+        runs[way] = {
+            q: {names[j]: float(scores[i, j]) for j in range(len(names))}
+            for i, q in enumerate(queries)
+        }
+    return runs
+
+
+@functools.cache
+def _tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from headserve.server.loading import default_model_dir
+
+    return AutoTokenizer.from_pretrained(default_model_dir())
+
+
+def pieces(text: str, tokens: int) -> list[str]:
+    """`text` cut into pieces of at most `tokens` tokens (ColBERT reads 180 at most)."""
+    offsets = _tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = offsets["offset_mapping"]
+    return [
+        text[spans[k][0] : spans[min(k + tokens, len(spans)) - 1][1]]
+        for k in range(0, len(spans), tokens)
+    ]
+
+
+def colbert_folder() -> Path:
+    """The ColBERT checkpoint PyLate builds from the packaged MiniLM (its own venv)."""
+    import subprocess
+    import sys
+
+    from headserve.server.loading import default_model_dir
+
+    folder = HERE / ".cache" / "colbert-minilm"
+    if not (folder / "1_Dense").exists():
+        python = Path(sys.prefix + "-pylate") / "bin" / "python"
+        script = (
+            "import sys, torch; from pylate import models; torch.manual_seed(0); "
+            "models.ColBERT(model_name_or_path=sys.argv[1], device='cpu').save(sys.argv[2])"
+        )
+        subprocess.run(
+            [python, "-c", script, str(default_model_dir()), str(folder)],
+            check=True,
+            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        )
+    return folder
+
+
+def colbert_run(target: str, pages: dict[str, str], queries: dict[str, str]) -> dict:
+    """MaxSim of every query against every page: the best of its 170-token pieces."""
+    names = list(pages)
+    asked = asyncio.run(
+        _embeddings(
+            target, list(queries.values()), {"prompt_name": "query", "truncate": True}, "colbert"
+        )
+    )
+    query_states = [_token_states(e) for e in asked]
+    run: dict[str, dict[str, float]] = {q: {} for q in queries}
+    started = time.perf_counter()
+    for name in names:
+        cut = pieces(pages[name], 170)
+        states = [_token_states(e) for e in asyncio.run(_embeddings(target, cut, {}, "colbert"))]
+        for q, query in zip(queries, query_states, strict=True):
+            run[q][name] = max(float((query @ s.T).max(axis=1).sum()) for s in states)
+    print(f"ColBERT: {time.perf_counter() - started:.1f} s", flush=True)
+    return run
+
+
+def retrieval(args: argparse.Namespace) -> None:
+    from ranx import Qrels, Run, evaluate
+
+    pages = corpus()
+    queries = deep_queries(pages)
+    qrels = Qrels(qrels_of(pages, queries))
+    runs = {}
+    with running(
+        [args.headserve, "serve", "--port", "0", "--head", "encode=encode",
+         "--max-document-tokens", "20000"],
+        r"serving on port (\d+)",
+    ) as (_, target):  # fmt: skip
+        runs = dense_runs(target, pages, queries)
+    colbert = [args.headserve, "serve", str(colbert_folder()), "--port", "0",
+               "--head", "colbert=colbert"]  # fmt: skip
+    with running(colbert, r"serving on port (\d+)") as (_, target):
+        runs["ColBERT MaxSim (170-token pieces), best piece"] = colbert_run(target, pages, queries)
+        latencies = asyncio.run(_maxsim_rerank(target, list(queries.values()), pages))
+    lines = markdown_head("way | MRR@10 | recall@10", "lrr")
+    scores = {}
+    for way, run in runs.items():
+        got = evaluate(qrels, Run(run), ["mrr@10", "recall@10"])
+        scores[way] = got
+        lines.append(f"| {way} | {got['mrr@10']:.3f} | {got['recall@10']:.3f} |")
+    lines += [
+        "",
+        f"{len(queries)} queries (sentences from deep in the {len({q.split('#')[0] for q in queries})}"
+        f" pages of more than 1,500 words), {len(pages)} pages; ranx MRR@10.",
+        "",
+        f"MaxSim rerank of 100 documents (ColBERT head, one call a query, {len(latencies)} calls): "
+        f"p50 {_p(latencies, 0.5):.0f} ms, p99 {_p(latencies, 0.99):.0f} ms",
+    ]
+    print("\n".join(lines))
+    write_json(
+        RESULTS / "long_documents_retrieval.json",
+        {"scores": scores, "queries": queries, "rerank_ms": latencies, "table": lines},
+    )
+
+
+async def _maxsim_rerank(target: str, queries: list[str], pages: dict[str, str]) -> list[float]:
+    """Rerank 100 documents (pieces of the pages, at most 170 tokens each) for each query, one
+    call at a time: each call's latency, in ms."""
+    from headserve.v1 import ranker_pb2, ranker_pb2_grpc
+
+    documents = [p for text in pages.values() for p in pieces(text, 170)][:100]
+    latencies = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ranker_pb2_grpc.RankerStub(channel)
+        for query in [queries[0], *queries]:  # the first warms up
+            request = ranker_pb2.RerankRequest(
+                query=query, documents=documents, options=ranker_pb2.RerankOptions(truncate=True)
+            )
+            started = time.perf_counter()
+            await stub.Rerank(request, timeout=120)
+            latencies.append(1e3 * (time.perf_counter() - started))
+    return latencies[1:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("interference", "document"))
+    parser.add_argument("part", choices=("interference", "document", "retrieval"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=5)
@@ -232,8 +459,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.part == "interference":
         interference(args)
-    else:
+    elif args.part == "document":
         document_part(args)
+    else:
+        retrieval(args)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ class Scheduler:
         self._held = 0  # rows of long calls waiting to enter the queue (they count in it)
         self._long_batches = 0  # batches with long calls' rows computing now
         self._last_short = -RECENT_SECONDS  # when the last call that is not long arrived
+        self._last_short_call: str | None = None  # its request id
         self._batches_since_trim = 0
         self.metrics.watch(lambda: self.queued, lambda: self.running, self.workers)
 
@@ -254,7 +255,7 @@ class Scheduler:
         self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
         if sum(w.row.length for w in work) <= self.limits.long_call_tokens:
-            self._last_short = now
+            self._last_short, self._last_short_call = now, current_request_id()
             return await self._queue(work, deadline, return_exceptions, long=False)
         parts = _parts(work, self.limits.long_call_tokens)
         outputs: list[Any] = []
@@ -370,7 +371,7 @@ class Scheduler:
             # workers idle besides the one just taken: a lone batch is shared with them, so
             # one large request alone gets every core (BENCHMARKS.md, "Issue 18")
             idle = self.workers - len(started.computing) - 1
-            if any(p.long for p in batch) and self.clock.now() - self._last_short < RECENT_SECONDS:
+            if any(p.long for p in batch) and self._others_came(self.clock.now(), batch):
                 idle = 0  # a long batch while short calls come: their worker stays free
             parts = shares(batch, idle + 1) if idle > 0 and not self._pending else [batch]
             for index, part in enumerate(parts):
@@ -456,14 +457,22 @@ class Scheduler:
             return True
         return sum(p.length for p in self._pending) >= self.limits.max_batch_tokens
 
-    def _leave_a_worker(self, now: float) -> bool:
-        """Whether long calls' rows must wait for a worker to leave one to the short calls:
-        several workers, a short call in the last RECENT_SECONDS, and all the workers but one
-        on long calls' batches."""
+    def _others_came(self, now: float, batch: Sequence[_Pending]) -> bool:
+        """Whether a short call came in the last RECENT_SECONDS from another request than the
+        long rows of `batch` (a rerank's query is a short call of the documents' request)."""
+        if now - self._last_short >= RECENT_SECONDS:
+            return False
+        own = self._last_short_call
+        return own is None or any(p.request_id != own for p in batch if p.long)
+
+    def _leave_a_worker(self, now: float, long: Sequence[_Pending]) -> bool:
+        """Whether the long calls' rows `long` must wait for a worker, to leave one to the
+        short calls: several workers, a short call of another request in the last
+        RECENT_SECONDS, and all the workers but one on long calls' batches."""
         return (
             self.workers > 1
-            and now - self._last_short < RECENT_SECONDS
             and self._long_batches >= self.workers - 1
+            and self._others_came(now, long)
         )
 
     def _eligible(self, live: list[_Pending], now: float) -> list[_Pending]:
@@ -473,7 +482,7 @@ class Scheduler:
         wait while they would take the worker left to short calls."""
         short = [p for p in live if not p.long]
         long = [p for p in live if p.long]
-        if not long or self._leave_a_worker(now):
+        if not long or self._leave_a_worker(now, long):
             return short
         if not short or now - long[0].arrived >= RECENT_SECONDS:
             return long

@@ -410,3 +410,36 @@ def test_short_rows_never_share_a_batch_with_long_ones_and_long_ones_are_not_sta
     assert [[len(w.row.input_ids) for w in batch] for batch in b.runner.batches] == [
         [5], [3], [10, 10], [2], [10, 10],
     ]  # fmt: skip
+
+
+def test_a_rerank_s_own_query_does_not_keep_its_documents_to_one_worker() -> None:
+    """A short call of the same request as a long one (a rerank's query, beside its
+    documents) is not other traffic: the long call may take every worker."""
+    from headserve.server.call_info import CURRENT, CallInfo
+
+    async def call(request_id: str, *lengths: int) -> Any:
+        CURRENT.set(CallInfo(request_id, "test"))  # this task's own context
+        return await b.scheduler.submit(rows(*lengths))
+
+    async def test(bench: Bench) -> None:
+        query = asyncio.ensure_future(call("rerank-1", 3))
+        await until(lambda: bench.computing() == 1)
+        bench.workers.release()
+        await query
+        first, second = (
+            asyncio.ensure_future(call("rerank-1", *[10] * 2)),
+            asyncio.ensure_future(call("rerank-1", *[10] * 2)),
+        )
+        await until(lambda: bench.computing() == 2)  # both workers: no one else is waiting
+        bench.workers.hold = False
+        bench.workers.release(2)
+        await asyncio.gather(first, second)
+
+    limits = Limits(max_wait_ms=0, long_call_tokens=10, max_batch_tokens=20, workers=2)
+    b = Bench(limits, workers=2)
+
+    async def main() -> None:
+        async with b.scheduler:
+            await test(b)
+
+    asyncio.run(main())

@@ -34,8 +34,10 @@ class RerankOptions(_message.Message):
     which logit or label is the score; default: the sigmoid of a one-logit
     head's logit, a two-label head's probability of its second label), or an
     encode head, which scores the cosine of the query's and each document's
-    vectors. Empty: the server's default ranker (the first classify head
-    configured with rerank_score, else the default encode head).
+    vectors, or a ColBERT (colbert) head, which scores by MaxSim: for each of
+    the query's token vectors its best dot product with the document's, summed.
+    Empty: the server's default ranker (the first classify head configured
+    with rerank_score, else the default encode head).
     """
     top_n: _builtins.int
     """The top_n best documents; 0: all of them."""
