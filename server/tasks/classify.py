@@ -9,9 +9,8 @@ from headserve.v1 import classifier_pb2 as pb
 from headserve.v1 import heads_pb2
 
 from ..core.engine import Core
-from ..errors import InvalidArgument
 from .task import HeadForm, Task
-from .wire import CHUNK_BY, Call, options, text_items, usage_timing
+from .wire import CHUNK_BY, Call, chosen, options, text_items, usage_timing
 
 _LONG_TEXT = {
     pb.LONG_TEXT_UNSPECIFIED: "none",
@@ -52,17 +51,14 @@ def _classification(per_head: Sequence[Classification]) -> pb.Classification:
 
 
 def classify_options(o: pb.ClassifyOptions) -> ClassifyOptions:
-    for name, known in (("long_text", _LONG_TEXT), ("chunk_by", CHUNK_BY)):
-        if getattr(o, name) not in known:
-            raise InvalidArgument(f"options.{name}", f"unknown value {getattr(o, name)}")
     return options(
         ClassifyOptions,
         top_k=o.top_k,
         truncate=o.truncate,
-        long_text=_LONG_TEXT[o.long_text],
+        long_text=chosen(o, "long_text", _LONG_TEXT),
         chunk_tokens=o.chunk_tokens,
         chunk_overlap=o.chunk_overlap,
-        chunk_by=CHUNK_BY[o.chunk_by],
+        chunk_by=chosen(o, "chunk_by", CHUNK_BY),
         return_chunks=o.return_chunks,
     )
 

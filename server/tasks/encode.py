@@ -18,7 +18,7 @@ from ..core.engine import Core
 from ..errors import InvalidArgument, TooLarge
 from .json_wire import as_input, is_int, optional
 from .task import HeadForm, Route, Task
-from .wire import CHUNK_BY, Call, options, tensor, text_items, usage_timing
+from .wire import CHUNK_BY, Call, chosen, options, tensor, text_items, usage_timing
 
 _POOLING = {
     pb.POOLING_UNSPECIFIED: "default",
@@ -65,13 +65,6 @@ def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
     """A request's EncodeOptions as the encode heads take them."""
     if o.pooling not in _POOLING:
         raise InvalidArgument("options.pooling", f"unknown pooling {o.pooling}")
-    for name, known in (
-        ("truncation_side", _TRUNCATION_SIDE),
-        ("chunk_mode", _CHUNK_MODE),
-        ("chunk_by", CHUNK_BY),
-    ):
-        if getattr(o, name) not in known:
-            raise InvalidArgument(f"options.{name}", f"unknown value {getattr(o, name)}")
     return options(
         EncodeOptions,
         pooling=_POOLING[o.pooling],
@@ -80,13 +73,13 @@ def encode_options(o: pb.EncodeOptions) -> EncodeOptions:
         dimensions=o.dimensions,
         prompt_name=o.prompt_name or None,
         prompt=o.prompt if o.HasField("prompt") else None,
-        truncation_side=_TRUNCATION_SIDE[o.truncation_side],
+        truncation_side=chosen(o, "truncation_side", _TRUNCATION_SIDE),
         sparse_top_k=o.sparse_top_k,
         sparse_min_weight=o.sparse_min_weight,
-        chunk_mode=_CHUNK_MODE[o.chunk_mode],
+        chunk_mode=chosen(o, "chunk_mode", _CHUNK_MODE),
         chunk_tokens=o.chunk_tokens,
         chunk_overlap=o.chunk_overlap,
-        chunk_by=CHUNK_BY[o.chunk_by],
+        chunk_by=chosen(o, "chunk_by", CHUNK_BY),
     )
 
 

@@ -3,7 +3,7 @@ a response's usage, timing and tensors to it; and `Call`, what an answer knows o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from ..core.engine import Outcome
 from ..errors import InvalidArgument
 
 Opts = TypeVar("Opts")
+T = TypeVar("T")
 
 # where chunks are cut: Encode's and Classify's long texts
 CHUNK_BY = {
@@ -39,6 +40,15 @@ class Call:
         """The running call's (its deadline as the call pipeline set it; none outside a call)."""
         info = CURRENT.get()
         return cls(info.deadline if info is not None else None, stream)
+
+
+def chosen(message: Any, name: str, values: Mapping[Any, T]) -> T:
+    """The plain value of an enum option of `message`; a number this server does not know
+    (a newer client's) is INVALID_ARGUMENT naming the option."""
+    given = getattr(message, name)
+    if given not in values:
+        raise InvalidArgument(f"options.{name}", f"unknown value {given}")
+    return values[given]
 
 
 def options(kind: Callable[..., Opts], **fields: Any) -> Opts:
