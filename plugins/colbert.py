@@ -109,6 +109,9 @@ class ColbertHead(Head[TextItem, EncodeOptions, Embedding]):
         self.name = context.spec.name
         self.source = str(context.source)
         self._backbone = backbone
+        score = context.spec.options.get("rerank_score", "maxsim")
+        if score != "maxsim":
+            raise ValueError(f"rerank_score={score!r}: a ColBERT head ranks by maxsim")
         self.config = config = ColbertConfig.read(context.source)
         tokenizer = backbone.tokenizer
         self._prefix = {
@@ -210,7 +213,7 @@ def _token_id(tokenizer, token: str) -> int:  # type: ignore[no-untyped-def]
 class ColbertPlugin:
     task = "encode"
     contract_version = CONTRACT_VERSION
-    options: dict[str, str] = {}
+    options = {"rerank_score": "maxsim (the default, and the only one): how Rerank scores"}
 
     def load(self, context: LoadContext) -> ColbertHead:
         return ColbertHead(context)
