@@ -638,6 +638,10 @@ def head_call(spec: HeadSpec, index: int = 0) -> heads_pb2.HeadCall:
             spec.truncation_side,
             spec.sparse_top_k,
             spec.sparse_min_weight,
+            spec.chunk_mode,
+            spec.chunk_tokens,
+            spec.chunk_overlap,
+            spec.chunk_by,
         )
         return heads_pb2.HeadCall(head=spec.head, encode=encode)
     if isinstance(spec, ClassifyHead):

@@ -186,6 +186,27 @@ def test_classify_heads_a_lone_string_is_one_head():
     assert list(_convert.classify_options(("b", "a"), 2, False).heads) == ["b", "a"]
 
 
+def test_chunking_options_for_encode_classify_and_their_run_heads_forms():
+    from headserve.client import ClassifyHead, EncodeHead
+    from headserve.v1 import classifier_pb2
+
+    encode = _convert.head_call(
+        EncodeHead("e", chunk_mode="late", chunk_tokens=64, chunk_overlap=8, chunk_by="sentences")
+    ).encode
+    assert (encode.chunk_mode, encode.chunk_tokens, encode.chunk_overlap, encode.chunk_by) == (
+        encoder_pb2.CHUNK_MODE_LATE, 64, 8, encoder_pb2.CHUNK_BY_SENTENCES,
+    )  # fmt: skip
+    classify = _convert.head_call(ClassifyHead("c", long_text="max", return_chunks=True)).classify
+    assert classify.long_text == classifier_pb2.LONG_TEXT_MAX and classify.return_chunks
+    unset = _convert.encode_options(None, None, False, None)
+    assert unset.chunk_mode == encoder_pb2.CHUNK_MODE_UNSPECIFIED and unset.chunk_tokens == 0
+    for bad in ({"chunk_mode": "early"}, {"chunk_by": "words"}, {"chunk_tokens": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _convert.encode_options(None, None, False, None, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="long_text"):
+        _convert.classify_options((), 0, False, long_text="median")  # type: ignore[arg-type]
+
+
 # --- responses ----------------------------------------------------------------------------------
 
 
