@@ -848,6 +848,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             stream_in_flight_items=message.scheduler.stream_in_flight_items,
             torch_threads=message.scheduler.torch_threads,
             workers=message.scheduler.workers,
+            long_call_tokens=message.scheduler.long_call_tokens,
         ),
         limits=RequestLimits(
             max_request_items=message.limits.max_request_items,

@@ -889,6 +889,9 @@ class SchedulerInfo:
     """torch threads of each model worker."""
     workers: int
     """Model workers: batches computed at once, each on its own thread."""
+    long_call_tokens: int = 0
+    """A call of more backbone tokens queues that many at a time, in batches of its own,
+    leaving a worker to other calls (0 from a server that does not say)."""
 
 
 @dataclass(frozen=True, slots=True)

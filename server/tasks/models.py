@@ -145,6 +145,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             stream_in_flight_items=limits.stream_in_flight_items,
             torch_threads=core.torch_threads,
             workers=core.scheduler.workers,
+            long_call_tokens=limits.long_call_tokens,
         ),
         limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )

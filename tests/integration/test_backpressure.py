@@ -201,6 +201,7 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             max_queue_items=99,
             stream_in_flight_items=7,
             workers=3,
+            long_call_tokens=777,
         )
     )
     try:
@@ -213,6 +214,6 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             s.max_queue_items,
             s.stream_in_flight_items,
         ) == (1234, 17, 3.5, 99, 7)
-        assert s.workers == 3 and s.torch_threads >= 1
+        assert s.workers == 3 and s.torch_threads >= 1 and s.long_call_tokens == 777
     finally:
         thread.stop()
