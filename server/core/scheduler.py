@@ -153,7 +153,8 @@ class Scheduler:
         self._held = 0  # rows of long calls waiting to enter the queue (they count in it)
         self._long_batches = 0  # batches with long calls' rows computing now
         self._last_short = -RECENT_SECONDS  # when the last call that is not long arrived
-        self._last_short_call: str | None = None  # its request id
+        # the requests of the short calls of the last RECENT_SECONDS: when each last came
+        self._short_calls: dict[str | None, float] = {}
         self._batches_since_trim = 0
         self.metrics.watch(lambda: self.queued, lambda: self.running, self.workers)
 
@@ -255,7 +256,11 @@ class Scheduler:
         self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
         if sum(w.row.length for w in work) <= self.limits.long_call_tokens:
-            self._last_short, self._last_short_call = now, current_request_id()
+            self._last_short = now
+            request_id = current_request_id()
+            self._short_calls.pop(request_id, None)  # latest last, oldest first
+            self._short_calls[request_id] = now
+            self._forget_short_calls(now)
             return await self._queue(work, deadline, return_exceptions, long=False)
         parts = _parts(work, self.limits.long_call_tokens)
         outputs: list[Any] = []
@@ -462,8 +467,15 @@ class Scheduler:
         long rows of `batch` (a rerank's query is a short call of the documents' request)."""
         if now - self._last_short >= RECENT_SECONDS:
             return False
-        own = self._last_short_call
-        return own is None or any(p.request_id != own for p in batch if p.long)
+        self._forget_short_calls(now)
+        long = {p.request_id for p in batch if p.long}
+        return any(request_id is None or request_id not in long for request_id in self._short_calls)
+
+    def _forget_short_calls(self, now: float) -> None:
+        """Drop the short calls no longer recent (the oldest come first)."""
+        calls = self._short_calls
+        while calls and now - next(iter(calls.values())) >= RECENT_SECONDS:
+            del calls[next(iter(calls))]
 
     def _leave_a_worker(self, now: float, long: Sequence[_Pending]) -> bool:
         """Whether the long calls' rows `long` must wait for a worker, to leave one to the
