@@ -46,8 +46,11 @@ class Chunked:
     unit: bool  # the chunk vectors are unit length: so is the text's
 
 
-def prepare(head: EncodeHead, item: TextItem, options: EncodeOptions, pooled: Pooled) -> Prepared:
-    """`item` as the rows of its chunks (independent) or of its windows (late)."""
+def prepare(
+    head: EncodeHead, item: TextItem, options: EncodeOptions, pooled: Pooled, prompt_text: str
+) -> Prepared:
+    """`item` as the rows of its chunks (independent) or of its windows (late), each after
+    `prompt_text` (the call's prompt, as the head resolved it)."""
     late = options.chunk_mode == "late"
     if late and options.pooling not in ("default", "mean"):
         raise InvalidInput(
@@ -55,7 +58,7 @@ def prepare(head: EncodeHead, item: TextItem, options: EncodeOptions, pooled: Po
         )
     tokenizer = head.backbone.tokenizer
     wrapper = Wrapper.of(tokenizer)
-    prompt = head.prompt_ids(head.prompt(options))
+    prompt = head.prompt_ids(prompt_text)
     window = (
         head.backbone.max_length
         if late

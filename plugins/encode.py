@@ -141,7 +141,7 @@ class EncodeHead(Head[TextItem, EncodeOptions, Embedding]):
         prompt = self.prompt(options)
         pooled = Pooled(pooling, options.normalize, self.prompt_tokens(prompt), options.dimensions)
         if options.chunk_mode != "none":
-            return chunked.prepare(self, item, options, pooled)
+            return chunked.prepare(self, item, options, pooled, prompt)
         text = TextItem(prompt + item.text, item.text_pair) if prompt else item
         row, encoding = encode_text(
             self.backbone,
