@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from . import errors
-from ._options import NOT_GIVEN, Metadata, NotGiven, Settings, with_application
+from ._options import NOT_GIVEN, Metadata, NotGiven, Priority, Settings, with_application
 from ._tls import TLS, resolve
 
 C = TypeVar("C", bound="ClientBase")
@@ -60,16 +60,19 @@ class ClientBase:
         max_retries: int | NotGiven = NOT_GIVEN,
         metadata: Metadata | NotGiven = NOT_GIVEN,
         token: str | None | NotGiven = NOT_GIVEN,
+        priority: Priority | None | NotGiven = NOT_GIVEN,
     ) -> C:
         """A copy with other settings, sharing this client's channel; this one is unchanged.
 
         ``metadata`` replaces the client's metadata but keeps its token; ``token`` replaces
         the token (``None``: send none), e.g. one client per caller over a shared channel.
+        ``priority="bulk"`` sends every call as bulk work (``x-priority``): it fills what
+        interactive calls leave, for a re-index or a backfill that nobody waits on.
 
         Example: ``client.with_options(timeout=2.0, max_retries=0).encode(["quick"])``.
         """
         clone = copy.copy(self)
-        clone._settings = self._settings.replace(timeout, max_retries, metadata, token)
+        clone._settings = self._settings.replace(timeout, max_retries, metadata, token, priority)
         return clone
 
 

@@ -849,6 +849,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             torch_threads=message.scheduler.torch_threads,
             workers=message.scheduler.workers,
             long_call_tokens=message.scheduler.long_call_tokens,
+            bulk_batch_tokens=message.scheduler.bulk_batch_tokens,
         ),
         limits=RequestLimits(
             max_request_items=message.limits.max_request_items,

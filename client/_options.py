@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias, TypeVar, final
+from typing import Final, Literal, TypeAlias, TypeVar, final
 
-__all__ = ["NOT_GIVEN", "Metadata", "NotGiven", "Settings"]
+__all__ = ["NOT_GIVEN", "Metadata", "NotGiven", "Priority", "Settings"]
 
 T = TypeVar("T")
 
 Metadata: TypeAlias = Sequence[tuple[str, str | bytes]]
 """gRPC metadata: ``(key, value)`` pairs; a key ending in ``-bin`` takes ``bytes``."""
+
+Priority: TypeAlias = Literal["interactive", "bulk"]
+"""A call's class of work: ``"bulk"`` calls fill what interactive calls leave (``x-priority``)."""
 
 
 @final
@@ -54,8 +57,13 @@ class Settings:
     max_retries: int
     metadata: tuple[tuple[str, str | bytes], ...]
     token: str | None = field(default=None, repr=False)
+    priority: Priority | None = None  # None: the server's default (interactive)
 
     def __post_init__(self) -> None:
+        if self.priority not in (None, "interactive", "bulk"):
+            raise ValueError(
+                f"priority must be 'interactive', 'bulk' or None, not {self.priority!r}"
+            )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be positive or None, not {self.timeout!r}")
         if isinstance(self.max_retries, bool) or self.max_retries < 0:
@@ -81,6 +89,7 @@ class Settings:
         max_retries: int | NotGiven,
         metadata: Metadata | NotGiven,
         token: str | None | NotGiven = NOT_GIVEN,
+        priority: Priority | None | NotGiven = NOT_GIVEN,
     ) -> Settings:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(
@@ -89,14 +98,19 @@ class Settings:
             max_retries=given(max_retries, self.max_retries),
             metadata=tuple(given(metadata, self.metadata)),
             token=given(token, self.token),
+            priority=given(priority, self.priority),
         )
 
     @property
     def call_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        """What every call sends: the token's ``authorization`` entry first, then ``metadata``."""
+        """What every call sends: the token's ``authorization`` entry first, then ``metadata``,
+        then ``x-priority`` when a priority is set."""
+        sent = self.metadata
+        if self.priority is not None:
+            sent = (*sent, ("x-priority", self.priority))
         if self.token is None:
-            return self.metadata
-        return (("authorization", f"Bearer {self.token}"), *self.metadata)
+            return sent
+        return (("authorization", f"Bearer {self.token}"), *sent)
 
 
 def _check_token(token: object) -> None:

@@ -892,6 +892,9 @@ class SchedulerInfo:
     long_call_tokens: int = 0
     """A call of more backbone tokens queues that many at a time, in batches of its own,
     leaving a worker to other calls (0 from a server that does not say)."""
+    bulk_batch_tokens: int = 0
+    """While interactive work is queued or recent, a batch carries at most this many tokens of
+    bulk calls' rows (0 from a server that does not say)."""
 
 
 @dataclass(frozen=True, slots=True)

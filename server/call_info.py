@@ -1,4 +1,5 @@
-"""Which call the code is serving: its request id, RPC and deadline, wherever the code runs.
+"""Which call the code is serving: its request id, RPC, deadline and class of work, wherever
+the code runs.
 
 The call pipeline (pipeline.py), which every transport runs its calls through, sets
 `CURRENT` for each call before any of its code runs;
@@ -22,6 +23,11 @@ RequestIdIn = Literal["initial", "trailing"]  # where a unary gRPC call's id goe
 REQUEST_ID_IN: tuple[RequestIdIn, ...] = ("initial", "trailing")
 
 
+Priority = Literal["interactive", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "bulk")
+PRIORITY_KEY = "x-priority"  # gRPC metadata and HTTP header: a call's class of work
+
+
 HEAD_VERSIONS_KEY = "headserve-head-versions"  # gRPC metadata; HTTP: x-headserve-head-versions
 HTTP_HEAD_VERSIONS_KEY = "x-headserve-head-versions"
 
@@ -39,6 +45,9 @@ class CallInfo:
 
 
 CURRENT: ContextVar[CallInfo | None] = ContextVar("headserve_call", default=None)
+# the class of the work the running code does: the call's `x-priority`, or a request
+# message's own `priority` (set for that message's answer alone)
+PRIORITY: ContextVar[Priority] = ContextVar("headserve_priority", default="interactive")
 BATCH: ContextVar[tuple[str, ...]] = ContextVar("headserve_batch_request_ids", default=())
 
 
@@ -52,6 +61,26 @@ def answered_by(name: str, version: str) -> None:
 def current_request_id() -> str | None:
     call = CURRENT.get()
     return call.request_id if call is not None else None
+
+
+def current_priority() -> Priority:
+    return PRIORITY.get()
+
+
+def check_priority(value: str) -> Priority | None:
+    """`value` as a class of work ("interactive", "bulk", any case); None: not one."""
+    lowered = value.strip().lower()
+    for priority in PRIORITIES:
+        if lowered == priority:
+            return priority
+    return None
+
+
+def bulk_share(most: int) -> int:
+    """How much of a limit (calls in progress, queued rows) bulk work may take: three
+    quarters; the rest is kept for interactive work, so refusals under overload hit bulk
+    work first."""
+    return max(1, most - most // 4)
 
 
 def new_request_id() -> str:

@@ -192,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
         "worker to them (default: %(default)s)",
     )
     serve.add_argument(
+        "--bulk-batch-tokens",
+        type=int,
+        default=limits.bulk_batch_tokens,
+        help="while interactive calls are queued or came in the last second, a batch carries "
+        "at most this many tokens of bulk calls' rows (x-priority: bulk) (default: %(default)s)",
+    )
+    serve.add_argument(
         "--stream-in-flight-items",
         type=int,
         default=limits.stream_in_flight_items,
@@ -477,6 +484,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
                 max_wait_ms=args.max_wait_ms,
                 max_queue_items=args.max_queue_items,
                 long_call_tokens=args.long_call_tokens,
+                bulk_batch_tokens=args.bulk_batch_tokens,
                 stream_in_flight_items=args.stream_in_flight_items,
                 workers=args.workers,
                 worker_nice=args.worker_nice,

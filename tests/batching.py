@@ -73,6 +73,7 @@ class HeldWorkers:
     calls: list[str] = field(default_factory=list)
     waiting: list[asyncio.Future[None]] = field(default_factory=list)
     closed: bool = False
+    background: int = 0  # calls run in the background class
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         self.calls.append(getattr(fn, "__name__", repr(fn)))
@@ -83,6 +84,7 @@ class HeldWorkers:
         return fn(*args)
 
     async def run_background(self, fn: Callable[..., T], *args: object) -> T:
+        self.background += 1
         return await self.run(fn, *args)
 
     def release(self, n: int = 1) -> None:

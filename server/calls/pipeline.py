@@ -14,17 +14,22 @@ On the way in, in this order (the first that refuses ends the call):
 2. the bearer token, when the server has tokens: UNAUTHENTICATED. An admin call (HeadAdmin)
    needs an admin token instead: UNAUTHENTICATED without one, PERMISSION_DENIED for a
    caller's token, UNIMPLEMENTED (ADMIN_OFF) on a server without admin tokens.
-3. what is malformed in the call's own head (a bad `x-request-id`, an unreadable timeout):
-   INVALID_ARGUMENT.
+3. what is malformed in the call's own head (a bad `x-request-id` or `x-priority`, an
+   unreadable timeout): INVALID_ARGUMENT.
 4. draining, then loading: UNAVAILABLE (a health check is answered either way).
-5. the concurrency limit, over every transport (`--max-concurrent-calls`), then for a stream
-   `--max-streams`: RESOURCE_EXHAUSTED, which clients retry.
+5. the concurrency limit, over every transport (`--max-concurrent-calls`; a bulk call, its
+   first three quarters), then for a stream `--max-streams`: RESOURCE_EXHAUSTED, which
+   clients retry.
 6. the deadline: the time the caller allows, as its transport tells it (gRPC's
    `grpc-timeout`, the OpenAI SDKs' read-timeout header, Serve's `request_timeout_s`).
 
+A call's class of work (`x-priority: interactive`, the default, or `bulk`) is in
+`call_info.PRIORITY` for everything it runs; a request message's own `priority` field
+overrides it for that message (tasks/running.py).
+
 On the way out: the status on the span, one line on the `headserve.access` log (and for a
 stream a line per request message it answers), and the per-call metrics
-(`headserve_calls_total` by transport, RPC and code; `headserve_call_seconds`).
+(`headserve_calls_total` by transport, RPC, code and priority; `headserve_call_seconds`).
 """
 
 from __future__ import annotations
@@ -39,9 +44,21 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from headserve.v1 import common_pb2
 from headserve.v1 import errors as table
 
-from ..call_info import CURRENT, REQUEST_ID_KEY, CallInfo, check_request_id, new_request_id
+from ..call_info import (
+    CURRENT,
+    PRIORITY,
+    PRIORITY_KEY,
+    REQUEST_ID_KEY,
+    CallInfo,
+    Priority,
+    bulk_share,
+    check_priority,
+    check_request_id,
+    new_request_id,
+)
 from ..errors import (
     AdminOff,
     HeadserveError,
@@ -141,12 +158,18 @@ class Call:
         self.arrival = arrival
         self.started = time.perf_counter()
         self.span = span  # the call's server span; None without tracing
-        given = ""
+        given, asked = "", ""
         for key, value in arrival.metadata:
             if key == REQUEST_ID_KEY and isinstance(value, str):
                 given = value
+            elif key == PRIORITY_KEY and isinstance(value, str):
+                asked = value
         problem = check_request_id(given) if given else None
         self.bad_id = _bad_request_id(given, problem) if problem else None
+        priority = check_priority(asked) if asked else "interactive"
+        if priority is None:
+            self.bad_id = self.bad_id or _bad_priority(asked)
+        self.priority: Priority = priority or "interactive"
         deadline = self.started + arrival.timeout if arrival.timeout is not None else None
         self.info = CallInfo(
             given if given and problem is None else new_request_id(), arrival.rpc, deadline
@@ -155,7 +178,8 @@ class Call:
         self.details = ""
         self.status: int | None = None  # an HTTP call's status (the adapter's, or its error's)
         self.totals = _Totals(started=self.started)
-        self._read: deque[tuple[str, int, float]] | None = None  # a stream's, answered in order
+        # a stream's requests: id, items, when read, priority; answered in order
+        self._read: deque[tuple[str, int, float, Priority]] | None = None
         if span is not None:
             span.set_attribute("headserve.request_id", self.info.request_id)
 
@@ -189,21 +213,35 @@ class Call:
         """A stream's requests, each noted for the access line of its answer."""
         read = self._read = deque()
         async for request in requests:
-            read.append((getattr(request, "id", ""), items_in(request), time.perf_counter()))
+            asked = priority_of(request) or self.priority
+            read.append((getattr(request, "id", ""), items_in(request), time.perf_counter(), asked))
             yield request
 
     def answered(self, reply: Any) -> None:
         """A stream's reply (answered in request order): its access line."""
         if not self._read:  # none read yet, or a stream read elsewhere
             return
-        message_id, items, read_at = self._read.popleft()
+        message_id, items, read_at, priority = self._read.popleft()
         failed = reply.HasField("error")
         response = None if failed else reply.response
         self.totals.add(items, response)
         one = _Totals(started=read_at)
         one.add(items, response)
         code = _code_name(reply.error.code) if failed else "OK"
-        _log_line("stream message", self, code, {"message_id": message_id, **one.fields()})
+        fields = {"message_id": message_id, "priority": priority, **one.fields()}
+        _log_line("stream message", self, code, fields)
+
+
+def priority_of(request: Any) -> Priority | None:
+    """A request message's own class of work (its `priority` field); None: unset, or a
+    message without one."""
+    return _PRIORITY_OF.get(getattr(request, "priority", common_pb2.PRIORITY_UNSPECIFIED))
+
+
+_PRIORITY_OF: dict[int, Priority] = {
+    common_pb2.PRIORITY_INTERACTIVE: "interactive",
+    common_pb2.PRIORITY_BULK: "bulk",
+}
 
 
 def items_in(request: Any) -> int:
@@ -315,6 +353,7 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.call_started(arrival.transport, arrival.rpc, arrival.stream)
         CURRENT.set(call.info)
+        PRIORITY.set(call.priority)
         RUNNING.set(call)
         return call
 
@@ -340,6 +379,14 @@ class Pipeline:
                     f"{self.calls} calls are in progress, the most this server takes at once "
                     f"({admission.max_calls}, --max-concurrent-calls); retry later"
                 )
+            if call.priority == "bulk" and admission.max_calls is not None:
+                most = bulk_share(admission.max_calls)
+                if self.calls >= most:
+                    raise Overloaded(
+                        f"{self.calls} calls are in progress, the most this server takes while "
+                        f"bulk work comes ({most}: the rest of --max-concurrent-calls is kept "
+                        "for interactive calls); retry later"
+                    )
         if arrival.stream and admission.max_streams is not None:
             if self.streams >= admission.max_streams:
                 raise Overloaded(
@@ -375,6 +422,9 @@ class Pipeline:
 
     def _end(self, call: Call, kind: str) -> None:
         arrival = call.arrival
+        # a unary call's request may have set its own class (tasks/running.py); a stream's
+        # messages keep theirs to their lines
+        priority = call.priority if arrival.stream else PRIORITY.get()
         if self.metrics is not None:
             seconds = time.perf_counter() - call.started
             self.metrics.call_ended(
@@ -384,13 +434,14 @@ class Pipeline:
                 seconds,
                 stream=arrival.stream,
                 status=call.status,
+                priority=priority,
             )
         if call.span is not None and self.tracing is not None:
             if call.status is not None:
                 call.span.set_attribute("http.response.status_code", call.status)
             self.tracing.call_ended(call.span, call.code, call.details)
         if self._access_log:
-            fields = call.totals.fields()
+            fields = {"priority": priority, **call.totals.fields()}
             if kind == "stream":
                 fields = {"messages": call.totals.messages, **fields}
             if call.status is not None:
@@ -408,6 +459,11 @@ def _code_name(code: int) -> str:
 
         _CODE_NAMES.update({v: k for k, v in code_pb2.Code.items()})
     return _CODE_NAMES.get(code, str(code))
+
+
+def _bad_priority(given: str) -> InvalidArgument:
+    shown = repr(given if len(given) <= 40 else given[:40] + "...")
+    return InvalidArgument(f"metadata.{PRIORITY_KEY}", f"{shown} is not 'interactive' or 'bulk'")
 
 
 def _bad_request_id(given: str, problem: str) -> InvalidArgument:

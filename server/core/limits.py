@@ -35,6 +35,8 @@ class Limits:
     worker_nice: int = 19  # how much lower the workers' priority is than the event loop's
     long_call_tokens: int = 2048  # a call with more tokens than this is long: its rows queue
     # this many tokens at a time, and take at most all workers but one while others call
+    bulk_batch_tokens: int = 16  # while interactive work is queued or came in the last
+    # second, a batch carries at most this many tokens of bulk calls' rows
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,17 @@ all the workers but one: a short call finds a worker free instead of waiting for
 batch to end (a batch cannot be interrupted). Held parts count against the queue's room like
 queued rows.
 
+Two classes of work share the queue: interactive calls (the default: someone waits for the
+answer) and bulk calls (`x-priority: bulk`: a re-index, a batch job). Batches are built from
+interactive rows first; bulk rows fill the rest of a batch, and take the workers interactive
+rows leave idle. While interactive work is queued or came in the last second, a batch carries
+at most `bulk_batch_tokens` tokens of bulk rows (the most an interactive row that arrives
+meanwhile waits for is one such batch, as a batch cannot be interrupted), bulk batches take
+at most all the workers but one, and they compute in the background class (as long calls'
+do). Bulk rows age: one that has waited `BULK_AGE_SECONDS` goes in the next batch, whatever
+is queued, so bulk work is never starved. A bulk call takes at most three quarters of the
+queue's room: under overload bulk calls are refused (or, streams and jobs, wait) first.
+
 The scheduler runs on one event loop, from `start()` to `stop()`. What it drives is
 injected: the runner (a batch of rows -> outputs), the worker threads and the clock, so
 that its tests run it on a fake runner, inline workers and a clock moved by hand
@@ -44,7 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from ..call_info import BATCH, current_request_id
+from ..call_info import BATCH, bulk_share, current_priority, current_request_id
 from ..errors import DeadlineExceeded, HeadFailed, InvalidArgument, OutOfMemory, Overloaded
 from ..observability.metrics import Metrics
 from .clock import Clock, LoopClock, Timer
@@ -108,6 +119,7 @@ class _Pending:
     started: float = 0.0
     batch: BatchRecord | None = None  # the batch that computed it
     long: bool = False  # a row of a long call
+    bulk: bool = False  # a row of a bulk call
 
     def __post_init__(self) -> None:
         self.length = self.work.row.length
@@ -115,6 +127,7 @@ class _Pending:
 
 TRIM_AFTER_BATCHES = 20  # a busy spell worth trimming memory after
 RECENT_SECONDS = 1.0  # a short call this recent: long calls leave a worker free
+BULK_AGE_SECONDS = 2.0  # a bulk row that has waited this long goes in the next batch
 IDLE_TRIM_SECONDS = 0.5  # idle this long after it: trim
 
 
@@ -151,7 +164,8 @@ class Scheduler:
         self._gap = 1.0  # moving average of seconds between calls
         self._last_batch_rows = limits.max_batch_items
         self._held = 0  # rows of long calls waiting to enter the queue (they count in it)
-        self._long_batches = 0  # batches with long calls' rows computing now
+        self._long_batches = 0  # batches with long or bulk calls' rows computing now
+        self._last_interactive = -RECENT_SECONDS  # when the last interactive call arrived
         self._last_short = -RECENT_SECONDS  # when the last call that is not long arrived
         # the requests of the short calls of the last RECENT_SECONDS: when each last came
         self._short_calls: dict[str | None, float] = {}
@@ -224,10 +238,17 @@ class Scheduler:
     def refuse_if_full(self, rows: int) -> None:
         """Overloaded now if `rows` more rows would not fit: checked before any tokenizing,
         so that refusing a call under overload costs next to nothing. A call that could never
-        fit is InvalidArgument: retrying it would be hopeless."""
-        self._check_fits(rows)
-        if not self._has_room(rows):
-            self.metrics.refused.inc()
+        fit is InvalidArgument: retrying it would be hopeless. A bulk call has three quarters
+        of the queue: the rest is kept for interactive calls."""
+        bulk = current_priority() == "bulk"
+        self._check_fits(rows, bulk)
+        if not self._has_room(rows, bulk):
+            self.metrics.refused.labels(current_priority()).inc()
+            if bulk:
+                raise Overloaded(
+                    f"queue full for bulk work ({self.queued} rows waiting; bulk calls may "
+                    f"fill {self._room(bulk)} of the {self.limits.max_queue_items}); retry later"
+                )
             raise Overloaded(
                 f"queue full ({self.queued} of {self.limits.max_queue_items} rows waiting); "
                 "retry later"
@@ -247,15 +268,20 @@ class Scheduler:
         that failed raises its exception, or with `return_exceptions` is it, in its place."""
         if self._started is None:
             raise RuntimeError("the scheduler is not started")
+        bulk = current_priority() == "bulk"
         if not wait_for_room:
             self.refuse_if_full(len(work))
         else:
-            self._check_fits(len(work))
-            await self._wait_for_room(len(work))
+            self._check_fits(len(work), bulk)
+            await self._wait_for_room(len(work), bulk)
         now = self.clock.now()
         self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
+        if not bulk:
+            self._last_interactive = now
         if sum(w.row.length for w in work) <= self.limits.long_call_tokens:
+            if bulk:
+                return await self._queue(work, deadline, return_exceptions, long=False)
             self._last_short = now
             request_id = current_request_id()
             self._short_calls.pop(request_id, None)  # latest last, oldest first
@@ -291,7 +317,10 @@ class Scheduler:
             self.metrics.drop("deadline", len(work))
             raise DeadlineExceeded("deadline passed before the model got to it")
         request_id = current_request_id()
-        pending = [_Pending(w, loop.create_future(), now, request_id, long=long) for w in work]
+        bulk = current_priority() == "bulk"
+        pending = [
+            _Pending(w, loop.create_future(), now, request_id, long=long, bulk=bulk) for w in work
+        ]
         self._pending.update(dict.fromkeys(pending))
         self._wake()
         expiry: Timer | None = None
@@ -317,19 +346,24 @@ class Scheduler:
         inference = sum(b.ended - b.started for b in batches) * 1e3
         return list(outputs), Stats((started - now) * 1e3, inference, now, tuple(batches))
 
-    def _check_fits(self, rows: int) -> None:
-        if rows > self.limits.max_queue_items:
+    def _check_fits(self, rows: int, bulk: bool) -> None:
+        room = self._room(bulk)
+        if rows > room:
+            which = "bulk work may fill" if bulk else "the queue holds"
             raise InvalidArgument(
-                "items",
-                f"needs {rows} rows, more than the queue holds ({self.limits.max_queue_items}); "
-                "split the request",
+                "items", f"needs {rows} rows, more than {which} ({room}); split the request"
             )
 
-    def _has_room(self, n: int) -> bool:
-        return self.queued + n <= self.limits.max_queue_items
+    def _room(self, bulk: bool) -> int:
+        """The rows a call of this class may find queued with its own."""
+        most = self.limits.max_queue_items
+        return bulk_share(most) if bulk else most
 
-    async def _wait_for_room(self, n: int) -> None:
-        while not self._has_room(n):
+    def _has_room(self, n: int, bulk: bool = False) -> bool:
+        return self.queued + n <= self._room(bulk)
+
+    async def _wait_for_room(self, n: int, bulk: bool) -> None:
+        while not self._has_room(n, bulk):
             waiter = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
             try:
@@ -376,15 +410,16 @@ class Scheduler:
             # workers idle besides the one just taken: a lone batch is shared with them, so
             # one large request alone gets every core (BENCHMARKS.md, "Issue 18")
             idle = self.workers - len(started.computing) - 1
-            if any(p.long for p in batch) and self._others_came(self.clock.now(), batch):
-                idle = 0  # a long batch while short calls come: their worker stays free
+            now = self.clock.now()
+            if self._leaves_a_worker(now, batch):
+                idle = 0  # a long or bulk batch while others come: their worker stays free
             parts = shares(batch, idle + 1) if idle > 0 and not self._pending else [batch]
             for index, part in enumerate(parts):
                 if index:
                     await free.acquire()  # an idle worker's: at once
                 number += 1
-                self._long_batches += any(p.long for p in part)  # at once: the next batch
-                # (formed before this one's task runs) must see it
+                self._long_batches += _background(part)  # at once: the next batch (formed
+                # before this one's task runs) must see it
                 task = asyncio.ensure_future(self._compute(part, number, started.workers, free))
                 started.computing.add(task)
                 task.add_done_callback(started.computing.discard)
@@ -401,9 +436,11 @@ class Scheduler:
             batch = self._take_batch()
             if batch:
                 return batch
-            if self._pending:  # only long calls' rows, and they have their workers: wait
-                # for a batch to end, a row to arrive, or the short calls to stop
-                await self._sleep(self._last_short + RECENT_SECONDS - self.clock.now())
+            if self._pending:  # only long or bulk calls' rows, and they have their workers:
+                # wait for a batch to end, a row to arrive, or the other calls to stop
+                now = self.clock.now()
+                ends = (self._last_short + RECENT_SECONDS, self._last_interactive + RECENT_SECONDS)
+                await self._sleep(min((end - now for end in ends if end > now), default=0.01))
 
     async def _until_rows(self) -> None:
         while not self._pending:
@@ -487,11 +524,43 @@ class Scheduler:
             and self._others_came(now, long)
         )
 
+    def _leaves_a_worker(self, now: float, batch: Sequence[_Pending]) -> bool:
+        """Whether `batch` must leave the other workers idle: a bulk batch while interactive
+        calls come, a long one while short calls of other requests do."""
+        if all(p.bulk for p in batch):
+            return self._interactive_came(now)
+        return _background(batch) and self._others_came(now, batch)
+
+    def _interactive_came(self, now: float) -> bool:
+        return now - self._last_interactive < RECENT_SECONDS
+
+    def _bulk_bounded(self, now: float, interactive: Sequence[_Pending]) -> bool:
+        """Whether bulk rows get small batches now: interactive rows are queued, or an
+        interactive call came in the last RECENT_SECONDS."""
+        return bool(interactive) or self._interactive_came(now)
+
     def _eligible(self, live: list[_Pending], now: float) -> list[_Pending]:
-        """The rows the next batch is made of: long calls' rows and the others never share a
-        batch (a short call would wait for the long rows). The others go first, unless the
-        oldest long row has waited RECENT_SECONDS (long calls are not starved); long rows
-        wait while they would take the worker left to short calls."""
+        """The rows the next batch is made of: interactive rows first (`_interactive`),
+        unless the oldest bulk row has waited BULK_AGE_SECONDS; bulk rows wait while they
+        would take the worker left to interactive calls."""
+        interactive = [p for p in live if not p.bulk]
+        bulk = [p for p in live if p.bulk]
+        rows = self._interactive(interactive, now) if interactive else []
+        if not bulk or (rows and now - bulk[0].arrived < BULK_AGE_SECONDS):
+            return rows
+        if (
+            self.workers > 1
+            and self._long_batches >= self.workers - 1
+            and self._interactive_came(now)
+        ):
+            return rows  # the last worker is the interactive calls'
+        return bulk
+
+    def _interactive(self, live: list[_Pending], now: float) -> list[_Pending]:
+        """Of interactive rows, those the next batch is made of: long calls' rows and the
+        others never share a batch (a short call would wait for the long rows). The others go
+        first, unless the oldest long row has waited RECENT_SECONDS (long calls are not
+        starved); long rows wait while they would take the worker left to short calls."""
         short = [p for p in live if not p.long]
         long = [p for p in live if p.long]
         if not long or self._leave_a_worker(now, long):
@@ -504,21 +573,60 @@ class Scheduler:
         now = self.clock.now()
         for p in [p for p in self._pending if p.future.done()]:
             self._drop(p, "cancelled")  # cancelled a moment ago, its call not yet told
-        live = self._eligible(list(self._pending), now)
+        queued = list(self._pending)
+        live = self._eligible(queued, now)
         if not live:
             return []
+        limits = self.limits
+        interactive = [p for p in queued if not p.bulk]
+        bounded = self._bulk_bounded(now, interactive)
+        max_tokens = limits.max_batch_tokens
+        if live[0].bulk and bounded:
+            max_tokens = min(max_tokens, limits.bulk_batch_tokens)
         chosen = self._choose(
             [p.length for p in live],
             [now - p.arrived for p in live],
-            max_items=self.limits.max_batch_items,
-            max_tokens=self.limits.max_batch_tokens,
+            max_items=limits.max_batch_items,
+            max_tokens=max_tokens,
         )
         batch = [live[i] for i in chosen]
+        if not live[0].bulk and not live[0].long:
+            batch += self._bulk_fill(batch, queued, bounded)
         for p in batch:
             del self._pending[p]
-            self.metrics.queue_wait.observe(now - p.arrived)
+            self.metrics.queue_wait.labels("bulk" if p.bulk else "interactive").observe(
+                now - p.arrived
+            )
         self._room_freed()
         return batch
+
+    def _bulk_fill(
+        self, batch: list[_Pending], queued: list[_Pending], bounded: bool
+    ) -> list[_Pending]:
+        """Bulk rows for the rest of an interactive batch, oldest first: while the batch stays
+        within its row and token limits (counted as padded unless rows are packed), and, while
+        interactive work comes, within `bulk_batch_tokens` of bulk rows."""
+        limits = self.limits
+        room = limits.max_batch_items - len(batch)
+        bulk_tokens = limits.bulk_batch_tokens if bounded else limits.max_batch_tokens
+        packed = self._choose is oldest_first
+        tokens = sum(p.length for p in batch)
+        longest = max(p.length for p in batch)
+        fill: list[_Pending] = []
+        used = 0
+        for p in queued:
+            if len(fill) >= room:
+                break
+            if not p.bulk or p.long or used + p.length > bulk_tokens:
+                continue
+            rows = len(batch) + len(fill) + 1
+            cost = tokens + used + p.length if packed else max(longest, p.length) * rows
+            if cost > limits.max_batch_tokens:
+                continue
+            fill.append(p)
+            used += p.length
+            longest = max(longest, p.length)
+        return fill
 
     async def _compute(
         self, batch: list[_Pending], number: int, workers: Workers, free: asyncio.Semaphore
@@ -531,7 +639,7 @@ class Scheduler:
             p.started = started
         self.running += 1
         self._running_rows += len(batch)
-        long = any(p.long for p in batch)  # counted in _long_batches by the batch loop
+        long = _background(batch)  # counted in _long_batches by the batch loop
         request_ids = tuple(dict.fromkeys(p.request_id for p in batch if p.request_id))
         try:
             on = workers.run_background if long else workers.run
@@ -563,6 +671,11 @@ class Scheduler:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+
+def _background(batch: Sequence[_Pending]) -> bool:
+    """A batch of long or bulk calls' rows alone: it computes in the background class."""
+    return all(p.long or p.bulk for p in batch)
 
 
 def _parts(work: Sequence[Work], tokens: int) -> list[Sequence[Work]]:

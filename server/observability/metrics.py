@@ -32,6 +32,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..call_info import PRIORITIES
+
 ROW_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512)
 TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -88,9 +90,10 @@ class Metrics:
         i = self.instruments
         self.calls = i.counter(
             "headserve_calls",
-            "Calls ended, by transport (grpc, http, ray), RPC (an HTTP route for HTTP) and "
-            "code (the gRPC status code name of the error table's row; OK)",
-            ("transport", "rpc", "code"),
+            "Calls ended, by transport (grpc, http, ray), RPC (an HTTP route for HTTP), "
+            "code (the gRPC status code name of the error table's row; OK) and priority "
+            "(interactive, bulk)",
+            ("transport", "rpc", "code", "priority"),
         )
         self.shadow_items = i.counter(
             "headserve_shadow_items",
@@ -111,9 +114,9 @@ class Metrics:
         )
         self.call_seconds = i.histogram(
             "headserve_call_seconds",
-            "Time from a call's arrival to its end, by transport and RPC",
+            "Time from a call's arrival to its end, by transport, RPC and priority",
             SECOND_BUCKETS,
-            ("transport", "rpc"),
+            ("transport", "rpc", "priority"),
         )
         # the names Prometheus users know: grpc-ecosystem's gRPC interceptors (a Ray replica's
         # calls came through Serve's gRPC proxy: gRPC too), and OpenTelemetry's HTTP server
@@ -165,8 +168,9 @@ class Metrics:
         )
         self.queue_wait = i.histogram(
             "headserve_queue_wait_seconds",
-            "Time a row waited in the queue before its batch started",
+            "Time a row waited in the queue before its batch started, by priority",
             SECOND_BUCKETS,
+            ("priority",),
         )
         self.dropped = i.counter(
             "headserve_rows_dropped",
@@ -177,8 +181,12 @@ class Metrics:
             self.dropped.labels(reason)  # exported at 0 from the start
         self.refused = i.counter(
             "headserve_calls_refused",
-            "Unary calls refused with RESOURCE_EXHAUSTED because the queue was full",
+            "Unary calls refused with RESOURCE_EXHAUSTED because the queue was full (for bulk "
+            "calls: the part of it bulk work may take), by priority",
+            ("priority",),
         )
+        for priority in PRIORITIES:
+            self.refused.labels(priority)  # exported at 0 from the start
         self.failed = i.counter(
             "headserve_rows_failed",
             "Rows whose model pass or head failed (the head named, or 'backbone')",
@@ -240,13 +248,14 @@ class Metrics:
         *,
         stream: bool = False,
         status: int | None = None,
+        priority: str = "interactive",
     ) -> None:
-        key = (transport, rpc, code, str(stream), str(status))
+        key = (transport, rpc, code, str(stream), str(status), priority)
         children = self._call_children.get(key)
         if children is None:  # looked up once per label set: labels() takes a lock each time
             children = (
-                self.calls.labels(transport, rpc, code),
-                self.call_seconds.labels(transport, rpc),
+                self.calls.labels(transport, rpc, code, priority),
+                self.call_seconds.labels(transport, rpc, priority),
                 *self._convention_children(transport, rpc, code, stream, status),
             )
             self._call_children[key] = children

@@ -146,6 +146,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             torch_threads=core.torch_threads,
             workers=core.scheduler.workers,
             long_call_tokens=limits.long_call_tokens,
+            bulk_batch_tokens=limits.bulk_batch_tokens,
         ),
         limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )

@@ -13,11 +13,12 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..calls.pipeline import items_in
+from ..call_info import PRIORITY
+from ..calls.pipeline import items_in, priority_of
 from ..calls.status import to_status
 from ..core.engine import Core
 from ..core.limits import RequestLimits
-from ..errors import DeadlineExceeded, Unavailable
+from ..errors import DeadlineExceeded, InvalidArgument, Unavailable
 from .task import Task
 from .wire import Call
 
@@ -184,8 +185,15 @@ def answering(state: CoreHolder, task: Task) -> tuple[Unary, Streaming | None]:
     """What answers `task`'s unary RPC and its stream (None: it has none), on any transport:
     the running call's deadline, the model loaded, the response's size checked."""
 
-    def answer(request: Any, call: Call) -> Awaitable[Any]:
-        return task.answer(ready(state), request, call)
+    async def answer(request: Any, call: Call) -> Any:
+        # run in the message's own task (a stream's) or the call's (unary): its class of
+        # work holds for this message alone
+        asked = priority_of(request)
+        if asked is not None:
+            PRIORITY.set(asked)
+        elif getattr(request, "priority", 0):
+            raise InvalidArgument("priority", f"unknown value {request.priority}")
+        return await task.answer(ready(state), request, call)
 
     async def one(request: Any) -> Any:
         return await unary(state, lambda call: answer(request, call))

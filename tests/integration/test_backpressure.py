@@ -83,7 +83,7 @@ def test_full_queue_refuses_unary_calls_and_streams_wait(small_queue: ServerThre
                 await client.encode(["one too many"])
             assert refused.value.reason == "OVERLOADED"
             # refused, not queued: the queue is as it was
-            assert _metric(scheduler, "headserve_calls_refused_total") == 1
+            assert _metric(scheduler, "headserve_calls_refused_total", priority="interactive") == 1
             assert _metric(scheduler, "headserve_queue_rows") == 4
             assert _metric(scheduler, "headserve_batches_running") == 1
 
@@ -132,7 +132,7 @@ def test_calls_that_went_away_free_the_queue_at_once(small_queue: ServerThread) 
         asyncio.run(main(gate))
     assert small_queue.core.runner.rows_computed - before == 5  # none of the cancelled rows
     assert _metric(scheduler, "headserve_rows_dropped_total", reason="cancelled") == 4
-    assert _metric(scheduler, "headserve_calls_refused_total") == 0
+    assert _metric(scheduler, "headserve_calls_refused_total", priority="interactive") == 0
 
 
 def test_a_call_past_its_deadline_is_not_computed(small_queue: ServerThread) -> None:
@@ -202,6 +202,7 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             stream_in_flight_items=7,
             workers=3,
             long_call_tokens=777,
+            bulk_batch_tokens=55,
         )
     )
     try:
@@ -215,5 +216,6 @@ def test_limits_are_reported(bert) -> None:  # type: ignore[no-untyped-def]
             s.stream_in_flight_items,
         ) == (1234, 17, 3.5, 99, 7)
         assert s.workers == 3 and s.torch_threads >= 1 and s.long_call_tokens == 777
+        assert s.bulk_batch_tokens == 55
     finally:
         thread.stop()

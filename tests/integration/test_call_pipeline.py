@@ -1,5 +1,8 @@
 """The call pipeline seen from outside: gRPC and HTTP calls share one concurrency limit, and
-every call, on either transport, ends with the same access line and per-call metrics.
+every call, on either transport, ends with the same access line and per-call metrics. A
+call's class of work (`x-priority`, or a request's `priority`) is on both, a bad one is
+refused naming it, and bulk calls are refused first when the server is full (how the
+scheduler orders the classes: tests/unit/test_batcher.py).
 (A call through a Ray Serve replica: tests/ray/test_ray_serve.py.)"""
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from faults import held
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,12 +61,14 @@ def scrape(server: ServerThread) -> Iterator[str]:
     exporter.close()
 
 
-def _post(server: ServerThread, path: str, body: Any) -> tuple[int, dict[str, Any], Any]:
+def _post(
+    server: ServerThread, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], Any]:
     assert server.server.http is not None
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.server.http.port}{path}",
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -150,15 +156,52 @@ def test_every_call_ends_with_its_metrics_on_either_transport(
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert grew("headserve_calls_total", transport="grpc", rpc=ENCODE, code="OK") == 1
-    assert grew("headserve_calls_total", transport="grpc", rpc=ENCODE, code="INVALID_ARGUMENT") == 1
-    assert grew("headserve_calls_total", transport="http", rpc=EMBEDDINGS, code="OK") == 1
     assert (
-        grew("headserve_calls_total", transport="http", rpc=EMBEDDINGS, code="INVALID_ARGUMENT")
+        grew(
+            "headserve_calls_total", transport="grpc", rpc=ENCODE, code="OK", priority="interactive"
+        )
         == 1
     )
-    assert grew("headserve_call_seconds_count", transport="grpc", rpc=ENCODE) == 2
-    assert grew("headserve_call_seconds_count", transport="http", rpc=EMBEDDINGS) == 2
+    assert (
+        grew(
+            "headserve_calls_total",
+            transport="grpc",
+            rpc=ENCODE,
+            code="INVALID_ARGUMENT",
+            priority="interactive",
+        )
+        == 1
+    )
+    assert (
+        grew(
+            "headserve_calls_total",
+            transport="http",
+            rpc=EMBEDDINGS,
+            code="OK",
+            priority="interactive",
+        )
+        == 1
+    )
+    assert (
+        grew(
+            "headserve_calls_total",
+            transport="http",
+            rpc=EMBEDDINGS,
+            code="INVALID_ARGUMENT",
+            priority="interactive",
+        )
+        == 1
+    )
+    assert (
+        grew("headserve_call_seconds_count", transport="grpc", rpc=ENCODE, priority="interactive")
+        == 2
+    )
+    assert (
+        grew(
+            "headserve_call_seconds_count", transport="http", rpc=EMBEDDINGS, priority="interactive"
+        )
+        == 2
+    )
     assert after[("headserve_calls_in_progress", ())] == 0
     # and under the names Prometheus users know (grpc-ecosystem's, OpenTelemetry's HTTP)
     encode = {"grpc_type": "unary", "grpc_service": "headserve.v1.Encoder", "grpc_method": "Encode"}
@@ -203,6 +246,11 @@ def _records(caplog: pytest.LogCaptureFixture, count: int) -> list[logging.LogRe
         time.sleep(0.01)
 
 
+def _lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, Any]]:
+    """The access lines' fields and message, once there are `count`."""
+    return [{**r.fields, "message": r.getMessage()} for r in _records(caplog, count)]  # type: ignore[attr-defined]
+
+
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
@@ -228,3 +276,116 @@ def test_bytes_that_are_not_the_request_message_are_invalid_argument(server: Ser
             list(stream(iter([garbage]), timeout=10))
         assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "not a valid headserve.v1.EncodeRequest" in ended.value.details()
+
+
+def test_every_transport_carries_the_class_to_the_access_line_and_the_metrics(
+    server: ServerThread, scrape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bulk by the client's option, by a request's own field, by an HTTP header; interactive
+    by default and by a message's field inside a bulk stream. Bulk answers equal interactive
+    ones."""
+    texts = ["a bulk sentence", "and another one"]
+    before = _samples(scrape)
+    with caplog.at_level(logging.INFO):
+        with Client(server.target) as client:
+            live = client.encode(texts)
+            bulk = client.with_options(priority="bulk").encode(texts)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = encoder_pb2_grpc.EncoderStub(channel)
+            items = [common_pb2.TextInput(text=t) for t in texts]
+            stub.Encode(encoder_pb2.EncodeRequest(items=items, priority=common_pb2.PRIORITY_BULK))
+            requests = [
+                encoder_pb2.EncodeRequest(id="bulk", items=items),
+                encoder_pb2.EncodeRequest(
+                    id="live", items=items, priority=common_pb2.PRIORITY_INTERACTIVE
+                ),
+            ]
+            replies = list(stub.EncodeStream(iter(requests), metadata=(("x-priority", "bulk"),)))
+            assert [r.id for r in replies] == ["bulk", "live"]
+        status, _, _ = _post(server, "/v1/embeddings", {"input": texts}, {"x-priority": "BULK"})
+        assert status == 200
+        lines = _lines(caplog, 7)
+    after = _samples(scrape)
+    np.testing.assert_allclose([e.vector for e in bulk], [e.vector for e in live], atol=1e-6)
+    calls = [(line["transport"], line["priority"]) for line in lines if line["message"] == "call"]
+    assert calls == [
+        ("grpc", "interactive"),
+        ("grpc", "bulk"),  # the client's with_options(priority="bulk")
+        ("grpc", "bulk"),  # the request's own field
+        ("http", "bulk"),  # the header, any case
+    ]
+    messages = {line["message_id"]: line for line in lines if line["message"] == "stream message"}
+    assert messages["bulk"]["priority"] == "bulk" and messages["live"]["priority"] == "interactive"
+    assert [line["priority"] for line in lines if line["message"] == "stream"] == ["bulk"]
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    encode = {"transport": "grpc", "rpc": "headserve.v1.Encoder/Encode", "code": "OK"}
+    assert grew("headserve_calls_total", **encode, priority="bulk") == 2
+    assert grew("headserve_calls_total", **encode, priority="interactive") == 1
+    http = {"transport": "http", "rpc": "POST /v1/embeddings", "code": "OK"}
+    assert grew("headserve_calls_total", **http, priority="bulk") == 1
+    # rows: 2 per call; the stream's "bulk" message, the two unary bulk calls and HTTP's
+    assert grew("headserve_queue_wait_seconds_count", priority="bulk") == 8
+    assert grew("headserve_queue_wait_seconds_count", priority="interactive") == 4
+
+
+def test_a_class_the_server_does_not_know_is_refused_naming_it(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        request = encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text="x")])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Encode(request, metadata=(("x-priority", "urgent"),), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "metadata.x-priority" in str(refused.value.details())
+        assert "'urgent' is not 'interactive' or 'bulk'" in str(refused.value.details())
+        request.priority = 7  # a number a newer client might send
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Encode(request, timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "priority: unknown value 7" in str(unknown.value.details())
+    status, body, _ = _post(server, "/v1/embeddings", {"input": "x"}, {"x-priority": "later"})
+    assert status == 400 and "metadata.x-priority" in body["error"]["message"]
+    with pytest.raises(ValueError, match="priority must be"):
+        Client(server.target).with_options(priority="urgent")  # type: ignore[arg-type]
+
+
+def test_a_full_server_refuses_bulk_calls_first(server: ServerThread) -> None:
+    """Three held calls (of --max-concurrent-calls 4): a bulk call is refused, over gRPC and
+    HTTP, naming the share it may take; an interactive call is still admitted."""
+    _in_progress(server, 0)
+    core = server.core
+    assert core is not None
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = encoder_pb2_grpc.EncoderStub(channel)
+
+            def encode(text: str, priority: str) -> Any:
+                request = encoder_pb2.EncodeRequest(items=[common_pb2.TextInput(text=text)])
+                return stub.Encode(request, metadata=(("x-priority", priority),), timeout=60)
+
+            with held(core.runner) as gate:
+                calls = [asyncio.ensure_future(encode(f"held {i}", "bulk")) for i in range(3)]
+                await asyncio.to_thread(_in_progress, server, 3)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await encode("one bulk call too many", "bulk")
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "kept for interactive calls" in str(refused.value.details())
+                status, body, headers = await asyncio.to_thread(
+                    _post,
+                    server,
+                    "/v1/embeddings",
+                    {"input": "bulk over HTTP"},
+                    {"x-priority": "bulk"},
+                )
+                assert status == 429 and headers["retry-after"]
+                assert "kept for interactive calls" in body["error"]["message"]
+                calls.append(asyncio.ensure_future(encode("interactive", "interactive")))
+                await asyncio.to_thread(_in_progress, server, 4)
+                gate.set()
+                assert all(len(r.results) == 1 for r in await asyncio.gather(*calls))
+
+    asyncio.run(main())

@@ -181,7 +181,12 @@ def test_a_body_trickled_in_is_408_and_counted(server: ServerThread) -> None:
     assert metrics is not None
     assert metrics.registry.get_sample_value(
         "headserve_calls_total",
-        {"transport": "http", "rpc": "POST /v1/embeddings", "code": "DEADLINE_EXCEEDED"},
+        {
+            "transport": "http",
+            "rpc": "POST /v1/embeddings",
+            "code": "DEADLINE_EXCEEDED",
+            "priority": "interactive",
+        },
     )
 
 

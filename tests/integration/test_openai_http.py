@@ -344,7 +344,7 @@ def test_a_full_queue_is_429_and_http_rows_share_batches_with_grpc(bert) -> None
             sample("headserve_http_requests_total", {"route": "/v1/embeddings", "status": "429"})
             == 1
         )
-        assert sample("headserve_calls_refused_total") == 1
+        assert sample("headserve_calls_refused_total", {"priority": "interactive"}) == 1
     finally:
         thread.stop()
 

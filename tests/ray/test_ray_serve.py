@@ -330,10 +330,11 @@ def test_a_call_through_the_proxy_has_its_span_access_line_and_metrics(
     """A call into a replica gets what a standalone server's call gets: a server span
     continuing the caller's trace, with the tree under it; a line on the access log (the
     replica's stderr, in Ray's worker logs); and headserve's per-call metrics, exported by
-    Ray's metrics agent, scraped here as Prometheus scrapes it."""
+    Ray's metrics agent, scraped here as Prometheus scrapes it. The call's class of work
+    (`x-priority: bulk`) reaches the replica through the proxy."""
     with caller.start_as_current_span("checkout") as parent:
         with Client(endpoint.target, application="en") as client:
-            result = client.encode(TEXTS)
+            result = client.with_options(priority="bulk").encode(TEXTS)
     assert result.request_id is not None
     trace_id = f"{parent.get_span_context().trace_id:032x}"
     spans = endpoint.collector.wait_for(
@@ -353,11 +354,17 @@ def test_a_call_through_the_proxy_has_its_span_access_line_and_metrics(
     assert line["message"] == "call" and line["logger"] == "headserve.access"
     assert line["transport"] == "ray" and line["rpc"] == "headserve.v1.Encoder/Encode"
     assert line["code"] == "OK" and line["items"] == 2 and line["input_tokens"] > 0
+    assert line["priority"] == "bulk"
 
     calls = _scraped(
         endpoint.metrics,
         "ray_headserve_calls_total",
-        {"transport": "ray", "rpc": "headserve.v1.Encoder/Encode", "code": "OK"},
+        {
+            "transport": "ray",
+            "rpc": "headserve.v1.Encoder/Encode",
+            "code": "OK",
+            "priority": "bulk",
+        },
     )
     assert calls >= 1
     seconds = _scraped(

@@ -140,7 +140,7 @@ def test_cancelled_calls_leave_the_queue_at_once_and_free_their_slots() -> None:
     b = run(Limits(max_queue_items=4, max_wait_ms=0), test)
     assert b.runner.rows_seen == 5  # the cancelled rows never reached the model
     assert b.metric("headserve_rows_dropped_total", reason="cancelled") == 4
-    assert b.metric("headserve_calls_refused_total") == 1
+    assert b.metric("headserve_calls_refused_total", priority="interactive") == 1
 
 
 def test_a_call_past_its_deadline_leaves_the_queue_when_it_passes() -> None:
@@ -185,7 +185,7 @@ def test_a_call_that_can_never_fit_is_invalid_not_overloaded() -> None:
                 result = check()
                 if asyncio.iscoroutine(result):
                     await result
-        assert b.metric("headserve_calls_refused_total") == 0
+        assert b.metric("headserve_calls_refused_total", priority="interactive") == 0
 
     run(Limits(max_queue_items=4), test)
 
@@ -443,3 +443,125 @@ def test_a_rerank_s_own_query_does_not_keep_its_documents_to_one_worker() -> Non
             await test(b)
 
     asyncio.run(main())
+
+
+def _bulk(b: Bench, *lengths: int, **kwargs: Any) -> asyncio.Future[Any]:
+    """A bulk call's rows (`x-priority: bulk`), submitted from a task of its own."""
+    from headserve.server.call_info import PRIORITY
+
+    async def call() -> Any:
+        PRIORITY.set("bulk")  # this task's own context
+        return await b.scheduler.submit(rows(*lengths), **kwargs)
+
+    return asyncio.ensure_future(call())
+
+
+def _lengths(b: Bench) -> list[list[int]]:
+    return [[len(w.row.input_ids) for w in batch] for batch in b.runner.batches]
+
+
+def test_interactive_rows_go_first_and_bulk_rows_fill_the_rest_in_small_batches() -> None:
+    """Bulk rows queued before an interactive call: the interactive rows go first, bulk rows
+    fill their batch up to bulk_batch_tokens; while interactive work is recent, bulk batches
+    stay within it (and compute in the background class); once it is not, they are full."""
+
+    async def test(b: Bench) -> None:
+        blocker = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        corpus = _bulk(b, *[10] * 10)
+        await idle()
+        live = b.submit(3, 3)
+        await idle()
+        b.workers.release()  # the blocker; next: the live rows, and 20 bulk tokens
+        await until(lambda: b.computing() == 1)
+        assert (await asyncio.wait_for(asyncio.shield(blocker), 1))[0] == [5]
+        b.workers.release()
+        assert (await live)[0] == [3, 3]
+        await until(lambda: b.computing() == 1)  # a bulk batch, small: interactive work came
+        b.workers.release()  # less than 1 s ago; and the next, too
+        await until(lambda: b.computing() == 1)
+        b.clock.advance(1.5)  # no interactive call since: bulk batches are full again
+        b.workers.hold = False
+        b.workers.release()
+        await corpus
+
+    b = run(Limits(max_wait_ms=0, bulk_batch_tokens=20, max_batch_tokens=80), test)
+    assert _lengths(b) == [[5], [3, 3, 10, 10], [10, 10], [10, 10], [10, 10, 10, 10]]
+    assert b.workers.background == 3  # the bulk batches alone; the mixed one is interactive
+
+
+def test_bulk_rows_are_not_starved() -> None:
+    """Interactive calls keep coming; a bulk row that has waited BULK_AGE_SECONDS goes in the
+    next batch before them."""
+    from headserve.server.core.scheduler import BULK_AGE_SECONDS
+
+    async def test(b: Bench) -> None:
+        blocker = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        corpus = _bulk(b, 40)  # alone over bulk_batch_tokens: no interactive batch takes it
+        calls = [blocker]
+        for _ in range(3):
+            calls.append(b.submit(4))
+            await idle()
+            b.workers.release()  # the oldest interactive call goes
+            await until(lambda: b.computing() == 1)
+            b.clock.advance(BULK_AGE_SECONDS / 2.5)
+        calls.append(b.submit(4))
+        await idle()
+        b.workers.release()  # the bulk row has now waited 2.4 s: it goes before the last call
+        await until(lambda: b.computing() == 1)
+        b.workers.hold = False
+        b.workers.release()
+        await asyncio.gather(corpus, *calls)
+
+    b = run(Limits(max_wait_ms=0, bulk_batch_tokens=20), test)
+    assert _lengths(b) == [[5], [4], [4], [4], [40], [4]]
+
+
+def test_bulk_batches_leave_a_worker_to_interactive_calls() -> None:
+    """Two workers, interactive calls recent: a bulk call takes one worker and leaves the other
+    idle for them; with no interactive call for a second, it takes both."""
+
+    async def test(b: Bench) -> None:
+        warm = b.submit(2)  # an interactive call now
+        await until(lambda: b.computing() == 1)
+        b.workers.release()
+        await warm
+        corpus = _bulk(b, *[10] * 10)
+        await until(lambda: b.computing() == 1)
+        await idle()
+        assert b.computing() == 1  # the other worker waits for interactive calls
+        live = b.submit(3)
+        await until(lambda: b.computing() == 2)  # at once, on the free worker (with two
+        b.workers.release(2)  # bulk rows to fill its batch)
+        assert (await live)[0] == [3]
+        b.clock.advance(1.5)
+        await until(lambda: b.computing() == 2)  # no interactive call for 1.5 s: both
+        b.workers.hold = False
+        b.workers.release(2)
+        await corpus
+
+    run(Limits(max_wait_ms=0, bulk_batch_tokens=20, workers=2), test, workers=2)
+
+
+def test_under_overload_bulk_calls_are_refused_first() -> None:
+    """Bulk calls may fill three quarters of the queue; the rest is interactive calls' room."""
+
+    async def test(b: Bench) -> None:
+        blocker = b.submit(5)
+        await until(lambda: b.computing() == 1)
+        queued = _bulk(b, *[1] * 5)
+        await idle()
+        with pytest.raises(Overloaded, match="queue full for bulk work"):
+            await _bulk(b, 1, 1)
+        with pytest.raises(InvalidArgument, match="more than bulk work may fill \\(6\\)"):
+            await _bulk(b, *[1] * 7)
+        live = b.submit(1, 1, 1)  # fits: 8 of 8
+        await idle()
+        b.workers.hold = False
+        b.workers.release()
+        await asyncio.gather(blocker, queued, live)
+
+    b = run(Limits(max_wait_ms=0, max_queue_items=8), test)
+    assert b.metric("headserve_calls_refused_total", priority="bulk") == 1
+    assert b.metric("headserve_calls_refused_total", priority="interactive") == 0

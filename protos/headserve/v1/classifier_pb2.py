@@ -27,7 +27,7 @@ from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 from headserve.v1 import encoder_pb2 as headserve_dot_v1_dot_encoder__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadserve/v1/classifier.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\x1a\x1aheadserve/v1/encoder.proto\"\xd9\x01\n\x0f\x43lassifyOptions\x12\r\n\x05heads\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12)\n\tlong_text\x18\x04 \x01(\x0e\x32\x16.headserve.v1.LongText\x12\x14\n\x0c\x63hunk_tokens\x18\x05 \x01(\r\x12\x15\n\rchunk_overlap\x18\x06 \x01(\r\x12\'\n\x08\x63hunk_by\x18\x07 \x01(\x0e\x32\x15.headserve.v1.ChunkBy\x12\x15\n\rreturn_chunks\x18\x08 \x01(\x08\"u\n\x0f\x43lassifyRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptions\x12\n\n\x02id\x18\x03 \x01(\t\"N\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x12\n\x05logit\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_logit\"\xa8\x01\n\x12HeadClassification\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x13\n\x0bmulti_label\x18\x02 \x01(\x08\x12(\n\x06labels\x18\x03 \x03(\x0b\x32\x18.headserve.v1.LabelScore\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x31\n\x06\x63hunks\x18\x05 \x03(\x0b\x32!.headserve.v1.ChunkClassification\"k\n\x13\x43hunkClassification\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12(\n\x06labels\x18\x04 \x03(\x0b\x32\x18.headserve.v1.LabelScore\"A\n\x0e\x43lassification\x12/\n\x05heads\x18\x01 \x03(\x0b\x32 .headserve.v1.HeadClassification\"\x8b\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16\x43lassifyStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.ClassifyResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome*a\n\x08LongText\x12\x19\n\x15LONG_TEXT_UNSPECIFIED\x10\x00\x12\x12\n\x0eLONG_TEXT_MEAN\x10\x01\x12\x11\n\rLONG_TEXT_MAX\x10\x02\x12\x13\n\x0fLONG_TEXT_FIRST\x10\x03\x32\xb2\x01\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.headserve.v1.ClassifyRequest\x1a\x1e.headserve.v1.ClassifyResponse\x12Y\n\x0e\x43lassifyStream\x12\x1d.headserve.v1.ClassifyRequest\x1a$.headserve.v1.ClassifyStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadserve/v1/classifier.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\x1a\x1aheadserve/v1/encoder.proto\"\xd9\x01\n\x0f\x43lassifyOptions\x12\r\n\x05heads\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12)\n\tlong_text\x18\x04 \x01(\x0e\x32\x16.headserve.v1.LongText\x12\x14\n\x0c\x63hunk_tokens\x18\x05 \x01(\r\x12\x15\n\rchunk_overlap\x18\x06 \x01(\r\x12\'\n\x08\x63hunk_by\x18\x07 \x01(\x0e\x32\x15.headserve.v1.ChunkBy\x12\x15\n\rreturn_chunks\x18\x08 \x01(\x08\"\x9f\x01\n\x0f\x43lassifyRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptions\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.headserve.v1.Priority\"N\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x12\n\x05logit\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_logit\"\xa8\x01\n\x12HeadClassification\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x13\n\x0bmulti_label\x18\x02 \x01(\x08\x12(\n\x06labels\x18\x03 \x03(\x0b\x32\x18.headserve.v1.LabelScore\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x31\n\x06\x63hunks\x18\x05 \x03(\x0b\x32!.headserve.v1.ChunkClassification\"k\n\x13\x43hunkClassification\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12(\n\x06labels\x18\x04 \x03(\x0b\x32\x18.headserve.v1.LabelScore\"A\n\x0e\x43lassification\x12/\n\x05heads\x18\x01 \x03(\x0b\x32 .headserve.v1.HeadClassification\"\x8b\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16\x43lassifyStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.ClassifyResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome*a\n\x08LongText\x12\x19\n\x15LONG_TEXT_UNSPECIFIED\x10\x00\x12\x12\n\x0eLONG_TEXT_MEAN\x10\x01\x12\x11\n\rLONG_TEXT_MAX\x10\x02\x12\x13\n\x0fLONG_TEXT_FIRST\x10\x03\x32\xb2\x01\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.headserve.v1.ClassifyRequest\x1a\x1e.headserve.v1.ClassifyResponse\x12Y\n\x0e\x43lassifyStream\x12\x1d.headserve.v1.ClassifyRequest\x1a$.headserve.v1.ClassifyStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headserve.v1.classifier_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.headserve.v1P\001Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1'
-  _globals['_LONGTEXT']._serialized_start=1174
-  _globals['_LONGTEXT']._serialized_end=1271
+  _globals['_LONGTEXT']._serialized_start=1217
+  _globals['_LONGTEXT']._serialized_end=1314
   _globals['_CLASSIFYOPTIONS']._serialized_start=128
   _globals['_CLASSIFYOPTIONS']._serialized_end=345
-  _globals['_CLASSIFYREQUEST']._serialized_start=347
-  _globals['_CLASSIFYREQUEST']._serialized_end=464
-  _globals['_LABELSCORE']._serialized_start=466
-  _globals['_LABELSCORE']._serialized_end=544
-  _globals['_HEADCLASSIFICATION']._serialized_start=547
-  _globals['_HEADCLASSIFICATION']._serialized_end=715
-  _globals['_CHUNKCLASSIFICATION']._serialized_start=717
-  _globals['_CHUNKCLASSIFICATION']._serialized_end=824
-  _globals['_CLASSIFICATION']._serialized_start=826
-  _globals['_CLASSIFICATION']._serialized_end=891
-  _globals['_CLASSIFYRESPONSE']._serialized_start=894
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1033
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=1036
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=1172
-  _globals['_CLASSIFIER']._serialized_start=1274
-  _globals['_CLASSIFIER']._serialized_end=1452
+  _globals['_CLASSIFYREQUEST']._serialized_start=348
+  _globals['_CLASSIFYREQUEST']._serialized_end=507
+  _globals['_LABELSCORE']._serialized_start=509
+  _globals['_LABELSCORE']._serialized_end=587
+  _globals['_HEADCLASSIFICATION']._serialized_start=590
+  _globals['_HEADCLASSIFICATION']._serialized_end=758
+  _globals['_CHUNKCLASSIFICATION']._serialized_start=760
+  _globals['_CHUNKCLASSIFICATION']._serialized_end=867
+  _globals['_CLASSIFICATION']._serialized_start=869
+  _globals['_CLASSIFICATION']._serialized_end=934
+  _globals['_CLASSIFYRESPONSE']._serialized_start=937
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1076
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=1079
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=1215
+  _globals['_CLASSIFIER']._serialized_start=1317
+  _globals['_CLASSIFIER']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

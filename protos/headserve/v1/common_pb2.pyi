@@ -26,6 +26,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """The call's `x-priority`, else interactive."""
+    PRIORITY_INTERACTIVE: _Priority.ValueType  # 1
+    PRIORITY_BULK: _Priority.ValueType  # 2
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """The class of a call's work. Interactive calls (someone waits for the answer)
+    go first; bulk calls (a re-index, a batch job) fill what interactive calls
+    leave and are refused first under overload, but are never starved. A call's
+    class is its `x-priority` metadata (HTTP header), "interactive" (the default)
+    or "bulk"; a request message's own `priority` field, when set, overrides it
+    for that message.
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""The call's `x-priority`, else interactive."""
+PRIORITY_INTERACTIVE: Priority.ValueType  # 1
+PRIORITY_BULK: Priority.ValueType  # 2
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
+
 class _DType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aheadserve/v1/encoder.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"\xb1\x03\n\rEncodeOptions\x12&\n\x07pooling\x18\x01 \x01(\x0e\x32\x15.headserve.v1.Pooling\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x0c\n\x04head\x18\x04 \x01(\t\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x13\n\x0bprompt_name\x18\x06 \x01(\t\x12\x13\n\x06prompt\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x35\n\x0ftruncation_side\x18\x08 \x01(\x0e\x32\x1c.headserve.v1.TruncationSide\x12\x14\n\x0csparse_top_k\x18\t \x01(\r\x12\x19\n\x11sparse_min_weight\x18\n \x01(\x02\x12+\n\nchunk_mode\x18\x0b \x01(\x0e\x32\x17.headserve.v1.ChunkMode\x12\x14\n\x0c\x63hunk_tokens\x18\x0c \x01(\r\x12\x15\n\rchunk_overlap\x18\r \x01(\r\x12\'\n\x08\x63hunk_by\x18\x0e \x01(\x0e\x32\x15.headserve.v1.ChunkByB\x0c\n\n_normalizeB\t\n\x07_prompt\"L\n\x0e\x45mbeddingChunk\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x01(\r\"B\n\x0cSparseVector\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0f\n\x07weights\x18\x03 \x03(\x02\"q\n\rEncodeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.headserve.v1.EncodeOptions\x12\n\n\x02id\x18\x03 \x01(\t\"\xb1\x01\n\tEmbedding\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12*\n\x0ctoken_states\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12*\n\x06sparse\x18\x04 \x01(\x0b\x32\x1a.headserve.v1.SparseVector\x12,\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1c.headserve.v1.EmbeddingChunk\"\x84\x01\n\x0e\x45ncodeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.headserve.v1.Embedding\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x84\x01\n\x14\x45ncodeStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.headserve.v1.EncodeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome*o\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOOLING_CLS\x10\x01\x12\x10\n\x0cPOOLING_MEAN\x10\x02\x12\x10\n\x0cPOOLING_NONE\x10\x03\x12\x16\n\x12POOLING_LAST_TOKEN\x10\x04*f\n\x0eTruncationSide\x12\x1f\n\x1bTRUNCATION_SIDE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRUNCATION_SIDE_RIGHT\x10\x01\x12\x18\n\x14TRUNCATION_SIDE_LEFT\x10\x02*m\n\tChunkMode\x12\x1a\n\x16\x43HUNK_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HUNK_MODE_NONE\x10\x01\x12\x1a\n\x16\x43HUNK_MODE_INDEPENDENT\x10\x02\x12\x13\n\x0f\x43HUNK_MODE_LATE\x10\x03*P\n\x07\x43hunkBy\x12\x18\n\x14\x43HUNK_BY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HUNK_BY_TOKENS\x10\x01\x12\x16\n\x12\x43HUNK_BY_SENTENCES\x10\x02\x32\xa3\x01\n\x07\x45ncoder\x12\x43\n\x06\x45ncode\x12\x1b.headserve.v1.EncodeRequest\x1a\x1c.headserve.v1.EncodeResponse\x12S\n\x0c\x45ncodeStream\x12\x1b.headserve.v1.EncodeRequest\x1a\".headserve.v1.EncodeStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aheadserve/v1/encoder.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"\xb1\x03\n\rEncodeOptions\x12&\n\x07pooling\x18\x01 \x01(\x0e\x32\x15.headserve.v1.Pooling\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x0c\n\x04head\x18\x04 \x01(\t\x12\x12\n\ndimensions\x18\x05 \x01(\r\x12\x13\n\x0bprompt_name\x18\x06 \x01(\t\x12\x13\n\x06prompt\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x35\n\x0ftruncation_side\x18\x08 \x01(\x0e\x32\x1c.headserve.v1.TruncationSide\x12\x14\n\x0csparse_top_k\x18\t \x01(\r\x12\x19\n\x11sparse_min_weight\x18\n \x01(\x02\x12+\n\nchunk_mode\x18\x0b \x01(\x0e\x32\x17.headserve.v1.ChunkMode\x12\x14\n\x0c\x63hunk_tokens\x18\x0c \x01(\r\x12\x15\n\rchunk_overlap\x18\r \x01(\r\x12\'\n\x08\x63hunk_by\x18\x0e \x01(\x0e\x32\x15.headserve.v1.ChunkByB\x0c\n\n_normalizeB\t\n\x07_prompt\"L\n\x0e\x45mbeddingChunk\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x01(\r\"B\n\x0cSparseVector\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0f\n\x07weights\x18\x03 \x03(\x02\"\x9b\x01\n\rEncodeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.headserve.v1.EncodeOptions\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.headserve.v1.Priority\"\xb1\x01\n\tEmbedding\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12*\n\x0ctoken_states\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12*\n\x06sparse\x18\x04 \x01(\x0b\x32\x1a.headserve.v1.SparseVector\x12,\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1c.headserve.v1.EmbeddingChunk\"\x84\x01\n\x0e\x45ncodeResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.headserve.v1.Embedding\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x84\x01\n\x14\x45ncodeStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.headserve.v1.EncodeResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome*o\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOOLING_CLS\x10\x01\x12\x10\n\x0cPOOLING_MEAN\x10\x02\x12\x10\n\x0cPOOLING_NONE\x10\x03\x12\x16\n\x12POOLING_LAST_TOKEN\x10\x04*f\n\x0eTruncationSide\x12\x1f\n\x1bTRUNCATION_SIDE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRUNCATION_SIDE_RIGHT\x10\x01\x12\x18\n\x14TRUNCATION_SIDE_LEFT\x10\x02*m\n\tChunkMode\x12\x1a\n\x16\x43HUNK_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HUNK_MODE_NONE\x10\x01\x12\x1a\n\x16\x43HUNK_MODE_INDEPENDENT\x10\x02\x12\x13\n\x0f\x43HUNK_MODE_LATE\x10\x03*P\n\x07\x43hunkBy\x12\x18\n\x14\x43HUNK_BY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HUNK_BY_TOKENS\x10\x01\x12\x16\n\x12\x43HUNK_BY_SENTENCES\x10\x02\x32\xa3\x01\n\x07\x45ncoder\x12\x43\n\x06\x45ncode\x12\x1b.headserve.v1.EncodeRequest\x1a\x1c.headserve.v1.EncodeResponse\x12S\n\x0c\x45ncodeStream\x12\x1b.headserve.v1.EncodeRequest\x1a\".headserve.v1.EncodeStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headserve.v1.encoder_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.headserve.v1P\001Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1'
-  _globals['_POOLING']._serialized_start=1243
-  _globals['_POOLING']._serialized_end=1354
-  _globals['_TRUNCATIONSIDE']._serialized_start=1356
-  _globals['_TRUNCATIONSIDE']._serialized_end=1458
-  _globals['_CHUNKMODE']._serialized_start=1460
-  _globals['_CHUNKMODE']._serialized_end=1569
-  _globals['_CHUNKBY']._serialized_start=1571
-  _globals['_CHUNKBY']._serialized_end=1651
+  _globals['_POOLING']._serialized_start=1286
+  _globals['_POOLING']._serialized_end=1397
+  _globals['_TRUNCATIONSIDE']._serialized_start=1399
+  _globals['_TRUNCATIONSIDE']._serialized_end=1501
+  _globals['_CHUNKMODE']._serialized_start=1503
+  _globals['_CHUNKMODE']._serialized_end=1612
+  _globals['_CHUNKBY']._serialized_start=1614
+  _globals['_CHUNKBY']._serialized_end=1694
   _globals['_ENCODEOPTIONS']._serialized_start=97
   _globals['_ENCODEOPTIONS']._serialized_end=530
   _globals['_EMBEDDINGCHUNK']._serialized_start=532
   _globals['_EMBEDDINGCHUNK']._serialized_end=608
   _globals['_SPARSEVECTOR']._serialized_start=610
   _globals['_SPARSEVECTOR']._serialized_end=676
-  _globals['_ENCODEREQUEST']._serialized_start=678
-  _globals['_ENCODEREQUEST']._serialized_end=791
-  _globals['_EMBEDDING']._serialized_start=794
-  _globals['_EMBEDDING']._serialized_end=971
-  _globals['_ENCODERESPONSE']._serialized_start=974
-  _globals['_ENCODERESPONSE']._serialized_end=1106
-  _globals['_ENCODESTREAMRESPONSE']._serialized_start=1109
-  _globals['_ENCODESTREAMRESPONSE']._serialized_end=1241
-  _globals['_ENCODER']._serialized_start=1654
-  _globals['_ENCODER']._serialized_end=1817
+  _globals['_ENCODEREQUEST']._serialized_start=679
+  _globals['_ENCODEREQUEST']._serialized_end=834
+  _globals['_EMBEDDING']._serialized_start=837
+  _globals['_EMBEDDING']._serialized_end=1014
+  _globals['_ENCODERESPONSE']._serialized_start=1017
+  _globals['_ENCODERESPONSE']._serialized_end=1149
+  _globals['_ENCODESTREAMRESPONSE']._serialized_start=1152
+  _globals['_ENCODESTREAMRESPONSE']._serialized_end=1284
+  _globals['_ENCODER']._serialized_start=1697
+  _globals['_ENCODER']._serialized_end=1860
 # @@protoc_insertion_point(module_scope)

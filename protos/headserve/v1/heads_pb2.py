@@ -31,7 +31,7 @@ from headserve.v1 import question_answerer_pb2 as headserve_dot_v1_dot_question_
 from headserve.v1 import token_predictor_pb2 as headserve_dot_v1_dot_token__predictor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headserve/v1/heads.proto\x12\x0cheadserve.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\x1a\x1dheadserve/v1/classifier.proto\x1a\x19headserve/v1/common.proto\x1a\x1aheadserve/v1/encoder.proto\x1a$headserve/v1/question_answerer.proto\x1a\"headserve/v1/token_predictor.proto\"\x8a\x01\n\nRunRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04head\x18\x04 \x01(\t\x12\x10\n\x08truncate\x18\x05 \x01(\x08\"\xb3\x01\n\nHeadOutput\x12\'\n\x06\x66ields\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x36\n\x07tensors\x18\x02 \x03(\x0b\x32%.headserve.v1.HeadOutput.TensorsEntry\x1a\x44\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor:\x02\x38\x01\"\x9e\x01\n\x0bRunResponse\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.headserve.v1.HeadOutput\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.headserve.v1.Timing\"~\n\x11RunStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x19.headserve.v1.RunResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"\xae\x02\n\x08HeadCall\x12\x0c\n\x04head\x18\x01 \x01(\t\x12-\n\x06\x65ncode\x18\x02 \x01(\x0b\x32\x1b.headserve.v1.EncodeOptionsH\x00\x12\x31\n\x08\x63lassify\x18\x03 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptionsH\x00\x12<\n\x0epredict_tokens\x18\x04 \x01(\x0b\x32\".headserve.v1.PredictTokensOptionsH\x00\x12>\n\x0f\x61nswer_question\x18\x05 \x01(\x0b\x32#.headserve.v1.AnswerQuestionOptionsH\x00\x12)\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07options\"~\n\x0fRunHeadsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12%\n\x05heads\x18\x02 \x03(\x0b\x32\x16.headserve.v1.HeadCall\x12\n\n\x02id\x18\x03 \x01(\t\x12\x10\n\x08truncate\x18\x04 \x01(\x08\"\xb6\x02\n\nHeadResult\x12,\n\tembedding\x18\x01 \x01(\x0b\x32\x17.headserve.v1.EmbeddingH\x00\x12:\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32 .headserve.v1.HeadClassificationH\x00\x12\x33\n\nprediction\x18\x03 \x01(\x0b\x32\x1d.headserve.v1.TokenPredictionH\x00\x12.\n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x1c.headserve.v1.QuestionAnswerH\x00\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x18.headserve.v1.HeadOutputH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\":\n\x0fItemHeadResults\x12\'\n\x05heads\x18\x01 \x03(\x0b\x32\x18.headserve.v1.HeadResult\"%\n\x07HeadRan\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xb2\x01\n\x10RunHeadsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.ItemHeadResults\x12$\n\x05heads\x18\x02 \x03(\x0b\x32\x15.headserve.v1.HeadRan\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16RunHeadsStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.RunHeadsResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xb5\x02\n\x05Heads\x12:\n\x03Run\x12\x18.headserve.v1.RunRequest\x1a\x19.headserve.v1.RunResponse\x12J\n\tRunStream\x12\x18.headserve.v1.RunRequest\x1a\x1f.headserve.v1.RunStreamResponse(\x01\x30\x01\x12I\n\x08RunHeads\x12\x1d.headserve.v1.RunHeadsRequest\x1a\x1e.headserve.v1.RunHeadsResponse\x12Y\n\x0eRunHeadsStream\x12\x1d.headserve.v1.RunHeadsRequest\x1a$.headserve.v1.RunHeadsStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headserve/v1/heads.proto\x12\x0cheadserve.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\x1a\x1dheadserve/v1/classifier.proto\x1a\x19headserve/v1/common.proto\x1a\x1aheadserve/v1/encoder.proto\x1a$headserve/v1/question_answerer.proto\x1a\"headserve/v1/token_predictor.proto\"\xb4\x01\n\nRunRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04head\x18\x04 \x01(\t\x12\x10\n\x08truncate\x18\x05 \x01(\x08\x12(\n\x08priority\x18\x06 \x01(\x0e\x32\x16.headserve.v1.Priority\"\xb3\x01\n\nHeadOutput\x12\'\n\x06\x66ields\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x36\n\x07tensors\x18\x02 \x03(\x0b\x32%.headserve.v1.HeadOutput.TensorsEntry\x1a\x44\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor:\x02\x38\x01\"\x9e\x01\n\x0bRunResponse\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.headserve.v1.HeadOutput\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.headserve.v1.Timing\"~\n\x11RunStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x19.headserve.v1.RunResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"\xae\x02\n\x08HeadCall\x12\x0c\n\x04head\x18\x01 \x01(\t\x12-\n\x06\x65ncode\x18\x02 \x01(\x0b\x32\x1b.headserve.v1.EncodeOptionsH\x00\x12\x31\n\x08\x63lassify\x18\x03 \x01(\x0b\x32\x1d.headserve.v1.ClassifyOptionsH\x00\x12<\n\x0epredict_tokens\x18\x04 \x01(\x0b\x32\".headserve.v1.PredictTokensOptionsH\x00\x12>\n\x0f\x61nswer_question\x18\x05 \x01(\x0b\x32#.headserve.v1.AnswerQuestionOptionsH\x00\x12)\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07options\"\xa8\x01\n\x0fRunHeadsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12%\n\x05heads\x18\x02 \x03(\x0b\x32\x16.headserve.v1.HeadCall\x12\n\n\x02id\x18\x03 \x01(\t\x12\x10\n\x08truncate\x18\x04 \x01(\x08\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.headserve.v1.Priority\"\xb6\x02\n\nHeadResult\x12,\n\tembedding\x18\x01 \x01(\x0b\x32\x17.headserve.v1.EmbeddingH\x00\x12:\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32 .headserve.v1.HeadClassificationH\x00\x12\x33\n\nprediction\x18\x03 \x01(\x0b\x32\x1d.headserve.v1.TokenPredictionH\x00\x12.\n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x1c.headserve.v1.QuestionAnswerH\x00\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x18.headserve.v1.HeadOutputH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\":\n\x0fItemHeadResults\x12\'\n\x05heads\x18\x01 \x03(\x0b\x32\x18.headserve.v1.HeadResult\"%\n\x07HeadRan\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xb2\x01\n\x10RunHeadsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.ItemHeadResults\x12$\n\x05heads\x18\x02 \x03(\x0b\x32\x15.headserve.v1.HeadRan\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x88\x01\n\x16RunHeadsStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.headserve.v1.RunHeadsResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xb5\x02\n\x05Heads\x12:\n\x03Run\x12\x18.headserve.v1.RunRequest\x1a\x19.headserve.v1.RunResponse\x12J\n\tRunStream\x12\x18.headserve.v1.RunRequest\x1a\x1f.headserve.v1.RunStreamResponse(\x01\x30\x01\x12I\n\x08RunHeads\x12\x1d.headserve.v1.RunHeadsRequest\x1a\x1e.headserve.v1.RunHeadsResponse\x12Y\n\x0eRunHeadsStream\x12\x1d.headserve.v1.RunHeadsRequest\x1a$.headserve.v1.RunHeadsStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,29 +42,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADOUTPUT_TENSORSENTRY']._loaded_options = None
   _globals['_HEADOUTPUT_TENSORSENTRY']._serialized_options = b'8\001'
   _globals['_RUNREQUEST']._serialized_start=258
-  _globals['_RUNREQUEST']._serialized_end=396
-  _globals['_HEADOUTPUT']._serialized_start=399
-  _globals['_HEADOUTPUT']._serialized_end=578
-  _globals['_HEADOUTPUT_TENSORSENTRY']._serialized_start=510
-  _globals['_HEADOUTPUT_TENSORSENTRY']._serialized_end=578
-  _globals['_RUNRESPONSE']._serialized_start=581
-  _globals['_RUNRESPONSE']._serialized_end=739
-  _globals['_RUNSTREAMRESPONSE']._serialized_start=741
-  _globals['_RUNSTREAMRESPONSE']._serialized_end=867
-  _globals['_HEADCALL']._serialized_start=870
-  _globals['_HEADCALL']._serialized_end=1172
-  _globals['_RUNHEADSREQUEST']._serialized_start=1174
-  _globals['_RUNHEADSREQUEST']._serialized_end=1300
-  _globals['_HEADRESULT']._serialized_start=1303
-  _globals['_HEADRESULT']._serialized_end=1613
-  _globals['_ITEMHEADRESULTS']._serialized_start=1615
-  _globals['_ITEMHEADRESULTS']._serialized_end=1673
-  _globals['_HEADRAN']._serialized_start=1675
-  _globals['_HEADRAN']._serialized_end=1712
-  _globals['_RUNHEADSRESPONSE']._serialized_start=1715
-  _globals['_RUNHEADSRESPONSE']._serialized_end=1893
-  _globals['_RUNHEADSSTREAMRESPONSE']._serialized_start=1896
-  _globals['_RUNHEADSSTREAMRESPONSE']._serialized_end=2032
-  _globals['_HEADS']._serialized_start=2035
-  _globals['_HEADS']._serialized_end=2344
+  _globals['_RUNREQUEST']._serialized_end=438
+  _globals['_HEADOUTPUT']._serialized_start=441
+  _globals['_HEADOUTPUT']._serialized_end=620
+  _globals['_HEADOUTPUT_TENSORSENTRY']._serialized_start=552
+  _globals['_HEADOUTPUT_TENSORSENTRY']._serialized_end=620
+  _globals['_RUNRESPONSE']._serialized_start=623
+  _globals['_RUNRESPONSE']._serialized_end=781
+  _globals['_RUNSTREAMRESPONSE']._serialized_start=783
+  _globals['_RUNSTREAMRESPONSE']._serialized_end=909
+  _globals['_HEADCALL']._serialized_start=912
+  _globals['_HEADCALL']._serialized_end=1214
+  _globals['_RUNHEADSREQUEST']._serialized_start=1217
+  _globals['_RUNHEADSREQUEST']._serialized_end=1385
+  _globals['_HEADRESULT']._serialized_start=1388
+  _globals['_HEADRESULT']._serialized_end=1698
+  _globals['_ITEMHEADRESULTS']._serialized_start=1700
+  _globals['_ITEMHEADRESULTS']._serialized_end=1758
+  _globals['_HEADRAN']._serialized_start=1760
+  _globals['_HEADRAN']._serialized_end=1797
+  _globals['_RUNHEADSRESPONSE']._serialized_start=1800
+  _globals['_RUNHEADSRESPONSE']._serialized_end=1978
+  _globals['_RUNHEADSSTREAMRESPONSE']._serialized_start=1981
+  _globals['_RUNHEADSSTREAMRESPONSE']._serialized_end=2117
+  _globals['_HEADS']._serialized_start=2120
+  _globals['_HEADS']._serialized_end=2429
 # @@protoc_insertion_point(module_scope)

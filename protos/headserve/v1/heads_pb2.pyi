@@ -44,11 +44,14 @@ class RunRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     head: _builtins.str
     """The head to run, by name (required)."""
     truncate: _builtins.bool
     """Cut items longer than the model's max_length instead of refusing them."""
+    priority: _common_pb2.Priority.ValueType
+    """This message's class of work; unset: the call's `x-priority` (Priority)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TextInput]: ...
     @_builtins.property
@@ -65,10 +68,11 @@ class RunRequest(_message.Message):
         id: _builtins.str = ...,
         head: _builtins.str = ...,
         truncate: _builtins.bool = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "id", b"id", "items", b"items", "options", b"options", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "id", b"id", "items", b"items", "options", b"options", "priority", b"priority", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,11 +249,14 @@ class RunHeadsRequest(_message.Message):
     HEADS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     truncate: _builtins.bool
     """Cut items longer than the model's max_length for every head (a head's own
     options may ask it for that head alone).
     """
+    priority: _common_pb2.Priority.ValueType
+    """This message's class of work; unset: the call's `x-priority` (Priority)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TextInput]:
         """A question-answering head reads an item's text as the question and its
@@ -265,10 +272,11 @@ class RunHeadsRequest(_message.Message):
         heads: _abc.Iterable[Global___HeadCall] | None = ...,
         id: _builtins.str = ...,
         truncate: _builtins.bool = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "id", b"id", "items", b"items", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "id", b"id", "items", b"items", "priority", b"priority", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

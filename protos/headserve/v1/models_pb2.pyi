@@ -481,6 +481,7 @@ class SchedulerInfo(_message.Message):
     TORCH_THREADS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     LONG_CALL_TOKENS_FIELD_NUMBER: _builtins.int
+    BULK_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
     max_batch_tokens: _builtins.int
     """Padded tokens per batch: rows x the longest row."""
     max_batch_items: _builtins.int
@@ -498,6 +499,10 @@ class SchedulerInfo(_message.Message):
     """A call of more backbone tokens is long: its rows queue this many tokens at
     a time, in batches of their own, leaving a worker to other calls.
     """
+    bulk_batch_tokens: _builtins.int
+    """While interactive work is queued or came in the last second, a batch
+    carries at most this many tokens of bulk calls' rows.
+    """
     def __init__(
         self,
         *,
@@ -509,10 +514,11 @@ class SchedulerInfo(_message.Message):
         torch_threads: _builtins.int = ...,
         workers: _builtins.int = ...,
         long_call_tokens: _builtins.int = ...,
+        bulk_batch_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["long_call_tokens", b"long_call_tokens", "max_batch_items", b"max_batch_items", "max_batch_tokens", b"max_batch_tokens", "max_queue_items", b"max_queue_items", "max_wait_ms", b"max_wait_ms", "stream_in_flight_items", b"stream_in_flight_items", "torch_threads", b"torch_threads", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_batch_tokens", b"bulk_batch_tokens", "long_call_tokens", b"long_call_tokens", "max_batch_items", b"max_batch_items", "max_batch_tokens", b"max_batch_tokens", "max_queue_items", b"max_queue_items", "max_wait_ms", b"max_wait_ms", "stream_in_flight_items", b"stream_in_flight_items", "torch_threads", b"torch_threads", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$headserve/v1/question_answerer.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"4\n\x0fQuestionContext\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"|\n\x15\x41nswerQuestionOptions\x12\r\n\x05top_k\x18\x01 \x01(\x05\x12\x19\n\x11max_answer_length\x18\x02 \x01(\x05\x12\x12\n\ndoc_stride\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llow_no_answer\x18\x04 \x01(\x08\x12\x0c\n\x04head\x18\x05 \x01(\t\"\x87\x01\n\x15\x41nswerQuestionRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.QuestionContext\x12\x34\n\x07options\x18\x02 \x01(\x0b\x32#.headserve.v1.AnswerQuestionOptions\x12\n\n\x02id\x18\x03 \x01(\t\"T\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x11\n\tno_answer\x18\x05 \x01(\x08\"H\n\x0eQuestionAnswer\x12%\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x14.headserve.v1.Answer\x12\x0f\n\x07windows\x18\x02 \x01(\x05\"\x91\x01\n\x16\x41nswerQuestionResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.QuestionAnswer\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x94\x01\n\x1c\x41nswerQuestionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\x08response\x18\x02 \x01(\x0b\x32$.headserve.v1.AnswerQuestionResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xdc\x01\n\x10QuestionAnswerer\x12[\n\x0e\x41nswerQuestion\x12#.headserve.v1.AnswerQuestionRequest\x1a$.headserve.v1.AnswerQuestionResponse\x12k\n\x14\x41nswerQuestionStream\x12#.headserve.v1.AnswerQuestionRequest\x1a*.headserve.v1.AnswerQuestionStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$headserve/v1/question_answerer.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"4\n\x0fQuestionContext\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"|\n\x15\x41nswerQuestionOptions\x12\r\n\x05top_k\x18\x01 \x01(\x05\x12\x19\n\x11max_answer_length\x18\x02 \x01(\x05\x12\x12\n\ndoc_stride\x18\x03 \x01(\x05\x12\x17\n\x0f\x61llow_no_answer\x18\x04 \x01(\x08\x12\x0c\n\x04head\x18\x05 \x01(\t\"\xb1\x01\n\x15\x41nswerQuestionRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.QuestionContext\x12\x34\n\x07options\x18\x02 \x01(\x0b\x32#.headserve.v1.AnswerQuestionOptions\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.headserve.v1.Priority\"T\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x11\n\tno_answer\x18\x05 \x01(\x08\"H\n\x0eQuestionAnswer\x12%\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x14.headserve.v1.Answer\x12\x0f\n\x07windows\x18\x02 \x01(\x05\"\x91\x01\n\x16\x41nswerQuestionResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.QuestionAnswer\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x94\x01\n\x1c\x41nswerQuestionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\x08response\x18\x02 \x01(\x0b\x32$.headserve.v1.AnswerQuestionResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xdc\x01\n\x10QuestionAnswerer\x12[\n\x0e\x41nswerQuestion\x12#.headserve.v1.AnswerQuestionRequest\x1a$.headserve.v1.AnswerQuestionResponse\x12k\n\x14\x41nswerQuestionStream\x12#.headserve.v1.AnswerQuestionRequest\x1a*.headserve.v1.AnswerQuestionStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,15 +39,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANSWERQUESTIONOPTIONS']._serialized_start=160
   _globals['_ANSWERQUESTIONOPTIONS']._serialized_end=284
   _globals['_ANSWERQUESTIONREQUEST']._serialized_start=287
-  _globals['_ANSWERQUESTIONREQUEST']._serialized_end=422
-  _globals['_ANSWER']._serialized_start=424
-  _globals['_ANSWER']._serialized_end=508
-  _globals['_QUESTIONANSWER']._serialized_start=510
-  _globals['_QUESTIONANSWER']._serialized_end=582
-  _globals['_ANSWERQUESTIONRESPONSE']._serialized_start=585
-  _globals['_ANSWERQUESTIONRESPONSE']._serialized_end=730
-  _globals['_ANSWERQUESTIONSTREAMRESPONSE']._serialized_start=733
-  _globals['_ANSWERQUESTIONSTREAMRESPONSE']._serialized_end=881
-  _globals['_QUESTIONANSWERER']._serialized_start=884
-  _globals['_QUESTIONANSWERER']._serialized_end=1104
+  _globals['_ANSWERQUESTIONREQUEST']._serialized_end=464
+  _globals['_ANSWER']._serialized_start=466
+  _globals['_ANSWER']._serialized_end=550
+  _globals['_QUESTIONANSWER']._serialized_start=552
+  _globals['_QUESTIONANSWER']._serialized_end=624
+  _globals['_ANSWERQUESTIONRESPONSE']._serialized_start=627
+  _globals['_ANSWERQUESTIONRESPONSE']._serialized_end=772
+  _globals['_ANSWERQUESTIONSTREAMRESPONSE']._serialized_start=775
+  _globals['_ANSWERQUESTIONSTREAMRESPONSE']._serialized_end=923
+  _globals['_QUESTIONANSWERER']._serialized_start=926
+  _globals['_QUESTIONANSWERER']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

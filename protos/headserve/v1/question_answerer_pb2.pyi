@@ -89,7 +89,10 @@ class AnswerQuestionRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    priority: _common_pb2.Priority.ValueType
+    """This message's class of work; unset: the call's `x-priority` (Priority)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuestionContext]: ...
     @_builtins.property
@@ -100,10 +103,11 @@ class AnswerQuestionRequest(_message.Message):
         items: _abc.Iterable[Global___QuestionContext] | None = ...,
         options: Global___AnswerQuestionOptions | None = ...,
         id: _builtins.str = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "items", b"items", "options", b"options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "items", b"items", "options", b"options", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19headserve/v1/ranker.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"X\n\rRerankOptions\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\r\n\x05top_n\x18\x02 \x01(\x05\x12\x18\n\x10return_documents\x18\x03 \x01(\x08\x12\x10\n\x08truncate\x18\x04 \x01(\x08\"k\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.headserve.v1.RerankOptions\x12\n\n\x02id\x18\x04 \x01(\t\"@\n\x0eRankedDocument\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x97\x01\n\x0eRerankResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.RankedDocument\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\x12\x0c\n\x04head\x18\x04 \x01(\t\"\x84\x01\n\x14RerankStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.headserve.v1.RerankResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xa2\x01\n\x06Ranker\x12\x43\n\x06Rerank\x12\x1b.headserve.v1.RerankRequest\x1a\x1c.headserve.v1.RerankResponse\x12S\n\x0cRerankStream\x12\x1b.headserve.v1.RerankRequest\x1a\".headserve.v1.RerankStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19headserve/v1/ranker.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"X\n\rRerankOptions\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\r\n\x05top_n\x18\x02 \x01(\x05\x12\x18\n\x10return_documents\x18\x03 \x01(\x08\x12\x10\n\x08truncate\x18\x04 \x01(\x08\"\x95\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.headserve.v1.RerankOptions\x12\n\n\x02id\x18\x04 \x01(\t\x12(\n\x08priority\x18\x05 \x01(\x0e\x32\x16.headserve.v1.Priority\"@\n\x0eRankedDocument\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x97\x01\n\x0eRerankResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.RankedDocument\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\x12\x0c\n\x04head\x18\x04 \x01(\t\"\x84\x01\n\x14RerankStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1c.headserve.v1.RerankResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xa2\x01\n\x06Ranker\x12\x43\n\x06Rerank\x12\x1b.headserve.v1.RerankRequest\x1a\x1c.headserve.v1.RerankResponse\x12S\n\x0cRerankStream\x12\x1b.headserve.v1.RerankRequest\x1a\".headserve.v1.RerankStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.headserve.v1P\001Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1'
   _globals['_RERANKOPTIONS']._serialized_start=95
   _globals['_RERANKOPTIONS']._serialized_end=183
-  _globals['_RERANKREQUEST']._serialized_start=185
-  _globals['_RERANKREQUEST']._serialized_end=292
-  _globals['_RANKEDDOCUMENT']._serialized_start=294
-  _globals['_RANKEDDOCUMENT']._serialized_end=358
-  _globals['_RERANKRESPONSE']._serialized_start=361
-  _globals['_RERANKRESPONSE']._serialized_end=512
-  _globals['_RERANKSTREAMRESPONSE']._serialized_start=515
-  _globals['_RERANKSTREAMRESPONSE']._serialized_end=647
-  _globals['_RANKER']._serialized_start=650
-  _globals['_RANKER']._serialized_end=812
+  _globals['_RERANKREQUEST']._serialized_start=186
+  _globals['_RERANKREQUEST']._serialized_end=335
+  _globals['_RANKEDDOCUMENT']._serialized_start=337
+  _globals['_RANKEDDOCUMENT']._serialized_end=401
+  _globals['_RERANKRESPONSE']._serialized_start=404
+  _globals['_RERANKRESPONSE']._serialized_end=555
+  _globals['_RERANKSTREAMRESPONSE']._serialized_start=558
+  _globals['_RERANKSTREAMRESPONSE']._serialized_end=690
+  _globals['_RANKER']._serialized_start=693
+  _globals['_RANKER']._serialized_end=855
 # @@protoc_insertion_point(module_scope)

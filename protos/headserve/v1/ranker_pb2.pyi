@@ -71,9 +71,12 @@ class RerankRequest(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     id: _builtins.str
     """Client-chosen id, echoed in stream responses. Ignored by Rerank."""
+    priority: _common_pb2.Priority.ValueType
+    """This message's class of work; unset: the call's `x-priority` (Priority)."""
     @_builtins.property
     def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -85,10 +88,11 @@ class RerankRequest(_message.Message):
         documents: _abc.Iterable[_builtins.str] | None = ...,
         options: Global___RerankOptions | None = ...,
         id: _builtins.str = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "id", b"id", "options", b"options", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "id", b"id", "options", b"options", "priority", b"priority", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

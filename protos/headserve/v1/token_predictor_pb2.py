@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from headserve.v1 import common_pb2 as headserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"headserve/v1/token_predictor.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"\\\n\x14PredictTokensOptions\x12\r\n\x05top_k\x18\x01 \x01(\x05\x12\x15\n\rreturn_logits\x18\x02 \x01(\x08\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x0c\n\x04head\x18\x04 \x01(\t\"\x7f\n\x14PredictTokensRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".headserve.v1.PredictTokensOptions\x12\n\n\x02id\x18\x03 \x01(\t\"F\n\x0eTokenCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"v\n\x0eMaskPrediction\x12\x10\n\x08position\x18\x01 \x01(\x05\x12 \n\x04span\x18\x02 \x01(\x0b\x32\x12.headserve.v1.Span\x12\x30\n\ncandidates\x18\x03 \x03(\x0b\x32\x1c.headserve.v1.TokenCandidate\"d\n\x0fTokenPrediction\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.MaskPrediction\x12$\n\x06logits\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor\"\x91\x01\n\x15PredictTokensResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.TokenPrediction\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x92\x01\n\x1bPredictTokensStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.headserve.v1.PredictTokensResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xd4\x01\n\x0eTokenPredictor\x12X\n\rPredictTokens\x12\".headserve.v1.PredictTokensRequest\x1a#.headserve.v1.PredictTokensResponse\x12h\n\x13PredictTokensStream\x12\".headserve.v1.PredictTokensRequest\x1a).headserve.v1.PredictTokensStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"headserve/v1/token_predictor.proto\x12\x0cheadserve.v1\x1a\x17google/rpc/status.proto\x1a\x19headserve/v1/common.proto\"\\\n\x14PredictTokensOptions\x12\r\n\x05top_k\x18\x01 \x01(\x05\x12\x15\n\rreturn_logits\x18\x02 \x01(\x08\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x0c\n\x04head\x18\x04 \x01(\t\"\xa9\x01\n\x14PredictTokensRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.headserve.v1.TextInput\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".headserve.v1.PredictTokensOptions\x12\n\n\x02id\x18\x03 \x01(\t\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.headserve.v1.Priority\"F\n\x0eTokenCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"v\n\x0eMaskPrediction\x12\x10\n\x08position\x18\x01 \x01(\x05\x12 \n\x04span\x18\x02 \x01(\x0b\x32\x12.headserve.v1.Span\x12\x30\n\ncandidates\x18\x03 \x03(\x0b\x32\x1c.headserve.v1.TokenCandidate\"d\n\x0fTokenPrediction\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.headserve.v1.MaskPrediction\x12$\n\x06logits\x18\x02 \x01(\x0b\x32\x14.headserve.v1.Tensor\"\x91\x01\n\x15PredictTokensResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.headserve.v1.TokenPrediction\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.headserve.v1.Usage\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.headserve.v1.Timing\"\x92\x01\n\x1bPredictTokensStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.headserve.v1.PredictTokensResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome2\xd4\x01\n\x0eTokenPredictor\x12X\n\rPredictTokens\x12\".headserve.v1.PredictTokensRequest\x1a#.headserve.v1.PredictTokensResponse\x12h\n\x13PredictTokensStream\x12\".headserve.v1.PredictTokensRequest\x1a).headserve.v1.PredictTokensStreamResponse(\x01\x30\x01\x42T\n\x10\x64\x65v.headserve.v1P\x01Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,18 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.headserve.v1P\001Z>github.com/headserve/headserve/gen/go/headserve/v1;headservev1'
   _globals['_PREDICTTOKENSOPTIONS']._serialized_start=104
   _globals['_PREDICTTOKENSOPTIONS']._serialized_end=196
-  _globals['_PREDICTTOKENSREQUEST']._serialized_start=198
-  _globals['_PREDICTTOKENSREQUEST']._serialized_end=325
-  _globals['_TOKENCANDIDATE']._serialized_start=327
-  _globals['_TOKENCANDIDATE']._serialized_end=397
-  _globals['_MASKPREDICTION']._serialized_start=399
-  _globals['_MASKPREDICTION']._serialized_end=517
-  _globals['_TOKENPREDICTION']._serialized_start=519
-  _globals['_TOKENPREDICTION']._serialized_end=619
-  _globals['_PREDICTTOKENSRESPONSE']._serialized_start=622
-  _globals['_PREDICTTOKENSRESPONSE']._serialized_end=767
-  _globals['_PREDICTTOKENSSTREAMRESPONSE']._serialized_start=770
-  _globals['_PREDICTTOKENSSTREAMRESPONSE']._serialized_end=916
-  _globals['_TOKENPREDICTOR']._serialized_start=919
-  _globals['_TOKENPREDICTOR']._serialized_end=1131
+  _globals['_PREDICTTOKENSREQUEST']._serialized_start=199
+  _globals['_PREDICTTOKENSREQUEST']._serialized_end=368
+  _globals['_TOKENCANDIDATE']._serialized_start=370
+  _globals['_TOKENCANDIDATE']._serialized_end=440
+  _globals['_MASKPREDICTION']._serialized_start=442
+  _globals['_MASKPREDICTION']._serialized_end=560
+  _globals['_TOKENPREDICTION']._serialized_start=562
+  _globals['_TOKENPREDICTION']._serialized_end=662
+  _globals['_PREDICTTOKENSRESPONSE']._serialized_start=665
+  _globals['_PREDICTTOKENSRESPONSE']._serialized_end=810
+  _globals['_PREDICTTOKENSSTREAMRESPONSE']._serialized_start=813
+  _globals['_PREDICTTOKENSSTREAMRESPONSE']._serialized_end=959
+  _globals['_TOKENPREDICTOR']._serialized_start=962
+  _globals['_TOKENPREDICTOR']._serialized_end=1174
 # @@protoc_insertion_point(module_scope)

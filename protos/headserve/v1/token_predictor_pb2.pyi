@@ -62,7 +62,10 @@ class PredictTokensRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    priority: _common_pb2.Priority.ValueType
+    """This message's class of work; unset: the call's `x-priority` (Priority)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TextInput]: ...
     @_builtins.property
@@ -73,10 +76,11 @@ class PredictTokensRequest(_message.Message):
         items: _abc.Iterable[_common_pb2.TextInput] | None = ...,
         options: Global___PredictTokensOptions | None = ...,
         id: _builtins.str = ...,
+        priority: _common_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "items", b"items", "options", b"options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "items", b"items", "options", b"options", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
