@@ -1,7 +1,7 @@
 """Bulk work beside live traffic (CPU, loopback, the packaged MiniLM).
 
     .venv/bin/python bench/bulk.py interference [--rounds 3] [--seconds 10]
-    .venv/bin/python bench/bulk.py throughput --base-bin /tmp/base-headserve [--rounds 3]
+    .venv/bin/python bench/bulk.py throughput --base-bin OLD/headserve [--rounds 2]
 
 `interference`: 8 closed-loop interactive callers of Encode, one sentence a call, measured
 alone; then while 4 bulk callers (`x-priority: bulk`) keep the server saturated with Encode
@@ -10,21 +10,27 @@ work (no class: what a re-index did to live traffic before calls had one). One s
 phases interleaved in each round. Reported per round: p50 / p99 of the interactive calls in
 each phase, the p99 ratio to alone, and the bulk sentences/s.
 
-`throughput`: a 2,000-sentence bulk job (one EncodeStream of 64-sentence requests, `x-priority:
-bulk`, at most 4 in flight) on this server, against 64 closed-loop unary Encode callers of one
-sentence on `--base-bin` (another checkout's `headserve`: the code before bulk work had a
-class), each for the same time, in alternating order; reported: sentences/s of both and the
-ratio per round.
+`throughput`: 2,000 sentences as bulk work on this server, against 64 closed-loop unary Encode
+callers of one sentence on `--base-bin` (another checkout's `headserve`: the code before bulk
+work had a class), in alternating order; reported: sentences/s of each and the ratios per
+round. The bulk work is sent three ways: a batch job of one sentence a line, and one of 64
+sentences a line (OpenAI's Files and Batch APIs through the `openai` package, from upload to
+the job's completion), and one EncodeStream of 64-sentence requests (`x-priority: bulk`, 4 in
+flight).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
+import re
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -190,37 +196,74 @@ async def _unary_callers(target: str, seconds: float, texts: list[str]) -> float
     return len(latencies) / seconds
 
 
+def _batch_job(http: str, texts: list[str], per_line: int, folder: Path) -> float:
+    """Seconds from uploading `texts` as a batch job (`per_line` sentences a line) to its
+    completion, through the `openai` package."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{http}/v1", api_key="none")
+    path = folder / f"job-{per_line}.jsonl"
+    with path.open("w") as f:
+        for n, i in enumerate(range(0, len(texts), per_line)):
+            body = {"input": texts[i : i + per_line]}
+            line = {"custom_id": str(n), "method": "POST", "url": "/v1/embeddings", "body": body}
+            f.write(json.dumps(line) + "\n")
+    started = time.perf_counter()
+    with path.open("rb") as f:
+        upload = client.files.create(file=f, purpose="batch")
+    job = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    while job.status not in ("completed", "failed", "cancelled"):
+        time.sleep(0.05)
+        job = client.batches.retrieve(job.id)
+    elapsed = time.perf_counter() - started
+    assert job.status == "completed" and job.request_counts.failed == 0, job
+    return elapsed
+
+
 def throughput(args: argparse.Namespace) -> None:
     texts = sentences(2000)
     serve = ["serve", "--port", "0", "--head", "encode=encode"]
+    folder = Path(tempfile.mkdtemp())
+    new_args = [*serve, "--http-port", "0", "--jobs-dir", str(folder / "jobs")]
+    log: list[str] = []
+    sides = ("job_1", "job_64", "stream", "base")
     rounds = []
     with (
-        running([args.headserve, *serve], r"serving on port (\d+)") as (_, new),
+        running([args.headserve, *new_args], r"serving on port (\d+)", log) as (_, new),
         running([args.base_bin, *serve], r"serving on port (\d+)") as (_, base),
     ):
+        found = re.search(r"OpenAI-style HTTP on port (\d+)", "".join(log))
+        assert found is not None
+        http = f"127.0.0.1:{found.group(1)}"
         asyncio.run(_job(new, texts[:256]))  # warm-up, not counted
+        _batch_job(http, texts[:256], 1, folder)
         asyncio.run(_unary_callers(base, 2.0, texts))
         for k in range(args.rounds):
-            order = ("job", "base") if k % 2 == 0 else ("base", "job")
             r: dict[str, float] = {}
-            for side in order:
-                if side == "job":
-                    r["job_sentences_s"] = len(texts) / asyncio.run(_job(new, texts))
+            for side in sides if k % 2 == 0 else sides[::-1]:
+                if side == "base":
+                    r[side] = asyncio.run(_unary_callers(base, args.seconds, texts))
+                elif side == "stream":
+                    r[side] = len(texts) / asyncio.run(_job(new, texts))
                 else:
-                    r["base_sentences_s"] = asyncio.run(_unary_callers(base, args.seconds, texts))
-            r["ratio"] = r["job_sentences_s"] / r["base_sentences_s"]
+                    r[side] = len(texts) / _batch_job(http, texts, int(side[4:]), folder)
             rounds.append(r)
             print(k, {m: round(v, 2) for m, v in r.items()}, flush=True)
     lines = markdown_head(
-        "round | 2,000-sentence bulk job: sentences/s | 64 unary callers, code before "
-        "classes: sentences/s | ratio",
-        "lrrr",
+        "round | batch job, 1 sentence a line: sentences/s (ratio) | batch job, 64 a line "
+        "(ratio) | bulk stream of 64-sentence requests (ratio) | 64 unary callers, code "
+        "before classes: sentences/s",
+        "lrrrr",
     )
     for k, r in enumerate(rounds):
-        lines.append(
-            f"| {k} | {r['job_sentences_s']:.1f} | {r['base_sentences_s']:.1f} | {r['ratio']:.2f} |"
-        )
-    lines += ["", f"median ratio: {statistics.median(r['ratio'] for r in rounds):.2f}"]
+        cells = " | ".join(f"{r[s]:.1f} ({r[s] / r['base']:.2f})" for s in sides[:3])
+        lines.append(f"| {k} | {cells} | {r['base']:.1f} |")
+    lines.append("")
+    for side in sides[:3]:
+        ratio = statistics.median(r[side] / r["base"] for r in rounds)
+        lines.append(f"median ratio, {side}: {ratio:.2f}")
     print("\n".join(lines))
     write_json(RESULTS / "bulk_throughput.json", {"rounds": rounds, "table": lines})
 

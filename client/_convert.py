@@ -850,6 +850,7 @@ def model_info(message: models_pb2.ModelInfo) -> ModelInfo:
             workers=message.scheduler.workers,
             long_call_tokens=message.scheduler.long_call_tokens,
             bulk_batch_tokens=message.scheduler.bulk_batch_tokens,
+            feature_cache_bytes=message.scheduler.feature_cache_bytes,
         ),
         limits=RequestLimits(
             max_request_items=message.limits.max_request_items,

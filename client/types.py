@@ -895,6 +895,8 @@ class SchedulerInfo:
     bulk_batch_tokens: int = 0
     """While interactive work is queued or recent, a batch carries at most this many tokens of
     bulk calls' rows (0 from a server that does not say)."""
+    feature_cache_bytes: int = 0
+    """Bytes of backbone passes the server keeps for rows seen before (0: off)."""
 
 
 @dataclass(frozen=True, slots=True)

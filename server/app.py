@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,6 +29,8 @@ from .core.limits import Limits, RequestLimits
 from .core.memory import freeze_loaded_objects
 from .discovery import StartupError
 from .event_loop import kind_of
+from .jobs.runner import Jobs
+from .jobs.store import Store
 from .loading import Settings, build_core
 from .observability.logs import tag_records
 from .observability.metrics import Metrics, MetricsServer
@@ -35,6 +38,7 @@ from .tasks import GENERIC, TASKS, Task, services
 from .transports.grpc import CallInterceptor, handlers
 
 if TYPE_CHECKING:
+    from .jobs.openai_api import JobRoute
     from .observability.tracing import Tracing
     from .transports.http_server import HttpServer
 
@@ -63,10 +67,13 @@ class Server:
     pipeline: Pipeline
     tasks: tuple[Task, ...] = TASKS
     http: HttpServer | None = None  # --http-port: the OpenAI-style endpoint
+    jobs: Jobs | None = None  # --jobs-dir: batch jobs
 
     async def mark_ready(self, core: Core) -> None:
         await core.scheduler.start()
         self.state.core = core
+        if self.jobs is not None:
+            self.jobs.start()
         for service, (_, held) in services(self.tasks).items():
             ok = any(_serving(core, task.serving) for task in held)
             await self.health.set(
@@ -82,12 +89,17 @@ class Server:
         accepted is answered within `grace` seconds (None: cancel at once)."""
         await self.health.enter_graceful_shutdown()
         self.state.draining.set()
+        if self.jobs is not None:  # what it did not commit is answered again after a start
+            await self.jobs.stop()
         if self.http is not None:  # both transports drain at once
             await asyncio.gather(self.grpc_server.stop(grace), self.http.stop())
         else:
             await self.grpc_server.stop(grace)
         if self.state.core is not None:
             await self.state.core.scheduler.stop()
+        if self.jobs is not None:
+            self.jobs.close()
+            self.jobs = None
 
 
 async def create_server(
@@ -103,11 +115,14 @@ async def create_server(
     metrics: Metrics | None = None,
     tasks: Sequence[Task] = TASKS,
     connections: Connections | None = None,
+    jobs_dir: Path | None = None,
+    max_job_bytes: int = Settings.max_job_bytes,
 ) -> Server:
     """A started server on `address` ("host:0" picks a free port); NOT_SERVING until mark_ready.
     With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
     Its calls, on both, are counted in `metrics` (give build_core the same); it answers the
-    RPCs of `tasks` (and their HTTP routes), health and reflection.
+    RPCs of `tasks` (and their HTTP routes), health and reflection. With `jobs_dir`, batch jobs
+    kept there (OpenAI's Files and Batch APIs on the HTTP endpoint).
 
     Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
@@ -118,6 +133,48 @@ async def create_server(
     state = ServerState(
         limits, tracing=tracing, stream_idle_timeout=connections.stream_idle_timeout
     )
+    metrics = metrics or Metrics()
+    jobs = Jobs(Store(jobs_dir), state, tasks, metrics) if jobs_dir is not None else None
+    try:
+        return await _create(
+            address,
+            limits,
+            security,
+            connections,
+            state,
+            jobs,
+            max_job_bytes,
+            access_log=access_log,
+            request_id_in=request_id_in,
+            tracing=tracing,
+            http_port=http_port,
+            grace=grace,
+            metrics=metrics,
+            tasks=tasks,
+        )
+    except BaseException:
+        if jobs is not None:
+            jobs.close()
+        raise
+
+
+async def _create(
+    address: str,
+    limits: RequestLimits,
+    security: Security,
+    connections: Connections,
+    state: ServerState,
+    jobs: Jobs | None,
+    max_job_bytes: int,
+    *,
+    access_log: bool,
+    request_id_in: RequestIdIn,
+    tracing: Tracing | None,
+    http_port: int | None,
+    grace: float,
+    metrics: Metrics | None,
+    tasks: Sequence[Task],
+) -> Server:
     pipeline = Pipeline(
         state,
         admission(limits, security),
@@ -181,13 +238,16 @@ async def create_server(
     http = None
     if http_port is not None:
         try:
+            from .jobs.openai_api import routes
+
+            job_routes = routes(jobs, max_job_bytes) if jobs is not None else []
             http = await _start_http(
-                state, pipeline, tasks, security, address, http_port, grace, connections
+                state, pipeline, tasks, security, address, http_port, grace, connections, job_routes
             )
         except StartupError:
             await server.stop(None)
             raise
-    return Server(server, port, state, health, pipeline, tuple(tasks), http)
+    return Server(server, port, state, health, pipeline, tuple(tasks), http, jobs)
 
 
 async def _start_http(
@@ -199,6 +259,7 @@ async def _start_http(
     port: int,
     grace: float,
     connections: Connections,
+    job_routes: Sequence[JobRoute] = (),
 ) -> HttpServer:
     from .transports.http import OpenAIHttp
     from .transports.http_server import HttpServer
@@ -210,6 +271,7 @@ async def _start_http(
         tasks,
         body_timeout=connections.http_body_timeout,
         max_json_values=connections.http_max_json_values,
+        jobs=job_routes,
     ).app()
     return await HttpServer.start(
         app,
@@ -314,6 +376,8 @@ async def serve(settings: Settings, address: str) -> None:
             grace=settings.grace_seconds,
             metrics=metrics,
             connections=settings.connections,
+            jobs_dir=settings.jobs_dir,
+            max_job_bytes=settings.max_job_bytes,
         )
         if server.http is not None:
             log.info("OpenAI-style HTTP on port %d (/v1/embeddings)", server.http.port)

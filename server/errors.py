@@ -55,6 +55,12 @@ class HeadNotFound(HeadserveError):
         self.head = head
 
 
+class JobNotFound(HeadserveError):
+    """No batch job or file of that id (--jobs-dir)."""
+
+    kind = table.JOB_NOT_FOUND
+
+
 class HeadNotUsable(HeadserveError):
     """The head exists but cannot serve, e.g. its weights are untrained."""
 

@@ -39,6 +39,7 @@ from .core.heads import (
 from .core.limits import Limits, RequestLimits
 from .core.live_heads import HeadLoader
 from .core.memory import release_freed_memory
+from .core.pass_cache import PassCache, identity
 from .core.runner import Runner
 from .core.scheduler import Scheduler
 from .core.shadows import Shadow
@@ -84,9 +85,21 @@ class Settings:
     require_heads: tuple[str, ...] = ()  # heads that must load and be usable, or no start
     allow_failed_heads: bool = False  # serve the rest when a configured head fails to load
     head_store: Path | None = None  # where heads changed at run time are kept (head_store.py)
+    feature_cache_mb: int = 0  # backbone passes kept for rows seen before (pass_cache.py); 0: off
+    jobs_dir: Path | None = None  # batch jobs kept there (jobs/); None: no jobs
+    max_job_bytes: int = 200 * 2**20  # an uploaded job input file, at most
 
     def __post_init__(self) -> None:
         check_budgets(self.request_limits, self.connections)
+        if self.feature_cache_mb < 0:
+            raise ValueError("--feature-cache-mb must be 0 (off) or more")
+        if self.max_job_bytes < 1:
+            raise ValueError("--max-job-bytes must be at least 1")
+        if self.jobs_dir is not None and self.http_port is None:
+            raise ValueError(
+                "--jobs-dir: batch jobs are managed over the OpenAI-style HTTP endpoint's "
+                "/v1/files and /v1/batches: add --http-port"
+            )
 
 
 class LoadStopped(StartupError):
@@ -174,8 +187,14 @@ def build_core(
     cap = backbone.cpu_batch_rows
     if cap and backbone.device.type == "cpu" and limits.max_batch_items == DEFAULT_BATCH_ITEMS:
         limits = replace(limits, max_batch_items=cap)  # the kind's best, unless set otherwise
-    runner = Runner(backbone)
+    cache = None
+    if settings.feature_cache_mb:
+        cache = PassCache(settings.feature_cache_mb * 2**20, identity(backbone))
+        log.info("feature cache: up to %d MB of backbone passes", settings.feature_cache_mb)
+    runner = Runner(backbone, cache)
     metrics = metrics or Metrics()
+    if cache is not None:
+        metrics.watch_pass_cache(cache)
     metrics.count_oom_splits(lambda: runner.oom_splits)
     metrics.count_backbone_rows(lambda: runner.rows_computed)
 

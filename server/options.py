@@ -199,6 +199,27 @@ def parser() -> argparse.ArgumentParser:
         "at most this many tokens of bulk calls' rows (x-priority: bulk) (default: %(default)s)",
     )
     serve.add_argument(
+        "--feature-cache-mb",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="keep the backbone's output for rows seen before, at most MB megabytes of it (least "
+        "recently used out): a row asked again, of any head, skips the backbone (default: off)",
+    )
+    serve.add_argument(
+        "--jobs-dir",
+        type=Path,
+        metavar="DIR",
+        help="run batch jobs (OpenAI's Files and Batch APIs on --http-port), kept in DIR: their "
+        "state in SQLite, their files beside it; unfinished jobs resume after a restart",
+    )
+    serve.add_argument(
+        "--max-job-bytes",
+        type=int,
+        default=200 * 2**20,
+        help="the largest job input file an upload may be (default: %(default)s)",
+    )
+    serve.add_argument(
         "--stream-in-flight-items",
         type=int,
         default=limits.stream_in_flight_items,
@@ -489,6 +510,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
                 workers=args.workers,
                 worker_nice=args.worker_nice,
             ),
+            feature_cache_mb=args.feature_cache_mb,
+            jobs_dir=args.jobs_dir,
+            max_job_bytes=args.max_job_bytes,
             request_limits=RequestLimits(
                 **{f.name: getattr(args, f.name) for f in dataclasses.fields(RequestLimits)}
             ),

@@ -129,6 +129,12 @@ def config(argv: Sequence[str]) -> dict[str, Any]:
     applications = []
     for name, serve_args in apps:
         parsed = parser().parse_args(["serve", *serve_args])
+        if parsed.jobs_dir is not None:
+            raise ValueError(
+                f"application {name}: --jobs-dir is not served under Ray Serve (each replica "
+                "would need a job store shared with the others): run batch jobs on a "
+                "standalone `headserve serve`"
+            )
         settings = settings_of(parsed)  # refuses what `headserve serve` would refuse
         if settings.security.tls_cert or settings.security.tls_key:
             raise ValueError(

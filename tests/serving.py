@@ -68,6 +68,8 @@ class ServerThread:
                 http_port=settings_or_default.http_port,
                 tasks=tasks,
                 connections=settings_or_default.connections,
+                jobs_dir=settings_or_default.jobs_dir,
+                max_job_bytes=settings_or_default.max_job_bytes,
             )
         )
         self.target = f"127.0.0.1:{self.server.port}"

@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from ..observability.tracing import Tracing
 
 R = TypeVar("R")
-Transport = Literal["grpc", "http", "ray"]
+Transport = Literal["grpc", "http", "ray", "job"]  # "job": a batch job's line (jobs/)
 
 access_log = logging.getLogger("headserve.access")
 

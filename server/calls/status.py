@@ -4,7 +4,7 @@ table (headserve.v1.errors; transports/http.py reads the same table for HTTP).""
 from __future__ import annotations
 
 import logging
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf import any_pb2
@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from headserve.v1 import errors as table
 
 from ..call_info import CURRENT, HEAD_VERSIONS_KEY, REQUEST_ID_KEY, current_request_id
-from ..errors import HeadserveError, InvalidArgument
+from ..errors import HeadNotFound, HeadserveError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,22 @@ def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """OpenAI's error JSON for `exc` and its HTTP status, by the error table (an HTTP answer, a
+    batch job's error line); anything not ours is a bug: 500."""
+    row = exc.kind if isinstance(exc, HeadserveError) else table.INTERNAL
+    if isinstance(exc, HeadserveError):
+        message, code = exc.message, exc.reason.lower()
+    else:
+        log.error("internal error", exc_info=exc)
+        message, code = f"internal error: {exc!r}", "internal"
+    param = exc.field if isinstance(exc, InvalidArgument) else None
+    if isinstance(exc, HeadNotFound):
+        param, code = "model", "model_not_found"
+    body = {"error": {"message": message, "type": row.http_type, "param": param, "code": code}}
+    return row.http, body
 
 
 def code_of(exc: BaseException) -> int:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from headserve.plugins.contract import Features, Head, Row
 
 from ..backbones.packing import Computed
 from ..errors import HeadFailed, OutOfMemory
+
+if TYPE_CHECKING:
+    from .pass_cache import PassCache
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,10 @@ class BatchRun:
 
 
 class Runner:
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, cache: PassCache | None = None) -> None:
+        """`cache`: rows' passes kept from earlier batches (pass_cache.py); None: off."""
         self.backbone = backbone
+        self.cache = cache
         self._lock = threading.Lock()
         self.rows_computed = 0  # backbone rows run so far (tests count them)
         self.batches = 0
@@ -213,7 +218,10 @@ class Runner:
                 slots[key] = len(slots)
             slot.append(slots[key])
         rows = list(unique.values())
-        computed = self.backbone.run(rows)
+        if self.cache is not None:
+            computed, count = self.cache.run(self.backbone, rows)
+        else:
+            computed, count = self.backbone.run(rows), len(rows)
         with self._lock:
-            self.rows_computed += len(rows)
+            self.rows_computed += count
         return computed, slot, sum(row.length for row in rows)

@@ -45,6 +45,19 @@ DROP_REASONS = ("cancelled", "deadline")
 HTTP_REFUSALS = ("connections_full", "header_timeout", "headers_too_large", "too_many_headers")
 
 
+class CacheStats(Protocol):
+    """What the feature cache counts (core/pass_cache.py)."""
+
+    hits: int
+    misses: int
+
+    @property
+    def evictions(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+
 class Instruments(Protocol):
     """What makes the metrics: prometheus_client here, Ray's metrics in a replica."""
 
@@ -298,6 +311,47 @@ class Metrics:
             "Distinct rows the backbone computed (a row asked of several heads counts once)",
             read,
         )
+
+    def watch_pass_cache(self, cache: CacheStats) -> None:
+        """The feature cache's counts (--feature-cache-mb), read from it at scrape time."""
+        i = self.instruments
+        i.read_counter(
+            "headserve_feature_cache_hits",
+            "Rows whose backbone pass came from the feature cache (--feature-cache-mb)",
+            lambda: cache.hits,
+        )
+        i.read_counter(
+            "headserve_feature_cache_misses",
+            "Rows the feature cache did not hold: the backbone computed them",
+            lambda: cache.misses,
+        )
+        i.read_counter(
+            "headserve_feature_cache_evictions",
+            "Rows' passes the feature cache let go, least recently used first, to make room",
+            lambda: cache.evictions,
+        )
+        held = i.gauge(
+            "headserve_feature_cache_bytes", "Bytes of backbone passes the feature cache holds"
+        )
+        held.set_function(lambda: cache.bytes)
+
+    def watch_jobs(self, pending: Callable[[], int]) -> Any:
+        """Batch jobs' progress (--jobs-dir): the counter of their lines answered, by outcome
+        (returned, for the job runner to count with), and the lines still to answer."""
+        i = self.instruments
+        lines = i.counter(
+            "headserve_job_lines",
+            "Lines of batch jobs answered, by outcome: completed (in the output file), failed "
+            "(in the error file)",
+            ("outcome",),
+        )
+        for outcome in ("completed", "failed"):
+            lines.labels(outcome)  # exported at 0 from the start
+        left = i.gauge(
+            "headserve_job_lines_pending", "Lines of unfinished batch jobs not answered yet"
+        )
+        left.set_function(pending)
+        return lines
 
     def count_oom_splits(self, read: Callable[[], int]) -> None:
         """headserve_oom_splits_total, read from the runner's own count at scrape time."""

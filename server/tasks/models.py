@@ -147,6 +147,7 @@ def model_info(core: Core) -> pb.ModelInfo:
             workers=core.scheduler.workers,
             long_call_tokens=limits.long_call_tokens,
             bulk_batch_tokens=limits.bulk_batch_tokens,
+            feature_cache_bytes=core.runner.cache.max_bytes if core.runner.cache else 0,
         ),
         limits=pb.RequestLimitsInfo(**dataclasses.asdict(core.request_limits)),
     )

@@ -41,9 +41,9 @@ from ..call_info import CURRENT, HTTP_HEAD_VERSIONS_KEY, REQUEST_ID_KEY, current
 from ..calls.connections import Connections
 from ..calls.pipeline import Arrival, Pipeline
 from ..calls.pipeline import Call as Running
+from ..calls.status import http_error
 from ..core.engine import Core
 from ..errors import (
-    HeadNotFound,
     HeadserveError,
     InvalidArgument,
     RequestTimeout,
@@ -56,6 +56,7 @@ from ..tasks.wire import Call
 
 if TYPE_CHECKING:
     from ..calls.state import ServerState
+    from ..jobs.openai_api import JobRoute
 
 log = logging.getLogger(__name__)
 INLINE_JSON = 64 * 1024  # bytes of JSON parsed on the event loop (about 0.3 ms); more on a thread
@@ -69,17 +70,7 @@ class Cancelled(HeadserveError):
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
     """OpenAI's error JSON for `exc`, with its HTTP status; anything not ours is a bug: 500."""
-    row = exc.kind if isinstance(exc, HeadserveError) else table.INTERNAL
-    status, kind = row.http, row.http_type
-    if isinstance(exc, HeadserveError):
-        message, code = exc.message, exc.reason.lower()
-    else:
-        log.error("internal error", exc_info=exc)
-        message, code = f"internal error: {exc!r}", "internal"
-    param = exc.field if isinstance(exc, InvalidArgument) else None
-    if isinstance(exc, HeadNotFound):
-        param, code = "model", "model_not_found"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    status, body = http_error(exc)
     headers = {REQUEST_ID_KEY: request_id} if request_id else {}
     if status == 429:
         headers["retry-after"] = "1"
@@ -98,8 +89,10 @@ class OpenAIHttp:
         *,
         body_timeout: float = Connections.http_body_timeout,
         max_json_values: int = Connections.http_max_json_values,
+        jobs: Sequence[JobRoute] = (),
     ) -> None:
         self._state = state
+        self._jobs = tuple(jobs)
         self._body_timeout = body_timeout
         self._max_json_values = max_json_values
         self._pipeline = pipeline
@@ -110,17 +103,20 @@ class OpenAIHttp:
     def app(self) -> Starlette:
         """The tasks' routes (their descriptions name them), then the server's own."""
         own = (("GET", "/v1/models", self._models), ("GET", "/health", self._health))
-        routes = [(r.method, r.path, self._answering(r)) for task in self._tasks for r in task.http]
-        routes += own
-        paths = ", ".join(dict.fromkeys(path for _, path, _ in routes))
+        routes = [
+            (r.method, r.path, self._answering(r), False) for task in self._tasks for r in task.http
+        ]
+        routes += [(method, path, handle, False) for method, path, handle in own]
+        routes += [(r.method, r.path, r.handle, r.raw) for r in self._jobs]
+        paths = ", ".join(dict.fromkeys(path for _, path, _, _ in routes))
 
         async def not_found(request: Request, exc: Exception) -> Response:
             return _not_found(request, paths)
 
         return Starlette(
             routes=[
-                Route(path, self._endpoint(method, path, handle), methods=[method])
-                for method, path, handle in routes
+                Route(path, self._endpoint(method, path, handle, raw), methods=[method])
+                for method, path, handle, raw in routes
             ],
             exception_handlers={404: not_found, 405: _wrong_method},
         )
@@ -134,8 +130,14 @@ class OpenAIHttp:
     # --- one request through the call pipeline -------------------------------------------------
 
     def _endpoint(
-        self, method: str, path: str, handle: Callable[[Request, Any], Awaitable[Any]]
+        self,
+        method: str,
+        path: str,
+        handle: Callable[[Request, Any], Awaitable[Any]],
+        raw: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
+        """`raw`: the handler reads the request's body itself (an upload), and the call is not
+        cancelled when the caller goes (its body is read by then)."""
         rpc = f"{method} {path}"
         health = path == "/health"
 
@@ -148,10 +150,10 @@ class OpenAIHttp:
             # The body is read before the call is admitted, so that a body sent slowly holds
             # a connection (capped, timed) but never one of --max-concurrent-calls' places. A
             # body that cannot be read refuses the call as a malformed head does.
-            raw = None
-            if request.method == "POST" and malformed is None:
+            body = None
+            if request.method == "POST" and malformed is None and not raw:
                 try:
-                    raw = await self._body(request)
+                    body = await self._body(request)
                 except HeadserveError as exc:
                     malformed = exc
             arrival = Arrival(
@@ -166,8 +168,11 @@ class OpenAIHttp:
             )
 
             async def work(call: Running) -> Response:
-                body = await self._unless_gone(request, raw, handle)
-                response: Response = body if isinstance(body, Response) else JSONResponse(body)
+                if raw:
+                    answer = await handle(request, None)
+                else:
+                    answer = await self._unless_gone(request, body, handle)
+                response = answer if isinstance(answer, Response) else JSONResponse(answer)
                 call.status = response.status_code
                 return response
 

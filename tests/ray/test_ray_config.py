@@ -66,6 +66,9 @@ def test_the_config_is_one_serve_accepts_and_carries_the_serve_options(bert, tmp
     assert read.admin_tokens == ("an-admin-secret-of-32-characters",)
     with pytest.raises(ValueError, match="unknown max_batch"):
         settings_from({"max_batch": 3})
+    # batch jobs need one store: not on replicas
+    with pytest.raises(ValueError, match="--jobs-dir is not served under Ray Serve"):
+        config(["--app", "en", *en, "--jobs-dir", str(tmp_path / "jobs"), "--http-port", "0"])
 
     # the proxy's request timeout, and each application's replicas told it (their deadline)
     timed = config(["--request-timeout", "30", "--app", "en", *en])

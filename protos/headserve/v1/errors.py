@@ -56,6 +56,15 @@ HEAD_NOT_FOUND = ErrorKind(
     False,
     "no head of that name and task is served",
 )
+JOB_NOT_FOUND = ErrorKind(
+    "job_not_found",
+    "NOT_FOUND",
+    "JOB_NOT_FOUND",
+    404,
+    "invalid_request_error",
+    False,
+    "no batch job or file of that id on this server",
+)
 HEAD_NOT_USABLE = ErrorKind(
     "head_not_usable",
     "FAILED_PRECONDITION",
@@ -188,6 +197,7 @@ KINDS: tuple[ErrorKind, ...] = (
     INVALID_ARGUMENT,
     TOO_LARGE,
     HEAD_NOT_FOUND,
+    JOB_NOT_FOUND,
     HEAD_NOT_USABLE,
     UNAUTHENTICATED,
     PERMISSION_DENIED,

@@ -482,6 +482,7 @@ class SchedulerInfo(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     LONG_CALL_TOKENS_FIELD_NUMBER: _builtins.int
     BULK_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    FEATURE_CACHE_BYTES_FIELD_NUMBER: _builtins.int
     max_batch_tokens: _builtins.int
     """Padded tokens per batch: rows x the longest row."""
     max_batch_items: _builtins.int
@@ -503,6 +504,10 @@ class SchedulerInfo(_message.Message):
     """While interactive work is queued or came in the last second, a batch
     carries at most this many tokens of bulk calls' rows.
     """
+    feature_cache_bytes: _builtins.int
+    """Bytes of backbone passes kept for rows seen before (--feature-cache-mb); 0:
+    the feature cache is off.
+    """
     def __init__(
         self,
         *,
@@ -515,10 +520,11 @@ class SchedulerInfo(_message.Message):
         workers: _builtins.int = ...,
         long_call_tokens: _builtins.int = ...,
         bulk_batch_tokens: _builtins.int = ...,
+        feature_cache_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_batch_tokens", b"bulk_batch_tokens", "long_call_tokens", b"long_call_tokens", "max_batch_items", b"max_batch_items", "max_batch_tokens", b"max_batch_tokens", "max_queue_items", b"max_queue_items", "max_wait_ms", b"max_wait_ms", "stream_in_flight_items", b"stream_in_flight_items", "torch_threads", b"torch_threads", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_batch_tokens", b"bulk_batch_tokens", "feature_cache_bytes", b"feature_cache_bytes", "long_call_tokens", b"long_call_tokens", "max_batch_items", b"max_batch_items", "max_batch_tokens", b"max_batch_tokens", "max_queue_items", b"max_queue_items", "max_wait_ms", b"max_wait_ms", "stream_in_flight_items", b"stream_in_flight_items", "torch_threads", b"torch_threads", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
