@@ -1,4 +1,4 @@
-"""`headserve serve`, `info`, `heads`, `head` and `train-head`."""
+"""`headserve serve`, `info`, `heads`, `head`, `jobs` and `train-head`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from . import event_loop, extras, remote
+from . import event_loop, extras, jobs_cli, remote
 from .calls.security import SecurityError
 from .config import ConfigError
 from .discovery import StartupError
@@ -119,6 +119,10 @@ def _run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     if args.command == "head" or (args.command == "heads" and args.server):
         remote.run(args)  # a running server's heads: the client alone
+        return
+    if args.command == "jobs":
+        extras.require("http", "headserve jobs")
+        jobs_cli.run(args)  # a running server's batch jobs, over its HTTP endpoint
         return
     logs.configure(args.log_level, args.log_format)
     extras.require("server", f"headserve {args.command}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import event_loop, extras, remote
+from . import event_loop, extras, jobs_cli, remote
 from .call_info import REQUEST_ID_IN
 from .calls.connections import Connections
 from .calls.security import ADMIN_TOKENS_ENV, Security, read_tokens
@@ -388,6 +388,7 @@ def parser() -> argparse.ArgumentParser:
     remote.server_args(heads, admin=False)
     log_args(heads, "CRITICAL")  # the table already shows failures
     remote.add_commands(sub)
+    jobs_cli.add_commands(sub)
 
     train = sub.add_parser(
         "train-head",

@@ -104,15 +104,16 @@ def check_upload(data: bytes, known: Sequence[str]) -> int:
     line a JSON object (not JSONL), or a line naming a url no endpoint answers. Lines that are
     broken otherwise are the job's to fail alone, with their reason in its error file."""
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument("file", f"is not UTF-8 text (byte {exc.start})") from exc
-    lines = text.splitlines()
+    # lines end at "\n" alone, as the runner reads them (a JSON string may hold U+2028)
+    lines = data.split(b"\n")
     objects = 0
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
-        line = read_line(number, raw.encode())
+        line = read_line(number, raw.rstrip(b"\r"))
         if line.url is not None and line.url not in known:
             raise InvalidArgument(
                 "file",

@@ -143,15 +143,16 @@ class Jobs:
         seen: set[str] = set()
         done, completed, failed = job.done_lines, job.completed, job.failed
         try:
-            lines = _lines(source)
-            for line in lines[:done]:  # answered before a restart: their ids are taken
-                if line.problem is None and line.custom_id is not None:
-                    seen.add(line.custom_id)
+            lines = _raw_lines(source)  # bytes: each chunk's are read as it comes
+            for number, raw in lines[:done]:  # answered before a restart: their ids are taken
+                custom_id = read_line(number, raw).custom_id
+                if custom_id is not None:
+                    seen.add(custom_id)
             for start in range(done, len(lines), CHUNK):
                 if job.id in self._cancelled:
                     store.set_status(job.id, "cancelling")
                     break
-                chunk = lines[start : start + CHUNK]
+                chunk = [read_line(number, raw) for number, raw in lines[start : start + CHUNK]]
                 answers = await self._answer_chunk(job, chunk, seen)
                 for ok, record in answers:
                     (outputs if ok else errors).add(record)
@@ -220,11 +221,11 @@ class Jobs:
         return True, {**record, "response": response, "error": None}
 
 
-def _lines(source: Path) -> list[Line]:
-    """The input file's lines that are not blank, read."""
+def _raw_lines(source: Path) -> list[tuple[int, bytes]]:
+    """The input file's lines that are not blank: their numbers (from 1) and bytes."""
     with source.open("rb") as f:
         raw = f.read().split(b"\n")
-    return [read_line(n, r.rstrip(b"\r")) for n, r in enumerate(raw, 1) if r.strip()]
+    return [(n, r.rstrip(b"\r")) for n, r in enumerate(raw, 1) if r.strip()]
 
 
 class _Appender:

@@ -1,7 +1,8 @@
-"""Batch jobs against what happens to servers: one killed with SIGKILL mid-job resumes it after
-its restart, and its output has every line exactly once; a second server on the same
---jobs-dir is refused; a disk that fills while results are written fails the job with the
-reason, leaves no partial line, and the server goes on serving."""
+"""Batch jobs from outside, on `headserve serve` processes: one killed with SIGKILL mid-job
+resumes it after its restart, and its output has every line exactly once; a second server on
+the same --jobs-dir is refused; a disk that fills while results are written fails the job
+with the reason, leaves no partial line, and the server goes on serving; and the `headserve
+jobs` commands submit, watch, list and fetch a job."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import re
 import resource
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,5 +153,43 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
         small = _submit(client, tmp_path / "small.jsonl", lines[:3])
         done = _wait(client, small, lambda b: b.status in ("completed", "failed"), server)
         assert done.status == "completed" and done.request_counts.completed == 3
+    finally:
+        _stop(server)
+
+
+@pytest.mark.e2e
+def test_the_jobs_commands_submit_watch_list_and_fetch(bert: Any, tmp_path: Path) -> None:
+    server, client = _start(bert, tmp_path / "jobs")
+    url = str(client.base_url).removesuffix("/v1/")
+    headserve = str(Path(sys.executable).parent / "headserve")
+    try:
+        source = tmp_path / "requests.jsonl"
+        lines = [
+            {"custom_id": f"q{i}", "url": "/v1/embeddings", "body": {"input": f"query {i}"}}
+            for i in range(20)
+        ]
+        source.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{broken\n")
+
+        def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [headserve, "jobs", *args, "--server", url]
+            return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+        submitted = jobs("submit", str(source), "--watch")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.split(":")[0]
+        assert f"{job_id} completed: 20 answered, 1 failed" in submitted.stdout
+        assert "21/21" in submitted.stderr  # the progress bar's last state
+        listed = jobs("list")
+        assert job_id in listed.stdout and "completed" in listed.stdout
+        fetched = jobs("fetch", job_id, "--out", str(tmp_path / "out"))
+        assert fetched.returncode == 0, fetched.stderr
+        output = (tmp_path / "out" / f"{job_id}_output.jsonl").read_text().splitlines()
+        errors = (tmp_path / "out" / f"{job_id}_error.jsonl").read_text().splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in output) == sorted(
+            line["custom_id"] for line in lines
+        )
+        assert len(errors) == 1 and "is not JSON" in errors[0]
+        missing = jobs("watch", "batch_nope")
+        assert missing.returncode != 0 and "404 no batch 'batch_nope'" in missing.stderr
     finally:
         _stop(server)

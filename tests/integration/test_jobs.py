@@ -62,7 +62,7 @@ def _line(custom_id: str, url: str, body: Any) -> str:
 
 def _upload(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> str:
     path = tmp_path / "input.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_bytes(("\n".join(lines) + "\n").encode())
     with path.open("rb") as f:
         return client.files.create(file=f, purpose="batch").id
 
@@ -113,6 +113,12 @@ def test_a_job_driven_by_the_openai_package_answers_as_the_unary_calls(
         "bad-body": _line("bad-body", "/headserve.v1.Classifier/Classify", {"itemz": []}),
         "empty": _line("empty", "/v1/embeddings", {"input": []}),
     }
+    # a raw U+2028 inside a JSON string is no line end (str.splitlines would cut there)
+    separator = json.dumps(
+        {"custom_id": "sep", "url": "/v1/embeddings", "body": {"input": "a\u2028b"}},
+        ensure_ascii=False,
+    )
+    good.append(separator)
     file_id = _upload(client, tmp_path, [*good[:6], *bad.values(), *good[6:]])
     assert client.files.retrieve(file_id).purpose == "batch"
     batch = client.batches.create(
