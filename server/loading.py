@@ -86,6 +86,7 @@ class Settings:
     allow_failed_heads: bool = False  # serve the rest when a configured head fails to load
     head_store: Path | None = None  # where heads changed at run time are kept (head_store.py)
     feature_cache_mb: int = 0  # backbone passes kept for rows seen before (pass_cache.py); 0: off
+    feature_cache_for: str = "all"  # "bulk": rows of bulk calls (jobs) alone are kept
     jobs_dir: Path | None = None  # batch jobs kept there (jobs/); None: no jobs
     max_job_bytes: int = 200 * 2**20  # an uploaded job input file, at most
 
@@ -93,6 +94,8 @@ class Settings:
         check_budgets(self.request_limits, self.connections)
         if self.feature_cache_mb < 0:
             raise ValueError("--feature-cache-mb must be 0 (off) or more")
+        if self.feature_cache_for not in ("all", "bulk"):
+            raise ValueError("--feature-cache-for must be 'all' or 'bulk'")
         if self.max_job_bytes < 1:
             raise ValueError("--max-job-bytes must be at least 1")
         if self.jobs_dir is not None and self.http_port is None:
@@ -189,7 +192,11 @@ def build_core(
         limits = replace(limits, max_batch_items=cap)  # the kind's best, unless set otherwise
     cache = None
     if settings.feature_cache_mb:
-        cache = PassCache(settings.feature_cache_mb * 2**20, identity(backbone))
+        cache = PassCache(
+            settings.feature_cache_mb * 2**20,
+            identity(backbone),
+            bulk_only=settings.feature_cache_for == "bulk",
+        )
         log.info("feature cache: up to %d MB of backbone passes", settings.feature_cache_mb)
     runner = Runner(backbone, cache)
     metrics = metrics or Metrics()

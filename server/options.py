@@ -207,6 +207,14 @@ def parser() -> argparse.ArgumentParser:
         "recently used out): a row asked again, of any head, skips the backbone (default: off)",
     )
     serve.add_argument(
+        "--feature-cache-for",
+        choices=("all", "bulk"),
+        default="all",
+        help="whose rows the feature cache keeps: every call's, or bulk calls' alone (batch "
+        "jobs, x-priority: bulk), interactive rows always going through the backbone "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
         "--jobs-dir",
         type=Path,
         metavar="DIR",
@@ -512,6 +520,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
                 worker_nice=args.worker_nice,
             ),
             feature_cache_mb=args.feature_cache_mb,
+            feature_cache_for=args.feature_cache_for,
             jobs_dir=args.jobs_dir,
             max_job_bytes=args.max_job_bytes,
             request_limits=RequestLimits(

@@ -24,6 +24,7 @@ from headserve.plugins.backbones import Backbone
 from headserve.plugins.contract import Head, InvalidInput, Prepared
 from headserve.plugins.tasks import ImageItem, QAItem, TextItem
 
+from ..call_info import current_priority
 from ..config import BUILTIN_TASKS
 from ..errors import DeadlineExceeded, HeadFailed, HeadserveError, InvalidArgument, Overloaded
 from .budget import ByteBudget
@@ -379,8 +380,9 @@ class Core:
         """The prepared rows through the model, then finished: the call's outcome."""
         self.request_limits.check_outputs(prepared)
         tracing = self.tracing
+        bulk = current_priority() == "bulk"
         work = [
-            Work(head, row)
+            Work(head, row, bulk)
             for per_item in prepared
             for head, p in zip(heads, per_item, strict=True)
             if isinstance(p, Prepared)
@@ -449,7 +451,8 @@ class Core:
         with the live head's results once they are there; nothing reaches the live call."""
         head, live = shadow.served.head, shadow.live
         metrics = self.scheduler.metrics
-        work = [Work(head, row) for p in cells if isinstance(p, Prepared) for row in p.rows]
+        bulk = current_priority() == "bulk"  # the live call's
+        work = [Work(head, row, bulk) for p in cells if isinstance(p, Prepared) for row in p.rows]
         try:
             outputs: list[Any] = []
             if work:

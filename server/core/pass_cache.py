@@ -67,9 +67,12 @@ class _Entries(LRUCache[tuple[str, RowKey], Kept]):
 class PassCache:
     """Rows' backbone outputs, at most `max_bytes` of them."""
 
-    def __init__(self, max_bytes: int, identity: str) -> None:
+    def __init__(self, max_bytes: int, identity: str, *, bulk_only: bool = False) -> None:
+        """`bulk_only`: rows of bulk calls alone are kept and looked up (jobs, re-indexing);
+        interactive rows always go through the backbone."""
         self.max_bytes = max_bytes
         self.identity = identity
+        self.bulk_only = bulk_only
         self._entries = _Entries(max_bytes, getsizeof=lambda kept: kept.bytes)
         self._lock = threading.Lock()
         self.hits = 0
@@ -86,19 +89,32 @@ class PassCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def run(self, backbone: Backbone, rows: Sequence[Row]) -> tuple[Computed, int]:
+    def run(
+        self, backbone: Backbone, rows: Sequence[Row], bulk: Sequence[bool] = ()
+    ) -> tuple[Computed, int]:
         """The pass over `rows` as `backbone.run` gives it, the rows kept here taken from here
-        and the others computed (and kept); and how many rows the backbone computed."""
+        and the others computed (and kept); and how many rows the backbone computed. `bulk`:
+        per row, whether only bulk calls asked for it (with `bulk_only`, the others are
+        neither looked up nor kept)."""
         keys = [(self.identity, row_key(row)) for row in rows]
+        if self.bulk_only:
+            eligible = list(bulk) if bulk else [False] * len(rows)
+            if not any(eligible):
+                return backbone.run(rows), len(rows)
+        else:
+            eligible = [True] * len(rows)
         with self._lock:
-            found = [self._entries.get(key) for key in keys]
+            found = [
+                self._entries.get(key) if ok else None
+                for key, ok in zip(keys, eligible, strict=True)
+            ]
         missing = [i for i, kept in enumerate(found) if kept is None]
         with self._lock:
             self.hits += len(rows) - len(missing)
-            self.misses += len(missing)
+            self.misses += sum(1 for i in missing if eligible[i])
         if len(missing) == len(rows):  # nothing kept: the pass as it comes, kept for next time
             computed = backbone.run(rows)
-            self._keep(keys, rows, computed)
+            self._keep(keys, rows, computed, eligible)
             return computed, len(rows)
         computed_rows = 0
         tokens = 0
@@ -107,7 +123,12 @@ class PassCache:
             computed_rows, tokens = len(missing), computed.tokens
             for slot, i in enumerate(missing):
                 found[i] = _kept(rows[i], computed, slot)
-            self._keep([keys[i] for i in missing], [rows[i] for i in missing], computed)
+            self._keep(
+                [keys[i] for i in missing],
+                [rows[i] for i in missing],
+                computed,
+                [eligible[i] for i in missing],
+            )
         return _laid_out([k for k in found if k is not None], tokens), computed_rows
 
     def _keep(
@@ -115,11 +136,16 @@ class PassCache:
         keys: Sequence[tuple[str, RowKey]],
         rows: Sequence[Row],
         computed: Computed,
+        eligible: Sequence[bool],
     ) -> None:
-        kept = [_kept(row, computed, slot) for slot, row in enumerate(rows)]
+        kept = [
+            _kept(row, computed, slot) if ok else None
+            for slot, (row, ok) in enumerate(zip(rows, eligible, strict=True))
+        ]
         with self._lock:
             for key, entry in zip(keys, kept, strict=True):
-                if entry.bytes <= self.max_bytes:  # larger than the whole cache: never kept
+                # larger than the whole cache: never kept
+                if entry is not None and entry.bytes <= self.max_bytes:
                     self._entries[key] = entry
 
 

@@ -52,6 +52,7 @@ class Work:
 
     head: Head
     row: Row
+    bulk: bool = False  # a bulk call's (the feature cache may keep bulk rows alone)
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,11 @@ class Runner:
         """The pass over the batch's distinct rows; each work item's slot in it; real tokens."""
         unique: dict[RowKey, Row] = {}
         slots: dict[RowKey, int] = {}
+        bulk: dict[RowKey, bool] = {}  # asked by bulk calls alone
         slot = []
         for w in work:
             key = row_key(w.row)
+            bulk[key] = bulk.get(key, True) and w.bulk
             if key not in unique:
                 unique[key] = Row(
                     w.row.input_ids,
@@ -219,7 +222,7 @@ class Runner:
             slot.append(slots[key])
         rows = list(unique.values())
         if self.cache is not None:
-            computed, count = self.cache.run(self.backbone, rows)
+            computed, count = self.cache.run(self.backbone, rows, list(bulk.values()))
         else:
             computed, count = self.backbone.run(rows), len(rows)
         with self._lock:

@@ -43,7 +43,7 @@ OPTIONS = {
 }
 
 
-def _settings(family: Any, runtime: str, cache_mb: int) -> Settings:
+def _settings(family: Any, runtime: str, cache_mb: int, cache_for: str = "all") -> Settings:
     heads = (
         HeadSpec("encode", "encode", family.backbone, {"pooling": "mean"}),
         HeadSpec("classify", "classify", family.classify),
@@ -56,6 +56,7 @@ def _settings(family: Any, runtime: str, cache_mb: int) -> Settings:
         device="cpu",
         runtime=runtime,
         feature_cache_mb=cache_mb,
+        feature_cache_for=cache_for,
     )
 
 
@@ -157,3 +158,30 @@ def test_the_cache_holds_at_most_its_bytes_and_lets_the_least_recent_go(matrix_f
         core.scheduler.metrics.registry.get_sample_value("headserve_feature_cache_evictions_total")
         == cache.evictions
     )
+
+
+def test_a_cache_for_bulk_work_keeps_and_serves_bulk_rows_alone(matrix_families) -> None:  # type: ignore[no-untyped-def]
+    """--feature-cache-for bulk: interactive calls always run the backbone and leave nothing;
+    a bulk call's rows (a batch job's) are kept and serve the next bulk call."""
+    from headserve.server.call_info import PRIORITY
+
+    core = build_core(_settings(matrix_families["bert"], "torch", 64, "bulk"))
+    cache, runner = core.runner.cache, core.runner
+    assert cache is not None and cache.bulk_only
+
+    def run(task: str, head: str, bulk: bool) -> list[Any]:
+        async def call() -> Any:
+            PRIORITY.set("bulk" if bulk else "interactive")  # this task's own context
+            return await core.run(task, [head], TEXTS, OPTIONS[task])
+
+        return on_core(core, call).results
+
+    live = run("encode", "encode", bulk=False)
+    assert runner.rows_computed == len(TEXTS) and len(cache) == 0
+    _assert_same(run("encode", "encode", bulk=True), live, 1e-6)  # computed, and kept
+    assert runner.rows_computed == 2 * len(TEXTS) and len(cache) == len(TEXTS)
+    run("classify", "classify", bulk=True)  # from the cache
+    assert runner.rows_computed == 2 * len(TEXTS) and cache.hits == len(TEXTS)
+    run("classify", "classify", bulk=False)  # interactive: never looked up
+    assert runner.rows_computed == 3 * len(TEXTS) and cache.hits == len(TEXTS)
+    assert cache.misses == len(TEXTS)  # the bulk rows computed once; interactive ones not counted
