@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from headserve.v1 import admin_pb2, models_pb2
+from headserve.v1 import admin_pb2, jobs_pb2, models_pb2
 
-from . import _convert
+from . import _convert, _jobs
 from ._stubs import Stubs
 from .types import (
     AnswerQuestionResult,
@@ -29,6 +29,8 @@ from .types import (
     EncodeResult,
     HeadChange,
     HeadSpec,
+    Job,
+    JobFile,
     LongText,
     ModelInfo,
     Pooling,
@@ -59,8 +61,14 @@ class Unary(Generic[T]):
     """A unary call: the RPC (picked from the stubs), its request, the response's result."""
 
     rpc: Callable[[Stubs], Any]
-    request: object
+    request: object  # a message; an upload's: its messages, iterable again for each attempt
     convert: Callable[[Any], T]
+
+    def sent(self) -> object:
+        """What one attempt sends: the message, or an upload's messages from the start."""
+        if isinstance(self.request, _jobs.UploadRequests):
+            return iter(self.request)
+        return self.request
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +267,67 @@ def promote_head(*, name: str) -> Unary[HeadChange]:
 def set_default_head(*, name: str) -> Unary[HeadChange]:
     request = admin_pb2.SetDefaultHeadRequest(name=name)
     return Unary(lambda stubs: stubs.admin.SetDefaultHead, request, _convert.head_change)
+
+
+# --- batch jobs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file's bytes streamed from the server into ``destination``."""
+
+    rpc: Callable[[Stubs], Any]
+    request: object
+    destination: str | os.PathLike[str]
+
+
+def upload_job_file(*, path: str | os.PathLike[str], filename: str | None) -> Unary[JobFile]:
+    requests = _jobs.UploadRequests(path, filename)
+    return Unary(lambda stubs: stubs.jobs.UploadFile, requests, _jobs.job_file)
+
+
+def get_job_file(*, file_id: str) -> Unary[JobFile]:
+    request = jobs_pb2.GetFileRequest(file_id=file_id)
+    return Unary(lambda stubs: stubs.jobs.GetFile, request, _jobs.job_file)
+
+
+def list_job_files(*, purpose: str | None) -> Unary[tuple[JobFile, ...]]:
+    request = jobs_pb2.ListFilesRequest(purpose=purpose or "")
+    return Unary(lambda stubs: stubs.jobs.ListFiles, request, _jobs.job_files)
+
+
+def delete_job_file(*, file_id: str) -> Unary[bool]:
+    request = jobs_pb2.DeleteFileRequest(file_id=file_id)
+    return Unary(lambda stubs: stubs.jobs.DeleteFile, request, lambda r: bool(r.deleted))
+
+
+def download_job_file(*, file_id: str, destination: str | os.PathLike[str]) -> Download:
+    request = jobs_pb2.DownloadFileRequest(file_id=file_id)
+    return Download(lambda stubs: stubs.jobs.DownloadFile, request, destination)
+
+
+def create_job(
+    *, input_file_id: str, endpoint: str, metadata: Mapping[str, str] | None
+) -> Unary[Job]:
+    request = jobs_pb2.CreateJobRequest(
+        input_file_id=input_file_id, endpoint=endpoint, metadata=dict(metadata or {})
+    )
+    return Unary(lambda stubs: stubs.jobs.CreateJob, request, _jobs.job)
+
+
+def get_job(*, job_id: str) -> Unary[Job]:
+    request = jobs_pb2.GetJobRequest(job_id=job_id)
+    return Unary(lambda stubs: stubs.jobs.GetJob, request, _jobs.job)
+
+
+def list_jobs(*, after: str | None, limit: int) -> Unary[tuple[Job, ...]]:
+    request = jobs_pb2.ListJobsRequest(after=after or "", limit=limit)
+    return Unary(lambda stubs: stubs.jobs.ListJobs, request, _jobs.jobs)
+
+
+def cancel_job(*, job_id: str) -> Unary[Job]:
+    request = jobs_pb2.CancelJobRequest(job_id=job_id)
+    return Unary(lambda stubs: stubs.jobs.CancelJob, request, _jobs.job)
 
 
 # --- streams ----------------------------------------------------------------------------------

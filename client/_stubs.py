@@ -10,6 +10,7 @@ from headserve.v1 import (
     classifier_pb2_grpc,
     encoder_pb2_grpc,
     heads_pb2_grpc,
+    jobs_pb2_grpc,
     models_pb2_grpc,
     question_answerer_pb2_grpc,
     ranker_pb2_grpc,
@@ -35,6 +36,7 @@ class Stubs:
     heads: Any
     ranker: Any
     admin: Any
+    jobs: Any
 
     @classmethod
     def over(cls, channel: Any) -> Stubs:
@@ -48,4 +50,5 @@ class Stubs:
             heads=heads_pb2_grpc.HeadsStub(channel),
             ranker=ranker_pb2_grpc.RankerStub(channel),
             admin=admin_pb2_grpc.HeadAdminStub(channel),
+            jobs=jobs_pb2_grpc.JobsStub(channel),
         )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import grpc
 
-from . import _calls
+from . import _calls, _jobs, errors
 from ._base import ClientBase, streaming
 from ._call_meta import head_versions_in, outgoing, request_id_in, with_request_id
 from ._calls import arguments
@@ -27,6 +28,8 @@ from .types import (
     EncodeResult,
     HeadChange,
     HeadSpec,
+    Job,
+    JobFile,
     LongText,
     ModelInfo,
     Pooling,
@@ -411,6 +414,90 @@ class Client(ClientBase):
         """Make head ``name`` the default of its task (an admin call)."""
         return self._unary(_calls.set_default_head(**arguments(locals())), timeout)
 
+    # --- batch jobs (a server started with --jobs-dir) ------------------------------------------
+
+    def upload_job_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> JobFile:
+        """Upload a batch job's input: a JSONL file, one request a line, in OpenAI's Batch
+        input format (``custom_id``, ``method``, ``url``, ``body``; the url ``/v1/embeddings``,
+        ``/v1/rerank`` or a headserve RPC's full method name, with its request in proto3 JSON).
+
+        A file that is not UTF-8 JSONL, or has a line naming a url the server does not answer,
+        is refused whole, as is one larger than the server's ``--max-job-bytes``
+        (:class:`InvalidArgumentError`, field ``file``, naming the line or the limit). Sent in
+        chunks; retried as a unary call is (the file is read again).
+        """
+        return self._unary(_calls.upload_job_file(**arguments(locals())), timeout)
+
+    def get_job_file(
+        self, file_id: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> JobFile:
+        """A file the server keeps: an upload, or a finished job's output or error file."""
+        return self._unary(_calls.get_job_file(**arguments(locals())), timeout)
+
+    def list_job_files(
+        self, *, purpose: str | None = None, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> tuple[JobFile, ...]:
+        """The files the server keeps, oldest first (``purpose``: ``"batch"`` uploads, or
+        ``"batch_output"``)."""
+        return self._unary(_calls.list_job_files(**arguments(locals())), timeout)
+
+    def delete_job_file(
+        self, file_id: str, *, timeout: float | None | NotGiven = NOT_GIVEN
+    ) -> bool:
+        """Delete a file no unfinished job reads or writes."""
+        return self._unary(_calls.delete_job_file(**arguments(locals())), timeout)
+
+    def download_job_file(
+        self,
+        file_id: str,
+        destination: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+    ) -> Path:
+        """Write a file's bytes (e.g. a finished job's ``output_file_id``) to
+        ``destination``, whole or not at all (it is written beside, then moved in place).
+        A stream: no deadline unless ``timeout`` is given, never retried."""
+        return self._download(_calls.download_job_file(**arguments(locals())), timeout)
+
+    def create_job(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> Job:
+        """Create a batch job over an uploaded file; every line's url is ``endpoint``. Its
+        lines run as bulk work, after the jobs created before it; :meth:`get_job` shows its
+        progress."""
+        return self._unary(_calls.create_job(**arguments(locals())), timeout)
+
+    def get_job(self, job_id: str, *, timeout: float | None | NotGiven = NOT_GIVEN) -> Job:
+        """A batch job: its status and progress."""
+        return self._unary(_calls.get_job(**arguments(locals())), timeout)
+
+    def list_jobs(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> tuple[Job, ...]:
+        """Batch jobs, newest first, at most ``limit`` (1 to 100); the next page with
+        ``after`` = the last one's id."""
+        return self._unary(_calls.list_jobs(**arguments(locals())), timeout)
+
+    def cancel_job(self, job_id: str, *, timeout: float | None | NotGiven = NOT_GIVEN) -> Job:
+        """Stop a job after the lines being answered now; what was answered stays in its
+        files."""
+        return self._unary(_calls.cancel_job(**arguments(locals())), timeout)
+
     # --- streams --------------------------------------------------------------------------------
 
     def encode_stream(
@@ -525,7 +612,7 @@ class Client(ClientBase):
             try:
                 # a grpc.UnaryUnaryMultiCallable
                 response, rpc = method.with_call(
-                    call.request,
+                    call.sent(),
                     timeout=attempts.remaining(),
                     metadata=outgoing(self._settings.call_metadata),
                 )
@@ -553,6 +640,22 @@ class Client(ClientBase):
                 if request_id is None:  # the headers came before the first response
                     request_id = request_id_in(rpc.initial_metadata())
                 yield with_request_id(call.convert(response), request_id)
+
+    def _download(self, call: _calls.Download, timeout: float | None) -> Path:
+        target = _jobs.Download(call.destination)
+        try:
+            rpc = call.rpc(self._stubs)(
+                call.request, timeout=timeout, metadata=outgoing(self._settings.call_metadata)
+            )
+            for response in rpc:
+                target.add(response)
+        except grpc.RpcError as rpc_error:
+            target.failed()
+            raise errors.from_rpc_error(rpc_error) from rpc_error
+        except BaseException:
+            target.failed()
+            raise
+        return target.done()
 
 
 class _RequestPump(Generic[B]):

@@ -963,3 +963,57 @@ class Tokenization:
     token_type_ids: tuple[int, ...]
     sequence_ids: tuple[int, ...]
     """Per token: 0 from ``text``, 1 from ``text_pair``, -1 for a special token."""
+
+
+JobStatus: TypeAlias = Literal[
+    "validating", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled"
+]
+"""A batch job's life, in OpenAI's Batch API words: queued as ``validating``, then
+``in_progress``, ``finalizing``, ``completed``; or ``failed``; or ``cancelling``, ``cancelled``."""
+
+FINISHED: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class JobFile:
+    """A batch job's input file (purpose ``"batch"``), or a job's output or error file
+    (``"batch_output"``), kept by the server."""
+
+    id: str
+    bytes: int
+    created_at: int
+    """Unix seconds."""
+    filename: str
+    purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A batch job: its status and progress (``client.get_job(id)``)."""
+
+    id: str
+    status: JobStatus
+    endpoint: str
+    input_file_id: str
+    total: int
+    """Lines in the input file."""
+    completed: int
+    """Lines answered (in the output file)."""
+    failed: int
+    """Lines failed (in the error file, each with its ``custom_id`` and reason)."""
+    output_file_id: str | None
+    """Set once the job has finished (``download_job_file``)."""
+    error_file_id: str | None
+    errors: tuple[tuple[str, str], ...]
+    """Why the job failed as a whole: ``(code, message)`` pairs, e.g. ``write_failed``."""
+    metadata: Mapping[str, str]
+    created_at: int
+    """Unix seconds, as the other ``..._at`` times; ``None``: not reached."""
+    in_progress_at: int | None
+    finished_at: int | None
+    """When it completed, failed or was cancelled."""
+
+    @property
+    def finished(self) -> bool:
+        """Completed, failed or cancelled: nothing more will change."""
+        return self.status in FINISHED

@@ -29,6 +29,8 @@ from .core.limits import Limits, RequestLimits
 from .core.memory import freeze_loaded_objects
 from .discovery import StartupError
 from .event_loop import kind_of
+from .jobs import grpc_api as jobs_grpc
+from .jobs.api import JobsApi
 from .jobs.runner import Jobs
 from .jobs.store import Store
 from .loading import Settings, build_core
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from .transports.http_server import HttpServer
 
 DEFAULT_BATCH_ITEMS = Limits().max_batch_items
+JOBS_OFF = "batch jobs are off: this server was started without --jobs-dir"
 GIL_SWITCH_SECONDS = 0.001
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,10 @@ class Server:
                 health_pb2.HealthCheckResponse.SERVING
                 if ok
                 else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+        if self.jobs is not None:
+            await self.health.set(
+                jobs_grpc.SERVICE.full_name, health_pb2.HealthCheckResponse.SERVING
             )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -122,7 +129,8 @@ async def create_server(
     With `http_port`, the OpenAI-style HTTP endpoint too, on the same host (0: a free port).
     Its calls, on both, are counted in `metrics` (give build_core the same); it answers the
     RPCs of `tasks` (and their HTTP routes), health and reflection. With `jobs_dir`, batch jobs
-    kept there (OpenAI's Files and Batch APIs on the HTTP endpoint).
+    kept there (the Jobs service; OpenAI's Files and Batch APIs on the HTTP endpoint); without,
+    both answer JOBS_OFF.
 
     Raises StartupError when it cannot listen there."""
     limits = limits or RequestLimits()
@@ -188,6 +196,7 @@ async def _create(
             tasks,
             request_id_in=request_id_in,
             max_health_watches=connections.max_health_watches,
+            others=jobs_grpc.methods(),
         )
     ]
     server = grpc.aio.server(
@@ -206,13 +215,20 @@ async def _create(
         interceptors=interceptors,
     )
     served = services(tasks)
-    server.add_generic_rpc_handlers(handlers(state, tasks))
+    jobs_api = JobsApi(jobs, max_job_bytes) if jobs is not None else None
+    server.add_generic_rpc_handlers(
+        [
+            *handlers(state, tasks),
+            jobs_grpc.handler(jobs_api, JOBS_OFF, limits.max_message_bytes),
+        ]
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for service in (*served, ""):
+    for service in (*served, jobs_grpc.SERVICE.full_name, ""):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     names = (
         *served,
+        jobs_grpc.SERVICE.full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -240,7 +256,7 @@ async def _create(
         try:
             from .jobs.openai_api import routes
 
-            job_routes = routes(jobs, max_job_bytes) if jobs is not None else []
+            job_routes = routes(jobs_api, JOBS_OFF)
             http = await _start_http(
                 state, pipeline, tasks, security, address, http_port, grace, connections, job_routes
             )

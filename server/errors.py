@@ -87,6 +87,12 @@ class AdminOff(HeadserveError):
     kind = table.ADMIN_OFF
 
 
+class JobsOff(HeadserveError):
+    """Batch jobs are not kept here: no --jobs-dir, or a Ray Serve replica."""
+
+    kind = table.JOBS_OFF
+
+
 class HeadExists(HeadserveError):
     kind = table.HEAD_EXISTS
 

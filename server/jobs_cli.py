@@ -1,10 +1,10 @@
-"""`headserve jobs`: batch jobs on a running server started with --jobs-dir, over its
-OpenAI-style HTTP endpoint (the Files and Batch APIs, jobs/openai_api.py).
+"""`headserve jobs`: batch jobs on a running server started with --jobs-dir, over its `Jobs`
+gRPC service (jobs/grpc_api.py), with headserve's own client.
 
-    headserve jobs submit FILE --server URL [--endpoint /v1/embeddings] [--watch]
-    headserve jobs watch JOB_ID --server URL      a progress bar until the job ends
-    headserve jobs fetch JOB_ID --server URL [--out DIR]   its output and error files
-    headserve jobs list --server URL
+    headserve jobs submit FILE [--server HOST:PORT] [--endpoint URL] [--watch]
+    headserve jobs watch JOB_ID       a progress bar until the job ends
+    headserve jobs fetch JOB_ID [--out DIR]   its output and error files
+    headserve jobs list
 
 `watch` (and `submit --watch`) exits 0 once the job completed, 1 if it failed or was cancelled.
 """
@@ -15,11 +15,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .calls.security import TOKENS_ENV, SecurityError, read_tokens
 
-FINISHED = ("completed", "failed", "cancelled")
+if TYPE_CHECKING:
+    from headserve.client import Client, Job
 
 
 def add_commands(sub: Any) -> None:
@@ -32,7 +33,8 @@ def add_commands(sub: Any) -> None:
     submit.add_argument(
         "--endpoint",
         default="/v1/embeddings",
-        help="the job's endpoint, as OpenAI's batches take it (default: %(default)s)",
+        help="the url of every line: /v1/embeddings, /v1/rerank or a headserve RPC's full "
+        "method name such as /headserve.v1.Heads/RunHeads (default: %(default)s)",
     )
     submit.add_argument("--watch", action="store_true", help="then watch it until it ends")
     watch = actions.add_parser("watch", help="a job's progress until it ends")
@@ -44,115 +46,91 @@ def add_commands(sub: Any) -> None:
     for parser in (submit, watch, fetch, listed):
         parser.add_argument(
             "--server",
-            default="http://127.0.0.1:8080",
-            metavar="URL",
-            help="the server's OpenAI-style HTTP endpoint (its --http-port; default: %(default)s)",
+            default="127.0.0.1:50051",
+            metavar="HOST:PORT",
+            help="the server's gRPC address (default: %(default)s)",
         )
         parser.add_argument(
             "--token-file",
             type=Path,
             help=f"a file whose first token is a caller's token (or ${TOKENS_ENV})",
         )
+        parser.add_argument(
+            "--tls-ca",
+            type=Path,
+            metavar="PEM",
+            help="talk TLS, verifying the server against this CA (its --tls-cert's issuer)",
+        )
 
 
 def run(args: argparse.Namespace) -> None:
-    import httpx
+    from headserve.client import TLS, Client, HeadserveError
 
     try:
         tokens = read_tokens(args.token_file, variable=TOKENS_ENV, flag="--token-file")
     except SecurityError as exc:
         raise SystemExit(f"headserve jobs: {exc}") from None
-    headers = {"authorization": f"Bearer {tokens[0]}"} if tokens else {}
-    base = args.server.rstrip("/") + "/v1"
+    tls = TLS(ca=str(args.tls_ca)) if args.tls_ca is not None else None
+    action = {"submit": _submit, "watch": _watch, "fetch": _fetch, "list": _list}[args.action]
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=120) as http:
-            {"submit": _submit, "watch": _watch, "fetch": _fetch, "list": _list}[args.action](
-                http, args
-            )
-    except httpx.HTTPStatusError as exc:
-        raise SystemExit(f"headserve jobs {args.action}: {_message(exc.response)}") from None
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"headserve jobs {args.action}: {args.server}: {exc}") from None
+        with Client(args.server, token=tokens[0] if tokens else None, tls=tls, timeout=120) as c:
+            action(c, args)
+    except HeadserveError as exc:
+        raise SystemExit(f"headserve jobs {args.action}: {exc.code.name} {exc.message}") from None
 
 
-def _message(response: Any) -> str:
+def _submit(client: Client, args: argparse.Namespace) -> None:
     try:
-        error = response.json()["error"]
-        return f"{response.status_code} {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{response.status_code} {response.text[:200]}"
-
-
-def _submit(http: Any, args: argparse.Namespace) -> None:
-    try:
-        source = args.file.open("rb")
+        uploaded = client.upload_job_file(args.file)
     except OSError as exc:
-        raise SystemExit(f"headserve jobs submit: {args.file}: {exc.strerror}") from None
-    with source:
-        files = {"file": (args.file.name, source, "application/jsonl")}
-        uploaded = http.post("/files", data={"purpose": "batch"}, files=files)
-    uploaded.raise_for_status()
-    file_id = uploaded.json()["id"]
-    body = {"input_file_id": file_id, "endpoint": args.endpoint, "completion_window": "24h"}
-    created = http.post("/batches", json=body)
-    created.raise_for_status()
-    job = created.json()
-    print(f"{job['id']}: {job['request_counts']['total']} requests, {job['status']}")
+        raise SystemExit(f"headserve jobs submit: {args.file}: {exc.strerror or exc}") from None
+    job = client.create_job(uploaded.id, args.endpoint)
+    print(f"{job.id}: {job.total} requests, {job.status}")
     if args.watch:
-        args.job = job["id"]
-        _watch(http, args)
+        args.job = job.id
+        _watch(client, args)
 
 
-def _watch(http: Any, args: argparse.Namespace) -> None:
+def _watch(client: Client, args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    job = _job(http, args.job)
-    with tqdm(total=job["request_counts"]["total"], unit="request", desc=args.job) as bar:
+    job = client.get_job(args.job)
+    with tqdm(total=job.total, unit="request", desc=args.job) as bar:
         while True:
-            counts = job["request_counts"]
-            bar.update(counts["completed"] + counts["failed"] - bar.n)
-            bar.set_postfix(failed=counts["failed"], status=job["status"])
-            if job["status"] in FINISHED:
+            bar.update(job.completed + job.failed - bar.n)
+            bar.set_postfix(failed=job.failed, status=job.status)
+            if job.finished:
                 break
             time.sleep(0.5)
-            job = _job(http, args.job)
-    counts = job["request_counts"]
+            job = client.get_job(args.job)
     print(
-        f"{job['id']} {job['status']}: {counts['completed']} answered, {counts['failed']} failed"
-        + "".join(f"; {e['code']}: {e['message']}" for e in (job["errors"] or {}).get("data", []))
+        f"{job.id} {job.status}: {job.completed} answered, {job.failed} failed"
+        + "".join(f"; {code}: {message}" for code, message in job.errors)
     )
-    if job["status"] != "completed":
+    if job.status != "completed":
         sys.exit(1)
 
 
-def _fetch(http: Any, args: argparse.Namespace) -> None:
-    job = _job(http, args.job)
-    if job["status"] not in FINISHED:
-        raise SystemExit(f"headserve jobs fetch: {args.job} is {job['status']}: not finished")
+def _fetch(client: Client, args: argparse.Namespace) -> None:
+    job = client.get_job(args.job)
+    if not job.finished:
+        raise SystemExit(f"headserve jobs fetch: {args.job} is {job.status}: not finished")
     args.out.mkdir(parents=True, exist_ok=True)
-    for kind in ("output", "error"):
-        file_id = job[f"{kind}_file_id"]
-        target = args.out / f"{args.job}_{kind}.jsonl"
-        with http.stream("GET", f"/files/{file_id}/content") as response:
-            response.raise_for_status()
-            with target.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-        lines = sum(1 for _ in target.open("rb"))
-        print(f"{target}: {lines} lines")
+    for kind, file_id in (("output", job.output_file_id), ("error", job.error_file_id)):
+        assert file_id is not None  # set once a job has finished
+        target = client.download_job_file(file_id, args.out / f"{args.job}_{kind}.jsonl")
+        with target.open("rb") as f:
+            print(f"{target}: {sum(1 for _ in f)} lines")
 
 
-def _list(http: Any, args: argparse.Namespace) -> None:
-    reply = http.get("/batches", params={"limit": 100})
-    reply.raise_for_status()
-    for job in reply.json()["data"]:
-        counts = job["request_counts"]
-        done = counts["completed"] + counts["failed"]
-        print(f"{job['id']}  {job['status']:<11} {done}/{counts['total']}  {job['endpoint']}")
+def _list(client: Client, args: argparse.Namespace) -> None:
+    after = None
+    while page := client.list_jobs(after=after, limit=100):
+        for job in page:
+            _print(job)
+        after = page[-1].id
 
 
-def _job(http: Any, job_id: str) -> dict[str, Any]:
-    reply = http.get(f"/batches/{job_id}")
-    reply.raise_for_status()
-    job: dict[str, Any] = reply.json()
-    return job
+def _print(job: Job) -> None:
+    done = job.completed + job.failed
+    print(f"{job.id}  {job.status:<11} {done}/{job.total}  {job.endpoint}")

@@ -98,11 +98,6 @@ class Settings:
             raise ValueError("--feature-cache-for must be 'all' or 'bulk'")
         if self.max_job_bytes < 1:
             raise ValueError("--max-job-bytes must be at least 1")
-        if self.jobs_dir is not None and self.http_port is None:
-            raise ValueError(
-                "--jobs-dir: batch jobs are managed over the OpenAI-style HTTP endpoint's "
-                "/v1/files and /v1/batches: add --http-port"
-            )
 
 
 class LoadStopped(StartupError):

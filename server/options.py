@@ -218,8 +218,9 @@ def parser() -> argparse.ArgumentParser:
         "--jobs-dir",
         type=Path,
         metavar="DIR",
-        help="run batch jobs (OpenAI's Files and Batch APIs on --http-port), kept in DIR: their "
-        "state in SQLite, their files beside it; unfinished jobs resume after a restart",
+        help="run batch jobs (the Jobs gRPC service, and OpenAI's Files and Batch APIs on "
+        "--http-port), kept in DIR: their state in SQLite, their files beside it; unfinished "
+        "jobs resume after a restart",
     )
     serve.add_argument(
         "--max-job-bytes",

@@ -18,9 +18,8 @@ the call pipeline as the other routes do (tokens, request ids, the access log).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +27,12 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from ..errors import InvalidArgument, JobNotFound, TooLarge
-from .lines import check_upload
-from .runner import Jobs
+from ..errors import InvalidArgument, JobsOff, TooLarge
+from .api import JobsApi
 from .store import FileRecord, JobRecord
 
 FORM_OVERHEAD = 64 * 1024  # bytes of a multipart upload besides its file
+CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,119 +43,78 @@ class JobRoute:
     raw: bool = False  # the handler reads the body itself (not JSON)
 
 
-def routes(jobs: Jobs, max_job_bytes: int) -> list[JobRoute]:
-    api = _Api(jobs, max_job_bytes)
+# method, path, the _Wire method that answers it, whether that reads the body itself
+_ROUTES = (
+    ("POST", "/v1/files", "upload", True),  # multipart
+    ("GET", "/v1/files", "list_files", False),
+    ("GET", "/v1/files/{file_id}", "get_file", False),
+    ("GET", "/v1/files/{file_id}/content", "content", False),
+    ("DELETE", "/v1/files/{file_id}", "delete_file", False),
+    ("POST", "/v1/batches", "create", False),
+    ("GET", "/v1/batches", "list_jobs", False),
+    ("GET", "/v1/batches/{batch_id}", "get_job", False),
+    ("POST", "/v1/batches/{batch_id}/cancel", "cancel", True),  # no body
+)
+
+
+def routes(api: JobsApi | None, off: str) -> list[JobRoute]:
+    """The routes, answered by `api`; without one (no --jobs-dir), each answers JOBS_OFF
+    saying `off`."""
+
+    async def jobs_off(request: Request, body: Any) -> Any:
+        raise JobsOff(off)
+
+    wire = _Wire(api) if api is not None else None
     return [
-        JobRoute("POST", "/v1/files", api.upload, raw=True),
-        JobRoute("GET", "/v1/files", api.list_files),
-        JobRoute("GET", "/v1/files/{file_id}", api.get_file),
-        JobRoute("GET", "/v1/files/{file_id}/content", api.content),
-        JobRoute("DELETE", "/v1/files/{file_id}", api.delete_file),
-        JobRoute("POST", "/v1/batches", api.create),
-        JobRoute("GET", "/v1/batches", api.list_jobs),
-        JobRoute("GET", "/v1/batches/{batch_id}", api.get_job),
-        JobRoute("POST", "/v1/batches/{batch_id}/cancel", api.cancel, raw=True),  # no body
+        JobRoute(method, path, getattr(wire, name) if wire else jobs_off, raw)
+        for method, path, name, raw in _ROUTES
     ]
 
 
-class _Api:
-    def __init__(self, jobs: Jobs, max_job_bytes: int) -> None:
-        self.jobs = jobs
-        self.store = jobs.store
-        self.max_job_bytes = max_job_bytes
+class _Wire:
+    """Each route: its request read, the api asked, the answer as OpenAI's JSON."""
 
-    # --- files ---------------------------------------------------------------------------------
+    def __init__(self, api: JobsApi) -> None:
+        self.api = api
 
     async def upload(self, request: Request, body: None) -> dict[str, Any]:
+        most = self.api.max_job_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_job_bytes + FORM_OVERHEAD:
-            raise TooLarge(
-                "file",
-                f"{int(declared):,} bytes, more than {self.max_job_bytes:,} (--max-job-bytes)",
-            )
+        if declared.isdigit() and int(declared) > most + FORM_OVERHEAD:
+            raise TooLarge("file", f"{int(declared):,} bytes, more than {most:,} (--max-job-bytes)")
         async with request.form(max_files=1, max_fields=16) as form:
-            purpose = form.get("purpose")
-            upload = form.get("file")
-            if purpose != "batch":
-                raise InvalidArgument("purpose", f"{purpose!r}: this server takes 'batch' files")
+            purpose, upload = form.get("purpose"), form.get("file")
             if not isinstance(upload, UploadFile):
                 raise InvalidArgument("file", "missing: send the job's JSONL as the file part")
-            target = self.store.temporary()
-            try:
-                size = await asyncio.to_thread(_copy, upload, target, self.max_job_bytes)
-                lines = await asyncio.to_thread(
-                    lambda: check_upload(target.read_bytes(), list(self.jobs.endpoints))
-                )
-                record = self.store.add_file(
-                    target, upload.filename or "input.jsonl", "batch", lines
-                )
-            finally:
-                target.unlink(missing_ok=True)
-        assert record.bytes == size
+            record = await self.api.upload(
+                _chunks(upload), upload.filename or "", purpose if isinstance(purpose, str) else ""
+            )
         return _file(record)
 
     async def list_files(self, request: Request, body: None) -> dict[str, Any]:
-        purpose = request.query_params.get("purpose")
-        data = [_file(f) for f in self.store.files(purpose)]
+        data = [_file(f) for f in self.api.files(request.query_params.get("purpose"))]
         return {"object": "list", "data": data, "has_more": False}
 
     async def get_file(self, request: Request, body: None) -> dict[str, Any]:
-        return _file(self._file(request))
+        return _file(self.api.file(request.path_params["file_id"]))
 
     async def content(self, request: Request, body: None) -> Response:
-        record = self._file(request)
+        record = self.api.file(request.path_params["file_id"])
         return FileResponse(
-            self.store.path(record.id),
-            media_type="application/octet-stream",
-            filename=record.filename,
+            self.api.path(record), media_type="application/octet-stream", filename=record.filename
         )
 
     async def delete_file(self, request: Request, body: None) -> dict[str, Any]:
-        record = self._file(request)
-        in_use = [
-            j.id
-            for j in self.store.unfinished()
-            if record.id in (j.input_file_id, j.output_file_id, j.error_file_id)
-        ]
-        if in_use:
-            raise InvalidArgument(
-                "file_id", f"{record.id} is in use by job {in_use[0]}, not finished"
-            )
-        self.store.delete_file(record.id)
+        record = self.api.delete_file(request.path_params["file_id"])
         return {"id": record.id, "object": "file", "deleted": True}
 
-    def _file(self, request: Request) -> FileRecord:
-        file_id = request.path_params["file_id"]
-        record = self.store.file(file_id)
-        if record is None:
-            raise JobNotFound(f"no file {file_id!r} on this server")
-        return record
-
-    # --- jobs ----------------------------------------------------------------------------------
-
     async def create(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        file_id = body.get("input_file_id")
-        if not isinstance(file_id, str):
-            raise InvalidArgument("input_file_id", "missing: the id of an uploaded batch file")
-        source = self.store.file(file_id)
-        if source is None or source.purpose != "batch":
-            raise InvalidArgument("input_file_id", f"{file_id!r} is no uploaded batch file here")
-        endpoint = body.get("endpoint")
-        if endpoint not in self.jobs.endpoints:
-            raise InvalidArgument(
-                "endpoint",
-                f"{endpoint!r}: this server answers {', '.join(sorted(self.jobs.endpoints))}",
-            )
-        window = body.get("completion_window", "24h")
-        if not isinstance(window, str):
-            raise InvalidArgument("completion_window", "must be a string such as '24h'")
-        metadata = body.get("metadata")
-        if metadata is not None and not (
-            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-        ):
-            raise InvalidArgument("metadata", "must be an object of strings")
-        job = self.store.add_job(source, endpoint, window, metadata)
-        self.jobs.submitted()
+        job = self.api.create(
+            body.get("input_file_id"),
+            body.get("endpoint"),
+            body.get("completion_window", "24h"),
+            body.get("metadata"),
+        )
         return _job(job)
 
     async def list_jobs(self, request: Request, body: None) -> dict[str, Any]:
@@ -164,47 +122,27 @@ class _Api:
             limit = int(request.query_params.get("limit", "20"))
         except ValueError:
             limit = 0
-        if not 1 <= limit <= 100:
-            raise InvalidArgument("limit", "must be a whole number from 1 to 100")
-        found = self.store.jobs(request.query_params.get("after"), limit + 1)
-        data = [_job(j) for j in found[:limit]]
+        found, more = self.api.page(request.query_params.get("after"), limit)
+        data = [_job(j) for j in found]
         return {
             "object": "list",
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
-            "has_more": len(found) > limit,
+            "has_more": more,
         }
 
     async def get_job(self, request: Request, body: None) -> dict[str, Any]:
-        return _job(self._job(request))
+        return _job(self.api.job(request.path_params["batch_id"]))
 
     async def cancel(self, request: Request, body: Any) -> dict[str, Any]:
-        job = self._job(request)
-        if job.status in ("validating", "in_progress"):
-            self.store.set_status(job.id, "cancelling")
-            self.jobs.cancel(job.id)
-        return _job(self._job(request))
-
-    def _job(self, request: Request) -> JobRecord:
-        job_id = request.path_params["batch_id"]
-        job = self.store.job(job_id)
-        if job is None:
-            raise JobNotFound(f"no batch {job_id!r} on this server")
-        return job
+        return _job(self.api.cancel(request.path_params["batch_id"]))
 
 
-def _copy(upload: UploadFile, target: Any, most: int) -> int:
-    """The upload's bytes into `target`, at most `most` of them (else TooLarge)."""
-    size = 0
-    upload.file.seek(0)
-    with open(target, "wb") as out:
-        while chunk := upload.file.read(1024 * 1024):
-            size += len(chunk)
-            if size > most:
-                raise TooLarge("file", f"more than {most:,} bytes (--max-job-bytes)")
-            out.write(chunk)
-    return size
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    await upload.seek(0)
+    while chunk := await upload.read(CHUNK):
+        yield chunk
 
 
 def _file(record: FileRecord) -> dict[str, Any]:

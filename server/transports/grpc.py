@@ -20,13 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, cast
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from ..call_info import REQUEST_ID_KEY, RequestIdIn
+from ..calls.decoding import decoded, decoder
 from ..calls.pipeline import Arrival, Call, Pipeline, items_in
 from ..calls.security import DENIED
 from ..calls.status import abort, trailers
-from ..errors import InvalidArgument, Overloaded, Unauthenticated
+from ..errors import Overloaded, Unauthenticated
 from ..tasks import Task, services
 from ..tasks.running import CoreHolder, answering
 
@@ -50,7 +50,7 @@ def handlers(state: CoreHolder, tasks: Sequence[Task]) -> list[grpc.GenericRpcHa
         methods: dict[str, grpc.RpcMethodHandler] = {}
         for task in held:
             one, many = answering(state, task)
-            decode = _decoder(task.request)
+            decode = decoder(task.request)
             methods[task.rpc] = grpc.unary_unary_rpc_method_handler(
                 _unary(one),
                 request_deserializer=decode,
@@ -66,47 +66,22 @@ def handlers(state: CoreHolder, tasks: Sequence[Task]) -> list[grpc.GenericRpcHa
     return made
 
 
-class _Undecodable:
-    """A request whose bytes are not its message: refused with INVALID_ARGUMENT once the call
-    is admitted (a deserializer that raised would get the caller UNKNOWN from gRPC)."""
-
-    id = ""
-    items = ()
-
-    def __init__(self, message: str, error: DecodeError) -> None:
-        self.refusal = InvalidArgument("request", f"is not a valid {message} message ({error})")
-
-
-def _decoder(kind: type[Message]) -> Callable[[bytes], Any]:
-    def decode(data: bytes) -> Any:
-        try:
-            return kind.FromString(data)
-        except DecodeError as exc:
-            return _Undecodable(kind.DESCRIPTOR.full_name, exc)
-
-    return decode
-
-
 def _unary(one: Callable[[Any], Awaitable[Any]]) -> Unary:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Undecodable):
-            raise request.refusal
-        return await one(request)
+        return await one(decoded(request))
 
     return behavior
 
 
 def _streaming(many: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]) -> Streaming:
-    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def each_decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
-            if isinstance(request, _Undecodable):
-                raise request.refusal  # ends the stream: its id cannot be read
-            yield request
+            yield decoded(request)  # one undecodable ends the stream: its id cannot be read
 
     async def behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for reply in many(decoded(requests)):
+        async for reply in many(each_decoded(requests)):
             yield reply
 
     return behavior
@@ -122,13 +97,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         *,
         request_id_in: RequestIdIn = "initial",
         max_health_watches: int = 16,
+        others: Sequence[str] = (),
     ) -> None:
+        """`others`: RPCs besides the tasks' run as calls ("/headserve.v1.Jobs/GetJob")."""
         self._pipeline = pipeline
         self._max_watches = max_health_watches
         self.watches = 0  # health Watch streams open now
-        self._served = {f"/{task.full_name}" for task in tasks} | {
-            f"/{task.service.full_name}/{task.stream_rpc}" for task in tasks if task.streams
-        }
+        self._served = (
+            {f"/{task.full_name}" for task in tasks}
+            | {f"/{task.service.full_name}/{task.stream_rpc}" for task in tasks if task.streams}
+            | set(others)
+        )
         self._admin = {f"/{task.full_name}" for task in tasks if task.admin}
         self._unary_id_first = request_id_in == "initial"
         # A method's handler is the same object for every call: wrap it once.
@@ -199,14 +178,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_stream:
             stream = cast(Streaming, handler.stream_stream)
             return grpc.stream_stream_rpc_method_handler(self._stream(stream, rpc), **codecs)
-        return handler  # a task has no other kind of RPC
+        if handler.stream_unary:  # an upload: a call as long as its requests come
+            upload = cast(Unary, handler.stream_unary)
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(upload, rpc, stream=True), **codecs
+            )
+        if handler.unary_stream:  # a download
+            download = cast(Streaming, handler.unary_stream)
+            return grpc.unary_stream_rpc_method_handler(self._download(download, rpc), **codecs)
+        return handler
 
-    def _unary(self, behavior: Unary, rpc: str, *, admin: bool = False) -> Unary:
+    def _unary(
+        self, behavior: Unary, rpc: str, *, admin: bool = False, stream: bool = False
+    ) -> Unary:
+        """A call with one response (`stream`: its requests stream in)."""
         pipeline = self._pipeline
         id_first = self._unary_id_first
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            arrival = _arrival(context, rpc, items=items_in(request), admin=admin)
+            items = 0 if stream else items_in(request)
+            arrival = _arrival(context, rpc, items=items, admin=admin, stream=stream)
 
             async def work(call: Call) -> Any:
                 response = await behavior(request, context)
@@ -227,33 +218,46 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
+    # grpc.aio serves a streamed answer from an async generator function only
     def _stream(self, behavior: Streaming, rpc: str) -> Streaming:
-        pipeline = self._pipeline
-
         async def stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            # The caller's address is asked of gRPC as the call starts: asked of a call already
-            # ended (a stream refused as it opened), grpc.aio's context crashed the process once.
-            arrival = _arrival(context, rpc, stream=True)
-
-            def work(call: Call) -> AsyncIterator[Any]:
-                return behavior(call.reading(requests), context)
-
-            try:
-                async for reply in pipeline.stream(
-                    arrival, work, announce=_send_id(context, first=True)
-                ):
-                    yield reply
-                trailing = trailers()  # the versions of the heads that answered its messages
-                if trailing:
-                    context.set_trailing_metadata(trailing)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as exc:
-                await abort(context, exc)
+            work = lambda call: behavior(call.reading(requests), context)  # noqa: E731
+            async for reply in self._replies(context, rpc, work):
+                yield reply
 
         return stream
+
+    def _download(self, behavior: Streaming, rpc: str) -> Streaming:
+        async def download(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for reply in self._replies(context, rpc, lambda call: behavior(request, context)):
+                yield reply
+
+        return download
+
+    async def _replies(
+        self,
+        context: grpc.aio.ServicerContext,
+        rpc: str,
+        work: Callable[[Call], AsyncIterator[Any]],
+    ) -> AsyncIterator[Any]:
+        """A streamed answer's replies, through the pipeline."""
+        # The caller's address is asked of gRPC as the call starts: asked of a call already
+        # ended (a stream refused as it opened), grpc.aio's context crashed the process once.
+        arrival = _arrival(context, rpc, stream=True)
+        try:
+            async for reply in self._pipeline.stream(
+                arrival, work, announce=_send_id(context, first=True)
+            ):
+                yield reply
+            trailing = trailers()  # the versions of the heads that answered its messages
+            if trailing:
+                context.set_trailing_metadata(trailing)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort(context, exc)
 
 
 def _send_id(

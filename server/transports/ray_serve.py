@@ -18,13 +18,18 @@ which `_RayContext` adapts, and three things Serve does itself:
   which Ray exports on each node's metrics port as `ray_headserve_...`; the access log goes
   to the replica's stderr (Ray's worker logs), one JSON line per call.
 
+Batch jobs are not served here: the replicas share no job store, so every RPC of the Jobs
+service answers UNIMPLEMENTED (JOBS_OFF), saying so (`headserve ray-config` refuses
+--jobs-dir).
+
 And two limits of the proxy:
 - Ray's gRPC context has no abort. An error sets the code, the message and the trailing
   metadata (with `grpc-status-details-bin`: the google.rpc details) and then RETURNS an empty
   response: raising would keep the code but drop the details.
 - A stream's per-request errors travel inside the stream, as everywhere. An error that ends
-  a whole stream (too many streams, a drain) ends it without its code: the proxy drops the
-  code of a stream that returns without a last reply.
+  a whole stream (too many streams, a drain, a download of batch jobs) is raised with its
+  code set on the context: the proxy keeps the code and the message but not the details
+  (a stream that returned instead would end OK, its code dropped).
 
 Ray Serve is an extra (`pip install headserve[ray]`); nothing else in the server imports it.
 """
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from ..call_info import CURRENT, REQUEST_ID_KEY, current_request_id
@@ -49,6 +55,8 @@ from ..calls.state import ServerState
 from ..calls.status import abort, trailers
 from ..core.engine import Core
 from ..core.live_heads import FOLLOW_EVERY, LiveHeads
+from ..errors import JobsOff
+from ..jobs.grpc_api import SERVICE as JOBS
 from ..loading import Settings, build_core, settings_from
 from ..observability import logs
 from ..observability.metrics import Metrics
@@ -77,9 +85,10 @@ def start(port: int, request_timeout_s: float | None = None, **options: Any) -> 
 
 def servicer_functions(tasks: Sequence[Task] = TASKS) -> list[str]:
     """What `gRPCOptions(grpc_servicer_functions=...)` needs: the function protoc generated
-    to add each service of `tasks` to a gRPC server (the proxy learns the methods from it)."""
+    to add each service of `tasks` to a gRPC server (the proxy learns the methods from it),
+    and the Jobs service's (whose RPCs answer JOBS_OFF on Ray Serve)."""
     functions = []
-    for service, _ in services(tasks).values():
+    for service in (*(s for s, _ in services(tasks).values()), JOBS):
         module = service.file.name.removesuffix(".proto").replace("/", ".") + "_pb2_grpc"
         functions.append(f"{module}.add_{service.name}Servicer_to_server")
     return functions
@@ -128,7 +137,29 @@ def _rpcs(state: ServerState, tasks: Sequence[Task]) -> dict[str, _Rpc]:
         if many is not None:
             full_name = f"{task.service.full_name}/{task.stream_rpc}"
             rpcs[task.stream_rpc] = _Rpc(full_name, None, many, task.stream_reply)
+    for method in JOBS.methods:  # each answers JOBS_OFF, through the pipeline
+        reply = message_factory.GetMessageClass(method.output_type)
+        full_name = f"{JOBS.full_name}/{method.name}"
+        if method.server_streaming:
+            rpcs[method.name] = _Rpc(full_name, None, _no_job_stream, reply)
+        else:
+            rpcs[method.name] = _Rpc(full_name, _no_jobs, None, reply)
     return rpcs
+
+
+RAY_NO_JOBS = (
+    "batch jobs are not served on Ray Serve: the replicas share no job store; run them on a "
+    "standalone `headserve serve --jobs-dir DIR`"
+)
+
+
+async def _no_jobs(request: Any) -> Message:
+    raise JobsOff(RAY_NO_JOBS)
+
+
+async def _no_job_stream(requests: Any) -> AsyncIterator[Message]:
+    raise JobsOff(RAY_NO_JOBS)
+    yield  # pragma: no cover (makes this an async generator)
 
 
 class Replica:
@@ -251,10 +282,9 @@ class Replica:
             async for reply in self._pipeline.stream(self._arrival(rpc, context), work):
                 yield reply
         except Exception as exc:
-            try:
-                await abort(context, exc)
-            except _Aborted:
-                pass
+            # raised with its code set on Ray's context: the proxy keeps the code and the
+            # message (not the details); a stream that returned would end OK
+            await abort(context, exc)
         finally:
             CURRENT.reset(token)
 
@@ -315,6 +345,9 @@ def replica(tasks: Sequence[Task], name: str = "HeadserveReplica") -> type[Repli
         methods[task.rpc] = _unary_method(task.rpc)
         if task.streams:
             methods[task.stream_rpc] = _stream_method(task.stream_rpc)
+    for method in JOBS.methods:
+        made_for = _stream_method if method.server_streaming else _unary_method
+        methods[method.name] = made_for(method.name)
     made = type(name, (Replica,), methods)
     made.__qualname__ = name
     return made

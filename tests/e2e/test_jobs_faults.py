@@ -159,8 +159,9 @@ def test_a_full_disk_fails_the_job_cleanly_and_the_server_goes_on(
 
 @pytest.mark.e2e
 def test_the_jobs_commands_submit_watch_list_and_fetch(bert: Any, tmp_path: Path) -> None:
-    server, client = _start(bert, tmp_path / "jobs")
-    url = str(client.base_url).removesuffix("/v1/")
+    # the commands talk gRPC to the Jobs service: no HTTP endpoint needed
+    args = [str(bert.backbone), "--head", "encode=encode", "--device", "cpu"]
+    server = start_cli_server([*args, "--runtime", "torch", "--jobs-dir", str(tmp_path / "jobs")])
     headserve = str(Path(sys.executable).parent / "headserve")
     try:
         source = tmp_path / "requests.jsonl"
@@ -171,7 +172,7 @@ def test_the_jobs_commands_submit_watch_list_and_fetch(bert: Any, tmp_path: Path
         source.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{broken\n")
 
         def jobs(*args: str) -> subprocess.CompletedProcess[str]:
-            command = [headserve, "jobs", *args, "--server", url]
+            command = [headserve, "jobs", *args, "--server", server.target]
             return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
         submitted = jobs("submit", str(source), "--watch")
@@ -190,6 +191,8 @@ def test_the_jobs_commands_submit_watch_list_and_fetch(bert: Any, tmp_path: Path
         )
         assert len(errors) == 1 and "is not JSON" in errors[0]
         missing = jobs("watch", "batch_nope")
-        assert missing.returncode != 0 and "404 no batch 'batch_nope'" in missing.stderr
+        assert missing.returncode != 0 and "NOT_FOUND no batch 'batch_nope'" in missing.stderr
+        refused = jobs("submit", str(tmp_path / "absent.jsonl"))
+        assert refused.returncode != 0 and "absent.jsonl" in refused.stderr
     finally:
         _stop(server)

@@ -66,7 +66,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def fuzz_server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+def fuzz_server(bert, tmp_path_factory) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
     heads = (
         HeadSpec("encode", "encode", None, {"pooling": "cls"}),
         HeadSpec("mlm", "mlm", bert.mlm),
@@ -84,6 +84,7 @@ def fuzz_server(bert) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
             device="cpu",
             request_limits=LIMITS,
             http_port=0,  # the OpenAI-style endpoint too (test_fuzz_http.py)
+            jobs_dir=tmp_path_factory.mktemp("fuzz-jobs"),  # the Jobs service's RPCs answer
         )
     )
     yield thread

@@ -44,6 +44,7 @@ from headserve.v1 import (
     encoder_pb2_grpc,
     heads_pb2,
     heads_pb2_grpc,
+    jobs_pb2,
     models_pb2,
     models_pb2_grpc,
     question_answerer_pb2,
@@ -702,6 +703,11 @@ METHODS = {
     "/headserve.v1.HeadAdmin/UnloadHead": "Tokenize",
     "/headserve.v1.HeadAdmin/SetDefaultHead": "Tokenize",
     "/headserve.v1.HeadAdmin/PromoteHead": "Tokenize",
+    # batch jobs: unknown ids, uploads that are no job's input (one message, or none)
+    **{
+        f"/headserve.v1.Jobs/{m.name}": "Tokenize"
+        for m in jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].methods
+    },
 }
 
 
@@ -715,6 +721,7 @@ def test_methods_are_all_covered() -> None:
         models_pb2,
         ranker_pb2,
         admin_pb2,
+        jobs_pb2,
     )
     paths = {
         f"/{service.full_name}/{method.name}"
@@ -723,7 +730,7 @@ def test_methods_are_all_covered() -> None:
         for method in service.methods
     }
     assert paths == set(METHODS)
-    assert {path.split("/")[1] for path in paths} == set(services(TASKS))
+    assert {path.split("/")[1] for path in paths} == {*services(TASKS), "headserve.v1.Jobs"}
 
 
 @given(path=st.sampled_from(sorted(METHODS)), body=S.raw_bodies())

@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 from google.protobuf import json_format
+from json_values import assert_close
 from serving import ServerThread
 
 from headserve.plugins.contract import HeadSpec
@@ -162,8 +163,8 @@ def test_a_job_driven_by_the_openai_package_answers_as_the_unary_calls(
         want_heads = json_format.MessageToDict(
             heads_pb2_grpc.HeadsStub(channel).RunHeads(ran), preserving_proto_field_name=True
         )
-    _assert_close(outputs["classify"]["response"]["body"], want, ("timing",))
-    _assert_close(outputs["run-heads"]["response"]["body"], want_heads, ("timing",))
+    assert_close(outputs["classify"]["response"]["body"], want, ("timing",))
+    assert_close(outputs["run-heads"]["response"]["body"], want_heads, ("timing",))
     ranked = outputs["rerank"]["response"]["body"]["results"]
     assert sorted(r["index"] for r in ranked) == list(range(5)) and ranked[0]["index"] == 0
 
@@ -190,23 +191,6 @@ def test_a_job_driven_by_the_openai_package_answers_as_the_unary_calls(
     assert registry.get_sample_value(lines, {"outcome": "completed"}) == len(good)
     assert registry.get_sample_value(lines, {"outcome": "failed"}) == len(bad)
     assert registry.get_sample_value("headserve_job_lines_pending") == 0
-
-
-def _assert_close(got: Any, want: Any, skip: tuple[str, ...] = (), where: str = "") -> None:
-    """JSON values equal, numbers within 1e-6 (`skip`: keys that differ by nature)."""
-    if isinstance(want, dict):
-        assert set(got) - set(skip) == set(want) - set(skip), where
-        for key in want:
-            if key not in skip:
-                _assert_close(got[key], want[key], skip, f"{where}.{key}")
-    elif isinstance(want, list):
-        assert len(got) == len(want), where
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            _assert_close(a, b, skip, f"{where}[{i}]")
-    elif isinstance(want, float):
-        assert abs(got - want) <= 1e-6, where
-    else:
-        assert got == want, where
 
 
 def test_a_bad_upload_is_refused_whole(client: openai.OpenAI, tmp_path: Path) -> None:

@@ -98,10 +98,12 @@ def _contract_services() -> set[str]:
 
 def test_health_per_service(server: ServerThread) -> None:
     services = _contract_services()
-    assert len(services) == 8
+    assert len(services) == 9
     for service in ["", *sorted(services)]:
-        # Heads serves plugin tasks: this server has none (its RunHeads answers regardless)
-        want = NOT_SERVING if service == "headserve.v1.Heads" else SERVING
+        # Heads serves plugin tasks: this server has none (its RunHeads answers regardless);
+        # it keeps no batch jobs (no --jobs-dir)
+        off = ("headserve.v1.Heads", "headserve.v1.Jobs")
+        want = NOT_SERVING if service in off else SERVING
         assert _health(server.target, service) == want, service
 
 

@@ -38,6 +38,7 @@ from headserve.client import (
     NotFoundError,
     ResourceExhaustedError,
     UnauthenticatedError,
+    UnimplementedError,
 )
 from headserve.client._retry import retry_delay
 from headserve.plugins.contract import HeadSpec
@@ -265,6 +266,26 @@ def test_errors_keep_their_code_and_details_through_the_proxy(endpoint: Endpoint
             client.classify(TEXTS, heads="raw")
         assert untrained.value.reason == "HEAD_NOT_USABLE"
         assert "untrained" in untrained.value.message
+
+
+def test_batch_jobs_answer_jobs_off_through_the_proxy(endpoint: Endpoint, tmp_path: Path) -> None:
+    """Replicas share no job store: every Jobs RPC answers UNIMPLEMENTED (JOBS_OFF), saying
+    so, a client-streamed upload and a server-streamed download included."""
+    job_input = tmp_path / "in.jsonl"
+    job_input.write_text('{"custom_id": "a", "url": "/v1/embeddings", "body": {}}\n')
+    with Client(endpoint.target, application="en", max_retries=0) as client:
+        for call in (
+            client.list_jobs,
+            lambda: client.get_job("batch_x"),
+            lambda: client.upload_job_file(job_input),
+        ):
+            with pytest.raises(UnimplementedError, match="standalone") as off:
+                call()
+            assert off.value.reason == "JOBS_OFF" and off.value.request_id is not None
+        # a stream that fails as it opens keeps its code and message through the proxy
+        with pytest.raises(UnimplementedError, match="standalone"):
+            client.download_job_file("file-x", tmp_path / "never.jsonl")
+    assert not (tmp_path / "never.jsonl").exists()
 
 
 def test_the_application_metadata_picks_the_backbone(endpoint: Endpoint) -> None:

@@ -101,6 +101,15 @@ ADMIN_OFF = ErrorKind(
     False,
     "an admin RPC on a server started without admin tokens (--admin-token-file)",
 )
+JOBS_OFF = ErrorKind(
+    "jobs_off",
+    "UNIMPLEMENTED",
+    "JOBS_OFF",
+    501,
+    "not_implemented",
+    False,
+    "a batch job call on a server without a jobs folder (--jobs-dir), or on Ray Serve",
+)
 HEAD_EXISTS = ErrorKind(
     "head_exists",
     "ALREADY_EXISTS",
@@ -202,6 +211,7 @@ KINDS: tuple[ErrorKind, ...] = (
     UNAUTHENTICATED,
     PERMISSION_DENIED,
     ADMIN_OFF,
+    JOBS_OFF,
     HEAD_EXISTS,
     HEAD_STORE_FAILED,
     OVERLOADED,
