@@ -37,6 +37,7 @@ from .memory import trim_heap
 from .runner import Runner, Work, row_key
 from .scheduler import Scheduler, Stats
 from .shadows import Shadow
+from .threads import bulk_threads
 
 if TYPE_CHECKING:
     from ..observability.tracing import Tracing
@@ -137,7 +138,10 @@ def _inline(heads: Sequence[Head], items: Sequence[Any]) -> bool:
 
 
 async def _on_thread_unless(inline: bool, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` inline, or on a thread (the call's context goes with it)."""
+    """`fn(*args)` inline, or on a thread (the call's context goes with it); a bulk call's,
+    always on a thread below the event loop's priority (threads.bulk_threads)."""
+    if current_priority() == "bulk":
+        return await bulk_threads.run(fn, *args)
     if inline:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)

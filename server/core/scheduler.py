@@ -539,12 +539,12 @@ class Scheduler:
         interactive call came in the last RECENT_SECONDS."""
         return bool(interactive) or self._interactive_came(now)
 
-    def _eligible(self, live: list[_Pending], now: float) -> list[_Pending]:
+    def _eligible(
+        self, interactive: list[_Pending], bulk: list[_Pending], now: float
+    ) -> list[_Pending]:
         """The rows the next batch is made of: interactive rows first (`_interactive`),
         unless the oldest bulk row has waited BULK_AGE_SECONDS; bulk rows wait while they
         would take the worker left to interactive calls."""
-        interactive = [p for p in live if not p.bulk]
-        bulk = [p for p in live if p.bulk]
         rows = self._interactive(interactive, now) if interactive else []
         if not bulk or (rows and now - bulk[0].arrived < BULK_AGE_SECONDS):
             return rows
@@ -573,12 +573,14 @@ class Scheduler:
         now = self.clock.now()
         for p in [p for p in self._pending if p.future.done()]:
             self._drop(p, "cancelled")  # cancelled a moment ago, its call not yet told
-        queued = list(self._pending)
-        live = self._eligible(queued, now)
+        interactive: list[_Pending] = []  # each oldest first
+        bulk: list[_Pending] = []
+        for p in self._pending:
+            (bulk if p.bulk else interactive).append(p)
+        live = self._eligible(interactive, bulk, now)
         if not live:
             return []
         limits = self.limits
-        interactive = [p for p in queued if not p.bulk]
         bounded = self._bulk_bounded(now, interactive)
         max_tokens = limits.max_batch_tokens
         if live[0].bulk and bounded:
@@ -591,7 +593,7 @@ class Scheduler:
         )
         batch = [live[i] for i in chosen]
         if not live[0].bulk and not live[0].long:
-            batch += self._bulk_fill(batch, queued, bounded)
+            batch += self._bulk_fill(batch, bulk, bounded)
         for p in batch:
             del self._pending[p]
             self.metrics.queue_wait.labels("bulk" if p.bulk else "interactive").observe(
@@ -601,7 +603,7 @@ class Scheduler:
         return batch
 
     def _bulk_fill(
-        self, batch: list[_Pending], queued: list[_Pending], bounded: bool
+        self, batch: list[_Pending], bulk: list[_Pending], bounded: bool
     ) -> list[_Pending]:
         """Bulk rows for the rest of an interactive batch, oldest first: while the batch stays
         within its row and token limits (counted as padded unless rows are packed), and, while
@@ -614,10 +616,10 @@ class Scheduler:
         longest = max(p.length for p in batch)
         fill: list[_Pending] = []
         used = 0
-        for p in queued:
+        for p in bulk:
             if len(fill) >= room:
                 break
-            if not p.bulk or p.long or used + p.length > bulk_tokens:
+            if p.long or used + p.length > bulk_tokens:
                 continue
             rows = len(batch) + len(fill) + 1
             cost = tokens + used + p.length if packed else max(longest, p.length) * rows

@@ -22,6 +22,8 @@ the same accepted throughput.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import os
 import sys
@@ -106,6 +108,36 @@ def idle_priority(nice: int) -> None:
         os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
     except OSError as exc:  # a sandbox may forbid it: run at the workers' priority
         log.warning("could not put the background worker in the idle class: %s", exc)
+
+
+BULK_NICE = 19  # bulk calls' own work (tokenizing, finishing): as low as the model workers
+
+
+class _BulkThreads:
+    """Where bulk calls prepare and finish their items: threads at the lowest priority, so
+    that on busy cores the event loop and interactive calls come first (the rows' batches
+    already compute in the background class: scheduler.py). Made on first use."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on one of the threads, in the caller's context (its call)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    cores(),
+                    thread_name_prefix="headserve-bulk",
+                    initializer=lower_priority,
+                    initargs=(BULK_NICE,),
+                )
+            pool = self._pool
+        run = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
+
+
+bulk_threads = _BulkThreads()
 
 
 class ModelThreads:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +28,7 @@ from serving import ServerThread
 from headserve.client import Client
 from headserve.plugins.contract import HeadSpec
 from headserve.server.calls.connections import Connections
+from headserve.server.core import engine
 from headserve.server.core.limits import RequestLimits
 from headserve.server.core.scheduler import Limits
 from headserve.server.loading import Settings
@@ -330,6 +333,31 @@ def test_every_transport_carries_the_class_to_the_access_line_and_the_metrics(
     # rows: 2 per call; the stream's "bulk" message, the two unary bulk calls and HTTP's
     assert grew("headserve_queue_wait_seconds_count", priority="bulk") == 8
     assert grew("headserve_queue_wait_seconds_count", priority="interactive") == 4
+
+
+def test_a_bulk_calls_own_work_runs_below_the_event_loop(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk call prepares (tokenizes) and finishes its items on a thread at the lowest
+    priority, short as it is; an interactive call of short text does so on the event loop."""
+    seen: list[tuple[str, int]] = []
+    prepare = engine._prepare
+
+    def spied(head: Any, item: Any, options: Any) -> Any:
+        thread = threading.current_thread()
+        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen.append((thread.name, nice))
+        return prepare(head, item, options)
+
+    monkeypatch.setattr(engine, "_prepare", spied)
+    with Client(server.target) as client:
+        client.encode(["a live sentence"])
+        (live,) = seen
+        client.with_options(priority="bulk").encode(["a bulk sentence"])
+        (_, bulk) = seen
+    loop_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert live == (server._thread.name, loop_nice)  # the event loop's own thread
+    assert bulk[0].startswith("headserve-bulk") and bulk[1] == min(19, loop_nice + 19)
 
 
 def test_a_class_the_server_does_not_know_is_refused_naming_it(server: ServerThread) -> None:

@@ -26,15 +26,18 @@ from headserve.client import (
     InvalidArgumentError,
     Job,
     NotFoundError,
+    UnauthenticatedError,
     UnimplementedError,
 )
 from headserve.plugins.contract import HeadSpec
+from headserve.server.calls.security import Security
 from headserve.server.loading import Settings
 from headserve.v1 import classifier_pb2, classifier_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 MAX_JOB_BYTES = 256 * 1024
 TEXTS = [f"Line {i}: a server answers a job's requests in the bulk class." for i in range(30)]
 CLASSIFY = "/headserve.v1.Classifier/Classify"
+TOKEN = "a-callers-token"
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +195,28 @@ def test_a_cancelled_job_keeps_what_it_answered(client: Client, tmp_path: Path) 
 
 
 def test_a_server_without_a_jobs_dir_answers_jobs_off(bert) -> None:  # type: ignore[no-untyped-def]
-    thread = ServerThread(Settings(model_dir=bert.backbone, device="cpu", http_port=0))
+    """...to a caller it admits: the Jobs RPCs take the server's tokens as every call does."""
+    settings = Settings(
+        model_dir=bert.backbone, device="cpu", http_port=0, security=Security(tokens=(TOKEN,))
+    )
+    thread = ServerThread(settings)
     try:
-        with Client(thread.target) as client:
+        with Client(thread.target, max_retries=0) as stranger:
+            with pytest.raises(UnauthenticatedError):
+                stranger.list_jobs()
+            with pytest.raises(UnauthenticatedError):
+                stranger.download_job_file("file-x", "/tmp/never-written")
+        with Client(thread.target, token=TOKEN) as client:
             with pytest.raises(UnimplementedError, match="--jobs-dir") as off:
                 client.list_jobs()
             assert off.value.reason == "JOBS_OFF"
             with pytest.raises(UnimplementedError, match="--jobs-dir"):
                 client.download_job_file("file-x", "/tmp/never-written")
         assert thread.server.http is not None
-        answer = httpx.get(f"http://127.0.0.1:{thread.server.http.port}/v1/batches")
+        answer = httpx.get(
+            f"http://127.0.0.1:{thread.server.http.port}/v1/batches",
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
         assert answer.status_code == 501 and "--jobs-dir" in answer.text
     finally:
         thread.stop()
