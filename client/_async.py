@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from . import _calls, _jobs, errors
+from . import _calls, _jobs
 from ._base import ClientBase, streaming
 from ._call_meta import head_versions_in, outgoing, request_id_in, with_request_id
 from ._calls import arguments
@@ -485,20 +485,13 @@ class AsyncClient(ClientBase):
                 yield with_request_id(call.convert(response), request_id)
 
     async def _download(self, call: _calls.Download, timeout: float | None) -> Path:
-        target = _jobs.Download(call.destination)
-        try:
+        with _jobs.Download(call.destination) as target:
             rpc = call.rpc(self._channel.stubs())(
                 call.request, timeout=timeout, metadata=outgoing(self._settings.call_metadata)
             )
             async for response in rpc:
                 target.add(response)
-        except grpc.RpcError as rpc_error:
-            target.failed()
-            raise errors.from_rpc_error(rpc_error) from rpc_error
-        except BaseException:
-            target.failed()
-            raise
-        return target.done()
+        return target.destination
 
 
 class _LazyChannel:

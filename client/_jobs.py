@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
+
+import grpc
 
 from headserve.v1 import jobs_pb2
 
+from . import errors
 from .types import Job, JobFile, JobStatus
 
 UPLOAD_CHUNK = 1024 * 1024  # bytes per UploadFile message
@@ -86,13 +90,18 @@ def jobs(message: jobs_pb2.ListJobsResponse) -> tuple[Job, ...]:
 
 class Download:
     """A file's chunks (DownloadFile's responses) into ``destination``: written beside it
-    first, checked to follow each other, then moved into place whole."""
+    first, checked to follow each other, moved into place once the stream has ended well.
+    A context around reading the stream: on a failure the partial file goes, and a gRPC
+    error is raised as the client's."""
 
     def __init__(self, destination: str | os.PathLike[str]) -> None:
         self.destination = Path(destination)
         self.partial = self.destination.with_name(self.destination.name + ".part")
-        self._out = self.partial.open("wb")
         self.size = 0
+
+    def __enter__(self) -> Download:
+        self._out = self.partial.open("wb")
+        return self
 
     def add(self, response: jobs_pb2.DownloadFileResponse) -> None:
         if response.offset != self.size:
@@ -100,11 +109,16 @@ class Download:
         self._out.write(response.data)
         self.size += len(response.data)
 
-    def done(self) -> Path:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._out.close()
-        os.replace(self.partial, self.destination)
-        return self.destination
-
-    def failed(self) -> None:
-        self._out.close()
+        if error is None:
+            os.replace(self.partial, self.destination)
+            return
         self.partial.unlink(missing_ok=True)
+        if isinstance(error, grpc.RpcError):
+            raise errors.from_rpc_error(error) from error
