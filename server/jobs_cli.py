@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .calls.security import TOKENS_ENV, SecurityError, read_tokens
+from .remote import open_client, server_args
 
 if TYPE_CHECKING:
     from headserve.client import Client, Job
@@ -44,36 +44,16 @@ def add_commands(sub: Any) -> None:
     for parser in (watch, fetch):
         parser.add_argument("job", metavar="JOB_ID")
     for parser in (submit, watch, fetch, listed):
-        parser.add_argument(
-            "--server",
-            default="127.0.0.1:50051",
-            metavar="HOST:PORT",
-            help="the server's gRPC address (default: %(default)s)",
-        )
-        parser.add_argument(
-            "--token-file",
-            type=Path,
-            help=f"a file whose first token is a caller's token (or ${TOKENS_ENV})",
-        )
-        parser.add_argument(
-            "--tls-ca",
-            type=Path,
-            metavar="PEM",
-            help="talk TLS, verifying the server against this CA (its --tls-cert's issuer)",
-        )
+        server_args(parser, admin=False)
+        parser.set_defaults(server="127.0.0.1:50051")
 
 
 def run(args: argparse.Namespace) -> None:
-    from headserve.client import TLS, Client, HeadserveError
+    from headserve.client import HeadserveError
 
-    try:
-        tokens = read_tokens(args.token_file, variable=TOKENS_ENV, flag="--token-file")
-    except SecurityError as exc:
-        raise SystemExit(f"headserve jobs: {exc}") from None
-    tls = TLS(ca=str(args.tls_ca)) if args.tls_ca is not None else None
     action = {"submit": _submit, "watch": _watch, "fetch": _fetch, "list": _list}[args.action]
     try:
-        with Client(args.server, token=tokens[0] if tokens else None, tls=tls, timeout=120) as c:
+        with open_client(args, admin=False, timeout=120, max_retries=2) as c:
             action(c, args)
     except HeadserveError as exc:
         raise SystemExit(f"headserve jobs {args.action}: {exc.code.name} {exc.message}") from None

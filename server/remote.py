@@ -90,7 +90,8 @@ def server_args(parser: argparse.ArgumentParser, *, admin: bool) -> None:
     )
 
 
-def _client(args: argparse.Namespace, *, admin: bool) -> Any:
+def open_client(args: argparse.Namespace, *, admin: bool, **options: Any) -> Any:
+    """The typed client a command's `server_args` name (`options`: the Client's others)."""
     from headserve.client import TLS, Client
 
     path = args.admin_token_file if admin else args.token_file
@@ -101,7 +102,8 @@ def _client(args: argparse.Namespace, *, admin: bool) -> Any:
     except SecurityError as exc:
         raise SystemExit(f"headserve {args.command}: {exc}") from None
     tls = TLS(ca=str(args.tls_ca)) if args.tls_ca else None
-    return Client(args.server, token=tokens[0] if tokens else None, tls=tls, max_retries=0)
+    options = {"max_retries": 0, **options}
+    return Client(args.server, token=tokens[0] if tokens else None, tls=tls, **options)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "heads":
             _table(args)
             return
-        with _client(args, admin=True) as client:
+        with open_client(args, admin=True) as client:
             if args.action == "load":
                 print(_changed("loaded", _load(client, args), args.server))
             elif args.action == "unload":
@@ -130,7 +132,7 @@ def load_trained(args: argparse.Namespace, name: str, artifact: Path) -> None:
     from headserve.client import HeadserveError
 
     try:
-        with _client(args, admin=True) as client:
+        with open_client(args, admin=True) as client:
             change = client.load_head(
                 name,
                 artifact=artifact,
@@ -180,7 +182,7 @@ def _changed(what: str, change: Any, server: str) -> str:
 
 
 def _table(args: argparse.Namespace) -> None:
-    with _client(args, admin=False) as client:
+    with open_client(args, admin=False) as client:
         heads = client.model_info().heads
     rows = [
         {

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from headserve.plugins.backbones import Backbone, Computed
 from headserve.plugins.contract import Row
 
-from .runner import RowKey, row_key
+from .runner import RowKey
 
 ENTRY_OVERHEAD = 512  # bytes an entry costs beyond its tensors (key, objects), roughly
 
@@ -90,13 +90,17 @@ class PassCache:
         return len(self._entries)
 
     def run(
-        self, backbone: Backbone, rows: Sequence[Row], bulk: Sequence[bool] = ()
+        self,
+        backbone: Backbone,
+        rows: Sequence[Row],
+        row_keys: Sequence[RowKey],
+        bulk: Sequence[bool] = (),
     ) -> tuple[Computed, int]:
-        """The pass over `rows` as `backbone.run` gives it, the rows kept here taken from here
-        and the others computed (and kept); and how many rows the backbone computed. `bulk`:
-        per row, whether only bulk calls asked for it (with `bulk_only`, the others are
-        neither looked up nor kept)."""
-        keys = [(self.identity, row_key(row)) for row in rows]
+        """The pass over `rows` (their `row_key`s: `row_keys`) as `backbone.run` gives it, the
+        rows kept here taken from here and the others computed (and kept); and how many rows
+        the backbone computed. `bulk`: per row, whether only bulk calls asked for it (with
+        `bulk_only`, the others are neither looked up nor kept)."""
+        keys = [(self.identity, key) for key in row_keys]
         if self.bulk_only:
             eligible = list(bulk) if bulk else [False] * len(rows)
             if not any(eligible):
@@ -108,8 +112,7 @@ class PassCache:
                 self._entries.get(key) if ok else None
                 for key, ok in zip(keys, eligible, strict=True)
             ]
-        missing = [i for i, kept in enumerate(found) if kept is None]
-        with self._lock:
+            missing = [i for i, kept in enumerate(found) if kept is None]
             self.hits += len(rows) - len(missing)
             self.misses += sum(1 for i in missing if eligible[i])
         if len(missing) == len(rows):  # nothing kept: the pass as it comes, kept for next time

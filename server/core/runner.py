@@ -222,7 +222,7 @@ class Runner:
             slot.append(slots[key])
         rows = list(unique.values())
         if self.cache is not None:
-            computed, count = self.cache.run(self.backbone, rows, list(bulk.values()))
+            computed, count = self.cache.run(self.backbone, rows, list(unique), list(bulk.values()))
         else:
             computed, count = self.backbone.run(rows), len(rows)
         with self._lock:
